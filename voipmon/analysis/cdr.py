@@ -1,0 +1,176 @@
+"""The CDR record: what the engine emits, the channel carries and the store keeps.
+
+Field names follow VoIPmonitor's ``cdr`` and ``cdr_rtp`` columns (design section 2.3) so
+existing SQL reports keep working. Times are UTC epoch seconds (float) in memory and
+ISO 8601 with milliseconds in JSON; jitter is in milliseconds; MOS is 1.0..4.5.
+
+``sensor_cdr_uid`` identifies a call on its sensor. It is derived from the call itself
+(Call-ID and first packet time), so replaying a capture, restarting a sensor, or analysing
+the same packets on the central (mirroring) gives the same uid and the store can insert
+idempotently on (id_sensor, sensor_cdr_uid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# VoIPmonitor's ``bye`` codes (calltable.cpp).
+BYE_NOT_ANSWERED = 0
+BYE_ANSWERED_NO_BYE = 1
+BYE_SEEN = 2
+BYE_CONFIRMED = 3
+BYE_ONE_WAY = 101
+BYE_ABSOLUTE_TIMEOUT = 102
+BYE_TIMEOUT = 103
+BYE_RTP_TIMEOUT = 104
+BYE_ONEWAY_TIMEOUT = 105
+BYE_SIP_WITHOUT_RTP_TIMEOUT = 108
+
+
+def iso_ms(ts: float | None) -> str | None:
+    """Epoch seconds to ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC)."""
+    if ts is None:
+        return None
+    ms = round(ts * 1000)
+    moment = datetime.fromtimestamp(ms // 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+def parse_iso_ms(text: str | None) -> float | None:
+    """Inverse of :func:`iso_ms`; accepts a trailing ``Z`` or an explicit offset."""
+    if text is None:
+        return None
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000) / 1000
+
+
+def make_cdr_uid(callid: str, first_packet_ts: float) -> str:
+    """Deterministic per-sensor id of a call: same packets, same uid."""
+    key = f"{callid}\x00{round(first_packet_ts * 1_000_000)}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(key).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class RtpStream:
+    """One RTP stream of a call, like a ``cdr_rtp`` row (plus extras of ours)."""
+
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    ssrc: int
+    payload: int                      # RTP payload type of the stream's main codec
+    received: int = 0
+    lost: int = 0
+    avgjitter: float = 0.0            # ms, RFC 3550, mean over packets (as Wireshark)
+    maxjitter: float = 0.0            # ms
+    mos_f1: float | None = None
+    mos_f2: float | None = None
+    mos_adapt: float | None = None
+    codec: str = ""                   # e.g. "PCMU/8000" from rtpmap or the static table
+    duplicates: int = 0
+    reordered: int = 0
+    sl: tuple[int, ...] = ()          # loss bursts of 1..9 and >= 10 packets (sl1..sl10)
+    delay: tuple[int, ...] = ()       # d50, d70, d90, d120, d150, d200, d300 buckets
+    firsttime: float | None = None    # epoch s of the first packet
+    lasttime: float | None = None     # epoch s of the last packet
+    rtcp_fraclost: float | None = None  # % from RTCP RR about this stream
+    rtcp_jitter: float | None = None  # ms from RTCP RR
+    rtcp_rtt: float | None = None     # ms round trip from RTCP LSR/DLSR
+    tied_to_sip: bool = True          # False: seen without SDP announcing it
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["sl"] = list(self.sl)
+        data["delay"] = list(self.delay)
+        data["firsttime"] = iso_ms(self.firsttime)
+        data["lasttime"] = iso_ms(self.lasttime)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RtpStream:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["sl"] = tuple(values.get("sl", ()))
+        values["delay"] = tuple(values.get("delay", ()))
+        values["firsttime"] = parse_iso_ms(values.get("firsttime"))
+        values["lasttime"] = parse_iso_ms(values.get("lasttime"))
+        return cls(**values)
+
+
+_SIDE_FIELDS = ("received", "lost", "avgjitter", "maxjitter", "mos_f1", "mos_f2", "mos_adapt")
+
+
+@dataclass(frozen=True)
+class Cdr:
+    """One call detail record (design section 2.3)."""
+
+    sensor_cdr_uid: str
+    callid: str
+    id_sensor: int
+    calldate: float                   # first INVITE (epoch s, UTC)
+    callend: float                    # last packet of the call
+    duration: float                   # callend - calldate, seconds
+    connect_duration: float           # callend - 200 OK to INVITE, 0 if never answered
+    caller: str
+    called: str
+    sipcallerip: str
+    sipcalledip: str
+    sipcallerport: int
+    sipcalledport: int
+    lastSIPresponseNum: int
+    bye: int
+    lastSIPresponse: str = ""         # e.g. "486 Busy Here"
+    caller_domain: str = ""
+    called_domain: str = ""
+    callername: str = ""
+    whohanged: str = ""               # "caller", "callee" or ""
+    connect_time: float | None = None  # 200 OK to the INVITE
+    a_ua: str = ""
+    b_ua: str = ""
+    a_index: int | None = None        # index in ``rtp`` of the caller's main stream
+    b_index: int | None = None        # index in ``rtp`` of the callee's main stream
+    rtp: tuple[RtpStream, ...] = ()
+    fbasename: str = ""               # sanitised Call-ID: the per-call pcap's base name
+    sip_pcap: str = ""                # spool-relative path of the SIP pcap, "" if none
+    rtp_pcap: str = ""                # spool-relative path of the RTP pcap, "" if none
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, e.g. rtcp summaries
+
+    def side(self, which: str) -> RtpStream | None:
+        """The caller's ("a") or callee's ("b") main stream, if any."""
+        index = self.a_index if which == "a" else self.b_index
+        if index is None or not 0 <= index < len(self.rtp):
+            return None
+        return self.rtp[index]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON record of design 2.3, with a_*/b_* summaries flattened in."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rtp"}
+        data["calldate"] = iso_ms(self.calldate)
+        data["callend"] = iso_ms(self.callend)
+        data["connect_time"] = iso_ms(self.connect_time)
+        for which in ("a", "b"):
+            stream = self.side(which)
+            for name in _SIDE_FIELDS:
+                data[f"{which}_{name}"] = getattr(stream, name) if stream else None
+        data["rtp"] = [stream.to_json() for stream in self.rtp]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cdr:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["calldate"] = parse_iso_ms(values["calldate"])
+        values["callend"] = parse_iso_ms(values["callend"])
+        values["connect_time"] = parse_iso_ms(values.get("connect_time"))
+        values["rtp"] = tuple(RtpStream.from_json(s) for s in values.get("rtp", ()))
+        values["extra"] = dict(values.get("extra") or {})
+        return cls(**values)
