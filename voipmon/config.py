@@ -439,7 +439,9 @@ def _read(path: str) -> str:
     except PermissionError:
         raise ConfigError(f"{path}: cannot read config file: permission denied")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: config file is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+        raise ConfigError(
+            f"{path}: config file is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        )
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}")
 
@@ -472,10 +474,9 @@ def _load(role: str, path: str, text: str | None, overrides: Iterable[tuple[str,
             raise ConfigError(
                 _message(str(origin), entry.key, entry.value, "invalid value", opt.kind.allowed)
             )
-        if role not in opt.roles:
-            if entry.key not in ("server_bind", "server_destination"):
-                other = "central" if role == "sensor" else "sensor"
-                warnings.append(f"{origin}: {entry.key} is a {other} option; the {role} ignores it")
+        if role not in opt.roles and entry.key not in ("server_bind", "server_destination"):
+            other = "central" if role == "sensor" else "sensor"
+            warnings.append(f"{origin}: {entry.key} is a {other} option; the {role} ignores it")
         if opt.kind.is_list and entry.key in values:
             values[entry.key] = values[entry.key] + value
         else:

@@ -20,7 +20,8 @@ class Options(usage.Options):
         "or embedded SQLite, and serve the HTTP API and web page."
     )
     optParameters = [
-        ["config", "c", "/etc/voipmon/voipmon-central.conf", "Central config file (voipmonitor.conf syntax)."],
+        ["config", "c", "/etc/voipmon/voipmon-central.conf",
+         "Central config file (voipmonitor.conf syntax)."],
     ]
 
     def postOptions(self) -> None:
@@ -29,7 +30,8 @@ class Options(usage.Options):
             for key in ("http_user", "http_password"):
                 if not getattr(settings, key):
                     raise settings.error(
-                        key, f"is required because http_bind = {settings.http_bind} is not loopback",
+                        key,
+                        f"is required because http_bind = {settings.http_bind} is not loopback",
                         "a non-empty text",
                     )
         self["central"] = settings

@@ -21,7 +21,8 @@ class Options(usage.Options):
         "file), and send CDRs or raw packets to a voipmon central over TLS."
     )
     optParameters = [
-        ["config", "c", "/etc/voipmon/voipmon-sensor.conf", "Sensor config file (voipmonitor.conf syntax)."],
+        ["config", "c", "/etc/voipmon/voipmon-sensor.conf",
+         "Sensor config file (voipmonitor.conf syntax)."],
         ["read-pcap", "r", None, "Replay this pcap/pcapng file instead of capturing live."],
     ]
     optFlags = [
