@@ -503,7 +503,7 @@ def _load(role: str, path: str, text: str | None, overrides: Iterable[tuple[str,
                     f"({opt.doc.rstrip('.')})"
                 )
             value = opt.default
-        if value in ((), []) and opt.required:
+        if value in ((), [], "") and opt.required:
             raise ConfigError(_message(str(origins.get(opt.name, path)), opt.name, value,
                                        "must not be empty", opt.kind.allowed))
         if isinstance(value, list):
