@@ -1,0 +1,52 @@
+"""Shared test helpers: where test data lives, and which external parts are mandatory.
+
+CI sets VOIPMON_REQUIRE_SHARED=1 and VOIPMON_REQUIRE_MYSQL=1: there a missing
+../shared/pcaps or an unreachable MariaDB fails the test instead of skipping it, so CI
+can never pass by skipping what it is there to prove.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import FailTest, SkipTest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
+PUBLIC_PCAPS = os.path.join(SHARED, "pcaps", "public")
+GENERATED_PCAPS = os.path.join(SHARED, "pcaps", "generated")
+
+
+def data_path(name: str) -> str:
+    """A file bundled in voipmon/test/data."""
+    return os.path.join(DATA, name)
+
+
+def _missing(env: str, reason: str) -> Exception:
+    if os.environ.get(env) == "1":
+        return FailTest(f"{reason} (required because {env}=1)")
+    return SkipTest(reason)
+
+
+def shared_path(*parts: str) -> str:
+    """A path under ../shared; skips (or fails in CI) when it is absent."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        raise _missing("VOIPMON_REQUIRE_SHARED", f"{path} is absent (shared test captures)")
+    return path
+
+
+def public_pcaps() -> list[str]:
+    """Every public capture that has a tshark reference, sorted."""
+    folder = shared_path("pcaps", "public")
+    return sorted(
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if os.path.exists(os.path.join(folder, name + ".tshark.txt"))
+    )
+
+
+def mysql_unavailable(reason: str) -> Exception:
+    """The exception to raise when MariaDB cannot be reached: skip, or fail in CI."""
+    return _missing("VOIPMON_REQUIRE_MYSQL", reason)
