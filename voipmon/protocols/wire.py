@@ -1,0 +1,247 @@
+"""The channel's wire format: frames, message types and payload codecs. Pure, no Twisted.
+
+Every message is one frame::
+
+    u32 payload length (big-endian) | u8 type | u8 flags | payload
+
+Flag bit 0 says the payload is compressed with the codec negotiated in the hello. The
+length is checked against the limit as soon as the 6-byte header has arrived, before any
+payload is buffered, so a header announcing 4 GiB costs the receiver nothing: the
+connection is closed with the reason. Control messages carry a JSON object; mirrored
+packets travel as a binary batch (``encode_packets``/``decode_packets``) whose records are
+pcap record headers, so no per-packet object is built on either side.
+
+Message flow (design section 3)::
+
+    sensor                                   central
+    HELLO {protocol, id_sensor, name, version, mode, compression,
+           time, nonce, instance, probe, manager}  ->
+                                        <-   CHALLENGE {nonce, time}   (or REJECT)
+    PROOF {proof}                        ->
+                                        <-   ACCEPT {proof, ...}       (or REJECT)
+    CDRS {first, cdrs: [...]}            ->                  (local processing)
+                                        <-   CDR_ACK {upto, stored}
+    PACKETS <binary batch>               ->                  (packet mirroring)
+                                        <-   PACKETS_ACK {upto}
+    END {dropped}                        ->                  (end of a replayed capture)
+                                        <-   END_ACK {cdrs}
+    STATS {...}                          ->
+    PING {t} / PONG {t}                 <->  every 5 s; silence for 30 s drops the peer
+    CLOSE {reason}                      <->  said before closing on purpose
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from typing import Any, NamedTuple
+
+HEADER = struct.Struct(">IBB")
+FLAG_COMPRESSED = 0x01
+_KNOWN_FLAGS = FLAG_COMPRESSED
+
+# Before authentication a peer may send only small frames; afterwards a frame may carry
+# a full packet batch. The decompressed size has its own limit (bombs).
+MAX_HANDSHAKE_FRAME = 64 * 1024
+MAX_FRAME = 16 * 1024 * 1024
+MAX_MESSAGE = 64 * 1024 * 1024
+# Payloads smaller than this are sent uncompressed: not worth the codec's overhead.
+COMPRESS_MIN = 256
+
+
+class MessageType(enum.IntEnum):
+    HELLO = 1
+    CHALLENGE = 2
+    PROOF = 3
+    ACCEPT = 4
+    REJECT = 5
+    PING = 6
+    PONG = 7
+    CDRS = 8
+    CDR_ACK = 9
+    PACKETS = 10
+    PACKETS_ACK = 11
+    END = 12
+    END_ACK = 13
+    STATS = 14
+    CLOSE = 15
+
+
+_KNOWN_TYPES = frozenset(int(t) for t in MessageType)
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; the message is the reason logged and sent in CLOSE."""
+
+
+class FrameTooLarge(ProtocolError):
+    pass
+
+
+class Frame(NamedTuple):
+    kind: MessageType
+    flags: int
+    payload: bytes
+
+
+def encode_frame(kind: int, payload: bytes, flags: int = 0) -> bytes:
+    """One frame's bytes; the payload must already be compressed if flags say so."""
+    return HEADER.pack(len(payload), kind, flags) + payload
+
+
+class FrameDecoder:
+    """Incremental frame parser. ``feed`` returns complete frames or raises ProtocolError.
+
+    At most one partial frame is buffered, and only after its header passed the size
+    check, so memory per connection is bounded by ``max_frame``.
+    """
+
+    def __init__(self, max_frame: int = MAX_HANDSHAKE_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._need: int | None = None  # payload length of the frame being read
+        self._kind = 0
+        self._flags = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        offset = 0
+        size = len(buffer)
+        while True:
+            if self._need is None:
+                if size - offset < HEADER.size:
+                    break
+                length, kind, flags = HEADER.unpack_from(buffer, offset)
+                if length > self.max_frame:
+                    self._fail()
+                    raise FrameTooLarge(
+                        f"frame header announces {length} bytes, over the {self.max_frame}-byte"
+                        " limit"
+                    )
+                if kind not in _KNOWN_TYPES:
+                    self._fail()
+                    raise ProtocolError(f"unknown frame type {kind}")
+                if flags & ~_KNOWN_FLAGS:
+                    self._fail()
+                    raise ProtocolError(f"unknown frame flags 0x{flags:02x}")
+                offset += HEADER.size
+                self._need, self._kind, self._flags = length, kind, flags
+            if size - offset < self._need:
+                break
+            end = offset + self._need
+            frames.append(Frame(MessageType(self._kind), self._flags, bytes(buffer[offset:end])))
+            offset = end
+            self._need = None
+        if offset:
+            del buffer[:offset]
+        return frames
+
+    def _fail(self) -> None:
+        # Drop whatever was buffered: the connection is going away.
+        self._buffer = bytearray()
+        self._need = None
+
+
+# -- JSON control messages ---------------------------------------------------------
+
+
+def encode_json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode_json(kind: MessageType, payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed {kind.name} message: {exc}")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"malformed {kind.name} message: not a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], message: str) -> Any:
+    """``body[name]`` checked to be of ``kind``; a JSON true/false never passes as a number."""
+    value = body.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ProtocolError(f"malformed {message} message: bad or missing {name!r}")
+    return value
+
+
+def encode_cdr_batch(first: int, raw_cdrs: list[bytes]) -> bytes:
+    """A CDRS payload from CDR JSON texts already serialised (as the queue keeps them)."""
+    return b'{"first":%d,"cdrs":[' % first + b",".join(raw_cdrs) + b"]}"
+
+
+# -- mirrored packet batches -------------------------------------------------------
+
+PACKETS_HEADER = struct.Struct("<QHI")   # batch sequence, link type, packet count
+PACKET_RECORD = struct.Struct("<IIII")   # ts seconds, ts microseconds, caplen, wire length
+
+
+class PacketBatch:
+    """Packets of one link type being gathered into a PACKETS payload (sensor side)."""
+
+    __slots__ = ("buffer", "count", "linktype")
+
+    def __init__(self, linktype: int) -> None:
+        self.linktype = linktype
+        self.count = 0
+        self.buffer = bytearray(PACKETS_HEADER.size)
+
+    def add(self, ts: float, data: bytes, wirelen: int | None = None) -> int:
+        """Append one packet; returns the bytes it added."""
+        sec = int(ts)
+        usec = round((ts - sec) * 1_000_000)
+        if usec >= 1_000_000:
+            sec, usec = sec + 1, usec - 1_000_000
+        caplen = len(data)
+        self.buffer += PACKET_RECORD.pack(sec, usec, caplen,
+                                          caplen if wirelen is None else wirelen)
+        self.buffer += data
+        self.count += 1
+        return PACKET_RECORD.size + caplen
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def seal(self, seq: int) -> bytes:
+        """The finished payload, numbered ``seq``."""
+        PACKETS_HEADER.pack_into(self.buffer, 0, seq, self.linktype, self.count)
+        return bytes(self.buffer)
+
+
+def packets_seq(payload: bytes) -> int:
+    """The batch sequence number of a PACKETS payload (for acks and resends)."""
+    return PACKETS_HEADER.unpack_from(payload)[0]
+
+
+def decode_packets(payload: bytes) -> tuple[int, int, list[tuple[float, int, bytes]]]:
+    """``(seq, linktype, [(ts, wirelen, frame), ...])``; ProtocolError if malformed."""
+    if len(payload) < PACKETS_HEADER.size:
+        raise ProtocolError("malformed PACKETS message: truncated header")
+    seq, linktype, count = PACKETS_HEADER.unpack_from(payload)
+    packets = []
+    offset = PACKETS_HEADER.size
+    end = len(payload)
+    view = memoryview(payload)
+    unpack = PACKET_RECORD.unpack_from
+    record = PACKET_RECORD.size
+    for _ in range(count):
+        if offset + record > end:
+            raise ProtocolError("malformed PACKETS message: truncated record")
+        sec, usec, caplen, wirelen = unpack(payload, offset)
+        offset += record
+        if offset + caplen > end or usec >= 1_000_000:
+            raise ProtocolError("malformed PACKETS message: bad record")
+        packets.append((sec + usec / 1_000_000, wirelen, bytes(view[offset:offset + caplen])))
+        offset += caplen
+    if offset != end:
+        raise ProtocolError("malformed PACKETS message: trailing bytes")
+    return seq, linktype, packets
