@@ -1,0 +1,430 @@
+"""TCP stream reassembly for SIP: whole messages out of segments.
+
+Each direction of a connection is a ``_Flow`` with the next expected sequence number, a
+buffer of in-order bytes not yet framed, and a bounded map of segments that arrived early.
+Retransmitted and overlapping bytes are trimmed against the next expected sequence number,
+so each byte enters the buffer once. A hole that stays open for ``gap_timeout`` seconds of
+capture time (or whose early segments exceed ``max_ooo_bytes``) is skipped: the message it
+cut is lost and counted, and framing resynchronises on the next start line.
+
+Which connections: any with an endpoint on a SIP port; with ``heuristics`` also those whose
+first data looks like SIP, and WebSocket connections (HTTP Upgrade, or frames carrying SIP)
+on any port. Everything else is ignored without keeping state.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Collection
+
+from voipmon.packet.datagram import IPPROTO_TCP, Datagram
+from voipmon.packet.sipframe import (
+    GARBAGE,
+    INCOMPLETE,
+    looks_like_sip_start,
+    looks_like_ws_sip,
+    resync,
+    sip_message_length,
+    strip_keepalive,
+    unmask,
+    ws_frame,
+)
+from voipmon.packet.stats import DecodeStats
+
+Frames = tuple[tuple[float, bytes], ...]
+_TCP = struct.Struct("!HHIIBB").unpack_from
+_new = tuple.__new__
+
+SIP, WS_HTTP, WS, DEAD = 0, 1, 2, 3
+FIN, SYN, RST = 1, 2, 4
+
+
+class _Flow:
+    __slots__ = ("buf", "closed", "fin_at", "frames", "inflate", "isn", "key", "kind",
+                 "last_ts", "next", "ooo", "ooo_bytes", "ooo_since", "segs", "ws_frames",
+                 "ws_parts", "ws_rsv")
+
+    def __init__(self, key: tuple, kind: int, ts: float) -> None:
+        self.key = key
+        self.kind = kind
+        self.next: int | None = None
+        self.buf = bytearray()
+        self.segs: list[tuple[int, Frames]] = []  # (end offset in buf, frames)
+        self.ooo: dict[int, tuple[bytes, Frames, bool]] = {}
+        self.ooo_bytes = 0
+        self.ooo_since = 0.0
+        self.last_ts = ts
+        self.fin_at: int | None = None
+        self.isn: int | None = None
+        self.closed = False
+        self.frames: Frames = ()
+        self.ws_parts: list[bytes] = []
+        self.ws_frames: list[tuple[float, bytes]] = []
+        self.ws_rsv = 0
+        self.inflate: zlib._Decompress | None = None
+
+
+class TcpReassembler:
+    """Turn TCP segments into ``Datagram`` objects holding one SIP message each."""
+
+    def __init__(self, emit: Callable[[Datagram], None], sip_ports: Collection[int],
+                 stats: DecodeStats, tcp_max_flows: int = 20000,
+                 tcp_max_buffer: int = 1 << 20, tcp_max_ooo_bytes: int = 1 << 20,
+                 tcp_gap_timeout: float = 5.0, tcp_idle_timeout: float = 600.0,
+                 tcp_max_message: int = 1 << 20, tcp_heuristics: bool = True) -> None:
+        self._emit = emit
+        self.sip_ports = frozenset(sip_ports)
+        self.stats = stats
+        self.counters = stats.tcp
+        self.max_flows = tcp_max_flows
+        self.max_buffer = tcp_max_buffer
+        self.max_ooo = tcp_max_ooo_bytes
+        self.gap_timeout = tcp_gap_timeout
+        self.idle_timeout = tcp_idle_timeout
+        self.max_message = tcp_max_message
+        self.heuristics = tcp_heuristics
+        self._flows: dict[tuple, _Flow] = {}
+        self._linktype = 0
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def segment(self, ts: float, b: bytes, off: int, end: int, src: bytes, dst: bytes,
+                linktype: int, frames: Frames) -> None:
+        if off + 20 > end:
+            self.stats.undecodable["tcp_short"] += 1
+            return
+        sport, dport, seq, _ack, doff, flags = _TCP(b, off)
+        hl = (doff >> 4) * 4
+        if hl < 20 or off + hl > end:
+            self.stats.undecodable["tcp_bad_header"] += 1
+            return
+        self.stats.tcp_segments += 1
+        data = b[off + hl:end]
+        key = (src, sport, dst, dport)
+        flow = self._flows.get(key)
+        if flow is None:
+            kind = self._classify(sport, dport, data)
+            if kind is None:
+                self.stats.ignored["tcp_not_sip"] += 1
+                return
+            flow = self._new_flow(key, kind, ts)
+            rkey = (dst, dport, src, sport)
+            if rkey not in self._flows:
+                self._new_flow(rkey, kind, ts)
+        self._linktype = linktype
+        flow.last_ts = ts
+        if flags & RST:
+            self._close(flow, "reset")
+            return
+        if flags & SYN:
+            if flow.isn != seq:
+                if flow.next is not None and flow.next != (seq + 1) & 0xFFFFFFFF:
+                    self.counters["reused"] += 1
+                    self._reset(flow)
+                flow.isn = seq
+                flow.next = (seq + 1) & 0xFFFFFFFF
+            seq = (seq + 1) & 0xFFFFFFFF
+        elif flow.next is None:
+            flow.next = seq  # joined mid-stream: framing resynchronises
+        if flags & FIN:
+            flow.fin_at = (seq + len(data)) & 0xFFFFFFFF
+        if data:
+            self._data(flow, seq, data, frames, ts)
+        if flow.fin_at is not None and flow.fin_at == flow.next and not flow.closed:
+            self._close(flow, "closed")
+
+    def _classify(self, sport: int, dport: int, data: bytes) -> int | None:
+        if sport in self.sip_ports or dport in self.sip_ports:
+            if data[:4] == b"GET " and b"websocket" in data[:2048].lower():
+                return WS_HTTP
+            return SIP
+        if not data or not self.heuristics:
+            return None
+        c = data[0]
+        if 65 <= c <= 90:
+            if data[:4] == b"GET " and b"websocket" in data[:2048].lower():
+                self.counters["websocket_upgrade"] += 1
+                return WS_HTTP
+            if looks_like_sip_start(data):
+                self.counters["heuristic_sip"] += 1
+                return SIP
+            return None
+        if c & 0x0F in (1, 2) and looks_like_ws_sip(data):
+            self.counters["heuristic_websocket"] += 1
+            return WS
+        return None
+
+    def _new_flow(self, key: tuple, kind: int, ts: float) -> _Flow:
+        if len(self._flows) >= self.max_flows:
+            old = next(iter(self._flows))
+            self.counters["evicted"] += 1
+            self._drop(self._flows[old])
+        flow = self._flows[key] = _Flow(key, kind, ts)
+        return flow
+
+    def _data(self, flow: _Flow, seq: int, data: bytes, frames: Frames, ts: float) -> None:
+        d = (seq - flow.next) & 0xFFFFFFFF  # type: ignore[operator]
+        if d >= 0x80000000:  # starts before what we expect: retransmission or overlap
+            overlap = 0x100000000 - d
+            if overlap >= len(data):
+                self.counters["retransmission"] += 1
+                return
+            self.counters["overlap"] += 1
+            data = data[overlap:]
+        elif d:
+            if d > self.max_buffer:
+                self.counters["out_of_window"] += 1
+                return
+            if seq in flow.ooo:
+                self.counters["retransmission"] += 1
+                if len(data) <= len(flow.ooo[seq][0]):
+                    return
+                flow.ooo_bytes -= len(flow.ooo[seq][0])
+            if not flow.ooo:
+                flow.ooo_since = ts
+            flow.ooo[seq] = (data, frames, False)
+            flow.ooo_bytes += len(data)
+            self.counters["out_of_order"] += 1
+            if flow.ooo_bytes > self.max_ooo:
+                self._skip_gap(flow, "gap_overflow")
+            return
+        self._append(flow, data, frames)
+        if flow.ooo:
+            self._drain_ooo(flow)
+            if flow.ooo and ts - flow.ooo_since > self.gap_timeout:
+                self._skip_gap(flow, "gap_timeout")
+
+    def _append(self, flow: _Flow, data: bytes, frames: Frames) -> None:
+        flow.next = (flow.next + len(data)) & 0xFFFFFFFF  # type: ignore[operator]
+        if flow.kind == DEAD:
+            return
+        buf = flow.buf
+        buf += data
+        flow.segs.append((len(buf), frames))
+        if flow.kind == SIP:
+            self._frame_sip(flow)
+        else:
+            self._frame_ws(flow)
+        if len(flow.buf) > self.max_buffer:
+            self.counters["buffer_overflow"] += 1
+            self._discard(flow)
+
+    def _drain_ooo(self, flow: _Flow) -> None:
+        """Append early segments that the stream has now reached."""
+        ooo = flow.ooo
+        while ooo:
+            nxt = flow.next
+            for seq in ooo:
+                d = (seq - nxt) & 0xFFFFFFFF  # type: ignore[operator]
+                if not d or d >= 0x80000000:
+                    break
+            else:
+                return  # still a hole before every one of them
+            data, frames, _ = ooo.pop(seq)
+            flow.ooo_bytes -= len(data)
+            overlap = (0x100000000 - d) if d else 0
+            if overlap < len(data):
+                self._append(flow, data[overlap:], frames)
+            else:
+                self.counters["retransmission"] += 1
+
+    def _skip_gap(self, flow: _Flow, reason: str) -> None:
+        """Give up on the missing bytes: drop the partial message, continue after the hole."""
+        self.counters[reason] += 1
+        self._discard(flow)
+        nxt = flow.next
+        first = min(flow.ooo, key=lambda s: (s - nxt) & 0xFFFFFFFF)  # type: ignore[operator]
+        flow.next = first
+        flow.ooo_since = flow.last_ts
+        self._drain_ooo(flow)
+        if flow.fin_at is not None and flow.fin_at == flow.next and not flow.closed:
+            self._close(flow, "closed")
+
+    def _discard(self, flow: _Flow) -> None:
+        if flow.buf:
+            self.counters["discarded_bytes"] += len(flow.buf)
+        flow.buf = bytearray()
+        flow.segs = []
+        flow.ws_parts = []
+        flow.ws_frames = []
+
+    def _take(self, flow: _Flow, n: int) -> tuple[bytes, Frames]:
+        """Cut ``n`` bytes off the front of the buffer, with the frames that carried them."""
+        buf = flow.buf
+        msg = bytes(buf[:n])
+        del buf[:n]
+        segs = flow.segs
+        frames: list[tuple[float, bytes]] = []
+        keep = len(segs)
+        start = 0
+        for i, (e, f) in enumerate(segs):
+            if start >= n:
+                keep = i
+                break
+            frames.extend(f)
+            if e > n:
+                keep = i
+                break
+            start = e
+        flow.segs = [(e - n, f) for e, f in segs[keep:]]
+        return msg, tuple(frames)
+
+    def _frame_sip(self, flow: _Flow) -> None:
+        buf = flow.buf
+        while buf:
+            if buf[0] in (13, 10):
+                k = strip_keepalive(buf)
+                self._shift(flow, k)
+                continue
+            n = sip_message_length(buf, self.max_message)
+            if n == INCOMPLETE:
+                return
+            if n == GARBAGE:
+                k = resync(buf)
+                self.counters["resync_bytes"] += k
+                self._shift(flow, k)
+                if not k:
+                    return
+                continue
+            msg, frames = self._take(flow, n)
+            self._deliver(flow, msg, frames)
+
+    def _shift(self, flow: _Flow, n: int) -> None:
+        if n:
+            flow.segs = [(e - n, f) for e, f in flow.segs if e > n]
+
+    def _deliver(self, flow: _Flow, msg: bytes, frames: Frames) -> None:
+        src, sport, dst, dport = flow.key
+        ts = max(t for t, _ in frames) if frames else flow.last_ts
+        self.stats.tcp_messages += 1
+        self._emit(_new(Datagram, (ts, IPPROTO_TCP, src, sport, dst, dport, msg,
+                                   self._linktype, frames)))
+
+    def _frame_ws(self, flow: _Flow) -> None:
+        buf = flow.buf
+        while buf:
+            if flow.kind == WS_HTTP:
+                hend = buf.find(b"\r\n\r\n")
+                if hend < 0:
+                    if len(buf) > 65536:
+                        self._dead(flow, "websocket_bad_http")
+                    return
+                head = bytes(buf[:hend])
+                if head.startswith(b"HTTP/") and head[9:12] != b"101":
+                    self._dead(flow, "websocket_refused")
+                    rev = self._flows.get(self._reverse(flow))
+                    if rev is not None:
+                        self._dead(rev, "websocket_refused")
+                    return
+                self._take(flow, hend + 4)
+                flow.kind = WS
+                continue
+            if flow.kind != WS:
+                return
+            got = ws_frame(buf, self.max_message)
+            if got == INCOMPLETE:
+                return
+            if isinstance(got, int):
+                self._dead(flow, "websocket_bad_frame")
+                return
+            n, b0, p, mask = got
+            raw, frames = self._take(flow, n)
+            op = b0 & 0x0F
+            if op >= 8:
+                continue  # close, ping, pong
+            if not op and not flow.ws_frames:
+                self.counters["websocket_orphan_continuation"] += 1
+                continue
+            if op:
+                if flow.ws_parts:
+                    self.counters["websocket_unfinished"] += 1
+                flow.ws_parts = []
+                flow.ws_frames = []
+                flow.ws_rsv = b0 & 0x40
+            flow.ws_parts.append(unmask(raw[p:], mask))
+            flow.ws_frames.extend(frames)
+            if sum(len(x) for x in flow.ws_parts) > self.max_message:
+                self._dead(flow, "websocket_too_big")
+                return
+            if b0 & 0x80:
+                self._ws_message(flow)
+
+    def _ws_message(self, flow: _Flow) -> None:
+        msg = b"".join(flow.ws_parts)
+        frames = tuple(dict.fromkeys(flow.ws_frames))
+        flow.ws_parts = []
+        flow.ws_frames = []
+        if flow.ws_rsv:  # permessage-deflate (RFC 7692)
+            if flow.inflate is None:
+                flow.inflate = zlib.decompressobj(-15)
+            try:
+                msg = flow.inflate.decompress(msg + b"\x00\x00\xff\xff", self.max_message)
+            except zlib.error:
+                self.counters["websocket_bad_deflate"] += 1
+                return
+        msg = msg.lstrip(b"\r\n")
+        if not msg:
+            return  # keep-alive
+        if not looks_like_sip_start(msg):
+            self.stats.ignored["websocket_not_sip"] += 1
+            return
+        self.stats.websocket_messages += 1
+        self._deliver(flow, msg, frames)
+
+    @staticmethod
+    def _reverse(flow: _Flow) -> tuple:
+        src, sport, dst, dport = flow.key
+        return (dst, dport, src, sport)
+
+    def _dead(self, flow: _Flow, reason: str) -> None:
+        self.counters[reason] += 1
+        self._discard(flow)
+        flow.kind = DEAD
+
+    def _reset(self, flow: _Flow) -> None:
+        self._leftover(flow)
+        self._discard(flow)
+        flow.ooo = {}
+        flow.ooo_bytes = 0
+        flow.fin_at = None
+        flow.closed = False
+        flow.inflate = None
+        if flow.kind == WS:
+            flow.kind = WS_HTTP
+
+    def _leftover(self, flow: _Flow) -> None:
+        if flow.buf.strip(b"\r\n") or flow.ooo or flow.ws_parts:
+            self.counters["incomplete_at_close"] += 1
+
+    def _close(self, flow: _Flow, reason: str) -> None:
+        """FIN reached or RST: keep the flow (so retransmissions are recognised) but no data."""
+        self.counters[reason] += 1
+        self._leftover(flow)
+        self._discard(flow)
+        flow.ooo = {}
+        flow.ooo_bytes = 0
+        flow.closed = True
+
+    def _drop(self, flow: _Flow) -> None:
+        self._leftover(flow)
+        self._flows.pop(flow.key, None)
+
+    def expire(self, now: float) -> None:
+        gap = self.gap_timeout
+        idle = now - self.idle_timeout
+        for flow in list(self._flows.values()):
+            if flow.ooo and now - flow.ooo_since > gap:
+                self._skip_gap(flow, "gap_timeout")
+            if flow.last_ts < idle or (flow.fin_at is not None and flow.fin_at == flow.next
+                                       and flow.last_ts < now - 60):
+                self.counters["expired"] += 1
+                self._drop(flow)
+
+    def flush(self) -> None:
+        """End of input: skip remaining holes (delivering what follows them), forget flows."""
+        for flow in list(self._flows.values()):
+            while flow.ooo:
+                self._skip_gap(flow, "gap_at_end")
+            self._drop(flow)
