@@ -4,7 +4,8 @@
 ``ERR <code> <message>`` reply. A body is not buffered: :meth:`ReplyStream.deliver` hands
 it to a consumer (an HTTP request, a file) with the TCP transport registered as its
 producer, so a slow browser slows the sensor's disk reads instead of filling the central's
-memory. :func:`fetch` wraps connect + command + close with an injected clock's timeout.
+memory. Every wait (the proof, a header, the next body bytes) is bounded by ``timeout`` on
+an injected clock. voipmon.manager.service.ManagerConnector connects and uses it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from voipmon.manager.auth import ManagerAuthClient
 
 MAX_HEADER = 4096
 DEFAULT_TIMEOUT = 30.0
@@ -57,15 +60,6 @@ class ReplyStream:
         self._maybe_done()
         return self.done
 
-    def read_all(self) -> defer.Deferred[bytes]:
-        """The whole body, for small replies (JSON)."""
-        parts: list[bytes] = []
-
-        class _Collect:
-            write = parts.append
-
-        return self.deliver(_Collect()).addCallback(lambda _: b"".join(parts))
-
     def _data(self, data: bytes) -> None:
         self.received += len(data)
         if self._consumer is None:
@@ -92,7 +86,11 @@ class ManagerClientProtocol(protocol.Protocol):
 
     log = Logger()
 
-    def __init__(self, clock: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, clock: Any, timeout: float = DEFAULT_TIMEOUT,
+                 auth: ManagerAuthClient | None = None,
+                 binding: Callable[[Any], bytes] | None = None) -> None:
+        self.auth = auth
+        self.binding = binding
         self.clock = clock
         self.timeout = timeout
         self._buffer = b""
@@ -103,7 +101,25 @@ class ManagerClientProtocol(protocol.Protocol):
         self.lost = False
 
     def connectionMade(self) -> None:
-        self.connected_d.callback(self)
+        if self.auth is None:
+            self.connected_d.callback(self)
+            return
+        self.transport.write(self.auth.hello())
+        self._arm()
+
+    def _authenticate(self, data: bytes) -> None:
+        try:
+            answer = self.auth.feed(data, lambda: self.binding(self.transport))
+        except Exception as exc:  # Rejection, CentralProofFailed, ProtocolError
+            self._disarm()
+            self.connected_d.errback(exc)
+            self.transport.abortConnection()
+            return
+        if answer:
+            self.transport.write(answer)
+        if self.auth.done:
+            self._disarm()
+            self.connected_d.callback(self)
 
     def command(self, line: str) -> defer.Deferred[ReplyStream]:
         if self._waiting is not None or (self._stream and not self._stream.done.called):
@@ -128,10 +144,17 @@ class ManagerClientProtocol(protocol.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        if not self.connected_d.called:
+            self.connected_d.errback(ManagerProtocolError(
+                f"no answer to the password proof for {self.timeout:g} s"))
         self._fail(Failure(ManagerProtocolError(f"no answer for {self.timeout:g} s")))
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.auth is not None and not self.auth.done:
+            if not self.connected_d.called:
+                self._authenticate(data)
+            return
         stream = self._stream
         if stream is not None and not stream.done.called:
             self._arm()
@@ -198,31 +221,6 @@ class ManagerClientProtocol(protocol.Protocol):
         self._fail(Failure(ManagerProtocolError(
             "connection closed before the reply was complete"
             + (f" ({reason.getErrorMessage()})" if reason is not None else ""))))
-
-
-def fetch(connect: Callable[[], defer.Deferred[ManagerClientProtocol]], line: str,
-          consumer: Any, on_size: Callable[[int], None] | None = None,
-          ) -> defer.Deferred[int]:
-    """Connect, send ``line``, stream the body into ``consumer``, close; fires with the size.
-
-    ``on_size`` is called with the body's size once the header arrived, before any body
-    byte is written (so an HTTP response can set Content-Length).
-    """
-
-    @defer.inlineCallbacks
-    def run() -> Any:
-        proto = yield connect()
-        try:
-            stream = yield proto.command(line)
-            if on_size is not None:
-                on_size(stream.size)
-            size = yield stream.deliver(consumer)
-            return size
-        finally:
-            if not proto.lost:
-                proto.transport.loseConnection()
-
-    return run()
 
 
 @implementer(interfaces.IConsumer)

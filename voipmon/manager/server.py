@@ -6,18 +6,23 @@ One command per line (``\\n`` or ``\\r\\n``), several per connection. A line lon
 command, no body chunk taken by the reader) for ``timeout`` seconds is aborted; the clock is
 injected. Bodies are streamed with a pull producer, one chunk per ``resumeProducing``, so a
 large pcap is never read whole into memory and a slow reader slows the disk reads.
+
+Unless the port is plain loopback (``manager_enable_unencrypted``), it runs over TLS and
+no command is read before the peer passed the password proof (voipmon.manager.auth).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import interfaces, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from voipmon.manager.auth import ManagerAuthServer
 from voipmon.manager.commands import (
+    E_AUTH,
     E_INTERNAL,
     E_TIMEOUT,
     E_TOO_LONG,
@@ -25,6 +30,8 @@ from voipmon.manager.commands import (
     ManagerCommands,
     Reply,
 )
+from voipmon.protocols.handshake import Rejection
+from voipmon.protocols.wire import ProtocolError
 
 MAX_LINE = 4096
 DEFAULT_TIMEOUT = 30.0
@@ -63,8 +70,12 @@ class ManagerServerProtocol(protocol.Protocol):
     log = Logger()
 
     def __init__(self, commands: ManagerCommands, clock: Any,
-                 timeout: float = DEFAULT_TIMEOUT, max_line: int = MAX_LINE) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, max_line: int = MAX_LINE,
+                 auth: ManagerAuthServer | None = None,
+                 binding: Callable[[Any], bytes] | None = None) -> None:
         self.commands = commands
+        self.auth = auth
+        self.binding = binding
         self.clock = clock
         self.timeout = timeout
         self.max_line = max_line
@@ -129,8 +140,34 @@ class ManagerServerProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return  # refused or aborted: whatever still arrives is dropped, not kept
+        if self.auth is not None and not self.auth.done:
+            self._authenticate(data)
+            return
         self._buffer += data
         self._drain()
+
+    def _authenticate(self, data: bytes) -> None:
+        try:
+            answer = self.auth.feed(data, lambda: self.binding(self.transport))
+        except Rejection as rejection:
+            self.log.warn("management connection from {peer} refused: {reason}",
+                          peer=self.peer, reason=rejection.reason)
+            self._closed = True
+            self.transport.write(ManagerAuthServer.reject_bytes(rejection))
+            self.transport.loseConnection()
+            return
+        except ProtocolError as exc:
+            self.log.warn("management connection from {peer} refused: no password proof "
+                          "({problem})", peer=self.peer, problem=str(exc))
+            self.refuse(CommandError(E_AUTH, "this port needs the voipmon password proof "
+                                             "before any command"))
+            return
+        if answer:
+            self.transport.write(answer)
+        self.progress()
+        if self.auth.done:
+            self.log.info("management connection from {peer} ({name}) authenticated",
+                          peer=self.peer, name=self.auth.peer_name)
 
     def _drain(self) -> None:
         while not self._closed and self._sender is None:
@@ -187,15 +224,29 @@ class ManagerServerProtocol(protocol.Protocol):
 
 
 class ManagerServerFactory(protocol.Factory):
-    """Builds one :class:`ManagerServerProtocol` per connection."""
+    """Builds one :class:`ManagerServerProtocol` per connection.
+
+    With ``key`` (the derived password key) every connection must pass the proof for
+    ``id_sensor``; ``binding`` gives a transport's TLS exporter value. Without ``key`` the
+    port is plain text: only for loopback with ``manager_enable_unencrypted``.
+    """
 
     def __init__(self, commands: ManagerCommands, clock: Any,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, key: bytes | None = None,
+                 id_sensor: int = 0, binding: Callable[[Any], bytes] | None = None) -> None:
+        if key is not None and binding is None:
+            raise ValueError("a password proof needs the TLS channel binding")
         self.commands = commands
         self.clock = clock
         self.timeout = timeout
+        self.key = key
+        self.id_sensor = id_sensor
+        self.binding = binding
 
     def buildProtocol(self, addr: Any) -> ManagerServerProtocol:
-        proto = ManagerServerProtocol(self.commands, self.clock, self.timeout)
+        auth = (ManagerAuthServer(self.key, self.id_sensor, self.clock.seconds)
+                if self.key is not None else None)
+        proto = ManagerServerProtocol(self.commands, self.clock, self.timeout, auth=auth,
+                                      binding=self.binding)
         proto.factory = self
         return proto
