@@ -1,0 +1,274 @@
+"""Tests for voipmon.sensor.queue: durability, order, acks, crash recovery (real SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from voipmon.sensor.queue import RECORD, DurableQueue, QueueError
+from voipmon.test.common import ROOT
+
+
+def payload(n: int) -> bytes:
+    return b'{"callid":"call-%d","pad":"%s"}' % (n, b"x" * (n % 50))
+
+
+class QueueTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+
+    def make(self, **kwargs) -> DurableQueue:
+        queue = DurableQueue(self.path, **kwargs)
+        self.addCleanup(queue.close)
+        return queue
+
+    def test_append_flush_read_ack(self) -> None:
+        """Records get increasing seqs, are readable once flushed, and go when acked."""
+        queue = self.make()
+        seqs = [queue.append(payload(i)) for i in range(5)]
+        self.assertEqual(seqs, [1, 2, 3, 4, 5])
+        self.assertEqual(queue.read(0), [])  # not durable yet
+        self.assertEqual(queue.buffered, 5)
+        self.assertEqual(queue.flush(), 5)
+        self.assertEqual(queue.buffered, 0)
+        self.assertEqual(queue.read(0), [(i + 1, payload(i)) for i in range(5)])
+        self.assertEqual(queue.depth, 5)
+        self.assertEqual(queue.ack(3), 3)
+        self.assertEqual(queue.depth, 2)
+        self.assertEqual(queue.read(0), [(4, payload(3)), (5, payload(4))])
+
+    def test_read_limits(self) -> None:
+        """read() honours the record and byte limits, but always returns one record."""
+        queue = self.make()
+        for _ in range(10):
+            queue.append(b"y" * 100)
+        queue.flush()
+        self.assertEqual([s for s, _ in queue.read(0, max_records=3)], [1, 2, 3])
+        self.assertEqual([s for s, _ in queue.read(3, max_bytes=250)], [4, 5])
+        self.assertEqual([s for s, _ in queue.read(5, max_bytes=10)], [6])
+
+    def test_reread_from_any_point(self) -> None:
+        """After a reconnect the unacknowledged records can be read again from the start."""
+        queue = self.make(segment_bytes=500)
+        for i in range(40):
+            queue.append(payload(i))
+        queue.flush()
+        first = queue.read(0, max_records=25)
+        queue.ack(10)
+        again = queue.read(0, max_records=100)
+        self.assertEqual([s for s, _ in again], list(range(11, 41)))
+        self.assertEqual(again[:15], first[10:])
+
+    def test_reopen_replays_in_order(self) -> None:
+        """A restart replays exactly the unacknowledged records, in order; seqs continue."""
+        queue = DurableQueue(self.path, segment_bytes=300)
+        for i in range(30):
+            queue.append(payload(i))
+        queue.flush()
+        queue.ack(12)
+        queue.close()
+        reopened = self.make(segment_bytes=300)
+        self.assertEqual(reopened.depth, 18)
+        self.assertEqual(reopened.read(0, max_records=100),
+                         [(i + 1, payload(i)) for i in range(12, 30)])
+        self.assertEqual(reopened.append(b"next"), 31)
+
+    def test_unflushed_records_are_not_promised(self) -> None:
+        """Records never flushed are simply absent after a crash; nothing else is harmed."""
+        queue = DurableQueue(self.path)
+        queue.append(b"a")
+        queue.flush()
+        queue.append(b"b")  # buffered only
+        os.close(queue._fd)  # simulate dying without close()
+        queue._fd = None
+        reopened = self.make()
+        self.assertEqual(reopened.read(0), [(1, b"a")])
+        self.assertEqual(reopened.append(b"c"), 2)
+
+    def test_segments_deleted_after_ack(self) -> None:
+        """Fully acknowledged segments are deleted; the acked pointer keeps seqs going."""
+        queue = DurableQueue(self.path, segment_bytes=200)
+        for _ in range(20):
+            queue.append(b"z" * 60)
+            queue.flush()
+        segments = [n for n in os.listdir(self.path) if n.startswith("seg-")]
+        self.assertGreater(len(segments), 3)
+        queue.ack(20)
+        left = [n for n in os.listdir(self.path) if n.startswith("seg-")]
+        self.assertLessEqual(len(left), 1)
+        self.assertEqual(queue.depth, 0)
+        queue.close()
+        reopened = self.make(segment_bytes=200)
+        self.assertEqual(reopened.acked, 20)
+        self.assertEqual(reopened.append(b"after"), 21)
+        reopened.flush()
+        self.assertEqual(reopened.read(0), [(21, b"after")])
+
+    def test_ack_bounds(self) -> None:
+        """Acks beyond what is durable are clamped; old acks are ignored."""
+        queue = self.make()
+        for _ in range(3):
+            queue.append(b"r")
+        queue.flush()
+        queue.append(b"buffered")
+        self.assertEqual(queue.ack(100), 3)
+        self.assertEqual(queue.acked, 3)
+        self.assertEqual(queue.ack(2), 0)
+        self.assertEqual(queue.acked, 3)
+
+    def test_torn_tail_is_cut(self) -> None:
+        """A record half-written when the process died is cut off; the rest survives."""
+        queue = DurableQueue(self.path)
+        for i in range(5):
+            queue.append(payload(i))
+        queue.flush()
+        segment = queue._segments[-1].path
+        queue.close()
+        whole = os.path.getsize(segment)
+        with open(segment, "ab") as handle:
+            handle.write(RECORD.pack(1000, 6, 0) + b"partial")
+        reopened = self.make()
+        self.assertEqual([s for s, _ in reopened.read(0)], [1, 2, 3, 4, 5])
+        self.assertEqual(os.path.getsize(segment), whole)
+        self.assertEqual(reopened.recovered_tail_bytes, RECORD.size + 7)
+        self.assertEqual(reopened.append(b"six"), 6)
+        reopened.flush()
+        self.assertEqual(reopened.read(5), [(6, b"six")])
+
+    def test_torn_header_is_cut(self) -> None:
+        """Even a few bytes of a header at the end are recognised as torn."""
+        queue = DurableQueue(self.path)
+        queue.append(b"one")
+        queue.flush()
+        segment = queue._segments[-1].path
+        queue.close()
+        with open(segment, "ab") as handle:
+            handle.write(b"\x05\x00")
+        self.assertEqual(self.make().read(0), [(1, b"one")])
+
+    def test_corrupt_record_stops_replay_there(self) -> None:
+        """A record whose CRC fails (bit rot) and everything after it are dropped, logged."""
+        queue = DurableQueue(self.path)
+        for i in range(4):
+            queue.append(payload(i))
+        queue.flush()
+        segment = queue._segments[-1].path
+        queue.close()
+        with open(segment, "r+b") as handle:
+            data = bytearray(handle.read())
+            third = 2 * RECORD.size + len(payload(0)) + len(payload(1))
+            data[third + RECORD.size + 3] ^= 0xFF
+            handle.seek(0)
+            handle.write(data)
+        self.assertEqual([s for s, _ in self.make().read(0)], [1, 2])
+
+    def test_damaged_ack_file_resends(self) -> None:
+        """A damaged 'acked' file means resending (duplicates are harmless), never loss."""
+        queue = DurableQueue(self.path)
+        for i in range(3):
+            queue.append(payload(i))
+        queue.flush()
+        queue.ack(2)
+        queue.close()
+        with open(os.path.join(self.path, "acked"), "wb") as handle:
+            handle.write(b"garbage")
+        self.assertEqual([s for s, _ in self.make().read(0)], [1, 2, 3])
+
+    def test_leftover_ack_tmp_removed(self) -> None:
+        """A temporary ack file from a crash mid-ack is ignored and removed."""
+        queue = DurableQueue(self.path)
+        queue.append(b"a")
+        queue.flush()
+        queue.close()
+        with open(os.path.join(self.path, "acked.tmp"), "wb") as handle:
+            handle.write(b"1 0")
+        reopened = self.make()
+        self.assertEqual(reopened.depth, 1)
+        self.assertFalse(os.path.exists(os.path.join(self.path, "acked.tmp")))
+
+    def test_record_too_large(self) -> None:
+        queue = self.make()
+        self.assertRaises(ValueError, queue.append, b"x" * (64 * 1024 * 1024 + 1))
+
+    def test_unusable_directory(self) -> None:
+        """A queue directory that cannot be created gives a QueueError naming it."""
+        blocker = self.mktemp()
+        with open(blocker, "w") as handle:
+            handle.write("a file, not a directory")
+        with self.assertRaises(QueueError) as caught:
+            DurableQueue(os.path.join(blocker, "queue"))
+        self.assertIn(blocker, str(caught.exception))
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from voipmon.sensor.queue import DurableQueue
+    queue = DurableQueue(sys.argv[1], segment_bytes=4096)
+    n = queue.durable
+    ack_every = int(sys.argv[2])
+    while True:
+        for _ in range(7):
+            n += 1
+            queue.append(b"cdr-%d-" % n + b"p" * (n % 300))
+        durable = queue.flush()
+        line = "durable %d" % durable
+        if ack_every and durable % ack_every < 7:
+            queue.ack(durable - 20)
+            line += " acked %d" % (durable - 20)
+        print(line, flush=True)
+""")
+
+
+class CrashTests(SynchronousTestCase):
+    """A real process appending and acking is SIGKILLed at arbitrary moments."""
+
+    def run_and_kill(self, path: str, lines: int, ack_every: int) -> tuple[int, int]:
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(ack_every)],
+                                 stdout=subprocess.PIPE, env=env, cwd=ROOT)
+        durable = acked = 0
+        try:
+            for _ in range(lines):
+                words = child.stdout.readline().split()
+                self.assertEqual(words[0], b"durable", words)
+                durable = int(words[1])
+                if len(words) == 4:
+                    acked = int(words[3])
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        return durable, acked
+
+    def test_sigkill_loses_nothing_durable(self) -> None:
+        """After each SIGKILL every record reported durable is there, in order, intact,
+        and nothing reported acknowledged comes back."""
+        path = os.path.abspath(self.mktemp())
+        previous_last = 0
+        for round_number, lines in enumerate((40, 3, 120, 1, 75)):
+            durable, acked = self.run_and_kill(path, lines, ack_every=5)
+            queue = DurableQueue(path, segment_bytes=4096)
+            try:
+                self.assertGreaterEqual(queue.durable, durable, round_number)
+                self.assertGreaterEqual(queue.acked, acked, round_number)
+                records = []
+                after = 0
+                while True:
+                    batch = queue.read(after, max_records=500)
+                    if not batch:
+                        break
+                    records.extend(batch)
+                    after = batch[-1][0]
+                seqs = [seq for seq, _ in records]
+                self.assertEqual(seqs, list(range(queue.acked + 1, queue.durable + 1)))
+                for seq, data in records:
+                    self.assertEqual(data, b"cdr-%d-" % seq + b"p" * (seq % 300))
+                self.assertGreater(queue.durable, previous_last)
+                previous_last = queue.durable
+            finally:
+                queue.close()
