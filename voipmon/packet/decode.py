@@ -12,7 +12,7 @@ messages.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.ipfrag import Defragmenter
@@ -107,6 +107,42 @@ class Decoder:
                         ((ts, frame),))))
                     return
         self._slow(ts, linktype, frame)
+
+    def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> int:
+        """``feed`` every ``(ts, linktype, frame)`` of ``records`` (e.g. a ``CaptureReader``);
+        return how many. The same fast path as ``feed`` inlined in one loop, which saves
+        the per-frame call: about a fifth of the decoding time for a capture file."""
+        sink = self._sink
+        unpack = _ETH_IP_UDP
+        tunnel_ports = self._tunnel_ports
+        slow = self._slow
+        new = _new
+        dgram = Datagram
+        n = 0
+        try:
+            for ts, linktype, frame in records:
+                n += 1
+                if linktype == 1:
+                    ln = len(frame)
+                    if ln >= 42:
+                        et, vihl, tot, ff, proto, src, dst, sport, dport, ulen = \
+                            unpack(frame, 12)
+                        off = 14
+                        if et == 0x8100 and ln >= 46:
+                            off = 18
+                            et, vihl, tot, ff, proto, src, dst, sport, dport, ulen = \
+                                unpack(frame, 16)
+                        if et == 0x0800 and vihl == 0x45 and proto == 17 and not ff & 0x3FFF \
+                                and 28 <= tot <= ln - off and 8 <= ulen <= tot - 20 \
+                                and dport not in tunnel_ports:
+                            sink(new(dgram, (ts, 17, src, sport, dst, dport,
+                                             frame[off + 28:off + 20 + ulen], 1,
+                                             ((ts, frame),))))
+                            continue
+                slow(ts, linktype, frame)
+        finally:
+            self._nframes += n
+        return n
 
     def expire(self, now: float) -> None:
         """Drop fragment and stream state that has been idle too long (capture time)."""

@@ -5,11 +5,14 @@ buffer of in-order bytes not yet framed, and a bounded map of segments that arri
 Retransmitted and overlapping bytes are trimmed against the next expected sequence number,
 so each byte enters the buffer once. A hole that stays open for ``gap_timeout`` seconds of
 capture time (or whose early segments exceed ``max_ooo_bytes``) is skipped: the message it
-cut is lost and counted, and framing resynchronises on the next start line.
+cut is lost and counted, and framing resynchronises on the next start line. A stream joined
+without its SYN starts at the first segment seen; until it delivers a message, a segment
+from before that point (capture began amid reordering) rewinds the stream to it.
 
 Which connections: any with an endpoint on a SIP port; with ``heuristics`` also those whose
-first data looks like SIP, and WebSocket connections (HTTP Upgrade, or frames carrying SIP)
-on any port. Everything else is ignored without keeping state.
+first data looks like SIP, and WebSocket connections on any port: an HTTP Upgrade whose
+first segment names websocket, or, joined later, frames whose payload starts like SIP.
+Everything else is ignored without keeping state.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ FIN, SYN, RST = 1, 2, 4
 
 class _Flow:
     __slots__ = ("buf", "closed", "fin_at", "frames", "inflate", "isn", "key", "kind",
-                 "last_ts", "next", "ooo", "ooo_bytes", "ooo_since", "segs", "ws_frames",
-                 "ws_parts", "ws_rsv")
+                 "last_ts", "next", "ooo", "ooo_bytes", "ooo_since", "pre", "pre_bytes",
+                 "segs", "ws_frames", "ws_parts", "ws_rsv")
 
     def __init__(self, key: tuple, kind: int, ts: float) -> None:
         self.key = key
@@ -58,6 +61,10 @@ class _Flow:
         self.fin_at: int | None = None
         self.isn: int | None = None
         self.closed = False
+        # Until a SYN or a first delivered message shows where the stream starts, the
+        # accepted segments are kept so that an earlier one arriving late can rewind.
+        self.pre: list[tuple[int, bytes, Frames]] | None = []
+        self.pre_bytes = 0
         self.frames: Frames = ()
         self.ws_parts: list[bytes] = []
         self.ws_frames: list[tuple[float, bytes]] = []
@@ -125,6 +132,7 @@ class TcpReassembler:
                     self._reset(flow)
                 flow.isn = seq
                 flow.next = (seq + 1) & 0xFFFFFFFF
+                flow.pre = None
             seq = (seq + 1) & 0xFFFFFFFF
         elif flow.next is None:
             flow.next = seq  # joined mid-stream: framing resynchronises
@@ -167,6 +175,9 @@ class TcpReassembler:
     def _data(self, flow: _Flow, seq: int, data: bytes, frames: Frames, ts: float) -> None:
         d = (seq - flow.next) & 0xFFFFFFFF  # type: ignore[operator]
         if d >= 0x80000000:  # starts before what we expect: retransmission or overlap
+            if flow.pre and (flow.pre[0][0] - seq) & 0xFFFFFFFF < self.max_buffer \
+                    and seq != flow.pre[0][0]:
+                return self._rewind(flow, seq, data, frames, ts)
             overlap = 0x100000000 - d
             if overlap >= len(data):
                 self.counters["retransmission"] += 1
@@ -196,7 +207,26 @@ class TcpReassembler:
             if flow.ooo and ts - flow.ooo_since > self.gap_timeout:
                 self._skip_gap(flow, "gap_timeout")
 
+    def _rewind(self, flow: _Flow, seq: int, data: bytes, frames: Frames, ts: float) -> None:
+        """A segment from before the first one we saw of an unsynchronised stream: start
+        the stream there and replay what was accepted (nothing was delivered yet)."""
+        self.counters["rewind"] += 1
+        pre = flow.pre or []
+        flow.pre, flow.pre_bytes = [], 0
+        flow.buf, flow.segs, flow.ws_parts, flow.ws_frames = bytearray(), [], [], []
+        for s, d, f in pre:
+            if s not in flow.ooo:
+                flow.ooo[s] = (d, f, False)
+                flow.ooo_bytes += len(d)
+        flow.next = seq
+        self._data(flow, seq, data, frames, ts)
+
     def _append(self, flow: _Flow, data: bytes, frames: Frames) -> None:
+        if flow.pre is not None:
+            flow.pre.append((flow.next, data, frames))  # type: ignore[arg-type]
+            flow.pre_bytes += len(data)
+            if flow.pre_bytes > self.max_buffer:
+                flow.pre = None
         flow.next = (flow.next + len(data)) & 0xFFFFFFFF  # type: ignore[operator]
         if flow.kind == DEAD:
             return
@@ -298,6 +328,7 @@ class TcpReassembler:
     def _deliver(self, flow: _Flow, msg: bytes, frames: Frames) -> None:
         src, sport, dst, dport = flow.key
         ts = max(t for t, _ in frames) if frames else flow.last_ts
+        flow.pre = None
         self.stats.tcp_messages += 1
         self._emit(_new(Datagram, (ts, IPPROTO_TCP, src, sport, dst, dport, msg,
                                    self._linktype, frames)))
