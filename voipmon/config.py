@@ -271,6 +271,12 @@ OPTIONS: tuple[Option, ...] = (
            "Close any call this many seconds after it started (bye=102)."),
     Option("max_buffer_mem", Integer(1), 2000, SENSOR,
            "MB of packets held in memory for mirroring; beyond it packets are dropped, counted."),
+    Option("ringbuffer", Integer(1, 4096), 50, SENSOR,
+           "MB of kernel ring buffer per captured interface (absorbs bursts; see snaplen)."),
+    Option("snaplen", Integer(256, 262144), 65535, SENSOR,
+           "Bytes kept of each captured packet; also the ring slot size on offloading NICs."),
+    Option("mirror_destination", HostPort(), None, SENSOR,
+           "Deprecated legacy mirroring: send raw packets over plain TCP to this ip:port."),
     # management port (sensor side)
     Option("managerip", Text(allow_empty=False), "127.0.0.1", SENSOR,
            "Address of the management port (pcap retrieval, sniffer_stat)."),
@@ -297,6 +303,10 @@ OPTIONS: tuple[Option, ...] = (
            "PEM private key for tls_certificate."),
     Option("client_server_connect_maximum_time_diff_s", Number(lo=0.0), 2.0, CENTRAL,
            "Largest clock difference (seconds) allowed between a sensor and the central."),
+    Option("mirror_bind", HostPort(), None, CENTRAL,
+           "Deprecated legacy mirroring: receive raw packets from mirror_destination senders."),
+    Option("mirror_connect_maximum_time_diff_s", Number(lo=0.0), 2.0, CENTRAL,
+           "Largest clock difference (seconds) allowed for a legacy mirror sender."),
     Option("mysqlhost", Text(), "", CENTRAL,
            "MySQL/MariaDB host; empty = embedded SQLite at sqlite_path."),
     Option("mysqlport", PORT, 3306, CENTRAL, "MySQL/MariaDB port."),
@@ -446,6 +456,11 @@ def _read(path: str) -> str:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}")
 
 
+def _mirror_sender_needs_no_channel(name: str, values: Mapping[str, Any]) -> bool:
+    """A legacy mirror sender (mirror_destination) sends no CDRs, so needs no central."""
+    return name == "server_destination" and bool(values.get("mirror_destination"))
+
+
 def _load(role: str, path: str, text: str | None, overrides: Iterable[tuple[str, str]]) -> Any:
     if text is None:
         text = _read(path)
@@ -497,13 +512,14 @@ def _load(role: str, path: str, text: str | None, overrides: Iterable[tuple[str,
         if opt.name in values:
             value = values[opt.name]
         else:
-            if opt.required:
+            if opt.required and not _mirror_sender_needs_no_channel(opt.name, values):
                 raise ConfigError(
                     f"{path}: {opt.name} is missing; allowed: {opt.kind.allowed} "
                     f"({opt.doc.rstrip('.')})"
                 )
             value = opt.default
-        if value in ((), [], "") and opt.required:
+        if value in ((), [], "") and opt.required and \
+                not _mirror_sender_needs_no_channel(opt.name, values):
             raise ConfigError(_message(str(origins.get(opt.name, path)), opt.name, value,
                                        "must not be empty", opt.kind.allowed))
         if isinstance(value, list):
