@@ -1,0 +1,333 @@
+"""The database schema, written once for both back ends, and its versioned migrations.
+
+Tables are described abstractly (``Table``/``Column``/``Index`` with portable type names);
+``voipmon.store.dialect`` turns them into MySQL or SQLite DDL. The schema is never created
+by one big script: it is the result of applying ``MIGRATIONS`` in order, from version 0 (an
+empty database) to ``SCHEMA_VERSION``, and the ``schema_version`` table's one row says how
+far a database has come. A fresh database therefore takes the same path as an upgraded one,
+and each step is idempotent (it checks what exists before adding it), so a step that was
+interrupted on MySQL (where DDL cannot be rolled back) simply runs again.
+
+Column names follow VoIPmonitor's (research notes, section 4) for what voipmon computes, so
+reports written for VoIPmonitor keep working: ``cdr.calldate``, ``caller``, ``called``,
+``sipcallerip`` (``varbinary(16)`` as VoIPmonitor's IPv6 layout, read with ``INET6_NTOA``),
+``a_avgjitter_mult10``, ``a_mos_f1_mult10``, ``a_sl1``..``a_sl10``, ``a_d50``..``a_d300``,
+``cdr_rtp.loss``, ``cdr_sip_response`` and ``cdr_ua`` lookups, ``cdr_next.fbasename``.
+Columns of our own: ``cdr.sensor_cdr_uid`` (the idempotency key), ``cdr_next.callid``,
+``connect_time``, ``sip_pcap``/``rtp_pcap``/``pcap_on`` (where the call's pcap lives),
+``extra`` (JSON), and full-precision stream values in ``cdr_rtp`` (``avgjitter``, ``mos_f1``...)
+beside VoIPmonitor's ``maxjitter_mult10``. ``cdr``'s summaries are VoIPmonitor-style:
+``payload`` (caller's main codec, else callee's), ``jitter_mult10`` (the larger side's
+average jitter), ``mos_min_mult10`` (lowest MOS of either side, any model) and
+``packet_loss_perc_mult1000`` (the larger side's loss percentage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+# Portable column types; voipmon.store.dialect maps each to DDL.
+#   id            auto-increment 64-bit primary key
+#   u8 u16 u32    unsigned integers; i32 i64 signed
+#   bool          0/1
+#   double        IEEE double; dec3 = decimal(9,3) (seconds with milliseconds)
+#   datetime      UTC with milliseconds
+#   ip            packed address: 4 bytes IPv4, 16 bytes IPv6 (INET6_ATON layout)
+#   text:N        up to N characters, case-insensitive comparisons (caller, called...)
+#   bintext:N     up to N characters compared exactly (lookup keys)
+#   ascii:N       up to N ASCII characters compared exactly (ids)
+#   longtext      unbounded text (JSON)
+#   enum:a,b      one of the listed words or NULL
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    null: bool = True
+    default: int | None = None
+
+    @property
+    def length(self) -> int | None:
+        """N of ``text:N``/``bintext:N``/``ascii:N``, else None."""
+        kind, _, arg = self.type.partition(":")
+        return int(arg) if kind in ("text", "bintext", "ascii") else None
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    columns: tuple[str, ...]
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    table: str
+    ref_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    indexes: tuple[Index, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"{self.name}.{name}")
+
+
+def _cols(spec: str, type_: str, null: bool = True) -> tuple[Column, ...]:
+    return tuple(Column(name, type_, null) for name in spec.split())
+
+
+def _side_columns(side: str) -> tuple[Column, ...]:
+    """VoIPmonitor's per-side (a_ caller, b_ callee) RTP summary columns of ``cdr``."""
+    s = side
+    return (
+        Column(f"{s}_index", "u16"),
+        Column(f"{s}_payload", "i32"),
+        Column(f"{s}_saddr", "ip"),
+        Column(f"{s}_received", "u32"),
+        Column(f"{s}_lost", "i32"),
+        Column(f"{s}_reordered", "u32"),
+        Column(f"{s}_avgjitter_mult10", "u32"),
+        Column(f"{s}_maxjitter", "u32"),
+        *_cols(" ".join(f"{s}_sl{i}" for i in range(1, 11)), "u32"),
+        *_cols(" ".join(f"{s}_d{d}" for d in (50, 70, 90, 120, 150, 200, 300)), "u32"),
+        Column(f"{s}_mos_f1_mult10", "u8"),
+        Column(f"{s}_mos_f2_mult10", "u8"),
+        Column(f"{s}_mos_adapt_mult10", "u8"),
+    )
+
+
+SCHEMA_VERSION_TABLE = Table(
+    "schema_version",
+    (Column("id", "u8", null=False), Column("version", "u32", null=False),
+     Column("updated", "datetime")),
+    ("id",),
+)
+
+CDR_SIP_RESPONSE = Table(
+    "cdr_sip_response",
+    (Column("id", "id"), Column("lastSIPresponse", "bintext:255", null=False)),
+    ("id",),
+    (Index("cdr_sip_response_text", ("lastSIPresponse",), unique=True),),
+)
+
+CDR_UA = Table(
+    "cdr_ua",
+    (Column("id", "id"), Column("ua", "bintext:512", null=False)),
+    ("id",),
+    (Index("cdr_ua_text", ("ua",), unique=True),),
+)
+
+CDR = Table(
+    "cdr",
+    (
+        Column("ID", "id"),
+        Column("id_sensor", "u16", null=False),
+        Column("sensor_cdr_uid", "ascii:64", null=False),
+        Column("calldate", "datetime", null=False),
+        Column("callend", "datetime", null=False),
+        Column("duration", "dec3"),
+        Column("connect_duration", "dec3"),
+        Column("caller", "text:255"),
+        Column("caller_domain", "text:255"),
+        Column("callername", "text:255"),
+        Column("called", "text:255"),
+        Column("called_domain", "text:255"),
+        Column("sipcallerip", "ip"),
+        Column("sipcallerport", "u16"),
+        Column("sipcalledip", "ip"),
+        Column("sipcalledport", "u16"),
+        Column("whohanged", "enum:caller,callee"),
+        Column("bye", "u8"),
+        Column("lastSIPresponse_id", "u32"),
+        Column("lastSIPresponseNum", "u16"),
+        Column("a_ua_id", "u32"),
+        Column("b_ua_id", "u32"),
+        *_side_columns("a"),
+        *_side_columns("b"),
+        Column("payload", "i32"),
+        Column("jitter_mult10", "u32"),
+        Column("mos_min_mult10", "u8"),
+        Column("packet_loss_perc_mult1000", "u32"),
+    ),
+    ("ID",),
+    (
+        Index("cdr_sensor_uid", ("id_sensor", "sensor_cdr_uid"), unique=True),
+        Index("cdr_calldate", ("calldate",)),
+        Index("cdr_caller", ("caller",)),
+        Index("cdr_called", ("called",)),
+        # id_sensor leads, calldate follows: "this sensor's calls, newest first" is one scan.
+        Index("cdr_id_sensor", ("id_sensor", "calldate")),
+    ),
+)
+
+CDR_NEXT = Table(
+    "cdr_next",
+    (
+        Column("cdr_ID", "u64", null=False),
+        Column("callid", "text:1024"),
+        Column("fbasename", "text:255"),
+        Column("connect_time", "datetime"),
+        Column("sip_pcap", "text:1024"),
+        Column("rtp_pcap", "text:1024"),
+        Column("pcap_on", "enum:sensor,central"),
+        Column("extra", "longtext"),
+    ),
+    ("cdr_ID",),
+    foreign_keys=(ForeignKey(("cdr_ID",), "cdr", ("ID",)),),
+)
+
+CDR_RTP = Table(
+    "cdr_rtp",
+    (
+        Column("cdr_ID", "u64", null=False),
+        Column("index", "u16", null=False),
+        Column("saddr", "ip"),
+        Column("sport", "u16"),
+        Column("daddr", "ip"),
+        Column("dport", "u16"),
+        Column("ssrc", "u32"),
+        Column("payload", "i32"),
+        Column("received", "u32"),
+        Column("loss", "i32"),
+        Column("firsttime", "double"),   # seconds after cdr.calldate
+        Column("lasttime", "double"),    # seconds after cdr.calldate
+        Column("maxjitter_mult10", "u32"),
+        Column("avgjitter", "double"),
+        Column("maxjitter", "double"),
+        Column("mos_f1", "double"),
+        Column("mos_f2", "double"),
+        Column("mos_adapt", "double"),
+        Column("codec", "text:64"),
+        Column("duplicates", "u32"),
+        Column("reordered", "u32"),
+        Column("sl", "ascii:200"),       # loss bursts, comma-separated (sl1..sl10)
+        Column("delay", "ascii:200"),    # delay buckets, comma-separated (d50..d300)
+        Column("rtcp_fraclost", "double"),
+        Column("rtcp_jitter", "double"),
+        Column("rtcp_rtt", "double"),
+        Column("tied_to_sip", "bool"),
+    ),
+    ("cdr_ID", "index"),
+    foreign_keys=(ForeignKey(("cdr_ID",), "cdr", ("ID",)),),
+)
+
+SENSORS_V1 = Table(
+    "sensors",
+    (
+        Column("id_sensor", "u32", null=False),
+        Column("name", "text:256"),
+        Column("name_locked", "bool", null=False, default=0),  # renamed by an operator
+        Column("host", "text:255"),
+        Column("mode", "ascii:16"),
+        Column("version", "text:64"),
+        Column("connected", "bool", null=False, default=0),
+        Column("central", "text:255"),   # which central holds (held) its connection
+        Column("first_seen", "datetime"),
+        Column("last_seen", "datetime"),
+        Column("manager_host", "text:255"),
+        Column("manager_port", "u16"),
+    ),
+    ("id_sensor",),
+)
+
+# Version 2: counters a sensor's periodic stats update sets.
+SENSORS_V2_COLUMNS = (
+    Column("packets", "i64", null=False, default=0),
+    Column("drops", "i64", null=False, default=0),
+    Column("queue_depth", "i64", null=False, default=0),
+    Column("stats_at", "datetime"),
+)
+
+
+# -- migrations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateTable:
+    table: Table
+
+
+@dataclass(frozen=True)
+class AddColumn:
+    table: str
+    column: Column
+
+
+@dataclass(frozen=True)
+class CreateIndex:
+    table: str
+    index: Index
+
+
+Step = CreateTable | AddColumn | CreateIndex
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    steps: tuple[Step, ...] = field(default_factory=tuple)
+
+
+def _create(table: Table) -> tuple[Step, ...]:
+    """A table and then each of its indexes (indexes are separate, idempotent steps)."""
+    bare = replace(table, indexes=())
+    return (CreateTable(bare), *(CreateIndex(table.name, idx) for idx in table.indexes))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema: cdr, cdr_next, cdr_rtp, lookups, sensors", (
+        CreateTable(SCHEMA_VERSION_TABLE),
+        *_create(CDR_SIP_RESPONSE),
+        *_create(CDR_UA),
+        *_create(CDR),
+        *_create(CDR_NEXT),
+        *_create(CDR_RTP),
+        *_create(SENSORS_V1),
+    )),
+    Migration(2, "sensors: packet, drop and queue-depth counters from stats updates", tuple(
+        AddColumn("sensors", col) for col in SENSORS_V2_COLUMNS
+    )),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def tables_at(version: int = SCHEMA_VERSION) -> dict[str, Table]:
+    """Every table as it stands after migrating to ``version`` (the schema, derived once)."""
+    tables: dict[str, Table] = {}
+    for migration in MIGRATIONS:
+        if migration.version > version:
+            break
+        for step in migration.steps:
+            apply_step(tables, step)
+    return tables
+
+
+def apply_step(tables: dict[str, Table], step: Step) -> None:
+    """What a step does to the abstract schema (used to derive ``tables_at``)."""
+    if isinstance(step, CreateTable):
+        tables[step.table.name] = step.table
+    elif isinstance(step, AddColumn):
+        old = tables[step.table]
+        tables[step.table] = replace(old, columns=(*old.columns, step.column))
+    elif isinstance(step, CreateIndex):
+        old = tables[step.table]
+        tables[step.table] = replace(old, indexes=(*old.indexes, step.index))
+    else:  # pragma: no cover - a new Step kind without handling is a programming error
+        raise TypeError(step)
+
+
+TABLES: dict[str, Table] = tables_at()
+

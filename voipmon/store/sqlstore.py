@@ -1,0 +1,487 @@
+"""``SqlStore``: IStore over an adbapi pool, for MySQL/MariaDB and for embedded SQLite.
+
+The SQL is written once; ``voipmon.store.dialect`` holds the differences. MySQL uses one
+pool for everything. SQLite uses a one-thread writer pool (one writer, as SQLite wants)
+and a small reader pool beside it (WAL lets readers run while the writer writes).
+
+A batch write is one transaction: lookup ids (user agents, response texts; cached once
+committed), then one multi-row INSERT into ``cdr`` that skips keys already present, then
+the new rows' IDs, then ``cdr_next`` and ``cdr_rtp``. When the insert count says every row
+was new (the usual case) or none was (a replayed batch), that is all. When only some were
+new, the attempt is rolled back and run again with a look-up of the stored keys first, so
+the children are written exactly for the rows this transaction inserted, whatever other
+centrals write at the same time. Rows are sorted by key so concurrent batches take their
+locks in the same order; the deadlocks that remain are retried by ``Pool``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from voipmon.analysis.cdr import Cdr, iso_ms
+from voipmon.store.dialect import MySQLDialect, SQLiteDialect, dialect_for, q, qlist
+from voipmon.store.interfaces import (
+    SENSOR_FIELDS,
+    SENSOR_JSON_FIELDS,
+    SENSOR_STATS_FIELDS,
+    IStore,
+    StoreError,
+    StoreUnavailable,
+)
+from voipmon.store.migrate import migrate
+from voipmon.store.pool import Availability, Pool, Retry, Txn
+from voipmon.store.query import CdrQuery, as_query, where_sql
+from voipmon.store.rows import (
+    CDR_COLUMNS,
+    NEXT_COLUMNS,
+    PCAP_ON,
+    READ_COLUMNS,
+    READ_RTP_COLUMNS,
+    RTP_COLUMNS,
+    ascii_text,
+    cdr_json,
+    datetime_text,
+    decode_cdr,
+    encode_cdr,
+    encode_next,
+    encode_rtp,
+    epoch,
+    lookup_keys,
+    text,
+    uid,
+)
+from voipmon.store.schema import SCHEMA_VERSION
+
+_CHUNK = 500            # keys per IN (...) list
+_CACHE_LIMIT = 20000    # lookup texts remembered per table
+
+_SELECT_CDR = "SELECT " + ", ".join(
+    f"{alias}.{q(col)}" for alias, col in (name.split(".") for name in READ_COLUMNS)
+) + (
+    " FROM `cdr` c LEFT JOIN `cdr_next` n ON n.`cdr_ID` = c.`ID`"
+    " LEFT JOIN `cdr_sip_response` r ON r.`id` = c.`lastSIPresponse_id`"
+    " LEFT JOIN `cdr_ua` ua ON ua.`id` = c.`a_ua_id`"
+    " LEFT JOIN `cdr_ua` ub ON ub.`id` = c.`b_ua_id`"
+)
+_LOOKUPS = {"response": ("cdr_sip_response", "lastSIPresponse"), "ua": ("cdr_ua", "ua")}
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class _Batch:
+    """A validated batch: CDRs sorted by (id_sensor, uid), duplicates within it dropped."""
+
+    def __init__(self, cdrs: Sequence[Cdr], pcap_on: str) -> None:
+        if isinstance(cdrs, Cdr | str | bytes) or not isinstance(cdrs, Sequence):
+            raise ValueError("store_cdrs takes a sequence of Cdr")
+        if pcap_on not in PCAP_ON:
+            raise ValueError(f"pcap_on = {pcap_on!r}: allowed: {', '.join(PCAP_ON)}")
+        unique: dict[tuple[int, str], Cdr] = {}
+        for cdr in cdrs:
+            if not isinstance(cdr, Cdr):
+                raise ValueError(f"store_cdrs takes Cdr objects, not {type(cdr).__name__}")
+            ident = cdr.id_sensor
+            if not isinstance(ident, int) or isinstance(ident, bool) or not 0 <= ident <= 65535:
+                raise ValueError(f"CDR {cdr.callid!r}: id_sensor = {ident!r}: allowed: 0..65535")
+            unique.setdefault((ident, uid(cdr.sensor_cdr_uid)), cdr)
+        self.items = sorted(unique.items(), key=lambda item: item[0])
+        self.pcap_on = pcap_on
+        self.precheck = False       # set when an attempt found some keys already stored
+        self.lookups: list[tuple[str | None, str | None, str | None]] | None = None
+
+
+@implementer(IStore)
+class SqlStore:
+    """The central's CDR and sensor store over MySQL/MariaDB or SQLite."""
+
+    def __init__(self, dialect: MySQLDialect | SQLiteDialect, reactor: Any,
+                 central_id: str | None = None, pool_size: int = 4,
+                 log: Logger | None = None) -> None:
+        self.dialect = dialect
+        self.where = dialect.where
+        self.central_id = central_id or socket.gethostname()
+        self._reactor = reactor
+        self._pool_size = pool_size
+        self.log = log or Logger()
+        self.availability = Availability(dialect.where, reactor, self.log)
+        self._writer: Pool | None = None
+        self._reader: Pool | None = None
+        self._cache: dict[str, dict[str, int]] = {"response": {}, "ua": {}}
+
+    @classmethod
+    def from_config(cls, config: Any, reactor: Any, central_id: str | None = None) -> SqlStore:
+        """The store a CentralConfig describes (MySQL when ``mysqlhost`` is set)."""
+        return cls(dialect_for(config), reactor, central_id)
+
+    def __repr__(self) -> str:
+        return f"<SqlStore {self.where}>"
+
+    @property
+    def is_mysql(self) -> bool:
+        return isinstance(self.dialect, MySQLDialect)
+
+    def pools(self) -> tuple[Pool, ...]:
+        pools = [p for p in (self._writer, self._reader) if p is not None]
+        return tuple(dict.fromkeys(pools))
+
+    def _watch(self, d: Deferred) -> Deferred:
+        return self.availability.watch(d)
+
+    def _not_started(self) -> Deferred:
+        return fail(StoreError(f"{self.where}: the store is not started"))
+
+    # lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Deferred:
+        if self._writer is None:
+            if self.is_mysql:
+                self._writer = self._reader = Pool(self.dialect, self._reactor,
+                                                   size=self._pool_size)
+            else:
+                self._writer = Pool(self.dialect, self._reactor, size=1)
+                self._reader = Pool(self.dialect, self._reactor, size=2, name="voipmon-db-read")
+        writer = self._writer
+        d = writer.runWithConnection(lambda _handle: self._prepare())
+        d.addCallback(self._prepared)
+        now = self._reactor.seconds()
+        d.addCallback(lambda _: writer.run(self._migrate, now, transaction=False))
+        d.addCallback(self._migrated)
+        d.addCallback(lambda _: writer.run(self._reset_sensors))
+        d.addCallback(lambda _: None)
+        return self._watch(d)
+
+    def _prepare(self) -> bool:
+        """Pool thread: make sure there is a database to connect to; True if created."""
+        if isinstance(self.dialect, SQLiteDialect):
+            try:
+                self.dialect.prepare()
+            except OSError as exc:
+                raise StoreUnavailable(f"{self.where}: cannot create its directory: {exc}")
+            return False
+        dialect = self.dialect
+        try:
+            dialect.connect().close()
+            return False
+        except Exception as exc:
+            if not dialect.is_unknown_database(exc):
+                raise StoreUnavailable(f"{self.where}: cannot connect: {dialect.describe(exc)}")
+        try:
+            conn = dialect.connect(with_database=False)
+            try:
+                created = dialect.create_database(conn)
+                conn.commit()
+            finally:
+                conn.close()
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"{self.where}: database {dialect.database!r} does not exist and "
+                f"{dialect.user} could not create it: {dialect.describe(exc)}"
+            )
+        return created
+
+    def _prepared(self, created: bool) -> None:
+        if created:
+            self.log.info("Created database {where}", where=self.where)
+
+    def _migrate(self, txn: Txn, now: float) -> tuple[int, int]:
+        return migrate(self.dialect, txn.conn, now)
+
+    def _migrated(self, versions: tuple[int, int]) -> None:
+        found, now = versions
+        if found == 0:
+            self.log.info("Created the schema (version {version}) in {where}",
+                          version=now, where=self.where)
+        elif found != now:
+            self.log.info("Migrated {where} from schema version {found} to {version}",
+                          where=self.where, found=found, version=now)
+
+    def _reset_sensors(self, txn: Txn) -> None:
+        # Sensors this central held when it last stopped are no longer connected to it.
+        ph = self.dialect.placeholder
+        txn.cursor.execute(f"UPDATE `sensors` SET `connected` = 0 WHERE `connected` = 1 "
+                           f"AND `central` = {ph}", (self.central_id,))
+
+    def close(self) -> Deferred:
+        for pool in self.pools():
+            pool.close()
+        self._writer = self._reader = None
+        return succeed(None)
+
+    # writing CDRs -----------------------------------------------------------------------
+
+    def store_cdrs(self, cdrs: Sequence[Cdr], pcap_on: str = "sensor") -> Deferred:
+        try:
+            batch = _Batch(cdrs, pcap_on)
+        except ValueError as exc:
+            return fail(exc)
+        if self._writer is None:
+            return self._not_started()
+        if not batch.items:
+            return succeed(0)
+        return self._watch(self._writer.run(self._write, batch))
+
+    def _write(self, txn: Txn, batch: _Batch) -> int:
+        dialect, cur = txn.dialect, txn.cursor
+        if batch.lookups is None:
+            batch.lookups = [lookup_keys(cdr) for _key, cdr in batch.items]
+        responses = self._resolve(txn, "response", {lk[0] for lk in batch.lookups})
+        uas = self._resolve(txn, "ua", {t for lk in batch.lookups for t in lk[1:]})
+        todo = list(zip(batch.items, batch.lookups, strict=True))
+        if batch.precheck:
+            stored = self._keys(txn, [key for key, _cdr in batch.items])
+            todo = [entry for entry in todo if entry[0][0] not in stored]
+            if not todo:
+                return 0
+        rows = [encode_cdr(cdr, responses.get(r), uas.get(a), uas.get(b))
+                for (_key, cdr), (r, a, b) in todo]
+        inserted = dialect.insert(cur, "cdr", CDR_COLUMNS, rows, ignore_key="ID")
+        if inserted == 0 and not batch.precheck:
+            return 0                        # every CDR was stored before: a replay
+        if inserted != len(rows):
+            batch.precheck = True           # some were: find which, in a new attempt
+            raise Retry()
+        ids = self._keys(txn, [key for (key, _cdr), _lk in todo])
+        dialect.insert(cur, "cdr_next", NEXT_COLUMNS,
+                       [encode_next(cdr, ids[key], batch.pcap_on) for (key, cdr), _lk in todo])
+        dialect.insert(cur, "cdr_rtp", RTP_COLUMNS,
+                       [row for (key, cdr), _lk in todo for row in encode_rtp(cdr, ids[key])])
+        return inserted
+
+    def _keys(self, txn: Txn, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        """{(id_sensor, uid): ID} of those keys that are stored."""
+        by_sensor: dict[int, list[str]] = defaultdict(list)
+        for ident, key_uid in keys:
+            by_sensor[ident].append(key_uid)
+        ph = self.dialect.placeholder
+        found: dict[tuple[int, str], int] = {}
+        for ident, uids in by_sensor.items():
+            for chunk in _chunks(uids):
+                txn.cursor.execute(
+                    f"SELECT `ID`, `sensor_cdr_uid` FROM `cdr` WHERE `id_sensor` = {ph} "
+                    f"AND `sensor_cdr_uid` IN ({self.dialect.params(len(chunk))})",
+                    (ident, *chunk))
+                for cdr_id, key_uid in txn.cursor.fetchall():
+                    found[(ident, key_uid)] = cdr_id
+        return found
+
+    def _resolve(self, txn: Txn, kind: str, texts: set[str | None]) -> dict[str, int]:
+        """Ids of lookup texts (cdr_sip_response / cdr_ua), inserting the new ones."""
+        cache = self._cache[kind]
+        ids = {t: cache[t] for t in texts if t is not None and t in cache}
+        need = sorted(t for t in texts if t is not None and t not in ids)
+        if not need:
+            return ids
+        table, column = _LOOKUPS[kind]
+        found = self._select_lookup(txn, table, column, need)
+        missing = [t for t in need if t not in found]
+        if missing:
+            txn.dialect.insert(txn.cursor, table, (column,), [(t,) for t in missing],
+                               ignore_key="id")
+            found.update(self._select_lookup(txn, table, column, missing))
+        txn.after_commit.append(lambda: self._remember(kind, found))
+        ids.update(found)
+        return ids
+
+    def _select_lookup(self, txn: Txn, table: str, column: str,
+                       texts: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(texts):
+            txn.cursor.execute(
+                f"SELECT `id`, {q(column)} FROM {q(table)} WHERE {q(column)} IN "
+                f"({self.dialect.params(len(chunk))})", tuple(chunk))
+            for ident, value in txn.cursor.fetchall():
+                found[value] = ident
+        return found
+
+    def _remember(self, kind: str, found: dict[str, int]) -> None:
+        cache = self._cache[kind]
+        if len(cache) + len(found) > _CACHE_LIMIT:
+            cache.clear()
+        cache.update(found)
+
+    # reading CDRs -----------------------------------------------------------------------
+
+    def list_cdrs(self, query: CdrQuery | Mapping[Any, Any] | None = None) -> Deferred:
+        try:
+            parsed = as_query(query)
+        except ValueError as exc:
+            return fail(exc)
+        if self._reader is None:
+            return self._not_started()
+        return self._watch(self._reader.run(self._list, parsed, write=False))
+
+    def _list(self, txn: Txn, query: CdrQuery) -> list[dict[str, Any]]:
+        ph = self.dialect.placeholder
+        where, params = where_sql(query, ph, datetime_text)
+        txn.cursor.execute(
+            f"{_SELECT_CDR}{where} ORDER BY c.`calldate` DESC, c.`ID` DESC "
+            f"LIMIT {ph} OFFSET {ph}", (*params, query.limit, query.offset))
+        return self._assemble(txn, txn.cursor.fetchall())
+
+    def get_cdr(self, cdr_id: int) -> Deferred:
+        if not isinstance(cdr_id, int) or isinstance(cdr_id, bool) or cdr_id < 0:
+            return fail(ValueError(f"cdr id = {cdr_id!r}: allowed: a whole number"))
+        if self._reader is None:
+            return self._not_started()
+        return self._watch(self._reader.run(self._get, cdr_id, write=False))
+
+    def _get(self, txn: Txn, cdr_id: int) -> dict[str, Any] | None:
+        if cdr_id >= 1 << 63:
+            return None
+        txn.cursor.execute(f"{_SELECT_CDR} WHERE c.`ID` = {self.dialect.placeholder}",
+                           (cdr_id,))
+        found = self._assemble(txn, txn.cursor.fetchall())
+        return found[0] if found else None
+
+    def _assemble(self, txn: Txn, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        streams: dict[int, list[Sequence[Any]]] = defaultdict(list)
+        columns = qlist(READ_RTP_COLUMNS)
+        for chunk in _chunks([row[0] for row in rows]):
+            txn.cursor.execute(
+                f"SELECT `cdr_ID`, {columns} FROM `cdr_rtp` WHERE `cdr_ID` IN "
+                f"({self.dialect.params(len(chunk))}) ORDER BY `cdr_ID`, `index`", tuple(chunk))
+            for row in txn.cursor.fetchall():
+                streams[row[0]].append(row[1:])
+        result = []
+        for row in rows:
+            cdr_id, cdr, pcap_on = decode_cdr(row, streams.get(row[0], ()))
+            result.append(cdr_json(cdr_id, cdr, pcap_on))
+        return result
+
+    # sensors ----------------------------------------------------------------------------
+
+    def upsert_sensor(self, sensor: Mapping[str, Any]) -> Deferred:
+        try:
+            sql, params = self._upsert_statement(sensor)
+        except ValueError as exc:
+            return fail(exc)
+        if self._writer is None:
+            return self._not_started()
+        return self._watch(self._writer.run(self._execute, sql, params).addCallback(
+            lambda _: None))
+
+    def _upsert_statement(self, sensor: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        ident = _sensor_id(sensor.get("id_sensor") if isinstance(sensor, Mapping) else None)
+        unknown = set(sensor) - {"id_sensor", "when", *SENSOR_FIELDS}
+        if unknown:
+            raise ValueError(f"unknown sensor fields {sorted(unknown)}; allowed: id_sensor, "
+                             f"when, {', '.join(SENSOR_FIELDS)}")
+        when = sensor.get("when")
+        when = self._reactor.seconds() if when is None else float(when)
+        stamp = datetime_text(when)
+        given = {k: _sensor_value(k, sensor[k]) for k in SENSOR_FIELDS if k in sensor}
+        name = given.pop("name", None) or None
+        values: dict[str, Any] = {
+            "id_sensor": ident, "name": name or f"sensor {ident}", **given, "connected": 1,
+            "central": text(self.central_id, 255), "first_seen": stamp, "last_seen": stamp,
+        }
+        updates = {col: self.dialect.excluded(col) for col in (*given, "connected", "central",
+                                                               "last_seen")}
+        if name:
+            updates["name"] = (f"CASE WHEN `name_locked` = 1 THEN `name` "
+                               f"ELSE {self.dialect.excluded('name')} END")
+        if any(k in given for k in SENSOR_STATS_FIELDS):
+            values["stats_at"] = stamp
+            updates["stats_at"] = self.dialect.excluded("stats_at")
+        sql = self.dialect.upsert_sql("sensors", tuple(values), "id_sensor", updates)
+        return sql, tuple(values.values())
+
+    def _execute(self, txn: Txn, sql: str, params: tuple[Any, ...]) -> int:
+        txn.cursor.execute(sql, params)
+        return txn.cursor.rowcount
+
+    def mark_sensor_offline(self, id_sensor: int, when: float) -> Deferred:
+        try:
+            ident = _sensor_id(id_sensor)
+            stamp = datetime_text(float(when))
+        except (TypeError, ValueError) as exc:
+            return fail(ValueError(str(exc)))
+        if self._writer is None:
+            return self._not_started()
+        ph = self.dialect.placeholder
+        sql = (f"UPDATE `sensors` SET `connected` = 0, `last_seen` = {ph} WHERE `id_sensor` = "
+               f"{ph} AND `central` = {ph} AND `connected` = 1")
+        d = self._writer.run(self._execute, sql, (stamp, ident, text(self.central_id, 255)))
+        return self._watch(d.addCallback(lambda count: count > 0))
+
+    def rename_sensor(self, id_sensor: int, name: str) -> Deferred:
+        try:
+            ident = _sensor_id(id_sensor)
+            fitted = text(name, 256) if isinstance(name, str) else None
+            if not fitted or not fitted.strip():
+                raise ValueError(f"name = {name!r}: allowed: a non-empty text")
+        except ValueError as exc:
+            return fail(exc)
+        if self._writer is None:
+            return self._not_started()
+        return self._watch(self._writer.run(self._rename, ident, fitted.strip()))
+
+    def _rename(self, txn: Txn, ident: int, name: str) -> bool:
+        ph = self.dialect.placeholder
+        txn.cursor.execute(f"UPDATE `sensors` SET `name` = {ph}, `name_locked` = 1 "
+                           f"WHERE `id_sensor` = {ph}", (name, ident))
+        if txn.cursor.rowcount > 0:
+            return True
+        # MySQL counts changed rows only: renaming to the same name changes none.
+        txn.cursor.execute(f"SELECT 1 FROM `sensors` WHERE `id_sensor` = {ph}", (ident,))
+        return txn.cursor.fetchone() is not None
+
+    def list_sensors(self) -> Deferred:
+        if self._reader is None:
+            return self._not_started()
+        return self._watch(self._reader.run(self._sensors, write=False))
+
+    def _sensors(self, txn: Txn) -> list[dict[str, Any]]:
+        txn.cursor.execute(f"SELECT {qlist(SENSOR_JSON_FIELDS)} FROM `sensors` "
+                           "ORDER BY `id_sensor`")
+        return [sensor_json(row) for row in txn.cursor.fetchall()]
+
+
+def sensor_json(row: Sequence[Any]) -> dict[str, Any]:
+    """A ``sensors`` row (``SENSOR_JSON_FIELDS`` order) as the API shows it."""
+    data = dict(zip(SENSOR_JSON_FIELDS, row, strict=True))
+    data["connected"] = bool(data["connected"])
+    for key in ("first_seen", "last_seen", "stats_at"):
+        data[key] = iso_ms(epoch(data[key]))
+    for key in ("packets", "drops", "queue_depth"):
+        data[key] = int(data[key] or 0)
+    return data
+
+
+def _sensor_id(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise ValueError(f"id_sensor = {value!r}: allowed: an integer 0..65535")
+    return value
+
+
+_SENSOR_LIMITS = {"host": 255, "version": 64, "manager_host": 255}
+
+
+def _sensor_value(key: str, value: Any) -> Any:
+    if key == "mode":
+        return ascii_text(value, 16) if value is not None else None
+    if key == "name":
+        return text(value, 256) if value else None
+    if key in _SENSOR_LIMITS:
+        return text(value, _SENSOR_LIMITS[key]) if value is not None else None
+    if key == "manager_port":
+        if value is None:
+            return None
+        if not isinstance(value, int) or not 0 <= value <= 65535:
+            raise ValueError(f"manager_port = {value!r}: allowed: 0..65535")
+        return value
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} = {value!r}: allowed: a whole number >= 0")
+    return min(value, (1 << 63) - 1)
+
+
+__all__ = ["SCHEMA_VERSION", "SqlStore", "sensor_json"]
