@@ -1,0 +1,213 @@
+"""The central's HTTP API (design 2.4), as one twisted.web resource over IStore.
+
+``GET /api/sensors``, ``PATCH /api/sensors/<id>`` (``{"name": ...}``), ``GET /api/cdrs``
+(filters parsed and validated by the store's query: a bad one is a 400 naming it),
+``GET /api/cdrs/<id>``, ``GET /api/cdrs/<id>/pcap`` and ``GET /api/cdrs/<id>/sip`` (the
+call's SIP messages for the ladder diagram). Every error is JSON ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from voipmon.web.ladder import MAX_SIP_PCAP, sip_messages
+from voipmon.web.pcaps import CallPcaps, PcapUnavailable
+
+log = Logger()
+MAX_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def write_json(request: Any, status: int, body: Any) -> None:
+    data = json.dumps(body, sort_keys=True).encode() + b"\n"
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", b"%d" % len(data))
+    request.write(data)
+    request.finish()
+
+
+def _id(text: bytes, what: str) -> int:
+    if not text.isdigit() or len(text) > 19:
+        shown = text.decode("utf-8", "replace")
+        raise ApiError(400, f"{what} must be a whole number, not {shown!r}")
+    return int(text)
+
+
+def find_sensor(store: Any, id_sensor: int) -> defer.Deferred:
+    """The store's dict of one sensor, or None."""
+    d = store.list_sensors()
+    return d.addCallback(lambda sensors: next(
+        (s for s in sensors if s.get("id_sensor") == id_sensor), None))
+
+
+class _Bounded:
+    """Collects a body up to ``limit`` bytes; past it, the fetch is aborted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def check(self, size: int) -> None:
+        if size > self.limit:
+            raise PcapUnavailable(413, f"the SIP pcap is {size} bytes, more than the "
+                                       f"{self.limit} a ladder diagram reads")
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+class ApiResource(resource.Resource):
+    """Everything under /api. ``pcaps`` is a CallPcaps."""
+
+    isLeaf = True
+
+    def __init__(self, store: Any, pcaps: CallPcaps) -> None:
+        super().__init__()
+        self.store = store
+        self.pcaps = pcaps
+
+    def render(self, request: Any) -> Any:
+        d = defer.maybeDeferred(self._route, request)
+        d.addErrback(self._error, request)
+        return server.NOT_DONE_YET
+
+    def _error(self, failure: Any, request: Any) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if getattr(request, "startedWriting", False):
+            # a body was already under way: cut the connection so the client sees a
+            # truncated download, not a complete-looking corrupt file
+            log.warn("{uri}: aborted mid-body: {problem}", uri=request.uri,
+                     problem=failure.getErrorMessage())
+            request.channel.transport.abortConnection()
+            return
+        exc = failure.value
+        if isinstance(exc, ApiError | PcapUnavailable):
+            write_json(request, exc.status, {"error": exc.message})
+        elif isinstance(exc, ValueError):
+            write_json(request, 400, {"error": str(exc)})
+        else:
+            log.failure("{method} {uri} failed", failure, method=request.method,
+                        uri=request.uri)
+            write_json(request, 500, {"error": "internal error; see the central's log"})
+
+    @defer.inlineCallbacks
+    def _route(self, request: Any) -> Any:
+        path = [part for part in request.postpath if part]
+        method = request.method
+        if path == [b"sensors"]:
+            self._allow(method, b"GET")
+            sensors = yield self.store.list_sensors()
+            write_json(request, 200, {"sensors": sensors})
+        elif len(path) == 2 and path[0] == b"sensors":
+            self._allow(method, b"PATCH", b"GET")
+            id_sensor = _id(path[1], "a sensor id")
+            if method == b"PATCH":
+                yield self._rename(request, id_sensor)
+            sensor = yield find_sensor(self.store, id_sensor)
+            if sensor is None:
+                raise ApiError(404, f"no sensor {id_sensor}")
+            write_json(request, 200, {"sensor": sensor})
+        elif path == [b"cdrs"]:
+            self._allow(method, b"GET")
+            args = dict(request.args)
+            cdrs = yield self.store.list_cdrs(args)
+            limit = int(args.get(b"limit", [b"100"])[-1] or 100)
+            offset = int(args.get(b"offset", [b"0"])[-1] or 0)
+            write_json(request, 200, {"cdrs": cdrs, "limit": limit, "offset": offset})
+        elif len(path) in (2, 3) and path[0] == b"cdrs":
+            self._allow(method, b"GET")
+            cdr = yield self._cdr(_id(path[1], "a call id"))
+            if len(path) == 2:
+                write_json(request, 200, {"cdr": cdr})
+            elif path[2] == b"pcap":
+                yield self._pcap(request, cdr)
+            elif path[2] == b"sip":
+                messages = yield self._sip(cdr)
+                write_json(request, 200, {"messages": messages})
+            else:
+                raise ApiError(404, f"no such resource {request.path.decode('utf-8', 'replace')}")
+        else:
+            raise ApiError(404, f"no such resource {request.path.decode('utf-8', 'replace')}")
+
+    @staticmethod
+    def _allow(method: bytes, *allowed: bytes) -> None:
+        if method not in allowed:
+            raise ApiError(405, f"method {method.decode('ascii', 'replace')} not allowed here; "
+                                f"use {', '.join(m.decode() for m in allowed)}")
+
+    @defer.inlineCallbacks
+    def _rename(self, request: Any, id_sensor: int) -> Any:
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if ctype != b"application/json":
+            raise ApiError(415, "send the new name as JSON: {\"name\": \"...\"} with "
+                                "Content-Type: application/json")
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, f"request body over {MAX_BODY} bytes")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise ApiError(400, f"the body is not JSON: {exc}")
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name.strip() or len(name) > 256 \
+                or any(ord(c) < 32 for c in name):
+            raise ApiError(400, "name must be a non-empty text of at most 256 characters "
+                                "without control characters")
+        found = yield self.store.rename_sensor(id_sensor, name.strip())
+        if not found:
+            raise ApiError(404, f"no sensor {id_sensor}")
+
+    @defer.inlineCallbacks
+    def _cdr(self, cdr_id: int) -> Any:
+        cdr = yield self.store.get_cdr(cdr_id)
+        if cdr is None:
+            raise ApiError(404, f"no call {cdr_id}")
+        return cdr
+
+    @defer.inlineCallbacks
+    def _pcap(self, request: Any, cdr: dict[str, Any]) -> Any:
+        name = "".join(c if c.isalnum() or c in "-_.@" else "_"
+                       for c in (cdr.get("fbasename") or f"call-{cdr.get('id')}"))[:150]
+
+        def headers(size: int) -> None:
+            request.setResponseCode(200)
+            request.setHeader(b"content-type", b"application/vnd.tcpdump.pcap")
+            request.setHeader(b"content-length", b"%d" % size)
+            request.setHeader(b"content-disposition",
+                              f'attachment; filename="{name}.pcap"'.encode())
+            request.setHeader(b"cache-control", b"no-store")
+
+        gone = []
+        request.notifyFinish().addErrback(lambda f: gone.append(f))
+        yield self.pcaps.send(cdr, request, headers)
+        if not gone and not request.finished:
+            request.finish()
+
+    @defer.inlineCallbacks
+    def _sip(self, cdr: dict[str, Any]) -> Any:
+        sink = _Bounded(MAX_SIP_PCAP)
+        yield self.pcaps.send(cdr, sink, sink.check, sip_only=True)
+        ports = tuple({cdr.get("sipcallerport") or 5060, cdr.get("sipcalledport") or 5060, 5060})
+        return sip_messages(b"".join(sink.parts), ports)

@@ -1,0 +1,113 @@
+"""The central's web site: the API under /api, the page's static files at /, HTTP Basic.
+
+Basic auth protects everything (page and API) when credentials are configured; they must
+be when ``http_bind`` is not loopback (the central's Options refuse such a config, and
+:func:`make_site` refuses it again). Responses carry headers that keep the page from being
+framed or from running anything but its own scripts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+from typing import Any
+
+from twisted.application import internet
+from twisted.internet import endpoints
+from twisted.web import resource, server, static
+
+from voipmon.config import is_loopback
+from voipmon.web.api import ApiResource, find_sensor, write_json
+from voipmon.web.pcaps import CallPcaps
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+SECURITY_HEADERS = {
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+    b"content-security-policy": b"default-src 'self'; img-src 'self' data:; "
+                                b"style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+}
+
+
+class StaticFiles(static.File):
+    """The page's files; no directory listings."""
+
+    def directoryListing(self) -> resource.Resource:
+        return resource.NoResource("no directory listings")
+
+
+class Guard(resource.Resource):
+    """The site's root: adds the security headers and, with credentials, requires HTTP
+    Basic before handing the request to ``inner``."""
+
+    def __init__(self, inner: resource.Resource, user: str = "", password: str = "") -> None:
+        super().__init__()
+        self.inner = inner
+        self.credentials = (user.encode(), password.encode()) if user or password else None
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> resource.Resource:
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        if self.credentials is not None and not self._authorized(request):
+            return _Unauthorized()
+        return self.inner.getChildWithDefault(path, request)
+
+    def _authorized(self, request: Any) -> bool:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, encoded = header.partition(b" ")
+        if scheme.lower() != b"basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).partition(b":")
+        except ValueError:
+            return False
+        want_user, want_password = self.credentials
+        # compare both, always, in constant time
+        ok_user = hmac.compare_digest(user, want_user)
+        ok_password = hmac.compare_digest(password, want_password)
+        return bool(sep) and ok_user and ok_password
+
+
+class _Unauthorized(resource.Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        request.setHeader(b"www-authenticate", b'Basic realm="voipmon", charset="UTF-8"')
+        write_json(request, 401, {"error": "authentication required (HTTP Basic)"})
+        return server.NOT_DONE_YET
+
+
+def make_site(store: Any, pcaps: CallPcaps, user: str = "", password: str = "",
+              bind: str = "127.0.0.1", static_dir: str = STATIC_DIR) -> server.Site:
+    """The site; refuses to serve beyond loopback without credentials."""
+    if not is_loopback(bind) and not (user and password):
+        raise ValueError(f"http_bind = {bind} is not loopback: http_user and http_password "
+                         "are required")
+    files = StaticFiles(static_dir)
+    files.putChild(b"api", ApiResource(store, pcaps))
+    site = server.Site(Guard(files, user, password))
+    site.displayTracebacks = False
+    return site
+
+
+def make_web_service(settings: Any, reactor: Any, store: Any, connector: Any,
+                     port: int | None = None) -> Any:
+    """The central's HTTP service on ``http_bind:http_port`` (None when http_port = 0).
+
+    ``connector`` is a voipmon.manager.service.ManagerConnector; ``port`` overrides
+    http_port (0: ephemeral, for tests).
+    """
+    if not settings.http_port:
+        return None
+
+    pcaps = CallPcaps(settings.spooldir, connector, lambda id_sensor: find_sensor(store, id_sensor))
+    site = make_site(store, pcaps, settings.http_user, settings.http_password,
+                     settings.http_bind)
+    host = settings.http_bind
+    kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
+    endpoint = kind(reactor, settings.http_port if port is None else port, interface=host)
+    svc = internet.StreamServerEndpointService(endpoint, site)
+    svc.setName("http")
+    return svc

@@ -1,0 +1,357 @@
+// voipmon web page: calls, one call (streams + SIP ladder), sensors. Plain JS, no build.
+// Every value from the API reaches the page through textContent or SVG attributes,
+// never as HTML.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const PAGE = 50;
+const $ = (sel) => document.querySelector(sel);
+
+async function api(path, options) {
+  const response = await fetch(path, Object.assign({ headers: { Accept: "application/json" } }, options));
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) {
+    throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+  }
+  return body;
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const fmt = {
+  time: (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+Z$/, "").replace("Z", "") : ""),
+  secs: (s) => {
+    if (s === null || s === undefined) return "";
+    const whole = Math.round(s);
+    const m = Math.floor(whole / 60), sec = whole % 60;
+    return m ? `${m}:${String(sec).padStart(2, "0")}` : `${s.toFixed(1)} s`;
+  },
+  num: (v, digits) => (v === null || v === undefined ? "" : Number(v).toFixed(digits)),
+  int: (v) => (v === null || v === undefined ? "" : Number(v).toLocaleString("en")),
+};
+
+function callMos(cdr) {
+  const values = ["a_mos_f1", "b_mos_f1", "a_mos_f2", "b_mos_f2", "a_mos_adapt", "b_mos_adapt"]
+    .map((k) => cdr[k]).filter((v) => typeof v === "number");
+  return values.length ? Math.min(...values) : null;
+}
+
+function mosClass(mos) {
+  if (mos === null) return "";
+  return mos >= 4 ? "good" : mos >= 3.6 ? "fair" : "poor";
+}
+
+function result(cdr) {
+  const code = cdr.lastSIPresponseNum;
+  const text = cdr.lastSIPresponse || (code ? String(code) : "");
+  return el("span", { class: code >= 200 && code < 300 ? "ok" : code >= 300 ? "fail" : "" }, text);
+}
+
+// -- routing ------------------------------------------------------------------------
+
+function parseHash() {
+  const hash = location.hash.replace(/^#/, "") || "/calls";
+  const [path, query] = hash.split("?");
+  return { parts: path.split("/").filter(Boolean), params: new URLSearchParams(query || "") };
+}
+
+function show(view) {
+  for (const name of ["calls", "call", "sensors"]) {
+    $(`#view-${name}`).hidden = name !== view;
+  }
+  $("#nav-calls").classList.toggle("active", view !== "sensors");
+  $("#nav-sensors").classList.toggle("active", view === "sensors");
+}
+
+async function route() {
+  const { parts, params } = parseHash();
+  try {
+    if (parts[0] === "call" && parts[1]) { show("call"); await showCall(parts[1]); }
+    else if (parts[0] === "sensors") { show("sensors"); await showSensors(); }
+    else { show("calls"); await showCalls(params); }
+  } catch (error) {
+    console.error(error);
+  }
+}
+
+// -- calls --------------------------------------------------------------------------
+
+const FILTERS = ["from", "to", "caller", "called", "id_sensor", "mos_below"];
+let sensorNames = {};
+
+async function loadSensorNames() {
+  try {
+    const { sensors } = await api("api/sensors");
+    sensorNames = {};
+    const select = $("#filters select[name=id_sensor]");
+    const current = select.value;
+    select.replaceChildren(el("option", { value: "" }, "any"));
+    for (const s of sensors) {
+      sensorNames[s.id_sensor] = s.name || `sensor ${s.id_sensor}`;
+      select.append(el("option", { value: s.id_sensor }, `${s.id_sensor} ${s.name || ""}`));
+    }
+    select.value = current;
+  } catch (error) { /* the calls table still works without names */ }
+}
+
+function toApiTime(local) {  // the inputs are UTC, as the table
+  if (!local) return "";
+  return (local.length === 16 ? local + ":00" : local) + "Z";
+}
+
+function fromApiTime(iso) {
+  return iso ? iso.replace(/Z$/, "").replace(/\.\d+$/, "") : "";
+}
+
+async function showCalls(params) {
+  await loadSensorNames();
+  const form = $("#filters");
+  for (const name of FILTERS) {
+    const value = params.get(name) || "";
+    form.elements[name].value = name === "from" || name === "to" ? fromApiTime(value) : value;
+  }
+  const offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
+  const query = new URLSearchParams();
+  for (const name of FILTERS) if (params.get(name)) query.set(name, params.get(name));
+  query.set("limit", PAGE);
+  query.set("offset", offset);
+  const status = $("#calls-status");
+  const tbody = $("#calls tbody");
+  status.textContent = "Loading…";
+  status.className = "status";
+  let cdrs;
+  try {
+    ({ cdrs } = await api(`api/cdrs?${query}`));
+  } catch (error) {
+    status.textContent = error.message;
+    status.className = "status error";
+    tbody.replaceChildren();
+    return;
+  }
+  tbody.replaceChildren(...cdrs.map(callRow));
+  status.textContent = cdrs.length ? "" : "No calls match.";
+  $("#page").textContent = cdrs.length ? `${offset + 1}–${offset + cdrs.length}` : "";
+  $("#prev").disabled = offset === 0;
+  $("#next").disabled = cdrs.length < PAGE;
+  $("#prev").onclick = () => go(params, Math.max(0, offset - PAGE));
+  $("#next").onclick = () => go(params, offset + PAGE);
+}
+
+function go(params, offset) {
+  const next = new URLSearchParams(params);
+  if (offset) next.set("offset", offset); else next.delete("offset");
+  location.hash = `#/calls?${next}`;
+}
+
+function callRow(cdr) {
+  const mos = callMos(cdr);
+  const lost = (cdr.a_lost || 0) + (cdr.b_lost || 0);
+  const received = (cdr.a_received || 0) + (cdr.b_received || 0);
+  const jitter = Math.max(cdr.a_maxjitter || 0, cdr.b_maxjitter || 0);
+  const open = () => { location.hash = `#/call/${cdr.id}`; };
+  const download = cdr.pcap_on
+    ? el("a", { href: `api/cdrs/${cdr.id}/pcap`, class: "download", download: "",
+                title: "Download the call's SIP and RTP as one pcap",
+                onclick: (e) => e.stopPropagation() }, "pcap")
+    : el("span", { class: "muted" }, "—");
+  return el("tr", { class: "call", "data-id": cdr.id, tabindex: 0, onclick: open,
+                    onkeydown: (e) => { if (e.key === "Enter") open(); } },
+    el("td", {}, fmt.time(cdr.calldate)),
+    el("td", {}, cdr.caller),
+    el("td", {}, cdr.called),
+    el("td", { class: "num" }, fmt.secs(cdr.duration)),
+    el("td", {}, result(cdr)),
+    el("td", { class: `num ${mosClass(mos)}` }, fmt.num(mos, 2)),
+    el("td", { class: "num" }, received + lost ? `${(100 * lost / (received + lost)).toFixed(1)} %` : ""),
+    el("td", { class: "num" }, jitter ? `${jitter.toFixed(1)} ms` : ""),
+    el("td", {}, sensorNames[cdr.id_sensor] || cdr.id_sensor),
+    el("td", {}, download));
+}
+
+function applyFilters(event) {
+  event.preventDefault();
+  const form = $("#filters");
+  const params = new URLSearchParams();
+  for (const name of FILTERS) {
+    let value = form.elements[name].value.trim();
+    if (name === "from" || name === "to") value = toApiTime(value);
+    if (value) params.set(name, value);
+  }
+  const target = `#/calls?${params}`;
+  if (location.hash === target) route(); else location.hash = target;
+}
+
+// -- one call -----------------------------------------------------------------------
+
+async function showCall(id) {
+  const title = $("#call-title");
+  const facts = $("#call-facts");
+  title.textContent = `Call ${id}`;
+  facts.replaceChildren();
+  $("#streams tbody").replaceChildren();
+  $("#ladder").replaceChildren();
+  let cdr;
+  try {
+    ({ cdr } = await api(`api/cdrs/${encodeURIComponent(id)}`));
+  } catch (error) {
+    $("#ladder-status").textContent = error.message;
+    $("#ladder-status").className = "status error";
+    return;
+  }
+  title.textContent = `${cdr.caller || "?"} → ${cdr.called || "?"}`;
+  const rows = [
+    ["Start (UTC)", fmt.time(cdr.calldate)], ["End (UTC)", fmt.time(cdr.callend)],
+    ["Duration", fmt.secs(cdr.duration)], ["Connected", fmt.secs(cdr.connect_duration)],
+    ["Result", cdr.lastSIPresponse || cdr.lastSIPresponseNum], ["Hung up by", cdr.whohanged],
+    ["Caller", `${cdr.sipcallerip}:${cdr.sipcallerport}`],
+    ["Called", `${cdr.sipcalledip}:${cdr.sipcalledport}`],
+    ["Sensor", sensorNames[cdr.id_sensor] || cdr.id_sensor], ["Call-ID", cdr.callid],
+  ];
+  for (const [name, value] of rows) {
+    if (value === "" || value === null || value === undefined) continue;
+    facts.append(el("dt", {}, name), el("dd", {}, value));
+  }
+  const link = $("#call-download");
+  link.hidden = !cdr.pcap_on;
+  link.href = `api/cdrs/${cdr.id}/pcap`;
+  $("#streams tbody").replaceChildren(...(cdr.rtp || []).map((s) => el("tr", {},
+    el("td", {}, `${s.saddr}:${s.sport}`), el("td", {}, `${s.daddr}:${s.dport}`),
+    el("td", {}, `0x${(s.ssrc >>> 0).toString(16).padStart(8, "0")}`),
+    el("td", {}, s.codec || s.payload),
+    el("td", { class: "num" }, fmt.int(s.received)), el("td", { class: "num" }, fmt.int(s.lost)),
+    el("td", { class: "num" }, `${fmt.num(s.avgjitter, 1)} / ${fmt.num(s.maxjitter, 1)}`),
+    el("td", { class: `num ${mosClass(s.mos_f1)}` },
+       `${fmt.num(s.mos_f1, 2)} / ${fmt.num(s.mos_f2, 2)} / ${fmt.num(s.mos_adapt, 2)}`))));
+  const status = $("#ladder-status");
+  status.textContent = "Loading the SIP messages…";
+  status.className = "status";
+  try {
+    const { messages } = await api(`api/cdrs/${cdr.id}/sip`);
+    status.textContent = messages.length ? "" : "No SIP message in the call's capture.";
+    if (messages.length) $("#ladder").append(ladder(messages));
+  } catch (error) {
+    status.textContent = error.message;
+    status.className = "status error";
+  }
+}
+
+function ladder(messages) {
+  const hosts = [];
+  const key = (ip, port) => `${ip}:${port}`;
+  for (const m of messages) {
+    for (const h of [key(m.src, m.sport), key(m.dst, m.dport)]) if (!hosts.includes(h)) hosts.push(h);
+  }
+  const left = 170, gap = 230, top = 40, row = 34;
+  const width = left + gap * (hosts.length - 1) + 120;
+  const height = top + row * messages.length + 20;
+  const root = svg("svg", { class: "ladder", width, height, viewBox: `0 0 ${width} ${height}`,
+                            role: "img", "aria-label": "SIP ladder diagram" });
+  const x = (h) => left + gap * hosts.indexOf(h);
+  hosts.forEach((h) => {
+    root.append(svg("text", { x: x(h), y: 16, class: "host", "text-anchor": "middle" }, h));
+    root.append(svg("line", { x1: x(h), y1: 24, x2: x(h), y2: height - 6, class: "lifeline" }));
+  });
+  const t0 = messages[0].ts;
+  messages.forEach((m, i) => {
+    const y = top + row * i + 14;
+    const x1 = x(key(m.src, m.sport)), x2 = x(key(m.dst, m.dport));
+    const kind = m.kind === "request" ? "request" : m.status < 200 ? "provisional"
+      : m.status < 300 ? "success" : "failure";
+    const g = svg("g", { class: `message ${kind}` });
+    g.append(svg("title", {}, `${m.first_line}\nCSeq: ${m.cseq}\n${m.proto} ${m.src}:${m.sport} → ${m.dst}:${m.dport}\n${m.time}`));
+    g.append(svg("text", { x: 8, y: y + 4, class: "time" }, `+${(m.ts - t0).toFixed(3)} s`));
+    const tip = x2;
+    let dir = x2 >= x1 ? 1 : -1;
+    let ty = y;
+    if (x1 === x2) {  // to itself: a small loop back into the lifeline
+      g.append(svg("path", { d: `M${x1},${y - 6} h40 v12 h-40`, class: "arrow" }));
+      dir = -1; ty = y + 6;
+    } else {
+      g.append(svg("line", { x1, y1: y, x2: x2 - 9 * dir, y2: y, class: "arrow" }));
+    }
+    g.append(svg("path", { d: `M${tip},${ty} l${-10 * dir},-5 v10 z`, class: "head" }));
+    g.append(svg("text", { x: (x1 + x2) / 2 + (x1 === x2 ? 60 : 0), y: y - 5, class: "label",
+                           "text-anchor": "middle" }, m.label + (m.cseq ? ` (${m.cseq})` : "")));
+    root.append(g);
+  });
+  return root;
+}
+
+// -- sensors ------------------------------------------------------------------------
+
+async function showSensors() {
+  const status = $("#sensors-status");
+  const tbody = $("#sensors tbody");
+  let sensors;
+  try {
+    ({ sensors } = await api("api/sensors"));
+  } catch (error) {
+    status.textContent = error.message;
+    status.className = "status error";
+    return;
+  }
+  status.textContent = sensors.length ? "" : "No sensor has connected yet.";
+  status.className = "status";
+  tbody.replaceChildren(...sensors.map(sensorRow));
+}
+
+function sensorRow(s) {
+  const name = el("span", { class: "name" }, s.name || `sensor ${s.id_sensor}`);
+  const cell = el("td", {}, name);
+  const rename = el("button", { type: "button", class: "rename", onclick: () => {
+    const input = el("input", { type: "text", value: s.name || "", maxlength: 256, "aria-label": "New name" });
+    const save = el("button", { type: "submit" }, "Save");
+    const form = el("form", { class: "rename-form", onsubmit: async (e) => {
+      e.preventDefault();
+      try {
+        await api(`api/sensors/${s.id_sensor}`, {
+          method: "PATCH", headers: { "Content-Type": "application/json", Accept: "application/json" },
+          body: JSON.stringify({ name: input.value }) });
+        await showSensors();
+      } catch (error) {
+        $("#sensors-status").textContent = error.message;
+        $("#sensors-status").className = "status error";
+      }
+    } }, input, save);
+    cell.replaceChildren(form);
+    input.focus();
+  } }, "Rename");
+  return el("tr", { "data-id": s.id_sensor },
+    el("td", { class: "num" }, s.id_sensor), cell,
+    el("td", {}, el("span", { class: s.connected ? "online" : "offline" }, s.connected ? "online" : "offline")),
+    el("td", {}, s.mode === "mirror" ? "packet mirroring" : s.mode === "local" ? "local processing" : s.mode || ""),
+    el("td", {}, fmt.time(s.last_seen)),
+    el("td", { class: "num" }, fmt.int(s.packets)), el("td", { class: "num" }, fmt.int(s.drops)),
+    el("td", { class: "num" }, fmt.int(s.queue_depth)), el("td", {}, s.version || ""),
+    el("td", {}, rename));
+}
+
+// -- start --------------------------------------------------------------------------
+
+window.addEventListener("hashchange", route);
+document.addEventListener("DOMContentLoaded", () => {
+  $("#filters").addEventListener("submit", applyFilters);
+  $("#reset").addEventListener("click", () => { location.hash = "#/calls"; });
+  route();
+});
