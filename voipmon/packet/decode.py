@@ -2,7 +2,8 @@
 
 ``Decoder.feed`` first tries one straight-line path for the frame that makes up nearly all
 VoIP traffic (Ethernet, at most one 802.1Q tag, IPv4 without options, unfragmented UDP):
-one or two ``struct.unpack_from`` calls and one tuple. Everything else takes ``_slow``,
+one or two ``struct.unpack_from`` calls and one tuple. A second tier (``_medium``) does
+the same for IPv6 and for Linux cooked and raw-IP captures. Everything else takes ``_slow``,
 a recursive walk over link layers and tunnels (depth-bounded) that never raises on bad
 input: each malformed frame is counted in ``stats.undecodable`` under a reason instead.
 TCP and SCTP payloads go to ``voipmon.packet.tcp`` and ``.sctp``, which turn them into whole SIP
@@ -40,6 +41,8 @@ _new = tuple.__new__
 # Ethernet type at offset 12, then IPv4 (no options) + UDP header.
 _ETH_IP_UDP = struct.Struct("!HBxH2xHxB2x4s4sHHH").unpack_from
 _IP_UDP = struct.Struct("!BxH2xHxB2x4s4sHHH").unpack_from
+_IP6_UDP = struct.Struct("!IHBx16s16sHHH").unpack_from
+_RAW_LINKTYPES = frozenset((LINKTYPE_RAW, 12, 14))
 _U16 = struct.Struct("!H").unpack_from
 _U32 = struct.Struct("!I").unpack_from
 _IP4 = struct.Struct("!BxHHHxB2x4s4s").unpack_from
@@ -106,7 +109,7 @@ class Decoder:
                         ts, 17, src, sport, dst, dport, frame[off + 28:off + 20 + ulen], 1,
                         ((ts, frame),))))
                     return
-        self._slow(ts, linktype, frame)
+        self._medium(ts, linktype, frame)
 
     def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> int:
         """``feed`` every ``(ts, linktype, frame)`` of ``records`` (e.g. a ``CaptureReader``);
@@ -115,7 +118,7 @@ class Decoder:
         sink = self._sink
         unpack = _ETH_IP_UDP
         tunnel_ports = self._tunnel_ports
-        slow = self._slow
+        medium = self._medium
         new = _new
         dgram = Datagram
         n = 0
@@ -139,10 +142,54 @@ class Decoder:
                                              frame[off + 28:off + 20 + ulen], 1,
                                              ((ts, frame),))))
                             continue
-                slow(ts, linktype, frame)
+                medium(ts, linktype, frame)
         finally:
             self._nframes += n
         return n
+
+    def _medium(self, ts: float, linktype: int, frame: bytes) -> None:
+        """Second tier: unfragmented UDP over IPv4 or IPv6 behind Ethernet (with a tag),
+        Linux cooked (SLL, SLL2: captures on "any") or raw IP; all else goes to ``_slow``."""
+        n = len(frame)
+        if linktype == LINKTYPE_ETHERNET:
+            if n < 14:
+                return self._slow(ts, linktype, frame)
+            et, off = _U16(frame, 12)[0], 14
+            if et == 0x8100 and n >= 18:
+                et, off = _U16(frame, 16)[0], 18
+            if et != 0x86DD:  # IPv4 UDP took the fast path already
+                return self._slow(ts, linktype, frame)
+        elif linktype == LINKTYPE_LINUX_SLL:
+            et, off = (_U16(frame, 14)[0] if n >= 16 else 0), 16
+        elif linktype == LINKTYPE_LINUX_SLL2:
+            et, off = (_U16(frame, 0)[0] if n >= 20 else 0), 20
+        elif linktype in _RAW_LINKTYPES and n:
+            et, off = (0x0800 if frame[0] >> 4 == 4 else 0x86DD), 0
+        elif linktype == LINKTYPE_IPV4:
+            et, off = 0x0800, 0
+        elif linktype == LINKTYPE_IPV6:
+            et, off = 0x86DD, 0
+        else:
+            return self._slow(ts, linktype, frame)
+        if et == 0x0800:
+            if n >= off + 28:
+                vihl, tot, ff, proto, src, dst, sport, dport, ulen = _IP_UDP(frame, off)
+                if vihl == 0x45 and proto == 17 and not ff & 0x3FFF \
+                        and 28 <= tot <= n - off and 8 <= ulen <= tot - 20 \
+                        and dport not in self._tunnel_ports:
+                    self._sink(_new(Datagram, (
+                        ts, 17, src, sport, dst, dport, frame[off + 28:off + 20 + ulen],
+                        linktype, ((ts, frame),))))
+                    return None
+        elif et == 0x86DD and n >= off + 48:
+            vfl, plen, nh, src, dst, sport, dport, ulen = _IP6_UDP(frame, off)
+            if nh == 17 and vfl >> 28 == 6 and 8 <= ulen <= plen <= n - off - 40 \
+                    and dport not in self._tunnel_ports:
+                self._sink(_new(Datagram, (
+                    ts, 17, src, sport, dst, dport, frame[off + 48:off + 40 + ulen],
+                    linktype, ((ts, frame),))))
+                return None
+        return self._slow(ts, linktype, frame)
 
     def expire(self, now: float) -> None:
         """Drop fragment and stream state that has been idle too long (capture time)."""
@@ -183,8 +230,10 @@ class Decoder:
         self._ts = ts
         self._linktype = linktype
         self._frames = ((ts, frame),)
-        if ts - self._expired_at > 1.0 or ts < self._expired_at:
+        if ts - self._expired_at > 1.0:  # expire state once a capture-time second
             self._housekeeping(ts)
+        elif ts < self._expired_at - 3600.0:  # the clock went back: start counting again
+            self._expired_at = ts
         try:
             self._link(linktype, frame)
         except _SinkFailed as e:

@@ -124,6 +124,47 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(fast, slow)
         self.assertEqual(len(fast), 200)
 
+    def test_second_tier_and_slow_path_agree(self):
+        rnd = random.Random(8)
+        sll = struct.pack("!HHH8sH", 0, 1, 6, MAC_A + b"\0\0", 0x0800)
+        sll6 = sll[:-2] + b"\x86\xdd"
+        sll2 = struct.pack("!HHIHBB8s", 0x0800, 0, 2, 1, 0, 6, MAC_A + b"\0\0")
+        sll2_6 = b"\x86\xdd" + sll2[2:]
+        cases = []
+        for _ in range(300):
+            payload = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 200)))
+            u = udp(payload, rnd.randrange(65536), rnd.randrange(1, 4000))
+            v4, v6 = ip4(u), ip6(u)
+            cases += [(1, ether(v6, et=0x86DD)), (1, ether(v6, 0x86DD, ((0x8100, 9),))),
+                      (113, sll + v4), (113, sll6 + v6), (276, sll2 + v4),
+                      (276, sll2_6 + v6), (101, v4), (101, v6), (228, v4), (229, v6)]
+        fast: list[Datagram] = []
+        d = Decoder(fast.append)
+        for i, (lt, f) in enumerate(cases):
+            d.feed(float(i), lt, f)
+        self.assertEqual(d._nslow, 0)  # all went through the second tier
+        slow: list[Datagram] = []
+        d = Decoder(slow.append)
+        for i, (lt, f) in enumerate(cases):
+            d._slow(float(i), lt, f)
+        self.assertEqual(fast, slow)
+        self.assertEqual(len(fast), len(cases))
+
+    def test_feed_all_equals_feed(self):
+        rnd = random.Random(9)
+        frames = [(float(i), rnd.choice((1, 113, 101)),
+                   bytes(rnd.randrange(256) for _ in range(rnd.randrange(60))))
+                  for i in range(300)]
+        frames += [(1000.0 + i, 1, udp_frame(bytes([i]))) for i in range(50)]
+        a: list[Datagram] = []
+        b: list[Datagram] = []
+        da, db = Decoder(a.append), Decoder(b.append)
+        for rec in frames:
+            da.feed(*rec)
+        self.assertEqual(db.feed_all(iter(frames)), len(frames))
+        self.assertEqual(a, b)
+        self.assertEqual(da.stats.as_dict(), db.stats.as_dict())
+
     def test_sink_errors_propagate(self):
         def sink(d):
             raise RuntimeError("engine bug")
