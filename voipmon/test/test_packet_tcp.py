@@ -8,12 +8,14 @@ import struct
 import zlib
 
 import dpkt
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.packet.datagram import Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.packet.sipframe import GARBAGE, INCOMPLETE, resync, sip_message_length, unmask
-from voipmon.test.test_packet_decode import A4, A6, B4, B6, ether, ip4, ip6
+from voipmon.test.test_packet_decode import A4, A6, B4, B6, ether, ip4, ip4_fragments, ip6
 
 
 def sip(method="INVITE", n=1, body=b"", clen=True, compact=False):
@@ -240,6 +242,16 @@ class TcpTests(SynchronousTestCase):
         s = Stream().feed(tcp(a, 1000, flags=fin), tcp(a, 1000, flags=fin))
         self.assertEqual(s.payloads, [a])
 
+    def test_segment_in_ip_fragments(self):
+        msg = sip(body=SDP * 40)
+        seg = bytes(dpkt.tcp.TCP(sport=40000, dport=5060, seq=1000, ack=1,
+                                 flags=dpkt.tcp.TH_ACK, data=msg))
+        frags = [ether(f) for _, f in ip4_fragments(seg, 77, [1480, 1480, len(seg) - 2960],
+                                                    p=6)]
+        s = Stream().feed(frags[1], frags[0], frags[2])
+        self.assertEqual(s.payloads, [msg])
+        self.assertEqual([f for _, f in s.out[0].frames], [frags[1], frags[0], frags[2]])
+
     def test_ipv6(self):
         s = Stream().feed(tcp(sip(), v6=True, src=A6, dst=B6))
         self.assertEqual((s.out[0].src, s.out[0].dst), (A6, B6))
@@ -318,6 +330,40 @@ class TcpTests(SynchronousTestCase):
             s.feed(tcp(b"", 999, flags=dpkt.tcp.TH_SYN), *[tcp(p, 1000 + a) for a, p in order])
             s.decoder.flush()
             self.assertEqual(s.payloads, msgs)
+
+
+_PIECES = [sip(n=1, body=SDP), sip("ACK", 2), OK, b"\r\n\r\n", b"\x00\xffgarbage",
+           b"Content-Length: 99999999\r\n", b"INVITE sip:x SIP/2.0\r\n",
+           b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n",
+           b"\x81\x7f" + b"\xff" * 8]
+
+
+class TcpFuzzTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.integers(0, 2), st.integers(-3000, 3000),
+                              st.lists(st.sampled_from(_PIECES), max_size=4),
+                              st.integers(0, 200), st.sampled_from([0x10, 0x18, 0x02, 0x11,
+                                                                    0x04, 0x12])),
+                    max_size=40))
+    def test_random_streams_never_raise_and_stay_bounded(self, steps):
+        s = Stream(tcp_max_buffer=20000, tcp_max_ooo_bytes=20000, tcp_max_flows=2)
+        seqs = [1000, 50000, 0xFFFFFF00]
+        for port, delta, pieces, cut, flags in steps:
+            data = b"".join(pieces)
+            data = data[cut:] if cut < len(data) else data
+            seq = (seqs[port] + delta) & 0xFFFFFFFF
+            s.feed(tcp(data, seq, flags=flags, sport=40000 + port,
+                       dport=(5060, 8080, 5090)[port]))
+            if delta > 0:
+                seqs[port] = (seqs[port] + len(data)) & 0xFFFFFFFF
+        s.decoder.flush()
+        self.assertFalse([k for k in s.decoder.stats.undecodable if k.startswith("error:")])
+        for flow in s.decoder._tcp._flows.values():
+            self.assertLessEqual(len(flow.buf), 20000)
+            self.assertLessEqual(flow.ooo_bytes, 20000)
+        for d in s.out:
+            self.assertEqual(d.proto, 6)
+            self.assertTrue(d.frames)
 
 
 def ws(payload: bytes, opcode=1, fin=True, mask: bytes | None = None, rsv1=False) -> bytes:
