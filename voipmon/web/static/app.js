@@ -51,6 +51,8 @@ const fmt = {
   int: (v) => (v === null || v === undefined ? "" : Number(v).toLocaleString("en")),
 };
 
+const hostport = (ip, port) => (String(ip).includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`);
+
 function callMos(cdr) {
   const values = ["a_mos_f1", "b_mos_f1", "a_mos_f2", "b_mos_f2", "a_mos_adapt", "b_mos_adapt"]
     .map((k) => cdr[k]).filter((v) => typeof v === "number");
@@ -224,8 +226,8 @@ async function showCall(id) {
     ["Start (UTC)", fmt.time(cdr.calldate)], ["End (UTC)", fmt.time(cdr.callend)],
     ["Duration", fmt.secs(cdr.duration)], ["Connected", fmt.secs(cdr.connect_duration)],
     ["Result", cdr.lastSIPresponse || cdr.lastSIPresponseNum], ["Hung up by", cdr.whohanged],
-    ["Caller", `${cdr.sipcallerip}:${cdr.sipcallerport}`],
-    ["Called", `${cdr.sipcalledip}:${cdr.sipcalledport}`],
+    ["Caller", hostport(cdr.sipcallerip, cdr.sipcallerport)],
+    ["Called", hostport(cdr.sipcalledip, cdr.sipcalledport)],
     ["Sensor", sensorNames[cdr.id_sensor] || cdr.id_sensor], ["Call-ID", cdr.callid],
   ];
   for (const [name, value] of rows) {
@@ -236,7 +238,7 @@ async function showCall(id) {
   link.hidden = !cdr.pcap_on;
   link.href = `api/cdrs/${cdr.id}/pcap`;
   $("#streams tbody").replaceChildren(...(cdr.rtp || []).map((s) => el("tr", {},
-    el("td", {}, `${s.saddr}:${s.sport}`), el("td", {}, `${s.daddr}:${s.dport}`),
+    el("td", {}, hostport(s.saddr, s.sport)), el("td", {}, hostport(s.daddr, s.dport)),
     el("td", {}, `0x${(s.ssrc >>> 0).toString(16).padStart(8, "0")}`),
     el("td", {}, s.codec || s.payload),
     el("td", { class: "num" }, fmt.int(s.received)), el("td", { class: "num" }, fmt.int(s.lost)),
@@ -258,7 +260,7 @@ async function showCall(id) {
 
 function ladder(messages) {
   const hosts = [];
-  const key = (ip, port) => `${ip}:${port}`;
+  const key = hostport;
   for (const m of messages) {
     for (const h of [key(m.src, m.sport), key(m.dst, m.dport)]) if (!hosts.includes(h)) hosts.push(h);
   }
@@ -279,7 +281,7 @@ function ladder(messages) {
     const kind = m.kind === "request" ? "request" : m.status < 200 ? "provisional"
       : m.status < 300 ? "success" : "failure";
     const g = svg("g", { class: `message ${kind}` });
-    g.append(svg("title", {}, `${m.first_line}\nCSeq: ${m.cseq}\n${m.proto} ${m.src}:${m.sport} → ${m.dst}:${m.dport}\n${m.time}`));
+    g.append(svg("title", {}, `${m.first_line}\nCSeq: ${m.cseq}\n${m.proto} ${hostport(m.src, m.sport)} → ${hostport(m.dst, m.dport)}\n${m.time}`));
     g.append(svg("text", { x: 8, y: y + 4, class: "time" }, `+${(m.ts - t0).toFixed(3)} s`));
     const tip = x2;
     let dir = x2 >= x1 ? 1 : -1;
