@@ -19,11 +19,12 @@ from twisted.internet import defer, endpoints, task
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
-from voipmon.manager.commands import ManagerCommands, spool_minute
+from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.server import ManagerServerFactory
 from voipmon.manager.service import ManagerConnector
 from voipmon.protocols import tls
 from voipmon.protocols.handshake import derive_key
+from voipmon.spool.layout import minute_dir
 from voipmon.store.sqlstore import SqlStore
 from voipmon.store.testing import make_cdr, sqlite_dialect
 from voipmon.web.api import find_sensor
@@ -59,7 +60,7 @@ def main(reactor, megabytes: str = "50"):
     try:
         spool = os.path.join(work, "sensor")
         merged_cdr = make_cdr(1, id_sensor=1)
-        minute = spool_minute(merged_cdr.calldate)
+        minute = minute_dir(merged_cdr.calldate)
         paths = {"sip": f"{minute}/SIP/big.pcap", "rtp": f"{minute}/RTP/big.pcap",
                  "only": f"{minute}/RTP/only.pcap"}
         for rel in paths.values():

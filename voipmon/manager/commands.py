@@ -22,8 +22,9 @@ from typing import Any
 from zope.interface import Interface
 
 import voipmon
-from voipmon.manager.paths import PathRefused, check_relpath, open_in_spool, resolve_in_spool
+from voipmon.manager.paths import PathRefused, open_in_spool, resolve_in_spool
 from voipmon.manager.pcapmerge import CHUNK, PcapMergeError, plan_merge
+from voipmon.spool import layout
 
 # Error codes of ``ERR <code> <message>`` lines.
 E_UNKNOWN = "unknown_command"
@@ -83,11 +84,6 @@ class Reply:
         return b"OK %d\n" % self.size
 
 
-def spool_minute(when: float) -> str:
-    """The spool's minute directory of a call starting at ``when``: ``YYYY-MM-DD/HH/MM``."""
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d/%H/%M")
-
-
 def parse_when(text: str) -> float:
     """Epoch seconds, ISO 8601 (``Z`` or offset; naive means UTC), or ``YYYY-MM-DD/HH/MM``."""
     try:
@@ -107,9 +103,12 @@ def parse_when(text: str) -> float:
 
 
 def call_pcap_relpaths(fbasename: str, when: float) -> list[str]:
-    """Where the spool writer keeps a call's pcaps (research notes section 5): SIP, then RTP."""
-    minute = spool_minute(when)
-    return [f"{minute}/{kind}/{fbasename}.pcap" for kind in ("SIP", "RTP")]
+    """Where the spool writer keeps a call's pcaps: SIP, then RTP (CommandError if the
+    name is not one the writer could have made)."""
+    try:
+        return [layout.pcap_relpath(when, kind, fbasename) for kind in layout.KINDS]
+    except ValueError as exc:
+        raise CommandError(E_REFUSED, str(exc))
 
 
 class ManagerCommands:
@@ -204,12 +203,6 @@ class ManagerCommands:
         fbasename = fbasename.strip()
         if not when_text or not fbasename:
             raise CommandError(E_USAGE, "getcallpcap <time> <fbasename>")
-        if "/" in fbasename:
-            raise CommandError(E_REFUSED, "fbasename may not contain '/'")
-        try:
-            check_relpath(fbasename)
-        except PathRefused as exc:
-            raise CommandError(E_REFUSED, str(exc))
         return merged_call_pcap(self.spooldir, call_pcap_relpaths(fbasename, parse_when(when_text)))
 
 

@@ -17,8 +17,8 @@ from voipmon.manager.commands import (
     Reply,
     call_pcap_relpaths,
     parse_when,
-    spool_minute,
 )
+from voipmon.spool.layout import minute_dir
 from voipmon.test.test_manager_pcapmerge import read_records, write_pcap
 
 
@@ -45,7 +45,7 @@ class CommandTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.spool = os.path.abspath(self.mktemp())
         self.when = 1700000000.25  # 2023-11-14 22:13:20 UTC
-        minute = spool_minute(self.when)
+        minute = minute_dir(self.when)
         self.assertEqual(minute, "2023-11-14/22/13")
         for kind in ("SIP", "RTP"):
             os.makedirs(os.path.join(self.spool, minute, kind))

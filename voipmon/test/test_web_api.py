@@ -14,12 +14,13 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from voipmon.manager.commands import ManagerCommands, spool_minute
+from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.pcapmerge import plan_merge
 from voipmon.manager.server import ManagerServerFactory
 from voipmon.manager.service import ManagerConnector
 from voipmon.protocols import tls
 from voipmon.protocols.handshake import derive_key
+from voipmon.spool.layout import minute_dir
 from voipmon.store.sqlstore import SqlStore
 from voipmon.store.testing import make_cdr, sqlite_dialect
 from voipmon.test.common import data_path
@@ -43,7 +44,7 @@ def write_call(spool: str, cdr) -> None:
 
 def with_paths(n: int, id_sensor: int, **extra):
     """A CDR whose pcap paths follow the spool layout (minute of its calldate)."""
-    minute = spool_minute(make_cdr(n, id_sensor=id_sensor).calldate)
+    minute = minute_dir(make_cdr(n, id_sensor=id_sensor).calldate)
     name = f"call{n}-{id_sensor}"
     fields = {"fbasename": name, "sip_pcap": f"{minute}/SIP/{name}.pcap",
               "rtp_pcap": f"{minute}/RTP/{name}.pcap", **extra}

@@ -25,8 +25,8 @@ from voipmon.manager.commands import (
     CommandError,
     Reply,
     merged_call_pcap,
-    spool_minute,
 )
+from voipmon.spool.layout import minute_dir
 
 log = Logger()
 _MINUTE = re.compile(r"(\d{4}-\d{2}-\d{2}/\d{2}/\d{2})/")
@@ -51,7 +51,7 @@ def call_minute(cdr: dict[str, Any]) -> str:
         match = _MINUTE.match(path)
         if match:
             return match.group(1)
-    return spool_minute(parse_iso_ms(cdr["calldate"]))
+    return minute_dir(parse_iso_ms(cdr["calldate"]))
 
 
 def sensor_label(sensor: dict[str, Any] | None, id_sensor: int) -> str:
