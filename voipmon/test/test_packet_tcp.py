@@ -1,5 +1,5 @@
-"""Tests for SIP over TCP, WebSocket and SCTP reassembly (voipmon.packet.tcp, .sctp,
-.sipframe), driven through the Decoder with frames built by dpkt."""
+"""Tests for voipmon.packet.tcp: SIP over TCP and WebSocket reassembly, driven through the
+Decoder with frames built by dpkt."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.packet.datagram import Datagram
 from voipmon.packet.decode import Decoder
-from voipmon.packet.sipframe import GARBAGE, INCOMPLETE, resync, sip_message_length, unmask
+from voipmon.packet.sipframe import unmask
 from voipmon.test.test_packet_decode import A4, A6, B4, B6, ether, ip4, ip4_fragments, ip6
 
 
@@ -78,32 +78,6 @@ def segments(data: bytes, sizes, seq=1000, **kw):
     if off < len(data):
         out.append(tcp(data[off:], seq + off, **kw))
     return out
-
-
-class SipFramingTests(SynchronousTestCase):
-    def test_lengths(self):
-        msg = sip(body=SDP)
-        self.assertEqual(sip_message_length(msg, 1 << 20), len(msg))
-        self.assertEqual(sip_message_length(msg + b"INV", 1 << 20), len(msg))
-        self.assertEqual(sip_message_length(msg[:-1], 1 << 20), INCOMPLETE)
-        self.assertEqual(sip_message_length(msg[:10], 1 << 20), INCOMPLETE)
-        self.assertEqual(sip_message_length(b"\x16\x03\x01\x02\x00", 1 << 20), GARBAGE)
-        self.assertEqual(sip_message_length(sip(body=SDP, compact=True), 1 << 20),
-                         len(sip(body=SDP, compact=True)))
-        self.assertEqual(sip_message_length(msg, 100), GARBAGE)
-
-    def test_resync_keeps_split_start_line(self):
-        buf = bytearray(b"garbage\r\nmore garbage\r\nINVITE sip:a@b SIP/2.0\r\nVia: x\r\n")
-        self.assertEqual(resync(buf), 23)
-        self.assertTrue(buf.startswith(b"INVITE"))
-        buf = bytearray(b"junk\r\nREGIS")
-        resync(buf)
-        self.assertEqual(bytes(buf), b"REGIS")
-
-    def test_unmask(self):
-        self.assertEqual(unmask(unmask(b"hello world", b"abcd"), b"abcd"), b"hello world")
-        self.assertEqual(unmask(b"\x00\x00\x00\x00\x00", b"\x01\x02\x03\x04"),
-                         b"\x01\x02\x03\x04\x01")
 
 
 class TcpTests(SynchronousTestCase):
@@ -456,59 +430,3 @@ class WebSocketTests(SynchronousTestCase):
         s = Stream().feed(self.client(UPGRADE + b"\x83\x00" + ws(sip(), mask=b"abcd"), 1000))
         self.assertEqual(s.payloads, [])
         self.assertEqual(s.counters["websocket_bad_frame"], 1)
-
-
-def sctp_packet(chunks: list[bytes], sport=5060, dport=5060, src=A4, dst=B4) -> bytes:
-    body = struct.pack("!HHII", sport, dport, 0x1234, 0) + b"".join(chunks)
-    return ether(ip4(body, src, dst, p=132))
-
-
-def data_chunk(tsn, payload, flags=3, stream=0, ppid=0, idata=False):
-    pad = b"\0" * ((-len(payload)) % 4)
-    if idata:
-        return struct.pack("!BBHIHHII", 64, flags, 20 + len(payload), tsn, stream, 0, 0,
-                           ppid) + payload + pad
-    return struct.pack("!BBHIHHI", 0, flags, 16 + len(payload), tsn, stream, 0, ppid) \
-        + payload + pad
-
-
-class SctpTests(SynchronousTestCase):
-    def test_data_chunks(self):
-        init_ack = struct.pack("!BBH", 3, 0, 16) + b"\0" * 12  # SACK: skipped
-        s = Stream().feed(sctp_packet([init_ack, data_chunk(1, sip(n=1)),
-                                       data_chunk(2, sip("ACK", 2), ppid=99)]))
-        self.assertEqual(s.payloads, [sip(n=1), sip("ACK", 2)])
-        self.assertEqual([d.proto for d in s.out], [132, 132])
-        self.assertEqual(s.decoder.stats.sctp_messages, 2)
-
-    def test_fragmented_out_of_order_and_retransmitted(self):
-        m = sip(body=SDP)
-        parts = [m[:40], m[40:90], m[90:]]
-        s = Stream().feed(sctp_packet([data_chunk(12, parts[2], flags=1)]),
-                          sctp_packet([data_chunk(10, parts[0], flags=2)]),
-                          sctp_packet([data_chunk(11, parts[1], flags=0)]),
-                          sctp_packet([data_chunk(11, parts[1], flags=0)]),
-                          sctp_packet([data_chunk(13, sip("ACK", 2))]),
-                          sctp_packet([data_chunk(13, sip("ACK", 2))]))
-        self.assertEqual(s.payloads, [m, sip("ACK", 2)])
-        self.assertEqual(len(s.out[0].frames), 3)
-        self.assertEqual(s.decoder.stats.ignored["sctp_duplicate"], 2)
-
-    def test_idata(self):
-        s = Stream().feed(sctp_packet([data_chunk(1, sip(n=1), idata=True)]))
-        self.assertEqual(s.payloads, [sip(n=1)])
-
-    def test_other_ports_and_garbage(self):
-        s = Stream().feed(sctp_packet([data_chunk(1, sip())], 2905, 2905),
-                          sctp_packet([b"\0\0\xff\xff"]),
-                          sctp_packet([data_chunk(1, b"\x01\x02binary")]))
-        self.assertEqual(s.payloads, [])
-        self.assertEqual(s.decoder.stats.undecodable["sctp_bad_chunk"], 1)
-
-    def test_reassembly_bounded(self):
-        s = Stream()
-        for tsn in range(200):
-            s.feed(sctp_packet([data_chunk(tsn * 2, b"x" * 8000, flags=2)]))
-        a = next(iter(s.decoder._sctp._assocs.values()))
-        self.assertLessEqual(a.bytes, 1 << 20)
-        self.assertGreater(s.decoder.stats.undecodable["sctp_reassembly_overflow"], 0)
