@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
+import subprocess
 import urllib.parse
 
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
@@ -226,6 +228,15 @@ class PcapTests(WebBase):
         self.assertEqual(response.length, len(data))  # Content-Length, as the client parsed it
         self.assertEqual(response.headers.getRawHeaders(b"content-disposition"),
                          [b'attachment; filename="call1-1.pcap"'])
+        tshark = shutil.which("tshark")
+        if tshark is None:
+            raise SkipTest("tshark is not installed")
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as handle:
+            handle.write(data)
+        frames = subprocess.run([tshark, "-r", path, "-T", "fields", "-e", "frame.number"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        self.assertEqual(len(frames), 52)  # 2 SIP + 50 RTP records
 
     @defer.inlineCallbacks
     def test_sip_only_call_is_the_sensors_file(self):
