@@ -2,15 +2,18 @@
 
 Both read the file in big chunks and walk the records with ``struct.unpack_from``: one
 slice per frame and no per-packet objects, because the reader is on the hot path of
-``voipmon-analyze`` and of ``--read-pcap``. A file that is neither format, or a record
-whose length cannot be right, raises ``CaptureFormatError`` naming the file and the byte
-offset. A record cut short by the end of the file (a capture that was still being
-written) ends the iteration cleanly; ``truncated`` counts it and ``notes`` says where.
+``voipmon-analyze`` and of ``--read-pcap``. Gzip-compressed captures are read too, as
+tshark reads them. A file that is neither format, or a record whose length cannot be
+right, raises ``CaptureFormatError`` naming the file and the byte offset. A record cut
+short by the end of the file (a capture that was still being written) ends the
+iteration cleanly; ``truncated`` counts it and ``notes`` says where.
 """
 
 from __future__ import annotations
 
+import gzip
 import struct
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -60,7 +63,11 @@ class CaptureReader:
         self.linktypes: list[int] = []
         self.frames = 0
         self.bytes_read = 0
-        head = self._file.read(CHUNK)
+        self.compressed = False
+        self._eof = False
+        head = self._read(CHUNK)
+        if head[:2] == b"\x1f\x8b":  # gzip: a .pcap.gz or .pcapng.gz, as tshark reads them
+            head = self._gunzip(source)
         self._head = head
         if len(head) < 4:
             self.close()
@@ -77,6 +84,43 @@ class CaptureReader:
             self.close()
             raise CaptureFormatError(
                 self.name, 0, f"not a pcap or pcapng file (magic 0x{magic_be:08x})")
+
+    def _gunzip(self, source: str | BinaryIO) -> bytes:
+        if self._owned:
+            self._file.close()
+            self._file = gzip.open(source, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        elif self._file.seekable():
+            self._file.seek(0)
+            self._file = gzip.GzipFile(fileobj=self._file, mode="rb")  # type: ignore[assignment]
+        else:
+            raise CaptureFormatError(self.name, 0, "gzip-compressed capture on a stream that "
+                                     "cannot seek; decompress it first")
+        self.compressed = True
+        return self._read(CHUNK)
+
+    def _read(self, n: int) -> bytes:
+        if not self.compressed:
+            return self._file.read(n)
+        # read1 in a loop, so a stream cut short loses only its last chunk
+        out: list[bytes] = []
+        got = 0
+        while got < n and not self._eof:
+            try:
+                chunk = self._file.read1(n - got)  # type: ignore[attr-defined]
+            except EOFError:
+                self._eof = True
+                self.truncated += 1
+                self.notes.append(f"{self.name}: compressed data ends early; stopped there")
+                break
+            except (OSError, zlib.error) as e:
+                raise CaptureFormatError(self.name, self.bytes_read,
+                                         f"cannot read compressed data: {e}") from e
+            if not chunk:
+                self._eof = True
+                break
+            out.append(chunk)
+            got += len(chunk)
+        return b"".join(out)
 
     def _pcap_header(self, head: bytes, magic_le: int, magic_be: int) -> None:
         if len(head) < 24:
@@ -113,7 +157,7 @@ class CaptureReader:
             f"({have} of {need} bytes); stopped there")
 
     def _iter_pcap(self) -> Iterator[Record]:
-        read = self._file.read
+        read = self._read
         linktype = self.linktypes[0]
         scale = self._scale
         hlen = 16 + self._extra
@@ -153,7 +197,7 @@ class CaptureReader:
             self.bytes_read = base + pos
 
     def _iter_pcapng(self) -> Iterator[Record]:
-        read = self._file.read
+        read = self._read
         buf = self._head
         self._head = b""
         pos = 0
@@ -165,6 +209,7 @@ class CaptureReader:
         # per-interface (linktype, divisor, offset, snaplen) of the current section
         ifaces: list[tuple[int, int, int, int]] = []
         frames = 0
+        last_ts = 0.0
         try:
             while True:
                 n = len(buf)
@@ -202,8 +247,8 @@ class CaptureReader:
                                 f"enhanced packet block: interface {iface} of {len(ifaces)} "
                                 f"or capture length {caplen} does not fit its block")
                         linktype, div, offset, _ = ifaces[iface]
-                        yield ((hi << 32 | lo) / div + offset, linktype,
-                               buf[pos + 28:pos + 28 + caplen])
+                        last_ts = (hi << 32 | lo) / div + offset
+                        yield (last_ts, linktype, buf[pos + 28:pos + 28 + caplen])
                         frames += 1
                     elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
                         if not ifaces:
@@ -213,7 +258,8 @@ class CaptureReader:
                         (orig,) = u32(buf, pos + 8)
                         linktype, _, _, snap = ifaces[0]
                         caplen = min(orig, blen - 16, snap or orig)
-                        yield (0.0, linktype, buf[pos + 12:pos + 12 + caplen])
+                        # no timestamp of its own: it came after the previous packet
+                        yield (last_ts, linktype, buf[pos + 12:pos + 12 + caplen])
                         frames += 1
                     elif btype == 2:  # obsolete Packet Block
                         iface = struct.unpack_from(order + "H", buf, pos + 8)[0]
@@ -224,8 +270,8 @@ class CaptureReader:
                                 f"packet block: interface {iface} of {len(ifaces)} "
                                 f"or capture length {caplen} does not fit its block")
                         linktype, div, offset, _ = ifaces[iface]
-                        yield ((hi << 32 | lo) / div + offset, linktype,
-                               buf[pos + 28:pos + 28 + caplen])
+                        last_ts = (hi << 32 | lo) / div + offset
+                        yield (last_ts, linktype, buf[pos + 28:pos + 28 + caplen])
                         frames += 1
                     elif btype == 1:  # Interface Description Block
                         ifaces.append(self._idb(buf, pos, blen, order, base))
