@@ -127,6 +127,7 @@ class Hello:
     instance: str              # random per sensor process: lets it take over its own stale session
     probe: bool = False        # a failback probe: authenticate, then close; registers nothing
     manager: str = ""          # the sensor's management address, host:port
+    replay: bool = False       # the sensor replays a capture file (not live packets)
     protocol: int = PROTOCOL_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -134,7 +135,7 @@ class Hello:
             "protocol": self.protocol, "id_sensor": self.id_sensor, "name": self.name,
             "version": self.version, "mode": self.mode, "compression": self.compression,
             "time": self.time, "nonce": self.nonce.hex(), "instance": self.instance,
-            "probe": self.probe, "manager": self.manager,
+            "probe": self.probe, "manager": self.manager, "replay": self.replay,
         }
 
     @classmethod
@@ -144,8 +145,9 @@ class Hello:
         if mode not in MODES:
             raise ProtocolError(f"malformed HELLO message: unknown mode {mode[:20]!r}")
         probe = body.get("probe", False)
-        if not isinstance(probe, bool):
-            raise ProtocolError("malformed HELLO message: bad 'probe'")
+        replay = body.get("replay", False)
+        if not isinstance(probe, bool) or not isinstance(replay, bool):
+            raise ProtocolError("malformed HELLO message: bad 'probe' or 'replay'")
         instance = _hex_field(body, "instance", "HELLO", None).hex()
         return cls(
             id_sensor=field(body, "id_sensor", int, "HELLO"),
@@ -158,6 +160,7 @@ class Hello:
             instance=instance,
             probe=probe,
             manager=_text_field(body, "manager", "HELLO", 200),
+            replay=replay,
             protocol=body["protocol"],
         )
 
@@ -244,7 +247,7 @@ class ClientHandshake:
 
     def __init__(self, key: bytes, *, id_sensor: int, name: str, version: str, mode: str,
                  compression: str, instance: str, seconds: Callable[[], float],
-                 probe: bool = False, manager: str = "",
+                 probe: bool = False, manager: str = "", replay: bool = False,
                  random_bytes: Callable[[int], bytes] = os.urandom,
                  protocol: int = PROTOCOL_VERSION) -> None:
         self._key = key
@@ -252,7 +255,7 @@ class ClientHandshake:
         self._random = random_bytes
         self._params = dict(id_sensor=id_sensor, name=name, version=version, mode=mode,
                             compression=compression, instance=instance, probe=probe,
-                            manager=manager, protocol=protocol)
+                            manager=manager, replay=replay, protocol=protocol)
         self._hello: Hello | None = None
         self._central_nonce: bytes | None = None
         self.central_time: float | None = None

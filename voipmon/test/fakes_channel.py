@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.test import iosim
 from zope.interface import implementer
+
+from voipmon.analysis.cdr import Cdr
+from voipmon.protocols.client import AuthenticatingEndpoint
+from voipmon.protocols.handshake import ClientHandshake, derive_key
+from voipmon.protocols.server import CentralFactory, ISession, ISessionHandler
+from voipmon.store.interfaces import StoreUnavailable
 
 
 @implementer(IStreamClientEndpoint)
@@ -51,3 +60,217 @@ class FakeEndpoint:
 
     def __repr__(self) -> str:
         return f"<FakeEndpoint {self.name}>"
+
+
+# -- in-memory channel pairs -------------------------------------------------------
+
+
+
+BINDING = b"B" * 32
+
+
+def fixed_binding(transport: Any) -> bytes:
+    """Stands in for the TLS exporter: both ends of an in-memory pair agree."""
+    return BINDING
+
+
+@implementer(IStreamClientEndpoint)
+class PumpEndpoint:
+    """Connects each client to a protocol of ``server_factory`` in memory (iosim).
+
+    The test moves the bytes with ``flush()``; ``pumps`` keeps every connection.
+    """
+
+    def __init__(self, server_factory: Any, clock: Clock, client_port: int = 40000) -> None:
+        self.server_factory = server_factory
+        self.clock = clock
+        self.client_port = client_port
+        self.pumps: list[iosim.IOPump] = []
+        self.cut: list[iosim.IOPump] = []
+        self.fail_with: Exception | None = None
+
+    def connect(self, factory: Any) -> defer.Deferred:
+        if self.fail_with is not None:
+            return defer.fail(self.fail_with)
+        self.client_port += 1
+        client_addr = IPv4Address("TCP", "192.0.2.7", self.client_port)
+        server_addr = IPv4Address("TCP", "192.0.2.1", 60024)
+        client = factory.buildProtocol(server_addr)
+        server = self.server_factory.buildProtocol(client_addr)
+        client_io = iosim.FakeTransport(client, False, client_addr, server_addr)
+        server_io = iosim.FakeTransport(server, True, server_addr, client_addr)
+        pump = iosim.connect(server, server_io, client, client_io, greet=False,
+                             clock=self.clock)
+        self.pumps.append(pump)
+        return defer.succeed(client)
+
+    def flush(self) -> None:
+        """Pump every connection that is not cut until none has anything to move."""
+        for _ in range(1000):
+            moved = False
+            for pump in list(self.pumps):
+                if pump not in self.cut:
+                    moved = pump.flush() or moved
+            if not moved:
+                return
+        raise AssertionError("the connections never went idle")
+
+    def partition(self, index: int) -> None:
+        """Pull the cable of connection ``index``: nothing moves either way any more."""
+        self.cut.append(self.pumps[index])
+
+
+@implementer(ISession)
+class RecordingSession:
+    def __init__(self, channel: Any, hello: Any) -> None:
+        self.channel = channel
+        self.hello = hello
+        self.messages: list[tuple[Any, bytes]] = []
+        self.lost: Any = None
+
+    def messageReceived(self, kind: Any, payload: bytes) -> None:
+        self.messages.append((kind, payload))
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost = reason
+
+
+@implementer(ISessionHandler)
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.sessions: list[RecordingSession] = []
+
+    def open_session(self, channel: Any, hello: Any) -> RecordingSession:
+        session = RecordingSession(channel, hello)
+        self.sessions.append(session)
+        return session
+
+
+class MemoryStore:
+    """A small IStore stand-in: idempotent CDR batches, sensor rows, and an on/off switch.
+
+    ``down = True`` makes every call fail with StoreUnavailable; ``hold = True`` keeps
+    store_cdrs calls pending in ``held`` until the test fires them.
+    """
+
+    def __init__(self) -> None:
+        self.cdrs: dict[tuple[int, str], Cdr] = {}
+        self.order: list[tuple[int, str]] = []
+        self.batches: list[tuple[list[Cdr], str]] = []
+        self.sensors: dict[int, dict[str, Any]] = {}
+        self.offline: list[tuple[int, float]] = []
+        self.down = False
+        self.hold = False
+        self.held: list[tuple[defer.Deferred, list[Cdr], str]] = []
+        self.calls = 0
+
+    def _unavailable(self) -> defer.Deferred:
+        return defer.fail(StoreUnavailable("MySQL root@127.0.0.1:3306/test is down"))
+
+    def store_cdrs(self, cdrs: list[Cdr], pcap_on: str = "sensor") -> defer.Deferred:
+        self.calls += 1
+        if self.down:
+            return self._unavailable()
+        if self.hold:
+            d: defer.Deferred = defer.Deferred()
+            self.held.append((d, list(cdrs), pcap_on))
+            return d
+        return defer.succeed(self.commit(cdrs, pcap_on))
+
+    def commit(self, cdrs: list[Cdr], pcap_on: str = "sensor") -> int:
+        self.batches.append((list(cdrs), pcap_on))
+        new = 0
+        for cdr in cdrs:
+            key = (cdr.id_sensor, cdr.sensor_cdr_uid)
+            if key not in self.cdrs:
+                self.cdrs[key] = cdr
+                self.order.append(key)
+                new += 1
+        return new
+
+    def release(self) -> None:
+        """Commit every held batch, in order."""
+        held, self.held = self.held, []
+        for d, cdrs, pcap_on in held:
+            d.callback(self.commit(cdrs, pcap_on))
+
+    def upsert_sensor(self, sensor: dict[str, Any]) -> defer.Deferred:
+        if self.down:
+            return self._unavailable()
+        row = self.sensors.setdefault(sensor["id_sensor"], {})
+        row.update(sensor)
+        row["connected"] = True
+        return defer.succeed(None)
+
+    def mark_sensor_offline(self, id_sensor: int, when: float) -> defer.Deferred:
+        if self.down:
+            return self._unavailable()
+        self.offline.append((id_sensor, when))
+        if id_sensor in self.sensors:
+            self.sensors[id_sensor]["connected"] = False
+        return defer.succeed(True)
+
+
+class SessionRecorder(protocol.Protocol):
+    """A sensor-side session protocol that records what the central sends."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[Any, bytes]] = []
+        self.lost: Any = None
+
+    def messageReceived(self, kind: Any, payload: bytes) -> None:
+        self.messages.append((kind, payload))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = reason
+
+
+class ChannelPair:
+    """A real CentralFactory and real sensor endpoints, joined in memory on one Clock."""
+
+    def __init__(self, *, central_password: str = "pw", max_time_diff: float = 2.0,
+                 handler: Any = None, clock: Clock | None = None,
+                 central_binding: Any = fixed_binding, window: int = 8) -> None:
+        self.clock = clock or Clock()
+        if clock is None:
+            self.clock.advance(1_700_000_000)
+        self.handler = handler if handler is not None else RecordingHandler()
+        self.factory = CentralFactory(derive_key(central_password), max_time_diff,
+                                      self.handler, self.clock, central_binding,
+                                      central_name="central-test", window=window)
+        self.network = PumpEndpoint(self.factory, self.clock)
+
+    def endpoint(self, *, password: str = "pw", id_sensor: int = 7, name: str = "edge-1",
+                 instance: str = "ab" * 8, compression: str = "zstd", skew: float = 0.0,
+                 probe: bool = False, protocol_version: int = 1, mode: str = "local",
+                 replay: bool = False, binding: Any = fixed_binding,
+                 manager: str = "") -> AuthenticatingEndpoint:
+        key = derive_key(password)
+        clock = self.clock
+
+        def make() -> ClientHandshake:
+            return ClientHandshake(key, id_sensor=id_sensor, name=name, version="0.1.0",
+                                   mode=mode, compression=compression, instance=instance,
+                                   seconds=lambda: clock.seconds() + skew, probe=probe,
+                                   manager=manager, replay=replay,
+                                   protocol=protocol_version)
+
+        return AuthenticatingEndpoint(self.network, make, compression, self.clock, binding)
+
+    def connect(self, factory: Any = None, **options: Any) -> defer.Deferred:
+        factory = factory or protocol.Factory.forProtocol(SessionRecorder)
+        d = self.endpoint(**options).connect(factory)
+        self.flush()
+        return d
+
+    def flush(self) -> None:
+        self.network.flush()
+
+    def close_all(self) -> None:
+        """Close every connection from both ends and let the closes finish."""
+        self.network.cut.clear()
+        for pump in self.network.pumps:
+            for proto in (pump.client, pump.server):
+                if not proto.closing and proto.transport is not None:
+                    proto.close("test over")
+        self.flush()

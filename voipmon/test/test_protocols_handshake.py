@@ -262,6 +262,7 @@ class MalformedTests(SynchronousTestCase):
             {**good, "mode": "both"}, {**good, "nonce": "zz"}, {**good, "nonce": "ab"},
             {**good, "time": "now"}, {**good, "name": "x" * 500}, {**good, "name": "a\nb"},
             {**good, "instance": ""}, {**good, "probe": "yes"}, {**good, "compression": 3},
+            {**good, "replay": 1},
         ]
         for body in broken:
             with self.assertRaises(ProtocolError, msg=repr(body)[:80]):

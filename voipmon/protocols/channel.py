@@ -1,0 +1,243 @@
+"""What both ends of the channel share: framing, compression, keepalive, closing with a reason.
+
+``ChannelProtocol`` sits on the TLS transport. It turns bytes into frames (refusing an
+oversized header before buffering its payload), decompresses with the negotiated codec
+under a size limit, answers pings and drops a peer that stayed silent too long. Subclasses
+(the sensor's ``SensorChannel``, the central's ``CentralChannel``) run the handshake and
+hand messages to the logic above them. After the handshake the channel is also the
+*message transport* of that logic (``IMessageTransport``): ``send_message`` and
+``loseConnection``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import protocol, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from voipmon.protocols.compression import DecompressionError, ICodec
+from voipmon.protocols.wire import (
+    COMPRESS_MIN,
+    FLAG_COMPRESSED,
+    MAX_FRAME,
+    MAX_HANDSHAKE_FRAME,
+    MAX_MESSAGE,
+    FrameDecoder,
+    MessageType,
+    ProtocolError,
+    decode_json,
+    encode_frame,
+    encode_json,
+)
+
+PING_INTERVAL = 5.0
+PING_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 10.0
+ABORT_AFTER = 10.0
+
+
+class IMessageTransport(Interface):
+    """An authenticated channel, as the session logic above it sees it."""
+
+    peer = Attribute("The other end, 'host:port', for logs.")
+    accept_info = Attribute("The ACCEPT body (sensor side) or the Hello (central side).")
+
+    def send_message(kind, body):
+        """Send one message; ``body`` is a dict (JSON) or bytes (already encoded)."""
+
+    def loseConnection():
+        """Close the channel after what was sent is flushed."""
+
+
+def describe_peer(transport: Any) -> str:
+    try:
+        address = transport.getPeer()
+    except Exception:
+        return "?"
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@implementer(IMessageTransport)
+class ChannelProtocol(protocol.Protocol):
+    """Framing, compression and keepalive for one connection."""
+
+    log = Logger()
+    side = "channel"
+
+    def __init__(self, clock: IReactorTime, binding: Callable[[Any], bytes],
+                 ping_interval: float = PING_INTERVAL, ping_timeout: float = PING_TIMEOUT,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        self.clock = clock
+        self.binding = binding
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.handshake_timeout = handshake_timeout
+        self.decoder = FrameDecoder(MAX_HANDSHAKE_FRAME)
+        self.codec: ICodec | None = None
+        self.peer = "?"
+        self.accept_info: Any = None
+        self.authenticated = False
+        self.closing = False
+        self.close_reason: str | None = None
+        self.last_received = 0.0
+        self.rtt: float | None = None
+        self.frames_sent = self.frames_received = 0
+        self.payload_bytes_sent = self.wire_bytes_sent = 0
+        self.wire_bytes_received = 0
+        self._keepalive: task.LoopingCall | None = None
+        self._handshake_timer: Any = None
+        self._abort_timer: Any = None
+
+    # -- connection life ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = describe_peer(self.transport)
+        self.last_received = self.clock.seconds()
+        self._handshake_timer = self.clock.callLater(self.handshake_timeout,
+                                                     self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        self.fail(f"handshake not completed within {self.handshake_timeout:g} s")
+
+    def authenticated_as(self, codec: ICodec) -> None:
+        """The handshake succeeded: big frames, compression and keepalive from now on."""
+        self.authenticated = True
+        self.codec = codec
+        self.decoder.max_frame = MAX_FRAME
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._keepalive = task.LoopingCall(self._tick)
+        self._keepalive.clock = self.clock
+        self._keepalive.start(self.ping_interval, now=False)
+
+    def _tick(self) -> None:
+        silent = self.clock.seconds() - self.last_received
+        if silent >= self.ping_timeout:
+            self.fail(f"peer silent for {silent:.0f} s (limit {self.ping_timeout:g} s)")
+            return
+        self.send_message(MessageType.PING, {"t": self.clock.seconds()})
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.closing = True
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+
+    # -- receiving ---------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return  # closing: whatever else the peer sends is dropped unread
+        self.wire_bytes_received += len(data)
+        self.last_received = self.clock.seconds()
+        try:
+            frames = self.decoder.feed(data)
+            for frame in frames:
+                if self.closing:
+                    return
+                payload = frame.payload
+                if frame.flags & FLAG_COMPRESSED:
+                    if self.codec is None:
+                        raise ProtocolError("compressed frame before the handshake")
+                    try:
+                        payload = self.codec.decompress(payload, MAX_MESSAGE)
+                    except DecompressionError as exc:
+                        raise ProtocolError(f"bad {frame.kind.name} payload: {exc}")
+                self.frames_received += 1
+                self._dispatch(frame.kind, payload)
+        except ProtocolError as exc:
+            self.fail(str(exc))
+        except Exception:
+            self.log.failure("{side}: error handling a message from {peer}", side=self.side,
+                             peer=self.peer)
+            self.fail("internal error while handling a message")
+
+    def _dispatch(self, kind: MessageType, payload: bytes) -> None:
+        if kind == MessageType.PING and self.authenticated:
+            self.send_message(MessageType.PONG, payload)
+        elif kind == MessageType.PONG and self.authenticated:
+            sent = decode_json(kind, payload).get("t")
+            if isinstance(sent, (int, float)) and not isinstance(sent, bool):
+                self.rtt = max(0.0, self.clock.seconds() - sent)
+        elif kind == MessageType.CLOSE:
+            reason = decode_json(kind, payload).get("reason")
+            self.peer_closed(str(reason)[:1000] if reason is not None else "no reason given")
+        else:
+            self.messageReceived(kind, payload)
+
+    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def peer_closed(self, reason: str) -> None:
+        """The peer said why it closes; log it and close our side."""
+        self.log.warn("{side}: {peer} closed the channel: {reason}", side=self.side,
+                      peer=self.peer, reason=reason)
+        self.close(f"peer closed: {reason}", tell_peer=False)
+
+    # -- sending and closing -----------------------------------------------------
+
+    def send_message(self, kind: MessageType, body: dict[str, Any] | bytes) -> None:
+        if self.transport is None or (self.closing and kind != MessageType.CLOSE):
+            return
+        payload = encode_json(body) if isinstance(body, dict) else body
+        self.payload_bytes_sent += len(payload)
+        flags = 0
+        if self.codec is not None and len(payload) >= COMPRESS_MIN:
+            packed = self.codec.compress(payload)
+            if len(packed) < len(payload):
+                payload, flags = packed, FLAG_COMPRESSED
+        frame = encode_frame(kind, payload, flags)
+        self.frames_sent += 1
+        self.wire_bytes_sent += len(frame)
+        self.transport.write(frame)
+
+    def fail(self, reason: str) -> None:
+        """Close the connection because of ``reason``, telling the peer and the log."""
+        if self.closing:
+            return
+        self.log.error("{side}: closing connection with {peer}: {reason}", side=self.side,
+                       peer=self.peer, reason=reason)
+        self.close(reason)
+
+    def close(self, reason: str, tell_peer: bool = True) -> None:
+        """Say why, then close; whatever the peer sends afterwards is ignored."""
+        if self.closing:
+            return
+        self.close_reason = reason
+        if tell_peer:
+            self.send_message(MessageType.CLOSE, {"reason": reason})
+        self.closing = True
+        self.transport.loseConnection()
+        # A peer that never finishes the TLS close must not keep the connection alive.
+        self._abort_timer = self.clock.callLater(ABORT_AFTER, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        self.transport.abortConnection()
+
+    def loseConnection(self) -> None:
+        """IMessageTransport: close without a reason for the peer (a normal shutdown)."""
+        self.close("closing")
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()

@@ -1,0 +1,168 @@
+"""The sensor's end of the channel: an endpoint that connects *and authenticates*.
+
+``AuthenticatingEndpoint.connect(factory)`` opens the TLS connection, runs the handshake
+(hello, challenge, proofs), and only once the central has proved the password builds the
+session protocol from ``factory`` and fires with it. A central that refuses us, fails its
+proof, or hangs counts as a failed connection attempt, so ``FailoverEndpoint`` moves on to
+the next one and ``ClientService`` never sees a half-open channel.
+
+The session protocol is message-level: the channel is its transport (``send_message``,
+``loseConnection``) and calls its ``messageReceived(kind, payload)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from voipmon.protocols.channel import ChannelProtocol
+from voipmon.protocols.compression import get_codec
+from voipmon.protocols.handshake import CentralProofFailed, ClientHandshake, Rejection
+from voipmon.protocols.wire import MessageType, ProtocolError, decode_json
+
+
+class HandshakeFailed(Exception):
+    """The connection closed or broke before the central accepted us."""
+
+
+class SensorChannel(ChannelProtocol):
+    """Runs the sensor's half of the handshake, then carries the session's messages."""
+
+    side = "sensor"
+
+    def __init__(self, handshake: ClientHandshake, compression: str, session_factory: Any,
+                 ready: defer.Deferred, clock: IReactorTime,
+                 binding: Callable[[Any], bytes], **timeouts: float) -> None:
+        super().__init__(clock, binding, **timeouts)
+        self.handshake = handshake
+        self.compression = compression
+        self.session_factory = session_factory
+        self.ready = ready
+        self.session: Any = None
+        self._error: Failure | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.send_message(MessageType.HELLO, self.handshake.hello())
+
+    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+        if self.session is not None:
+            self.session.messageReceived(kind, payload)
+        elif kind == MessageType.CHALLENGE:
+            body = decode_json(kind, payload)
+            self.send_message(MessageType.PROOF,
+                              self.handshake.receive_challenge(body, self.binding(self.transport)))
+        elif kind == MessageType.ACCEPT:
+            self._accepted(decode_json(kind, payload))
+        elif kind == MessageType.REJECT:
+            rejection = Rejection.from_json(decode_json(kind, payload))
+            self.log.error("central {peer} refused this sensor: {reason}", peer=self.peer,
+                           reason=rejection.reason, code=rejection.code)
+            self._error = Failure(rejection)
+            self.close(f"refused: {rejection.reason}", tell_peer=False)
+        else:
+            raise ProtocolError(f"unexpected {kind.name} during the handshake")
+
+    def _accepted(self, body: dict[str, Any]) -> None:
+        try:
+            self.handshake.receive_accept(body, self.binding(self.transport))
+        except CentralProofFailed as exc:
+            self.log.error("central {peer}: {problem}; sending nothing", peer=self.peer,
+                           problem=str(exc))
+            self._error = Failure(exc)
+            self.close(str(exc))
+            return
+        self.accept_info = body
+        self.authenticated_as(get_codec(self.compression))
+        session = self.session_factory.buildProtocol(self.transport.getPeer())
+        if session is None:
+            self.close("no session")
+            return
+        self.session = session
+        session.makeConnection(self)
+        ready, self.ready = self.ready, None
+        ready.callback(session)
+
+    def fail(self, reason: str) -> None:
+        if self.session is None and self._error is None:
+            self._error = Failure(HandshakeFailed(reason))
+        super().fail(reason)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.connectionLost(reason)
+        elif self.ready is not None:
+            ready, self.ready = self.ready, None
+            if self._error is None:
+                detail = reason.getErrorMessage() if reason is not None else "closed"
+                self._error = Failure(HandshakeFailed(
+                    f"connection closed during the handshake ({detail})"))
+            if not ready.called:  # a cancelled attempt has been failed already
+                ready.errback(self._error)
+
+
+class _ChannelFactory(protocol.Factory):
+    def __init__(self, build: Callable[[], SensorChannel]) -> None:
+        self.build = build
+
+    def buildProtocol(self, addr: Any) -> SensorChannel:
+        channel = self.build()
+        channel.factory = self
+        return channel
+
+
+@implementer(IStreamClientEndpoint)
+class AuthenticatingEndpoint:
+    """Connect through ``endpoint`` (TLS) and complete the handshake before firing."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint,
+                 make_handshake: Callable[[], ClientHandshake], compression: str,
+                 clock: IReactorTime, binding: Callable[[Any], bytes],
+                 **timeouts: float) -> None:
+        self.endpoint = endpoint
+        self.make_handshake = make_handshake
+        self.compression = compression
+        self.clock = clock
+        self.binding = binding
+        self.timeouts = timeouts
+
+    def connect(self, protocolFactory: Any) -> defer.Deferred:
+        channels: list[SensorChannel] = []
+        connecting: list[defer.Deferred | None] = [None]
+
+        def cancel(_: defer.Deferred) -> None:
+            if connecting[0] is not None:
+                connecting[0].cancel()
+            for channel in channels:
+                if channel.transport is not None:
+                    channel.closing = True
+                    channel.transport.abortConnection()
+
+        ready: defer.Deferred = defer.Deferred(cancel)
+
+        def build() -> SensorChannel:
+            channel = SensorChannel(self.make_handshake(), self.compression, protocolFactory,
+                                    ready, self.clock, self.binding, **self.timeouts)
+            channels.append(channel)
+            return channel
+
+        d = self.endpoint.connect(_ChannelFactory(build))
+        connecting[0] = d
+
+        def connected(_channel: Any) -> None:
+            connecting[0] = None
+
+        def not_connected(failure: Failure) -> None:
+            connecting[0] = None
+            if not ready.called:
+                ready.errback(failure)
+
+        d.addCallbacks(connected, not_connected)
+        return ready

@@ -1,0 +1,237 @@
+"""The central's end of the channel: handshake, one session per sensor id, hand-off to logic.
+
+``CentralChannel`` answers the hello with a challenge (or a rejection), checks the
+sensor's proof, claims the sensor id in the ``SessionRegistry`` and only then proves the
+password itself and opens a session through the ``ISessionHandler`` (the CDR store and the
+mirroring engines live behind it, in voipmon.central). Every refusal is logged here and
+sent to the sensor with the same words. A fault on one connection closes that connection
+only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+import voipmon
+from voipmon.protocols.channel import PING_INTERVAL, ChannelProtocol
+from voipmon.protocols.compression import CODECS, get_codec
+from voipmon.protocols.handshake import ID_IN_USE, Hello, Rejection, ServerHandshake
+from voipmon.protocols.wire import MAX_FRAME, MessageType, ProtocolError, decode_json
+
+WINDOW = 8                 # batches a sensor may have unacknowledged
+MAX_PENDING = 256          # connections still in their handshake
+
+
+class ISession(Interface):
+    """The logic serving one authenticated sensor connection."""
+
+    def messageReceived(kind, payload):
+        """A message from the sensor (raise ProtocolError to close the channel)."""
+
+    def connectionLost(reason):
+        """The channel closed."""
+
+
+class ISessionHandler(Interface):
+    """Opens the session for a sensor that authenticated (voipmon.central.sessions)."""
+
+    def open_session(channel, hello):
+        """Return an ISession for ``channel`` (an IMessageTransport) and its Hello."""
+
+
+class SessionRegistry:
+    """At most one channel per id_sensor.
+
+    A second connection with the same id is refused while the first is alive, unless it
+    comes from the same sensor process (same ``instance``): then it takes the old session
+    over, because the old one is a leftover of a network failure the sensor noticed first.
+    A session not heard from for ``stale_after`` seconds (pings come every 5 s) is dead and
+    any claimant replaces it.
+    """
+
+    def __init__(self, clock: IReactorTime, stale_after: float = 2 * PING_INTERVAL + 1) -> None:
+        self.clock = clock
+        self.stale_after = stale_after
+        self._channels: dict[int, Any] = {}
+
+    def claim(self, hello: Hello, channel: Any) -> Any:
+        """Register ``channel`` for ``hello.id_sensor``; returns the channel it replaces."""
+        current = self._channels.get(hello.id_sensor)
+        if current is not None and current.hello.instance != hello.instance:
+            silent = self.clock.seconds() - current.last_received
+            if silent < self.stale_after:
+                raise Rejection(
+                    ID_IN_USE,
+                    f"id_sensor {hello.id_sensor} is already connected from {current.peer} "
+                    f"(name {current.hello.name!r}, heard from {silent:.0f} s ago); two "
+                    f"sensors must not share an id_sensor")
+        self._channels[hello.id_sensor] = channel
+        return current
+
+    def release(self, channel: Any) -> bool:
+        """Forget ``channel`` if it still holds its id; True if it did."""
+        hello = getattr(channel, "hello", None)
+        if hello is not None and self._channels.get(hello.id_sensor) is channel:
+            del self._channels[hello.id_sensor]
+            return True
+        return False
+
+    def get(self, id_sensor: int) -> Any:
+        return self._channels.get(id_sensor)
+
+    def channels(self) -> list[Any]:
+        return list(self._channels.values())
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+
+class CentralChannel(ChannelProtocol):
+    """One sensor connection on the central."""
+
+    side = "central"
+
+    def __init__(self, handshake: ServerHandshake, registry: SessionRegistry,
+                 handler: Any, clock: IReactorTime, binding: Callable[[Any], bytes],
+                 accept_extra: dict[str, Any], **timeouts: float) -> None:
+        super().__init__(clock, binding, **timeouts)
+        self.handshake = handshake
+        self.registry = registry
+        self.handler = handler
+        self.accept_extra = accept_extra
+        self.hello: Hello | None = None
+        self.session: Any = None
+        self.probe = False
+        self.rejection: Rejection | None = None
+        self.connected_at: float | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.pending += 1
+        self._counted = True
+        if self.factory.pending > self.factory.max_pending:
+            self.fail(f"too many connections in their handshake ({self.factory.max_pending})")
+
+    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+        if self.session is not None:
+            self.session.messageReceived(kind, payload)
+        elif self.probe:
+            raise ProtocolError(f"unexpected {kind.name} on a failback probe")
+        elif kind == MessageType.HELLO:
+            try:
+                challenge = self.handshake.receive_hello(decode_json(kind, payload))
+            except Rejection as rejection:
+                self.reject(rejection, self.handshake_hello_id(payload))
+                return
+            self.send_message(MessageType.CHALLENGE, challenge)
+        elif kind == MessageType.PROOF:
+            self._proof(decode_json(kind, payload))
+        else:
+            raise ProtocolError(f"unexpected {kind.name} before authentication")
+
+    @staticmethod
+    def handshake_hello_id(payload: bytes) -> Any:
+        try:
+            return decode_json(MessageType.HELLO, payload).get("id_sensor")
+        except ProtocolError:
+            return None
+
+    def _proof(self, body: dict[str, Any]) -> None:
+        hello = self.handshake.hello
+        binding = self.binding(self.transport)
+        try:
+            self.handshake.receive_proof(body, binding)
+            if not hello.probe:
+                replaced = self.registry.claim(hello, self)
+        except Rejection as rejection:
+            self.reject(rejection, hello.id_sensor if hello else None)
+            return
+        self.hello = hello
+        self.factory.pending -= 1
+        self._counted = False
+        accept = self.handshake.accept(binding, central=self.factory.central_name,
+                                       version=voipmon.__version__, probe=hello.probe,
+                                       **self.accept_extra)
+        self.send_message(MessageType.ACCEPT, accept)
+        self.authenticated_as(get_codec(hello.compression))
+        if hello.probe:
+            self.probe = True
+            self.log.debug("failback probe from sensor {id_sensor} ({peer}) answered",
+                           id_sensor=hello.id_sensor, peer=self.peer)
+            return
+        self.connected_at = self.clock.seconds()
+        if replaced is not None:
+            replaced.close(f"replaced by a new connection of the same sensor from {self.peer}")
+            self.log.warn("sensor {id_sensor}: new connection from {peer} takes over the "
+                          "session from {old}", id_sensor=hello.id_sensor, peer=self.peer,
+                          old=replaced.peer)
+        self.log.info("sensor {id_sensor} ({name}) connected from {peer}: mode {mode}, "
+                      "compression {compression}, version {version}, clock skew {skew:.3f} s",
+                      id_sensor=hello.id_sensor, name=hello.name, peer=self.peer,
+                      mode=hello.mode, compression=hello.compression, version=hello.version,
+                      skew=self.handshake.skew)
+        self.factory.accepted += 1
+        self.session = self.handler.open_session(self, hello)
+
+    def reject(self, rejection: Rejection, id_sensor: Any = None) -> None:
+        self.rejection = rejection
+        self.factory.refusals[rejection.code] += 1
+        self.log.warn("refused sensor {id_sensor} from {peer}: {reason}",
+                      id_sensor=id_sensor if id_sensor is not None else "?", peer=self.peer,
+                      reason=rejection.reason, code=rejection.code)
+        self.send_message(MessageType.REJECT, rejection.to_json())
+        self.close(f"refused: {rejection.reason}", tell_peer=False)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        if getattr(self, "_counted", False):
+            self.factory.pending -= 1
+            self._counted = False
+        if self.hello is None or self.probe:
+            return
+        self.registry.release(self)
+        why = self.close_reason or (reason.getErrorMessage() if reason else "closed")
+        self.log.info("sensor {id_sensor} ({peer}) disconnected: {reason}",
+                      id_sensor=self.hello.id_sensor, peer=self.peer, reason=why)
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.connectionLost(reason)
+
+
+class CentralFactory(protocol.Factory):
+    """Builds a CentralChannel per connection; holds what all connections share."""
+
+    def __init__(self, key: bytes, max_time_diff: float, handler: Any, clock: IReactorTime,
+                 binding: Callable[[Any], bytes], central_name: str = "",
+                 registry: SessionRegistry | None = None, window: int = WINDOW,
+                 max_pending: int = MAX_PENDING, **timeouts: float) -> None:
+        self.key = key
+        self.max_time_diff = max_time_diff
+        self.handler = handler
+        self.clock = clock
+        self.binding = binding
+        self.central_name = central_name
+        self.registry = registry or SessionRegistry(clock)
+        self.window = window
+        self.max_pending = max_pending
+        self.timeouts = timeouts
+        self.pending = 0
+        self.accepted = 0
+        self.refusals: Counter[str] = Counter()
+
+    def buildProtocol(self, addr: Any) -> CentralChannel:
+        handshake = ServerHandshake(self.key, self.max_time_diff, self.clock.seconds,
+                                    frozenset(CODECS))
+        extra = {"window": self.window, "max_frame": MAX_FRAME,
+                 "ping_interval": self.timeouts.get("ping_interval", PING_INTERVAL)}
+        channel = CentralChannel(handshake, self.registry, self.handler, self.clock,
+                                 self.binding, extra, **self.timeouts)
+        channel.factory = self
+        return channel
