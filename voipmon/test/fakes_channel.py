@@ -14,6 +14,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
+from voipmon.protocols.channel import IMessageTransport
 from voipmon.protocols.client import AuthenticatingEndpoint
 from voipmon.protocols.handshake import ClientHandshake, derive_key
 from voipmon.protocols.server import CentralFactory, ISession, ISessionHandler
@@ -274,3 +275,32 @@ class ChannelPair:
                 if not proto.closing and proto.transport is not None:
                     proto.close("test over")
         self.flush()
+
+
+@implementer(IMessageTransport)
+class FakeMessageTransport:
+    """Records what session logic sends; stands in for an authenticated channel."""
+
+    def __init__(self, accept_info: Any = None, peer: str = "192.0.2.1:60024",
+                 host: str = "192.0.2.7") -> None:
+        self.accept_info = accept_info if accept_info is not None else {}
+        self.peer = peer
+        self.host = host
+        self.sent: list[tuple[Any, Any]] = []
+        self.closed = False
+
+    def send_message(self, kind: Any, body: Any) -> None:
+        self.sent.append((kind, body))
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", self.host, 40000)
+
+    def kinds(self) -> list[Any]:
+        return [kind for kind, _ in self.sent]
+
+    def take(self) -> list[tuple[Any, Any]]:
+        sent, self.sent = self.sent, []
+        return sent

@@ -1,0 +1,440 @@
+"""What the sensor sends over the channel, and what it does with the acknowledgements.
+
+Two uplinks outlive any one connection (the channel comes and goes with failover):
+
+- ``CdrUplink`` (local processing): every CDR goes into the durable queue; once flushed
+  (fsync'd) it is sent in batches, at most ``window`` batches unacknowledged, and deleted
+  from the queue only when the central acknowledges it, which it does after its database
+  committed it. After a reconnect everything unacknowledged is sent again, in order.
+- ``MirrorUplink`` (packet mirroring): raw packets are gathered into batches held in
+  memory, bounded by ``max_buffer_mem``; a full buffer drops packets and counts them.
+  Unacknowledged batches are kept and resent after a reconnect.
+
+``UplinkProtocol`` is the thin session protocol the channel hands messages to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from voipmon.protocols.wire import (
+    PACKET_RECORD,
+    MessageType,
+    PacketBatch,
+    ProtocolError,
+    decode_json,
+    encode_cdr_batch,
+    field,
+)
+from voipmon.sensor.queue import DurableQueue, QueueError
+
+log = Logger()
+
+CDR_BATCH_RECORDS = 500
+CDR_BATCH_BYTES = 1 << 20
+CDR_WINDOW = 4
+MIRROR_BATCH_BYTES = 256 * 1024
+MIRROR_BATCH_PACKETS = 4096
+MIRROR_FLUSH_INTERVAL = 0.05
+MIRROR_WINDOW = 8
+DROP_REPORT_INTERVAL = 10.0
+
+
+class IUplink(Interface):
+    """Long-lived sending logic; the channel of the moment is attached and detached."""
+
+    def attach(transport):
+        """A channel to a central is up (an IMessageTransport)."""
+
+    def detach(reason):
+        """That channel is gone."""
+
+    def message_received(kind, payload):
+        """A message from the central; raise ProtocolError if it makes no sense."""
+
+    def when_done():
+        """A Deferred that fires once the source has ended and everything is acknowledged."""
+
+    def stats():
+        """Counters for logs, STATS messages and the management port."""
+
+
+class _Done:
+    """Deferreds waiting for an uplink to finish."""
+
+    def __init__(self) -> None:
+        self.waiters: list[defer.Deferred] = []
+        self.done = False
+
+    def wait(self) -> defer.Deferred:
+        if self.done:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self.waiters.append(d)
+        return d
+
+    def fire(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+def _window(transport: Any, own: int) -> int:
+    info = getattr(transport, "accept_info", None) or {}
+    theirs = info.get("window")
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > 0:
+        return min(own, theirs)
+    return own
+
+
+def cdr_bytes(cdr: Any) -> bytes:
+    """A CDR as the compact JSON text the queue keeps and the wire carries."""
+    return json.dumps(cdr.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@implementer(IUplink)
+class CdrUplink:
+    """CDRs from the engine -> durable queue -> batches -> acks -> deleted."""
+
+    mode = "local"
+
+    def __init__(self, queue: DurableQueue, clock: IReactorTime,
+                 batch_records: int = CDR_BATCH_RECORDS, batch_bytes: int = CDR_BATCH_BYTES,
+                 window: int = CDR_WINDOW) -> None:
+        self.queue = queue
+        self.clock = clock
+        self.batch_records = batch_records
+        self.batch_bytes = batch_bytes
+        self.own_window = window
+        self.window = window
+        self.transport: Any = None
+        self.inflight: deque[tuple[int, int]] = deque()
+        self.sent_upto = 0
+        self.produced = 0        # CDRs added by this process
+        self.delivered = 0       # CDRs acknowledged in this process
+        self.stored = 0          # of those, newly inserted by the central (not duplicates)
+        self.batches_sent = 0
+        self.source_done = False
+        self._flush_call: Any = None
+        self._done = _Done()
+
+    # -- input ---------------------------------------------------------------------
+
+    def add(self, cdr: Any) -> None:
+        """Queue one CDR (the engine's on_cdr callback); it is sent once flushed."""
+        self.add_raw(cdr_bytes(cdr))
+
+    def add_raw(self, record: bytes) -> None:
+        self.queue.append(record)
+        self.produced += 1
+        if self.queue.buffered >= self.batch_records:
+            self.flush()
+        elif self._flush_call is None:
+            # Group commit: one fsync for everything the engine emits in this turn.
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Make the buffered CDRs durable, then send what the window allows."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        try:
+            self.queue.flush()
+        except QueueError:
+            log.failure("cannot write the CDR queue; retrying in 1 s (CDRs stay in memory)")
+            self._flush_call = self.clock.callLater(1.0, self.flush)
+            return
+        self.pump()
+        self._check_done()
+
+    def finish_source(self) -> None:
+        """The source ended (end of a replayed capture): flush and wait for the last acks."""
+        self.source_done = True
+        self.flush()
+
+    # -- channel -------------------------------------------------------------------
+
+    def attach(self, transport: Any) -> None:
+        self.transport = transport
+        self.window = _window(transport, self.own_window)
+        self.inflight.clear()
+        self.sent_upto = self.queue.acked
+        if self.queue.depth:
+            log.info("sending {count} queued CDRs to {central}", count=self.queue.depth,
+                     central=transport.peer)
+        self.pump()
+
+    def detach(self, reason: Failure | None = None) -> None:
+        self.transport = None
+        self.inflight.clear()
+
+    def pump(self) -> None:
+        while self.transport is not None and len(self.inflight) < self.window:
+            records = self.queue.read(self.sent_upto, self.batch_records, self.batch_bytes)
+            if not records:
+                return
+            first, last = records[0][0], records[-1][0]
+            self.transport.send_message(MessageType.CDRS,
+                                        encode_cdr_batch(first, [r for _, r in records]))
+            self.inflight.append((first, last))
+            self.sent_upto = last
+            self.batches_sent += 1
+
+    def message_received(self, kind: MessageType, payload: bytes) -> None:
+        if kind == MessageType.CDR_ACK:
+            body = decode_json(kind, payload)
+            upto = field(body, "upto", int, "CDR_ACK")
+            if not self.inflight or upto < self.inflight[0][1] or upto > self.sent_upto:
+                raise ProtocolError(f"CDR_ACK for {upto} does not match any batch in flight")
+            while self.inflight and self.inflight[0][1] <= upto:
+                self.inflight.popleft()
+            self.delivered += self.queue.ack(upto)
+            stored = body.get("stored")
+            if isinstance(stored, int) and not isinstance(stored, bool):
+                self.stored += stored
+            self.pump()
+            self._check_done()
+        elif kind == MessageType.END_ACK:
+            return
+        else:
+            raise ProtocolError(f"unexpected {kind.name} from the central")
+
+    # -- completion and stats ------------------------------------------------------
+
+    def _check_done(self) -> None:
+        if self.source_done and not self.queue.buffered and not self.queue.depth:
+            self._done.fire()
+
+    def when_done(self) -> defer.Deferred:
+        return self._done.wait()
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.mode, "cdrs": self.produced, "delivered": self.delivered,
+                "stored": self.stored, "queue_depth": self.queue.depth + self.queue.buffered,
+                "queue_bytes": self.queue.disk_bytes, "inflight_batches": len(self.inflight)}
+
+
+@implementer(IUplink)
+class MirrorUplink:
+    """Raw packets -> bounded in-memory batches -> window -> acks; drops counted."""
+
+    mode = "mirror"
+
+    def __init__(self, clock: IReactorTime, max_buffer_bytes: int,
+                 batch_bytes: int = MIRROR_BATCH_BYTES,
+                 batch_packets: int = MIRROR_BATCH_PACKETS,
+                 flush_interval: float = MIRROR_FLUSH_INTERVAL, window: int = MIRROR_WINDOW,
+                 report_interval: float = DROP_REPORT_INTERVAL) -> None:
+        self.clock = clock
+        self.max_buffer_bytes = max_buffer_bytes
+        self.batch_bytes = batch_bytes
+        self.batch_packets = batch_packets
+        self.flush_interval = flush_interval
+        self.own_window = window
+        self.window = window
+        self.report_interval = report_interval
+        self.transport: Any = None
+        self.current: PacketBatch | None = None
+        self._current_bytes = 0
+        self.ready: deque[tuple[int, bytes, int, int]] = deque()     # seq, payload, bytes, count
+        self.inflight: deque[tuple[int, bytes, int, int]] = deque()
+        self.used = 0
+        self.next_seq = 1
+        self.packets = 0
+        self.dropped = 0
+        self.packets_acked = 0
+        self.batches_acked = 0
+        self.source_done = False
+        self.end_state: str | None = None    # None, "pending", "sent", "acked"
+        self.central_cdrs: int | None = None
+        self._flush_call: Any = None
+        self._last_report = -1e18
+        self._reported_drops = 0
+        self._done = _Done()
+        self._room_waiters: list[defer.Deferred] = []
+
+    # -- input (the hot path) ------------------------------------------------------
+
+    def add_packet(self, ts: float, linktype: int, data: bytes,
+                   wirelen: int | None = None) -> bool:
+        """Buffer one packet; False (and counted) when ``max_buffer_mem`` is full."""
+        size = PACKET_RECORD.size + len(data)
+        if self.used + size > self.max_buffer_bytes:
+            self.dropped += 1
+            now = self.clock.seconds()
+            if now - self._last_report >= self.report_interval:
+                self.report_drops(now)
+            return False
+        current = self.current
+        if current is None or current.linktype != linktype:
+            self.seal()
+            current = self.current = PacketBatch(linktype)
+        current.add(ts, data, wirelen)
+        self._current_bytes += size
+        self.used += size
+        self.packets += 1
+        if self._current_bytes >= self.batch_bytes or current.count >= self.batch_packets:
+            self.seal()
+            self.pump()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(self.flush_interval, self._flush_timer)
+        return True
+
+    def report_drops(self, now: float | None = None) -> None:
+        new = self.dropped - self._reported_drops
+        if new:
+            log.warn("mirroring buffer full (max_buffer_mem {mb:.0f} MB): dropped {new} "
+                     "packets, {total} in all", mb=self.max_buffer_bytes / 1048576, new=new,
+                     total=self.dropped)
+        self._reported_drops = self.dropped
+        self._last_report = self.clock.seconds() if now is None else now
+
+    def _flush_timer(self) -> None:
+        self._flush_call = None
+        self.seal()
+        self.pump()
+
+    def seal(self) -> None:
+        """Close the batch being filled so it can be sent."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self.current is None or not self.current.count:
+            self.current = None
+            return
+        payload = self.current.seal(self.next_seq)
+        self.ready.append((self.next_seq, payload, self._current_bytes, self.current.count))
+        self.next_seq += 1
+        self.current = None
+        self._current_bytes = 0
+
+    def has_room(self) -> bool:
+        """Whether a replayed capture should keep reading (live capture just drops)."""
+        return (self.used < self.max_buffer_bytes // 2
+                and len(self.ready) < 2 * max(self.window, 1))
+
+    def when_room(self) -> defer.Deferred:
+        if self.has_room():
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._room_waiters.append(d)
+        return d
+
+    def finish_source(self) -> None:
+        """End of the replayed capture: send the rest, then END so the central closes calls."""
+        self.source_done = True
+        self.seal()
+        if self.end_state is None:
+            self.end_state = "pending"
+        self.report_drops()
+        self.pump()
+
+    # -- channel -------------------------------------------------------------------
+
+    def attach(self, transport: Any) -> None:
+        self.transport = transport
+        self.window = _window(transport, self.own_window)
+        self.pump()
+
+    def detach(self, reason: Failure | None = None) -> None:
+        self.transport = None
+        # Unacknowledged batches go back to the front, in order, for the next central.
+        while self.inflight:
+            self.ready.appendleft(self.inflight.pop())
+        if self.end_state == "sent":
+            self.end_state = "pending"
+
+    def pump(self) -> None:
+        transport = self.transport
+        while transport is not None and self.ready and len(self.inflight) < self.window:
+            batch = self.ready.popleft()
+            self.inflight.append(batch)
+            transport.send_message(MessageType.PACKETS, batch[1])
+        if (transport is not None and self.end_state == "pending" and not self.ready
+                and not self.inflight and self.current is None):
+            self.end_state = "sent"
+            transport.send_message(MessageType.END, {"packets": self.packets,
+                                                     "dropped": self.dropped})
+        self._wake_room()
+
+    def _wake_room(self) -> None:
+        if self._room_waiters and self.has_room():
+            waiters, self._room_waiters = self._room_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def message_received(self, kind: MessageType, payload: bytes) -> None:
+        if kind == MessageType.PACKETS_ACK:
+            upto = field(decode_json(kind, payload), "upto", int, "PACKETS_ACK")
+            if not self.inflight or upto < self.inflight[0][0] or upto > self.inflight[-1][0]:
+                raise ProtocolError(f"PACKETS_ACK for {upto} does not match any batch in flight")
+            while self.inflight and self.inflight[0][0] <= upto:
+                _seq, _payload, size, count = self.inflight.popleft()
+                self.used -= size
+                self.packets_acked += count
+                self.batches_acked += 1
+            self.pump()
+        elif kind == MessageType.END_ACK:
+            if self.end_state != "sent":
+                raise ProtocolError("END_ACK without END")
+            self.end_state = "acked"
+            cdrs = decode_json(kind, payload).get("cdrs")
+            self.central_cdrs = cdrs if isinstance(cdrs, int) else None
+            self._done.fire()
+        else:
+            raise ProtocolError(f"unexpected {kind.name} from the central")
+
+    def when_done(self) -> defer.Deferred:
+        return self._done.wait()
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.mode, "packets": self.packets, "dropped": self.dropped,
+                "packets_acked": self.packets_acked, "buffer_bytes": self.used,
+                "inflight_batches": len(self.inflight), "ready_batches": len(self.ready)}
+
+
+class UplinkProtocol(protocol.Protocol):
+    """The session protocol ClientService sees: hands the channel's messages to the uplink."""
+
+    def __init__(self, uplink: IUplink, on_lost: Callable[[Failure], None] | None = None):
+        self.uplink = uplink
+        self.on_lost = on_lost
+
+    def connectionMade(self) -> None:
+        self.uplink.attach(self.transport)
+
+    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+        self.uplink.message_received(kind, payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        raise ProtocolError("the channel delivers messages, not bytes")
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.uplink.detach(reason)
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+
+class UplinkFactory(protocol.Factory):
+    def __init__(self, uplink: IUplink,
+                 on_lost: Callable[[Failure], None] | None = None) -> None:
+        self.uplink = uplink
+        self.on_lost = on_lost
+
+    def buildProtocol(self, addr: Any) -> UplinkProtocol:
+        proto = UplinkProtocol(self.uplink, self.on_lost)
+        proto.factory = self
+        return proto
