@@ -41,14 +41,16 @@ class SctpReassembler:
 
     def __init__(self, emit: Callable[[Datagram], None], sip_ports: Collection[int],
                  stats: DecodeStats, max_assocs: int = 4096, max_bytes: int = 1 << 20,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, max_total: int = 16 << 20) -> None:
         self._emit = emit
         self.sip_ports = frozenset(sip_ports)
         self.stats = stats
         self.max_assocs = max_assocs
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.max_total = max_total
         self._assocs: dict[tuple, _Assoc] = {}
+        self._held = 0  # fragment bytes over all associations
 
     def packet(self, ts: float, b: bytes, off: int, end: int, src: bytes, dst: bytes,
                linktype: int, frames: Frames) -> None:
@@ -83,7 +85,7 @@ class SctpReassembler:
         if a is None:
             if len(self._assocs) >= self.max_assocs:
                 self.stats.ignored["sctp_evicted"] += 1
-                del self._assocs[next(iter(self._assocs))]
+                self._held -= self._assocs.pop(next(iter(self._assocs))).bytes
             a = self._assocs[key] = _Assoc(ts)
         a.last_ts = ts
         return a
@@ -103,11 +105,18 @@ class SctpReassembler:
         frags = a.frags.setdefault(stream, {})
         frags[tsn] = (flags, data, frames)
         a.bytes += len(data)
+        self._held += len(data)
         if a.bytes > self.max_bytes:
             self.stats.undecodable["sctp_reassembly_overflow"] += 1
-            a.frags.clear()
-            a.bytes = 0
+            self._clear(a)
             return None
+        if self._held > self.max_total:
+            for other in self._assocs.values():
+                if other is not a and other.bytes:
+                    self.stats.undecodable["sctp_memory_shed"] += 1
+                    self._clear(other)
+                    if self._held <= self.max_total:
+                        break
         # find a B..E run of consecutive TSNs that includes this chunk
         start = tsn
         while not frags[start][0] & 2:
@@ -127,7 +136,9 @@ class SctpReassembler:
                 break
             t = (t + 1) & 0xFFFFFFFF
         for k in range(len(parts)):
-            a.bytes -= len(frags.pop((start + k) & 0xFFFFFFFF)[1])
+            n = len(frags.pop((start + k) & 0xFFFFFFFF)[1])
+            a.bytes -= n
+            self._held -= n
         return self._message(key, ts, b"".join(parts), linktype, tuple(fr))
 
     def _message(self, key: tuple, ts: float, data: bytes, linktype: int,
@@ -140,10 +151,16 @@ class SctpReassembler:
         self._emit(_new(Datagram, (ts, IPPROTO_SCTP, src, sport, dst, dport, data, linktype,
                                    frames)))
 
+    def _clear(self, a: _Assoc) -> None:
+        self._held -= a.bytes
+        a.frags.clear()
+        a.bytes = 0
+
     def expire(self, now: float) -> None:
         limit = now - self.timeout
         for key in [k for k, a in self._assocs.items() if a.last_ts < limit]:
-            del self._assocs[key]
+            self._held -= self._assocs.pop(key).bytes
 
     def flush(self) -> None:
         self._assocs.clear()
+        self._held = 0

@@ -46,7 +46,7 @@ FIN, SYN, RST = 1, 2, 4
 class _Flow:
     __slots__ = ("buf", "closed", "fin_at", "frames", "inflate", "isn", "key", "kind",
                  "last_ts", "next", "ooo", "ooo_bytes", "ooo_since", "pre", "pre_bytes",
-                 "segs", "ws_frames", "ws_parts", "ws_rsv")
+                 "segs", "ws_bytes", "ws_frames", "ws_parts", "ws_rsv")
 
     def __init__(self, key: tuple, kind: int, ts: float) -> None:
         self.key = key
@@ -67,9 +67,15 @@ class _Flow:
         self.pre_bytes = 0
         self.frames: Frames = ()
         self.ws_parts: list[bytes] = []
+        self.ws_bytes = 0
         self.ws_frames: list[tuple[float, bytes]] = []
         self.ws_rsv = 0
         self.inflate: zlib._Decompress | None = None
+
+
+def held_by(flow: _Flow) -> int:
+    """Bytes a flow keeps: its buffer, early segments, replay list and WebSocket parts."""
+    return len(flow.buf) + flow.ooo_bytes + flow.pre_bytes + flow.ws_bytes
 
 
 class TcpReassembler:
@@ -79,12 +85,14 @@ class TcpReassembler:
                  stats: DecodeStats, tcp_max_flows: int = 20000,
                  tcp_max_buffer: int = 1 << 20, tcp_max_ooo_bytes: int = 1 << 20,
                  tcp_gap_timeout: float = 5.0, tcp_idle_timeout: float = 600.0,
-                 tcp_max_message: int = 1 << 20, tcp_heuristics: bool = True) -> None:
+                 tcp_max_message: int = 1 << 20, tcp_heuristics: bool = True,
+                 tcp_max_total: int = 64 << 20) -> None:
         self._emit = emit
         self.sip_ports = frozenset(sip_ports)
         self.stats = stats
         self.counters = stats.tcp
-        self.max_flows = tcp_max_flows
+        self.max_flows = max(2, tcp_max_flows)  # a connection is two flows
+        self.max_total = tcp_max_total
         self.max_buffer = tcp_max_buffer
         self.max_ooo = tcp_max_ooo_bytes
         self.gap_timeout = tcp_gap_timeout
@@ -93,6 +101,7 @@ class TcpReassembler:
         self.heuristics = tcp_heuristics
         self._flows: dict[tuple, _Flow] = {}
         self._linktype = 0
+        self._held = 0  # bytes buffered over all flows: held_by() summed
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -120,6 +129,16 @@ class TcpReassembler:
             rkey = (dst, dport, src, sport)
             if rkey not in self._flows:
                 self._new_flow(rkey, kind, ts)
+        before = held_by(flow)
+        try:
+            self._segment(flow, ts, seq, flags, data, linktype, frames)
+        finally:
+            self._held += held_by(flow) - before
+        if self._held > self.max_total:
+            self._shed(flow)
+
+    def _segment(self, flow: _Flow, ts: float, seq: int, flags: int, data: bytes,
+                 linktype: int, frames: Frames) -> None:
         self._linktype = linktype
         flow.last_ts = ts
         if flags & RST:
@@ -132,7 +151,7 @@ class TcpReassembler:
                     self._reset(flow)
                 flow.isn = seq
                 flow.next = (seq + 1) & 0xFFFFFFFF
-                flow.pre = None
+                flow.pre, flow.pre_bytes = None, 0
             seq = (seq + 1) & 0xFFFFFFFF
         elif flow.next is None:
             flow.next = seq  # joined mid-stream: framing resynchronises
@@ -214,6 +233,7 @@ class TcpReassembler:
         pre = flow.pre or []
         flow.pre, flow.pre_bytes = [], 0
         flow.buf, flow.segs, flow.ws_parts, flow.ws_frames = bytearray(), [], [], []
+        flow.ws_bytes = 0
         for s, d, f in pre:
             if s not in flow.ooo:
                 flow.ooo[s] = (d, f, False)
@@ -226,7 +246,7 @@ class TcpReassembler:
             flow.pre.append((flow.next, data, frames))  # type: ignore[arg-type]
             flow.pre_bytes += len(data)
             if flow.pre_bytes > self.max_buffer:
-                flow.pre = None
+                flow.pre, flow.pre_bytes = None, 0
         flow.next = (flow.next + len(data)) & 0xFFFFFFFF  # type: ignore[operator]
         if flow.kind == DEAD:
             return
@@ -279,6 +299,7 @@ class TcpReassembler:
         flow.segs = []
         flow.ws_parts = []
         flow.ws_frames = []
+        flow.ws_bytes = 0
 
     def _take(self, flow: _Flow, n: int) -> tuple[bytes, Frames]:
         """Cut ``n`` bytes off the front of the buffer, with the frames that carried them."""
@@ -328,7 +349,7 @@ class TcpReassembler:
     def _deliver(self, flow: _Flow, msg: bytes, frames: Frames) -> None:
         src, sport, dst, dport = flow.key
         ts = max(t for t, _ in frames) if frames else flow.last_ts
-        flow.pre = None
+        flow.pre, flow.pre_bytes = None, 0
         self.stats.tcp_messages += 1
         self._emit(_new(Datagram, (ts, IPPROTO_TCP, src, sport, dst, dport, msg,
                                    self._linktype, frames)))
@@ -347,7 +368,9 @@ class TcpReassembler:
                     self._dead(flow, "websocket_refused")
                     rev = self._flows.get(self._reverse(flow))
                     if rev is not None:
+                        before = held_by(rev)
                         self._dead(rev, "websocket_refused")
+                        self._held += held_by(rev) - before
                     return
                 self._take(flow, hend + 4)
                 flow.kind = WS
@@ -373,10 +396,13 @@ class TcpReassembler:
                     self.counters["websocket_unfinished"] += 1
                 flow.ws_parts = []
                 flow.ws_frames = []
+                flow.ws_bytes = 0
                 flow.ws_rsv = b0 & 0x40
-            flow.ws_parts.append(unmask(raw[p:], mask))
+            part = unmask(raw[p:], mask)
+            flow.ws_parts.append(part)
+            flow.ws_bytes += len(part)
             flow.ws_frames.extend(frames)
-            if sum(len(x) for x in flow.ws_parts) > self.max_message:
+            if flow.ws_bytes > self.max_message:
                 self._dead(flow, "websocket_too_big")
                 return
             if b0 & 0x80:
@@ -387,6 +413,7 @@ class TcpReassembler:
         frames = tuple(dict.fromkeys(flow.ws_frames))
         flow.ws_parts = []
         flow.ws_frames = []
+        flow.ws_bytes = 0
         if flow.ws_rsv:  # permessage-deflate (RFC 7692)
             if flow.inflate is None:
                 flow.inflate = zlib.decompressobj(-15)
@@ -440,14 +467,33 @@ class TcpReassembler:
 
     def _drop(self, flow: _Flow) -> None:
         self._leftover(flow)
-        self._flows.pop(flow.key, None)
+        if self._flows.pop(flow.key, None) is not None:
+            self._held -= held_by(flow)
+
+    def _shed(self, keep: _Flow) -> None:
+        """Over the total budget: drop buffered data of the oldest flows (not ``keep``)."""
+        target = self.max_total * 3 // 4
+        for flow in list(self._flows.values()):
+            if self._held <= target:
+                return
+            if flow is keep or not held_by(flow):
+                continue
+            self.counters["memory_shed"] += 1
+            before = held_by(flow)
+            self._leftover(flow)
+            self._discard(flow)
+            flow.ooo, flow.ooo_bytes = {}, 0
+            flow.pre, flow.pre_bytes = None, 0
+            self._held += held_by(flow) - before
 
     def expire(self, now: float) -> None:
         gap = self.gap_timeout
         idle = now - self.idle_timeout
         for flow in list(self._flows.values()):
             if flow.ooo and now - flow.ooo_since > gap:
+                before = held_by(flow)
                 self._skip_gap(flow, "gap_timeout")
+                self._held += held_by(flow) - before
             if flow.last_ts < idle or (flow.fin_at is not None and flow.fin_at == flow.next
                                        and flow.last_ts < now - 60):
                 self.counters["expired"] += 1
@@ -456,6 +502,8 @@ class TcpReassembler:
     def flush(self) -> None:
         """End of input: skip remaining holes (delivering what follows them), forget flows."""
         for flow in list(self._flows.values()):
+            before = held_by(flow)
             while flow.ooo:
                 self._skip_gap(flow, "gap_at_end")
+            self._held += held_by(flow) - before
             self._drop(flow)

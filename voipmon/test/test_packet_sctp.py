@@ -66,3 +66,15 @@ class SctpTests(SynchronousTestCase):
         a = next(iter(s.decoder._sctp._assocs.values()))
         self.assertLessEqual(a.bytes, 1 << 20)
         self.assertGreater(s.decoder.stats.undecodable["sctp_reassembly_overflow"], 0)
+
+    def test_total_bounded_over_associations(self):
+        s = Stream(sctp_max_total=100000)
+        for port in range(50):
+            for tsn in range(5):
+                s.feed(sctp_packet([data_chunk(tsn * 2, b"x" * 1000, flags=2)], sport=port))
+        reasm = s.decoder._sctp
+        self.assertLessEqual(reasm._held, 100000)
+        self.assertEqual(reasm._held, sum(a.bytes for a in reasm._assocs.values()))
+        self.assertGreater(s.decoder.stats.undecodable["sctp_memory_shed"], 0)
+        s.decoder.expire(s.t + 61)
+        self.assertEqual(reasm._held, 0)

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from voipmon.packet.datagram import Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.packet.sipframe import unmask
+from voipmon.packet.tcp import held_by
 from voipmon.test.test_packet_decode import A4, A6, B4, B6, ether, ip4, ip4_fragments, ip6
 
 
@@ -256,6 +257,19 @@ class TcpTests(SynchronousTestCase):
         self.assertLessEqual(len(s.decoder._tcp), 100)
         self.assertGreater(s.counters["evicted"], 300)
 
+    def test_total_memory_bounded(self):
+        s = Stream(tcp_max_total=200000, tcp_max_buffer=50000)
+        head = b"INVITE sip:a@b SIP/2.0\r\nX: " + b"y" * 5000
+        for port in range(1000, 1100):  # 100 connections, each holding a partial message
+            s.feed(tcp(head, sport=port))
+        tcp_ = s.decoder._tcp
+        self.assertLessEqual(tcp_._held, 200000)
+        self.assertEqual(tcp_._held, sum(held_by(f) for f in tcp_._flows.values()))
+        self.assertGreater(s.counters["memory_shed"], 0)
+        # the newest connections still work
+        s.feed(tcp(b"\r\n\r\n", 1000 + len(head), sport=1099))
+        self.assertEqual(len(s.out), 1)
+
     def test_buffer_bounded(self):
         s = Stream(tcp_max_buffer=100000)
         head = b"INVITE sip:a@b SIP/2.0\r\n"
@@ -320,9 +334,13 @@ class TcpFuzzTests(SynchronousTestCase):
                                                                     0x04, 0x12])),
                     max_size=40))
     def test_random_streams_never_raise_and_stay_bounded(self, steps):
-        s = Stream(tcp_max_buffer=20000, tcp_max_ooo_bytes=20000, tcp_max_flows=2)
+        s = Stream(tcp_max_buffer=20000, tcp_max_ooo_bytes=20000, tcp_max_flows=4,
+                   tcp_max_total=30000)
+        reasm = s.decoder._tcp
         seqs = [1000, 50000, 0xFFFFFF00]
         for port, delta, pieces, cut, flags in steps:
+            self.assertEqual(reasm._held, sum(held_by(f) for f in reasm._flows.values()))
+            self.assertLessEqual(reasm._held, 30000 + 20000 * 3)
             data = b"".join(pieces)
             data = data[cut:] if cut < len(data) else data
             seq = (seqs[port] + delta) & 0xFFFFFFFF
@@ -332,9 +350,8 @@ class TcpFuzzTests(SynchronousTestCase):
                 seqs[port] = (seqs[port] + len(data)) & 0xFFFFFFFF
         s.decoder.flush()
         self.assertFalse([k for k in s.decoder.stats.undecodable if k.startswith("error:")])
-        for flow in s.decoder._tcp._flows.values():
-            self.assertLessEqual(len(flow.buf), 20000)
-            self.assertLessEqual(flow.ooo_bytes, 20000)
+        self.assertEqual(reasm._held, 0)  # flush forgot every flow
+        self.assertEqual(len(reasm), 0)
         for d in s.out:
             self.assertEqual(d.proto, 6)
             self.assertTrue(d.frames)
