@@ -49,11 +49,12 @@ class _SinkFailed(Exception):
 class Decoder(LayerWalker):
     """Decode frames and call ``sink`` with one ``Datagram`` per UDP datagram or SIP message.
 
-    Keyword limits: ``max_depth`` (tunnel nesting, 8), ``vxlan_ports`` ({4789}),
-    ``tzsp_ports`` ({37008}), ``frag_max_bytes``, ``frag_max_datagrams``, ``frag_timeout``
-    (see ``Defragmenter``), the ``tcp_*`` limits of ``TcpReassembler`` and ``sctp_*``
-    (``max_assocs``, ``max_bytes``, ``timeout`` of ``SctpReassembler``). An unknown limit
-    raises ``TypeError``.
+    Keyword limits: ``max_depth`` (tunnel nesting, 8); UDP ports decapsulated as tunnels:
+    ``vxlan_ports`` ({4789}), ``geneve_ports`` ({6081}), ``tzsp_ports`` ({37008});
+    ``frag_max_bytes``, ``frag_max_datagrams``, ``frag_timeout`` (see ``Defragmenter``);
+    the ``tcp_*`` limits of ``TcpReassembler``; ``sctp_max_assocs``, ``sctp_max_bytes``,
+    ``sctp_timeout``, ``sctp_max_total`` (``SctpReassembler``). An unknown limit raises
+    ``TypeError``.
     """
 
     def __init__(self, sink: Sink, sip_ports: Collection[int] = (5060,), **limits: object):
@@ -61,8 +62,9 @@ class Decoder(LayerWalker):
         self.sip_ports = frozenset(int(p) for p in sip_ports)  # type: ignore[call-overload]
         self.max_depth = int(limits.pop("max_depth", 8))  # type: ignore[call-overload]
         self.vxlan_ports = frozenset(limits.pop("vxlan_ports", (4789,)))  # type: ignore[arg-type]
+        self.geneve_ports = frozenset(limits.pop("geneve_ports", (6081,)))  # type: ignore[arg-type]
         self.tzsp_ports = frozenset(limits.pop("tzsp_ports", (37008,)))  # type: ignore[arg-type]
-        self._tunnel_ports = self.vxlan_ports | self.tzsp_ports
+        self._tunnel_ports = self.vxlan_ports | self.geneve_ports | self.tzsp_ports
         self._stats = DecodeStats()
         frag = {k[5:]: limits.pop(k) for k in list(limits) if k.startswith("frag_")}
         self._defrag = Defragmenter(self._stats.frag, **frag)  # type: ignore[arg-type]

@@ -51,6 +51,7 @@ class LayerWalker:
     _frames: tuple[tuple[float, bytes], ...]
     _tunnel_ports: frozenset[int]
     vxlan_ports: frozenset[int]
+    geneve_ports: frozenset[int]
     max_depth: int
     _emit: Callable[[int, bytes, int, bytes, int, bytes], None]
 
@@ -324,13 +325,16 @@ class LayerWalker:
         if proto == 0x22EB:  # ERSPAN type III, optional 8-byte platform subheader
             if off + 12 > end:
                 return self._bad("erspan_short")
-            if b[off + 11] & 1:
-                off += 8
-            return self._ether(b, off + 12, end, depth + 1)
+            frame_type = (b[off + 10] >> 2) & 0x1F  # 0: Ethernet, 2: IP
+            inner = off + 12 + (8 if b[off + 11] & 1 else 0)
+            if frame_type == 2:
+                return self._ip(b, inner, end, depth + 1)
+            return self._ether(b, inner, end, depth + 1)
         return self._ethertype(b, off, end, proto, depth)
 
     def _tunnel(self, port: int, b: bytes, off: int, end: int, depth: int) -> bool:
-        """Decapsulate VXLAN or TZSP; False means "not that after all": emit as UDP."""
+        """Decapsulate VXLAN, GENEVE or TZSP; False means "not that after all": emit the
+        outer datagram as plain UDP."""
         if depth >= self.max_depth:
             self._bad("too_deep")
             return True
@@ -338,6 +342,12 @@ class LayerWalker:
             if off + 8 + 14 > end or not b[off] & 0x08:
                 return False
             self._ether(b, off + 8, end, depth + 1)
+            return True
+        if port in self.geneve_ports:  # version 0, options length, protocol type
+            if off + 8 > end or b[off] >> 6:
+                return False
+            self._ethertype(b, off + 8 + (b[off] & 0x3F) * 4, end, _U16(b, off + 2)[0],
+                            depth + 1)
             return True
         # TZSP: version 1, type 0 (received) or 1 (to transmit), encapsulation, tags
         if off + 4 > end or b[off] != 1 or b[off + 1] > 1:

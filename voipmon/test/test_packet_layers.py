@@ -121,6 +121,18 @@ class EncapsulationTests(SynchronousTestCase):
         d = self.one(ether(ip4(udp(vx, 55555, 4789), OUT_A, OUT_B)))
         self.assertEqual(d.src, A4)
 
+    def test_erspan_3_carrying_ip(self):
+        e3 = struct.pack("!HHIHH", 0x2000, 1, 0, 0, 2 << 10)  # frame type 2: IP, no Ethernet
+        g3 = self.gre(0x22EB, e3 + ip4(udp(SIP)), 0x1000, b"\0\0\0\x01")
+        self.one(ether(ip4(g3, OUT_A, OUT_B, p=47)))
+
+    def test_geneve(self):
+        opt = struct.pack("!HBB", 0x0102, 3, 1) + b"\0" * 4  # one 8-byte option
+        gv = struct.pack("!BBHI", 2, 0, 0x6558, 77 << 8) + opt + ether(ip4(udp(SIP)))
+        self.one(ether(ip4(udp(gv, 1234, 6081), OUT_A, OUT_B)))
+        gv4 = struct.pack("!BBHI", 0, 0, 0x0800, 77 << 8) + ip4(udp(SIP))
+        self.one(ether(ip4(udp(gv4, 1234, 6081), OUT_A, OUT_B)))
+
     def test_vxlan_without_i_flag_is_plain_udp(self):
         vx = b"\0" * 8 + ether(ip4(udp(SIP)))
         d = self.one(ether(ip4(udp(vx, 55555, 4789), OUT_A, OUT_B)), payload=vx)
