@@ -1,0 +1,217 @@
+"""Packet mirroring on the central: one analysis per sensor, and a writer for its CDRs.
+
+Each mirroring sensor gets a ``SensorAnalysis`` (decoder + engine, built by an injected
+factory, writing its pcaps under a per-sensor directory of the central's spool). It
+survives reconnects of the same sensor process, and ignores a batch it has already
+analysed (a batch resent because its acknowledgement was lost). A different process of
+the same sensor replaces it: a replayed capture starts again from its first packet, so
+the old state is dropped; a live sensor's old calls are closed and stored. An analysis
+whose sensor stays away for ``idle_finish`` seconds is closed too. ``CdrWriter`` stores
+the CDRs in batches and retries while the database is down.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from voipmon.central.sessions import StoreRetry
+from voipmon.protocols.handshake import Hello
+
+log = Logger()
+
+WRITE_BATCH = 500
+IDLE_FINISH = 300.0
+
+
+class IPacketAnalyzer(Interface):
+    """Decoder and call engine for one sensor's packets (built per sensor)."""
+
+    def feed_all(records):
+        """Analyse ``(ts, linktype, frame)`` records, in capture order."""
+
+    def finish():
+        """End of input: close every open call (emitting its CDR)."""
+
+
+AnalyzerFactory = Callable[[int, Callable[[Any], None]], Any]
+
+
+class CdrWriter:
+    """Stores CDRs in batches of ``batch`` with ``pcap_on='central'``; retries on failure."""
+
+    def __init__(self, store: Any, clock: IReactorTime, batch: int = WRITE_BATCH) -> None:
+        self.store = store
+        self.clock = clock
+        self.batch = batch
+        self.queue: deque[Any] = deque()
+        self.accepted = 0
+        self.written = 0
+        self._retry: StoreRetry | None = None
+        self._scheduled: Any = None
+        self._waiters: list[tuple[int, defer.Deferred]] = []
+        self.stopped = False
+
+    def add(self, cdr: Any) -> None:
+        self.queue.append(cdr)
+        self.accepted += 1
+        if self._retry is None and self._scheduled is None and not self.stopped:
+            # Gather everything emitted in this reactor turn into one transaction.
+            self._scheduled = self.clock.callLater(0, self._next)
+
+    def _next(self) -> None:
+        self._scheduled = None
+        self._retry = None
+        if not self.queue or self.stopped:
+            self._wake()
+            return
+        batch = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
+
+        def stored(_count: Any) -> None:
+            self.written += len(batch)
+            self._wake()
+            self._next()
+
+        self._retry = StoreRetry(self.clock, lambda: self.store.store_cdrs(batch, "central"),
+                                 f"{len(batch)} CDRs from mirrored packets", stored)
+        self._retry.start()
+
+    def _wake(self) -> None:
+        ready = [d for target, d in self._waiters if target <= self.written]
+        self._waiters = [(t, d) for t, d in self._waiters if t > self.written]
+        for d in ready:
+            d.callback(None)
+
+    def flushed(self) -> defer.Deferred:
+        """Fires when every CDR added so far is committed."""
+        if self.written >= self.accepted:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append((self.accepted, d))
+        return d
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        if self.queue:
+            log.warn("{count} CDRs from mirrored packets were not stored before shutdown",
+                     count=len(self.queue))
+
+
+class SensorAnalysis:
+    """One mirroring sensor's packets on their way through decoder and engine."""
+
+    def __init__(self, hello: Hello, factory: AnalyzerFactory, writer: CdrWriter) -> None:
+        self.id_sensor = hello.id_sensor
+        self.instance = hello.instance
+        self.factory = factory
+        self.writer = writer
+        self.analyzer: Any = None
+        self.last_seq = 0
+        self.packets = 0
+        self.cdrs = 0
+        self.duplicate_batches = 0
+
+    def _on_cdr(self, cdr: Any) -> None:
+        self.cdrs += 1
+        self.writer.add(cdr)
+
+    def feed_batch(self, seq: int, linktype: int, packets: list[tuple[float, int, bytes]]) -> None:
+        if seq <= self.last_seq:
+            self.duplicate_batches += 1
+            return
+        self.last_seq = seq
+        if self.analyzer is None:
+            self.analyzer = self.factory(self.id_sensor, self._on_cdr)
+        try:
+            self.analyzer.feed_all([(ts, linktype, frame) for ts, _wirelen, frame in packets])
+        except Exception:
+            log.failure("analysing mirrored packets of sensor {id_sensor} (batch {seq})",
+                        id_sensor=self.id_sensor, seq=seq)
+        self.packets += len(packets)
+
+    def finish(self) -> None:
+        """Close every open call (their CDRs go to the writer)."""
+        analyzer, self.analyzer = self.analyzer, None
+        if analyzer is not None:
+            try:
+                analyzer.finish()
+            except Exception:
+                log.failure("closing the calls of sensor {id_sensor}", id_sensor=self.id_sensor)
+
+    def end_of_input(self) -> defer.Deferred:
+        """The sensor's replay ended: close its calls; fires with the CDR count once stored."""
+        self.finish()
+        return self.writer.flushed().addCallback(lambda _: self.cdrs)
+
+
+class MirrorAnalyses:
+    """The central's per-sensor analyses."""
+
+    def __init__(self, factory: AnalyzerFactory, writer: CdrWriter, clock: IReactorTime,
+                 idle_finish: float = IDLE_FINISH) -> None:
+        self.factory = factory
+        self.writer = writer
+        self.clock = clock
+        self.idle_finish = idle_finish
+        self.analyses: dict[int, SensorAnalysis] = {}
+        self._idle: dict[int, Any] = {}
+
+    def attach(self, hello: Hello) -> SensorAnalysis:
+        timer = self._idle.pop(hello.id_sensor, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        current = self.analyses.get(hello.id_sensor)
+        if current is not None and current.instance != hello.instance:
+            if hello.replay:
+                log.info("sensor {id_sensor} restarted its replay; dropping the calls it had "
+                         "open here", id_sensor=hello.id_sensor)
+            else:
+                log.info("sensor {id_sensor} restarted; closing the calls it had open here",
+                         id_sensor=hello.id_sensor)
+                current.finish()
+            current = None
+        if current is None:
+            current = self.analyses[hello.id_sensor] = SensorAnalysis(hello, self.factory,
+                                                                      self.writer)
+        return current
+
+    def detach(self, hello: Hello) -> None:
+        analysis = self.analyses.get(hello.id_sensor)
+        if analysis is None or analysis.instance != hello.instance:
+            return
+        old = self._idle.pop(hello.id_sensor, None)
+        if old is not None and old.active():
+            old.cancel()
+        self._idle[hello.id_sensor] = self.clock.callLater(self.idle_finish, self._expire,
+                                                           hello.id_sensor)
+
+    def _expire(self, id_sensor: int) -> None:
+        self._idle.pop(id_sensor, None)
+        analysis = self.analyses.pop(id_sensor, None)
+        if analysis is not None:
+            log.info("sensor {id_sensor} has been away {seconds:g} s; closing its open calls",
+                     id_sensor=id_sensor, seconds=self.idle_finish)
+            analysis.finish()
+
+    def stop(self) -> defer.Deferred:
+        """Shutdown: close every sensor's calls and wait for their CDRs to be stored."""
+        for timer in self._idle.values():
+            if timer.active():
+                timer.cancel()
+        self._idle.clear()
+        for analysis in self.analyses.values():
+            analysis.finish()
+        self.analyses.clear()
+        return self.writer.flushed()

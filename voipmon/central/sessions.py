@@ -1,0 +1,387 @@
+"""The central's logic for connected sensors: CDR batches, mirrored packets, the registry.
+
+``CentralSessions`` is the ``ISessionHandler`` the channel opens sessions through. A
+local-processing sensor gets a ``CdrSession``: its batches are stored one after another
+and each is acknowledged only after the store committed it; while the database is down
+the batch is retried (0.5 s doubling to 5 s) and the sensor, its window full, waits with
+the rest on its own disk. A mirroring sensor gets a ``MirrorSession`` feeding that
+sensor's analysis (voipmon.central.mirror). Sensors are upserted in the store on connect
+and marked offline on disconnect, unless the same sensor is connected again already.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from voipmon.analysis.cdr import Cdr
+from voipmon.protocols.failover import describe_failure
+from voipmon.protocols.handshake import Hello
+from voipmon.protocols.server import ISession, ISessionHandler
+from voipmon.protocols.wire import (
+    MessageType,
+    ProtocolError,
+    decode_json,
+    decode_packets,
+    field,
+)
+from voipmon.store.interfaces import StoreUnavailable
+
+log = Logger()
+
+MAX_PENDING_BATCHES = 16   # more unacknowledged batches than any window allows = misbehaving
+STATS_FIELDS = {"packets": "packets", "dropped": "drops", "queue_depth": "queue_depth"}
+
+
+class StoreRetry:
+    """Run ``attempt`` until it succeeds, waiting 0.5 s doubling to 5 s between tries.
+
+    A database outage is logged once when it starts and once when it ends, not per try.
+    """
+
+    def __init__(self, clock: IReactorTime, attempt: Callable[[], defer.Deferred], what: str,
+                 on_success: Callable[[Any], None], initial: float = 0.5,
+                 maximum: float = 5.0) -> None:
+        self.clock = clock
+        self.attempt = attempt
+        self.what = what
+        self.on_success = on_success
+        self.initial = initial
+        self.maximum = maximum
+        self.tries = 0
+        self._call: Any = None
+        self._running: defer.Deferred | None = None
+        self.cancelled = False
+
+    def start(self) -> None:
+        self._call = None
+        self.tries += 1
+        try:
+            d = self.attempt()
+        except Exception:
+            d = defer.fail()
+        self._running = d
+        d.addCallbacks(self._succeeded, self._failed)
+
+    def _succeeded(self, result: Any) -> None:
+        self._running = None
+        if self.cancelled:
+            return
+        if self.tries > 1:
+            log.info("database reachable again: stored {what} after {tries} tries",
+                     what=self.what, tries=self.tries)
+        self.on_success(result)
+
+    def _failed(self, failure: Failure) -> None:
+        self._running = None
+        if self.cancelled:
+            return
+        delay = min(self.initial * 2 ** (self.tries - 1), self.maximum)
+        if self.tries == 1:
+            log.warn("cannot store {what}: {error}; retrying every {delay:g}..{maximum:g} s, "
+                     "nothing is acknowledged meanwhile", what=self.what,
+                     error=describe_failure(failure), delay=delay, maximum=self.maximum)
+        if not failure.check(StoreUnavailable):
+            log.failure("storing {what}", failure, what=self.what)
+        self._call = self.clock.callLater(delay, self.start)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class RegistryWriter:
+    """Writes one sensor's registry state: one write at a time, always the newest state.
+
+    Connect (upsert) and disconnect (offline) of a sensor may both wait for a database
+    that is down; whatever happens, the state written last is the state asked for last.
+    """
+
+    def __init__(self, clock: IReactorTime, initial: float = 0.5, maximum: float = 5.0):
+        self.clock = clock
+        self.initial = initial
+        self.maximum = maximum
+        self._op: tuple[Callable[[], defer.Deferred], str] | None = None
+        self._version = 0
+        self._busy = False
+        self._tries = 0
+        self._call: Any = None
+
+    def set(self, call: Callable[[], defer.Deferred], what: str) -> None:
+        self._op = (call, what)
+        self._version += 1
+        self._tries = 0
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+            self._run()
+        elif not self._busy:
+            self._run()
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and self._call is None
+
+    def _run(self) -> None:
+        self._call = None
+        if self._op is None:
+            return
+        self._busy = True
+        version = self._version
+        call, what = self._op
+        self._tries += 1
+        d = defer.maybeDeferred(call)
+
+        def done(_: Any) -> None:
+            self._busy = False
+            if self._version != version:
+                self._run()
+            else:
+                self._op = None
+
+        def failed(failure: Failure) -> None:
+            self._busy = False
+            if self._version != version:
+                self._run()
+                return
+            if self._tries == 1:
+                log.warn("cannot store {what}: {error}; retrying", what=what,
+                         error=describe_failure(failure))
+            delay = min(self.initial * 2 ** (self._tries - 1), self.maximum)
+            self._call = self.clock.callLater(delay, self._run)
+
+        d.addCallbacks(done, failed)
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self._op = None
+
+
+@implementer(ISession)
+class CdrSession:
+    """A local-processing sensor: store each CDR batch, then acknowledge it."""
+
+    def __init__(self, sessions: CentralSessions, channel: Any, hello: Hello) -> None:
+        self.sessions = sessions
+        self.channel = channel
+        self.hello = hello
+        self.pending: deque[tuple[int, int, list[Cdr]]] = deque()
+        self.retry: StoreRetry | None = None
+        self.received = self.stored = self.duplicates = self.rejected = 0
+        self._warned_foreign_id = False
+
+    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+        if kind == MessageType.CDRS:
+            self._batch(decode_json(kind, payload))
+        elif kind == MessageType.STATS:
+            self.sessions.record_stats(self.hello, decode_json(kind, payload))
+        elif kind == MessageType.END:
+            self.channel.send_message(MessageType.END_ACK, {"cdrs": 0})
+        else:
+            raise ProtocolError(f"unexpected {kind.name} from a local-processing sensor")
+
+    def _batch(self, body: dict[str, Any]) -> None:
+        first = field(body, "first", int, "CDRS")
+        items = field(body, "cdrs", list, "CDRS")
+        if first < 1 or not items:
+            raise ProtocolError("malformed CDRS message: empty batch or bad 'first'")
+        if len(self.pending) >= MAX_PENDING_BATCHES:
+            raise ProtocolError(f"more than {MAX_PENDING_BATCHES} CDR batches unacknowledged")
+        cdrs = []
+        for offset, item in enumerate(items):
+            cdr = self._parse(first + offset, item)
+            if cdr is not None:
+                cdrs.append(cdr)
+        self.received += len(items)
+        self.pending.append((first, first + len(items) - 1, cdrs))
+        if self.retry is None:
+            self._next()
+
+    def _parse(self, seq: int, item: Any) -> Cdr | None:
+        try:
+            if not isinstance(item, dict):
+                raise TypeError("not an object")
+            cdr = Cdr.from_json(item)
+        except (TypeError, KeyError, ValueError) as exc:
+            # Resending cannot repair it, and holding it would block every CDR behind it.
+            self.rejected += 1
+            log.error("sensor {id_sensor}: CDR #{seq} is malformed and cannot be stored "
+                      "({error}): {text}", id_sensor=self.hello.id_sensor, seq=seq,
+                      error=exc, text=repr(item)[:500])
+            return None
+        if cdr.id_sensor != self.hello.id_sensor:
+            if not self._warned_foreign_id:
+                log.warn("sensor {id_sensor} sent CDRs with id_sensor {other}; storing them "
+                         "under {id_sensor}", id_sensor=self.hello.id_sensor,
+                         other=cdr.id_sensor)
+                self._warned_foreign_id = True
+            cdr = dataclasses.replace(cdr, id_sensor=self.hello.id_sensor)
+        return cdr
+
+    def _next(self) -> None:
+        if not self.pending:
+            self.retry = None
+            return
+        first, last, cdrs = self.pending[0]
+
+        def stored(count: Any) -> None:
+            self.pending.popleft()
+            count = count if isinstance(count, int) else 0
+            self.stored += count
+            self.duplicates += len(cdrs) - count
+            self.channel.send_message(MessageType.CDR_ACK, {"upto": last, "stored": count})
+            self._next()
+
+        attempt = (lambda: self.sessions.store.store_cdrs(cdrs)) if cdrs else (
+            lambda: defer.succeed(0))
+        self.retry = StoreRetry(self.sessions.clock, attempt,
+                                f"{len(cdrs)} CDRs (#{first}..#{last}) of sensor "
+                                f"{self.hello.id_sensor}", stored)
+        self.retry.start()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+        self.pending.clear()
+        self.sessions.closed(self)
+
+
+@implementer(ISession)
+class MirrorSession:
+    """A mirroring sensor: feed its packets to its analysis, acknowledge each batch."""
+
+    def __init__(self, sessions: CentralSessions, channel: Any, hello: Hello,
+                 analysis: Any) -> None:
+        self.sessions = sessions
+        self.channel = channel
+        self.hello = hello
+        self.analysis = analysis
+        self.batches = 0
+        self._ending = False
+
+    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+        if kind == MessageType.PACKETS:
+            seq, linktype, packets = decode_packets(payload)
+            self.analysis.feed_batch(seq, linktype, packets)
+            self.batches += 1
+            self.channel.send_message(MessageType.PACKETS_ACK, {"upto": seq})
+        elif kind == MessageType.END:
+            if self._ending:
+                return
+            self._ending = True
+            log.info("sensor {id_sensor}: end of replay; closing its open calls",
+                     id_sensor=self.hello.id_sensor)
+            d = self.analysis.end_of_input()
+
+            def ended(cdrs: int) -> None:
+                self._ending = False
+                self.channel.send_message(MessageType.END_ACK, {"cdrs": cdrs})
+
+            d.addCallback(ended)
+            d.addErrback(lambda f: log.failure("end of replay of sensor {id_sensor}", f,
+                                               id_sensor=self.hello.id_sensor))
+        elif kind == MessageType.STATS:
+            self.sessions.record_stats(self.hello, decode_json(kind, payload))
+        else:
+            raise ProtocolError(f"unexpected {kind.name} from a mirroring sensor")
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.sessions.closed(self)
+
+
+@implementer(ISessionHandler)
+class CentralSessions:
+    """Opens sessions, keeps the sensor registry in the store up to date."""
+
+    def __init__(self, store: Any, clock: IReactorTime, registry: Any = None,
+                 mirrors: Any = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.registry = registry          # set by the assembly (the channel factory's)
+        self.mirrors = mirrors            # voipmon.central.mirror.MirrorAnalyses
+        self.sessions: dict[int, Any] = {}
+        self.stats: dict[int, dict[str, Any]] = {}
+        self.writers: dict[int, RegistryWriter] = {}
+
+    def open_session(self, channel: Any, hello: Hello) -> Any:
+        self._upsert(hello, channel)
+        if hello.mode == "mirror":
+            if self.mirrors is None:
+                raise ProtocolError("this central does not accept packet mirroring")
+            session: Any = MirrorSession(self, channel, hello, self.mirrors.attach(hello))
+        else:
+            session = CdrSession(self, channel, hello)
+        self.sessions[hello.id_sensor] = session
+        return session
+
+    def _upsert(self, hello: Hello, channel: Any) -> None:
+        host = getattr(channel.getPeer(), "host", "") if hasattr(channel, "getPeer") else ""
+        sensor: dict[str, Any] = {
+            "id_sensor": hello.id_sensor, "name": hello.name or f"sensor {hello.id_sensor}",
+            "host": host or "", "mode": hello.mode, "version": hello.version,
+            "when": self.clock.seconds(),
+        }
+        manager = hello.manager
+        if manager:
+            mhost, _, mport = manager.rpartition(":")
+            mhost = mhost.strip("[]")
+            if mhost == "*":
+                mhost = sensor["host"]
+            if mport.isdigit():
+                sensor["manager_host"] = mhost
+                sensor["manager_port"] = int(mport)
+        self._writer(hello.id_sensor).set(lambda: self.store.upsert_sensor(sensor),
+                                          f"the registration of sensor {hello.id_sensor}")
+
+    def _writer(self, id_sensor: int) -> RegistryWriter:
+        writer = self.writers.get(id_sensor)
+        if writer is None:
+            writer = self.writers[id_sensor] = RegistryWriter(self.clock)
+        return writer
+
+    def stop(self) -> None:
+        """Stop retrying registry writes (the central is shutting down)."""
+        for writer in self.writers.values():
+            writer.cancel()
+
+    def record_stats(self, hello: Hello, body: dict[str, Any]) -> None:
+        self.stats[hello.id_sensor] = body
+        update = {"id_sensor": hello.id_sensor}
+        for key, column in STATS_FIELDS.items():
+            value = body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                update[column] = value
+        dropped = body.get("dropped")
+        if isinstance(dropped, int) and dropped:
+            log.info("sensor {id_sensor} reports {dropped} mirrored packets dropped so far",
+                     id_sensor=hello.id_sensor, dropped=dropped)
+        if len(update) > 1:
+            d = self.store.upsert_sensor(update)
+            d.addErrback(lambda f: log.debug("sensor stats not stored: {e}",
+                                             e=describe_failure(f)))
+
+    def closed(self, session: Any) -> None:
+        hello = session.hello
+        if self.sessions.get(hello.id_sensor) is session:
+            del self.sessions[hello.id_sensor]
+        if self.mirrors is not None and hello.mode == "mirror":
+            self.mirrors.detach(hello)
+        if self.registry is not None and self.registry.get(hello.id_sensor) is not None:
+            return  # the same sensor is connected again (took its session over)
+        when = self.clock.seconds()
+        self._writer(hello.id_sensor).set(
+            lambda: self.store.mark_sensor_offline(hello.id_sensor, when),
+            f"sensor {hello.id_sensor} going offline")

@@ -1,0 +1,230 @@
+"""Tests for voipmon.central.mirror: per-sensor analyses, duplicate batches, END, CDR writer."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from voipmon.central.mirror import CdrWriter, MirrorAnalyses
+from voipmon.central.sessions import CentralSessions
+from voipmon.protocols.handshake import Hello
+from voipmon.protocols.wire import MessageType, PacketBatch, ProtocolError
+from voipmon.sensor.uplink import MirrorUplink, UplinkFactory
+from voipmon.store.testing import make_cdr
+from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport, MemoryStore
+
+
+class FakeAnalyzer:
+    """Records frames; every distinct first byte is a 'call', closed (a CDR) at finish()."""
+
+    made: list[FakeAnalyzer] = []
+
+    def __init__(self, id_sensor: int, on_cdr) -> None:
+        self.id_sensor = id_sensor
+        self.on_cdr = on_cdr
+        self.records: list[tuple[float, int, bytes]] = []
+        self.finished = False
+        FakeAnalyzer.made.append(self)
+
+    def feed_all(self, records) -> None:
+        for record in records:
+            if record[2] == b"crash":
+                raise RuntimeError("engine bug")
+            self.records.append(record)
+
+    def finish(self) -> None:
+        self.finished = True
+        calls = sorted({frame[:1] for _, _, frame in self.records})
+        for number, _call in enumerate(calls):
+            self.on_cdr(make_cdr(number, id_sensor=self.id_sensor))
+
+
+def hello(instance: str = "aa" * 8, replay: bool = False, id_sensor: int = 3) -> Hello:
+    return Hello(id_sensor, "m", "0.1.0", "mirror", "zstd", 0.0, b"\0" * 32, instance,
+                 replay=replay)
+
+
+def packets_payload(seq: int, frames: list[bytes], linktype: int = 1) -> bytes:
+    batch = PacketBatch(linktype)
+    for i, frame in enumerate(frames):
+        batch.add(100.0 + i, frame)
+    return batch.seal(seq)
+
+
+class Base(SynchronousTestCase):
+    def setUp(self) -> None:
+        FakeAnalyzer.made = []
+        self.clock = Clock()
+        self.store = MemoryStore()
+        self.writer = CdrWriter(self.store, self.clock, batch=2)
+        self.mirrors = MirrorAnalyses(FakeAnalyzer, self.writer, self.clock, idle_finish=300)
+        self.sessions = CentralSessions(self.store, self.clock, mirrors=self.mirrors)
+        self.channel = FakeMessageTransport()
+
+    def open(self, **kwargs):
+        return self.sessions.open_session(self.channel, hello(**kwargs))
+
+
+class MirrorSessionTests(Base):
+    def test_batch_analysed_and_acked(self) -> None:
+        """Packets reach the sensor's analyser in order; the batch is acknowledged."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a1", b"b1"], 113))
+        self.assertEqual(self.channel.take(), [(MessageType.PACKETS_ACK, {"upto": 1})])
+        [analyzer] = FakeAnalyzer.made
+        self.assertEqual(analyzer.id_sensor, 3)
+        self.assertEqual(analyzer.records, [(100.0, 113, b"a1"), (101.0, 113, b"b1")])
+
+    def test_duplicate_batch_ignored_but_acked(self) -> None:
+        """A batch resent after a lost ack is acknowledged again but not analysed twice."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        self.assertEqual(len(FakeAnalyzer.made[0].records), 1)
+        self.assertEqual(len(self.channel.take()), 2)
+        self.assertEqual(self.mirrors.analyses[3].duplicate_batches, 1)
+
+    def test_engine_error_logged_batch_acked(self) -> None:
+        """An analyser bug on one batch is logged; the session goes on."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"crash"]))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        session.messageReceived(MessageType.PACKETS, packets_payload(2, [b"x"]))
+        self.assertEqual(len(self.channel.take()), 2)
+
+    def test_end_closes_calls_and_acks_after_commit(self) -> None:
+        """END closes the sensor's open calls; END_ACK comes once their CDRs are committed."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"b", b"c"]))
+        self.channel.take()
+        self.store.down = True
+        session.messageReceived(MessageType.END, b'{"packets":3,"dropped":0}')
+        self.clock.advance(0)
+        self.assertEqual(self.channel.take(), [])
+        self.store.down = False
+        self.clock.advance(5)
+        self.assertEqual(self.channel.take(), [(MessageType.END_ACK, {"cdrs": 3})])
+        self.assertEqual(len(self.store.cdrs), 3)
+        self.assertEqual({on for _, on in self.store.batches}, {"central"})
+        self.assertEqual({cdr.id_sensor for cdr in self.store.cdrs.values()}, {3})
+
+    def test_unexpected_message(self) -> None:
+        session = self.open()
+        self.assertRaises(ProtocolError, session.messageReceived, MessageType.CDRS, b"{}")
+        self.assertRaises(ProtocolError, session.messageReceived, MessageType.PACKETS, b"x")
+
+
+class AnalysisLifeTests(Base):
+    def test_same_instance_keeps_state(self) -> None:
+        """A reconnect of the same process continues its calls."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        session.connectionLost(Failure(Exception("lost")))
+        again = self.open()
+        again.messageReceived(MessageType.PACKETS, packets_payload(2, [b"b"]))
+        self.assertEqual(len(FakeAnalyzer.made), 1)
+        self.assertEqual(len(FakeAnalyzer.made[0].records), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_restarted_live_sensor_closes_old_calls(self) -> None:
+        """A new process of a live sensor: the old calls are closed and stored."""
+        self.open().messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        self.open(instance="bb" * 8)
+        self.clock.advance(0)
+        self.assertTrue(FakeAnalyzer.made[0].finished)
+        self.assertEqual(len(self.store.cdrs), 1)
+
+    def test_restarted_replay_drops_old_state(self) -> None:
+        """A restarted replay sends everything again: the old half is dropped, not stored."""
+        self.open(replay=True).messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        session = self.open(instance="bb" * 8, replay=True)
+        self.clock.advance(0)
+        self.assertFalse(FakeAnalyzer.made[0].finished)
+        self.assertEqual(len(self.store.cdrs), 0)
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        self.assertEqual(len(FakeAnalyzer.made), 2)
+
+    def test_idle_sensor_closed_after_timeout(self) -> None:
+        """A sensor away for idle_finish seconds has its calls closed."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        session.connectionLost(Failure(Exception("lost")))
+        self.clock.advance(299)
+        self.assertFalse(FakeAnalyzer.made[0].finished)
+        self.clock.advance(1)
+        self.assertTrue(FakeAnalyzer.made[0].finished)
+        self.clock.advance(0)
+        self.assertEqual(len(self.store.cdrs), 1)
+        self.assertNotIn(3, self.mirrors.analyses)
+
+    def test_stop_closes_everything(self) -> None:
+        """Shutting down closes every sensor's calls and waits for their CDRs."""
+        self.open().messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"b"]))
+        self.open(id_sensor=4).messageReceived(MessageType.PACKETS, packets_payload(1, [b"c"]))
+        d = self.mirrors.stop()
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(len(self.store.cdrs), 3)
+
+
+class CdrWriterTests(SynchronousTestCase):
+    def test_batches_and_flushed(self) -> None:
+        """CDRs of one reactor turn go in batches; flushed() waits for the last commit."""
+        clock, store = Clock(), MemoryStore()
+        writer = CdrWriter(store, clock, batch=2)
+        for n in range(5):
+            writer.add(make_cdr(n))
+        d = writer.flushed()
+        self.assertNoResult(d)
+        clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual([len(b) for b, _ in store.batches], [2, 2, 1])
+        self.successResultOf(writer.flushed())
+
+    def test_stop_during_outage(self) -> None:
+        """Stopping during an outage cancels the retries and says what was not stored."""
+        clock, store = Clock(), MemoryStore()
+        store.down = True
+        writer = CdrWriter(store, clock)
+        writer.add(make_cdr(1))
+        writer.add(make_cdr(2))
+        clock.advance(0)
+        writer.add(make_cdr(3))
+        writer.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class EndToEndTests(SynchronousTestCase):
+    """A real MirrorUplink and real central sessions over the channel, in memory."""
+
+    def test_replay_mirrored_to_cdrs(self) -> None:
+        """Packets go through, END closes the calls, the sensor learns it is done."""
+        FakeAnalyzer.made = []
+        store = MemoryStore()
+        pair = ChannelPair(handler=None)
+        writer = CdrWriter(store, pair.clock)
+        mirrors = MirrorAnalyses(FakeAnalyzer, writer, pair.clock)
+        sessions = CentralSessions(store, pair.clock, pair.factory.registry, mirrors)
+        pair.factory.handler = sessions
+        uplink = MirrorUplink(pair.clock, max_buffer_bytes=1 << 20, batch_packets=10, window=2)
+        d = pair.endpoint(mode="mirror", replay=True).connect(UplinkFactory(uplink))
+        pair.flush()
+        self.successResultOf(d)
+        for i in range(95):
+            uplink.add_packet(1000.0 + i, 1, bytes([i % 4]) + b"rtp" * 50)
+            pair.flush()
+        uplink.finish_source()
+        pair.flush()
+        pair.clock.advance(0)
+        pair.flush()
+        self.successResultOf(uplink.when_done())
+        self.assertEqual(len(FakeAnalyzer.made[0].records), 95)
+        self.assertEqual(uplink.central_cdrs, 4)
+        self.assertEqual(len(store.cdrs), 4)
+        self.assertEqual(uplink.dropped, 0)
+        pair.close_all()
+        mirrors.stop()
+        sessions.stop()
+        self.assertEqual(pair.clock.getDelayedCalls(), [])
