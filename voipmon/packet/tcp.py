@@ -234,6 +234,8 @@ class TcpReassembler:
         flow.pre, flow.pre_bytes = [], 0
         flow.buf, flow.segs, flow.ws_parts, flow.ws_frames = bytearray(), [], [], []
         flow.ws_bytes = 0
+        if not flow.ooo:
+            flow.ooo_since = ts
         for s, d, f in pre:
             if s not in flow.ooo:
                 flow.ooo[s] = (d, f, False)

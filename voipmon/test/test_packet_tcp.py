@@ -139,6 +139,15 @@ class TcpTests(SynchronousTestCase):
         self.assertEqual(s.payloads, [a, b])
         self.assertEqual(s.counters["rewind"], 1)
 
+    def test_rewind_across_a_hole_waits_for_it(self):
+        a, b = sip(n=1, body=SDP), sip("ACK", 2)
+        segs = segments(a + b, [60, 60, 60])
+        s = Stream(tcp_gap_timeout=5.0)
+        s.feed(segs[2], dt=100.0)  # long after start: the gap timer must start anew
+        s.feed(segs[0], segs[1], segs[3])
+        self.assertEqual(s.payloads, [a, b])
+        self.assertEqual(s.counters["gap_timeout"], 0)
+
     def test_gap_timeout_skips_lost_bytes(self):
         a, b, c = sip(n=1, body=SDP), sip("ACK", 2), sip("BYE", 3)
         segs = segments(a + b + c, [40, len(a) - 40, len(b)])  # a1 a2 b c
