@@ -86,11 +86,16 @@ class RtpStream:
     rtcp_jitter: float | None = None  # ms from RTCP RR
     rtcp_rtt: float | None = None     # ms round trip from RTCP LSR/DLSR
     tied_to_sip: bool = True          # False: seen without SDP announcing it
+    payloads: tuple[int, ...] = ()    # every payload type seen in the stream
+    rtcp_maxfr: float | None = None   # % largest RTCP fraction lost about this stream
+    rtcp_maxjitter: float | None = None  # ms largest RTCP jitter about this stream
+    rtcp_reports: int = 0             # RTCP report blocks about this stream
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["sl"] = list(self.sl)
         data["delay"] = list(self.delay)
+        data["payloads"] = list(self.payloads)
         data["firsttime"] = iso_ms(self.firsttime)
         data["lasttime"] = iso_ms(self.lasttime)
         return data
@@ -101,6 +106,7 @@ class RtpStream:
         values = {k: v for k, v in data.items() if k in known}
         values["sl"] = tuple(values.get("sl", ()))
         values["delay"] = tuple(values.get("delay", ()))
+        values["payloads"] = tuple(values.get("payloads", ()))
         values["firsttime"] = parse_iso_ms(values.get("firsttime"))
         values["lasttime"] = parse_iso_ms(values.get("lasttime"))
         return cls(**values)
