@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from voipmon.store.dialect import q
+from voipmon.store.fields import datetime_text
 from voipmon.store.interfaces import SchemaError
-from voipmon.store.rows import datetime_text
 from voipmon.store.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,

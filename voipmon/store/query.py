@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voipmon.analysis.cdr import parse_iso_ms
-from voipmon.store.rows import epoch_ms
+from voipmon.store.fields import epoch_ms
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -2,8 +2,12 @@
 
 Writing turns one ``Cdr`` into a ``cdr`` row (VoIPmonitor's columns, ``_mult10`` integers),
 a ``cdr_next`` row and one ``cdr_rtp`` row per stream, holding only int, float, str, bytes
-and None, already fitted to the columns (strings cut to length, integers clamped, NaN as
-NULL, lone surrogates replaced) so that no value can make a batch fail forever.
+and None, already fitted to the columns by ``voipmon.store.fields`` (strings cut to length,
+integers clamped, NaN as NULL, lone surrogates replaced) so that no value can make a batch
+fail forever. This is the central's hot path, so each stream first goes through
+``_stream_fast``, which checks every field at once and builds both of the stream's column
+sets directly; anything unusual falls back to ``_stream_careful``, the reference
+(tests check that both agree).
 
 Reading rebuilds the ``Cdr`` from ``cdr``/``cdr_next``/``cdr_rtp`` (``cdr_rtp`` keeps the
 streams at full precision; ``cdr``'s a_/b_ summaries are derived data for SQL reports), and
@@ -18,28 +22,40 @@ cut to their column's length and the user agent and response texts lose trailing
 from __future__ import annotations
 
 import json
-import math
-import socket
-import time
-from calendar import timegm
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from voipmon.analysis.cdr import Cdr, RtpStream
+from voipmon.store.fields import (
+    I32_MAX,
+    I32_MIN,
+    I64_MAX,
+    I64_MIN,
+    MAX_EPOCH,
+    U8,
+    U16,
+    U32,
+    clamp,
+    datetime_text,
+    dec3,
+    epoch,
+    epoch_ms,
+    int_list,
+    ints,
+    ip_bytes,
+    ip_text,
+    lookup_text,
+    mult10,
+    parse_int_list,
+    real,
+    text,
+    uid,
+    unsigned,
+)
 from voipmon.store.schema import TABLES
-
-U8, U16, U32 = 0xFF, 0xFFFF, 0xFFFFFFFF
-I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
-I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
-_MAX_EPOCH = 253402300799.999      # 9999-12-31 23:59:59.999, MySQL's datetime limit
-_MAX_DEC3 = 999999.999             # decimal(9,3)
 
 SIDES = ("a", "b")
 DELAY_BUCKETS = (50, 70, 90, 120, 150, 200, 300)
-
-RESPONSE_LEN = TABLES["cdr_sip_response"].column("lastSIPresponse").length or 255
-UA_LEN = TABLES["cdr_ua"].column("ua").length or 512
 
 
 def _side_names(s: str) -> list[str]:
@@ -49,7 +65,7 @@ def _side_names(s: str) -> list[str]:
             f"{s}_mos_f1_mult10", f"{s}_mos_f2_mult10", f"{s}_mos_adapt_mult10"]
 
 
-# Column order of the tuples encode_cdr/encode_next/encode_rtp build.
+# Column order of the rows encode() builds.
 CDR_COLUMNS: tuple[str, ...] = (
     "id_sensor", "sensor_cdr_uid", "calldate", "callend", "duration", "connect_duration",
     "caller", "caller_domain", "callername", "called", "called_domain",
@@ -75,160 +91,21 @@ def _length(table: str, column: str) -> int:
     return TABLES[table].column(column).length or 0
 
 
+RESPONSE_LEN = _length("cdr_sip_response", "lastSIPresponse")
+UA_LEN = _length("cdr_ua", "ua")
 _LEN = {name: _length("cdr", name) for name in
         ("caller", "caller_domain", "callername", "called", "called_domain")}
 _CALLID_LEN = _length("cdr_next", "callid")
 _FBASENAME_LEN = _length("cdr_next", "fbasename")
 _PATH_LEN = _length("cdr_next", "sip_pcap")
 _CODEC_LEN = _length("cdr_rtp", "codec")
-_UID_LEN = _length("cdr", "sensor_cdr_uid")
-
-
-# -- value fitting -------------------------------------------------------------------
-
-
-def text(value: str | None, limit: int) -> str | None:
-    """A string the database will take: cut to ``limit`` characters, valid UTF-8."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        value = str(value)
-    if not value.isascii():
-        value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> '?'
-    return value[:limit]
-
-
-def ascii_text(value: str | None, limit: int) -> str | None:
-    """A string for an ASCII column: other characters become '?'."""
-    if value is None:
-        return None
-    return str(value).encode("ascii", "replace").decode("ascii")[:limit]
-
-
-def lookup_text(value: str | None, limit: int) -> str | None:
-    """A lookup-table key (user agent, response text): fitted, without trailing blanks."""
-    fitted = text(value, limit)
-    if fitted is None:
-        return None
-    fitted = fitted.rstrip()
-    return fitted or None
-
-
-def uid(value: str) -> str:
-    """The idempotency key as stored: printable ASCII up to 64 characters, else its hash."""
-    if (isinstance(value, str) and 0 < len(value) <= _UID_LEN and value.isascii()
-            and value.isprintable() and " " not in value):
-        return value
-    import hashlib
-
-    raw = str(value).encode("utf-8", "surrogateescape")
-    return "h:" + hashlib.sha256(raw).hexdigest()[:40]
-
-
-def clamp(value: Any, lo: int, hi: int) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return lo if number < lo else hi if number > hi else number
-
-
-def unsigned(value: Any, hi: int) -> int | None:
-    return clamp(value, 0, hi)
-
-
-def real(value: Any) -> float | None:
-    """A finite float or None (NaN and infinities have no SQL form)."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def mult10(value: Any, hi: int = U32) -> int | None:
-    number = real(value)
-    if number is None:
-        return None
-    return clamp(round(number * 10), 0, hi)
-
-
-def dec3(value: Any) -> float | None:
-    number = real(value)
-    if number is None:
-        return None
-    return round(min(max(number, -_MAX_DEC3), _MAX_DEC3), 3)
-
-
-def epoch_ms(value: Any) -> int | None:
-    """Epoch seconds to whole milliseconds within the datetime range, or None."""
-    number = real(value)
-    if number is None:
-        return None
-    return round(min(max(number, 0.0), _MAX_EPOCH) * 1000)
-
-
-def datetime_text(value: Any) -> str | None:
-    """Epoch seconds to ``YYYY-MM-DD HH:MM:SS.mmm`` (UTC), the form both back ends store."""
-    ms = epoch_ms(value)
-    if ms is None:
-        return None
-    seconds, millis = divmod(ms, 1000)
-    t = time.gmtime(seconds)
-    return "%04d-%02d-%02d %02d:%02d:%02d.%03d" % (  # noqa: UP031 - hot path
-        t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, millis)
-
-
-def epoch(value: Any) -> float | None:
-    """A stored datetime (a datetime from MySQL, a text from SQLite) to epoch seconds."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if isinstance(value, datetime):
-        ms = timegm(value.timetuple()) * 1000 + value.microsecond // 1000
-        return ms / 1000
-    return float(value)
-
-
-def ip_bytes(address: str | None) -> bytes | None:
-    """Text address to INET6_ATON's layout (4 or 16 bytes); None if it is not an address."""
-    if not address:
-        return None
-    try:
-        if ":" in address:
-            return socket.inet_pton(socket.AF_INET6, address.partition("%")[0])
-        return socket.inet_pton(socket.AF_INET, address)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def ip_text(packed: bytes | None) -> str:
-    if not packed:
-        return ""
-    packed = bytes(packed)
-    if len(packed) == 4:
-        return socket.inet_ntop(socket.AF_INET, packed)
-    if len(packed) == 16:
-        return socket.inet_ntop(socket.AF_INET6, packed)
-    return ""
-
-
-def _csv(values: Sequence[int]) -> str:
-    return ",".join(str(clamp(v, I64_MIN, I64_MAX) or 0) for v in values)
-
-
-def _uncsv(value: str | None) -> tuple[int, ...]:
-    if not value:
-        return ()
-    return tuple(int(item) for item in value.split(","))
-
-
-# -- writing ------------------------------------------------------------------------
+_EXTRA_LEN = 1 << 24
+_JITTER_MAX = U32 / 10 - 1           # ms; a_avgjitter_mult10 must fit an int unsigned
+_MOS_MAX = U8 / 10                   # _mult10 of a MOS must fit a tinyint unsigned
+_SIDE_LEN = len(_side_names("a")) - 1   # side columns after {s}_index
+_NO_SIDE = (None,) * _SIDE_LEN
+_PAD = (None,) * 10
+_INT = {int}
 
 
 def lookup_keys(cdr: Cdr) -> tuple[str | None, str | None, str | None]:
@@ -237,101 +114,175 @@ def lookup_keys(cdr: Cdr) -> tuple[str | None, str | None, str | None]:
             lookup_text(cdr.b_ua, UA_LEN))
 
 
-_NO_SIDE = (None,) * (len(_side_names("a")) - 1)
-
-
-def _side(stream: RtpStream | None, index: int | None) -> tuple[Any, ...]:
-    if stream is None:
-        return (index, *_NO_SIDE)
-    sl = tuple(stream.sl[:10]) + (None,) * (10 - min(len(stream.sl), 10))
-    delay = tuple(stream.delay[:7]) + (None,) * (7 - min(len(stream.delay), 7))
-    maxjitter = real(stream.maxjitter)
-    return (
-        index, clamp(stream.payload, I32_MIN, I32_MAX), ip_bytes(stream.saddr),
-        unsigned(stream.received, U32), clamp(stream.lost, I32_MIN, I32_MAX),
-        unsigned(stream.reordered, U32), mult10(stream.avgjitter),
-        None if maxjitter is None else clamp(round(maxjitter), 0, U32),
-        *(unsigned(v, U32) for v in sl), *(unsigned(v, U32) for v in delay),
-        mult10(stream.mos_f1, U8), mult10(stream.mos_f2, U8), mult10(stream.mos_adapt, U8),
-    )
-
-
-def _loss_perc_mult1000(stream: RtpStream | None) -> int | None:
-    if stream is None:
-        return None
-    expected = stream.received + max(stream.lost, 0)
-    if expected <= 0:
-        return 0
-    return clamp(round(max(stream.lost, 0) * 100000 / expected), 0, U32)
-
-
-def encode_cdr(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any) -> tuple[Any, ...]:
-    """The ``cdr`` row (``CDR_COLUMNS`` order) of a CDR, given its lookup ids."""
-    a, b = cdr.side("a"), cdr.side("b")
-    a_index = clamp(cdr.a_index, 0, U16) if cdr.a_index is not None and cdr.a_index >= 0 else None
-    b_index = clamp(cdr.b_index, 0, U16) if cdr.b_index is not None and cdr.b_index >= 0 else None
-    jitters = [j for j in (real(s.avgjitter) for s in (a, b) if s) if j is not None]
-    moses = [m for s in (a, b) if s for m in (real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt))
-             if m is not None]
-    losses = [p for p in (_loss_perc_mult1000(a), _loss_perc_mult1000(b)) if p is not None]
-    main = a or b
-    whohanged = cdr.whohanged if cdr.whohanged in ("caller", "callee") else None
-    return (
-        cdr.id_sensor, uid(cdr.sensor_cdr_uid), datetime_text(cdr.calldate),
-        datetime_text(cdr.callend), dec3(cdr.duration), dec3(cdr.connect_duration),
-        text(cdr.caller, _LEN["caller"]), text(cdr.caller_domain, _LEN["caller_domain"]),
-        text(cdr.callername, _LEN["callername"]), text(cdr.called, _LEN["called"]),
-        text(cdr.called_domain, _LEN["called_domain"]),
-        ip_bytes(cdr.sipcallerip), unsigned(cdr.sipcallerport, U16),
-        ip_bytes(cdr.sipcalledip), unsigned(cdr.sipcalledport, U16),
-        whohanged, unsigned(cdr.bye, U8), response_id,
-        unsigned(cdr.lastSIPresponseNum, U16), a_ua_id, b_ua_id,
-        *_side(a, a_index), *_side(b, b_index),
-        clamp(main.payload, I32_MIN, I32_MAX) if main else None,
-        mult10(max(jitters)) if jitters else None,
-        mult10(min(moses), U8) if moses else None,
-        max(losses) if losses else None,
-    )
-
-
-def encode_next(cdr: Cdr, cdr_id: int, pcap_on: str | None) -> tuple[Any, ...]:
-    """The ``cdr_next`` row (``NEXT_COLUMNS`` order)."""
-    has_pcap = bool(cdr.sip_pcap or cdr.rtp_pcap)
-    extra = (json.dumps(cdr.extra, sort_keys=True, default=str, ensure_ascii=False)
-             if cdr.extra else None)
-    return (
-        cdr_id, text(cdr.callid, _CALLID_LEN), text(cdr.fbasename, _FBASENAME_LEN),
-        datetime_text(cdr.connect_time), text(cdr.sip_pcap, _PATH_LEN),
-        text(cdr.rtp_pcap, _PATH_LEN), pcap_on if has_pcap and pcap_on in PCAP_ON else None,
-        None if extra is None else text(extra, 1 << 24),
-    )
+# -- streams ------------------------------------------------------------------------
 
 
 def _relative(moment: Any, base_ms: int | None) -> float | None:
     number = real(moment)
     if number is None or base_ms is None:
         return None
-    return round(number - base_ms / 1000, 6)
+    return round(min(max(number, 0.0), MAX_EPOCH) - base_ms / 1000, 6)
+
+
+def _stream_careful(s: RtpStream, index: int, base_ms: int | None
+                    ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(the cdr_rtp row after cdr_ID, the a_/b_ side columns after {s}_index): the reference
+    encoding, field by field."""
+    ssrc = clamp(s.ssrc, I64_MIN, I64_MAX)
+    sport, dport = ints((s.sport, s.dport), 0, U16)
+    received, duplicates, reordered = ints((s.received, s.duplicates, s.reordered), 0, U32)
+    payload, lost = ints((s.payload, s.lost), I32_MIN, I32_MAX)
+    saddr = ip_bytes(s.saddr)
+    avgjitter, maxjitter = real(s.avgjitter), real(s.maxjitter)
+    sl, delay = tuple(s.sl[:10]), tuple(s.delay[:7])
+    counts = ints((*sl, *delay), 0, U32)
+    row = (
+        index, saddr, sport, ip_bytes(s.daddr), dport, None if ssrc is None else ssrc & U32,
+        payload, received, lost, _relative(s.firsttime, base_ms),
+        _relative(s.lasttime, base_ms), mult10(maxjitter), avgjitter, maxjitter,
+        real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt), text(s.codec, _CODEC_LEN),
+        duplicates, reordered, int_list(sl), int_list(delay), real(s.rtcp_fraclost),
+        real(s.rtcp_jitter), real(s.rtcp_rtt), 1 if s.tied_to_sip else 0,
+    )
+    side = (
+        payload, saddr, received, lost, reordered, mult10(avgjitter),
+        None if maxjitter is None else clamp(round(maxjitter), 0, U32),
+        *counts[:len(sl)], *_PAD[:10 - len(sl)], *counts[len(sl):], *_PAD[:7 - len(delay)],
+        mult10(s.mos_f1, U8), mult10(s.mos_f2, U8), mult10(s.mos_adapt, U8),
+    )
+    return row, side
+
+
+def _optional(value: Any, lo: float, hi: float) -> bool:
+    return value is None or (type(value) is float and lo <= value <= hi)
+
+
+def _stream_fast(s: RtpStream, index: int, base_ms: int | None
+                 ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """``_stream_careful``'s result built directly, or None when any field is unusual
+    (wrong type, out of range, NaN, too long) and needs the careful path."""
+    sport, dport, ssrc, payload, lost = s.sport, s.dport, s.ssrc, s.payload, s.lost
+    avgjitter, maxjitter, m1, m2, m3 = s.avgjitter, s.maxjitter, s.mos_f1, s.mos_f2, s.mos_adapt
+    first, last, codec = s.firsttime, s.lasttime, s.codec
+    sl, delay = s.sl, s.delay
+    counts = (s.received, s.duplicates, s.reordered, *sl, *delay)
+    if not (
+        type(sport) is int and type(dport) is int and 0 <= sport <= U16 and 0 <= dport <= U16
+        and type(ssrc) is int and 0 <= ssrc <= U32
+        and type(payload) is int and I32_MIN <= payload <= I32_MAX
+        and type(lost) is int and I32_MIN <= lost <= I32_MAX
+        and len(sl) <= 10 and len(delay) <= 7
+        and set(map(type, counts)) == _INT and min(counts) >= 0 and max(counts) <= U32
+        and type(avgjitter) is float and 0.0 <= avgjitter <= _JITTER_MAX
+        and type(maxjitter) is float and 0.0 <= maxjitter <= _JITTER_MAX
+        and _optional(m1, 0.0, _MOS_MAX) and _optional(m2, 0.0, _MOS_MAX)
+        and _optional(m3, 0.0, _MOS_MAX)
+        and _optional(s.rtcp_fraclost, -1e300, 1e300) and _optional(s.rtcp_jitter, -1e300, 1e300)
+        and _optional(s.rtcp_rtt, -1e300, 1e300)
+        and base_ms is not None and _optional(first, 0.0, MAX_EPOCH)
+        and _optional(last, 0.0, MAX_EPOCH)
+        and type(codec) is str and len(codec) <= _CODEC_LEN and codec.isascii()
+    ):
+        return None
+    saddr = ip_bytes(s.saddr)
+    base = base_ms / 1000
+    received, duplicates, reordered = counts[0], counts[1], counts[2]
+    row = (
+        index, saddr, sport, ip_bytes(s.daddr), dport, ssrc, payload, received, lost,
+        None if first is None else round(first - base, 6),
+        None if last is None else round(last - base, 6), round(maxjitter * 10), avgjitter,
+        maxjitter, m1, m2, m3, codec, duplicates, reordered, ",".join(map(str, sl)),
+        ",".join(map(str, delay)), s.rtcp_fraclost, s.rtcp_jitter, s.rtcp_rtt,
+        1 if s.tied_to_sip else 0,
+    )
+    side = (
+        payload, saddr, received, lost, reordered, round(avgjitter * 10), round(maxjitter),
+        *sl, *_PAD[:10 - len(sl)], *delay, *_PAD[:7 - len(delay)],
+        None if m1 is None else round(m1 * 10), None if m2 is None else round(m2 * 10),
+        None if m3 is None else round(m3 * 10),
+    )
+    return row, side
+
+
+def encode_stream(s: RtpStream, index: int, base_ms: int | None
+                  ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    return _stream_fast(s, index, base_ms) or _stream_careful(s, index, base_ms)
+
+
+# -- CDRs ---------------------------------------------------------------------------
+
+
+def _loss_perc_mult1000(stream: RtpStream) -> int:
+    lost = max(clamp(stream.lost, I32_MIN, I32_MAX) or 0, 0)
+    expected = (unsigned(stream.received, U32) or 0) + lost
+    if expected <= 0:
+        return 0
+    return clamp(round(lost * 100000 / expected), 0, U32) or 0
+
+
+def _side_index(index: Any) -> int | None:
+    return index if type(index) is int and 0 <= index <= U16 else None
+
+
+def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str | None
+           ) -> tuple[tuple[Any, ...], tuple[Any, ...], list[tuple[Any, ...]]]:
+    """(the ``cdr`` row in ``CDR_COLUMNS`` order, the ``cdr_next`` row and the ``cdr_rtp``
+    rows, both without their leading cdr_ID) of a CDR, given its lookup ids."""
+    base_ms = epoch_ms(cdr.calldate)
+    streams = cdr.rtp[:U16 + 1]
+    encoded = [encode_stream(s, i, base_ms) for i, s in enumerate(streams)]
+    a_index, b_index = _side_index(cdr.a_index), _side_index(cdr.b_index)
+    a = streams[a_index] if a_index is not None and a_index < len(streams) else None
+    b = streams[b_index] if b_index is not None and b_index < len(streams) else None
+    a_side = encoded[a_index][1] if a is not None else _NO_SIDE
+    b_side = encoded[b_index][1] if b is not None else _NO_SIDE
+    present = [s for s in (a, b) if s is not None]
+    jitters = [j for j in (real(s.avgjitter) for s in present) if j is not None]
+    moses = [m for s in present for m in (real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt))
+             if m is not None]
+    main = a or b
+    whohanged = cdr.whohanged if cdr.whohanged in ("caller", "callee") else None
+    ports = ints((cdr.sipcallerport, cdr.sipcalledport, cdr.lastSIPresponseNum), 0, U16)
+    row = (
+        cdr.id_sensor, uid(cdr.sensor_cdr_uid), datetime_text(cdr.calldate),
+        datetime_text(cdr.callend), dec3(cdr.duration), dec3(cdr.connect_duration),
+        text(cdr.caller, _LEN["caller"]), text(cdr.caller_domain, _LEN["caller_domain"]),
+        text(cdr.callername, _LEN["callername"]), text(cdr.called, _LEN["called"]),
+        text(cdr.called_domain, _LEN["called_domain"]),
+        ip_bytes(cdr.sipcallerip), ports[0], ip_bytes(cdr.sipcalledip), ports[1],
+        whohanged, unsigned(cdr.bye, U8), response_id, ports[2], a_ua_id, b_ua_id,
+        a_index, *a_side, b_index, *b_side,
+        clamp(main.payload, I32_MIN, I32_MAX) if main is not None else None,
+        mult10(max(jitters)) if jitters else None,
+        mult10(min(moses), U8) if moses else None,
+        max(_loss_perc_mult1000(s) for s in present) if present else None,
+    )
+    has_pcap = bool(cdr.sip_pcap or cdr.rtp_pcap)
+    extra = (json.dumps(cdr.extra, sort_keys=True, default=str, ensure_ascii=False)
+             if cdr.extra else None)
+    next_row = (
+        text(cdr.callid, _CALLID_LEN), text(cdr.fbasename, _FBASENAME_LEN),
+        datetime_text(cdr.connect_time), text(cdr.sip_pcap, _PATH_LEN),
+        text(cdr.rtp_pcap, _PATH_LEN), pcap_on if has_pcap and pcap_on in PCAP_ON else None,
+        None if extra is None else text(extra, _EXTRA_LEN),
+    )
+    return row, next_row, [row for row, _side in encoded]
+
+
+def encode_cdr(cdr: Cdr, response_id: Any = None, a_ua_id: Any = None,
+               b_ua_id: Any = None) -> tuple[Any, ...]:
+    """Just the ``cdr`` row (``CDR_COLUMNS`` order)."""
+    return encode(cdr, response_id, a_ua_id, b_ua_id, None)[0]
+
+
+def encode_next(cdr: Cdr, cdr_id: int, pcap_on: str | None) -> tuple[Any, ...]:
+    """Just the ``cdr_next`` row (``NEXT_COLUMNS`` order)."""
+    return (cdr_id, *encode(cdr, None, None, None, pcap_on)[1])
 
 
 def encode_rtp(cdr: Cdr, cdr_id: int) -> list[tuple[Any, ...]]:
-    """One ``cdr_rtp`` row (``RTP_COLUMNS`` order) per stream."""
-    base = epoch_ms(cdr.calldate)
-    rows = []
-    for index, s in enumerate(cdr.rtp[: U16 + 1]):
-        ssrc = clamp(s.ssrc, I64_MIN, I64_MAX)
-        rows.append((
-            cdr_id, index, ip_bytes(s.saddr), unsigned(s.sport, U16), ip_bytes(s.daddr),
-            unsigned(s.dport, U16), None if ssrc is None else ssrc & U32,
-            clamp(s.payload, I32_MIN, I32_MAX), unsigned(s.received, U32),
-            clamp(s.lost, I32_MIN, I32_MAX), _relative(s.firsttime, base),
-            _relative(s.lasttime, base), mult10(s.maxjitter), real(s.avgjitter),
-            real(s.maxjitter), real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt),
-            text(s.codec, _CODEC_LEN), unsigned(s.duplicates, U32), unsigned(s.reordered, U32),
-            _csv(s.sl[:10]), _csv(s.delay[:7]), real(s.rtcp_fraclost), real(s.rtcp_jitter),
-            real(s.rtcp_rtt), 1 if s.tied_to_sip else 0,
-        ))
-    return rows
+    """Just the ``cdr_rtp`` rows (``RTP_COLUMNS`` order)."""
+    return [(cdr_id, *row) for row in encode(cdr, None, None, None, None)[2]]
 
 
 # -- reading ------------------------------------------------------------------------
@@ -361,8 +312,8 @@ def decode_rtp(row: Sequence[Any], base: float | None) -> RtpStream:
         avgjitter=avgjitter if avgjitter is not None else 0.0,
         maxjitter=maxjitter if maxjitter is not None else 0.0,
         mos_f1=mos_f1, mos_f2=mos_f2, mos_adapt=mos_adapt, codec=codec or "",
-        duplicates=duplicates or 0, reordered=reordered or 0, sl=_uncsv(sl),
-        delay=_uncsv(delay),
+        duplicates=duplicates or 0, reordered=reordered or 0, sl=parse_int_list(sl),
+        delay=parse_int_list(delay),
         firsttime=None if first is None or base is None else base + first,
         lasttime=None if last is None or base is None else base + last,
         rtcp_fraclost=fraclost, rtcp_jitter=rtcp_jitter, rtcp_rtt=rtt,
@@ -410,13 +361,12 @@ def cdr_json(cdr_id: int, cdr: Cdr, pcap_on: str | None) -> dict[str, Any]:
 def stored_form(cdr: Cdr, pcap_on: str | None = "sensor") -> tuple[Cdr, str | None]:
     """The (Cdr, pcap_on) a store gives back for ``cdr``: encode, then decode, no database."""
     response, a_ua, b_ua = lookup_keys(cdr)
-    row = encode_cdr(cdr, None, None, None)
+    row, next_tail, rtp_tails = encode(cdr, None, None, None, pcap_on)
     values = dict(zip(CDR_COLUMNS, row, strict=True))
-    nxt = dict(zip(NEXT_COLUMNS, encode_next(cdr, 0, pcap_on), strict=True))
+    nxt = dict(zip(NEXT_COLUMNS, (0, *next_tail), strict=True))
     read = {
         "c.ID": 0, "r.lastSIPresponse": response, "ua.ua": a_ua, "ub.ua": b_ua,
         **{f"c.{k}": v for k, v in values.items()}, **{f"n.{k}": v for k, v in nxt.items()},
     }
-    rtp = [r[1:] for r in encode_rtp(cdr, 0)]
-    _, stored, stored_pcap_on = decode_cdr([read[c] for c in READ_COLUMNS], rtp)
+    _, stored, stored_pcap_on = decode_cdr([read[c] for c in READ_COLUMNS], rtp_tails)
     return stored, stored_pcap_on

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr, iso_ms
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, dialect_for, q, qlist
+from voipmon.store.fields import ascii_text, datetime_text, epoch, text, uid
 from voipmon.store.interfaces import (
     SENSOR_FIELDS,
     SENSOR_JSON_FIELDS,
@@ -45,17 +46,10 @@ from voipmon.store.rows import (
     READ_COLUMNS,
     READ_RTP_COLUMNS,
     RTP_COLUMNS,
-    ascii_text,
     cdr_json,
-    datetime_text,
     decode_cdr,
-    encode_cdr,
-    encode_next,
-    encode_rtp,
-    epoch,
+    encode,
     lookup_keys,
-    text,
-    uid,
 )
 from voipmon.store.schema import SCHEMA_VERSION
 
@@ -237,23 +231,28 @@ class SqlStore:
         uas = self._resolve(txn, "ua", {t for lk in batch.lookups for t in lk[1:]})
         todo = list(zip(batch.items, batch.lookups, strict=True))
         if batch.precheck:
-            stored = self._keys(txn, [key for key, _cdr in batch.items])
+            stored = self._keys(txn, [key for (key, _cdr), _lk in todo])
             todo = [entry for entry in todo if entry[0][0] not in stored]
             if not todo:
                 return 0
-        rows = [encode_cdr(cdr, responses.get(r), uas.get(a), uas.get(b))
-                for (_key, cdr), (r, a, b) in todo]
-        inserted = dialect.insert(cur, "cdr", CDR_COLUMNS, rows, ignore_key="ID")
+        pcap_on = batch.pcap_on
+        encoded = [encode(cdr, responses.get(r), uas.get(a), uas.get(b), pcap_on)
+                   for (_key, cdr), (r, a, b) in todo]
+        inserted = dialect.insert(cur, "cdr", CDR_COLUMNS, [e[0] for e in encoded],
+                                  ignore_key="ID")
         if inserted == 0 and not batch.precheck:
             return 0                        # every CDR was stored before: a replay
-        if inserted != len(rows):
+        if inserted != len(encoded):
             batch.precheck = True           # some were: find which, in a new attempt
             raise Retry()
-        ids = self._keys(txn, [key for (key, _cdr), _lk in todo])
+        keys = [key for (key, _cdr), _lk in todo]
+        found = self._keys(txn, keys)
+        ids = [found[key] for key in keys]
         dialect.insert(cur, "cdr_next", NEXT_COLUMNS,
-                       [encode_next(cdr, ids[key], batch.pcap_on) for (key, cdr), _lk in todo])
+                       [(cdr_id, *e[1]) for cdr_id, e in zip(ids, encoded, strict=True)])
         dialect.insert(cur, "cdr_rtp", RTP_COLUMNS,
-                       [row for (key, cdr), _lk in todo for row in encode_rtp(cdr, ids[key])])
+                       [(cdr_id, *r) for cdr_id, e in zip(ids, encoded, strict=True)
+                        for r in e[2]])
         return inserted
 
     def _keys(self, txn: Txn, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:

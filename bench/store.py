@@ -1,0 +1,212 @@
+"""CDRs/s through SqlStore.store_cdrs beside a raw driver executemany of the same rows.
+
+For MariaDB (a throwaway database on the test server, VOIPMON_TEST_MYSQL_* or
+root@127.0.0.1:3306) and for SQLite (a temporary file), stores fresh CDRs with two RTP
+streams each in batches of 1, 100 and 1000, one batch in flight at a time (and, on MariaDB,
+also four at a time at batch 1000: several sensors writing at once). Beside each it runs
+the reference: the driver's own ``executemany`` of the very rows store_cdrs writes (cdr,
+cdr_next, cdr_rtp), already encoded, IDs taken from LAST_INSERT_ID/lastrowid, one commit
+per batch, on the same server in the same run. The reference does strictly less work (no
+Cdr-to-row encoding, no idempotency checks), so it is the limit.
+
+    .venv/bin/python bench/store.py [--cdrs 20000] [--single 2000] [--sqlite-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet import defer, task
+
+from voipmon.store import testing
+from voipmon.store.dialect import qlist
+from voipmon.store.migrate import migrate
+from voipmon.store.rows import (
+    CDR_COLUMNS,
+    NEXT_COLUMNS,
+    RTP_COLUMNS,
+    encode,
+)
+from voipmon.store.sqlstore import SqlStore
+
+TARGET_RATIO = 0.70
+TARGET_RATE = 10_000
+
+
+class Numbers:
+    """Fresh CDR numbers, so no batch ever replays another."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def cdrs(self, count: int, sensors: int = 4) -> list[Any]:
+        start, self.next = self.next, self.next + count
+        return [testing.make_cdr(n, id_sensor=1 + n % sensors) for n in range(start, start + count)]
+
+
+def encoded(cdrs: list[Any]) -> tuple[list[tuple], list[tuple], list[list[tuple]]]:
+    """The rows store_cdrs would write (lookup ids as the store would have them cached)."""
+    rows = [encode(c, 1, 1, 2, "sensor") for c in cdrs]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def raw_insert(conn: Any, placeholder: str, cdrs: list[Any], batch: int, mysql: bool) -> float:
+    """The reference: executemany of pre-encoded rows, one commit per batch; CDR/s."""
+    cdr_rows, next_rows, rtp_rows = encoded(cdrs)
+
+    def insert(table: str, columns: tuple[str, ...]) -> str:
+        values = ", ".join([placeholder] * len(columns))
+        return f"INSERT INTO `{table}` ({qlist(columns)}) VALUES ({values})"
+
+    ins_cdr = insert("cdr", CDR_COLUMNS)
+    ins_next = insert("cdr_next", NEXT_COLUMNS)
+    ins_rtp = insert("cdr_rtp", RTP_COLUMNS)
+    cur = conn.cursor()
+    if not mysql:
+        cur.execute("BEGIN")
+    began = time.perf_counter()
+    for at in range(0, len(cdrs), batch):
+        chunk = range(at, min(at + batch, len(cdrs)))
+        cur.executemany(ins_cdr, [cdr_rows[i] for i in chunk])
+        if mysql:
+            cur.execute("SELECT LAST_INSERT_ID()")
+            first = cur.fetchone()[0]
+        else:
+            cur.execute("SELECT last_insert_rowid()")
+            first = cur.fetchone()[0] - len(chunk) + 1
+        cur.executemany(ins_next, [(first + k, *next_rows[i]) for k, i in enumerate(chunk)])
+        cur.executemany(ins_rtp, [(first + k, *r)
+                                  for k, i in enumerate(chunk) for r in rtp_rows[i]])
+        conn.commit()
+        if not mysql:
+            cur.execute("BEGIN")
+    elapsed = time.perf_counter() - began
+    if not mysql:
+        conn.commit()
+    cur.close()
+    return len(cdrs) / elapsed
+
+
+@defer.inlineCallbacks
+def store_rate(store: SqlStore, cdrs: list[Any], batch: int, in_flight: int = 1) -> Any:
+    batches = [cdrs[i:i + batch] for i in range(0, len(cdrs), batch)]
+    began = time.perf_counter()
+    stored = 0
+    for at in range(0, len(batches), in_flight):
+        counts = yield defer.gatherResults(
+            [store.store_cdrs(b) for b in batches[at:at + in_flight]], consumeErrors=True)
+        stored += sum(counts)
+    elapsed = time.perf_counter() - began
+    if stored != len(cdrs):
+        raise AssertionError(f"stored {stored} of {len(cdrs)}")
+    return len(cdrs) / elapsed
+
+
+def encode_rate(cdrs: list[Any]) -> float:
+    began = time.perf_counter()
+    encoded(cdrs)
+    return len(cdrs) / (time.perf_counter() - began)
+
+
+def line(backend: str, batch: str, store: float, raw: float | None) -> None:
+    ratio = f"{store / raw:6.0%}" if raw else "     -"
+    raw_text = f"{raw:10,.0f}" if raw else "         -"
+    print(f"{backend:8} {batch:>14} {store:12,.0f} {raw_text} {ratio}", flush=True)
+
+
+@defer.inlineCallbacks
+def bench_mysql(reactor: Any, numbers: Numbers, count: int, single: int) -> Any:
+    import pymysql
+
+    reason = testing.mysql_unreachable_reason()
+    if reason:
+        print(f"MariaDB skipped: {reason}")
+        return None
+    store_db, raw_db = testing.unique_database_name("voipmon_bench"), None
+    store = SqlStore(testing.mysql_dialect(store_db), reactor, central_id="bench")
+    results = {}
+    try:
+        yield store.start()
+        with testing.mysql_database() as raw_db:
+            dialect = testing.mysql_dialect(raw_db)
+            conn = dialect.connect()
+            migrate(dialect, conn, time.time())
+            admin = testing.mysql_admin()
+            with admin.cursor() as cur:
+                cur.execute("SELECT VERSION()")
+                print(f"server: MariaDB/MySQL {cur.fetchone()[0]}, PyMySQL {pymysql.__version__}")
+            admin.close()
+            for batch, n, in_flight in ((1, single, 1), (100, count, 1), (1000, count, 1),
+                                        (1000, count, 4)):
+                rate = yield store_rate(store, numbers.cdrs(n), batch, in_flight)
+                raw = raw_insert(conn, "%s", numbers.cdrs(n), batch, mysql=True)
+                label = f"{batch}" + (f" x{in_flight}" if in_flight > 1 else "")
+                line("MariaDB", label, rate, raw)
+                results[label] = (rate, raw)
+            conn.close()
+    finally:
+        yield store.close()
+        testing.drop_mysql_database(store_db)
+    return results
+
+
+@defer.inlineCallbacks
+def bench_sqlite(reactor: Any, numbers: Numbers, count: int, single: int) -> Any:
+    import sqlite3
+
+    folder = tempfile.mkdtemp(prefix="voipmon-bench-")
+    store = SqlStore(testing.sqlite_dialect(os.path.join(folder, "store.sqlite")), reactor,
+                     central_id="bench")
+    dialect = testing.sqlite_dialect(os.path.join(folder, "raw.sqlite"))
+    conn = dialect.connect()
+    migrate(dialect, conn, time.time())
+    results = {}
+    try:
+        yield store.start()
+        print(f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=FULL) in {folder}")
+        for batch, n in ((1, single), (100, count), (1000, count)):
+            rate = yield store_rate(store, numbers.cdrs(n), batch)
+            raw = raw_insert(conn, "?", numbers.cdrs(n), batch, mysql=False)
+            line("SQLite", str(batch), rate, raw)
+            results[str(batch)] = (rate, raw)
+    finally:
+        conn.close()
+        yield store.close()
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
+    return results
+
+
+@defer.inlineCallbacks
+def main(reactor: Any, argv: list[str]) -> Any:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cdrs", type=int, default=20000, help="CDRs per run at batch 100/1000")
+    parser.add_argument("--single", type=int, default=2000, help="CDRs per run at batch 1")
+    parser.add_argument("--sqlite-only", action="store_true")
+    args = parser.parse_args(argv)
+    numbers = Numbers()
+    print(f"Cdr -> rows encoding alone: {encode_rate(numbers.cdrs(5000)):,.0f} CDR/s "
+          "(2 RTP streams per CDR)")
+    print(f"{'backend':8} {'batch':>14} {'store CDR/s':>12} {'raw CDR/s':>10} {'ratio':>6}")
+    mysql = None
+    if not args.sqlite_only:
+        mysql = yield bench_mysql(reactor, numbers, args.cdrs, args.single)
+    yield bench_sqlite(reactor, numbers, args.cdrs, args.single)
+    if mysql and "1000" in mysql:
+        rate, raw = mysql["1000"]
+        ok = rate >= TARGET_RATIO * raw and rate >= TARGET_RATE
+        print(f"target at batch 1000 on MariaDB: >= {TARGET_RATIO:.0%} of raw and >= "
+              f"{TARGET_RATE:,} CDR/s: {'met' if ok else 'NOT met'} "
+              f"({rate / raw:.0%}, {rate:,.0f} CDR/s)")
+
+
+if __name__ == "__main__":
+    task.react(main, (sys.argv[1:],))
