@@ -285,6 +285,25 @@ def encode_rtp(cdr: Cdr, cdr_id: int) -> list[tuple[Any, ...]]:
     return [(cdr_id, *row) for row in encode(cdr, None, None, None, None)[2]]
 
 
+def batch_items(cdrs: Sequence[Cdr], pcap_on: str) -> list[tuple[tuple[int, str], Cdr]]:
+    """A store_cdrs batch validated: ((id_sensor, stored uid), Cdr) sorted by key (so that
+    concurrent writers lock rows in the same order), the first of duplicates kept.
+    ValueError for what is not a sequence of Cdr with a valid id_sensor."""
+    if isinstance(cdrs, Cdr | str | bytes) or not isinstance(cdrs, Sequence):
+        raise ValueError("store_cdrs takes a sequence of Cdr")
+    if pcap_on not in PCAP_ON:
+        raise ValueError(f"pcap_on = {pcap_on!r}: allowed: {', '.join(PCAP_ON)}")
+    unique: dict[tuple[int, str], Cdr] = {}
+    for cdr in cdrs:
+        if not isinstance(cdr, Cdr):
+            raise ValueError(f"store_cdrs takes Cdr objects, not {type(cdr).__name__}")
+        ident = cdr.id_sensor
+        if type(ident) is not int or not 0 <= ident <= 65535:
+            raise ValueError(f"CDR {cdr.callid!r}: id_sensor = {ident!r}: allowed: 0..65535")
+        unique.setdefault((ident, uid(cdr.sensor_cdr_uid)), cdr)
+    return sorted(unique.items(), key=lambda item: item[0])
+
+
 # -- reading ------------------------------------------------------------------------
 
 # What the read queries select, in this order (c = cdr, n = cdr_next, r/ua/ub = lookups).

@@ -25,33 +25,27 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from voipmon.analysis.cdr import Cdr, iso_ms
+from voipmon.analysis.cdr import Cdr
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, dialect_for, q, qlist
-from voipmon.store.fields import ascii_text, datetime_text, epoch, text, uid
-from voipmon.store.interfaces import (
-    SENSOR_FIELDS,
-    SENSOR_JSON_FIELDS,
-    SENSOR_STATS_FIELDS,
-    IStore,
-    StoreError,
-    StoreUnavailable,
-)
+from voipmon.store.fields import datetime_text, text
+from voipmon.store.interfaces import SENSOR_JSON_FIELDS, IStore, StoreError, StoreUnavailable
 from voipmon.store.migrate import migrate
 from voipmon.store.pool import Availability, Pool, Retry, Txn
 from voipmon.store.query import CdrQuery, as_query, where_sql
 from voipmon.store.rows import (
     CDR_COLUMNS,
     NEXT_COLUMNS,
-    PCAP_ON,
     READ_COLUMNS,
     READ_RTP_COLUMNS,
     RTP_COLUMNS,
+    batch_items,
     cdr_json,
     decode_cdr,
     encode,
     lookup_keys,
 )
 from voipmon.store.schema import SCHEMA_VERSION
+from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
 
 _CHUNK = 500            # keys per IN (...) list
 _CACHE_LIMIT = 20000    # lookup texts remembered per table
@@ -72,22 +66,10 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
 
 
 class _Batch:
-    """A validated batch: CDRs sorted by (id_sensor, uid), duplicates within it dropped."""
+    """A validated batch and what its attempts learn about it."""
 
     def __init__(self, cdrs: Sequence[Cdr], pcap_on: str) -> None:
-        if isinstance(cdrs, Cdr | str | bytes) or not isinstance(cdrs, Sequence):
-            raise ValueError("store_cdrs takes a sequence of Cdr")
-        if pcap_on not in PCAP_ON:
-            raise ValueError(f"pcap_on = {pcap_on!r}: allowed: {', '.join(PCAP_ON)}")
-        unique: dict[tuple[int, str], Cdr] = {}
-        for cdr in cdrs:
-            if not isinstance(cdr, Cdr):
-                raise ValueError(f"store_cdrs takes Cdr objects, not {type(cdr).__name__}")
-            ident = cdr.id_sensor
-            if not isinstance(ident, int) or isinstance(ident, bool) or not 0 <= ident <= 65535:
-                raise ValueError(f"CDR {cdr.callid!r}: id_sensor = {ident!r}: allowed: 0..65535")
-            unique.setdefault((ident, uid(cdr.sensor_cdr_uid)), cdr)
-        self.items = sorted(unique.items(), key=lambda item: item[0])
+        self.items = batch_items(cdrs, pcap_on)
         self.pcap_on = pcap_on
         self.precheck = False       # set when an attempt found some keys already stored
         self.lookups: list[tuple[str | None, str | None, str | None]] | None = None
@@ -360,39 +342,18 @@ class SqlStore:
 
     def upsert_sensor(self, sensor: Mapping[str, Any]) -> Deferred:
         try:
-            sql, params = self._upsert_statement(sensor)
+            upsert = sensor_upsert(sensor, self.central_id, self._reactor.seconds())
         except ValueError as exc:
             return fail(exc)
         if self._writer is None:
             return self._not_started()
-        return self._watch(self._writer.run(self._execute, sql, params).addCallback(
-            lambda _: None))
-
-    def _upsert_statement(self, sensor: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        ident = _sensor_id(sensor.get("id_sensor") if isinstance(sensor, Mapping) else None)
-        unknown = set(sensor) - {"id_sensor", "when", *SENSOR_FIELDS}
-        if unknown:
-            raise ValueError(f"unknown sensor fields {sorted(unknown)}; allowed: id_sensor, "
-                             f"when, {', '.join(SENSOR_FIELDS)}")
-        when = sensor.get("when")
-        when = self._reactor.seconds() if when is None else float(when)
-        stamp = datetime_text(when)
-        given = {k: _sensor_value(k, sensor[k]) for k in SENSOR_FIELDS if k in sensor}
-        name = given.pop("name", None) or None
-        values: dict[str, Any] = {
-            "id_sensor": ident, "name": name or f"sensor {ident}", **given, "connected": 1,
-            "central": text(self.central_id, 255), "first_seen": stamp, "last_seen": stamp,
-        }
-        updates = {col: self.dialect.excluded(col) for col in (*given, "connected", "central",
-                                                               "last_seen")}
-        if name:
-            updates["name"] = (f"CASE WHEN `name_locked` = 1 THEN `name` "
-                               f"ELSE {self.dialect.excluded('name')} END")
-        if any(k in given for k in SENSOR_STATS_FIELDS):
-            values["stats_at"] = stamp
-            updates["stats_at"] = self.dialect.excluded("stats_at")
-        sql = self.dialect.upsert_sql("sensors", tuple(values), "id_sensor", updates)
-        return sql, tuple(values.values())
+        excluded = self.dialect.excluded
+        updates = {col: excluded(col) for col in upsert.updates}
+        if upsert.rename:
+            updates["name"] = f"CASE WHEN `name_locked` = 1 THEN `name` ELSE {excluded('name')} END"
+        sql = self.dialect.upsert_sql("sensors", tuple(upsert.values), "id_sensor", updates)
+        d = self._writer.run(self._execute, sql, tuple(upsert.values.values()))
+        return self._watch(d.addCallback(lambda _: None))
 
     def _execute(self, txn: Txn, sql: str, params: tuple[Any, ...]) -> int:
         txn.cursor.execute(sql, params)
@@ -400,7 +361,7 @@ class SqlStore:
 
     def mark_sensor_offline(self, id_sensor: int, when: float) -> Deferred:
         try:
-            ident = _sensor_id(id_sensor)
+            ident = check_id_sensor(id_sensor)
             stamp = datetime_text(float(when))
         except (TypeError, ValueError) as exc:
             return fail(ValueError(str(exc)))
@@ -414,15 +375,13 @@ class SqlStore:
 
     def rename_sensor(self, id_sensor: int, name: str) -> Deferred:
         try:
-            ident = _sensor_id(id_sensor)
-            fitted = text(name, 256) if isinstance(name, str) else None
-            if not fitted or not fitted.strip():
-                raise ValueError(f"name = {name!r}: allowed: a non-empty text")
+            ident = check_id_sensor(id_sensor)
+            fitted = check_name(name)
         except ValueError as exc:
             return fail(exc)
         if self._writer is None:
             return self._not_started()
-        return self._watch(self._writer.run(self._rename, ident, fitted.strip()))
+        return self._watch(self._writer.run(self._rename, ident, fitted))
 
     def _rename(self, txn: Txn, ident: int, name: str) -> bool:
         ph = self.dialect.placeholder
@@ -445,42 +404,4 @@ class SqlStore:
         return [sensor_json(row) for row in txn.cursor.fetchall()]
 
 
-def sensor_json(row: Sequence[Any]) -> dict[str, Any]:
-    """A ``sensors`` row (``SENSOR_JSON_FIELDS`` order) as the API shows it."""
-    data = dict(zip(SENSOR_JSON_FIELDS, row, strict=True))
-    data["connected"] = bool(data["connected"])
-    for key in ("first_seen", "last_seen", "stats_at"):
-        data[key] = iso_ms(epoch(data[key]))
-    for key in ("packets", "drops", "queue_depth"):
-        data[key] = int(data[key] or 0)
-    return data
-
-
-def _sensor_id(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
-        raise ValueError(f"id_sensor = {value!r}: allowed: an integer 0..65535")
-    return value
-
-
-_SENSOR_LIMITS = {"host": 255, "version": 64, "manager_host": 255}
-
-
-def _sensor_value(key: str, value: Any) -> Any:
-    if key == "mode":
-        return ascii_text(value, 16) if value is not None else None
-    if key == "name":
-        return text(value, 256) if value else None
-    if key in _SENSOR_LIMITS:
-        return text(value, _SENSOR_LIMITS[key]) if value is not None else None
-    if key == "manager_port":
-        if value is None:
-            return None
-        if not isinstance(value, int) or not 0 <= value <= 65535:
-            raise ValueError(f"manager_port = {value!r}: allowed: 0..65535")
-        return value
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} = {value!r}: allowed: a whole number >= 0")
-    return min(value, (1 << 63) - 1)
-
-
-__all__ = ["SCHEMA_VERSION", "SqlStore", "sensor_json"]
+__all__ = ["SCHEMA_VERSION", "SqlStore"]
