@@ -170,12 +170,41 @@ class Engine:
         self._slow(ts, linktype, frame)
 
     def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> int:
-        """``feed`` every ``(ts, linktype, frame)`` of ``records``; returns how many."""
+        """``feed`` every ``(ts, linktype, frame)`` of ``records`` (e.g. a capture file);
+        returns how many. The same code as ``feed`` with the fast path inlined in one loop
+        and the lookups in locals: the call per frame is a fifth of the fast path's cost."""
         n = 0
-        feed = self.feed
+        flows_get = self._flows.get
+        skip = self._skip
+        slow = self._slow
+        flush_at = FLUSH_FRAMES
+        eth_ip4 = _ETH_IP4
+        tick = self._tick
         for ts, linktype, frame in records:
-            feed(ts, linktype, frame)
             n += 1
+            if ts >= tick:
+                self._on_tick(ts)
+                tick = self._tick
+            if linktype == 1 and len(frame) >= 54 and frame[12:15] == eth_ip4 \
+                    and frame[23] == 17 and not (frame[20] & 0x3F or frame[21]):
+                key = frame[26:38]
+                flow = flows_get(key)
+                if flow is not None:
+                    if frame[38:40] >= b"\x00\x14" and not 192 <= frame[43] <= 223:
+                        flow.rec += frame[42:54]
+                        flow.times.append(ts)
+                        sink = flow.pcap1
+                        if sink is not None:
+                            sink.ts.append(ts)
+                            sink.frames.append(frame)
+                            if sink.caplens is not None:
+                                sink.caplens.append(54)
+                            if len(sink.frames) >= flush_at:
+                                sink.flush()
+                        continue
+                elif key in skip:
+                    continue
+            slow(ts, linktype, frame)
         return n
 
     def _slow(self, ts: float, linktype: int, frame: bytes) -> None:
@@ -383,7 +412,7 @@ class Engine:
         old = self._endpoints.get(epkey)
         if old is not None and old.call is call:
             if old.kind == kind:
-                if pmap is not None:
+                if pmap is not None and (old.pmap is None or pmap.rtpmap != old.pmap.rtpmap):
                     old.pmap = pmap
                     for key in self._ep_flows.get(epkey, ()):
                         flow = self._flows.get(key)

@@ -18,7 +18,7 @@ dropped until the buffer has drained (Asterisk's behaviour).
 
 The adaptive buffer follows Asterisk's jitterbuf in spirit: its playout delay is the 97th
 percentile of the last 500 frame delays plus 40 ms, at most 500 ms above the smallest
-delay, re-estimated every 50 frames (about a second).
+delay, re-estimated every 100 frames (two seconds of 20 ms audio).
 
 Both are simulated with numpy over whole arrays (loops run per resynchronisation, not per
 packet), in chunks with carried state, so long calls cost bounded memory.
@@ -223,7 +223,7 @@ class AdaptiveJitterBuffer(_Buffer):
     """Playout delay = P97 of recent delays + 40 ms, capped ``maximum`` ms above the minimum."""
 
     HISTORY = 500
-    BLOCK = 50
+    BLOCK = 100
     EXTRA = 40.0
     DROP = 0.03
 

@@ -159,6 +159,10 @@ _APOW = _A ** np.arange(1, _BLOCK + 1)
 _AINV = _A ** -np.arange(1, _BLOCK + 1)
 
 
+def _is_cn(pt: np.ndarray) -> np.ndarray:
+    return (pt == CN_TYPES[0]) | (pt == CN_TYPES[1])
+
+
 def jitter_filter(d: np.ndarray, j0: float) -> np.ndarray:
     """J_k = (15 J_{k-1} + D_k) / 16 for every element of ``d``, starting from ``j0``."""
     n = len(d)
@@ -247,6 +251,20 @@ class StreamAnalyzer:
         ext = _unwrap(seq, self.seq_raw, self.seq_ext, 16)
         self.seq_raw = int(seq[-1])
         self.seq_ext = int(ext[-1])
+        steps = np.diff(ext)
+        if ext[0] > self.ext_max and (steps > 0).all():
+            # the usual case: in order, no duplicates; gaps are the losses
+            gaps = steps - 1
+            if not first and ext[0] > self.ext_max + 1:
+                gaps = np.concatenate(([ext[0] - self.ext_max - 1], gaps))
+            gaps = gaps[gaps > 0]
+            if len(gaps):
+                self.sl += np.bincount(np.minimum(gaps, 10), minlength=11)[:11]
+            self.ext_max = int(ext[-1])
+            self.ext_min = min(self.ext_min, int(ext[0]))
+            floor = self.ext_max - DUP_WINDOW
+            self.recent = np.concatenate((self.recent[self.recent > floor], ext[ext > floor]))
+            return ext, np.ones(len(ext), dtype=bool)
         _, first_idx = np.unique(ext, return_index=True)
         dup = np.ones(len(ext), dtype=bool)
         dup[first_idx] = False
@@ -290,7 +308,7 @@ class StreamAnalyzer:
         d = np.abs(ms - (t_ref + nominal - nom_ref))[rated]
         jit = jitter_filter(d, self.j)
         prev_pt = np.concatenate(([self.prev_pt], pt[:-1]))
-        regular = ~marker & ~np.isin(pt, CN_TYPES) & ~np.isin(prev_pt, CN_TYPES) & in_time
+        regular = ~marker & ~_is_cn(pt) & ~_is_cn(prev_pt) & in_time
         if first:
             regular[0] = False
         counted = regular[rated]
@@ -319,7 +337,7 @@ class StreamAnalyzer:
     def _feed_jitter_buffers(self, ms: np.ndarray, ext_ts: np.ndarray, ext_seq: np.ndarray,
                              pt: np.ndarray, fresh: np.ndarray) -> None:
         rate = self.rates[pt]
-        voice = fresh & (rate > 0) & ~np.isin(pt, CN_TYPES)
+        voice = fresh & (rate > 0) & ~_is_cn(pt)
         if not voice.any():
             return
         v_ts = ext_ts[voice]
