@@ -1,0 +1,227 @@
+"""Test doubles shared by several test modules. Each owner keeps to a clearly named section.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from voipmon.analysis.cdr import Cdr
+from voipmon.store.fields import datetime_text
+from voipmon.store.interfaces import (
+    SENSOR_JSON_FIELDS,
+    IStore,
+    StoreError,
+    StoreUnavailable,
+)
+from voipmon.store.query import CdrQuery, as_query, matches
+from voipmon.store.rows import CDR_COLUMNS, batch_items, cdr_json, encode, stored_form
+from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
+
+# ======================================================================================
+# Store: FakeStore (owner: voipmon/store). An in-memory IStore with SqlStore's results.
+# voipmon/test/test_store.py runs the same contract suite against it, SQLite and MariaDB,
+# so what a test sees from the fake is what it would see from the real store.
+# ======================================================================================
+
+
+class _SecondsClock:
+    def seconds(self) -> float:
+        return time.time()
+
+
+@implementer(IStore)
+class FakeStore:
+    """IStore in memory: idempotent batches, the same dict shapes, filters and ordering as
+    ``voipmon.store.sqlstore.SqlStore`` (values pass through the same row codec).
+
+    Test controls:
+    - ``down = True``: every call errbacks StoreUnavailable (the database is away);
+    - ``hold = True``: store_cdrs calls wait in ``held`` (not committed, not visible) until
+      ``release()`` commits them in order, or ``fail_held()`` fails them unavailable;
+    - ``calls``: every call's method name, in order; ``batches``: every store_cdrs batch.
+
+    Unlike SqlStore it needs no ``start()`` (it accepts one). ``clock`` (anything with
+    ``seconds()``, e.g. task.Clock) times upserts that give no ``when``.
+    """
+
+    where = "FakeStore"
+
+    def __init__(self, clock: Any = None, central_id: str = "fake-central") -> None:
+        self.clock = clock or _SecondsClock()
+        self.central_id = central_id
+        self.down = False
+        self.hold = False
+        self.held: list[tuple[defer.Deferred, list[tuple[tuple[int, str], Cdr]], str]] = []
+        self.calls: list[str] = []
+        self.batches: list[tuple[list[Cdr], str]] = []
+        self.started = False
+        self.closed = False
+        self._next_id = 1
+        self._ids: dict[tuple[int, str], int] = {}
+        self._cdrs: dict[int, tuple[Cdr, str | None, dict[str, Any], int]] = {}
+        self._sensors: dict[int, dict[str, Any]] = {}
+
+    # helpers for tests
+
+    @property
+    def cdr_count(self) -> int:
+        return len(self._cdrs)
+
+    def stored_cdrs(self) -> list[Cdr]:
+        """Every stored Cdr (in its stored form), by id."""
+        return [self._cdrs[i][0] for i in sorted(self._cdrs)]
+
+    def release(self) -> None:
+        """Commit every held store_cdrs call, in order, and fire its Deferred."""
+        held, self.held = self.held, []
+        for d, items, pcap_on in held:
+            d.callback(self._commit(items, pcap_on))
+
+    def fail_held(self, reason: str = "the database went away") -> None:
+        held, self.held = self.held, []
+        for d, _items, _pcap_on in held:
+            d.errback(StoreUnavailable(f"{self.where}: {reason}"))
+
+    def _call(self, name: str) -> defer.Deferred | None:
+        self.calls.append(name)
+        if self.down:
+            return defer.fail(StoreUnavailable(f"{self.where}: database is down (test)"))
+        return None
+
+    # IStore
+
+    def start(self) -> defer.Deferred:
+        self.started = True
+        for row in self._sensors.values():
+            if row["central"] == self.central_id:
+                row["connected"] = 0
+        return self._call("start") or defer.succeed(None)
+
+    def close(self) -> defer.Deferred:
+        self.closed = True
+        self.calls.append("close")
+        return defer.succeed(None)
+
+    def store_cdrs(self, cdrs: Sequence[Cdr], pcap_on: str = "sensor") -> defer.Deferred:
+        try:
+            items = batch_items(cdrs, pcap_on)
+        except ValueError as exc:
+            return defer.fail(exc)
+        down = self._call("store_cdrs")
+        if down:
+            return down
+        self.batches.append((list(cdrs), pcap_on))
+        if self.hold:
+            d: defer.Deferred = defer.Deferred()
+            self.held.append((d, items, pcap_on))
+            return d
+        return defer.succeed(self._commit(items, pcap_on))
+
+    def _commit(self, items: list[tuple[tuple[int, str], Cdr]], pcap_on: str) -> int:
+        new = 0
+        for key, cdr in items:
+            if key in self._ids:
+                continue
+            stored, stored_pcap_on = stored_form(cdr, pcap_on)
+            row = dict(zip(CDR_COLUMNS, encode(cdr, None, None, None, pcap_on)[0], strict=True))
+            calldate_ms = round(stored.calldate * 1000)
+            self._ids[key] = self._next_id
+            self._cdrs[self._next_id] = (stored, stored_pcap_on, row, calldate_ms)
+            self._next_id += 1
+            new += 1
+        return new
+
+    def list_cdrs(self, query: CdrQuery | Mapping[Any, Any] | None = None) -> defer.Deferred:
+        try:
+            parsed = as_query(query)
+        except ValueError as exc:
+            return defer.fail(exc)
+        down = self._call("list_cdrs")
+        if down:
+            return down
+        found = [(ms, cdr_id) for cdr_id, (_c, _p, row, ms) in self._cdrs.items()
+                 if matches(parsed, row, ms)]
+        found.sort(reverse=True)
+        page = found[parsed.offset:parsed.offset + parsed.limit]
+        return defer.succeed([self._json(cdr_id) for _ms, cdr_id in page])
+
+    def get_cdr(self, cdr_id: int) -> defer.Deferred:
+        if not isinstance(cdr_id, int) or isinstance(cdr_id, bool) or cdr_id < 0:
+            return defer.fail(ValueError(f"cdr id = {cdr_id!r}: allowed: a whole number"))
+        down = self._call("get_cdr")
+        if down:
+            return down
+        return defer.succeed(self._json(cdr_id) if cdr_id in self._cdrs else None)
+
+    def _json(self, cdr_id: int) -> dict[str, Any]:
+        stored, pcap_on, _row, _ms = self._cdrs[cdr_id]
+        return cdr_json(cdr_id, stored, pcap_on)
+
+    def upsert_sensor(self, sensor: Mapping[str, Any]) -> defer.Deferred:
+        try:
+            upsert = sensor_upsert(sensor, self.central_id, self.clock.seconds())
+        except ValueError as exc:
+            return defer.fail(exc)
+        down = self._call("upsert_sensor")
+        if down:
+            return down
+        ident = upsert.values["id_sensor"]
+        row = self._sensors.get(ident)
+        if row is None:
+            row = {name: None for name in SENSOR_JSON_FIELDS}
+            row.update(packets=0, drops=0, queue_depth=0, name_locked=0)
+            row.update(upsert.values)
+            self._sensors[ident] = row
+        else:
+            for column in upsert.updates:
+                row[column] = upsert.values[column]
+            if upsert.rename and not row["name_locked"]:
+                row["name"] = upsert.values["name"]
+        return defer.succeed(None)
+
+    def mark_sensor_offline(self, id_sensor: int, when: float) -> defer.Deferred:
+        try:
+            ident = check_id_sensor(id_sensor)
+            stamp = datetime_text(float(when))
+        except (TypeError, ValueError) as exc:
+            return defer.fail(ValueError(str(exc)))
+        down = self._call("mark_sensor_offline")
+        if down:
+            return down
+        row = self._sensors.get(ident)
+        if row is None or not row["connected"] or row["central"] != self.central_id:
+            return defer.succeed(False)
+        row["connected"] = 0
+        row["last_seen"] = stamp
+        return defer.succeed(True)
+
+    def rename_sensor(self, id_sensor: int, name: str) -> defer.Deferred:
+        try:
+            ident = check_id_sensor(id_sensor)
+            fitted = check_name(name)
+        except ValueError as exc:
+            return defer.fail(exc)
+        down = self._call("rename_sensor")
+        if down:
+            return down
+        row = self._sensors.get(ident)
+        if row is None:
+            return defer.succeed(False)
+        row["name"] = fitted
+        row["name_locked"] = 1
+        return defer.succeed(True)
+
+    def list_sensors(self) -> defer.Deferred:
+        down = self._call("list_sensors")
+        if down:
+            return down
+        rows = [self._sensors[i] for i in sorted(self._sensors)]
+        return defer.succeed([sensor_json([row[f] for f in SENSOR_JSON_FIELDS]) for row in rows])
+
+
+__all__ = ["FakeStore", "StoreError", "StoreUnavailable"]
