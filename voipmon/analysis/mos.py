@@ -126,35 +126,74 @@ def _first_event(e: np.ndarray, d: np.ndarray, start: int, hi: float, lo: float)
 
 
 class _Buffer:
-    """Loss bookkeeping shared by both buffer kinds."""
+    """Loss bookkeeping shared by both buffer kinds.
+
+    Losses are counted in sequence space: a slot is lost when its frame was never played
+    (not received, or received too late). A frame may still arrive out of order, so the
+    last ``REORDER`` sequence numbers stay open until newer frames have come, or the end.
+    Resynchronisations add their concealed slots as bursts of their own.
+    """
+
+    REORDER = 64
 
     def __init__(self) -> None:
         self.hist = np.zeros(MAX_BURST + 1, dtype=np.int64)
-        self.played_max: int | None = None
         self.played = 0
+        self.done: int | None = None       # every slot up to here is accounted for
+        self.run = 0                       # lost slots running up to ``done``
+        self.open = np.zeros(0, dtype=np.int64)  # played seqs above ``done``
 
     def loss_histogram(self) -> np.ndarray:
+        """The burst histogram, counting every slot up to the newest played frame."""
+        if len(self.open):
+            self._settle(int(self.open[-1]))
+        if self.run:
+            self._burst(self.run)
+            self.run = 0
         return self.hist
 
+    def _burst(self, length: int) -> None:
+        self.hist[min(length, MAX_BURST)] += 1
+
     def _count(self, seq: np.ndarray, played: np.ndarray, extra: dict[int, int]) -> None:
-        """Record the loss bursts: gaps in sequence between frames actually played."""
-        index = np.flatnonzero(played)
-        if len(index) == 0:
+        ps = seq[played]
+        if len(ps) == 0:
             return
-        ps = seq[index]
-        start = ps[0] - 1 if self.played_max is None else self.played_max
-        prev = np.maximum.accumulate(np.concatenate(([start], ps[:-1])))
-        gaps = np.maximum(ps - prev - 1, 0)
-        if extra:
-            where = np.searchsorted(index, list(extra))
-            gaps[where] = np.maximum(gaps[where], list(extra.values()))
-        gaps = gaps[gaps > 0]
-        if len(gaps):
-            self.hist += np.bincount(np.minimum(gaps, MAX_BURST),
+        self.played += len(ps)
+        for length in extra.values():
+            self._burst(length)
+        if self.done is None:
+            self.done = int(ps.min()) - 1
+        ps = ps[ps > self.done]
+        self.open = np.union1d(self.open, ps)
+        if len(self.open):
+            self._settle(int(self.open[-1]) - self.REORDER)
+
+    def _settle(self, upto: int) -> None:
+        """Account for every slot from ``done`` + 1 to ``upto``."""
+        assert self.done is not None
+        if upto <= self.done:
+            return
+        cut = int(np.searchsorted(self.open, upto, side="right"))
+        played = self.open[:cut]
+        self.open = self.open[cut:]
+        # lost slots between consecutive played ones, then the tail up to ``upto``
+        edges = np.concatenate(([self.done], played))
+        gaps = np.diff(edges) - 1
+        tail = upto - (int(played[-1]) if len(played) else self.done)
+        if len(gaps) == 0:
+            self.run += tail
+            self.done = upto
+            return
+        first = self.run + int(gaps[0])
+        rest = gaps[1:][gaps[1:] > 0]
+        if first:
+            self._burst(first)
+        if len(rest):
+            self.hist += np.bincount(np.minimum(rest, MAX_BURST),
                                      minlength=MAX_BURST + 1)[:MAX_BURST + 1]
-        self.played_max = max(int(ps.max()), self.played_max if self.played_max is not None
-                              else int(ps.max()))
-        self.played += len(index)
+        self.run = tail
+        self.done = upto
 
 
 class FixedJitterBuffer(_Buffer):
@@ -266,7 +305,7 @@ class AdaptiveJitterBuffer(_Buffer):
         for i, s in enumerate(starts):
             offsets[s:s + self.BLOCK] = targets[i]
         played = d <= offsets
-        if self.played_max is None:
+        if self.done is None:
             played[0] = True
         self.history = all_d[-self.HISTORY:]
         self.phase = (self.phase + n) % self.BLOCK
