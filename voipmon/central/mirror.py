@@ -40,7 +40,8 @@ class IPacketAnalyzer(Interface):
         """End of input: close every open call (emitting its CDR)."""
 
 
-AnalyzerFactory = Callable[[int, Callable[[Any], None]], Any]
+#: factory(hello, on_cdr) -> an IPacketAnalyzer for the sensor that said ``hello``.
+AnalyzerFactory = Callable[[Hello, Callable[[Any], None]], Any]
 
 
 class CdrWriter:
@@ -113,6 +114,7 @@ class SensorAnalysis:
     """One mirroring sensor's packets on their way through decoder and engine."""
 
     def __init__(self, hello: Hello, factory: AnalyzerFactory, writer: CdrWriter) -> None:
+        self.hello = hello
         self.id_sensor = hello.id_sensor
         self.instance = hello.instance
         self.factory = factory
@@ -133,7 +135,7 @@ class SensorAnalysis:
             return
         self.last_seq = seq
         if self.analyzer is None:
-            self.analyzer = self.factory(self.id_sensor, self._on_cdr)
+            self.analyzer = self.factory(self.hello, self._on_cdr)
         try:
             self.analyzer.feed_all([(ts, linktype, frame) for ts, _wirelen, frame in packets])
         except Exception:

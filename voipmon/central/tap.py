@@ -8,7 +8,9 @@ from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
+from voipmon.central.service import CentralService
 from voipmon.config import is_loopback, load_central_config
+from voipmon.protocols import tls
 
 log = Logger()
 
@@ -34,6 +36,15 @@ class Options(usage.Options):
                         f"is required because http_bind = {settings.http_bind} is not loopback",
                         "a non-empty text",
                     )
+        if settings.tls_certificate:
+            try:
+                tls.load_certificate(settings.tls_certificate, settings.tls_private_key)
+            except tls.CertificateError as exc:
+                raise settings.error("tls_certificate", str(exc),
+                                     "a readable PEM certificate whose key matches")
+        elif settings.tls_private_key:
+            raise settings.error("tls_private_key", "is set but tls_certificate is not",
+                                 "both, or neither (a self-signed certificate is made)")
         self["central"] = settings
 
 
@@ -44,6 +55,8 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     settings = config["central"]
     for warning in settings.warnings:
         log.warn("config: {warning}", warning=warning)
-    top = service.MultiService()
-    top.setName("voipmon-central")
-    return top
+    try:
+        return CentralService(settings, reactor)
+    except usage.UsageError as exc:
+        # makeService runs outside twistd's option handling: exit with one clear line.
+        raise SystemExit(f"voipmon-central: {exc}")

@@ -187,7 +187,7 @@ class ChannelProtocol(protocol.Protocol):
 
     def peer_closed(self, reason: str) -> None:
         """The peer said why it closes; log it and close our side."""
-        self.log.warn("{side}: {peer} closed the channel: {reason}", side=self.side,
+        self.log.info("{side}: {peer} closed the channel: {reason}", side=self.side,
                       peer=self.peer, reason=reason)
         self.close(f"peer closed: {reason}", tell_peer=False)
 
@@ -233,8 +233,8 @@ class ChannelProtocol(protocol.Protocol):
         self.transport.abortConnection()
 
     def loseConnection(self) -> None:
-        """IMessageTransport: close without a reason for the peer (a normal shutdown)."""
-        self.close("closing")
+        """IMessageTransport: a normal close (shutdown, end of a probe)."""
+        self.close(f"closed by the {self.side}")
 
     def getPeer(self) -> Any:
         return self.transport.getPeer()

@@ -109,6 +109,8 @@ class SensorChannel(ChannelProtocol):
 
 
 class _ChannelFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, build: Callable[[], SensorChannel]) -> None:
         self.build = build
 

@@ -51,7 +51,8 @@ class FailoverEndpoint:
     def __init__(self, endpoints: Sequence[tuple[str, IStreamClientEndpoint]],
                  clock: IReactorTime, *, initial_delay: float = 1.0, max_delay: float = 30.0,
                  factor: float = 2.0, jitter: Callable[[], float] = random.random,
-                 stable_after: float = 10.0, reconnect_jitter: float = 0.5) -> None:
+                 stable_after: float = 10.0, reconnect_jitter: float = 0.5,
+                 on_round_failed: Callable[[FailoverRoundFailed], None] | None = None) -> None:
         if not endpoints:
             raise ValueError("FailoverEndpoint needs at least one endpoint")
         self.endpoints = list(endpoints)
@@ -62,6 +63,7 @@ class FailoverEndpoint:
         self.jitter = jitter
         self.stable_after = stable_after
         self.reconnect_jitter = reconnect_jitter
+        self.on_round_failed = on_round_failed
         self.connected_index: int | None = None   # the central we are connected to now
         self.last_index: int | None = None        # the one we were last connected to
         self.failed_rounds = 0                    # in a row; reset by a stable connection
@@ -134,7 +136,13 @@ class FailoverEndpoint:
                       result: defer.Deferred) -> None:
         self.failed_rounds += 1
         self._last_round_errors = attempts
-        result.errback(FailoverRoundFailed(attempts))
+        error = FailoverRoundFailed(attempts)
+        if self.on_round_failed is not None:
+            try:
+                self.on_round_failed(error)
+            except Exception:
+                log.failure("on_round_failed hook")
+        result.errback(error)
 
     def _connected(self, index: int, attempts: list[tuple[str, Failure]]) -> None:
         name = self.endpoints[index][0]

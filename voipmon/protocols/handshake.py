@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as field_
 from typing import Any
 
 from voipmon.protocols.wire import ProtocolError, field
@@ -128,6 +129,8 @@ class Hello:
     probe: bool = False        # a failback probe: authenticate, then close; registers nothing
     manager: str = ""          # the sensor's management address, host:port
     replay: bool = False       # the sensor replays a capture file (not live packets)
+    analysis: dict[str, Any] = field_(default_factory=dict)  # mirroring: the sensor's
+    #                            sipport/timeouts/savesip/savertp for the central's engine
     protocol: int = PROTOCOL_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -136,6 +139,7 @@ class Hello:
             "version": self.version, "mode": self.mode, "compression": self.compression,
             "time": self.time, "nonce": self.nonce.hex(), "instance": self.instance,
             "probe": self.probe, "manager": self.manager, "replay": self.replay,
+            "analysis": self.analysis,
         }
 
     @classmethod
@@ -161,8 +165,41 @@ class Hello:
             probe=probe,
             manager=_text_field(body, "manager", "HELLO", 200),
             replay=replay,
+            analysis=_analysis_field(body.get("analysis", {})),
             protocol=body["protocol"],
         )
+
+
+_TIMEOUTS = ("rtptimeout", "sipwithoutrtptimeout", "absolute_timeout")
+
+
+def _analysis_field(value: Any) -> dict[str, Any]:
+    """The hello's analysis settings, checked key by key (unknown keys are dropped)."""
+    if not isinstance(value, dict):
+        raise ProtocolError("malformed HELLO message: bad 'analysis'")
+    out: dict[str, Any] = {}
+    ports = value.get("sipport")
+    if ports is not None:
+        if (not isinstance(ports, list) or len(ports) > 10000 or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535
+                for p in ports)):
+            raise ProtocolError("malformed HELLO message: bad 'analysis.sipport'")
+        out["sipport"] = ports
+    for name in _TIMEOUTS:
+        number = value.get(name)
+        if number is not None:
+            if not isinstance(number, (int, float)) or isinstance(number, bool) or number < 1:
+                raise ProtocolError(f"malformed HELLO message: bad 'analysis.{name}'")
+            out[name] = float(number)
+    if "savesip" in value:
+        if not isinstance(value["savesip"], bool):
+            raise ProtocolError("malformed HELLO message: bad 'analysis.savesip'")
+        out["savesip"] = value["savesip"]
+    if "savertp" in value:
+        if value["savertp"] not in ("yes", "no", "header"):
+            raise ProtocolError("malformed HELLO message: bad 'analysis.savertp'")
+        out["savertp"] = value["savertp"]
+    return out
 
 
 def describe_skew(skew: float) -> str:
@@ -248,6 +285,7 @@ class ClientHandshake:
     def __init__(self, key: bytes, *, id_sensor: int, name: str, version: str, mode: str,
                  compression: str, instance: str, seconds: Callable[[], float],
                  probe: bool = False, manager: str = "", replay: bool = False,
+                 analysis: dict[str, Any] | None = None,
                  random_bytes: Callable[[int], bytes] = os.urandom,
                  protocol: int = PROTOCOL_VERSION) -> None:
         self._key = key
@@ -255,7 +293,8 @@ class ClientHandshake:
         self._random = random_bytes
         self._params = dict(id_sensor=id_sensor, name=name, version=version, mode=mode,
                             compression=compression, instance=instance, probe=probe,
-                            manager=manager, replay=replay, protocol=protocol)
+                            manager=manager, replay=replay, analysis=analysis or {},
+                            protocol=protocol)
         self._hello: Hello | None = None
         self._central_nonce: bytes | None = None
         self.central_time: float | None = None

@@ -208,6 +208,8 @@ class CentralChannel(ChannelProtocol):
 class CentralFactory(protocol.Factory):
     """Builds a CentralChannel per connection; holds what all connections share."""
 
+    noisy = False
+
     def __init__(self, key: bytes, max_time_diff: float, handler: Any, clock: IReactorTime,
                  binding: Callable[[Any], bytes], central_name: str = "",
                  registry: SessionRegistry | None = None, window: int = WINDOW,

@@ -250,6 +250,16 @@ def client_creator(hostname: str, pin: str = "", ca_file: str = "") -> Any:
     return PinningClientCreator(hostname, None)
 
 
+def peer_fingerprint(transport: Any) -> str | None:
+    """The SHA-256 fingerprint of the certificate the peer of a TLS transport presented."""
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if not isinstance(handle, SSL.Connection):
+        return None
+    cert = handle.get_peer_certificate(as_cryptography=True)
+    return fingerprint(cert) if cert is not None else None
+
+
 def exporter_binding(transport: Any) -> bytes:
     """This TLS connection's exporter value (RFC 5705): both ends compute the same bytes."""
     get_handle = getattr(transport, "getHandle", None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -10,6 +12,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from voipmon.config import load_sensor_config
+from voipmon.protocols import tls
+from voipmon.sensor.service import SensorService
 
 log = Logger()
 
@@ -36,7 +40,19 @@ class Options(usage.Options):
         pcap = self["read-pcap"]
         if pcap is not None and not os.path.isfile(pcap):
             raise usage.UsageError(f"--read-pcap {pcap}: no such file")
-        self["sensor"] = load_sensor_config(self["config"])
+        settings = load_sensor_config(self["config"])
+        if settings.server_certificate_sha256:
+            try:
+                tls.parse_fingerprint(settings.server_certificate_sha256)
+            except ValueError as exc:
+                raise settings.error("server_certificate_sha256", str(exc),
+                                     "64 hex digits, colons optional")
+        if settings.server_ca_file:
+            try:
+                tls.load_ca(settings.server_ca_file)
+            except tls.CertificateError as exc:
+                raise settings.error("server_ca_file", str(exc), "a readable PEM CA file")
+        self["sensor"] = settings
 
 
 def makeService(config: Options, reactor: Any = None) -> service.MultiService:
@@ -46,6 +62,70 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     settings = config["sensor"]
     for warning in settings.warnings:
         log.warn("config: {warning}", warning=warning)
+    if settings.mirror_destination and not settings.server_destination:
+        try:
+            return _legacy_mirror(settings, reactor, config["read-pcap"],
+                                  config["exit-when-done"])
+        except usage.UsageError as exc:
+            raise SystemExit(f"voipmon-sensor: {exc}")
+    exits = ExitCode(reactor)
+    try:
+        return SensorService(settings, reactor, read_pcap=config["read-pcap"],
+                             exit_when_done=config["exit-when-done"], on_exit=exits.exit)
+    except usage.UsageError as exc:
+        # makeService runs outside twistd's option handling: exit with one clear line.
+        raise SystemExit(f"voipmon-sensor: {exc}")
+
+
+class ExitCode:
+    """Stops the reactor for --exit-when-done, and makes the process exit with ``status``.
+
+    twistd always exits 0 after a clean reactor stop, so a failure status is applied by an
+    ``atexit`` hook once twistd has shut down and removed its pid file.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.status: int | None = None
+
+    def exit(self, status: int, message: str) -> None:
+        if self.status is not None:
+            return
+        self.status = status
+        if status:
+            sys.stderr.write(f"voipmon-sensor: {message}\n")
+            atexit.register(self._final, status)
+        self.reactor.callLater(0, self._stop)
+
+    def _stop(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @staticmethod
+    def _final(status: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _legacy_mirror(settings: Any, reactor: Any, read_pcap: str | None,
+                   exit_when_done: bool) -> service.MultiService:
+    """The deprecated legacy mirror sender (mirror_destination, no server_destination)."""
+    from voipmon.packet.live import LiveCapture
+    from voipmon.protocols.legacy_mirror_service import LegacyMirrorSender
+    from voipmon.sensor.replay import ReplaySource
+
+    if exit_when_done:
+        raise usage.UsageError("--exit-when-done is not available with mirror_destination "
+                               "(the legacy mirror); use server_destination with "
+                               "packetbuffer_sender = yes")
     top = service.MultiService()
     top.setName("voipmon-sensor")
+    sender = LegacyMirrorSender.from_config(settings, reactor)
+    sender.setServiceParent(top)
+    if read_pcap:
+        source: Any = ReplaySource(read_pcap, sender.feed, reactor)
+    else:
+        source = LiveCapture.from_config(settings, sender.feed, reactor=reactor)
+    source.setServiceParent(top)
     return top

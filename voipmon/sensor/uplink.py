@@ -164,6 +164,13 @@ class CdrUplink:
         self.source_done = True
         self.flush()
 
+    def close(self) -> None:
+        """Shutdown: make everything buffered durable; no timer is left."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self.queue.flush()
+
     # -- channel -------------------------------------------------------------------
 
     def attach(self, transport: Any) -> None:
@@ -333,6 +340,10 @@ class MirrorUplink:
         self._room_waiters.append(d)
         return d
 
+    def close(self) -> None:
+        """Shutdown: cancel the batch timer (what is buffered in memory is lost)."""
+        self.seal()
+
     def finish_source(self) -> None:
         """End of the replayed capture: send the rest, then END so the central closes calls."""
         self.source_done = True
@@ -409,11 +420,15 @@ class MirrorUplink:
 class UplinkProtocol(protocol.Protocol):
     """The session protocol ClientService sees: hands the channel's messages to the uplink."""
 
-    def __init__(self, uplink: IUplink, on_lost: Callable[[Failure], None] | None = None):
+    def __init__(self, uplink: IUplink, on_lost: Callable[[Failure], None] | None = None,
+                 on_made: Callable[[Any], None] | None = None):
         self.uplink = uplink
         self.on_lost = on_lost
+        self.on_made = on_made
 
     def connectionMade(self) -> None:
+        if self.on_made is not None:
+            self.on_made(self.transport)
         self.uplink.attach(self.transport)
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
@@ -429,12 +444,13 @@ class UplinkProtocol(protocol.Protocol):
 
 
 class UplinkFactory(protocol.Factory):
-    def __init__(self, uplink: IUplink,
-                 on_lost: Callable[[Failure], None] | None = None) -> None:
+    def __init__(self, uplink: IUplink, on_lost: Callable[[Failure], None] | None = None,
+                 on_made: Callable[[Any], None] | None = None) -> None:
         self.uplink = uplink
         self.on_lost = on_lost
+        self.on_made = on_made
 
     def buildProtocol(self, addr: Any) -> UplinkProtocol:
-        proto = UplinkProtocol(self.uplink, self.on_lost)
+        proto = UplinkProtocol(self.uplink, self.on_lost, self.on_made)
         proto.factory = self
         return proto

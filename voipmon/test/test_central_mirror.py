@@ -20,8 +20,8 @@ class FakeAnalyzer:
 
     made: list[FakeAnalyzer] = []
 
-    def __init__(self, id_sensor: int, on_cdr) -> None:
-        self.id_sensor = id_sensor
+    def __init__(self, hello: Hello, on_cdr) -> None:
+        self.id_sensor = hello.id_sensor
         self.on_cdr = on_cdr
         self.records: list[tuple[float, int, bytes]] = []
         self.finished = False

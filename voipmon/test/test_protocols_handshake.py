@@ -128,6 +128,15 @@ class SuccessTests(SynchronousTestCase):
         self.assertEqual(hello["manager"], "10.0.0.1:5029")
         self.assertEqual(Hello.from_json(hello).to_json(), hello)
 
+    def test_analysis_settings(self) -> None:
+        """A mirroring sensor's analysis settings travel in the hello, checked."""
+        settings = {"sipport": [5060, 5080], "rtptimeout": 300, "savesip": True,
+                    "savertp": "header", "unknown": 1}
+        hello = Hello.from_json(make_client(mode="mirror", analysis=settings).hello())
+        self.assertEqual(hello.analysis, {"sipport": [5060, 5080], "rtptimeout": 300.0,
+                                          "savesip": True, "savertp": "header"})
+        self.assertEqual(Hello.from_json(make_client().hello()).analysis, {})
+
     def test_nonces_are_fresh(self) -> None:
         """Each hello and each challenge uses a new nonce."""
         client = make_client()
@@ -262,7 +271,10 @@ class MalformedTests(SynchronousTestCase):
             {**good, "mode": "both"}, {**good, "nonce": "zz"}, {**good, "nonce": "ab"},
             {**good, "time": "now"}, {**good, "name": "x" * 500}, {**good, "name": "a\nb"},
             {**good, "instance": ""}, {**good, "probe": "yes"}, {**good, "compression": 3},
-            {**good, "replay": 1},
+            {**good, "replay": 1}, {**good, "analysis": []},
+            {**good, "analysis": {"sipport": [0]}}, {**good, "analysis": {"sipport": "5060"}},
+            {**good, "analysis": {"rtptimeout": 0}}, {**good, "analysis": {"savesip": "yes"}},
+            {**good, "analysis": {"savertp": "maybe"}},
         ]
         for body in broken:
             with self.assertRaises(ProtocolError, msg=repr(body)[:80]):

@@ -1,0 +1,275 @@
+"""The central's service tree: TLS listener for sensors, store, mirroring engines, HTTP.
+
+Start order: the store (retried until the database answers: sensors may connect meanwhile,
+their CDRs wait on their own disks), then the channel listener, the HTTP API and the
+legacy mirror receiver. Stop order: stop listening, close every sensor connection (their
+unacknowledged CDRs stay queued on the sensors), close the mirroring sensors' calls and
+store their CDRs (bounded wait), then close the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet import defer, endpoints, task, threads
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+
+from voipmon.central.mirror import CdrWriter, MirrorAnalyses
+from voipmon.central.sessions import CentralSessions
+from voipmon.protocols import tls
+from voipmon.protocols.failover import describe_failure
+from voipmon.protocols.handshake import Hello, derive_key
+from voipmon.protocols.server import CentralFactory
+from voipmon.spool.retention import Minute, Retention, plan, remove, scan
+
+log = Logger()
+
+STORE_RETRY = 5.0
+STOP_WAIT = 10.0
+_SENSOR_DIR = re.compile(r"\d{1,5}\Z")
+
+
+def sensor_spool(spooldir: str, id_sensor: int) -> str:
+    """Where the central writes a mirroring sensor's pcaps: ``spooldir/<id_sensor>``."""
+    return os.path.join(spooldir, str(int(id_sensor)))
+
+
+def mirror_engine_factory(settings: Any) -> Callable[[Hello, Callable[[Any], None]], Any]:
+    """Engines for mirroring sensors: the sensor's own analysis settings, per-sensor pcaps."""
+    from voipmon.analysis.engine import Engine
+    from voipmon.spool.writer import SpoolWriter
+
+    def make(hello: Hello, on_cdr: Callable[[Any], None]) -> Any:
+        prefix = str(int(hello.id_sensor))
+
+        def relative_to_central(cdr: Any) -> None:
+            # The engine writes relative to the sensor's directory; the store and the
+            # HTTP API resolve pcaps relative to the central's spool.
+            on_cdr(dataclasses.replace(
+                cdr, sip_pcap=f"{prefix}/{cdr.sip_pcap}" if cdr.sip_pcap else "",
+                rtp_pcap=f"{prefix}/{cdr.rtp_pcap}" if cdr.rtp_pcap else ""))
+
+        options = dict(hello.analysis)
+        return Engine(id_sensor=hello.id_sensor, on_cdr=relative_to_central,
+                      sip_ports=options.pop("sipport", (5060,)),
+                      spool=SpoolWriter(sensor_spool(settings.spooldir, hello.id_sensor)),
+                      **options)
+
+    return make
+
+
+class CentralRetention(Retention):
+    """maxpoolsize/maxpooldays over the central's spool *and* every per-sensor directory."""
+
+    def _pass(self, now: float) -> Any:
+        minutes = list(scan(self.spooldir))
+        try:
+            names = sorted(e.name for e in os.scandir(self.spooldir)
+                           if _SENSOR_DIR.match(e.name) and e.is_dir(follow_symlinks=False))
+        except OSError:
+            names = []
+        for name in names:
+            minutes += [Minute(m.start, f"{name}/{m.relpath}", m.size)
+                        for m in scan(os.path.join(self.spooldir, name))]
+        minutes.sort(key=lambda m: m.start)
+        done, failed = [], []
+        for minute, reason in plan(minutes, now, self.maxpoolsize_mb, self.maxpooldays):
+            try:
+                remove(self.spooldir, minute.relpath)
+            except OSError as exc:
+                failed.append((minute.relpath, f"{exc.strerror or exc}"))
+            else:
+                done.append((minute, reason))
+        return done, failed
+
+
+class StoreService(service.Service):
+    """Starts the store, retrying every 5 s while the database is unreachable."""
+
+    name = "store"
+
+    def __init__(self, store: Any, clock: Any) -> None:
+        self.store = store
+        self.clock = clock
+        self.started: defer.Deferred = defer.Deferred()
+        self._retry: Any = None
+        self._attempts = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
+
+    def _start(self) -> None:
+        self._retry = None
+        self._attempts += 1
+        d = defer.maybeDeferred(self.store.start)
+
+        def ok(_: Any) -> None:
+            log.info("store ready: {where}", where=getattr(self.store, "where", self.store))
+            if not self.started.called:
+                self.started.callback(None)
+
+        def failed(failure: Any) -> None:
+            if not self.running:
+                return
+            if self._attempts == 1:
+                log.error("store {where} unavailable: {error}; retrying every {delay:g} s "
+                          "(sensors keep their CDRs until it is back)",
+                          where=getattr(self.store, "where", "?"),
+                          error=describe_failure(failure), delay=STORE_RETRY)
+            self._retry = self.clock.callLater(STORE_RETRY, self._start)
+
+        d.addCallbacks(ok, failed)
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        return defer.maybeDeferred(self.store.close).addErrback(
+            lambda f: log.failure("closing the store", f))
+
+
+class ChannelService(internet.StreamServerEndpointService):
+    """The TLS listener for sensors; stopping it also closes every sensor connection."""
+
+    def __init__(self, endpoint: Any, factory: CentralFactory, sessions: CentralSessions,
+                 mirrors: MirrorAnalyses, writer: CdrWriter, clock: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.factory = factory
+        self.sessions = sessions
+        self.mirrors = mirrors
+        self.writer = writer
+        self.clock = clock
+        self.listening: defer.Deferred = defer.Deferred()
+        self.setName("channel")
+
+    _raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as exc:
+            # A central that cannot listen is useless: exit with one clear line.
+            raise SystemExit(f"voipmon-central: cannot listen for sensors: {exc}")
+
+        def listening(port: Any) -> Any:
+            if not self.listening.called:
+                self.listening.callback(port)
+            return port
+
+        self._waitingForPort.addCallback(listening)
+
+    def stopService(self) -> defer.Deferred:
+        d = defer.maybeDeferred(super().stopService)
+        for channel in list(self.factory.registry.channels()):
+            channel.close("the central is shutting down")
+        flushed = self.mirrors.stop()
+        timeout = task.deferLater(self.clock, STOP_WAIT, lambda: None)
+        waited = defer.DeferredList([flushed, timeout], fireOnOneCallback=True,
+                                    consumeErrors=True)
+
+        def done(_: Any) -> None:
+            if not timeout.called:
+                timeout.cancel()
+            self.writer.stop()
+            self.sessions.stop()
+
+        waited.addBoth(done)
+        return defer.gatherResults([d, waited], consumeErrors=True)
+
+
+class CentralService(service.MultiService):
+    """Everything one central process runs."""
+
+    def __init__(self, settings: Any, reactor: Any, *, store: Any = None, clock: Any = None,
+                 port: int | None = None, http_port: int | None = None,
+                 binding: Callable[[Any], bytes] = tls.exporter_binding,
+                 analyzer_factory: Callable[..., Any] | None = None,
+                 certificate: tls.ServerCertificate | None = None,
+                 endpoint: Any = None) -> None:
+        super().__init__()
+        self.setName("voipmon-central")
+        self.settings = settings
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        bind_port = settings.server_bind_port if port is None else port
+        self.central_id = f"{socket.gethostname()}:{settings.server_bind_port}"
+        try:
+            self.certificate = certificate or tls.load_or_create(
+                settings.spooldir, settings.tls_certificate, settings.tls_private_key)
+        except (tls.CertificateError, OSError) as exc:
+            raise usage.UsageError(f"{settings.path}: {exc}")
+        log.info("channel TLS certificate SHA-256 {fingerprint} ({source}{generated}); "
+                 "sensors may pin it with server_certificate_sha256",
+                 fingerprint=self.certificate.fingerprint, source=self.certificate.source,
+                 generated=", generated now" if self.certificate.generated else "")
+        if store is None:
+            from voipmon.store.sqlstore import SqlStore
+
+            store = SqlStore.from_config(settings, reactor, central_id=self.central_id)
+        self.store = store
+        self.store_service = StoreService(store, self.clock)
+        self.store_service.setServiceParent(self)
+
+        self.writer = CdrWriter(store, self.clock)
+        self.mirrors = MirrorAnalyses(analyzer_factory or mirror_engine_factory(settings),
+                                      self.writer, self.clock)
+        self.sessions = CentralSessions(store, self.clock, mirrors=self.mirrors)
+        self.factory = CentralFactory(derive_key(settings.server_password),
+                                      settings.client_server_connect_maximum_time_diff_s,
+                                      self.sessions, self.clock, binding,
+                                      central_name=self.central_id)
+        self.sessions.registry = self.factory.registry
+        if endpoint is None:
+            endpoint = endpoints.SSL4ServerEndpoint(reactor, bind_port,
+                                                    self.certificate.options(),
+                                                    interface=settings.server_bind)
+        self.channel = ChannelService(endpoint, self.factory, self.sessions, self.mirrors,
+                                      self.writer, self.clock)
+        self.channel.setServiceParent(self)
+        self._optional_services(http_port)
+
+    def _optional_services(self, http_port: int | None) -> None:
+        settings, reactor = self.settings, self.reactor
+        from voipmon.manager.service import ManagerConnector
+        from voipmon.web.site import make_web_service
+
+        self.connector = ManagerConnector(reactor, settings.server_password,
+                                          name=self.central_id)
+        web = make_web_service(settings, reactor, self.store, self.connector, port=http_port)
+        if web is not None:
+            web.setServiceParent(self)
+        if getattr(settings, "mirror_bind", None):
+            from voipmon.protocols.legacy_mirror_service import LegacyMirrorReceiver
+
+            make = mirror_engine_factory(settings)
+
+            def legacy_engine(id_sensor: int, name: str) -> Any:
+                hello = Hello(id_sensor, name, "", "mirror", "none", 0.0, b"", "")
+                return make(hello, self.writer.add)
+
+            receiver = LegacyMirrorReceiver.from_config(settings, legacy_engine, reactor)
+            receiver.setServiceParent(self)
+        if settings.maxpoolsize or settings.maxpooldays:
+            retention = CentralRetention(
+                settings.spooldir, settings.maxpoolsize, settings.maxpooldays, self.clock,
+                blocking=lambda f: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f))
+            retention.setServiceParent(self)
+
+    def stopService(self) -> defer.Deferred:
+        """Stop everything else first; close the store once nothing writes to it any more."""
+        service.Service.stopService(self)
+        others = [child for child in reversed(list(self)) if child is not self.store_service]
+        d = defer.DeferredList([defer.maybeDeferred(child.stopService) for child in others],
+                               consumeErrors=True)
+        d.addCallback(lambda _: self.store_service.stopService())
+        return d
