@@ -303,8 +303,9 @@ class MySQLDialect(Dialect):
 
     @staticmethod
     def is_unknown_database(exc: BaseException) -> bool:
+        """Unknown database (1049), or one this user may not see (1044): try creating it."""
         args = getattr(exc, "args", ())
-        return bool(args) and args[0] == 1049
+        return bool(args) and args[0] in (1044, 1049)
 
 
 _INT_KINDS = {"id", "u8", "u16", "u32", "u64", "i32", "i64", "bool"}
@@ -379,7 +380,9 @@ class SQLiteDialect(Dialect):
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            if mode != "wal":   # switching needs the file to itself; Pool retries if busy
+                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")   # an acknowledged batch survives power loss
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:

@@ -121,6 +121,9 @@ class Pool(adbapi.ConnectionPool):
             try:
                 conn = self.connect()
             except Exception as exc:
+                if dialect.classify(exc) == RETRY and attempt < self.retry_attempts:
+                    self._sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
+                    continue        # e.g. SQLite busy while another opens the file
                 raise self._unavailable("cannot connect", exc) from exc
             cursor = None
             try:

@@ -159,8 +159,9 @@ class SqlStore:
                 conn.close()
         except Exception as exc:
             raise StoreUnavailable(
-                f"{self.where}: database {dialect.database!r} does not exist and "
-                f"{dialect.user} could not create it: {dialect.describe(exc)}"
+                f"{self.where}: database {dialect.database!r} does not exist (or "
+                f"{dialect.user} may not use it) and {dialect.user} could not create it: "
+                f"{dialect.describe(exc)}"
             )
         return created
 

@@ -82,6 +82,30 @@ def mysql_database() -> Iterator[str]:
         drop_mysql_database(name)
 
 
+@contextmanager
+def mysql_user(*grants: str) -> Iterator[tuple[str, str]]:
+    """A throwaway user (name, random password) with ``GRANT <grant> TO`` it for each grant
+    given (e.g. "ALL ON `db`.*"), dropped after the block."""
+    name, password = f"vt_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    conn = mysql_admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (name, password))
+            for grant in grants:
+                cur.execute(f"GRANT {grant} TO %s@'%%'", (name,))
+    finally:
+        conn.close()
+    try:
+        yield name, password
+    finally:
+        conn = mysql_admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("DROP USER IF EXISTS %s@'%%'", (name,))
+        finally:
+            conn.close()
+
+
 def sqlite_dialect(path: str) -> SQLiteDialect:
     return SQLiteDialect(path)
 
