@@ -152,7 +152,7 @@ class SensorService(service.MultiService):
                       manager=advertised_manager(self.settings),
                       replay=self.read_pcap is not None, probe=probe,
                       analysis=analysis_settings(self.settings) if self.mode == "mirror" else {})
-        seconds = time.time
+        seconds = self.clock.seconds  # the reactor's: wall-clock UTC epoch seconds
 
         def make() -> ClientHandshake:
             return ClientHandshake(key, seconds=seconds, **params)

@@ -1,0 +1,272 @@
+"""Tests for voipmon.sensor.service: the whole sensor against in-memory centrals, on a Clock.
+
+The sensor's real pieces run (replay of a bundled capture, the analysis engine, the
+durable queue, the uplinks, ClientService over the failover endpoint); only the network is
+in memory (iosim) and the central is a real CentralFactory with CentralSessions over the
+FakeStore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from twisted.application import service
+from twisted.internet.task import Clock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from voipmon.analysis.cdr import Cdr
+from voipmon.analysis.engine import Engine
+from voipmon.central.mirror import CdrWriter, MirrorAnalyses
+from voipmon.central.service import mirror_engine_factory
+from voipmon.central.sessions import CentralSessions
+from voipmon.config import load_central_config, load_sensor_config
+from voipmon.packet.readers import read_capture
+from voipmon.sensor.service import SensorService
+from voipmon.store.rows import stored_form
+from voipmon.test.common import data_path
+from voipmon.test.fakes import FakeStore
+from voipmon.test.fakes_channel import ChannelPair, fixed_binding
+
+CAPTURE = data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap")
+TWO_CAPTURE = data_path("sipp_tcp_2calls_udp_486_2calls_lo.pcap")
+
+
+def expected_cdrs(path: str, id_sensor: int = 7) -> list:
+    """What the engine alone makes of the capture (as voipmon-analyze would)."""
+    out: list = []
+    engine = Engine(id_sensor=id_sensor, on_cdr=out.append)
+    engine.feed_all(read_capture(path))
+    engine.finish()
+    return out
+
+
+def comparable(cdr) -> object:
+    """A CDR as JSON carries it (times to the millisecond) and the store keeps it, without
+    where its pcaps are (the two modes keep them in different spools)."""
+    stored, _ = stored_form(Cdr.from_json(cdr.to_json()))
+    return dataclasses.replace(stored, sip_pcap="", rtp_pcap="")
+
+
+class Central:
+    """A central in memory: CentralFactory + CentralSessions (+ mirroring) + FakeStore."""
+
+    def __init__(self, clock: Clock, spool: str, password: str = "pw") -> None:
+        self.store = FakeStore(clock)
+        self.pair = ChannelPair(clock=clock, handler=None, central_password=password)
+        text = (f"server_bind = 127.0.0.1\nserver_password = {password}\n"
+                f"spooldir = {spool}\nhttp_port = 0\n")
+        settings = load_central_config("central.conf", text=text)
+        self.writer = CdrWriter(self.store, clock)
+        self.mirrors = MirrorAnalyses(mirror_engine_factory(settings), self.writer, clock)
+        self.sessions = CentralSessions(self.store, clock, self.pair.factory.registry,
+                                        self.mirrors)
+        self.pair.factory.handler = self.sessions
+
+    def stop(self) -> None:
+        self.pair.close_all()
+        self.mirrors.stop()
+        self.writer.stop()
+        self.sessions.stop()
+
+
+class Base(SynchronousTestCase):
+    destinations = "primary, backup"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.base = os.path.abspath(self.mktemp())
+        self.centrals = {name: Central(self.clock, os.path.join(self.base, name))
+                         for name in ("primary", "backup")}
+        self.exits: list[tuple[int, str]] = []
+        self.services: list[SensorService] = []
+        self.addCleanup(self.cleanup)
+
+    def cleanup(self) -> None:
+        for svc in self.services:
+            if svc.running:
+                svc.stopService()
+        for central in self.centrals.values():
+            central.stop()
+        self.clock.advance(30)
+        for central in self.centrals.values():
+            central.pair.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def settings(self, **extra: str):
+        lines = {"id_sensor": "7", "server_destination": self.destinations,
+                 "server_password": "pw", "spooldir": os.path.join(self.base, "sensor"),
+                 "managerport": "0", **extra}
+        text = "".join(f"{k} = {v}\n" for k, v in lines.items())
+        return load_sensor_config("sensor.conf", text=text)
+
+    def sensor(self, read_pcap: str | None = CAPTURE, exit_when_done: bool = True,
+               source: object = None, **extra: str) -> SensorService:
+        svc = SensorService(self.settings(**extra), None, read_pcap=read_pcap, source=source,
+                            exit_when_done=exit_when_done, clock=self.clock,
+                            connect_via=lambda d: self.centrals[d.host].pair.network,
+                            binding=fixed_binding,
+                            on_exit=lambda status, message: self.exits.append((status,
+                                                                               message)))
+        self.services.append(svc)
+        return svc
+
+    def advance(self, seconds: float = 5.0, step: float = 0.05) -> None:
+        """Let time pass in small steps, moving bytes between the steps."""
+        for _ in range(int(seconds / step)):
+            self.clock.advance(step)
+            for central in self.centrals.values():
+                central.pair.flush()
+
+
+class LocalTests(Base):
+    def test_replay_delivers_what_the_engine_makes(self) -> None:
+        """The central stores exactly the CDRs the engine makes of the capture; exit 0."""
+        svc = self.sensor()
+        svc.startService()
+        self.advance()
+        store = self.centrals["primary"].store
+        self.assertEqual(sorted(map(comparable, store.stored_cdrs()), key=repr),
+                         sorted(map(comparable, expected_cdrs(CAPTURE)), key=repr))
+        self.assertEqual(len(store.stored_cdrs()), 3)
+        self.assertEqual(self.exits[0][0], 0)
+        self.assertIn("every CDR acknowledged", self.exits[0][1])
+        self.assertEqual(svc.queue.depth, 0)
+        self.assertEqual(self.centrals["backup"].store.cdr_count, 0)
+
+    def test_pcaps_in_sensor_spool(self) -> None:
+        """In local processing the call pcaps stay in the sensor's spool."""
+        svc = self.sensor()
+        svc.startService()
+        self.advance()
+        [cdr, *_] = self.centrals["primary"].store.stored_cdrs()
+        self.assertTrue(cdr.sip_pcap)
+        self.assertTrue(os.path.exists(os.path.join(self.base, "sensor", cdr.sip_pcap)))
+
+    def test_failover_to_backup(self) -> None:
+        """With the primary down, the same round delivers to the backup."""
+        self.centrals["primary"].pair.network.fail_with = ConnectionRefusedError("down")
+        svc = self.sensor()
+        svc.startService()
+        self.advance()
+        self.assertEqual(self.centrals["backup"].store.cdr_count, 3)
+        self.assertEqual(svc.failover.connected_index, 1)
+        self.assertEqual(self.exits[0][0], 0)
+
+    def test_fail_back_to_primary(self) -> None:
+        """While on the backup the primary is probed; when it answers the sensor returns."""
+        self.centrals["primary"].pair.network.fail_with = ConnectionRefusedError("down")
+        svc = self.sensor(read_pcap=None, exit_when_done=False, source=_NoSource(),
+                          failback_probe_interval="30", interface="lo")
+        svc.startService()
+        self.advance(5)
+        self.assertEqual(svc.failover.connected_index, 1)
+        self.centrals["primary"].pair.network.fail_with = None
+        self.advance(31)
+        self.assertEqual(svc.failover.connected_index, 0)
+        self.assertEqual(svc.failover.switches, 1)
+        self.assertEqual(len(self.centrals["primary"].sessions.sessions), 1)
+
+    def test_every_central_refuses(self) -> None:
+        """A wrong password everywhere ends --exit-when-done with status 2 and the reason."""
+        svc = self.sensor(server_password="wrong")
+        svc.startService()
+        self.advance(2)
+        [(status, message)] = self.exits
+        self.assertEqual(status, 2)
+        self.assertIn("cannot deliver: every central refused this sensor", message)
+        self.assertIn("primary:60024: bad password", message)
+        self.assertIn("backup:60024: bad password", message)
+
+    def test_no_central_gives_up(self) -> None:
+        """With no central at all, --exit-when-done gives up after 300 s, status 1."""
+        for central in self.centrals.values():
+            central.pair.network.fail_with = ConnectionRefusedError("down")
+        svc = self.sensor()
+        svc.startService()
+        self.advance(1)
+        self.clock.pump([10] * 30)
+        [(status, message)] = self.exits
+        self.assertEqual((status, message), (1, "cannot deliver: no central reachable for 300 s"))
+        self.assertEqual(svc.queue.depth, 3)
+
+    def test_stats_sent(self) -> None:
+        """Every 10 s the sensor reports its counters to the central."""
+        svc = self.sensor(exit_when_done=False)
+        svc.startService()
+        self.advance(10.5)
+        stats = self.centrals["primary"].sessions.stats[7]
+        self.assertEqual(stats["packets"], 1494)
+        self.assertEqual(stats["cdrs"], 3)
+        self.assertEqual(svc.sniffer_stat()["central"], "primary:60024")
+
+    def test_restart_sends_leftovers(self) -> None:
+        """CDRs queued by a sensor that stopped before delivering go with the next start."""
+        for central in self.centrals.values():
+            central.pair.network.fail_with = ConnectionRefusedError("down")
+        first = self.sensor(exit_when_done=False)
+        first.startService()
+        self.advance(1)
+        first.stopService()
+        self.assertEqual(self.centrals["primary"].store.cdr_count, 0)
+        for central in self.centrals.values():
+            central.pair.network.fail_with = None
+        second = self.sensor(read_pcap=TWO_CAPTURE)
+        second.startService()
+        self.advance(5)
+        self.assertEqual(self.centrals["primary"].store.cdr_count,
+                         3 + len(expected_cdrs(TWO_CAPTURE)))
+        self.assertEqual(self.exits[-1][0], 0)
+
+    def test_unusable_spool(self) -> None:
+        blocker = os.path.join(self.base, "file")
+        os.makedirs(self.base, exist_ok=True)
+        with open(blocker, "w") as handle:
+            handle.write("x")
+        with self.assertRaises(usage.UsageError) as caught:
+            self.sensor(spooldir=blocker)
+        self.assertIn("cannot use the CDR queue", str(caught.exception))
+
+
+class MirrorTests(Base):
+    destinations = "primary"
+
+    def test_same_cdrs_in_both_modes(self) -> None:
+        """Mirrored to the central, the capture gives the same CDRs as local processing."""
+        svc = self.sensor(packetbuffer_sender="yes")
+        svc.startService()
+        self.advance()
+        store = self.centrals["primary"].store
+        self.assertEqual(sorted(map(comparable, store.stored_cdrs()), key=repr),
+                         sorted(map(comparable, expected_cdrs(CAPTURE)), key=repr))
+        self.assertEqual(self.exits[0][0], 0)
+        self.assertIn("1494 mirrored packets acknowledged", self.exits[0][1])
+        self.assertIsNone(svc.queue)
+
+    def test_pcaps_in_per_sensor_directory(self) -> None:
+        """The central writes a mirroring sensor's pcaps under spooldir/<id_sensor>."""
+        svc = self.sensor(packetbuffer_sender="yes")
+        svc.startService()
+        self.advance()
+        cdr = self.centrals["primary"].store.stored_cdrs()[0]
+        self.assertTrue(cdr.sip_pcap.startswith("7/"))
+        self.assertTrue(os.path.exists(os.path.join(self.base, "primary", cdr.sip_pcap)))
+
+    def test_sensor_settings_reach_central_engine(self) -> None:
+        """The sensor's sipport goes to the central's engine for its packets."""
+        svc = self.sensor(packetbuffer_sender="yes", sipport="5060, 5080")
+        svc.startService()
+        self.advance()
+        hello = self.centrals["primary"].mirrors.analyses[7].hello
+        self.assertEqual(hello.analysis["sipport"], [5060, 5080])
+
+
+class _NoSource(service.Service):
+    """A live source that never captures anything (the failback test needs no packets)."""
+
+    name = "none"
+
+    def stats(self) -> dict:
+        return {"packets": 0, "dropped": 0}
