@@ -1,13 +1,13 @@
 """Drive SIPp on 127.0.0.1 beside tcpdump: the real traffic of the live-capture tests.
 
 ``SippCalls.run`` starts tcpdump on ``lo`` and waits until it says it is listening. It
-starts a UAS answering with RTP echo (SIPp's built-in ``uas`` with ``-rtp_echo``) and one
-answering 486 (``uas_486.xml``), and waits until each prints its first screen: its
-sockets are bound by then. (They run on a pty, since SIPp buffers a piped stdout.) Then
-it runs the callers: SIPp's ``uac_pcap`` (G.711 audio and RFC 2833 DTMF replayed from a
-pcap) and ``uac_486.xml``. Every wait is on a process event; the callers carry SIPp's
-own ``-timeout``. When they have all exited, tcpdump is stopped with SIGINT and its
-capture read back.
+starts one UAS per call answering with RTP echo (SIPp's built-in ``uas`` with
+``-rtp_echo``) and one answering 486 (``uas_486.xml``), and waits until each prints its
+first screen: its sockets are bound by then (they run on a pty, since SIPp buffers a
+piped stdout). Then it runs the callers: SIPp's ``uac_pcap`` (G.711 audio and RFC 2833
+DTMF replayed from a pcap) and ``uac_486.xml``. Every wait is on a process event; the
+callers carry SIPp's own ``-timeout``. When all have exited, tcpdump is stopped with
+SIGINT and its capture read back.
 """
 
 from __future__ import annotations
@@ -33,18 +33,25 @@ RtpKey = tuple[str, int, str, int, int]  # saddr, sport, daddr, dport, ssrc
 
 @dataclass
 class Ports:
-    uas: int
+    """Per answered call k: its own UAS and UAC, each with its own media ports, so every
+    call has distinct RTP endpoints (one SIPp UAS echoes every call from a single port)."""
+
+    uas: list[int]
+    uac: list[int]
+    uas_media: list[int]     # -mp of the echoing UAS k (it uses a few ports from there)
+    uac_media: list[int]     # -mp of uac_pcap k
     uas486: int
-    uac: int
     uac486: int
-    uas_media: int       # -mp of the echoing UAS (it uses a few ports from here)
-    uac_media: int       # -mp of uac_pcap: call k plays from uac_media + 4 k
     uac486_media: int
 
     @property
     def media(self) -> frozenset[int]:
-        spans = ((self.uas_media, 4), (self.uac_media, 64), (self.uac486_media, 4))
-        return frozenset(p for base, span in spans for p in range(base, base + span))
+        bases = [*self.uas_media, *self.uac_media, self.uac486_media]
+        return frozenset(p for base in bases for p in range(base, base + 4))
+
+    @property
+    def sip(self) -> tuple[int, ...]:
+        return (*self.uas, self.uas486)
 
 
 @dataclass
@@ -63,7 +70,7 @@ def media_source() -> str:
 
 
 class SippCalls:
-    """``calls`` answered G.711 calls with RTP echo, and one call refused with 486."""
+    """``calls`` concurrent answered G.711 calls with RTP echo, and one refused with 486."""
 
     def __init__(self, reactor: Any, workdir: str, sipp: str, tcpdump: str, calls: int = 3,
                  tcpdump_filter: str = "udp") -> None:
@@ -73,9 +80,12 @@ class SippCalls:
         self.tcpdump = tcpdump
         self.calls = calls
         self.tcpdump_filter = tcpdump_filter
-        self.ports = Ports(uas=free_udp_port(), uas486=free_udp_port(), uac=free_udp_port(),
-                           uac486=free_udp_port(), uas_media=free_udp_port(span=4),
-                           uac_media=free_udp_port(span=64), uac486_media=free_udp_port(span=4))
+        self.ports = Ports(uas=[free_udp_port() for _ in range(calls)],
+                           uac=[free_udp_port() for _ in range(calls)],
+                           uas_media=[free_udp_port(span=4) for _ in range(calls)],
+                           uac_media=[free_udp_port(span=4) for _ in range(calls)],
+                           uas486=free_udp_port(), uac486=free_udp_port(),
+                           uac486_media=free_udp_port(span=4))
         self.processes: list[tuple[ToolProcess, Any]] = []
         os.makedirs(workdir, exist_ok=True)
         link = os.path.join(workdir, "pcap")  # uac_pcap plays pcap/g711a.pcap, relative
@@ -103,26 +113,27 @@ class SippCalls:
                                          "-w", pcap_path, self.tcpdump_filter],
                              marker=b"listening on")
         yield tcpdump.ready
-        uas = self.spawn("sipp uas", self.sipp_args(
-            "-sn", "uas", "-p", str(p.uas), "-rtp_echo", "-mp", str(p.uas_media),
-            "-m", str(self.calls)), marker=b"Scenario Screen", pty=True)
-        uas486 = self.spawn("sipp uas 486", self.sipp_args(
+        answering = [self.spawn(f"sipp uas {k}", self.sipp_args(
+            "-sn", "uas", "-p", str(p.uas[k]), "-rtp_echo", "-mp", str(p.uas_media[k]),
+            "-m", "1"), marker=b"Scenario Screen", pty=True) for k in range(self.calls)]
+        answering.append(self.spawn("sipp uas 486", self.sipp_args(
             "-sf", data_path("uas_486.xml"), "-p", str(p.uas486), "-m", "1"),
-            marker=b"Scenario Screen", pty=True)
-        yield defer.gatherResults([uas.ready, uas486.ready], consumeErrors=True)
-        uac = self.spawn("sipp uac_pcap", self.sipp_args(
-            "-sn", "uac_pcap", f"{HOST}:{p.uas}", "-p", str(p.uac), "-mp", str(p.uac_media),
-            "-m", str(self.calls), "-l", str(self.calls), "-r", str(self.calls),
-            "-timeout", "60s", "-timeout_error"))
-        uac486 = self.spawn("sipp uac 486", self.sipp_args(
+            marker=b"Scenario Screen", pty=True))
+        yield defer.gatherResults([proc.ready for proc in answering], consumeErrors=True)
+        calling = [self.spawn(f"sipp uac_pcap {k}", self.sipp_args(
+            "-sn", "uac_pcap", f"{HOST}:{p.uas[k]}", "-p", str(p.uac[k]),
+            "-mp", str(p.uac_media[k]), "-m", "1", "-timeout", "60s", "-timeout_error"))
+            for k in range(self.calls)]
+        calling.append(self.spawn("sipp uac 486", self.sipp_args(
             "-sf", data_path("uac_486.xml"), f"{HOST}:{p.uas486}", "-p", str(p.uac486),
-            "-mp", str(p.uac486_media), "-m", "1", "-timeout", "30s", "-timeout_error"))
-        codes = yield defer.gatherResults([proc.ended for proc in (uac, uac486, uas, uas486)],
+            "-mp", str(p.uac486_media), "-m", "1", "-timeout", "30s", "-timeout_error")))
+        everyone = calling + answering
+        codes = yield defer.gatherResults([proc.ended for proc in everyone],
                                           consumeErrors=True)
         tcpdump_process = self.processes[0][1]
         tcpdump_process.signalProcess(signal.SIGINT)
         yield tcpdump.ended
-        for proc, code in zip((uac, uac486, uas, uas486), codes, strict=True):
+        for proc, code in zip(everyone, codes, strict=True):
             if code != 0:
                 raise AssertionError(f"{proc.name} exited with {code}: {proc.tail()}")
         return read_tcpdump(pcap_path, tcpdump.err.decode("utf-8", "replace"), p.media)

@@ -14,6 +14,8 @@ from collections import Counter
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
+from voipmon.analysis.cdr import BYE_CONFIRMED, BYE_NOT_ANSWERED, Cdr
+from voipmon.analysis.engine import Engine
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.packet.live import LiveCapture
@@ -40,10 +42,17 @@ class SippLiveTests(TestCase):
                           calls=3)
         self.addCleanup(calls.kill_leftovers)
         ports = calls.ports
+        sip_ports = ports.sip
+        cdrs: list[Cdr] = []
+        engine = Engine(id_sensor=1, on_cdr=cdrs.append, sip_ports=sip_ports)
         datagrams: list[Datagram] = []
-        decoder = Decoder(datagrams.append, sip_ports=(ports.uas, ports.uas486))
-        capture = LiveCapture(["lo"], [ports.uas, ports.uas486], decoder.feed,
-                              reactor=reactor, status_interval=0)
+        decoder = Decoder(datagrams.append, sip_ports=sip_ports)
+
+        def sink(ts: float, linktype: int, frame: bytes) -> None:
+            engine.feed(ts, linktype, frame)
+            decoder.feed(ts, linktype, frame)
+
+        capture = LiveCapture(["lo"], sip_ports, sink, reactor=reactor, status_interval=0)
         capture.startService()
         self.addCleanup(lambda: capture.stopService() if capture.running else None)
         calls.tcpdump_filter = capture.interfaces[0].expression  # the very same filter
@@ -51,6 +60,7 @@ class SippLiveTests(TestCase):
         reference = yield calls.run()
         capture.stopService()  # drains the ring first
         decoder.flush()
+        engine.finish()
         stats = capture.stats()
 
         # no drops, neither ours nor tcpdump's
@@ -58,7 +68,24 @@ class SippLiveTests(TestCase):
                           stats["sink_errors"]), (0, 0, 0))
         self.assertEqual(reference.kernel_dropped, 0)
 
-        # RTP: the same packets per stream as tcpdump saw
+        # one CDR per call, with the right final codes and the RTP tcpdump saw
+        self.assertEqual(sorted(cdr.callid for cdr in cdrs), sorted(reference.sip_callids))
+        self.assertEqual(sorted((cdr.lastSIPresponseNum, cdr.bye) for cdr in cdrs),
+                         [(200, BYE_CONFIRMED)] * 3 + [(486, BYE_NOT_ANSWERED)])
+        streams: Counter = Counter()
+        for cdr in cdrs:
+            for stream in cdr.rtp:
+                streams[(stream.saddr, stream.sport, stream.daddr, stream.dport,
+                         stream.ssrc)] += stream.received
+        self.assertEqual(streams, reference.rtp)
+        for cdr in cdrs:
+            if cdr.lastSIPresponseNum == 200:
+                self.assertEqual((cdr.side("a").received, cdr.side("b").received), (236, 236))
+                self.assertEqual((cdr.side("a").lost, cdr.side("b").lost), (0, 0))
+            else:
+                self.assertEqual(cdr.rtp, ())
+
+        # the decoder's datagrams: the same RTP per stream, and every SIP response
         ours: Counter = Counter()
         responses: dict[str, list[tuple[str, int]]] = {}
         for d in datagrams:
