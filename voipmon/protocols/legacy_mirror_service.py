@@ -33,8 +33,8 @@ from voipmon.protocols.wire import MessageType as T
 
 log = Logger()
 
-#: engine_factory(id_sensor, name) -> an engine with feed(ts, linktype, frame),
-#: advance(now) and finish(), as voipmon.analysis.engine.Engine.
+#: engine_factory(id_sensor, name) -> an engine as voipmon.analysis.engine.Engine:
+#: feed_all(records) (or feed(ts, linktype, frame)), advance(now) and finish().
 EngineFactory = Callable[[int, str], Any]
 
 
@@ -58,8 +58,9 @@ class _Factory(protocol.Factory):
 class LegacyMirrorSender(service.Service):
     """A sensor's packet sink in legacy mirror mode: ``feed`` buffers, a ClientService sends.
 
-    Use ``feed`` as the LiveCapture sink. Stopping waits (up to ``stop_timeout`` seconds)
-    for the receiver to acknowledge what is buffered, then reports what it could not send.
+    Use ``feed`` as the LiveCapture sink. Stopping waits (up to ``stop_timeout`` seconds,
+    connecting if need be) for the receiver to acknowledge what is buffered, then reports
+    what it could not send.
     """
 
     def __init__(self, destination: Destination, *, id_sensor: int, name: str, password: str,
@@ -162,7 +163,7 @@ class LegacyMirrorSender(service.Service):
         self.buffer.seal()
         self._pump()
         drained: defer.Deferred[None] = defer.Deferred()
-        if self.buffer.batches and self._protocol is not None:
+        if self.buffer.batches:  # connected or still connecting: give it stop_timeout
             self._drained.append(drained)
             timer = self.clock.callLater(self.stop_timeout, drained.callback, None)
             drained.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
@@ -247,16 +248,19 @@ class LegacyMirrorReceiver(service.Service):
         if seq <= state.last_seq:
             state.duplicates += 1
             return
-        feed = state.engine.feed
-        for ts, _wirelen, frame in packets:
-            try:
-                feed(ts, linktype, frame)
-            except Exception:
-                state.engine_errors += 1
-                if state.engine_errors == 1 or state.engine_errors % 10000 == 0:
-                    log.failure("legacy mirror: sensor {id}: the engine failed on a packet "
-                                "({count} so far); skipped", id=state.id_sensor,
-                                count=state.engine_errors)
+        engine = state.engine
+        try:
+            if hasattr(engine, "feed_all"):
+                engine.feed_all((ts, linktype, frame) for ts, _wirelen, frame in packets)
+            else:
+                for ts, _wirelen, frame in packets:
+                    engine.feed(ts, linktype, frame)
+        except Exception:
+            state.engine_errors += 1
+            if state.engine_errors == 1 or state.engine_errors % 1000 == 0:
+                log.failure("legacy mirror: sensor {id}: the engine failed on a batch "
+                            "({count} so far); the rest of that batch is skipped",
+                            id=state.id_sensor, count=state.engine_errors)
         state.last_seq = seq
         state.batches += 1
         state.packets += len(packets)

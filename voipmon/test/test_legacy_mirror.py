@@ -226,19 +226,23 @@ class ProtocolTests(SynchronousTestCase):
         self.assertTrue(endpoint.pumps[0].serverIO.disconnecting)
 
     def test_engine_errors_are_counted(self) -> None:
+        """An engine failure costs the rest of its batch, never the connection."""
         sender, receiver, endpoint, engines = self.connect()
         sender.feed(1.0, EN10MB, b"ok")
         sender.flush()
         endpoint.flush()
         engines.made[7].fail_on = b"bad"
-        for frame in (b"bad", b"ok2"):
+        for frame in (b"bad", b"skipped"):
             sender.feed(2.0, EN10MB, frame)
+        sender.flush()
+        endpoint.flush()
+        sender.feed(3.0, EN10MB, b"ok2")
         sender.flush()
         endpoint.flush()
         self.assertEqual([f for _, _, f in engines.made[7].frames], [b"ok", b"ok2"])
         self.assertEqual(receiver.stats()["sensors"][7]["engine_errors"], 1)
+        self.assertEqual(sender.stats()["unacknowledged"], 0)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
-
 
 def _factory_of(sender):
     """A factory building SenderProtocols for ``sender``, as its ClientService uses."""

@@ -13,6 +13,8 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from voipmon.analysis.cdr import Cdr
+from voipmon.analysis.engine import Engine
 from voipmon.config import Destination, load_central_config, load_sensor_config
 from voipmon.protocols.legacy_mirror_service import (
     CannotListen,
@@ -128,6 +130,22 @@ class ServiceTests(SynchronousTestCase):
         receiver.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_stop_while_connecting_still_delivers(self) -> None:
+        sender, receiver, endpoint, engines = make_pair(self.clock)
+        receiver.port = FakePort()
+        receiver.startService()
+        endpoint.refuse = True
+        sender.startService()
+        sender.feed(T0, EN10MB, b"early")
+        stopping = sender.stopService()
+        self.assertNoResult(stopping)
+        endpoint.refuse = False
+        self.clock.advance(1.0)  # the ClientService's next attempt
+        endpoint.flush()
+        self.successResultOf(stopping)
+        self.assertEqual([f for _, _, f in engines.made[7].frames], [b"early"])
+        receiver.stopService()
+
     def test_stop_gives_up_after_the_timeout_and_says_what_is_lost(self) -> None:
         sender, receiver, endpoint, _engines = self.start(stop_timeout=5.0)
         sender.feed(T0, EN10MB, b"x")
@@ -237,6 +255,40 @@ class LoopbackTests(TestCase):
             self.assertEqual(sender.stats()["dropped"], 0)
 
         return done.addCallback(check).addCallback(acknowledged)
+
+    def test_calls_analysed_on_the_receiver(self) -> None:
+        """A real engine per sensor on the receiver makes the capture's CDRs."""
+        with open(data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap"), "rb") as handle:
+            packets = [(ts, bytes(frame)) for ts, frame in dpkt.pcap.Reader(handle)]
+        cdrs: list[Cdr] = []
+        engines: dict[int, Engine] = {}
+
+        def factory(id_sensor: int, name: str) -> Engine:
+            engine = engines[id_sensor] = Engine(id_sensor=id_sensor, on_cdr=cdrs.append)
+            return engine
+
+        receiver = LegacyMirrorReceiver(Destination("127.0.0.1", 0), password=PASSWORD,
+                                        max_time_diff=2.0, engine_factory=factory,
+                                        reactor=reactor)
+        receiver.startService()
+        self.addCleanup(lambda: receiver.running and receiver.stopService())
+        sender = LegacyMirrorSender(Destination("127.0.0.1", receiver.port.getHost().port),
+                                    id_sensor=4, name="edge", password=PASSWORD,
+                                    max_buffer_mb=16, reactor=reactor)
+        sender.startService()
+        for ts, frame in packets:
+            sender.feed(ts, EN10MB, frame)
+
+        def check(_: object) -> defer.Deferred:
+            self.assertEqual(sender.stats()["acknowledged"], len(packets))
+            stopping = receiver.stopService()  # finishes the engines
+            self.assertEqual(sorted(c.lastSIPresponseNum for c in cdrs), [200, 200, 200])
+            self.assertEqual({c.id_sensor for c in cdrs}, {4})
+            self.assertEqual(sorted(s.received for c in cdrs for s in c.rtp),
+                             [10] * 6 + [236] * 6)
+            return stopping
+
+        return sender.stopService().addCallback(check)  # stopping waits for the acks
 
     def test_port_in_use_is_one_clear_error(self) -> None:
         with socket.socket() as taken:
