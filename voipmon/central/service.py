@@ -169,22 +169,35 @@ class ChannelService(internet.StreamServerEndpointService):
         self._waitingForPort.addCallback(listening)
 
     def stopService(self) -> defer.Deferred:
-        d = defer.maybeDeferred(super().stopService)
-        for channel in list(self.factory.registry.channels()):
-            channel.close("the central is shutting down")
-        flushed = self.mirrors.stop()
-        timeout = task.deferLater(self.clock, STOP_WAIT, lambda: None)
-        waited = defer.DeferredList([flushed, timeout], fireOnOneCallback=True,
-                                    consumeErrors=True)
+        listening = defer.maybeDeferred(super().stopService)
+        return defer.gatherResults([listening, self._wind_down()], consumeErrors=True)
 
-        def done(_: Any) -> None:
+    @defer.inlineCallbacks
+    def _wind_down(self) -> Any:
+        """Close every sensor, then wait (bounded) for what they leave to be written."""
+        channels = list(self.factory.registry.channels())
+        for channel in channels:
+            channel.close("the central is shutting down")
+        yield self._bounded(defer.DeferredList([c.lost for c in channels]))
+        yield self._bounded(self.mirrors.stop())
+        for _ in range(int(STOP_WAIT / 0.1)):
+            if self.sessions.idle():
+                break
+            yield task.deferLater(self.clock, 0.1, lambda: None)
+        self.writer.stop()
+        self.sessions.stop()
+
+    def _bounded(self, d: defer.Deferred) -> defer.Deferred:
+        """``d``, or nothing after STOP_WAIT seconds (a shutdown must not hang)."""
+        timeout = task.deferLater(self.clock, STOP_WAIT, lambda: None)
+        first = defer.DeferredList([d, timeout], fireOnOneCallback=True, consumeErrors=True)
+
+        def done(result: Any) -> Any:
             if not timeout.called:
                 timeout.cancel()
-            self.writer.stop()
-            self.sessions.stop()
+            return result
 
-        waited.addBoth(done)
-        return defer.gatherResults([d, waited], consumeErrors=True)
+        return first.addBoth(done)
 
 
 class CentralService(service.MultiService):

@@ -352,6 +352,10 @@ class CentralSessions:
             writer = self.writers[id_sensor] = RegistryWriter(self.clock)
         return writer
 
+    def idle(self) -> bool:
+        """No registry write is running or waiting to retry."""
+        return all(writer.idle for writer in self.writers.values())
+
     def stop(self) -> None:
         """Stop retrying registry writes (the central is shutting down)."""
         for writer in self.writers.values():

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import protocol, task
+from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -94,6 +94,7 @@ class ChannelProtocol(protocol.Protocol):
         self.payload_bytes_sent = self.wire_bytes_sent = 0
         self.wire_bytes_received = 0
         self._keepalive: task.LoopingCall | None = None
+        self.lost: defer.Deferred = defer.Deferred()   # fires when the connection is gone
         self._handshake_timer: Any = None
         self._abort_timer: Any = None
 
@@ -129,6 +130,7 @@ class ChannelProtocol(protocol.Protocol):
         self.send_message(MessageType.PING, {"t": self.clock.seconds()})
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        """Stop the timers, let the subclass clean up (``channel_lost``), then fire ``lost``."""
         self.closing = True
         if self._abort_timer is not None:
             self._abort_timer.cancel()
@@ -139,6 +141,14 @@ class ChannelProtocol(protocol.Protocol):
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         self._keepalive = None
+        try:
+            self.channel_lost(reason)
+        finally:
+            if not self.lost.called:
+                self.lost.callback(None)
+
+    def channel_lost(self, reason: Failure) -> None:
+        """The connection is gone (timers already stopped); subclasses tell their logic."""
 
     # -- receiving ---------------------------------------------------------------
 

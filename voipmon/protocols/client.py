@@ -93,8 +93,7 @@ class SensorChannel(ChannelProtocol):
             self._error = Failure(HandshakeFailed(reason))
         super().fail(reason)
 
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        super().connectionLost(reason)
+    def channel_lost(self, reason: Failure) -> None:
         if self.session is not None:
             session, self.session = self.session, None
             session.connectionLost(reason)

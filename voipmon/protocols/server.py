@@ -189,8 +189,7 @@ class CentralChannel(ChannelProtocol):
         self.send_message(MessageType.REJECT, rejection.to_json())
         self.close(f"refused: {rejection.reason}", tell_peer=False)
 
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        super().connectionLost(reason)
+    def channel_lost(self, reason: Failure) -> None:
         if getattr(self, "_counted", False):
             self.factory.pending -= 1
             self._counted = False
