@@ -1,0 +1,246 @@
+"""``voipmon-analyze``: run the call analysis engine over capture files, print the CDRs.
+
+Each FILE (pcap or pcapng) is analysed by its own engine, as if it were a capture of its
+own: calls still open at its end are closed there. CDRs are printed as they close, as a
+readable table, or with ``--json`` as one JSON object per line (the CDR record of the
+design, ``Cdr.to_json``). ``--spool DIR`` also writes each call's SIP and RTP pcaps
+under DIR. On a terminal, big files show a progress line on stderr.
+
+An unreadable file is reported on stderr with the reason and the others are still
+analysed; the exit status is then 1 (2 for bad options).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from twisted.python import usage
+
+from voipmon.analysis.cdr import Cdr, RtpStream, iso_ms
+from voipmon.analysis.engine import Engine
+from voipmon.packet.readers import CaptureFormatError, CaptureReader
+from voipmon.spool.writer import SpoolWriter
+
+#: Files at least this big get a progress line on a terminal.
+PROGRESS_BYTES = 8 << 20
+_BATCH = 65536
+
+
+class Options(usage.Options):
+    synopsis = ("Usage: voipmon-analyze [--json] [--spool DIR] [--id-sensor N] "
+                "[--sipport P ...] FILE...")
+    longdesc = ("Analyse SIP/RTP capture files (pcap or pcapng) and print one CDR per call: "
+                "a table by default, one JSON object per line with --json.")
+    optFlags = [
+        ["json", "j", "Print one JSON object per line (the CDR record)."],
+        ["orphans", None, "With --json, also print RTP streams seen without signalling."],
+        ["stats", None, "Print the engine's counters to stderr after each file."],
+    ]
+    optParameters = [
+        ["spool", "s", None, "Write each call's SIP and RTP pcaps under this directory."],
+        ["id-sensor", "i", 0, "Sensor id to put in the CDRs (0..65535).", int],
+        ["savertp", None, "yes", "With --spool: RTP packets to keep: yes, no or header."],
+        ["rtptimeout", None, 300.0, "Close a call after this many seconds without RTP.",
+         float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["sipport"] = []
+
+    def opt_sipport(self, value: str) -> None:
+        """A UDP/TCP port carrying SIP (repeatable, or comma separated; default 5060)."""
+        for part in value.replace(";", ",").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or not 0 < int(part) < 65536:
+                raise usage.UsageError(f"--sipport: {part!r} is not a port (1..65535)")
+            self["sipport"].append(int(part))
+
+    def parseArgs(self, *files: str) -> None:
+        if not files:
+            raise usage.UsageError("give at least one capture FILE")
+        self["files"] = list(files)
+
+    def postOptions(self) -> None:
+        if not 0 <= self["id-sensor"] <= 65535:
+            raise usage.UsageError(f"--id-sensor {self['id-sensor']}: allowed 0..65535")
+        if self["savertp"] not in ("yes", "no", "header"):
+            raise usage.UsageError(f"--savertp {self['savertp']}: allowed yes, no, header")
+        if self["rtptimeout"] <= 0:
+            raise usage.UsageError("--rtptimeout must be positive")
+        if self["spool"] is not None and os.path.exists(self["spool"]) and \
+                not os.path.isdir(self["spool"]):
+            raise usage.UsageError(f"--spool {self['spool']}: not a directory")
+        if not self["sipport"]:
+            self["sipport"] = [5060]
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table_header() -> str:
+    return (f"{'calldate (UTC)':24} {'dur s':>8} {'caller':>16} -> {'called':<16} "
+            f"{'code':>4} {'bye':>3} {'sip caller -> called':<44} streams")
+
+
+def table_row(cdr: Cdr) -> list[str]:
+    sip = f"{cdr.sipcallerip}:{cdr.sipcallerport} -> {cdr.sipcalledip}:{cdr.sipcalledport}"
+    lines = [f"{iso_ms(cdr.calldate):24} {cdr.duration:8.2f} {cdr.caller[:16]:>16} -> "
+             f"{cdr.called[:16]:<16} {cdr.lastSIPresponseNum:>4} {cdr.bye:>3} {sip:<44} "
+             f"{len(cdr.rtp)}  {cdr.callid}"]
+    for i, s in enumerate(cdr.rtp):
+        side = "a" if i == cdr.a_index else "b" if i == cdr.b_index else " "
+        lines.append("    " + stream_row(s, side))
+    return lines
+
+
+def stream_row(s: RtpStream, side: str = " ") -> str:
+    return (f"{side} {s.saddr}:{s.sport} -> {s.daddr}:{s.dport} ssrc 0x{s.ssrc:08X} "
+            f"{s.codec or s.payload} recv {s.received} lost {s.lost} "
+            f"jitter avg {s.avgjitter:.2f} max {s.maxjitter:.2f} ms "
+            f"MOS {_fmt(s.mos_f1, '.1f')}/{_fmt(s.mos_f2, '.1f')}/{_fmt(s.mos_adapt, '.1f')}")
+
+
+class _Counting:
+    """A file wrapper that counts the bytes read, for the progress line."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.count = 0
+        self.name = getattr(f, "name", "<stream>")
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.count += len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class Progress:
+    """``\\r``-updated progress on a terminal; silent elsewhere."""
+
+    def __init__(self, stream: IO[str], name: str, size: int, enabled: bool):
+        self.stream, self.name, self.size = stream, name, max(size, 1)
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.shown = False
+
+    def update(self, done: int, frames: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        pct = min(100.0, 100.0 * done / self.size)
+        self.stream.write(f"\r{os.path.basename(self.name)}: {pct:5.1f}%  "
+                          f"{frames} frames  {frames / elapsed:,.0f} frames/s ")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+
+
+def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
+                 emit_orphan: Callable[[RtpStream], Any], err: IO[str]) -> bool:
+    """Analyse one file; False (after saying why on ``err``) if it could not be read."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        err.write(f"voipmon-analyze: {path}: {e.strerror or e}\n")
+        return False
+    counting = _Counting(raw)
+    try:
+        reader = CaptureReader(counting, name=path)  # type: ignore[arg-type]
+    except (CaptureFormatError, OSError) as e:
+        raw.close()
+        err.write(f"voipmon-analyze: {e}\n")
+        return False
+    spool = SpoolWriter(options["spool"]) if options["spool"] else None
+    engine = Engine(id_sensor=options["id-sensor"], on_cdr=emit, on_orphan=emit_orphan,
+                    sip_ports=options["sipport"], spool=spool, savertp=options["savertp"],
+                    rtptimeout=options["rtptimeout"])
+    size = os.fstat(raw.fileno()).st_size
+    progress = Progress(err, path, size, err.isatty() and size >= PROGRESS_BYTES)
+    frames = 0
+    ok = True
+    try:
+        records = iter(reader)
+        while True:
+            n = engine.feed_all(itertools.islice(records, _BATCH))
+            frames += n
+            if n < _BATCH:
+                break
+            progress.update(counting.count, frames)
+    except (CaptureFormatError, OSError) as e:
+        progress.clear()
+        err.write(f"voipmon-analyze: {e}; the calls up to there are reported\n")
+        ok = False
+    finally:
+        progress.clear()
+        engine.finish()
+        reader.close()
+        raw.close()
+    for note in reader.notes:
+        err.write(f"voipmon-analyze: warning: {note}\n")
+    if options["stats"]:
+        err.write(f"{path}: {frames} frames; " +
+                  json.dumps(engine.stats_dict(), sort_keys=True) + "\n")
+    return ok
+
+
+def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
+         err: IO[str] | None = None) -> int:
+    """The ``voipmon-analyze`` command; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    options = Options()
+    try:
+        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except usage.UsageError as e:
+        err.write(f"voipmon-analyze: {e}\n{options.getSynopsis()}\n")
+        return 2
+    orphans: list[RtpStream] = []
+    as_json = options["json"]
+
+    def emit(cdr: Cdr) -> None:
+        if as_json:
+            out.write(json.dumps(cdr.to_json()) + "\n")
+        else:
+            out.write("\n".join(table_row(cdr)) + "\n")
+
+    def emit_orphan(stream: RtpStream) -> None:
+        if as_json:
+            if options["orphans"]:
+                out.write(json.dumps({"orphan_stream": stream.to_json()}) + "\n")
+        else:
+            orphans.append(stream)
+
+    status = 0
+    for path in options["files"]:
+        if not as_json:
+            out.write(f"== {path}\n{table_header()}\n")
+        orphans.clear()
+        if not analyse_file(path, options, emit, emit_orphan, err):
+            status = 1
+        if orphans:
+            out.write("RTP streams without signalling (not tied to a call):\n")
+            for stream in orphans:
+                out.write("    " + stream_row(stream) + "\n")
+        out.flush()
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
