@@ -240,15 +240,16 @@ class MySQLDialect(Dialect):
         cur.execute("START TRANSACTION")
 
     def insert(self, cur: Any, table: str, columns: Sequence[str],
-               rows: Iterable[Sequence[Any]], ignore_key: str | None = None) -> int:
+               rows: Iterable[Sequence[Any]]) -> int:
         """Multi-row INSERTs of rendered literals; returns the number of rows inserted.
 
-        With ``ignore_key`` (the table's primary key column), a row whose unique key
-        already exists is skipped and not counted (``ON DUPLICATE KEY UPDATE k = k`` changes
-        nothing, so unlike INSERT IGNORE it does not turn other errors into warnings).
+        Plain INSERTs, all or nothing: a key that exists fails the statement (1062). The
+        store does not use INSERT IGNORE or ON DUPLICATE KEY UPDATE to skip stored keys:
+        under concurrency MariaDB's affected-row count for those can claim a row exists
+        when the transaction that held it rolled back, and the row is silently lost.
         """
         head = f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES "
-        tail = f" ON DUPLICATE KEY UPDATE {q(ignore_key)} = {q(ignore_key)}" if ignore_key else ""
+        tail = ""
         render = self._renderer(table, tuple(columns), cur.connection)
         count = 0
         parts: list[str] = []
@@ -300,6 +301,11 @@ class MySQLDialect(Dialect):
             if code in _MYSQL_UNAVAILABLE:
                 return UNAVAILABLE
         return FATAL
+
+    @staticmethod
+    def is_duplicate_key(exc: BaseException) -> bool:
+        args = getattr(exc, "args", ())
+        return bool(args) and args[0] == 1062   # ER_DUP_ENTRY
 
     @staticmethod
     def is_unknown_database(exc: BaseException) -> bool:
@@ -422,10 +428,9 @@ class SQLiteDialect(Dialect):
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
     def insert(self, cur: Any, table: str, columns: Sequence[str],
-               rows: Iterable[Sequence[Any]], ignore_key: str | None = None) -> int:
-        tail = " ON CONFLICT DO NOTHING" if ignore_key else ""
+               rows: Iterable[Sequence[Any]]) -> int:
         values = self.params(len(columns))
-        sql = f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES ({values}){tail}"
+        sql = f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES ({values})"
         cur.executemany(sql, rows)
         return max(cur.rowcount, 0)
 
@@ -452,6 +457,11 @@ class SQLiteDialect(Dialect):
         if isinstance(exc, OSError):
             return UNAVAILABLE
         return FATAL
+
+    @staticmethod
+    def is_duplicate_key(exc: BaseException) -> bool:
+        code = getattr(exc, "sqlite_errorcode", 0)
+        return isinstance(exc, sqlite3.IntegrityError) and code in (1555, 2067)  # PK, UNIQUE
 
     @staticmethod
     def is_unknown_database(exc: BaseException) -> bool:

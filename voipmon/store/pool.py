@@ -77,6 +77,9 @@ class Pool(adbapi.ConnectionPool):
         super().__init__(module, cp_min=1, cp_max=size, cp_reactor=reactor, cp_name=name)
         self.dialect = dialect
         self._sleep = sleep
+        # Counted in pool threads (a lost update under contention is harmless here).
+        self.stats = {"transactions": 0, "lost": 0, "retried": 0, "unavailable": 0,
+                      "failed": 0}
 
     # connections (pool threads) -----------------------------------------------------
 
@@ -139,6 +142,7 @@ class Pool(adbapi.ConnectionPool):
             except Exception as exc:
                 kind = RETRY if isinstance(exc, Retry) else dialect.classify(exc)
                 if kind == LOST:
+                    self.stats["lost"] += 1
                     self.discard(conn)
                     if attempt < self.lost_attempts:
                         continue
@@ -146,12 +150,14 @@ class Pool(adbapi.ConnectionPool):
                 self._rollback(conn)
                 if kind == RETRY:
                     if attempt < self.retry_attempts:
+                        self.stats["retried"] += 1
                         self._sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
                         continue
                     raise self._unavailable(f"gave up after {attempt} attempts", exc) from exc
                 if kind == UNAVAILABLE:
                     raise self._unavailable("refused", exc) from exc
                 assert kind == FATAL
+                self.stats["failed"] += 1
                 raise StoreError(f"{dialect.where}: {dialect.describe(exc)}") from exc
             finally:
                 if cursor is not None:
@@ -159,6 +165,7 @@ class Pool(adbapi.ConnectionPool):
                         cursor.close()
                     except Exception:
                         pass
+            self.stats["transactions"] += 1
             for hook in txn.after_commit:
                 hook()
             return result
@@ -170,6 +177,7 @@ class Pool(adbapi.ConnectionPool):
             self.discard(conn)   # a connection that cannot roll back is not reused
 
     def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
+        self.stats["unavailable"] += 1
         return StoreUnavailable(f"{self.dialect.where}: {what}: {self.dialect.describe(exc)}")
 
 

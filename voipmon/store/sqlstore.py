@@ -5,13 +5,14 @@ pool for everything. SQLite uses a one-thread writer pool (one writer, as SQLite
 and a small reader pool beside it (WAL lets readers run while the writer writes).
 
 A batch write is one transaction: lookup ids (user agents, response texts; cached once
-committed), then one multi-row INSERT into ``cdr`` that skips keys already present, then
-the new rows' IDs, then ``cdr_next`` and ``cdr_rtp``. When the insert count says every row
-was new (the usual case) or none was (a replayed batch), that is all. When only some were
-new, the attempt is rolled back and run again with a look-up of the stored keys first, so
-the children are written exactly for the rows this transaction inserted, whatever other
-centrals write at the same time. Rows are sorted by key so concurrent batches take their
-locks in the same order; the deadlocks that remain are retried by ``Pool``.
+committed), then which of the batch's keys are stored already, then one plain multi-row
+INSERT of the others into ``cdr``, their new IDs, then ``cdr_next`` and ``cdr_rtp``. If
+another writer (another central, a replay on another connection) stores one of those keys
+in between, the INSERT fails whole on the duplicate key and the attempt runs again from the
+look-up, so each CDR is inserted by exactly one transaction and the count a batch returns
+is exact. Rows are sorted by key so concurrent batches take their locks in the same order;
+the deadlocks that remain are retried by ``Pool``. (INSERT IGNORE and ON DUPLICATE KEY
+UPDATE are not used to skip stored keys: see ``MySQLDialect.insert``.)
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ class _Batch:
     def __init__(self, cdrs: Sequence[Cdr], pcap_on: str) -> None:
         self.items = batch_items(cdrs, pcap_on)
         self.pcap_on = pcap_on
-        self.precheck = False       # set when an attempt found some keys already stored
         self.lookups: list[tuple[str | None, str | None, str | None]] | None = None
 
 
@@ -108,6 +108,15 @@ class SqlStore:
     def pools(self) -> tuple[Pool, ...]:
         pools = [p for p in (self._writer, self._reader) if p is not None]
         return tuple(dict.fromkeys(pools))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for monitoring: committed transactions, lost connections, retried
+        transactions (deadlocks, busy), calls failed unavailable or with an error."""
+        totals: dict[str, Any] = {"where": self.where, "up": self.availability.up}
+        for pool in self.pools():
+            for key, value in pool.stats.items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
 
     def _watch(self, d: Deferred) -> Deferred:
         return self.availability.watch(d)
@@ -212,23 +221,16 @@ class SqlStore:
             batch.lookups = [lookup_keys(cdr) for _key, cdr in batch.items]
         responses = self._resolve(txn, "response", {lk[0] for lk in batch.lookups})
         uas = self._resolve(txn, "ua", {t for lk in batch.lookups for t in lk[1:]})
-        todo = list(zip(batch.items, batch.lookups, strict=True))
-        if batch.precheck:
-            stored = self._keys(txn, [key for (key, _cdr), _lk in todo])
-            todo = [entry for entry in todo if entry[0][0] not in stored]
-            if not todo:
-                return 0
+        stored = self._keys(txn, [key for key, _cdr in batch.items])
+        todo = [(key, cdr, lk) for (key, cdr), lk in zip(batch.items, batch.lookups, strict=True)
+                if key not in stored]
+        if not todo:
+            return 0                        # every CDR was stored before: a replay
         pcap_on = batch.pcap_on
         encoded = [encode(cdr, responses.get(r), uas.get(a), uas.get(b), pcap_on)
-                   for (_key, cdr), (r, a, b) in todo]
-        inserted = dialect.insert(cur, "cdr", CDR_COLUMNS, [e[0] for e in encoded],
-                                  ignore_key="ID")
-        if inserted == 0 and not batch.precheck:
-            return 0                        # every CDR was stored before: a replay
-        if inserted != len(encoded):
-            batch.precheck = True           # some were: find which, in a new attempt
-            raise Retry()
-        keys = [key for (key, _cdr), _lk in todo]
+                   for _key, cdr, (r, a, b) in todo]
+        self._insert_new(txn, "cdr", CDR_COLUMNS, [e[0] for e in encoded])
+        keys = [key for key, _cdr, _lk in todo]
         found = self._keys(txn, keys)
         ids = [found[key] for key in keys]
         dialect.insert(cur, "cdr_next", NEXT_COLUMNS,
@@ -236,7 +238,19 @@ class SqlStore:
         dialect.insert(cur, "cdr_rtp", RTP_COLUMNS,
                        [(cdr_id, *r) for cdr_id, e in zip(ids, encoded, strict=True)
                         for r in e[2]])
-        return inserted
+        return len(todo)
+
+    def _insert_new(self, txn: Txn, table: str, columns: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows whose keys were absent a moment ago. If another transaction stored one
+        of them since, the INSERT fails whole and the attempt runs again, looking anew; so
+        every row this transaction commits is one it inserted, and its count is exact."""
+        try:
+            txn.dialect.insert(txn.cursor, table, columns, rows)
+        except Exception as exc:
+            if txn.dialect.is_duplicate_key(exc):
+                raise Retry() from exc
+            raise
 
     def _keys(self, txn: Txn, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
         """{(id_sensor, uid): ID} of those keys that are stored."""
@@ -266,8 +280,7 @@ class SqlStore:
         found = self._select_lookup(txn, table, column, need)
         missing = [t for t in need if t not in found]
         if missing:
-            txn.dialect.insert(txn.cursor, table, (column,), [(t,) for t in missing],
-                               ignore_key="id")
+            self._insert_new(txn, table, (column,), [(t,) for t in missing])
             found.update(self._select_lookup(txn, table, column, missing))
         txn.after_commit.append(lambda: self._remember(kind, found))
         ids.update(found)

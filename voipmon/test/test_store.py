@@ -390,6 +390,12 @@ class StoreContract:
 class SqlContract(SqlStores):
     """What only a real database can show: several centrals on one database, child rows."""
 
+    def missing(self, batch: list[Cdr]) -> list[tuple[int, str]]:
+        """The (id_sensor, uid) of the batch that are not committed (a connection of ours)."""
+        keys = {(c.id_sensor, c.sensor_cdr_uid) for c in batch}
+        stored = set(self.query("SELECT id_sensor, sensor_cdr_uid FROM cdr"))
+        return sorted(keys - stored)
+
     def assertRowsOnce(self, count: int) -> None:
         self.assertEqual(self.query("SELECT COUNT(*) FROM cdr")[0][0], count)
         self.assertEqual(self.query("SELECT COUNT(*) FROM cdr_next")[0][0], count)
@@ -408,8 +414,17 @@ class SqlContract(SqlStores):
             distinct.update(((c.id_sensor, c.sensor_cdr_uid), c) for c in cdrs)
             batches += [(self.store if k % 2 else other, cdrs[k * 40:k * 40 + 100])
                         for k in range(12)]
-        counts = yield defer.gatherResults([s.store_cdrs(b) for s, b in batches],
-                                           consumeErrors=True)
+        missing: list[int] = []
+
+        def acknowledged(count: int, batch: list[Cdr]) -> int:
+            # at the moment of the acknowledgement, every CDR of the batch is committed
+            missing.extend(self.missing(batch))
+            return count
+
+        counts = yield defer.gatherResults(
+            [s.store_cdrs(b).addCallback(acknowledged, b) for s, b in batches],
+            consumeErrors=True)
+        self.assertEqual(missing, [])
         self.assertEqual(sum(counts), len(distinct))
         self.assertRowsOnce(len(distinct))
         self.assertEqual(self.query("SELECT COUNT(*) FROM cdr_rtp")[0][0], 2 * len(distinct))
