@@ -205,9 +205,7 @@ class Availability:
         def failed(failure: Failure) -> Failure:
             if failure.check(StoreUnavailable):
                 self.failed(str(failure.value))
-            elif not failure.check(StoreError):
-                self.succeeded()  # e.g. ValueError: the database was not the problem
-            return failure
+            return failure   # anything else (a bad argument, a bug) says nothing of the database
 
         return d.addCallbacks(ok, failed)
 
