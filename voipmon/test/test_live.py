@@ -115,7 +115,7 @@ class LiveCaptureTests(SynchronousTestCase):
         capture.open()
         handle = self.opener.current("eth0")
         self.assertEqual(handle.filter, bpf.build_filter([5060], "", bpf.DLT_EN10MB))
-        self.assertEqual(self.opener.last_args, (3000, 8 << 20, True))
+        self.assertEqual(self.opener.last_args, (3000, 8 << 20, False))  # TPACKET_V3
 
     def test_filter_follows_each_link_type(self) -> None:
         self.opener.linktypes["any"] = bpf.DLT_LINUX_SLL
@@ -372,8 +372,16 @@ class LoopbackTests(TestCase):
     def setUp(self) -> None:
         require_root()
 
+    def test_captures_datagrams_on_lo(self) -> defer.Deferred:
+        """TPACKET_V3 blocks, the default."""
+        return self.capture_on_lo(immediate=False)
+
+    def test_captures_datagrams_on_lo_immediate(self) -> defer.Deferred:
+        """Immediate mode (TPACKET_V2)."""
+        return self.capture_on_lo(immediate=True)
+
     @defer.inlineCallbacks
-    def test_captures_datagrams_on_lo(self) -> None:
+    def capture_on_lo(self, immediate: bool) -> None:
         port = free_udp_port()
         count = 50
         marker = b"voipmon-live-test-%d" % os.getpid()
@@ -387,7 +395,8 @@ class LoopbackTests(TestCase):
                     done.callback(None)
 
         capture = LiveCapture(["lo"], [5060], sink, reactor=reactor, max_per_read=7,
-                              status_interval=0, user_filter=f"udp port {port}")
+                              status_interval=0, user_filter=f"udp port {port}",
+                              immediate=immediate)
         capture.startService()
         self.addCleanup(lambda: capture.stopService() if capture.running else None)
         listener = reactor.listenUDP(port, Counter(), interface="127.0.0.1")
