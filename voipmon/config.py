@@ -272,9 +272,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_buffer_mem", Integer(1), 2000, SENSOR,
            "MB of packets held in memory for mirroring; beyond it packets are dropped, counted."),
     Option("ringbuffer", Integer(1, 4096), 50, SENSOR,
-           "MB of kernel ring buffer per captured interface (absorbs bursts; see snaplen)."),
+           "MB of kernel ring buffer per captured interface; it absorbs bursts."),
     Option("snaplen", Integer(256, 262144), 65535, SENSOR,
-           "Bytes kept of each captured packet; also the ring slot size on offloading NICs."),
+           "Bytes kept of each captured packet; the default keeps whole packets."),
     Option("mirror_destination", HostPort(), None, SENSOR,
            "Deprecated legacy mirroring: send raw packets over plain TCP to this ip:port."),
     # management port (sensor side)
