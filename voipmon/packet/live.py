@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 from zope.interface import implementer
 
-from voipmon.packet.bpf import FilterError, build_filter
+from voipmon.packet.bpf import FilterError, build_filter, filter_for_config
 from voipmon.packet.source import IPacketSource, Sink
 
 log = Logger()
@@ -134,7 +134,9 @@ class _Interface:
             handle.setfilter(expression)
         except FilterError as exc:
             handle.close()
-            raise CaptureError(f"interface {self.name!r}: filter: {exc.reason}")
+            raise CaptureError(f"interface {self.name!r}: filter = {owner.user_filter!r}: "
+                               f"libpcap cannot compile it for link type {linktype}: "
+                               f"{exc.reason}")
         except OSError as exc:
             handle.close()
             raise CaptureError(f"interface {self.name!r}: cannot set the capture filter: "
@@ -266,7 +268,11 @@ class LiveCapture(service.Service):
     @classmethod
     def from_config(cls, config: Any, sink: Sink, *, reactor: Any,
                     clock: IReactorTime | None = None, **kwargs: Any) -> LiveCapture:
-        """Build from a SensorConfig: interface, sipport, filter, ringbuffer, snaplen."""
+        """Build from a SensorConfig: interface, sipport, filter, ringbuffer, snaplen.
+
+        A ``filter`` libpcap cannot compile is a ConfigError naming its file and line,
+        here rather than when the interface opens."""
+        filter_for_config(config)
         try:
             return cls(config.interface, config.sipport, sink, reactor=reactor, clock=clock,
                        user_filter=config.filter,
@@ -291,8 +297,14 @@ class LiveCapture(service.Service):
                      interface=iface.name, linktype=iface.linktype, expression=iface.expression)
 
     def privilegedStartService(self) -> None:
+        """Open as root, before twistd drops privileges; a failure ends the process with
+        one line (twistd runs this outside its option handling, so no UsageError here)."""
         if any(iface.handle is None for iface in self.interfaces):
-            self.open()
+            try:
+                self.open()
+            except CaptureError as exc:
+                log.critical("cannot capture: {reason}", reason=str(exc))
+                raise SystemExit(f"voipmon-sensor: {exc}")
         service.Service.privilegedStartService(self)
 
     def startService(self) -> None:

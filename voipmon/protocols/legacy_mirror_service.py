@@ -277,8 +277,8 @@ class LegacyMirrorReceiver(service.Service):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def privilegedStartService(self) -> None:
-        """Listen now, so a port in use is one clear error at start-up."""
+    def listen(self) -> None:
+        """Listen on ``bind`` now; CannotListen (one line) if the port is taken."""
         results: list[Any] = []
         self.endpoint.listen(_Factory(lambda: ReceiverProtocol(self))).addBoth(results.append)
         if not results:
@@ -289,11 +289,21 @@ class LegacyMirrorReceiver(service.Service):
         self.port = results[0]
         log.warn("legacy mirror receiver listening on {bind} (deprecated: plain TCP, "
                  "packets in clear; prefer packetbuffer_sender = yes)", bind=self.bind)
+
+    def privilegedStartService(self) -> None:
+        """Listen before twistd drops privileges; a failure ends the process with one line
+        (twistd runs this outside its option handling)."""
+        if self.port is None:
+            try:
+                self.listen()
+            except CannotListen as exc:
+                log.critical("{reason}", reason=str(exc))
+                raise SystemExit(f"voipmon-central: {exc}")
         service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
         if self.port is None:
-            self.privilegedStartService()
+            self.listen()
         service.Service.startService(self)
         self._advance.start(self.advance_interval, now=False)
 

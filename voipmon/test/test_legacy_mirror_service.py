@@ -298,6 +298,10 @@ class LoopbackTests(TestCase):
             receiver = LegacyMirrorReceiver(Destination("127.0.0.1", port), password="x",
                                             max_time_diff=2.0, engine_factory=Engines(),
                                             reactor=reactor)
-            error = self.assertRaises(CannotListen, receiver.privilegedStartService)
+            error = self.assertRaises(CannotListen, receiver.listen)
+            with capturedLogs():
+                exit_ = self.assertRaises(SystemExit, receiver.privilegedStartService)
         self.assertIn(f"mirror_bind 127.0.0.1:{port}: cannot listen", str(error))
         self.assertIn("in use", str(error))
+        self.assertEqual(str(exit_), f"voipmon-central: {error}")
+        self.assertIsNone(receiver.port)

@@ -194,6 +194,16 @@ class LiveCaptureTests(SynchronousTestCase):
         self.assertEqual(set(capture.stats()["interfaces"]), {"eth0", "lo"})
         capture.stopService()
 
+    def test_privileged_start_exits_with_one_line(self) -> None:
+        """twistd would print a traceback for an exception; SystemExit prints its text."""
+        self.opener.refuse["eth0"] = "interface 'eth0': no such interface"
+        capture = self.make(["eth0"])
+        with capturedLogs() as events:
+            error = self.assertRaises(SystemExit, capture.privilegedStartService)
+        self.assertEqual(str(error), "voipmon-sensor: interface 'eth0': no such interface")
+        self.assertEqual(events[0]["log_level"].name, "critical")
+        self.assertFalse(capture.running)
+
     def test_failed_open_closes_the_others(self) -> None:
         self.opener.refuse["eth1"] = "interface 'eth1': no such interface"
         capture = self.make(["eth0", "eth1"])
@@ -311,6 +321,16 @@ class LiveCaptureTests(SynchronousTestCase):
         capture.open()
         self.assertIn("host 10.0.0.1", self.opener.current("eth1").filter)
         self.assertIn("port 5080", self.opener.current("eth0").filter)
+
+    def test_from_config_checks_the_filter(self) -> None:
+        config = load_sensor_config(
+            "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
+                                "server_password = x\ninterface = eth0\nfilter = udp prt 5\n")
+        error = self.assertRaises(ConfigError, LiveCapture.from_config, config, self.sink,
+                                  reactor=self.reactor, opener=self.opener)
+        self.assertIn("sensor.conf:5: filter = 'udp prt 5': libpcap cannot compile it",
+                      str(error))
+        self.assertEqual(self.opener.handles, {})
 
     def test_from_config_names_the_key(self) -> None:
         config = load_sensor_config(
