@@ -162,6 +162,10 @@ class ChannelService(internet.StreamServerEndpointService):
             raise SystemExit(f"voipmon-central: cannot listen for sensors: {exc}")
 
         def listening(port: Any) -> Any:
+            address = port.getHost()
+            if address is not None:
+                log.info("listening for sensors on {host}:{port} (TLS 1.2+)",
+                         host=address.host, port=address.port)
             if not self.listening.called:
                 self.listening.callback(port)
             return port
@@ -280,6 +284,8 @@ class CentralService(service.MultiService):
 
     def stopService(self) -> defer.Deferred:
         """Stop everything else first; close the store once nothing writes to it any more."""
+        if not self.running:
+            return defer.succeed(None)
         service.Service.stopService(self)
         others = [child for child in reversed(list(self)) if child is not self.store_service]
         d = defer.DeferredList([defer.maybeDeferred(child.stopService) for child in others],

@@ -294,12 +294,16 @@ class SensorService(service.MultiService):
     def _round_failed(self, error: FailoverRoundFailed) -> None:
         if not self.exit_when_done:
             return
+        pins = {name: getattr(creator, "mismatch", None)
+                for (name, _), creator in zip(self.failover.endpoints, self.creators, strict=True)}
         permanent = [
             (name, f) for name, f in error.attempts
             if (f.check(Rejection) and f.value.code in PERMANENT) or f.check(CentralProofFailed)
+            or pins.get(name)
         ]
         if permanent and len(permanent) == len(error.attempts):
-            reasons = "; ".join(f"{name}: {describe_failure(f)}" for name, f in permanent)
+            reasons = "; ".join(f"{name}: {pins.get(name) or describe_failure(f)}"
+                                for name, f in permanent)
             self._exit(2, f"cannot deliver: every central refused this sensor ({reasons})")
 
     def _report(self) -> None:
@@ -334,7 +338,9 @@ class SensorService(service.MultiService):
         else:
             log.info("{message}", message=message)
         if self.on_exit is not None:
-            self.on_exit(status, message)
+            # In a turn of its own: the caller may be deep inside ClientService's machine,
+            # and on_exit stops services.
+            self.clock.callLater(0, self.on_exit, status, message)
 
     # -- management port -------------------------------------------------------------
 
@@ -364,6 +370,8 @@ class SensorService(service.MultiService):
     # -- life ------------------------------------------------------------------------
 
     def stopService(self) -> defer.Deferred:
+        if not self.running:
+            return defer.succeed(None)
         finished = getattr(self.source, "finished", False)
         d = defer.maybeDeferred(super().stopService)
         if self.engine is not None and self.read_pcap is None and not finished:
