@@ -155,11 +155,14 @@ class _Buffer:
     def _burst(self, length: int) -> None:
         self.hist[min(length, MAX_BURST)] += 1
 
-    def _count(self, seq: np.ndarray, played: np.ndarray, extra: dict[int, int]) -> None:
+    def _count(self, seq: np.ndarray, played: np.ndarray, extra: dict[int, int],
+               other: np.ndarray | None) -> None:
         ps = seq[played]
+        self.played += len(ps)
+        if other is not None and len(other):
+            ps = np.concatenate((ps, other))
         if len(ps) == 0:
             return
-        self.played += len(ps)
         for length in extra.values():
             self._burst(length)
         if self.done is None:
@@ -207,10 +210,16 @@ class FixedJitterBuffer(_Buffer):
         self.tmax = -math.inf
         self.ptime = 20.0
 
-    def feed(self, arrival: np.ndarray, media: np.ndarray, seq: np.ndarray) -> None:
-        """Next frames, in arrival order: arrival and media (RTP) time in ms, sequence."""
+    def feed(self, arrival: np.ndarray, media: np.ndarray, seq: np.ndarray,
+             other: np.ndarray | None = None) -> None:
+        """Next frames, in arrival order: arrival and media (RTP) time in ms, sequence.
+
+        ``other`` are the sequence numbers of packets that are not audio frames (comfort
+        noise, DTMF events, unknown payloads): they take sequence numbers without being
+        slots of the buffer, and must not count as lost."""
         n = len(arrival)
         if n == 0:
+            self._count(seq, np.zeros(0, dtype=bool), {}, other)
             return
         steps = np.diff(media)
         steps = steps[steps > 0]
@@ -255,7 +264,7 @@ class FixedJitterBuffer(_Buffer):
                 start = j + 1
         self.anchor = c
         self.tmax = max(self.tmax, float(media.max()))
-        self._count(seq, played, extra)
+        self._count(seq, played, extra, other)
 
 
 class AdaptiveJitterBuffer(_Buffer):
@@ -278,9 +287,12 @@ class AdaptiveJitterBuffer(_Buffer):
         p97 = float(np.partition(window, k)[k])
         return min(p97 + self.EXTRA, float(window.min()) + self.maximum)
 
-    def feed(self, arrival: np.ndarray, media: np.ndarray, seq: np.ndarray) -> None:
+    def feed(self, arrival: np.ndarray, media: np.ndarray, seq: np.ndarray,
+             other: np.ndarray | None = None) -> None:
+        """As ``FixedJitterBuffer.feed``."""
         n = len(arrival)
         if n == 0:
+            self._count(seq, np.zeros(0, dtype=bool), {}, other)
             return
         d = arrival - media
         h = len(self.history)
@@ -310,4 +322,4 @@ class AdaptiveJitterBuffer(_Buffer):
         self.history = all_d[-self.HISTORY:]
         self.phase = (self.phase + n) % self.BLOCK
         self.offset = float(offsets[-1])
-        self._count(seq, played, {})
+        self._count(seq, played, {}, other)

@@ -338,7 +338,10 @@ class StreamAnalyzer:
                              pt: np.ndarray, fresh: np.ndarray) -> None:
         rate = self.rates[pt]
         voice = fresh & (rate > 0) & ~_is_cn(pt)
+        other = ext_seq[fresh & ~voice]
         if not voice.any():
+            for jb in self.jb:
+                jb.feed(ms[:0], ms[:0], ext_seq[:0], other)
             return
         v_ts = ext_ts[voice]
         start = v_ts[0] if self.voice_ext is None else self.voice_ext
@@ -349,7 +352,7 @@ class StreamAnalyzer:
         arrival = ms[voice]
         seqs = ext_seq[voice]
         for jb in self.jb:
-            jb.feed(arrival, media, seqs)
+            jb.feed(arrival, media, seqs, other)
 
     def result(self, connected: bool, codec_pt: int | None = None) -> StreamResult:
         """The stream's figures; ``connected`` says the call was answered (MOS rule)."""

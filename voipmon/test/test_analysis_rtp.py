@@ -197,6 +197,20 @@ class DelayAndFlowTests(SynchronousTestCase):
                       np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
         self.assertEqual(analyzer.result(True).delay, (1, 0, 0, 0, 0, 1, 0))
 
+    def test_comfort_noise_and_events_are_not_lost_frames(self) -> None:
+        n = 600
+        pt = np.zeros(n, dtype=np.int64)
+        pt[100:110] = 13                  # comfort noise
+        pt[300:320] = 101                 # a DTMF event
+        ts = (np.arange(n) * 160).astype(np.int64)
+        ts[300:320] = 300 * 160           # events keep their start timestamp
+        analyzer = StreamAnalyzer(PayloadMap({101: ("telephone-event", 8000)}))
+        analyzer.feed(np.arange(n) * 0.02, np.arange(n, dtype=np.uint16),
+                      ts.astype(np.uint32), pt, np.zeros(n, dtype=bool))
+        res = analyzer.result(True)
+        self.assertEqual((res.lost, res.payload, res.payloads), (0, 0, (0, 13, 101)))
+        self.assertEqual((res.mos_f1, res.mos_f2, res.mos_adapt), (4.5, 4.5, 4.5))
+
     def test_flow_splits_ssrcs_and_drops_non_rtp(self) -> None:
         flow = RtpFlow(b"k", b"\x01" * 4, 1, b"\x02" * 4, 2, None, "", PayloadMap())
         packets = [rtp(i, i * 160, 0xAAAA) for i in range(10)] + \
