@@ -110,7 +110,10 @@ def mult10(value: Any, hi: int = U32) -> int | None:
     number = real(value)
     if number is None:
         return None
-    return clamp(round(number * 10), 0, hi)
+    scaled = number * 10
+    if not _isfinite(scaled):
+        return hi if scaled > 0 else 0
+    return clamp(round(scaled), 0, hi)
 
 
 def dec3(value: Any) -> float | None:

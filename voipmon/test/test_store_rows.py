@@ -1,0 +1,250 @@
+"""The row codec (voipmon.store.rows): columns, the fast path against the careful one,
+round trips, summaries and batch validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from voipmon.analysis.cdr import Cdr, RtpStream
+from voipmon.store import testing
+from voipmon.store.rows import (
+    CDR_COLUMNS,
+    NEXT_COLUMNS,
+    READ_COLUMNS,
+    RTP_COLUMNS,
+    _stream_careful,
+    _stream_fast,
+    batch_items,
+    cdr_json,
+    decode_cdr,
+    encode,
+    stored_form,
+)
+from voipmon.store.schema import TABLES
+
+SETTINGS = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+anything_numeric = st.one_of(
+    st.none(), st.integers(-(1 << 70), 1 << 70), st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True), st.just("12"), st.just("x"),
+)
+counter = st.one_of(st.integers(0, 5000), anything_numeric)
+ms_float = st.one_of(st.floats(0.0, 60.0), anything_numeric)
+
+
+@st.composite
+def streams(draw: Any, wild: bool = True) -> RtpStream:
+    """RTP streams: mostly plausible values, with odd ones mixed in when ``wild``."""
+    def either(plausible: Any, odd: Any) -> Any:
+        return st.one_of(plausible, odd) if wild else plausible
+
+    def pick(plausible: Any, odd: Any) -> Any:
+        return draw(either(plausible, odd))
+
+    return RtpStream(
+        saddr=pick(st.sampled_from(["10.0.0.1", "2001:db8::7"]),
+                   st.sampled_from(["", "fe80::1%lo", "bogus", "300.1.1.1"])),
+        sport=pick(st.integers(0, 65535), anything_numeric),
+        daddr=pick(st.just("192.0.2.9"), st.just("nope")),
+        dport=pick(st.integers(0, 65535), anything_numeric),
+        ssrc=pick(st.integers(0, 0xFFFFFFFF), anything_numeric),
+        payload=pick(st.integers(0, 127), anything_numeric),
+        received=pick(st.integers(0, 10**6), counter),
+        lost=pick(st.integers(-5, 1000), anything_numeric),
+        avgjitter=pick(st.floats(0, 500), ms_float), maxjitter=pick(st.floats(0, 900), ms_float),
+        mos_f1=pick(st.one_of(st.none(), st.floats(1, 4.5)), anything_numeric),
+        mos_f2=pick(st.one_of(st.none(), st.floats(1, 4.5)), anything_numeric),
+        mos_adapt=pick(st.one_of(st.none(), st.floats(1, 4.5)), anything_numeric),
+        codec=pick(st.sampled_from(["PCMU/8000", "opus/48000/2", ""]),
+                   st.sampled_from(["x" * 80, "Zoë", 5])),
+        duplicates=pick(st.integers(0, 10), counter), reordered=pick(st.integers(0, 10), counter),
+        sl=tuple(draw(st.lists(either(st.integers(0, 50), counter), max_size=12))),
+        delay=tuple(draw(st.lists(either(st.integers(0, 50), counter), max_size=9))),
+        firsttime=pick(st.one_of(st.none(), st.floats(1.7e9, 1.7e9 + 100)), anything_numeric),
+        lasttime=pick(st.one_of(st.none(), st.floats(1.7e9, 1.7e9 + 100)), anything_numeric),
+        rtcp_fraclost=pick(st.one_of(st.none(), st.floats(0, 100)), anything_numeric),
+        rtcp_jitter=pick(st.one_of(st.none(), st.floats(0, 100)), anything_numeric),
+        rtcp_rtt=pick(st.one_of(st.none(), st.floats(0, 100)), anything_numeric),
+        tied_to_sip=draw(st.booleans()),
+    )
+
+
+@st.composite
+def cdrs(draw: Any) -> Cdr:
+    rtp = tuple(draw(st.lists(streams(), max_size=3)))
+    return testing.make_cdr(
+        draw(st.integers(0, 10**6)), id_sensor=draw(st.integers(0, 65535)), rtp=rtp,
+        a_index=draw(st.one_of(st.none(), st.integers(-1, 4))),
+        b_index=draw(st.one_of(st.none(), st.integers(-1, 4))),
+        caller=draw(st.text(max_size=300)), called=draw(st.text(max_size=20)),
+        duration=draw(st.one_of(st.floats(0, 1e7), st.floats(allow_nan=True))),
+        sipcallerport=draw(st.integers(-10, 70000)),
+        lastSIPresponse=draw(st.text(max_size=20)), a_ua=draw(st.text(max_size=20)),
+        extra=draw(st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)),
+    )
+
+
+def kinds(table: str) -> dict[str, str]:
+    return {c.name: c.type.partition(":")[0] for c in TABLES[table].columns}
+
+
+def check_types(case: unittest.SynchronousTestCase, table: str, columns: tuple[str, ...],
+                row: tuple[Any, ...]) -> None:
+    """Every value is None or the Python type its column kind takes (the renderer's
+    contract: it formats by column type, never by value)."""
+    expected = {"ip": bytes, "double": float, "dec3": float}
+    for name, value in zip(columns, row, strict=True):
+        if value is None:
+            continue
+        kind = kinds(table)[name]
+        want = expected.get(kind, int if kind in ("id", "u8", "u16", "u32", "u64", "i32",
+                                                   "i64", "bool") else str)
+        case.assertIs(type(value), want, f"{table}.{name} = {value!r}")
+
+
+class ColumnTests(unittest.SynchronousTestCase):
+    def test_rows_cover_their_tables(self) -> None:
+        self.assertEqual(set(CDR_COLUMNS), set(kinds("cdr")) - {"ID"})
+        self.assertEqual(len(CDR_COLUMNS), len(set(CDR_COLUMNS)))
+        self.assertEqual(set(NEXT_COLUMNS), set(kinds("cdr_next")))
+        self.assertEqual(set(RTP_COLUMNS), set(kinds("cdr_rtp")))
+        for name in READ_COLUMNS:
+            alias, _, column = name.partition(".")
+            table = {"c": "cdr", "n": "cdr_next", "r": "cdr_sip_response", "ua": "cdr_ua",
+                     "ub": "cdr_ua"}[alias]
+            self.assertIn(column, kinds(table))
+
+
+class EncodeTests(unittest.SynchronousTestCase):
+    def test_plausible_streams_take_the_fast_path(self) -> None:
+        for n in range(50):
+            for i in range(3):
+                stream = testing.make_stream(n, i, testing.BASE_TIME)
+                fast = _stream_fast(stream, i, round(testing.BASE_TIME * 1000))
+                self.assertIsNotNone(fast)
+                self.assertEqual(fast, _stream_careful(stream, i, round(testing.BASE_TIME * 1000)))
+
+    @SETTINGS
+    @given(streams(), st.integers(0, 5), st.one_of(st.none(), st.integers(0, 2 * 10**12)))
+    def test_the_fast_path_agrees_with_the_careful_one(self, stream: RtpStream, index: int,
+                                                       base_ms: int | None) -> None:
+        fast = _stream_fast(stream, index, base_ms)
+        careful = _stream_careful(stream, index, base_ms)
+        if fast is not None:
+            self.assertEqual(fast, careful)
+        row, _side = careful
+        check_types(self, "cdr_rtp", RTP_COLUMNS[1:], row)
+
+    @SETTINGS
+    @given(cdrs(), st.sampled_from(["sensor", "central"]))
+    def test_any_cdr_encodes_to_storable_values(self, cdr: Cdr, pcap_on: str) -> None:
+        row, nxt, rtp = encode(cdr, 3, 4, None, pcap_on)
+        check_types(self, "cdr", CDR_COLUMNS, row)
+        check_types(self, "cdr_next", NEXT_COLUMNS[1:], nxt)
+        for r in rtp:
+            check_types(self, "cdr_rtp", RTP_COLUMNS[1:], r)
+        values = dict(zip(CDR_COLUMNS, row, strict=True))
+        self.assertEqual((values["lastSIPresponse_id"], values["a_ua_id"], values["b_ua_id"]),
+                         (3, 4, None))
+        self.assertLessEqual(len(values["caller"]), 255)
+
+    @SETTINGS
+    @given(cdrs())
+    def test_stored_form_is_stable(self, cdr: Cdr) -> None:
+        once, pcap_on = stored_form(cdr)
+        self.assertEqual(stored_form(once), (once, pcap_on))
+
+    def test_plausible_cdrs_survive_unchanged(self) -> None:
+        for n in range(40):
+            cdr = testing.make_cdr(n, id_sensor=n % 5, streams=n % 4)
+            self.assertEqual(stored_form(cdr), (cdr, "sensor"))
+
+    def test_voipmonitor_summaries(self) -> None:
+        cdr = testing.make_cdr(3)
+        a, b = cdr.rtp
+        values = dict(zip(CDR_COLUMNS, encode(cdr, None, None, None, "sensor")[0], strict=True))
+        self.assertEqual(values["a_saddr"], bytes([10, 0, 0, 3]))
+        self.assertEqual(values["a_avgjitter_mult10"], round(a.avgjitter * 10))
+        self.assertEqual(values["b_maxjitter"], round(b.maxjitter))
+        self.assertEqual(values["a_mos_f1_mult10"], round(a.mos_f1 * 10))
+        self.assertEqual([values[f"a_sl{i}"] for i in range(1, 11)], list(a.sl))
+        self.assertEqual([values[f"b_d{d}"] for d in (50, 70, 90, 120, 150, 200, 300)],
+                         list(b.delay))
+        self.assertEqual(values["payload"], a.payload)
+        self.assertEqual(values["jitter_mult10"], round(max(a.avgjitter, b.avgjitter) * 10))
+        lowest = min(m for s in (a, b) for m in (s.mos_f1, s.mos_f2, s.mos_adapt) if m)
+        self.assertEqual(values["mos_min_mult10"], round(lowest * 10))
+        worst = max(s.lost * 100000 / (s.received + s.lost) for s in (a, b))
+        self.assertEqual(values["packet_loss_perc_mult1000"], round(worst))
+        self.assertEqual(values["calldate"], "2023-11-14 22:13:24.623")
+
+    def test_a_call_without_rtp(self) -> None:
+        cdr = testing.make_cdr(1, rtp=(), a_index=None, b_index=None)
+        row, _nxt, rtp = encode(cdr, None, None, None, "sensor")
+        values = dict(zip(CDR_COLUMNS, row, strict=True))
+        self.assertEqual(rtp, [])
+        self.assertIsNone(values["a_received"])
+        self.assertIsNone(values["mos_min_mult10"])
+        self.assertEqual(stored_form(cdr)[0], cdr)
+
+
+class DecodeTests(unittest.SynchronousTestCase):
+    def read_row(self, cdr: Cdr, mysql_types: bool) -> list[Any]:
+        row, nxt, _rtp = encode(cdr, None, None, None, "sensor")
+        values = {f"c.{k}": v for k, v in zip(CDR_COLUMNS, row, strict=True)}
+        values.update({f"n.{k}": v for k, v in zip(NEXT_COLUMNS, (9, *nxt), strict=True)})
+        values.update({"c.ID": 9, "r.lastSIPresponse": "200 OK", "ua.ua": "A", "ub.ua": "B"})
+        if mysql_types:   # PyMySQL hands back datetime and Decimal objects
+            for key in ("c.calldate", "c.callend", "n.connect_time"):
+                if values[key]:
+                    values[key] = datetime.fromisoformat(values[key])
+            for key in ("c.duration", "c.connect_duration"):
+                values[key] = Decimal(str(values[key]))
+        return [values[c] for c in READ_COLUMNS]
+
+    def test_both_back_ends_values_decode_alike(self) -> None:
+        cdr = testing.make_cdr(11)
+        rtp = [r for r in encode(cdr, None, None, None, "sensor")[2]]
+        sqlite = decode_cdr(self.read_row(cdr, False), rtp)
+        mysql = decode_cdr(self.read_row(cdr, True), rtp)
+        self.assertEqual(sqlite, mysql)
+        cdr_id, decoded, pcap_on = sqlite
+        self.assertEqual((cdr_id, pcap_on), (9, "sensor"))
+        self.assertEqual(decoded, dataclasses.replace(cdr, lastSIPresponse="200 OK", a_ua="A",
+                                                      b_ua="B"))
+
+    def test_json_is_to_json_plus_id_and_pcap_on(self) -> None:
+        cdr = testing.make_cdr(4)
+        data = cdr_json(17, cdr, "central")
+        self.assertEqual(data, {**cdr.to_json(), "id": 17, "pcap_on": "central"})
+        self.assertEqual(Cdr.from_json(data), cdr)
+
+
+class BatchTests(unittest.SynchronousTestCase):
+    def test_sorted_by_key_first_duplicate_kept(self) -> None:
+        a, b, c = (testing.make_cdr(n, id_sensor=s) for n, s in ((1, 2), (2, 1), (3, 1)))
+        twin = dataclasses.replace(a, callid="twin")
+        items = batch_items([a, b, c, twin], "sensor")
+        self.assertEqual([cdr.callid for _key, cdr in items],
+                         [x.callid for x in sorted((a, b, c), key=lambda x: (
+                             x.id_sensor, x.sensor_cdr_uid))])
+        self.assertIn(a, [cdr for _key, cdr in items])
+
+    def test_refusals_name_the_problem(self) -> None:
+        cdr = testing.make_cdr(1)
+        for batch, pcap_on, word in (
+            (cdr, "sensor", "sequence"), ("abc", "sensor", "sequence"),
+            ([cdr, {"callid": 1}], "sensor", "dict"), ([cdr], "nas", "pcap_on"),
+            ([dataclasses.replace(cdr, id_sensor=-1)], "sensor", "id_sensor"),
+            ([dataclasses.replace(cdr, id_sensor=True)], "sensor", "id_sensor"),
+        ):
+            error = self.assertRaises(ValueError, batch_items, batch, pcap_on)
+            self.assertIn(word, str(error))
