@@ -1,8 +1,11 @@
 """Live capture of real SIPp calls on ``lo``, checked against tcpdump of the same traffic.
 
-Needs root, SIPp (Debian sip-tester) and tcpdump: without them it skips, and with
-VOIPMON_REQUIRE_LIVE=1 (CI) it fails instead. Every wait is on a process event or a
-capture event, bounded by SIPp's own timeouts and the test's.
+``SippLiveTests`` feeds a LiveCapture straight into the engine and the packet decoder.
+``SensorToCentralTests`` runs the whole path: a SensorService capturing on ``lo`` (its own
+LiveCapture, built from its config), the TLS channel, a CentralService and its SQLite
+store, whose rows are checked. Needs root, SIPp (Debian sip-tester) and tcpdump: without
+them the tests skip, and with VOIPMON_REQUIRE_LIVE=1 (CI) they fail instead. Every wait
+is on a process, capture or store event, bounded by SIPp's own timeouts and the test's.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from twisted.trial.unittest import TestCase
 
 from voipmon.analysis.cdr import BYE_CONFIRMED, BYE_NOT_ANSWERED, Cdr
 from voipmon.analysis.engine import Engine
+from voipmon.central.service import CentralService
+from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.packet.live import LiveCapture
+from voipmon.sensor.service import SensorService
+from voipmon.store.sqlstore import SqlStore
 from voipmon.test.live_support import require_root, require_tool
 from voipmon.test.sipp_calls import SippCalls, media_source, rtp_key
 
@@ -111,3 +118,94 @@ class SippLiveTests(TestCase):
         finals = sorted(max(code for method, code in answers if method == "INVITE")
                         for answers in responses.values())
         self.assertEqual(finals, [200, 200, 200, 486])
+
+
+class CountingStore:
+    """Passes everything to a real store; ``done`` fires once ``expect`` CDRs are committed."""
+
+    def __init__(self, inner: SqlStore, expect: int) -> None:
+        self.inner = inner
+        self.expect = expect
+        self.stored = 0
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def store_cdrs(self, cdrs: list[Cdr], pcap_on: str = "sensor") -> defer.Deferred:
+        def count(inserted: int) -> int:
+            self.stored += inserted
+            if self.stored >= self.expect and not self.done.called:
+                self.done.callback(None)
+            return inserted
+
+        return self.inner.store_cdrs(cdrs, pcap_on).addCallback(count)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+class SensorToCentralTests(TestCase):
+    """SIPp calls captured live by a sensor, stored by a central: one row per call."""
+
+    timeout = 180
+    password = "live-sipp-secret"
+
+    def setUp(self) -> None:
+        require_root()
+        self.sipp = require_tool("sipp", "sip-tester")
+        self.tcpdump = require_tool("tcpdump", "tcpdump")
+        media_source()
+        self.base = os.path.abspath(self.mktemp())
+
+    @defer.inlineCallbacks
+    def test_calls_stored_by_the_central(self) -> None:
+        central_settings = load_central_config("central.conf", text=(
+            f"server_bind = 127.0.0.1\nserver_password = {self.password}\n"
+            f"spooldir = {self.base}/central\nsqlite_path = {self.base}/central.sqlite\n"
+            "http_port = 0\n"))
+        store = CountingStore(SqlStore.from_config(central_settings, reactor), expect=4)
+        central = CentralService(central_settings, reactor, store=store, port=0)
+        central.startService()
+        self.addCleanup(central.stopService)
+        port = (yield central.channel.listening).getHost().port
+
+        calls = SippCalls(reactor, os.path.join(self.base, "sipp"), self.sipp, self.tcpdump,
+                          calls=3)
+        self.addCleanup(calls.kill_leftovers)
+        sensor_settings = load_sensor_config("sensor.conf", text=(
+            f"id_sensor = 21\nserver_destination = 127.0.0.1:{port}\n"
+            f"server_password = {self.password}\nspooldir = {self.base}/sensor\n"
+            f"managerport = 0\ninterface = lo\n"
+            f"sipport = {', '.join(str(p) for p in calls.ports.sip)}\n"))
+        sensor = SensorService(sensor_settings, reactor)
+        sensor.startService()
+        self.addCleanup(lambda: sensor.stopService() if sensor.running else None)
+        self.assertIsInstance(sensor.source, LiveCapture)
+        calls.tcpdump_filter = sensor.source.interfaces[0].expression
+
+        reference = yield calls.run()
+        # The sensor closes each call a few seconds after its end (capture time moves with
+        # the clock) and sends the CDR; wait until the central has committed all four.
+        timeout = reactor.callLater(90, store.done.cancel)
+        yield store.done
+        timeout.cancel()
+        self.assertEqual(store.stored, 4)
+
+        stats = sensor.source.stats()
+        self.assertEqual((stats["kernel_dropped"], stats["interface_dropped"],
+                          stats["sink_errors"]), (0, 0, 0))
+        self.assertEqual(sensor.sniffer_stat()["dropped"], 0)
+        self.assertEqual(reference.kernel_dropped, 0)
+
+        rows = yield store.list_cdrs({"id_sensor": "21"})
+        self.assertEqual(sorted(row["callid"] for row in rows), sorted(reference.sip_callids))
+        self.assertEqual(sorted((row["lastSIPresponseNum"], row["bye"]) for row in rows),
+                         [(200, BYE_CONFIRMED)] * 3 + [(486, BYE_NOT_ANSWERED)])
+        streams: Counter = Counter()
+        for row in rows:
+            for stream in row["rtp"]:
+                streams[(stream["saddr"], stream["sport"], stream["daddr"], stream["dport"],
+                         stream["ssrc"])] += stream["received"]
+        self.assertEqual(streams, reference.rtp)
+        for row in rows:
+            if row["lastSIPresponseNum"] == 200:
+                self.assertEqual((row["a_received"], row["b_received"]), (236, 236))
+        yield sensor.stopService()
