@@ -13,12 +13,10 @@ interest are dropped by a second lookup. Everything else goes through the packet
 ``Decoder`` (tunnels, IPv6, defragmentation, TCP/WebSocket/SCTP reassembly), whose
 datagrams come back to ``_datagram``.
 
-Attribution. SDP in any SIP message binds ``ip:port`` endpoints (RTP, its RTCP port, or
-T.38) to the call, the latest SDP winning as in Wireshark. A UDP flow whose destination,
-else source, is a bound endpoint belongs to that call; an endpoint rebound by a later SDP
-retires the flows attributed through it. RTP-looking flows with no SDP become orphan
-streams (``tied_to_sip=False``, reported through ``on_orphan``), at most
-``max_orphan_flows`` of them at a time.
+Attribution (``media.MediaTable``). SDP in a call's messages binds ``ip:port`` endpoints
+to it; a UDP flow to or from a bound endpoint is that call's RTP, RTCP or T.38, and
+RTP-looking flows without SDP become orphan streams (``tied_to_sip=False``, reported
+through ``on_orphan``).
 
 Memory stays bounded: flows are analysed in chunks (``RtpFlow.drain``), closed calls and
 finished orphans are freed, calls are capped at ``max_calls`` and the negative cache is
@@ -30,23 +28,15 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.logger import Logger
 
-from voipmon.analysis.calls import (
-    CALLEE,
-    CALLER,
-    END,
-    Call,
-    StreamRecord,
-    ip_text,
-)
+from voipmon.analysis.calls import END, Call, ip_text
 from voipmon.analysis.cdr import Cdr, RtpStream, iso_ms
-from voipmon.analysis.rtcp import is_rtcp
-from voipmon.analysis.rtp import CHUNK, PayloadMap, RtpFlow
-from voipmon.analysis.sdp import Sdp, parse_sdp
+from voipmon.analysis.media import MediaTable, stream_records
+from voipmon.analysis.rtp import CHUNK, RtpFlow
+from voipmon.analysis.sdp import parse_sdp
 from voipmon.analysis.sip import looks_like_sip, parse_sip
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
@@ -55,25 +45,9 @@ from voipmon.spool.writer import FLUSH_FRAMES, SpoolWriter
 
 log = Logger()
 
-_PORT = struct.Struct("!H").pack
 _PORTS = struct.Struct("!HH").pack
 _ETH_IP4 = b"\x08\x00E"
 _NO_CALL_METHODS = frozenset({"REGISTER", "OPTIONS", "SUBSCRIBE", "PUBLISH"})
-#: UDP ports never taken for orphan RTP (well-known services that can look like it).
-_NOT_RTP_PORTS = frozenset({53, 67, 68, 69, 123, 137, 138, 161, 162, 500, 514, 520, 1900,
-                            3478, 4500, 4789, 5353, 37008})
-RTP, RTCP, T38 = 1, 2, 3
-_EMPTY_PMAP = PayloadMap()
-
-
-@dataclass
-class Endpoint:
-    """An ``ip:port`` announced by a call's SDP."""
-
-    call: Call
-    side: str                 # CALLER or CALLEE: who announced it
-    kind: int                 # RTP, RTCP or T38
-    pmap: PayloadMap | None
 
 
 class EngineStats:
@@ -129,13 +103,10 @@ class Engine:
         self._orphan_min = orphan_min_packets
         self.stats = EngineStats()
         self._decoder = Decoder(self._datagram, self.sip_ports, **decoder_limits)
-        self._flows: dict[bytes, RtpFlow] = {}
-        self._skip: dict[bytes, float] = {}
-        self._rtcp_flows: dict[bytes, Call] = {}
-        self._endpoints: dict[bytes, Endpoint] = {}
-        self._ep_flows: dict[bytes, set[bytes]] = {}
+        self.media = MediaTable(self.stats, max_orphan_flows, self._emit_orphan)
+        self._flows = self.media.flows      # read by the hot path
+        self._skip = self.media.skip
         self._calls: dict[str, Call] = {}
-        self._orphans: dict[bytes, RtpFlow] = {}
         self._closed: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._now = 0.0
         self._tick = 0.0
@@ -237,112 +208,12 @@ class Engine:
         if dport in self.sip_ports or sport in self.sip_ports:
             return self._sip(d)
         key = d.src + d.dst + _PORTS(sport, dport)
-        flow = self._flows.get(key)
-        if flow is not None:
-            return self._media(flow, d)
-        call = self._rtcp_flows.get(key)
-        if call is not None:
-            return self._rtcp(call, d)
-        if key in self._skip:
+        if self.media.known(key, d):
             return None
         payload = d.payload
         if self._sip_heuristic and payload[:1].isalpha() and looks_like_sip(payload):
             return self._sip(d)
-        return self._classify(key, d)
-
-    def _classify(self, key: bytes, d: Datagram) -> None:
-        """First packet of an unknown UDP flow: a call's media, an orphan, or nothing."""
-        dst_ep = d.dst + _PORT(d.dport)
-        src_ep = d.src + _PORT(d.sport)
-        endpoint = self._endpoints.get(dst_ep)
-        epkey, via = dst_ep, "dst"
-        if endpoint is None:
-            endpoint = self._endpoints.get(src_ep)
-            epkey, via = src_ep, "src"
-        if endpoint is not None:
-            if endpoint.kind == T38:
-                self._skip[key] = d.ts
-                return None
-            self._index(epkey, key)
-            if endpoint.kind == RTCP:
-                self._rtcp_flows[key] = endpoint.call
-                return self._rtcp(endpoint.call, d)
-            call = endpoint.call
-            direction = "a" if (via == "dst") == (endpoint.side == CALLEE) else "b"
-            pmap = endpoint.pmap or _EMPTY_PMAP
-            flow = call.retired.pop(key, None)
-            if flow is None:  # a new flow; else one this call had before a re-binding
-                flow = RtpFlow(key, d.src, d.sport, d.dst, d.dport, call, direction, pmap)
-                self._attach_pcap(flow, call, d.linktype)
-                self.stats.rtp_flows += 1
-            else:
-                flow.direction = direction
-                flow.set_payload_map(pmap)
-            flow.epkeys = (epkey,)
-            call.flows[key] = flow
-            self._flows[key] = flow
-            return self._media(flow, d)
-        payload = d.payload
-        if len(payload) < 12:
-            return None  # keepalives and the like: not worth remembering
-        if payload[0] >> 6 == 2 and not is_rtcp(payload) and d.sport >= 1024 \
-                and d.dport >= 1024 and d.sport not in _NOT_RTP_PORTS \
-                and d.dport not in _NOT_RTP_PORTS:
-            if len(self._orphans) >= self._max_orphans:
-                self.stats.orphan_flows_refused += 1
-                self._skip[key] = d.ts
-                return None
-            flow = RtpFlow(key, d.src, d.sport, d.dst, d.dport, None, "", _EMPTY_PMAP,
-                           tied=False)
-            flow.epkeys = (dst_ep, src_ep)
-            self._index(dst_ep, key)
-            self._index(src_ep, key)
-            self._orphans[key] = flow
-            self._flows[key] = flow
-            self.stats.orphan_flows += 1
-            return self._media(flow, d)
-        self._skip[key] = d.ts
-        return None
-
-    def _index(self, epkey: bytes, key: bytes) -> None:
-        keys = self._ep_flows.get(epkey)
-        if keys is None:
-            keys = self._ep_flows[epkey] = set()
-        keys.add(key)
-
-    def _attach_pcap(self, flow: RtpFlow, call: Call, linktype: int) -> None:
-        sink = call.rtp_pcap
-        if sink is None or not sink.accepts(linktype):
-            return
-        flow.pcap = sink
-        flow.pcap1 = sink if sink.linktype == 1 else None
-
-    def _media(self, flow: RtpFlow, d: Datagram) -> None:
-        payload = d.payload
-        if len(payload) < 12:
-            return
-        if is_rtcp(payload):
-            if flow.owner is not None:
-                self._rtcp(flow.owner, d)  # type: ignore[arg-type]
-            return
-        flow.rec += payload[:12]
-        flow.times.append(d.ts)
-        sink = flow.pcap
-        if sink is not None:
-            self._save(sink, d, len(payload) - 12)
-
-    def _save(self, sink: Any, d: Datagram, drop: int) -> None:
-        header_only = sink.caplens is not None
-        for ts, frame in d.frames:
-            cap = len(frame) - drop if header_only and len(d.frames) == 1 else None
-            sink.add(ts, frame, d.linktype, cap)
-
-    def _rtcp(self, call: Call, d: Datagram) -> None:
-        self.stats.rtcp_packets += 1
-        call.rtcp.feed(d.ts, d.payload)
-        call.last_ts = max(call.last_ts, d.ts)
-        if call.rtp_pcap is not None:
-            self._save(call.rtp_pcap, d, 0)
+        return self.media.classify(key, d)
 
     # -- SIP -------------------------------------------------------------------------
 
@@ -377,7 +248,7 @@ class Engine:
                     recent.append(frame)
                     sink.add(ts, frame, d.linktype)
         if msg.sdp:
-            self._bind_sdp(call, side, parse_sdp(msg.sdp))
+            self.media.bind_sdp(call, side, parse_sdp(msg.sdp))
 
     def _new_call(self, d: Datagram, msg: Any) -> Call:
         call = Call.from_invite(d, msg)
@@ -392,78 +263,6 @@ class Engine:
         self._calls[call.callid] = call
         self.stats.calls += 1
         return call
-
-    def _bind_sdp(self, call: Call, side: str, sdp: Sdp) -> None:
-        for media in sdp.media:
-            ip = media.ip
-            if ip is None or not media.port or not any(ip):
-                continue  # no address, port 0 (refused) or 0.0.0.0 (hold)
-            if media.is_rtp:
-                self._bind(ip + _PORT(media.port), call, side, RTP, PayloadMap(media.rtpmap))
-                if not media.rtcp_mux:
-                    port = media.rtcp_port or media.port + 1
-                    if port < 65536:
-                        self._bind(ip + _PORT(port), call, side, RTCP, None)
-            elif media.kind == "image" or "udptl" in media.proto.lower():
-                self._bind(ip + _PORT(media.port), call, side, T38, None)
-
-    def _bind(self, epkey: bytes, call: Call, side: str, kind: int,
-              pmap: PayloadMap | None) -> None:
-        old = self._endpoints.get(epkey)
-        if old is not None and old.call is call:
-            if old.kind == kind:
-                if pmap is not None and (old.pmap is None or pmap.rtpmap != old.pmap.rtpmap):
-                    old.pmap = pmap
-                    for key in self._ep_flows.get(epkey, ()):
-                        flow = self._flows.get(key)
-                        if flow is not None and flow.owner is call:
-                            flow.set_payload_map(pmap)
-                return
-            if old.kind == RTP and kind == RTCP:
-                return  # this call's RTP endpoint is not also its RTCP one
-        if old is not None:
-            self._unbind(epkey)
-        self._endpoints[epkey] = Endpoint(call, side, kind, pmap)
-        call.endpoints.add(epkey)
-        # flows attributed otherwise so far (orphans, or nothing) must be looked at again
-        for key in list(self._ep_flows.get(epkey, ())):
-            self._retire(key)
-        self._skip.clear()
-
-    def _unbind(self, epkey: bytes) -> None:
-        endpoint = self._endpoints.pop(epkey, None)
-        if endpoint is not None:
-            endpoint.call.endpoints.discard(epkey)
-        for key in list(self._ep_flows.get(epkey, ())):
-            self._retire(key)
-
-    def _retire(self, key: bytes) -> None:
-        """Stop attributing flow ``key``: analyse what it has and keep it with its owner."""
-        flow = self._flows.pop(key, None)
-        self._rtcp_flows.pop(key, None)
-        self._skip.pop(key, None)
-        for epkey in flow.epkeys if flow is not None else self._epkeys_of(key):
-            keys = self._ep_flows.get(epkey)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._ep_flows[epkey]
-        if flow is None:
-            return
-        flow.drain()
-        owner = flow.owner
-        if owner is None:
-            self._orphans.pop(key, None)
-            self._emit_orphan(flow)
-        else:
-            owner.flows.pop(key, None)  # type: ignore[attr-defined]
-            owner.retired[key] = flow  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _epkeys_of(key: bytes) -> tuple[bytes, ...]:
-        half = (len(key) - 4) // 2
-        src, dst = key[:half], key[half:2 * half]
-        return (dst + key[-2:], src + key[-4:-2])
 
     # -- time --------------------------------------------------------------------------
 
@@ -485,11 +284,7 @@ class Engine:
                                   self.absolute_timeout)
                 if reason is not None:
                     self._close(call, reason)
-            for key, flow in list(self._orphans.items()):
-                if now - flow.last_time() >= self.rtptimeout:
-                    self._retire(key)
-                elif flow.pending() >= CHUNK:
-                    flow.drain()
+            self.media.tend_orphans(now, self.rtptimeout)
             if len(self._skip) > 65536 or now - self._skip_cleared > 10.0:
                 self._skip.clear()
                 self._skip_cleared = now
@@ -512,8 +307,8 @@ class Engine:
             log.failure("engine: flushing the decoder failed")
         for call in list(self._calls.values()):
             self._close(call, END)
-        for key in list(self._orphans):
-            self._retire(key)
+        for key in list(self.media.orphans):
+            self.media.retire(key)
         if self._spool is not None:
             self._spool.close()
 
@@ -524,12 +319,7 @@ class Engine:
         self._closed[call.callid] = (self._now, call.invite_cseq)
         if len(self._closed) > 100_000:
             self._closed.popitem(last=False)
-        for epkey in list(call.endpoints):
-            endpoint = self._endpoints.get(epkey)
-            if endpoint is not None and endpoint.call is call:
-                self._unbind(epkey)
-        for key in list(call.flows):
-            self._retire(key)
+        self.media.release(call)
         records = []
         connected = call.connect_time is not None
         for flow in call.retired.values():
@@ -598,40 +388,12 @@ class Engine:
         """Engine, decoder and spool counters together."""
         data: dict[str, Any] = self.stats.as_dict()
         data["active_calls"] = len(self._calls)
-        data["active_flows"] = len(self._flows)
-        data["orphan_flows_active"] = len(self._orphans)
+        data["active_flows"] = len(self.media.flows)
+        data["orphan_flows_active"] = len(self.media.orphans)
         data["decoder"] = self._decoder.stats.as_dict()
         if self._spool is not None:
             data["spool"] = self._spool.stats.as_dict()
         return data
 
 
-def stream_records(flow: RtpFlow, connected: bool, call: Call | None) -> list[StreamRecord]:
-    """The analysed streams of ``flow`` as CDR streams (drains it first)."""
-    flow.drain()
-    out = []
-    saddr, daddr = ip_text(flow.src), ip_text(flow.dst)
-    for ssrc, analyzer in flow.streams.items():
-        result = analyzer.result(connected)
-        rate = float(flow.pmap.rates[result.payload]) if result.payload < 128 else 0.0
-        summary = call.rtcp.summary(ssrc, rate) if call is not None else None
-        stream = RtpStream(
-            saddr=saddr, sport=flow.sport, daddr=daddr, dport=flow.dport, ssrc=ssrc,
-            payload=result.payload, received=result.received, lost=result.lost,
-            avgjitter=round(result.avgjitter, 6), maxjitter=round(result.maxjitter, 6),
-            mos_f1=result.mos_f1, mos_f2=result.mos_f2, mos_adapt=result.mos_adapt,
-            codec=flow.pmap.name(result.payload), duplicates=result.duplicates,
-            reordered=result.reordered, sl=result.sl, delay=result.delay,
-            firsttime=result.firsttime, lasttime=result.lasttime,
-            rtcp_fraclost=summary.fraclost if summary else None,
-            rtcp_jitter=summary.jitter if summary else None,
-            rtcp_rtt=summary.rtt if summary else None,
-            tied_to_sip=flow.tied, payloads=result.payloads,
-            rtcp_maxfr=summary.maxfr if summary else None,
-            rtcp_maxjitter=summary.maxjitter if summary else None,
-            rtcp_reports=summary.reports if summary else 0)
-        out.append(StreamRecord(flow, ssrc, stream, flow.direction))
-    return out
-
-
-__all__ = ["CALLEE", "CALLER", "Engine", "EngineStats", "stream_records"]
+__all__ = ["Engine", "EngineStats"]

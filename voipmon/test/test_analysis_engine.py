@@ -89,8 +89,9 @@ class BasicCallTests(SynchronousTestCase):
             self.h.engine.advance(t)
         self.assertEqual(len(self.h.cdrs), 20)
         engine = self.h.engine
-        for table in (engine._calls, engine._flows, engine._endpoints, engine._ep_flows,
-                      engine._rtcp_flows, engine._orphans):
+        media = engine.media
+        for table in (engine._calls, media.flows, media.endpoints, media.ep_flows,
+                      media.rtcp_flows, media.orphans):
             self.assertEqual(len(table), 0)
 
 
@@ -331,10 +332,10 @@ class MediaTests(SynchronousTestCase):
         h = Harness(max_orphan_flows=5)
         for i in range(20):
             h.stream(1.0, ("10.9.9.9", 20000 + 2 * i), ("10.9.9.8", 30000), i, 12)
-        self.assertEqual(len(h.engine._orphans), 5)
+        self.assertEqual(len(h.engine.media.orphans), 5)
         self.assertEqual(h.engine.stats.orphan_flows_refused, 15)
         h.engine.advance(1000.0)         # orphans time out with rtptimeout
-        self.assertEqual(len(h.engine._orphans), 0)
+        self.assertEqual(len(h.engine.media.orphans), 0)
         self.assertEqual(len(h.orphans), 5)
 
     def test_rtp_before_sdp_stays_orphan_then_is_tied(self) -> None:

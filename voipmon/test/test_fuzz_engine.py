@@ -196,8 +196,9 @@ def build(kind_src_dst_payload: tuple, vlan: int | None = None) -> bytes:
 
 def assert_clean(test: SynchronousTestCase, engine: Engine) -> None:
     test.assertEqual(engine.stats.errors, 0)
-    for table in (engine._calls, engine._flows, engine._endpoints, engine._ep_flows,
-                  engine._rtcp_flows, engine._orphans):
+    media = engine.media
+    for table in (engine._calls, media.flows, media.endpoints, media.ep_flows,
+                  media.rtcp_flows, media.orphans):
         test.assertEqual(len(table), 0)
 
 
@@ -252,7 +253,7 @@ class FuzzEngineTests(SynchronousTestCase):
             for item, step in events:
                 t += step
                 engine.feed(t, 1, build(item))
-                self.assertLessEqual(len(engine._orphans), 3)
+                self.assertLessEqual(len(engine.media.orphans), 3)
             engine.finish()
             assert_clean(self, engine)
         finally:
@@ -274,7 +275,8 @@ class FuzzEngineTests(SynchronousTestCase):
             engine.feed(clock[0], 1, build(item))
         self.assertEqual(engine.stats.errors, 0)
         self.assertLessEqual(len(engine._calls), 50)
-        self.assertLessEqual(len(engine._orphans), 20)
-        self.assertLessEqual(len(engine._skip), 65536 + 64)
-        live_flows = len(engine._flows) + len(engine._rtcp_flows)
-        self.assertLessEqual(len(engine._ep_flows), 2 * live_flows + len(engine._endpoints))
+        self.assertLessEqual(len(engine.media.orphans), 20)
+        media = engine.media
+        self.assertLessEqual(len(media.skip), 65536 + 64)
+        live_flows = len(media.flows) + len(media.rtcp_flows)
+        self.assertLessEqual(len(media.ep_flows), 2 * live_flows + len(media.endpoints))

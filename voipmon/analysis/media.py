@@ -1,0 +1,297 @@
+"""Media attribution: which UDP flow is whose RTP, RTCP or T.38.
+
+SDP in a call's messages binds ``ip:port`` endpoints to the call (RTP, its RTCP port, or
+T.38), the latest SDP winning as in Wireshark. The first packet of an unknown UDP flow is
+attributed by its destination endpoint, else its source; from then on the flow is found
+by its 4-tuple alone (``flows``, the table the engine's hot path reads). An endpoint bound
+anew retires the flows attributed through it; a call that binds it again later gets its
+old flow back, so one stream stays one stream across re-INVITEs.
+
+RTP-looking flows without SDP become orphans (``tied_to_sip=False``), at most
+``max_orphans`` at a time. Flows of no interest are remembered in ``skip`` so their
+packets cost one dict lookup; that cache is dropped whenever an endpoint is bound (the
+flow may matter now) and by the engine as it grows.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from voipmon.analysis.calls import CALLEE, Call, StreamRecord, ip_text
+from voipmon.analysis.cdr import RtpStream
+from voipmon.analysis.rtcp import is_rtcp
+from voipmon.analysis.rtp import CHUNK, PayloadMap, RtpFlow
+from voipmon.analysis.sdp import Sdp
+from voipmon.packet.datagram import Datagram
+
+PORT = struct.Struct("!H").pack
+RTP, RTCP, T38 = 1, 2, 3
+#: UDP ports never taken for orphan RTP (well-known services that can look like it).
+NOT_RTP_PORTS = frozenset({53, 67, 68, 69, 123, 137, 138, 161, 162, 500, 514, 520, 1900,
+                           3478, 4500, 4789, 5353, 37008})
+_EMPTY_PMAP = PayloadMap()
+
+
+@dataclass
+class Endpoint:
+    """An ``ip:port`` announced by a call's SDP."""
+
+    call: Call
+    side: str                 # CALLER or CALLEE: who announced it
+    kind: int                 # RTP, RTCP or T38
+    pmap: PayloadMap | None
+
+
+class MediaTable:
+    """Endpoints, flows and orphans of one engine; ``stats`` is the engine's counters."""
+
+    def __init__(self, stats: Any, max_orphans: int,
+                 on_orphan_flow: Callable[[RtpFlow], None]):
+        self.stats = stats
+        self.max_orphans = max_orphans
+        self._on_orphan_flow = on_orphan_flow
+        self.flows: dict[bytes, RtpFlow] = {}
+        self.skip: dict[bytes, float] = {}
+        self.rtcp_flows: dict[bytes, Call] = {}
+        self.endpoints: dict[bytes, Endpoint] = {}
+        self.ep_flows: dict[bytes, set[bytes]] = {}
+        self.orphans: dict[bytes, RtpFlow] = {}
+
+    # -- packets -------------------------------------------------------------------------
+
+    def known(self, key: bytes, d: Datagram) -> bool:
+        """Handle a packet of a flow seen before; False if the flow is new."""
+        flow = self.flows.get(key)
+        if flow is not None:
+            self.media(flow, d)
+            return True
+        call = self.rtcp_flows.get(key)
+        if call is not None:
+            self.rtcp(call, d)
+            return True
+        return key in self.skip
+
+    def classify(self, key: bytes, d: Datagram) -> None:
+        """First packet of an unknown UDP flow: a call's media, an orphan, or nothing."""
+        dst_ep = d.dst + PORT(d.dport)
+        src_ep = d.src + PORT(d.sport)
+        endpoint = self.endpoints.get(dst_ep)
+        epkey, via = dst_ep, "dst"
+        if endpoint is None:
+            endpoint = self.endpoints.get(src_ep)
+            epkey, via = src_ep, "src"
+        if endpoint is not None:
+            return self._attribute(key, d, endpoint, epkey, via)
+        payload = d.payload
+        if len(payload) < 12:
+            return None  # keepalives and the like: not worth remembering
+        if payload[0] >> 6 == 2 and not is_rtcp(payload) and d.sport >= 1024 \
+                and d.dport >= 1024 and d.sport not in NOT_RTP_PORTS \
+                and d.dport not in NOT_RTP_PORTS:
+            if len(self.orphans) >= self.max_orphans:
+                self.stats.orphan_flows_refused += 1
+                self.skip[key] = d.ts
+                return None
+            flow = RtpFlow(key, d.src, d.sport, d.dst, d.dport, None, "", _EMPTY_PMAP,
+                           tied=False)
+            flow.epkeys = (dst_ep, src_ep)
+            self._index(dst_ep, key)
+            self._index(src_ep, key)
+            self.orphans[key] = flow
+            self.flows[key] = flow
+            self.stats.orphan_flows += 1
+            return self.media(flow, d)
+        self.skip[key] = d.ts
+        return None
+
+    def _attribute(self, key: bytes, d: Datagram, endpoint: Endpoint, epkey: bytes,
+                   via: str) -> None:
+        if endpoint.kind == T38:
+            self.skip[key] = d.ts
+            return None
+        self._index(epkey, key)
+        call = endpoint.call
+        if endpoint.kind == RTCP:
+            self.rtcp_flows[key] = call
+            return self.rtcp(call, d)
+        direction = "a" if (via == "dst") == (endpoint.side == CALLEE) else "b"
+        pmap = endpoint.pmap or _EMPTY_PMAP
+        flow = call.retired.pop(key, None)
+        if flow is None:  # a new flow; else one this call had before a re-binding
+            flow = RtpFlow(key, d.src, d.sport, d.dst, d.dport, call, direction, pmap)
+            sink = call.rtp_pcap
+            if sink is not None and sink.accepts(d.linktype):
+                flow.pcap = sink
+                flow.pcap1 = sink if sink.linktype == 1 else None
+            self.stats.rtp_flows += 1
+        else:
+            flow.direction = direction
+            flow.set_payload_map(pmap)
+        flow.epkeys = (epkey,)
+        call.flows[key] = flow
+        self.flows[key] = flow
+        return self.media(flow, d)
+
+    def _index(self, epkey: bytes, key: bytes) -> None:
+        keys = self.ep_flows.get(epkey)
+        if keys is None:
+            keys = self.ep_flows[epkey] = set()
+        keys.add(key)
+
+    def media(self, flow: RtpFlow, d: Datagram) -> None:
+        """An RTP (or multiplexed RTCP) packet of a known flow, off the hot path."""
+        payload = d.payload
+        if len(payload) < 12:
+            return
+        if is_rtcp(payload):
+            if flow.owner is not None:
+                self.rtcp(flow.owner, d)  # type: ignore[arg-type]
+            return
+        flow.rec += payload[:12]
+        flow.times.append(d.ts)
+        sink = flow.pcap
+        if sink is not None:
+            save(sink, d, len(payload) - 12)
+
+    def rtcp(self, call: Call, d: Datagram) -> None:
+        self.stats.rtcp_packets += 1
+        call.rtcp.feed(d.ts, d.payload)
+        call.last_ts = max(call.last_ts, d.ts)
+        if call.rtp_pcap is not None:
+            save(call.rtp_pcap, d, 0)
+
+    # -- SDP -----------------------------------------------------------------------------
+
+    def bind_sdp(self, call: Call, side: str, sdp: Sdp) -> None:
+        """Bind the endpoints of an SDP that ``side`` of ``call`` sent."""
+        for media in sdp.media:
+            ip = media.ip
+            if ip is None or not media.port or not any(ip):
+                continue  # no address, port 0 (refused) or 0.0.0.0 (hold)
+            if media.is_rtp:
+                self._bind(ip + PORT(media.port), call, side, RTP, PayloadMap(media.rtpmap))
+                if not media.rtcp_mux:
+                    port = media.rtcp_port or media.port + 1
+                    if port < 65536:
+                        self._bind(ip + PORT(port), call, side, RTCP, None)
+            elif media.kind == "image" or "udptl" in media.proto.lower():
+                self._bind(ip + PORT(media.port), call, side, T38, None)
+
+    def _bind(self, epkey: bytes, call: Call, side: str, kind: int,
+              pmap: PayloadMap | None) -> None:
+        old = self.endpoints.get(epkey)
+        if old is not None and old.call is call:
+            if old.kind == kind:
+                if pmap is not None and (old.pmap is None or pmap.rtpmap != old.pmap.rtpmap):
+                    old.pmap = pmap
+                    for key in self.ep_flows.get(epkey, ()):
+                        flow = self.flows.get(key)
+                        if flow is not None and flow.owner is call:
+                            flow.set_payload_map(pmap)
+                return
+            if old.kind == RTP and kind == RTCP:
+                return  # this call's RTP endpoint is not also its RTCP one
+        if old is not None:
+            self._unbind(epkey)
+        self.endpoints[epkey] = Endpoint(call, side, kind, pmap)
+        call.endpoints.add(epkey)
+        # flows attributed otherwise so far (orphans, or nothing) must be looked at again
+        for key in list(self.ep_flows.get(epkey, ())):
+            self.retire(key)
+        self.skip.clear()
+
+    def _unbind(self, epkey: bytes) -> None:
+        endpoint = self.endpoints.pop(epkey, None)
+        if endpoint is not None:
+            endpoint.call.endpoints.discard(epkey)
+        for key in list(self.ep_flows.get(epkey, ())):
+            self.retire(key)
+
+    # -- ending --------------------------------------------------------------------------
+
+    def retire(self, key: bytes) -> None:
+        """Stop attributing flow ``key``: analyse what it has and keep it with its owner
+        (an orphan is reported)."""
+        flow = self.flows.pop(key, None)
+        self.rtcp_flows.pop(key, None)
+        self.skip.pop(key, None)
+        for epkey in flow.epkeys if flow is not None else _epkeys_of(key):
+            keys = self.ep_flows.get(epkey)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.ep_flows[epkey]
+        if flow is None:
+            return
+        flow.drain()
+        owner = flow.owner
+        if owner is None:
+            self.orphans.pop(key, None)
+            self._on_orphan_flow(flow)
+        else:
+            owner.flows.pop(key, None)  # type: ignore[attr-defined]
+            owner.retired[key] = flow  # type: ignore[attr-defined]
+
+    def release(self, call: Call) -> None:
+        """The call is over: free its endpoints and retire its flows."""
+        for epkey in list(call.endpoints):
+            endpoint = self.endpoints.get(epkey)
+            if endpoint is not None and endpoint.call is call:
+                self._unbind(epkey)
+        for key in list(call.flows):
+            self.retire(key)
+
+    def tend_orphans(self, now: float, timeout: float) -> None:
+        """Report orphans silent for ``timeout``; analyse full buffers of the others."""
+        for key, flow in list(self.orphans.items()):
+            if now - flow.last_time() >= timeout:
+                self.retire(key)
+            elif flow.pending() >= CHUNK:
+                flow.drain()
+
+
+def _epkeys_of(key: bytes) -> tuple[bytes, ...]:
+    """The two endpoint keys of a 4-tuple key (src + dst + sport + dport)."""
+    half = (len(key) - 4) // 2
+    src, dst = key[:half], key[half:2 * half]
+    return (dst + key[-2:], src + key[-4:-2])
+
+
+def save(sink: Any, d: Datagram, drop: int) -> None:
+    """Buffer a datagram's frames in ``sink``; ``drop`` payload bytes are left out of the
+    last frame when the sink keeps headers only."""
+    header_only = sink.caplens is not None
+    for ts, frame in d.frames:
+        cap = len(frame) - drop if header_only and len(d.frames) == 1 else None
+        sink.add(ts, frame, d.linktype, cap)
+
+
+def stream_records(flow: RtpFlow, connected: bool, call: Call | None) -> list[StreamRecord]:
+    """The analysed streams of ``flow`` as CDR streams (drains it first)."""
+    flow.drain()
+    out = []
+    saddr, daddr = ip_text(flow.src), ip_text(flow.dst)
+    for ssrc, analyzer in flow.streams.items():
+        result = analyzer.result(connected)
+        rate = float(flow.pmap.rates[result.payload]) if result.payload < 128 else 0.0
+        summary = call.rtcp.summary(ssrc, rate) if call is not None else None
+        stream = RtpStream(
+            saddr=saddr, sport=flow.sport, daddr=daddr, dport=flow.dport, ssrc=ssrc,
+            payload=result.payload, received=result.received, lost=result.lost,
+            avgjitter=round(result.avgjitter, 6), maxjitter=round(result.maxjitter, 6),
+            mos_f1=result.mos_f1, mos_f2=result.mos_f2, mos_adapt=result.mos_adapt,
+            codec=flow.pmap.name(result.payload), duplicates=result.duplicates,
+            reordered=result.reordered, sl=result.sl, delay=result.delay,
+            firsttime=result.firsttime, lasttime=result.lasttime,
+            rtcp_fraclost=summary.fraclost if summary else None,
+            rtcp_jitter=summary.jitter if summary else None,
+            rtcp_rtt=summary.rtt if summary else None,
+            tied_to_sip=flow.tied, payloads=result.payloads,
+            rtcp_maxfr=summary.maxfr if summary else None,
+            rtcp_maxjitter=summary.maxjitter if summary else None,
+            rtcp_reports=summary.reports if summary else 0)
+        out.append(StreamRecord(flow, ssrc, stream, flow.direction))
+    return out
