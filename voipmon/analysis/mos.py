@@ -168,7 +168,11 @@ class _Buffer:
         if self.done is None:
             self.done = int(ps.min()) - 1
         ps = ps[ps > self.done]
-        self.open = np.union1d(self.open, ps)
+        if len(ps) and (not len(self.open) or ps[0] > self.open[-1]) and \
+                bool((ps[1:] > ps[:-1]).all()):
+            self.open = np.concatenate((self.open, ps))   # in order: already sorted
+        else:
+            self.open = np.union1d(self.open, ps)
         if len(self.open):
             self._settle(int(self.open[-1]) - self.REORDER)
 
