@@ -19,8 +19,9 @@ def packed(ip: str) -> bytes:
 
 
 def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes,
-              vlan: int | None = None) -> bytes:
-    """An Ethernet frame (optionally 802.1Q tagged) carrying one UDP datagram."""
+              vlan: int | tuple[int, ...] | None = None) -> bytes:
+    """An Ethernet frame carrying one UDP datagram, optionally 802.1Q tagged (a tuple of
+    VLAN ids stacks tags, QinQ style, outer first)."""
     udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
     udp.ulen = len(udp)
     if ":" in src:
@@ -35,7 +36,10 @@ def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes,
                                  dst=b"\x02\x00\x00\x00\x00\x02", type=etype, data=ip)
     frame = bytes(eth)
     if vlan is not None:
-        frame = frame[:12] + struct.pack("!HH", 0x8100, vlan) + frame[12:]
+        tags = (vlan,) if isinstance(vlan, int) else vlan
+        stack = b"".join(struct.pack("!HH", 0x88A8 if i < len(tags) - 1 else 0x8100, tag)
+                         for i, tag in enumerate(tags))
+        frame = frame[:12] + stack + frame[12:]
     return frame
 
 
@@ -112,7 +116,7 @@ class Harness:
                              **options)  # type: ignore[arg-type]
 
     def udp(self, ts: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes,
-            vlan: int | None = None) -> None:
+            vlan: int | tuple[int, ...] | None = None) -> None:
         self.engine.feed(ts, 1, udp_frame(src[0], src[1], dst[0], dst[1], payload, vlan))
 
     def to_callee(self, ts: float, message: bytes) -> None:
