@@ -235,6 +235,11 @@ class Call:
                 last = t
         return last
 
+    def stream_count(self) -> int:
+        """RTP streams seen so far (a flow not analysed yet counts as one)."""
+        flows = [*self.flows.values(), *self.retired.values()]
+        return sum(len(f.streams) or (1 if f.pending() else 0) for f in flows)
+
     def due(self, now: float, rtptimeout: float, sipwithoutrtptimeout: float,
             absolute_timeout: float) -> str | None:
         """Why the call should close at capture time ``now``, or None."""

@@ -99,7 +99,6 @@ class Engine:
         self._linger = linger
         self._bye_wait = bye_wait
         self._max_calls = max_calls
-        self._max_orphans = max_orphan_flows
         self._orphan_min = orphan_min_packets
         self.stats = EngineStats()
         self._decoder = Decoder(self._datagram, self.sip_ports, **decoder_limits)
@@ -339,16 +338,8 @@ class Engine:
         connected = call.connect_time is not None
         for flow in call.retired.values():
             records.extend(stream_records(flow, connected, call))
-        sip_path = rtp_path = ""
-        for sink, kind in ((call.sip_pcap, "sip"), (call.rtp_pcap, "rtp")):
-            if sink is not None:
-                sink.close()
-                if sink.has_frames:
-                    if kind == "sip":
-                        sip_path = sink.relpath
-                    else:
-                        rtp_path = sink.relpath
-        cdr = call.to_cdr(self.id_sensor, reason, records, sip_path, rtp_path)
+        cdr = call.to_cdr(self.id_sensor, reason, records, _finish_pcap(call.sip_pcap),
+                          _finish_pcap(call.rtp_pcap))
         call.flows.clear()
         call.retired.clear()
         self.stats.cdrs += 1
@@ -393,9 +384,7 @@ class Engine:
                 "lastSIPresponseNum": call.last_code,
                 "sipcallerip": ip_text(call.sipcallerip),
                 "sipcalledip": ip_text(call.sipcalledip),
-                "streams": sum(len(f.streams) + (1 if f.pending() and not f.streams else 0)
-                               for f in call.flows.values()) +
-                sum(len(f.streams) for f in call.retired.values()),
+                "streams": call.stream_count(),
             })
         return out
 
@@ -409,6 +398,14 @@ class Engine:
         if self._spool is not None:
             data["spool"] = self._spool.stats.as_dict()
         return data
+
+
+def _finish_pcap(sink: Any) -> str:
+    """Close a call's pcap; its spool-relative path if anything was written to it."""
+    if sink is None:
+        return ""
+    sink.close()
+    return sink.relpath if sink.has_frames else ""
 
 
 __all__ = ["Engine", "EngineStats"]
