@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
+from voipmon.protocols.cdrcodec import cdr_from_wire
 from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello
 from voipmon.protocols.server import ISession, ISessionHandler
@@ -38,6 +39,7 @@ from voipmon.store.interfaces import StoreUnavailable
 log = Logger()
 
 MAX_PENDING_BATCHES = 16   # more unacknowledged batches than any window allows = misbehaving
+STORE_CONCURRENCY = 4      # CDR batches of one sensor written at once
 STATS_FIELDS = {"packets": "packets", "dropped": "drops", "queue_depth": "queue_depth"}
 
 
@@ -171,16 +173,28 @@ class RegistryWriter:
 
 @implementer(ISession)
 class CdrSession:
-    """A local-processing sensor: store each CDR batch, then acknowledge it."""
+    """A local-processing sensor: store each CDR batch, then acknowledge it.
 
-    def __init__(self, sessions: CentralSessions, channel: Any, hello: Hello) -> None:
+    Up to ``concurrency`` batches are written at once (separate transactions: the database
+    commits several faster than one after another), but acknowledgements go out strictly
+    in order, each only once its batch and every batch before it have committed.
+    """
+
+    def __init__(self, sessions: CentralSessions, channel: Any, hello: Hello,
+                 concurrency: int = STORE_CONCURRENCY) -> None:
         self.sessions = sessions
         self.channel = channel
         self.hello = hello
-        self.pending: deque[tuple[int, int, list[Cdr]]] = deque()
-        self.retry: StoreRetry | None = None
+        self.concurrency = concurrency
+        self.pending: deque[_Batch] = deque()
+        self.retries: list[StoreRetry] = []
         self.received = self.stored = self.duplicates = self.rejected = 0
         self._warned_foreign_id = False
+
+    @property
+    def retry(self) -> StoreRetry | None:
+        """The oldest write in progress (tests look at it)."""
+        return self.retries[0] if self.retries else None
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         if kind == MessageType.CDRS:
@@ -205,16 +219,13 @@ class CdrSession:
             if cdr is not None:
                 cdrs.append(cdr)
         self.received += len(items)
-        self.pending.append((first, first + len(items) - 1, cdrs))
-        if self.retry is None:
-            self._next()
+        self.pending.append(_Batch(first, first + len(items) - 1, cdrs))
+        self._start_writes()
 
     def _parse(self, seq: int, item: Any) -> Cdr | None:
         try:
-            if not isinstance(item, dict):
-                raise TypeError("not an object")
-            cdr = Cdr.from_json(item)
-        except (TypeError, KeyError, ValueError) as exc:
+            cdr = cdr_from_wire(item)
+        except ValueError as exc:
             # Resending cannot repair it, and holding it would block every CDR behind it.
             self.rejected += 1
             log.error("sensor {id_sensor}: CDR #{seq} is malformed and cannot be stored "
@@ -230,33 +241,62 @@ class CdrSession:
             cdr = dataclasses.replace(cdr, id_sensor=self.hello.id_sensor)
         return cdr
 
-    def _next(self) -> None:
-        if not self.pending:
-            self.retry = None
-            return
-        first, last, cdrs = self.pending[0]
+    def _start_writes(self) -> None:
+        # A write may complete at once and acknowledge (popping ``pending``): look again
+        # for the next batch to write after each one.
+        while len(self.retries) < self.concurrency:
+            batch = next((b for b in self.pending if not b.writing and b.stored is None),
+                         None)
+            if batch is None:
+                return
+            self._write(batch)
+
+    def _write(self, batch: _Batch) -> None:
+        batch.writing = True
+        cdrs = batch.cdrs
 
         def stored(count: Any) -> None:
-            self.pending.popleft()
-            count = count if isinstance(count, int) else 0
-            self.stored += count
-            self.duplicates += len(cdrs) - count
-            self.channel.send_message(MessageType.CDR_ACK, {"upto": last, "stored": count})
-            self._next()
+            self.retries.remove(retry)
+            batch.writing = False
+            batch.stored = count if isinstance(count, int) else 0
+            self._acknowledge()
+            self._start_writes()
 
         attempt = (lambda: self.sessions.store.store_cdrs(cdrs)) if cdrs else (
             lambda: defer.succeed(0))
-        self.retry = StoreRetry(self.sessions.clock, attempt,
-                                f"{len(cdrs)} CDRs (#{first}..#{last}) of sensor "
-                                f"{self.hello.id_sensor}", stored)
-        self.retry.start()
+        retry = StoreRetry(self.sessions.clock, attempt,
+                           f"{len(cdrs)} CDRs (#{batch.first}..#{batch.last}) of sensor "
+                           f"{self.hello.id_sensor}", stored)
+        self.retries.append(retry)
+        retry.start()
+
+    def _acknowledge(self) -> None:
+        while self.pending and self.pending[0].stored is not None:
+            batch = self.pending.popleft()
+            self.stored += batch.stored
+            self.duplicates += len(batch.cdrs) - batch.stored
+            self.channel.send_message(MessageType.CDR_ACK,
+                                      {"upto": batch.last, "stored": batch.stored})
 
     def connectionLost(self, reason: Failure) -> None:
-        if self.retry is not None:
-            self.retry.cancel()
-            self.retry = None
+        for retry in self.retries:
+            retry.cancel()
+        self.retries = []
         self.pending.clear()
         self.sessions.closed(self)
+
+
+class _Batch:
+    """One CDRS message on its way to the store."""
+
+    __slots__ = ("cdrs", "first", "last", "stored", "writing")
+
+    def __init__(self, first: int, last: int, cdrs: list[Cdr]) -> None:
+        self.first = first
+        self.last = last
+        self.cdrs = cdrs
+        self.stored: int | None = None
+        self.writing = False
 
 
 @implementer(ISession)

@@ -15,7 +15,6 @@ Two uplinks outlive any one connection (the channel comes and goes with failover
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from voipmon.protocols.cdrcodec import cdr_to_wire
 from voipmon.protocols.wire import (
     PACKET_RECORD,
     MessageType,
@@ -39,8 +39,8 @@ from voipmon.sensor.queue import DurableQueue, QueueError
 
 log = Logger()
 
-CDR_BATCH_RECORDS = 500
-CDR_BATCH_BYTES = 1 << 20
+CDR_BATCH_RECORDS = 1000
+CDR_BATCH_BYTES = 4 << 20
 CDR_WINDOW = 4
 MIRROR_BATCH_BYTES = 256 * 1024
 MIRROR_BATCH_PACKETS = 4096
@@ -101,7 +101,7 @@ def _window(transport: Any, own: int) -> int:
 
 def cdr_bytes(cdr: Any) -> bytes:
     """A CDR as the compact JSON text the queue keeps and the wire carries."""
-    return json.dumps(cdr.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+    return cdr_to_wire(cdr)
 
 
 @implementer(IUplink)

@@ -195,6 +195,11 @@ class MemoryStore:
         for d, cdrs, pcap_on in held:
             d.callback(self.commit(cdrs, pcap_on))
 
+    def release_one(self, index: int) -> None:
+        """Commit the held batch at ``index`` only (transactions finishing out of order)."""
+        d, cdrs, pcap_on = self.held.pop(index)
+        d.callback(self.commit(cdrs, pcap_on))
+
     def upsert_sensor(self, sensor: dict[str, Any]) -> defer.Deferred:
         if self.down:
             return self._unavailable()

@@ -62,19 +62,23 @@ class CdrSessionTests(Base):
         self.assertEqual(self.acks(), [{"upto": 3, "stored": 3}])
         self.assertEqual(len(self.store.cdrs), 3)
 
-    def test_batches_in_order_one_at_a_time(self) -> None:
-        """The second batch is not written before the first committed."""
+    def test_concurrent_writes_acked_in_order(self) -> None:
+        """Up to four batches are written at once; acks still go out in order, each after
+        its own commit and every earlier one."""
         self.store.hold = True
         session = self.open()
-        session.messageReceived(MessageType.CDRS, batch(1, [0, 1]))
-        session.messageReceived(MessageType.CDRS, batch(3, [2]))
-        self.assertEqual(len(self.store.held), 1)
+        for i in range(6):
+            session.messageReceived(MessageType.CDRS, batch(i + 1, [i]))
+        self.assertEqual(len(self.store.held), 4)
+        self.store.release_one(1)                 # batch 2 commits before batch 1
+        self.assertEqual(self.acks(), [])
+        self.assertEqual(len(self.store.held), 4)  # batch 5 started in its place
+        self.store.release_one(0)                 # batch 1
+        self.assertEqual(self.acks(), [{"upto": 1, "stored": 1}, {"upto": 2, "stored": 1}])
         self.store.release()
-        self.assertEqual(len(self.store.held), 1)
         self.store.release()
-        self.assertEqual(self.acks(), [{"upto": 2, "stored": 2}, {"upto": 3, "stored": 1}])
-        self.assertEqual([k[1] for k in self.store.order],
-                         [make_cdr(n, id_sensor=7).sensor_cdr_uid for n in range(3)])
+        self.assertEqual([a["upto"] for a in self.acks()], [3, 4, 5, 6])
+        self.assertEqual(len(self.store.cdrs), 6)
 
     def test_database_down_then_back(self) -> None:
         """While the database is down nothing is acked; retries back off to 5 s; then it drains."""

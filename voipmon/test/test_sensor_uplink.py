@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.analysis.cdr import Cdr
+from voipmon.protocols.cdrcodec import cdr_from_wire
 from voipmon.protocols.wire import (
     PACKET_RECORD,
     MessageType,
@@ -61,7 +62,7 @@ class CdrUplinkTests(SynchronousTestCase):
         self.assertEqual(kind, MessageType.CDRS)
         first, last, cdrs = batch_range(body)
         self.assertEqual((first, last), (1, 2))
-        self.assertEqual(Cdr.from_json(cdrs[0]), make_cdr(0, id_sensor=7))
+        self.assertEqual(cdr_from_wire(cdrs[0]), make_cdr(0, id_sensor=7))
 
     def test_window_and_acks(self) -> None:
         """At most ``window`` batches are unacknowledged; each ack lets the next one go."""
@@ -127,7 +128,7 @@ class CdrUplinkTests(SynchronousTestCase):
         [(_, body)] = transport.sent
         first, last, cdrs = batch_range(body)
         self.assertEqual((first, last), (4, 5))
-        self.assertEqual([Cdr.from_json(c) for c in cdrs],
+        self.assertEqual([cdr_from_wire(c) for c in cdrs],
                          [make_cdr(3, id_sensor=7), make_cdr(4, id_sensor=7)])
 
     def test_queue_write_failure_retries(self) -> None:
@@ -184,7 +185,7 @@ class CdrUplinkTests(SynchronousTestCase):
 
     def test_cdr_bytes_round_trip(self) -> None:
         cdr = make_cdr(3, id_sensor=9)
-        self.assertEqual(Cdr.from_json(json.loads(cdr_bytes(cdr))), cdr)
+        self.assertEqual(cdr_from_wire(json.loads(cdr_bytes(cdr))), cdr)
 
 
 class MirrorUplinkTests(SynchronousTestCase):
