@@ -234,7 +234,7 @@ class Bench:
             sensor.uplink.attach = attach
             started = time.perf_counter()
             sensor.startService()
-            status, message = yield exited
+            status, _message = yield exited
             elapsed = time.perf_counter() - started
             channel = channels[-1]
             acked = sensor.uplink.packets_acked
