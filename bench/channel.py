@@ -228,15 +228,14 @@ class Bench:
             real_attach = sensor.uplink.attach
 
             def attach(transport: Any, real=real_attach, seen=channels) -> None:
-                seen.append(transport)
+                seen.append((transport, time.perf_counter()))
                 real(transport)
 
             sensor.uplink.attach = attach
-            started = time.perf_counter()
             sensor.startService()
             status, _message = yield exited
+            channel, started = channels[0]
             elapsed = time.perf_counter() - started
-            channel = channels[-1]
             acked = sensor.uplink.packets_acked
             wire = channel.wire_bytes_sent / max(acked, 1)
             raw = channel.payload_bytes_sent / max(acked, 1)
@@ -247,7 +246,7 @@ class Bench:
                 target = (f"   target >= {TARGET_PACKETS:,}: "
                           f"{'met' if rate >= TARGET_PACKETS else 'NOT met'}")
             self.report(f"  {codec:5} {rate:10,.0f} packets/s acknowledged, "
-                        f"{wire:6.1f} wire bytes/packet ({raw:.1f} before compression; "
+                        f"{wire:6.1f} bytes/packet on the channel ({raw:.1f} before compression; "
                         f"capture {file_bytes:.1f}), dropped {sensor.uplink.dropped}, "
                         f"exit {status}{target}")
 

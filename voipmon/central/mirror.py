@@ -129,7 +129,9 @@ class SensorAnalysis:
         self.cdrs += 1
         self.writer.add(cdr)
 
-    def feed_batch(self, seq: int, linktype: int, packets: list[tuple[float, int, bytes]]) -> None:
+    def feed_batch(self, seq: int, linktype: int,
+                   packets: list[tuple[float, int, bytes]]) -> None:
+        """Analyse one batch: ``packets`` are ``(ts, linktype, frame)`` records."""
         if seq <= self.last_seq:
             self.duplicate_batches += 1
             return
@@ -137,7 +139,7 @@ class SensorAnalysis:
         if self.analyzer is None:
             self.analyzer = self.factory(self.hello, self._on_cdr)
         try:
-            self.analyzer.feed_all([(ts, linktype, frame) for ts, _wirelen, frame in packets])
+            self.analyzer.feed_all(packets)
         except Exception:
             log.failure("analysing mirrored packets of sensor {id_sensor} (batch {seq})",
                         id_sensor=self.id_sensor, seq=seq)

@@ -25,7 +25,7 @@ from voipmon.protocols.compression import CODECS, get_codec
 from voipmon.protocols.handshake import ID_IN_USE, Hello, Rejection, ServerHandshake
 from voipmon.protocols.wire import MAX_FRAME, MessageType, ProtocolError, decode_json
 
-WINDOW = 8                 # batches a sensor may have unacknowledged
+WINDOW = 16                # batches a sensor may have unacknowledged
 MAX_PENDING = 256          # connections still in their handshake
 
 

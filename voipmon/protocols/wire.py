@@ -223,25 +223,32 @@ def packets_seq(payload: bytes) -> int:
 
 
 def decode_packets(payload: bytes) -> tuple[int, int, list[tuple[float, int, bytes]]]:
-    """``(seq, linktype, [(ts, wirelen, frame), ...])``; ProtocolError if malformed."""
+    """``(seq, linktype, [(ts, linktype, frame), ...])``; ProtocolError if malformed.
+
+    The records come out in the shape an engine's ``feed_all`` takes. The wire length of
+    each packet is checked to be at least its captured length and otherwise not kept.
+    """
     if len(payload) < PACKETS_HEADER.size:
         raise ProtocolError("malformed PACKETS message: truncated header")
     seq, linktype, count = PACKETS_HEADER.unpack_from(payload)
-    packets = []
+    records = []
+    append = records.append
     offset = PACKETS_HEADER.size
     end = len(payload)
     view = memoryview(payload)
     unpack = PACKET_RECORD.unpack_from
     record = PACKET_RECORD.size
+    if count > (end - offset) // record:
+        raise ProtocolError("malformed PACKETS message: more packets announced than sent")
     for _ in range(count):
         if offset + record > end:
             raise ProtocolError("malformed PACKETS message: truncated record")
         sec, usec, caplen, wirelen = unpack(payload, offset)
         offset += record
-        if offset + caplen > end or usec >= 1_000_000:
+        if offset + caplen > end or usec >= 1_000_000 or wirelen < caplen:
             raise ProtocolError("malformed PACKETS message: bad record")
-        packets.append((sec + usec / 1_000_000, wirelen, bytes(view[offset:offset + caplen])))
+        append((sec + usec / 1_000_000, linktype, bytes(view[offset:offset + caplen])))
         offset += caplen
     if offset != end:
         raise ProtocolError("malformed PACKETS message: trailing bytes")
-    return seq, linktype, packets
+    return seq, linktype, records

@@ -200,6 +200,7 @@ class SensorService(service.MultiService):
             if self.mode == "mirror":
                 self.source = ReplaySource(self.read_pcap, self._mirror_packet, self.clock,
                                            on_end=self._source_ended,
+                                           sink_many=self.uplink.add_packets,
                                            has_room=self.uplink.has_room,
                                            when_room=self.uplink.when_room)
             else:

@@ -45,7 +45,7 @@ CDR_WINDOW = 4
 MIRROR_BATCH_BYTES = 256 * 1024
 MIRROR_BATCH_PACKETS = 4096
 MIRROR_FLUSH_INTERVAL = 0.05
-MIRROR_WINDOW = 8
+MIRROR_WINDOW = 16
 DROP_REPORT_INTERVAL = 10.0
 
 
@@ -274,30 +274,59 @@ class MirrorUplink:
 
     # -- input (the hot path) ------------------------------------------------------
 
-    def add_packet(self, ts: float, linktype: int, data: bytes,
-                   wirelen: int | None = None) -> bool:
-        """Buffer one packet; False (and counted) when ``max_buffer_mem`` is full."""
-        size = PACKET_RECORD.size + len(data)
-        if self.used + size > self.max_buffer_bytes:
-            self.dropped += 1
+    def add_packet(self, ts: float, linktype: int, data: bytes) -> bool:
+        """Buffer one packet (a live capture's sink); False (and counted) when full."""
+        return self.add_packets(((ts, linktype, data),)) == 1
+
+    def add_packets(self, records: Any) -> int:
+        """Buffer ``(ts, linktype, frame)`` records; returns how many fitted.
+
+        The hot path of mirroring: one loop, no call per packet. Beyond
+        ``max_buffer_mem`` a packet is dropped and counted.
+        """
+        pack = PACKET_RECORD.pack
+        header = PACKET_RECORD.size
+        limit = self.max_buffer_bytes
+        batch_bytes, batch_packets = self.batch_bytes, self.batch_packets
+        current = self.current
+        used = self.used
+        added = dropped = 0
+        for ts, linktype, data in records:
+            size = header + len(data)
+            if used + size > limit:
+                dropped += 1
+                continue
+            if current is None or current.linktype != linktype:
+                self.used = used
+                self.seal()
+                current = self.current = PacketBatch(linktype)
+            sec = int(ts)
+            usec = round((ts - sec) * 1_000_000)
+            if usec >= 1_000_000:
+                sec, usec = sec + 1, usec - 1_000_000
+            buffer = current.buffer
+            buffer += pack(sec, usec, len(data), len(data))
+            buffer += data
+            current.count += 1
+            self._current_bytes += size
+            used += size
+            added += 1
+            if self._current_bytes >= batch_bytes or current.count >= batch_packets:
+                self.used = used
+                self.seal()
+                self.pump()
+                current = None
+                used = self.used
+        self.used = used
+        self.packets += added
+        if dropped:
+            self.dropped += dropped
             now = self.clock.seconds()
             if now - self._last_report >= self.report_interval:
                 self.report_drops(now)
-            return False
-        current = self.current
-        if current is None or current.linktype != linktype:
-            self.seal()
-            current = self.current = PacketBatch(linktype)
-        current.add(ts, data, wirelen)
-        self._current_bytes += size
-        self.used += size
-        self.packets += 1
-        if self._current_bytes >= self.batch_bytes or current.count >= self.batch_packets:
-            self.seal()
-            self.pump()
-        elif self._flush_call is None:
+        if self.current is not None and self._flush_call is None:
             self._flush_call = self.clock.callLater(self.flush_interval, self._flush_timer)
-        return True
+        return added
 
     def report_drops(self, now: float | None = None) -> None:
         new = self.dropped - self._reported_drops

@@ -156,10 +156,10 @@ class PacketBatchTests(SynchronousTestCase):
         seq, linktype, packets = decode_packets(payload)
         self.assertEqual((seq, linktype), (42, 1))
         self.assertEqual(len(packets), 3)
-        ts, wirelen, data = packets[0]
+        ts, linktype, data = packets[0]
         self.assertAlmostEqual(ts, 1700000000.123456, places=6)
-        self.assertEqual((wirelen, data), (60, b"\x01" * 60))
-        self.assertEqual(packets[1][1:], (1514, b"\x02" * 10))
+        self.assertEqual((linktype, data), (1, b"\x01" * 60))
+        self.assertEqual(packets[1][1:], (1, b"\x02" * 10))
         self.assertEqual(packets[2][0], 6.0)  # microsecond rounding carries into seconds
 
     def test_empty(self) -> None:
@@ -178,6 +178,8 @@ class PacketBatchTests(SynchronousTestCase):
             PACKETS_HEADER.pack(3, 1, 2) + good[PACKETS_HEADER.size:],   # count too high
             PACKETS_HEADER.pack(3, 1, 1) + struct.pack("<IIII", 1, 1_000_000, 0, 0),
             PACKETS_HEADER.pack(3, 1, 1) + struct.pack("<IIII", 1, 0, 0xFFFFFFFF, 0),
+            PACKETS_HEADER.pack(3, 1, 1) + struct.pack("<IIII", 1, 0, 2, 1) + b"ab",
+            PACKETS_HEADER.pack(3, 1, 0xFFFFFFFF) + struct.pack("<IIII", 1, 0, 0, 0),
         ]
         for payload in bad:
             with self.assertRaises(ProtocolError):

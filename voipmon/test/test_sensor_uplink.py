@@ -220,12 +220,28 @@ class MirrorUplinkTests(SynchronousTestCase):
         [(_kind, body)] = self.transport.take()
         seq, linktype, packets = decode_packets(body)
         self.assertEqual((seq, linktype, len(packets)), (2, 1, 2))
-        self.assertEqual(packets[0], (6.0, 10, b"\x05" * 10))
+        self.assertEqual(packets[0], (6.0, 1, b"\x05" * 10))
 
     def test_batches_by_size(self) -> None:
         self.uplink.attach(self.transport)
         self.add(2, size=600)
         self.assertEqual(self.seqs(), [1])
+
+    def test_bulk_records(self) -> None:
+        """add_packets takes a whole slice of records: batches, link types and drops as
+        packet by packet."""
+        uplink = MirrorUplink(self.clock, max_buffer_bytes=12 * (PACKET_RECORD.size + 10),
+                              batch_packets=5, window=8)
+        uplink.attach(self.transport)
+        records = [(float(i), 1 if i < 7 else 113, bytes([i]) * 10) for i in range(14)]
+        self.assertEqual(uplink.add_packets(records), 12)
+        self.assertEqual((uplink.packets, uplink.dropped), (12, 2))
+        self.clock.advance(0.05)
+        batches = [decode_packets(b) for _, b in self.transport.take()]
+        self.assertEqual([(s, lt, len(p)) for s, lt, p in batches],
+                         [(1, 1, 5), (2, 1, 2), (3, 113, 5)])
+        self.assertEqual(batches[2][2][0], (7.0, 113, b"\x07" * 10))
+        uplink.seal()
 
     def test_linktype_change_seals(self) -> None:
         """A batch holds one link type; a change starts a new batch."""
