@@ -99,7 +99,8 @@ _CALLID_LEN = _length("cdr_next", "callid")
 _FBASENAME_LEN = _length("cdr_next", "fbasename")
 _PATH_LEN = _length("cdr_next", "sip_pcap")
 _CODEC_LEN = _length("cdr_rtp", "codec")
-_EXTRA_LEN = 1 << 24
+_EXTRA_LEN = 1 << 20     # characters of JSON: a row stays far below max_allowed_packet
+_NO_TIME = "1970-01-01 00:00:00.000"   # for a NOT NULL time the CDR did not have
 _JITTER_MAX = U32 / 10 - 1           # ms; a_avgjitter_mult10 must fit an int unsigned
 _MOS_MAX = U8 / 10                   # _mult10 of a MOS must fit a tinyint unsigned
 _SIDE_LEN = len(_side_names("a")) - 1   # side columns after {s}_index
@@ -224,6 +225,30 @@ def _side_index(index: Any) -> int | None:
     return index if type(index) is int and 0 <= index <= U16 else None
 
 
+def _extra_json(extra: Any) -> str | None:
+    """``Cdr.extra`` as JSON text, or a note of why it is not there (never cut mid-JSON).
+    ASCII JSON: any string, even one with a lone surrogate, comes back as it went in."""
+    if not extra:
+        return None
+    try:
+        data = json.dumps(extra, sort_keys=True, default=str)
+    except (TypeError, ValueError) as exc:
+        data = json.dumps({"_unstorable": str(exc)[:200]})
+    if len(data) > _EXTRA_LEN:
+        data = json.dumps({"_too_long": len(data)})
+    return data
+
+
+def _extra_data(stored: str | None) -> dict[str, Any]:
+    if not stored:
+        return {}
+    try:
+        data = json.loads(stored)
+    except ValueError:
+        return {"_unreadable": stored[:200]}
+    return data if isinstance(data, dict) else {"_value": data}
+
+
 def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str | None
            ) -> tuple[tuple[Any, ...], tuple[Any, ...], list[tuple[Any, ...]]]:
     """(the ``cdr`` row in ``CDR_COLUMNS`` order, the ``cdr_next`` row and the ``cdr_rtp``
@@ -244,8 +269,8 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
     whohanged = cdr.whohanged if cdr.whohanged in ("caller", "callee") else None
     ports = ints((cdr.sipcallerport, cdr.sipcalledport, cdr.lastSIPresponseNum), 0, U16)
     row = (
-        cdr.id_sensor, uid(cdr.sensor_cdr_uid), datetime_text(cdr.calldate),
-        datetime_text(cdr.callend), dec3(cdr.duration), dec3(cdr.connect_duration),
+        cdr.id_sensor, uid(cdr.sensor_cdr_uid), datetime_text(cdr.calldate) or _NO_TIME,
+        datetime_text(cdr.callend) or _NO_TIME, dec3(cdr.duration), dec3(cdr.connect_duration),
         text(cdr.caller, _LEN["caller"]), text(cdr.caller_domain, _LEN["caller_domain"]),
         text(cdr.callername, _LEN["callername"]), text(cdr.called, _LEN["called"]),
         text(cdr.called_domain, _LEN["called_domain"]),
@@ -258,13 +283,12 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
         max(_loss_perc_mult1000(s) for s in present) if present else None,
     )
     has_pcap = bool(cdr.sip_pcap or cdr.rtp_pcap)
-    extra = (json.dumps(cdr.extra, sort_keys=True, default=str, ensure_ascii=False)
-             if cdr.extra else None)
+    extra = _extra_json(cdr.extra)
     next_row = (
         text(cdr.callid, _CALLID_LEN), text(cdr.fbasename, _FBASENAME_LEN),
         datetime_text(cdr.connect_time), text(cdr.sip_pcap, _PATH_LEN),
         text(cdr.rtp_pcap, _PATH_LEN), pcap_on if has_pcap and pcap_on in PCAP_ON else None,
-        None if extra is None else text(extra, _EXTRA_LEN),
+        extra,
     )
     return row, next_row, [row for row, _side in encoded]
 
@@ -362,7 +386,7 @@ def decode_cdr(row: Sequence[Any], rtp_rows: Sequence[Sequence[Any]]) -> tuple[i
         b_ua=b_ua or "", a_index=a_index, b_index=b_index,
         rtp=tuple(decode_rtp(r, start) for r in rtp_rows),
         fbasename=fbasename or "", sip_pcap=sip_pcap or "", rtp_pcap=rtp_pcap or "",
-        extra=json.loads(extra) if extra else {},
+        extra=_extra_data(extra),
     )
     return cdr_id, cdr, pcap_on
 

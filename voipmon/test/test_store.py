@@ -252,6 +252,17 @@ class StoreContract:
         self.assertEqual(row["extra"], {"nested": {"list": [1, 2.5, None]}, "n": 1})
 
     @defer.inlineCallbacks
+    def test_a_cdr_without_times_is_stored_last(self) -> Any:
+        timeless = testing.make_cdr(1, calldate=float("nan"), callend=float("nan"),
+                                    extra={"big": "x" * (1 << 21)})
+        normal = testing.make_cdr(2)
+        self.assertEqual((yield self.store.store_cdrs([timeless, normal])), 2)
+        rows = yield self.store.list_cdrs({})
+        self.assertEqual([r["callid"] for r in rows], [normal.callid, timeless.callid])
+        self.assertEqual(rows[1]["calldate"], "1970-01-01T00:00:00.000Z")
+        self.assertEqual(rows[1], self.expected(rows[1]["id"], timeless))
+
+    @defer.inlineCallbacks
     def test_list_is_newest_first_and_pages(self) -> Any:
         cdrs = cdrs_of(1, range(25))
         yield self.store.store_cdrs(cdrs[::2])

@@ -82,13 +82,17 @@ def cdrs(draw: Any) -> Cdr:
     rtp = tuple(draw(st.lists(streams(), max_size=3)))
     return testing.make_cdr(
         draw(st.integers(0, 10**6)), id_sensor=draw(st.integers(0, 65535)), rtp=rtp,
+        calldate=draw(st.one_of(st.floats(1.6e9, 1.8e9), st.floats(allow_nan=True),
+                                st.floats(-1e3, 1e12))),
+        callend=draw(st.one_of(st.floats(1.6e9, 1.8e9), st.floats(allow_nan=True))),
         a_index=draw(st.one_of(st.none(), st.integers(-1, 4))),
         b_index=draw(st.one_of(st.none(), st.integers(-1, 4))),
         caller=draw(st.text(max_size=300)), called=draw(st.text(max_size=20)),
         duration=draw(st.one_of(st.floats(0, 1e7), st.floats(allow_nan=True))),
         sipcallerport=draw(st.integers(-10, 70000)),
         lastSIPresponse=draw(st.text(max_size=20)), a_ua=draw(st.text(max_size=20)),
-        extra=draw(st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)),
+        extra=draw(st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text()),
+                                   max_size=3)),
     )
 
 
@@ -185,6 +189,21 @@ class EncodeTests(unittest.SynchronousTestCase):
         worst = max(s.lost * 100000 / (s.received + s.lost) for s in (a, b))
         self.assertEqual(values["packet_loss_perc_mult1000"], round(worst))
         self.assertEqual(values["calldate"], "2023-11-14 22:13:24.623")
+
+    def test_extra_that_cannot_be_json(self) -> None:
+        huge = testing.make_cdr(1, extra={"blob": "x" * (1 << 21)})
+        self.assertEqual(stored_form(huge)[0].extra, {"_too_long": (1 << 21) + 12})
+        odd = testing.make_cdr(1, extra={"s": "lone \udcff surrogate", "n": {1: object}})
+        self.assertEqual(stored_form(odd)[0].extra["s"], "lone \udcff surrogate")
+        circular: dict = {}
+        circular["self"] = circular
+        self.assertIn("_unstorable", stored_form(testing.make_cdr(1, extra=circular))[0].extra)
+
+    def test_times_that_are_not_times(self) -> None:
+        cdr = testing.make_cdr(1, calldate=float("nan"), callend=float("inf"))
+        values = dict(zip(CDR_COLUMNS, encode(cdr, None, None, None, "sensor")[0], strict=True))
+        self.assertEqual((values["calldate"], values["callend"]),
+                         ("1970-01-01 00:00:00.000", "1970-01-01 00:00:00.000"))
 
     def test_a_call_without_rtp(self) -> None:
         cdr = testing.make_cdr(1, rtp=(), a_index=None, b_index=None)
