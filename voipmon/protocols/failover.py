@@ -51,7 +51,7 @@ class FailoverEndpoint:
     def __init__(self, endpoints: Sequence[tuple[str, IStreamClientEndpoint]],
                  clock: IReactorTime, *, initial_delay: float = 1.0, max_delay: float = 30.0,
                  factor: float = 2.0, jitter: Callable[[], float] = random.random,
-                 stable_after: float = 10.0, reconnect_jitter: float = 0.5,
+                 stable_after: float = 10.0, reconnect_jitter: float = 0.25,
                  on_round_failed: Callable[[FailoverRoundFailed], None] | None = None) -> None:
         if not endpoints:
             raise ValueError("FailoverEndpoint needs at least one endpoint")

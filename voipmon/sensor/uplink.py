@@ -40,6 +40,7 @@ from voipmon.sensor.queue import DurableQueue, QueueError
 log = Logger()
 
 CDR_BATCH_RECORDS = 1000
+CDR_FIRST_BATCH = 50       # after (re)connecting, batches start small and double
 CDR_BATCH_BYTES = 4 << 20
 CDR_WINDOW = 4
 MIRROR_BATCH_BYTES = 256 * 1024
@@ -112,10 +113,12 @@ class CdrUplink:
 
     def __init__(self, queue: DurableQueue, clock: IReactorTime,
                  batch_records: int = CDR_BATCH_RECORDS, batch_bytes: int = CDR_BATCH_BYTES,
-                 window: int = CDR_WINDOW) -> None:
+                 window: int = CDR_WINDOW, first_batch: int = CDR_FIRST_BATCH) -> None:
         self.queue = queue
         self.clock = clock
         self.batch_records = batch_records
+        self.first_batch = min(first_batch, batch_records)
+        self.batch_limit = self.first_batch
         self.batch_bytes = batch_bytes
         self.own_window = window
         self.window = window
@@ -178,6 +181,9 @@ class CdrUplink:
         self.window = _window(transport, self.own_window)
         self.inflight.clear()
         self.sent_upto = self.queue.acked
+        # A central just reached (after a failover, say) acknowledges a small batch
+        # sooner: start small, double with each batch sent.
+        self.batch_limit = self.first_batch
         if self.queue.depth:
             log.info("sending {count} queued CDRs to {central}", count=self.queue.depth,
                      central=transport.peer)
@@ -189,9 +195,10 @@ class CdrUplink:
 
     def pump(self) -> None:
         while self.transport is not None and len(self.inflight) < self.window:
-            records = self.queue.read(self.sent_upto, self.batch_records, self.batch_bytes)
+            records = self.queue.read(self.sent_upto, self.batch_limit, self.batch_bytes)
             if not records:
                 return
+            self.batch_limit = min(self.batch_limit * 2, self.batch_records)
             first, last = records[0][0], records[-1][0]
             self.transport.send_message(MessageType.CDRS,
                                         encode_cdr_batch(first, [r for _, r in records]))

@@ -80,6 +80,20 @@ class CdrUplinkTests(SynchronousTestCase):
         self.assertEqual(self.queue.depth, 0)
         self.assertEqual(self.transport.sent, [])
 
+    def test_small_batches_first(self) -> None:
+        """After each (re)connect the first batch is small and each next one twice as big,
+        so a central just reached acknowledges something quickly."""
+        uplink = CdrUplink(self.queue, self.clock, batch_records=100, window=8, first_batch=10)
+        for n in range(300):
+            uplink.add(make_cdr(n, id_sensor=7))
+        self.clock.advance(0)
+        uplink.attach(self.transport)
+        sizes = [len(batch_range(body)[2]) for _, body in self.transport.take()]
+        self.assertEqual(sizes, [10, 20, 40, 80, 100, 50])
+        uplink.detach(None)
+        uplink.attach(self.transport)
+        self.assertEqual(len(batch_range(self.transport.take()[0][1])[2]), 10)
+
     def test_central_window_is_respected(self) -> None:
         """A central that allows one batch in flight gets one."""
         self.uplink.attach(FakeMessageTransport({"window": 1}))
