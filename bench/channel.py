@@ -4,8 +4,9 @@ One run, three figures, each beside its reference measured in the same run:
 
 1. Local processing: CDRs/s from the sensor's durable queue, over TLS, through a
    ``twistd voipmon-central`` process, into MariaDB (acknowledged only after commit), beside
-   ``SqlStore.store_cdrs`` writing the same kind of CDRs straight into MariaDB (the store
-   alone: the most the channel could deliver). Target >= 5,000 CDRs/s.
+   ``SqlStore.store_cdrs`` writing the same kind of CDRs straight into MariaDB as the
+   central does (batches of 1000, four in flight): the most the channel could deliver.
+   Target >= 5,000 CDRs/s.
 2. Packet mirroring, for each codec: packets/s replayed from the benchmark capture, sent,
    analysed by the central's engine and acknowledged, with the wire bytes per packet
    (frames, headers, TLS payload) beside the capture file's own bytes per packet.
@@ -159,14 +160,21 @@ class Bench:
 
     @defer.inlineCallbacks
     def store_alone(self, count: int) -> Any:
-        """Reference: SqlStore.store_cdrs straight into MariaDB, batches of 500."""
+        """Reference: SqlStore.store_cdrs straight into MariaDB as the central calls it:
+        batches of 1000, four in flight."""
         database = self.database()
         store = SqlStore(testing.mysql_dialect(database), self.reactor, central_id="bench")
         yield store.start()
         cdrs = [testing.make_cdr(n, id_sensor=2) for n in range(count)]
+        batches = [cdrs[i:i + 1000] for i in range(0, count, 1000)]
         started = time.perf_counter()
-        for i in range(0, count, 500):
-            yield store.store_cdrs(cdrs[i:i + 500])
+
+        @defer.inlineCallbacks
+        def writer(index: int) -> Any:
+            for batch in batches[index::4]:
+                yield store.store_cdrs(batch)
+
+        yield defer.gatherResults([writer(i) for i in range(4)])
         elapsed = time.perf_counter() - started
         yield store.close()
         return count / elapsed
@@ -201,7 +209,7 @@ class Bench:
         connection.close()
         self.report(f"local processing: {rate:10,.0f} CDRs/s queue -> TLS -> central -> "
                     f"MariaDB ({count} CDRs in {elapsed:.2f} s, {stored} stored)   "
-                    f"reference store_cdrs alone {reference:,.0f} CDRs/s "
+                    f"reference store_cdrs alone (1000 x 4 in flight) {reference:,.0f} CDRs/s "
                     f"(ratio {rate / reference:.2f})   target >= {TARGET_CDRS:,}: "
                     f"{'met' if rate >= TARGET_CDRS else 'NOT met'}")
 

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
+from voipmon.manager.service import resolve_manager
 from voipmon.protocols.cdrcodec import cdr_from_wire
 from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello
@@ -374,15 +375,9 @@ class CentralSessions:
             "host": host or "", "mode": hello.mode, "version": hello.version,
             "when": self.clock.seconds(),
         }
-        manager = hello.manager
-        if manager:
-            mhost, _, mport = manager.rpartition(":")
-            mhost = mhost.strip("[]")
-            if mhost == "*":
-                mhost = sensor["host"]
-            if mport.isdigit():
-                sensor["manager_host"] = mhost
-                sensor["manager_port"] = int(mport)
+        reachable = resolve_manager(hello.manager, sensor["host"])
+        if reachable is not None:
+            sensor["manager_host"], sensor["manager_port"] = reachable
         self._writer(hello.id_sensor).set(lambda: self.store.upsert_sensor(sensor),
                                           f"the registration of sensor {hello.id_sensor}")
 

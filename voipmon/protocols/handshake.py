@@ -110,7 +110,8 @@ def _hex_field(body: dict[str, Any], name: str, message: str, size: int | None) 
 def _text_field(body: dict[str, Any], name: str, message: str, limit: int) -> str:
     text = body.get(name, "")
     if not isinstance(text, str) or len(text) > limit or any(ord(c) < 32 for c in text):
-        raise ProtocolError(f"malformed {message} message: bad {name!r}")
+        raise ProtocolError(f"malformed {message} message: bad {name!r} (text of at most "
+                            f"{limit} characters, no control characters)")
     return text
 
 

@@ -22,7 +22,13 @@ from zope.interface import Interface
 import voipmon
 from voipmon.protocols.channel import PING_INTERVAL, ChannelProtocol
 from voipmon.protocols.compression import CODECS, get_codec
-from voipmon.protocols.handshake import ID_IN_USE, Hello, Rejection, ServerHandshake
+from voipmon.protocols.handshake import (
+    ID_IN_USE,
+    MALFORMED,
+    Hello,
+    Rejection,
+    ServerHandshake,
+)
 from voipmon.protocols.wire import MAX_FRAME, MessageType, ProtocolError, decode_json
 
 WINDOW = 16                # batches a sensor may have unacknowledged
@@ -129,6 +135,10 @@ class CentralChannel(ChannelProtocol):
                 challenge = self.handshake.receive_hello(decode_json(kind, payload))
             except Rejection as rejection:
                 self.reject(rejection, self.handshake_hello_id(payload))
+                return
+            except ProtocolError as exc:
+                # Tell a sensor of ours what is wrong with its hello, as a refusal.
+                self.reject(Rejection(MALFORMED, str(exc)), self.handshake_hello_id(payload))
                 return
             self.send_message(MessageType.CHALLENGE, challenge)
         elif kind == MessageType.PROOF:

@@ -215,9 +215,20 @@ class HostileTests(CentralBase):
         self.assertIn("unexpected CDRS before authentication", server.close_reason)
 
     def test_malformed_hello(self) -> None:
-        server, _io = self.raw_client()
+        """A hello that cannot be read is refused with the reason (code 'malformed')."""
+        server, server_io = self.raw_client()
         server.dataReceived(encode_frame(MessageType.HELLO, encode_json({"protocol": 1})))
         self.assertIn("malformed HELLO", server.close_reason)
+        [reject] = FrameDecoder().feed(server_io.getOutBuffer())
+        self.assertEqual(reject.kind, MessageType.REJECT)
+        self.assertEqual(decode_json(reject.kind, reject.payload)["code"], "malformed")
+
+    def test_name_too_long_refused(self) -> None:
+        """A sensor name over 200 characters is refused, saying so."""
+        d = self.pair.connect(name="x" * 201)
+        failure = self.failureResultOf(d, Rejection)
+        self.assertEqual(failure.value.code, "malformed")
+        self.assertIn("'name' (text of at most 200 characters", failure.value.reason)
 
     def test_silent_connection_dropped(self) -> None:
         """A connection that never says hello is dropped after 10 s."""
