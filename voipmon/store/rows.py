@@ -137,18 +137,20 @@ def _stream_careful(s: RtpStream, index: int, base_ms: int | None
     avgjitter, maxjitter = real(s.avgjitter), real(s.maxjitter)
     sl, delay = tuple(s.sl[:10]), tuple(s.delay[:7])
     counts = ints((*sl, *delay), 0, U32)
+    n_sl = len(sl)
     row = (
         index, saddr, sport, ip_bytes(s.daddr), dport, None if ssrc is None else ssrc & U32,
         payload, received, lost, _relative(s.firsttime, base_ms),
         _relative(s.lasttime, base_ms), mult10(maxjitter), avgjitter, maxjitter,
         real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt), text(s.codec, _CODEC_LEN),
-        duplicates, reordered, int_list(sl), int_list(delay), real(s.rtcp_fraclost),
+        duplicates, reordered, int_list(counts[:n_sl]), int_list(counts[n_sl:]),
+        real(s.rtcp_fraclost),
         real(s.rtcp_jitter), real(s.rtcp_rtt), 1 if s.tied_to_sip else 0,
     )
     side = (
         payload, saddr, received, lost, reordered, mult10(avgjitter),
         None if maxjitter is None else clamp(round(maxjitter), 0, U32),
-        *counts[:len(sl)], *_PAD[:10 - len(sl)], *counts[len(sl):], *_PAD[:7 - len(delay)],
+        *counts[:n_sl], *_PAD[:10 - n_sl], *counts[n_sl:], *_PAD[:7 - len(delay)],
         mult10(s.mos_f1, U8), mult10(s.mos_f2, U8), mult10(s.mos_adapt, U8),
     )
     return row, side

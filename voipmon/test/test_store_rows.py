@@ -4,6 +4,7 @@ round trips, summaries and batch validation."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -100,18 +101,45 @@ def kinds(table: str) -> dict[str, str]:
     return {c.name: c.type.partition(":")[0] for c in TABLES[table].columns}
 
 
+RANGES = {"u8": (0, 0xFF), "u16": (0, 0xFFFF), "u32": (0, 0xFFFFFFFF), "bool": (0, 1),
+          "u64": (0, (1 << 64) - 1), "i32": (-(1 << 31), (1 << 31) - 1),
+          "i64": (-(1 << 63), (1 << 63) - 1), "id": (1, (1 << 63) - 1)}
+
+
 def check_types(case: unittest.SynchronousTestCase, table: str, columns: tuple[str, ...],
                 row: tuple[Any, ...]) -> None:
-    """Every value is None or the Python type its column kind takes (the renderer's
-    contract: it formats by column type, never by value)."""
-    expected = {"ip": bytes, "double": float, "dec3": float}
+    """Every value is None or one its column takes under MySQL's strict mode: the Python
+    type the renderer formats that column kind with, in range, within length, encodable."""
+    schema = {c.name: c for c in TABLES[table].columns}
     for name, value in zip(columns, row, strict=True):
+        column = schema[name]
+        kind, _, arg = column.type.partition(":")
+        where = f"{table}.{name} = {value!r}"
         if value is None:
-            continue
-        kind = kinds(table)[name]
-        want = expected.get(kind, int if kind in ("id", "u8", "u16", "u32", "u64", "i32",
-                                                   "i64", "bool") else str)
-        case.assertIs(type(value), want, f"{table}.{name} = {value!r}")
+            case.assertTrue(column.null, where)
+        elif kind in RANGES:
+            case.assertIs(type(value), int, where)
+            low, high = RANGES[kind]
+            case.assertTrue(low <= value <= high, where)
+        elif kind in ("double", "dec3"):
+            case.assertIs(type(value), float, where)
+            case.assertTrue(math.isfinite(value), where)
+            if kind == "dec3":
+                case.assertLessEqual(abs(value), 999999.999, where)
+        elif kind == "ip":
+            case.assertIs(type(value), bytes, where)
+            case.assertIn(len(value), (4, 16), where)
+        else:
+            case.assertIs(type(value), str, where)
+            value.encode("utf-8")                      # no lone surrogates
+            if kind in ("text", "bintext", "ascii"):
+                case.assertLessEqual(len(value), int(arg), where)
+            if kind == "ascii":
+                case.assertTrue(value.isascii(), where)
+            if kind == "enum":
+                case.assertIn(value, arg.split(","), where)
+            if kind == "datetime":
+                case.assertRegex(value, r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$", where)
 
 
 class ColumnTests(unittest.SynchronousTestCase):
