@@ -14,6 +14,7 @@ Methods taking a connection or cursor run in a pool thread, never in the reactor
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -152,12 +153,14 @@ class MySQLDialect(Dialect):
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
 
     def __init__(self, host: str, port: int, user: str, password: str, database: str,
-                 connect_timeout: float = 10.0, read_timeout: float = 600.0) -> None:
+                 connect_timeout: float = 10.0, read_timeout: float = 3600.0,
+                 write_timeout: float = 120.0) -> None:
         self.host, self.port, self.user, self.database = host, port, user, database
         self.secret = password
         self._password = password
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
         self._renderers: dict[tuple[Any, ...], Callable[[Sequence[Any]], str]] = {}
         shown = f"[{host}]" if ":" in host else host
         self.where = f"MySQL {user}@{shown}:{port}/{database}"
@@ -172,9 +175,10 @@ class MySQLDialect(Dialect):
             host=self.host, port=self.port, user=self.user, password=self._password,
             database=self.database if with_database else None, charset="utf8mb4",
             autocommit=False, connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout, write_timeout=self.read_timeout,
+            read_timeout=self.read_timeout, write_timeout=self.write_timeout,
         )
         try:
+            _keepalive(getattr(conn, "_sock", None))
             with conn.cursor() as cur:
                 cur.execute("SET time_zone = '+00:00'")
                 # Fewer gap locks between concurrent batch inserts, so fewer deadlocks.
@@ -312,6 +316,18 @@ class MySQLDialect(Dialect):
         """Unknown database (1049), or one this user may not see (1044): try creating it."""
         args = getattr(exc, "args", ())
         return bool(args) and args[0] in (1044, 1049)
+
+
+def _keepalive(sock: Any) -> None:
+    """TCP keepalive on a MySQL connection: a peer that vanished (network cut, host down)
+    is noticed within about a minute even while waiting for a long query's answer, where a
+    read timeout would have to be longer than the longest migration."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 _INT_KINDS = {"id", "u8", "u16", "u32", "u64", "i32", "i64", "bool"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import sqlite3
 import struct
 from typing import Any
@@ -150,6 +151,15 @@ class MySQLRendererTests(unittest.TestCase):
                    for _ in range(300)]
         floats += [5e-324, 1.7976931348623157e308, 0.1, 1e-05, 123456789.123456789]
         self.round_trip(HOSTILE, floats)
+
+    def test_connections_notice_a_vanished_server(self) -> None:
+        sock = self.conn._sock
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 30)
+        cur = self.conn.cursor()
+        cur.execute("SELECT @@session.time_zone, @@session.tx_isolation")
+        self.assertEqual(cur.fetchone(), ("+00:00", "READ-COMMITTED"))
 
     def test_under_no_backslash_escapes(self) -> None:
         cur = self.conn.cursor()
