@@ -241,7 +241,13 @@ class MySQLDialect(Dialect):
     # transactions and statements
 
     def begin(self, cur: Any, write: bool) -> None:
-        cur.execute("START TRANSACTION")
+        pass   # autocommit is off: the first statement opens the transaction, no round trip
+
+    def insert_one(self, cur: Any, table: str, columns: Sequence[str], row: Sequence[Any]) -> int:
+        """Insert one row; returns its AUTO_INCREMENT id (LAST_INSERT_ID of a one-row
+        INSERT is that row's, whatever innodb_autoinc_lock_mode says)."""
+        self.insert(cur, table, columns, [row])
+        return int(cur.lastrowid)
 
     def insert(self, cur: Any, table: str, columns: Sequence[str],
                rows: Iterable[Sequence[Any]]) -> int:
@@ -449,6 +455,11 @@ class SQLiteDialect(Dialect):
         sql = f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES ({values})"
         cur.executemany(sql, rows)
         return max(cur.rowcount, 0)
+
+    def insert_one(self, cur: Any, table: str, columns: Sequence[str], row: Sequence[Any]) -> int:
+        values = self.params(len(columns))
+        cur.execute(f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES ({values})", row)
+        return int(cur.lastrowid)
 
     def excluded(self, column: str) -> str:
         return f"excluded.{q(column)}"

@@ -229,10 +229,11 @@ class SqlStore:
         pcap_on = batch.pcap_on
         encoded = [encode(cdr, responses.get(r), uas.get(a), uas.get(b), pcap_on)
                    for _key, cdr, (r, a, b) in todo]
-        self._insert_new(txn, "cdr", CDR_COLUMNS, [e[0] for e in encoded])
-        keys = [key for key, _cdr, _lk in todo]
-        found = self._keys(txn, keys)
-        ids = [found[key] for key in keys]
+        ids = self._insert_new(txn, "cdr", CDR_COLUMNS, [e[0] for e in encoded])
+        if ids is None:
+            keys = [key for key, _cdr, _lk in todo]
+            found = self._keys(txn, keys)
+            ids = [found[key] for key in keys]
         dialect.insert(cur, "cdr_next", NEXT_COLUMNS,
                        [(cdr_id, *e[1]) for cdr_id, e in zip(ids, encoded, strict=True)])
         dialect.insert(cur, "cdr_rtp", RTP_COLUMNS,
@@ -241,12 +242,17 @@ class SqlStore:
         return len(todo)
 
     def _insert_new(self, txn: Txn, table: str, columns: Sequence[str],
-                    rows: Sequence[Sequence[Any]]) -> None:
+                    rows: Sequence[Sequence[Any]]) -> list[int] | None:
         """Insert rows whose keys were absent a moment ago. If another transaction stored one
         of them since, the INSERT fails whole and the attempt runs again, looking anew; so
-        every row this transaction commits is one it inserted, and its count is exact."""
+        every row this transaction commits is one it inserted, and its count is exact.
+        Returns the new ID of a single row (several rows' IDs are looked up: they need not
+        be consecutive, e.g. on Galera)."""
         try:
+            if len(rows) == 1:
+                return [txn.dialect.insert_one(txn.cursor, table, columns, rows[0])]
             txn.dialect.insert(txn.cursor, table, columns, rows)
+            return None
         except Exception as exc:
             if txn.dialect.is_duplicate_key(exc):
                 raise Retry() from exc
