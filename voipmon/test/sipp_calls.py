@@ -22,6 +22,7 @@ from typing import Any
 import dpkt
 from twisted.internet import defer
 
+from voipmon.packet.bpf import port_expression
 from voipmon.test.common import data_path
 from voipmon.test.live_support import ToolProcess, free_udp_port, live_unavailable
 
@@ -52,6 +53,11 @@ class Ports:
     @property
     def sip(self) -> tuple[int, ...]:
         return (*self.uas, self.uas486)
+
+    def capture_filter(self) -> str:
+        """A BPF filter for this run's traffic only (other tests may use ``lo`` too)."""
+        ports = [*self.sip, *self.uac, self.uac486, *self.media]
+        return f"udp and ({port_expression(ports)})"
 
 
 @dataclass

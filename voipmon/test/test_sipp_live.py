@@ -59,7 +59,8 @@ class SippLiveTests(TestCase):
             engine.feed(ts, linktype, frame)
             decoder.feed(ts, linktype, frame)
 
-        capture = LiveCapture(["lo"], sip_ports, sink, reactor=reactor, status_interval=0)
+        capture = LiveCapture(["lo"], sip_ports, sink, reactor=reactor, status_interval=0,
+                              user_filter=ports.capture_filter())
         capture.startService()
         self.addCleanup(lambda: capture.stopService() if capture.running else None)
         calls.tcpdump_filter = capture.interfaces[0].expression  # the very same filter
@@ -174,7 +175,8 @@ class SensorToCentralTests(TestCase):
             f"id_sensor = 21\nserver_destination = 127.0.0.1:{port}\n"
             f"server_password = {self.password}\nspooldir = {self.base}/sensor\n"
             f"managerport = 0\ninterface = lo\n"
-            f"sipport = {', '.join(str(p) for p in calls.ports.sip)}\n"))
+            f"sipport = {', '.join(str(p) for p in calls.ports.sip)}\n"
+            f"filter = {calls.ports.capture_filter()}\n"))
         sensor = SensorService(sensor_settings, reactor)
         sensor.startService()
         self.addCleanup(lambda: sensor.stopService() if sensor.running else None)
