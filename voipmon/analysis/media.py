@@ -104,7 +104,8 @@ class MediaTable:
             self.flows[key] = flow
             self.stats.orphan_flows += 1
             return self.media(flow, d)
-        self.skip[key] = d.ts
+        if not payload[:1].isalpha():  # text may be SIP on a port nobody configured
+            self.skip[key] = d.ts
         return None
 
     def _attribute(self, key: bytes, d: Datagram, endpoint: Endpoint, epkey: bytes,
