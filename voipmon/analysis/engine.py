@@ -25,6 +25,7 @@ cleared as it grows.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -107,8 +108,8 @@ class Engine:
         self._skip = self.media.skip
         self._calls: dict[str, Call] = {}
         self._closed: OrderedDict[str, tuple[float, int]] = OrderedDict()
-        self._now = 0.0
-        self._tick = 0.0
+        self._now = -math.inf
+        self._tick = -math.inf
         self._skip_cleared = 0.0
         self._finished = False
 
