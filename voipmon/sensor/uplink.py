@@ -1,14 +1,11 @@
 """What the sensor sends over the channel, and what it does with the acknowledgements.
 
-Two uplinks outlive any one connection (the channel comes and goes with failover):
-
-- ``CdrUplink`` (local processing): every CDR goes into the durable queue; once flushed
-  (fsync'd) it is sent in batches, at most ``window`` batches unacknowledged, and deleted
-  from the queue only when the central acknowledges it, which it does after its database
-  committed it. After a reconnect everything unacknowledged is sent again, in order.
-- ``MirrorUplink`` (packet mirroring): raw packets are gathered into batches held in
-  memory, bounded by ``max_buffer_mem``; a full buffer drops packets and counts them.
-  Unacknowledged batches are kept and resent after a reconnect.
+An uplink outlives any one connection (the channel comes and goes with failover).
+``CdrUplink`` (local processing): every CDR goes into the durable queue; once flushed
+(fsync'd) it is sent in batches, at most ``window`` batches unacknowledged, and deleted
+from the queue only when the central acknowledges it, which it does after its database
+committed it. After a reconnect everything unacknowledged is sent again, in order. The
+packet-mirroring uplink is ``voipmon.sensor.mirror.MirrorUplink``.
 
 ``UplinkProtocol`` is the thin session protocol the channel hands messages to.
 """
@@ -27,9 +24,7 @@ from zope.interface import Interface, implementer
 
 from voipmon.protocols.cdrcodec import cdr_to_wire
 from voipmon.protocols.wire import (
-    PACKET_RECORD,
     MessageType,
-    PacketBatch,
     ProtocolError,
     decode_json,
     encode_cdr_batch,
@@ -43,11 +38,6 @@ CDR_BATCH_RECORDS = 1000
 CDR_FIRST_BATCH = 50       # after (re)connecting, batches start small and double
 CDR_BATCH_BYTES = 4 << 20
 CDR_WINDOW = 8
-MIRROR_BATCH_BYTES = 256 * 1024
-MIRROR_BATCH_PACKETS = 4096
-MIRROR_FLUSH_INTERVAL = 0.05
-MIRROR_WINDOW = 16
-DROP_REPORT_INTERVAL = 10.0
 
 
 class IUplink(Interface):
@@ -69,7 +59,7 @@ class IUplink(Interface):
         """Counters for logs, STATS messages and the management port."""
 
 
-class _Done:
+class Done:
     """Deferreds waiting for an uplink to finish."""
 
     def __init__(self) -> None:
@@ -92,7 +82,7 @@ class _Done:
             d.callback(None)
 
 
-def _window(transport: Any, own: int) -> int:
+def negotiated_window(transport: Any, own: int) -> int:
     info = getattr(transport, "accept_info", None) or {}
     theirs = info.get("window")
     if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > 0:
@@ -131,7 +121,7 @@ class CdrUplink:
         self.batches_sent = 0
         self.source_done = False
         self._flush_call: Any = None
-        self._done = _Done()
+        self._done = Done()
 
     # -- input ---------------------------------------------------------------------
 
@@ -178,7 +168,7 @@ class CdrUplink:
 
     def attach(self, transport: Any) -> None:
         self.transport = transport
-        self.window = _window(transport, self.own_window)
+        self.window = negotiated_window(transport, self.own_window)
         self.inflight.clear()
         self.sent_upto = self.queue.acked
         # A central just reached (after a failover, say) acknowledges a small batch
@@ -238,219 +228,6 @@ class CdrUplink:
         return {"mode": self.mode, "cdrs": self.produced, "delivered": self.delivered,
                 "stored": self.stored, "queue_depth": self.queue.depth + self.queue.buffered,
                 "queue_bytes": self.queue.disk_bytes, "inflight_batches": len(self.inflight)}
-
-
-@implementer(IUplink)
-class MirrorUplink:
-    """Raw packets -> bounded in-memory batches -> window -> acks; drops counted."""
-
-    mode = "mirror"
-
-    def __init__(self, clock: IReactorTime, max_buffer_bytes: int,
-                 batch_bytes: int = MIRROR_BATCH_BYTES,
-                 batch_packets: int = MIRROR_BATCH_PACKETS,
-                 flush_interval: float = MIRROR_FLUSH_INTERVAL, window: int = MIRROR_WINDOW,
-                 report_interval: float = DROP_REPORT_INTERVAL) -> None:
-        self.clock = clock
-        self.max_buffer_bytes = max_buffer_bytes
-        self.batch_bytes = batch_bytes
-        self.batch_packets = batch_packets
-        self.flush_interval = flush_interval
-        self.own_window = window
-        self.window = window
-        self.report_interval = report_interval
-        self.transport: Any = None
-        self.current: PacketBatch | None = None
-        self._current_bytes = 0
-        self.ready: deque[tuple[int, bytes, int, int]] = deque()     # seq, payload, bytes, count
-        self.inflight: deque[tuple[int, bytes, int, int]] = deque()
-        self.used = 0
-        self.next_seq = 1
-        self.packets = 0
-        self.dropped = 0
-        self.packets_acked = 0
-        self.batches_acked = 0
-        self.source_done = False
-        self.end_state: str | None = None    # None, "pending", "sent", "acked"
-        self.central_cdrs: int | None = None
-        self._flush_call: Any = None
-        self._last_report = -1e18
-        self._reported_drops = 0
-        self._done = _Done()
-        self._room_waiters: list[defer.Deferred] = []
-
-    # -- input (the hot path) ------------------------------------------------------
-
-    def add_packet(self, ts: float, linktype: int, data: bytes) -> bool:
-        """Buffer one packet (a live capture's sink); False (and counted) when full."""
-        return self.add_packets(((ts, linktype, data),)) == 1
-
-    def add_packets(self, records: Any) -> int:
-        """Buffer ``(ts, linktype, frame)`` records; returns how many fitted.
-
-        The hot path of mirroring: one loop, no call per packet. Beyond
-        ``max_buffer_mem`` a packet is dropped and counted.
-        """
-        pack = PACKET_RECORD.pack
-        header = PACKET_RECORD.size
-        limit = self.max_buffer_bytes
-        batch_bytes, batch_packets = self.batch_bytes, self.batch_packets
-        current = self.current
-        used = self.used
-        added = dropped = 0
-        for ts, linktype, data in records:
-            size = header + len(data)
-            if used + size > limit:
-                dropped += 1
-                continue
-            if current is None or current.linktype != linktype:
-                self.used = used
-                self.seal()
-                current = self.current = PacketBatch(linktype)
-            sec = int(ts)
-            usec = round((ts - sec) * 1_000_000)
-            if usec >= 1_000_000:
-                sec, usec = sec + 1, usec - 1_000_000
-            buffer = current.buffer
-            buffer += pack(sec, usec, len(data), len(data))
-            buffer += data
-            current.count += 1
-            self._current_bytes += size
-            used += size
-            added += 1
-            if self._current_bytes >= batch_bytes or current.count >= batch_packets:
-                self.used = used
-                self.seal()
-                self.pump()
-                current = None
-                used = self.used
-        self.used = used
-        self.packets += added
-        if dropped:
-            self.dropped += dropped
-            now = self.clock.seconds()
-            if now - self._last_report >= self.report_interval:
-                self.report_drops(now)
-        if self.current is not None and self._flush_call is None:
-            self._flush_call = self.clock.callLater(self.flush_interval, self._flush_timer)
-        return added
-
-    def report_drops(self, now: float | None = None) -> None:
-        new = self.dropped - self._reported_drops
-        if new:
-            log.warn("mirroring buffer full (max_buffer_mem {mb:.0f} MB): dropped {new} "
-                     "packets, {total} in all", mb=self.max_buffer_bytes / 1048576, new=new,
-                     total=self.dropped)
-        self._reported_drops = self.dropped
-        self._last_report = self.clock.seconds() if now is None else now
-
-    def _flush_timer(self) -> None:
-        self._flush_call = None
-        self.seal()
-        self.pump()
-
-    def seal(self) -> None:
-        """Close the batch being filled so it can be sent."""
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        if self.current is None or not self.current.count:
-            self.current = None
-            return
-        payload = self.current.seal(self.next_seq)
-        self.ready.append((self.next_seq, payload, self._current_bytes, self.current.count))
-        self.next_seq += 1
-        self.current = None
-        self._current_bytes = 0
-
-    def has_room(self) -> bool:
-        """Whether a replayed capture should keep reading (live capture just drops)."""
-        return (self.used < self.max_buffer_bytes // 2
-                and len(self.ready) < 2 * max(self.window, 1))
-
-    def when_room(self) -> defer.Deferred:
-        if self.has_room():
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._room_waiters.append(d)
-        return d
-
-    def close(self) -> None:
-        """Shutdown: cancel the batch timer (what is buffered in memory is lost)."""
-        self.seal()
-
-    def finish_source(self) -> None:
-        """End of the replayed capture: send the rest, then END so the central closes calls."""
-        self.source_done = True
-        self.seal()
-        if self.end_state is None:
-            self.end_state = "pending"
-        self.report_drops()
-        self.pump()
-
-    # -- channel -------------------------------------------------------------------
-
-    def attach(self, transport: Any) -> None:
-        self.transport = transport
-        self.window = _window(transport, self.own_window)
-        self.pump()
-
-    def detach(self, reason: Failure | None = None) -> None:
-        self.transport = None
-        # Unacknowledged batches go back to the front, in order, for the next central.
-        while self.inflight:
-            self.ready.appendleft(self.inflight.pop())
-        if self.end_state == "sent":
-            self.end_state = "pending"
-
-    def pump(self) -> None:
-        transport = self.transport
-        while transport is not None and self.ready and len(self.inflight) < self.window:
-            batch = self.ready.popleft()
-            self.inflight.append(batch)
-            transport.send_message(MessageType.PACKETS, batch[1])
-        if (transport is not None and self.end_state == "pending" and not self.ready
-                and not self.inflight and self.current is None):
-            self.end_state = "sent"
-            transport.send_message(MessageType.END, {"packets": self.packets,
-                                                     "dropped": self.dropped})
-        self._wake_room()
-
-    def _wake_room(self) -> None:
-        if self._room_waiters and self.has_room():
-            waiters, self._room_waiters = self._room_waiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def message_received(self, kind: MessageType, payload: bytes) -> None:
-        if kind == MessageType.PACKETS_ACK:
-            upto = field(decode_json(kind, payload), "upto", int, "PACKETS_ACK")
-            if not self.inflight or upto < self.inflight[0][0] or upto > self.inflight[-1][0]:
-                raise ProtocolError(f"PACKETS_ACK for {upto} does not match any batch in flight")
-            while self.inflight and self.inflight[0][0] <= upto:
-                _seq, _payload, size, count = self.inflight.popleft()
-                self.used -= size
-                self.packets_acked += count
-                self.batches_acked += 1
-            self.pump()
-        elif kind == MessageType.END_ACK:
-            if self.end_state != "sent":
-                raise ProtocolError("END_ACK without END")
-            self.end_state = "acked"
-            cdrs = decode_json(kind, payload).get("cdrs")
-            self.central_cdrs = cdrs if isinstance(cdrs, int) else None
-            self._done.fire()
-        else:
-            raise ProtocolError(f"unexpected {kind.name} from the central")
-
-    def when_done(self) -> defer.Deferred:
-        return self._done.wait()
-
-    def stats(self) -> dict[str, Any]:
-        return {"mode": self.mode, "packets": self.packets, "dropped": self.dropped,
-                "packets_acked": self.packets_acked, "buffer_bytes": self.used,
-                "inflight_batches": len(self.inflight), "ready_batches": len(self.ready)}
 
 
 class UplinkProtocol(protocol.Protocol):

@@ -18,6 +18,7 @@ from voipmon.protocols.channel import IMessageTransport
 from voipmon.protocols.client import AuthenticatingEndpoint
 from voipmon.protocols.handshake import ClientHandshake, derive_key
 from voipmon.protocols.server import CentralFactory, ISession, ISessionHandler
+from voipmon.protocols.wire import encode_json
 from voipmon.store.interfaces import StoreUnavailable
 
 
@@ -309,3 +310,8 @@ class FakeMessageTransport:
     def take(self) -> list[tuple[Any, Any]]:
         sent, self.sent = self.sent, []
         return sent
+
+
+def ack(kind: Any, **body: Any) -> tuple[Any, bytes]:
+    """A message from the central as session logic receives it: (kind, JSON payload)."""
+    return kind, encode_json(body)

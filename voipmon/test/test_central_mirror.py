@@ -10,7 +10,8 @@ from voipmon.central.mirror import CdrWriter, MirrorAnalyses
 from voipmon.central.sessions import CentralSessions
 from voipmon.protocols.handshake import Hello
 from voipmon.protocols.wire import MessageType, PacketBatch, ProtocolError
-from voipmon.sensor.uplink import MirrorUplink, UplinkFactory
+from voipmon.sensor.mirror import MirrorUplink
+from voipmon.sensor.uplink import UplinkFactory
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport, MemoryStore
 

@@ -1,0 +1,175 @@
+"""Tests for voipmon.sensor.mirror: batches, window, acks, resends, buffer limits, END."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from voipmon.protocols.wire import PACKET_RECORD, MessageType, ProtocolError, decode_packets
+from voipmon.sensor.mirror import MirrorUplink
+from voipmon.test.fakes_channel import FakeMessageTransport, ack
+
+
+class MirrorUplinkTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.uplink = MirrorUplink(self.clock, max_buffer_bytes=100_000, batch_bytes=1000,
+                                   batch_packets=5, window=2)
+        self.transport = FakeMessageTransport({"window": 8})
+        self.addCleanup(self.cleanup)
+
+    def cleanup(self) -> None:
+        self.uplink.seal()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def add(self, count: int, size: int = 100, linktype: int = 1, ts: float = 1.0) -> None:
+        for i in range(count):
+            self.assertTrue(self.uplink.add_packet(ts + i, linktype, bytes([i % 256]) * size))
+
+    def seqs(self, transport: FakeMessageTransport | None = None) -> list[int]:
+        transport = transport or self.transport
+        return [decode_packets(body)[0] for kind, body in transport.take()
+                if kind == MessageType.PACKETS]
+
+    def test_batches_by_count_and_timer(self) -> None:
+        """Five packets make a batch; a partial batch goes after 50 ms."""
+        self.uplink.attach(self.transport)
+        self.add(7, size=10)
+        self.assertEqual(self.seqs(), [1])
+        self.clock.advance(0.049)
+        self.assertEqual(self.transport.sent, [])
+        self.clock.advance(0.001)
+        [(_kind, body)] = self.transport.take()
+        seq, linktype, packets = decode_packets(body)
+        self.assertEqual((seq, linktype, len(packets)), (2, 1, 2))
+        self.assertEqual(packets[0], (6.0, 1, b"\x05" * 10))
+
+    def test_batches_by_size(self) -> None:
+        self.uplink.attach(self.transport)
+        self.add(2, size=600)
+        self.assertEqual(self.seqs(), [1])
+
+    def test_bulk_records(self) -> None:
+        """add_packets takes a whole slice of records: batches, link types and drops as
+        packet by packet."""
+        uplink = MirrorUplink(self.clock, max_buffer_bytes=12 * (PACKET_RECORD.size + 10),
+                              batch_packets=5, window=8)
+        uplink.attach(self.transport)
+        records = [(float(i), 1 if i < 7 else 113, bytes([i]) * 10) for i in range(14)]
+        self.assertEqual(uplink.add_packets(records), 12)
+        self.assertEqual((uplink.packets, uplink.dropped), (12, 2))
+        self.clock.advance(0.05)
+        batches = [decode_packets(b) for _, b in self.transport.take()]
+        self.assertEqual([(s, lt, len(p)) for s, lt, p in batches],
+                         [(1, 1, 5), (2, 1, 2), (3, 113, 5)])
+        self.assertEqual(batches[2][2][0], (7.0, 113, b"\x07" * 10))
+        uplink.seal()
+
+    def test_linktype_change_seals(self) -> None:
+        """A batch holds one link type; a change starts a new batch."""
+        self.uplink.attach(self.transport)
+        self.add(2, size=10, linktype=1)
+        self.add(1, size=10, linktype=113)
+        self.clock.advance(0.05)
+        batches = [decode_packets(b) for _, b in self.transport.take()]
+        self.assertEqual([(s, lt, len(p)) for s, lt, p in batches], [(1, 1, 2), (2, 113, 1)])
+
+    def test_window_bounds_inflight(self) -> None:
+        """With a window of two, the third batch waits for an ack."""
+        self.uplink.attach(self.transport)
+        self.add(20, size=10)
+        self.assertEqual(self.seqs(), [1, 2])
+        self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=1))
+        self.assertEqual(self.seqs(), [3])
+        self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=3))
+        self.assertEqual(self.seqs(), [4])
+        self.assertEqual(self.uplink.packets_acked, 15)
+
+    def test_bad_acks(self) -> None:
+        self.uplink.attach(self.transport)
+        self.add(10, size=10)
+        for upto in (0, 3):
+            self.assertRaises(ProtocolError, self.uplink.message_received,
+                              *ack(MessageType.PACKETS_ACK, upto=upto))
+        self.assertRaises(ProtocolError, self.uplink.message_received,
+                          *ack(MessageType.END_ACK, cdrs=0))
+        self.assertRaises(ProtocolError, self.uplink.message_received,
+                          *ack(MessageType.CDR_ACK, upto=1))
+
+    def test_buffer_full_drops_and_counts(self) -> None:
+        """Beyond max_buffer_mem packets are dropped, counted and logged, never silently."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        uplink = MirrorUplink(self.clock, max_buffer_bytes=10 * (PACKET_RECORD.size + 100),
+                              batch_packets=5, window=1)
+        accepted = [uplink.add_packet(float(i), 1, b"x" * 100) for i in range(14)]
+        self.assertEqual(accepted, [True] * 10 + [False] * 4)
+        self.assertEqual(uplink.dropped, 4)
+        lines = [formatEvent(e) for e in observer if "dropped" in formatEvent(e)]
+        self.assertEqual(lines, ["mirroring buffer full (max_buffer_mem 0 MB): dropped 1 packets,"
+                                 " 1 in all"])
+        self.clock.advance(10)
+        uplink.add_packet(99.0, 1, b"x" * 100)
+        self.assertIn("dropped 4 packets, 5 in all", formatEvent(list(observer)[-1]))
+        transport = FakeMessageTransport()
+        uplink.attach(transport)
+        uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=1))
+        self.assertTrue(uplink.add_packet(100.0, 1, b"x" * 100))
+        self.assertEqual(uplink.stats()["dropped"], 5)
+        uplink.seal()
+
+    def test_resend_after_reconnect(self) -> None:
+        """Unacknowledged batches are resent, with the same numbers, to the next central."""
+        self.uplink.attach(self.transport)
+        self.add(20, size=10)
+        self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=1))
+        self.assertEqual(self.seqs(), [1, 2, 3])
+        self.uplink.detach(Failure(Exception("lost")))
+        again = FakeMessageTransport()
+        self.uplink.attach(again)
+        self.assertEqual(self.seqs(again), [2, 3])
+        self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=3))
+        self.assertEqual(self.seqs(again), [4])
+
+    def test_end_after_everything_acked(self) -> None:
+        """END goes only after the last batch is acknowledged; END_ACK finishes."""
+        self.uplink.attach(self.transport)
+        done = self.uplink.when_done()
+        self.add(7, size=10)
+        self.uplink.finish_source()
+        self.assertEqual(self.seqs(), [1, 2])
+        self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=2))
+        [(kind, body)] = self.transport.take()
+        self.assertEqual((kind, body), (MessageType.END, {"packets": 7, "dropped": 0}))
+        self.assertNoResult(done)
+        self.uplink.message_received(*ack(MessageType.END_ACK, cdrs=3))
+        self.successResultOf(done)
+        self.assertEqual(self.uplink.central_cdrs, 3)
+
+    def test_end_resent_after_reconnect(self) -> None:
+        """An END whose ack was lost with the connection is sent again."""
+        self.uplink.attach(self.transport)
+        self.uplink.finish_source()
+        self.assertEqual(self.transport.kinds(), [MessageType.END])
+        self.uplink.detach(None)
+        again = FakeMessageTransport()
+        self.uplink.attach(again)
+        self.assertEqual(again.kinds(), [MessageType.END])
+
+    def test_room_for_replay(self) -> None:
+        """A replay is paused while the buffer is half full and resumed by acks."""
+        uplink = MirrorUplink(self.clock, max_buffer_bytes=20 * (PACKET_RECORD.size + 100),
+                              batch_packets=5, window=1)
+        for i in range(10):
+            uplink.add_packet(float(i), 1, b"x" * 100)
+        self.assertFalse(uplink.has_room())
+        waiting = uplink.when_room()
+        self.assertNoResult(waiting)
+        transport = FakeMessageTransport()
+        uplink.attach(transport)
+        uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=1))
+        self.successResultOf(waiting)
+        self.assertTrue(uplink.has_room())
+        self.successResultOf(uplink.when_room())
