@@ -38,6 +38,9 @@ CDR_BATCH_RECORDS = 1000
 CDR_FIRST_BATCH = 50       # after (re)connecting, batches start small and double
 CDR_BATCH_BYTES = 4 << 20
 CDR_WINDOW = 8
+# A CDR bigger than this could never cross the channel (frames are at most 16 MiB) and
+# would block every CDR queued behind it.
+MAX_CDR_BYTES = 8 * 1024 * 1024
 
 
 class IUplink(Interface):
@@ -119,6 +122,7 @@ class CdrUplink:
         self.delivered = 0       # CDRs acknowledged in this process
         self.stored = 0          # of those, newly inserted by the central (not duplicates)
         self.batches_sent = 0
+        self.oversized = 0       # CDRs too big to ever deliver (logged, not queued)
         self.source_done = False
         self._flush_call: Any = None
         self._done = Done()
@@ -127,7 +131,14 @@ class CdrUplink:
 
     def add(self, cdr: Any) -> None:
         """Queue one CDR (the engine's on_cdr callback); it is sent once flushed."""
-        self.add_raw(cdr_bytes(cdr))
+        record = cdr_bytes(cdr)
+        if len(record) > MAX_CDR_BYTES:
+            self.oversized += 1
+            log.error("the CDR of call {callid} is {size} bytes, over the {limit} the channel "
+                      "carries: it cannot be delivered and is not queued",
+                      callid=cdr.callid, size=len(record), limit=MAX_CDR_BYTES)
+            return
+        self.add_raw(record)
 
     def add_raw(self, record: bytes) -> None:
         self.queue.append(record)
@@ -226,7 +237,8 @@ class CdrUplink:
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "cdrs": self.produced, "delivered": self.delivered,
-                "stored": self.stored, "queue_depth": self.queue.depth + self.queue.buffered,
+                "stored": self.stored, "oversized": self.oversized,
+                "queue_depth": self.queue.depth + self.queue.buffered,
                 "queue_bytes": self.queue.disk_bytes, "inflight_batches": len(self.inflight)}
 
 

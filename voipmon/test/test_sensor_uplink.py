@@ -180,6 +180,17 @@ class CdrUplinkTests(SynchronousTestCase):
         self.uplink.finish_source()
         self.successResultOf(self.uplink.when_done())
 
+    def test_oversized_cdr_refused_loudly(self) -> None:
+        """A CDR too big for any frame is logged and counted, not queued to block the rest."""
+        self.uplink.attach(self.transport)
+        self.uplink.add(make_cdr(1, id_sensor=7, extra={"blob": "x" * (9 * 1024 * 1024)}))
+        self.add(1, start=2)
+        self.clock.advance(0)
+        self.assertEqual(self.uplink.oversized, 1)
+        self.assertEqual(self.queue.durable, 1)
+        [(_kind, body)] = self.transport.sent
+        self.assertEqual(batch_range(body)[:2], (1, 1))
+
     def test_stats(self) -> None:
         self.uplink.attach(self.transport)
         self.add(4)
