@@ -54,8 +54,10 @@ class Process:
         self._cond = threading.Condition()
         environment = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
         environment.update(env or {})
+        # A session of its own: signals go to the whole group, so a wrapper such as
+        # faketime cannot leave its child behind.
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, env=environment)
+                                     cwd=ROOT, env=environment, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -108,18 +110,23 @@ class Process:
         return code
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        """Signal the process and anything it started (its process group)."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not go; returns the exit status."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.kill(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.kill(signal.SIGKILL)
                 self.proc.wait()
+        else:
+            self.kill(signal.SIGKILL)  # whatever it left in its group
         self._reader.join(10)
         return self.proc.returncode
 
