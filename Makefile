@@ -38,7 +38,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 demo: bootstrap
-	$(PY) -m voipmon.demo
+	$(PY) -m voipmon.demo $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check voipmon twisted bench

@@ -1,0 +1,162 @@
+"""The README's main job: a central and two sensors on loopback, then the stored CDRs.
+
+``python -m voipmon.demo`` (``make demo``) writes configs under ``.demo/``, starts
+``twistd voipmon-central`` (embedded SQLite, TLS with a self-signed certificate), replays
+the bundled SIPp captures through two sensors over TLS — one analysing locally and sending
+CDRs, one mirroring raw packets for the central to analyse — waits until each has every
+CDR or packet acknowledged (``--exit-when-done``), prints the CDRs the central's HTTP API
+returns, and stops the central cleanly. Everything it starts, it stops. With ``--serve``
+the central keeps running (web page and API) until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "voipmon", "test", "data")
+PASSWORD = "demo-password-change-me"
+SENSORS = (
+    # id, name, packetbuffer_sender, capture
+    (1, "local-processing", "no", "sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
+    (2, "packet-mirroring", "yes", "sipp_tcp_2calls_udp_486_2calls_lo.pcap"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the central exited with {process.returncode}; see {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the central did not listen on {port} within {timeout:.0f} s; see {log}")
+
+
+def write(path: str, text: str) -> str:
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def twistd(name: str, workdir: str, *args: str) -> list[str]:
+    bindir = os.path.dirname(sys.executable)
+    return [os.path.join(bindir, "twistd"), "--nodaemon", "--pidfile=",
+            f"--logfile={os.path.join(workdir, name + '.log')}", *args]
+
+
+def table(cdrs: list[dict[str, Any]]) -> str:
+    columns = [("id_sensor", "sensor"), ("calldate", "calldate (UTC)"), ("caller", "caller"),
+               ("called", "called"), ("duration", "dur s"), ("lastSIPresponseNum", "last"),
+               ("bye", "bye"), ("a_received", "a pkts"), ("a_lost", "a lost"),
+               ("a_maxjitter", "a jit ms"), ("a_mos_f1", "a MOS"), ("b_received", "b pkts"),
+               ("b_mos_f1", "b MOS")]
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        value = row.get(key)
+        if value is None:
+            return "-"
+        if key == "calldate":
+            return str(value).replace("T", " ").rstrip("Z")
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    rows = [[title for _, title in columns]]
+    rows += [[cell(cdr, key) for key, _ in columns] for cdr in cdrs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    serve = "--serve" in args
+    workdir = os.path.join(ROOT, ".demo")
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    channel_port, http_port = free_port(), free_port()
+    central_conf = write(os.path.join(workdir, "central.conf"), f"""\
+server_bind = 127.0.0.1
+server_bind_port = {channel_port}
+server_password = {PASSWORD}
+sqlite_path = {os.path.join(workdir, "central.sqlite")}
+spooldir = {os.path.join(workdir, "central-spool")}
+http_bind = 127.0.0.1
+http_port = {http_port}
+""")
+    central_log = os.path.join(workdir, "central.log")
+    print(f"starting the central: TLS on 127.0.0.1:{channel_port}, "
+          f"HTTP on 127.0.0.1:{http_port}, SQLite in .demo/central.sqlite")
+    central = subprocess.Popen(twistd("central", workdir, "voipmon-central", "--config",
+                                      central_conf), cwd=workdir)
+    try:
+        wait_for_port(channel_port, central, central_log)
+        for id_sensor, name, mirror, capture in SENSORS:
+            conf = write(os.path.join(workdir, f"sensor{id_sensor}.conf"), f"""\
+id_sensor = {id_sensor}
+name_sensor = {name}
+server_destination = 127.0.0.1:{channel_port}
+server_password = {PASSWORD}
+packetbuffer_sender = {mirror}
+spooldir = {os.path.join(workdir, f"sensor{id_sensor}-spool")}
+managerport = {free_port()}
+""")
+            print(f"sensor {id_sensor} ({name}) replays {capture} ...", flush=True)
+            result = subprocess.run(
+                twistd(f"sensor{id_sensor}", workdir, "voipmon-sensor", "--config", conf,
+                       "--read-pcap", os.path.join(DATA, capture), "--exit-when-done"),
+                cwd=workdir, timeout=300)
+            if result.returncode != 0:
+                print(f"sensor {id_sensor} failed (exit {result.returncode}); "
+                      f"see .demo/sensor{id_sensor}.log", file=sys.stderr)
+                return 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/cdrs?limit=100",
+                                    timeout=30) as answer:
+            body = json.load(answer)
+        cdrs = body["cdrs"] if isinstance(body, dict) else body
+        cdrs = sorted(cdrs, key=lambda c: (c["id_sensor"], c["calldate"]))
+        print(f"\nthe central stored {len(cdrs)} CDRs:\n")
+        print(table(cdrs))
+        print("\nlogs, configs, spools and the database: .demo/")
+        if serve:
+            print(f"web page and API: http://127.0.0.1:{http_port}/  (Ctrl-C stops the central)")
+            try:
+                central.wait()
+            except KeyboardInterrupt:
+                pass
+        return 0 if cdrs else 1
+    finally:
+        if central.poll() is None:
+            central.send_signal(signal.SIGTERM)
+            try:
+                central.wait(timeout=60)
+                print("central stopped")
+            except subprocess.TimeoutExpired:
+                central.kill()
+                central.wait()
+                print("central did not stop within 60 s; killed it", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
