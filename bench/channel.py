@@ -40,7 +40,7 @@ from twisted.internet import defer, task, threads
 
 from voipmon.config import load_sensor_config
 from voipmon.packet.readers import CaptureReader
-from voipmon.sensor.queue import DurableQueue
+from voipmon.queue import DurableQueue
 from voipmon.sensor.service import SensorService
 from voipmon.sensor.uplink import cdr_bytes
 from voipmon.store import testing

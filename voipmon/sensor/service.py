@@ -38,8 +38,8 @@ from voipmon.protocols.failover import (
 )
 from voipmon.protocols.handshake import PERMANENT, CentralProofFailed, ClientHandshake, Rejection
 from voipmon.protocols.wire import MessageType
+from voipmon.queue import DurableQueue, QueueError
 from voipmon.sensor.mirror import MirrorUplink
-from voipmon.sensor.queue import DurableQueue, QueueError
 from voipmon.sensor.replay import ReplaySource
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory
 

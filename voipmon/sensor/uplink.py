@@ -30,7 +30,7 @@ from voipmon.protocols.wire import (
     encode_cdr_batch,
     field,
 )
-from voipmon.sensor.queue import DurableQueue, QueueError
+from voipmon.queue import DurableQueue, QueueError
 
 log = Logger()
 

@@ -15,7 +15,7 @@ from voipmon.central.sessions import MAX_PENDING_BATCHES, CentralSessions, Regis
 from voipmon.protocols.handshake import Hello
 from voipmon.protocols.server import SessionRegistry
 from voipmon.protocols.wire import MessageType, ProtocolError, encode_cdr_batch, encode_json
-from voipmon.sensor.queue import DurableQueue
+from voipmon.queue import DurableQueue
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory, cdr_bytes
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport, MemoryStore

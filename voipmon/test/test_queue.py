@@ -1,4 +1,4 @@
-"""Tests for voipmon.sensor.queue: durability, order, acks, crash recovery (real SIGKILL)."""
+"""Tests for voipmon.queue: durability, order, acks, crash recovery (real SIGKILL), the lock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.sensor.queue import RECORD, DurableQueue, QueueError
+from voipmon.queue import RECORD, DurableQueue, QueueError
 from voipmon.test.common import ROOT
 
 
@@ -84,8 +84,9 @@ class QueueTests(SynchronousTestCase):
         queue.append(b"a")
         queue.flush()
         queue.append(b"b")  # buffered only
-        os.close(queue._fd)  # simulate dying without close()
-        queue._fd = None
+        os.close(queue._fd)  # simulate dying without close(): the kernel drops the lock
+        os.close(queue._lock_fd)
+        queue._fd = queue._lock_fd = None
         reopened = self.make()
         self.assertEqual(reopened.read(0), [(1, b"a")])
         self.assertEqual(reopened.append(b"c"), 2)
@@ -204,10 +205,32 @@ class QueueTests(SynchronousTestCase):
             DurableQueue(os.path.join(blocker, "queue"))
         self.assertIn(blocker, str(caught.exception))
 
+    def test_one_owner_at_a_time(self) -> None:
+        """A queue directory in use cannot be opened a second time; after close it can."""
+        queue = DurableQueue(self.path)
+        queue.append(b"a")
+        queue.flush()
+        with self.assertRaises(QueueError) as caught:
+            DurableQueue(self.path)
+        self.assertIn("in use by another process", str(caught.exception))
+        self.assertIn(self.path, str(caught.exception))
+        queue.close()
+        queue.close()  # twice is harmless
+        self.assertEqual(self.make().read(0), [(1, b"a")])
+
+    def test_failed_open_releases_the_lock(self) -> None:
+        """A queue that fails while recovering does not keep its directory locked."""
+        os.makedirs(self.path)
+        segment = os.path.join(self.path, "seg-00000000000000000001.log")
+        os.mkdir(segment)  # a directory where a segment should be: unreadable
+        self.assertRaises(OSError, DurableQueue, self.path)
+        os.rmdir(segment)
+        self.assertEqual(self.make().depth, 0)
+
 
 CHILD = textwrap.dedent("""
     import sys
-    from voipmon.sensor.queue import DurableQueue
+    from voipmon.queue import DurableQueue
     queue = DurableQueue(sys.argv[1], segment_bytes=4096)
     n = queue.durable
     ack_every = int(sys.argv[2])
@@ -244,6 +267,22 @@ class CrashTests(SynchronousTestCase):
             child.wait()
             child.stdout.close()
         return durable, acked
+
+    def test_lock_held_by_a_process_and_released_by_sigkill(self) -> None:
+        """Another process cannot open a queue a live process holds; once that process is
+        killed, no lock is left behind."""
+        path = os.path.abspath(self.mktemp())
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        child = subprocess.Popen([sys.executable, "-c", CHILD, path, "0"],
+                                 stdout=subprocess.PIPE, env=env, cwd=ROOT)
+        try:
+            self.assertEqual(child.stdout.readline().split()[0], b"durable")
+            self.assertRaises(QueueError, DurableQueue, path)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        DurableQueue(path, segment_bytes=4096).close()
 
     def test_sigkill_loses_nothing_durable(self) -> None:
         """After each SIGKILL every record reported durable is there, in order, intact,

@@ -15,7 +15,7 @@ from voipmon.protocols.wire import (
     MessageType,
     ProtocolError,
 )
-from voipmon.sensor.queue import DurableQueue, QueueError
+from voipmon.queue import DurableQueue, QueueError
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory, cdr_bytes
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes_channel import FakeMessageTransport, ack

@@ -1,23 +1,31 @@
-"""The sensor's durable CDR queue: nothing is sent before it is on disk, nothing is
-deleted before the central acknowledged it, and a SIGKILL at any moment loses nothing
+"""A durable FIFO of byte records on disk: nothing is handed out before it is fsync'd,
+nothing is deleted before it is acknowledged, and a SIGKILL at any moment loses nothing
 that was flushed and corrupts nothing.
 
-Layout (under ``spooldir/queue``)::
+Used wherever a CDR must outlive the process holding it: the sensor's queue of CDRs for
+the central (``spooldir/queue``) and the central's queue of CDRs made from mirrored
+packets, waiting for the database (``spooldir/central-queue``).
+
+Layout of a queue directory::
 
     seg-00000000000000000001.log   records with seq >= 1, append-only
     seg-00000000000000004097.log   the next segment, named by its first seq
     acked                          the highest acknowledged seq, replaced atomically
+    lock                           flock'd while a process has the queue open
 
 A record is ``u32 length | u64 seq | u32 crc32(seq, payload) | payload``. Appends are
-buffered and made durable together by ``flush`` (one write and one fsync for many CDRs:
-group commit); only durable records are handed out by ``read``. On open, each segment is
-scanned; a torn record at the end of the last one (a crash mid-write) fails its length
-or CRC check and is cut off. A segment is deleted once every record in it is acknowledged.
-The ``acked`` file outlives the segments, so sequence numbers never restart.
+buffered and made durable together by ``flush`` (one write and one fsync for many
+records: group commit); only durable records are handed out by ``read``. On open, each
+segment is scanned; a torn record at the end of the last one (a crash mid-write) fails its
+length or CRC check and is cut off. A segment is deleted once every record in it is
+acknowledged. The ``acked`` file outlives the segments, so sequence numbers never restart.
+Only one process at a time may open a queue (a second gets QueueError): two writers would
+interleave their records.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import struct
@@ -33,10 +41,11 @@ MAX_RECORD = 64 * 1024 * 1024
 SEGMENT_BYTES = 16 * 1024 * 1024
 _SEGMENT_RE = re.compile(r"^seg-(\d{20})\.log$")
 ACKED = "acked"
+LOCK = "lock"
 
 
 class QueueError(Exception):
-    """The queue directory cannot be used (permissions, a full disk...)."""
+    """The queue directory cannot be used (permissions, a full disk, another process...)."""
 
 
 def _crc(seq: int, payload: bytes) -> int:
@@ -76,6 +85,7 @@ class DurableQueue:
         self._buffered = 0
         self._reader: tuple[int, int, int] | None = None  # (segment index, offset, next seq)
         self._read_file: tuple[str, object] | None = None
+        self._lock_fd: int | None = None
         self.recovered_tail_bytes = 0
         self.open()
 
@@ -86,6 +96,14 @@ class DurableQueue:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise QueueError(f"queue directory {self.directory}: {exc.strerror or exc}")
+        self._lock()
+        try:
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def _recover(self) -> None:
         for name in os.listdir(self.directory):
             if name.startswith(ACKED + ".tmp"):
                 os.unlink(os.path.join(self.directory, name))  # an ack write cut short
@@ -109,8 +127,23 @@ class DurableQueue:
         if self._segments:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
         if self.depth:
-            log.info("queue: {count} unacknowledged CDRs on disk (seq {first}..{last}) will "
-                     "be sent first", count=self.depth, first=self.acked + 1, last=self.durable)
+            log.info("queue {directory}: {count} unacknowledged records on disk (seq "
+                     "{first}..{last}) go first", directory=self.directory, count=self.depth,
+                     first=self.acked + 1, last=self.durable)
+
+    def _lock(self) -> None:
+        path = os.path.join(self.directory, LOCK)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise QueueError(f"queue lock {path}: {exc.strerror or exc}")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise QueueError(f"queue directory {self.directory} is in use by another process "
+                             f"(or another queue object): one queue, one owner")
+        self._lock_fd = fd
 
     def _read_acked(self) -> int:
         path = os.path.join(self.directory, ACKED)
@@ -121,8 +154,8 @@ class DurableQueue:
             return 0
         match = re.fullmatch(rb"(\d+) ([0-9a-f]{8})\n", text)
         if not match or int(match.group(2), 16) != zlib.crc32(match.group(1)):
-            log.error("queue: {path} is damaged; resending everything still on disk "
-                      "(the central ignores duplicates)", path=path)
+            log.error("queue: {path} is damaged; delivering everything still on disk again "
+                      "(deliveries are idempotent)", path=path)
             return 0
         return int(match.group(1))
 
@@ -277,7 +310,7 @@ class DurableQueue:
     # -- acknowledging -----------------------------------------------------------
 
     def ack(self, upto: int) -> int:
-        """Everything up to ``upto`` was stored by the central; returns how many were new."""
+        """Everything up to ``upto`` was delivered; returns how many were new."""
         upto = min(upto, self.durable)
         if upto <= self.acked:
             return 0
@@ -322,7 +355,7 @@ class DurableQueue:
         return sum(segment.size for segment in self._segments)
 
     def close(self) -> None:
-        """Flush what is buffered and close the files."""
+        """Flush what is buffered, close the files and give the queue up."""
         try:
             self.flush()
         finally:
@@ -330,3 +363,6 @@ class DurableQueue:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
