@@ -1,4 +1,4 @@
-"""Packet mirroring on the central: one analysis per sensor, and a writer for its CDRs.
+"""Packet mirroring on the central: one analysis per sensor, its CDRs into the CDR queue.
 
 Each mirroring sensor gets a ``SensorAnalysis`` (decoder + engine, built by an injected
 factory, writing its pcaps under a per-sensor directory of the central's spool). It
@@ -6,13 +6,13 @@ survives reconnects of the same sensor process, and ignores a batch it has alrea
 analysed (a batch resent because its acknowledgement was lost). A different process of
 the same sensor replaces it: a replayed capture starts again from its first packet, so
 the old state is dropped; a live sensor's old calls are closed and stored. An analysis
-whose sensor stays away for ``idle_finish`` seconds is closed too. ``CdrWriter`` stores
-the CDRs in batches and retries while the database is down.
+whose sensor stays away for ``idle_finish`` seconds is closed too. The CDRs go to the
+central's durable CDR queue (voipmon.central.cdrqueue), which stores them when the
+database can take them; the sensor is acknowledged once they are on disk there.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +21,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface
 
-from voipmon.central.sessions import StoreRetry
+from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.protocols.handshake import Hello
 
 log = Logger()
 
-WRITE_BATCH = 500
 IDLE_FINISH = 300.0
 
 
@@ -44,76 +43,11 @@ class IPacketAnalyzer(Interface):
 AnalyzerFactory = Callable[[Hello, Callable[[Any], None]], Any]
 
 
-class CdrWriter:
-    """Stores CDRs in batches of ``batch`` with ``pcap_on='central'``; retries on failure."""
-
-    def __init__(self, store: Any, clock: IReactorTime, batch: int = WRITE_BATCH) -> None:
-        self.store = store
-        self.clock = clock
-        self.batch = batch
-        self.queue: deque[Any] = deque()
-        self.accepted = 0
-        self.written = 0
-        self._retry: StoreRetry | None = None
-        self._scheduled: Any = None
-        self._waiters: list[tuple[int, defer.Deferred]] = []
-        self.stopped = False
-
-    def add(self, cdr: Any) -> None:
-        self.queue.append(cdr)
-        self.accepted += 1
-        if self._retry is None and self._scheduled is None and not self.stopped:
-            # Gather everything emitted in this reactor turn into one transaction.
-            self._scheduled = self.clock.callLater(0, self._next)
-
-    def _next(self) -> None:
-        self._scheduled = None
-        self._retry = None
-        if not self.queue or self.stopped:
-            self._wake()
-            return
-        batch = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
-
-        def stored(_count: Any) -> None:
-            self.written += len(batch)
-            self._wake()
-            self._next()
-
-        self._retry = StoreRetry(self.clock, lambda: self.store.store_cdrs(batch, "central"),
-                                 f"{len(batch)} CDRs from mirrored packets", stored)
-        self._retry.start()
-
-    def _wake(self) -> None:
-        ready = [d for target, d in self._waiters if target <= self.written]
-        self._waiters = [(t, d) for t, d in self._waiters if t > self.written]
-        for d in ready:
-            d.callback(None)
-
-    def flushed(self) -> defer.Deferred:
-        """Fires when every CDR added so far is committed."""
-        if self.written >= self.accepted:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._waiters.append((self.accepted, d))
-        return d
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._scheduled = None
-        if self.queue:
-            log.warn("{count} CDRs from mirrored packets were not stored before shutdown",
-                     count=len(self.queue))
-
-
 class SensorAnalysis:
     """One mirroring sensor's packets on their way through decoder and engine."""
 
-    def __init__(self, hello: Hello, factory: AnalyzerFactory, writer: CdrWriter) -> None:
+    def __init__(self, hello: Hello, factory: AnalyzerFactory,
+                 writer: CentralCdrQueue) -> None:
         self.hello = hello
         self.id_sensor = hello.id_sensor
         self.instance = hello.instance
@@ -126,8 +60,8 @@ class SensorAnalysis:
         self.duplicate_batches = 0
 
     def _on_cdr(self, cdr: Any) -> None:
-        self.cdrs += 1
-        self.writer.add(cdr)
+        if self.writer.add(cdr):
+            self.cdrs += 1
 
     def feed_batch(self, seq: int, linktype: int,
                    packets: list[tuple[float, int, bytes]]) -> None:
@@ -146,7 +80,7 @@ class SensorAnalysis:
         self.packets += len(packets)
 
     def finish(self) -> None:
-        """Close every open call (their CDRs go to the writer)."""
+        """Close every open call (their CDRs go to the CDR queue)."""
         analyzer, self.analyzer = self.analyzer, None
         if analyzer is not None:
             try:
@@ -155,15 +89,17 @@ class SensorAnalysis:
                 log.failure("closing the calls of sensor {id_sensor}", id_sensor=self.id_sensor)
 
     def end_of_input(self) -> defer.Deferred:
-        """The sensor's replay ended: close its calls; fires with the CDR count once stored."""
+        """The sensor's replay ended: close its calls. Fires with the number of CDRs made
+        from this sensor's packets (by this analysis) once every one of them is on disk."""
         self.finish()
-        return self.writer.flushed().addCallback(lambda _: self.cdrs)
+        cdrs = self.cdrs
+        return self.writer.when_durable().addCallback(lambda _: cdrs)
 
 
 class MirrorAnalyses:
     """The central's per-sensor analyses."""
 
-    def __init__(self, factory: AnalyzerFactory, writer: CdrWriter, clock: IReactorTime,
+    def __init__(self, factory: AnalyzerFactory, writer: CentralCdrQueue, clock: IReactorTime,
                  idle_finish: float = IDLE_FINISH) -> None:
         self.factory = factory
         self.writer = writer
@@ -210,7 +146,7 @@ class MirrorAnalyses:
             analysis.finish()
 
     def stop(self) -> defer.Deferred:
-        """Shutdown: close every sensor's calls and wait for their CDRs to be stored."""
+        """Shutdown: close every sensor's calls; fires once their CDRs are on disk."""
         for timer in self._idle.values():
             if timer.active():
                 timer.cancel()
@@ -218,4 +154,4 @@ class MirrorAnalyses:
         for analysis in self.analyses.values():
             analysis.finish()
         self.analyses.clear()
-        return self.writer.flushed()
+        return self.writer.when_durable()

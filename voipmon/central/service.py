@@ -1,10 +1,13 @@
 """The central's service tree: TLS listener for sensors, store, mirroring engines, HTTP.
 
 Start order: the store (retried until the database answers: sensors may connect meanwhile,
-their CDRs wait on their own disks), then the channel listener, the HTTP API and the
-legacy mirror receiver. Stop order: stop listening, close every sensor connection (their
-unacknowledged CDRs stay queued on the sensors), close the mirroring sensors' calls and
-store their CDRs (bounded wait), then close the store.
+their CDRs wait on their own disks, and CDRs made here from mirrored packets wait in the
+central's CDR queue), then the channel listener, the HTTP API and the legacy mirror
+receiver. Once the store has started, the CDR queue stores what it holds, beginning with
+what a previous run left. Stop order: stop listening, close every sensor connection (their
+unacknowledged CDRs stay queued on the sensors), close the mirroring sensors' calls (their
+CDRs go to the CDR queue on disk), give the queue a bounded moment to reach a database
+that is up, then close the queue and the store.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from voipmon.central.mirror import CdrWriter, MirrorAnalyses
+from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
+from voipmon.central.mirror import MirrorAnalyses
 from voipmon.central.sessions import CentralSessions
 from voipmon.protocols import tls
 from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello, derive_key
 from voipmon.protocols.server import CentralFactory
+from voipmon.queue import DurableQueue, QueueError
 from voipmon.spool.retention import Minute, Retention, plan, remove, scan
 
 log = Logger()
@@ -142,7 +147,7 @@ class ChannelService(internet.StreamServerEndpointService):
     """The TLS listener for sensors; stopping it also closes every sensor connection."""
 
     def __init__(self, endpoint: Any, factory: CentralFactory, sessions: CentralSessions,
-                 mirrors: MirrorAnalyses, writer: CdrWriter, clock: Any) -> None:
+                 mirrors: MirrorAnalyses, writer: CentralCdrQueue, clock: Any) -> None:
         super().__init__(endpoint, factory)
         self.factory = factory
         self.sessions = sessions
@@ -184,6 +189,9 @@ class ChannelService(internet.StreamServerEndpointService):
             channel.close("the central is shutting down")
         yield self._bounded(defer.DeferredList([c.lost for c in channels]))
         yield self._bounded(self.mirrors.stop())
+        # A database that is up gets a moment to take the queue (so a central retired for
+        # good leaves nothing behind); one that is down does not hold the shutdown up.
+        yield self._bounded(self.writer.settled())
         for _ in range(int(STOP_WAIT / 0.1)):
             if self.sessions.idle():
                 break
@@ -237,7 +245,8 @@ class CentralService(service.MultiService):
         self.store_service = StoreService(store, self.clock)
         self.store_service.setServiceParent(self)
 
-        self.writer = CdrWriter(store, self.clock)
+        self.writer = CentralCdrQueue(self._open_queue(), store, self.clock)
+        self.store_service.started.addCallback(lambda _: self.writer.start())
         self.mirrors = MirrorAnalyses(analyzer_factory or mirror_engine_factory(settings),
                                       self.writer, self.clock)
         self.sessions = CentralSessions(store, self.clock, mirrors=self.mirrors)
@@ -254,6 +263,15 @@ class CentralService(service.MultiService):
                                       self.writer, self.clock)
         self.channel.setServiceParent(self)
         self._optional_services(http_port)
+
+    def _open_queue(self) -> DurableQueue:
+        settings = self.settings
+        path = os.path.join(settings.spooldir, QUEUE_DIRECTORY)
+        try:
+            return DurableQueue(path)
+        except (QueueError, OSError) as exc:
+            raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = "
+                                   f"{settings.spooldir}: cannot use the CDR queue: {exc}")
 
     def _optional_services(self, http_port: int | None) -> None:
         settings, reactor = self.settings, self.reactor

@@ -4,9 +4,10 @@
 local-processing sensor gets a ``CdrSession``: its batches are stored one after another
 and each is acknowledged only after the store committed it; while the database is down
 the batch is retried (0.5 s doubling to 5 s) and the sensor, its window full, waits with
-the rest on its own disk. A mirroring sensor gets a ``MirrorSession`` feeding that
-sensor's analysis (voipmon.central.mirror). Sensors are upserted in the store on connect
-and marked offline on disconnect, unless the same sensor is connected again already.
+the rest on its own disk. A mirroring sensor gets a ``MirrorSession``: it feeds that
+sensor's analysis (voipmon.central.mirror) and acknowledges what the central's CDR queue
+has made durable. Sensors are upserted in the store on connect and marked offline on
+disconnect, unless the same sensor is connected again already.
 """
 
 from __future__ import annotations
@@ -302,7 +303,14 @@ class _Batch:
 
 @implementer(ISession)
 class MirrorSession:
-    """A mirroring sensor: feed its packets to its analysis, acknowledge each batch."""
+    """A mirroring sensor: feed its packets to its analysis, acknowledge each batch.
+
+    An acknowledgement tells the sensor it may forget what it acknowledges, so it goes out
+    only once the CDRs the batch completed are on the central's disk (the CDR queue's
+    next group commit; at once when the batch completed no call). END_ACK likewise: the
+    sensor's calls are closed and their CDRs are durable here, stored in the database
+    now or once it is reachable. Acknowledgements keep their order.
+    """
 
     def __init__(self, sessions: CentralSessions, channel: Any, hello: Hello,
                  analysis: Any) -> None:
@@ -312,34 +320,46 @@ class MirrorSession:
         self.analysis = analysis
         self.batches = 0
         self._ending = False
+        self._lost = False
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         if kind == MessageType.PACKETS:
             seq, linktype, packets = decode_packets(payload)
             self.analysis.feed_batch(seq, linktype, packets)
             self.batches += 1
-            self.channel.send_message(MessageType.PACKETS_ACK, {"upto": seq})
+            self._reply_when_durable(self.analysis.writer.when_durable(),
+                                     MessageType.PACKETS_ACK, lambda _: {"upto": seq})
         elif kind == MessageType.END:
             if self._ending:
                 return
             self._ending = True
             log.info("sensor {id_sensor}: end of replay; closing its open calls",
                      id_sensor=self.hello.id_sensor)
-            d = self.analysis.end_of_input()
 
-            def ended(cdrs: int) -> None:
+            def ended(cdrs: int) -> dict[str, Any]:
                 self._ending = False
-                self.channel.send_message(MessageType.END_ACK, {"cdrs": cdrs})
+                return {"cdrs": cdrs}
 
-            d.addCallback(ended)
-            d.addErrback(lambda f: log.failure("end of replay of sensor {id_sensor}", f,
-                                               id_sensor=self.hello.id_sensor))
+            self._reply_when_durable(self.analysis.end_of_input(), MessageType.END_ACK, ended)
         elif kind == MessageType.STATS:
             self.sessions.record_stats(self.hello, decode_json(kind, payload))
         else:
             raise ProtocolError(f"unexpected {kind.name} from a mirroring sensor")
 
+    def _reply_when_durable(self, durable: defer.Deferred, kind: MessageType,
+                            body: Callable[[Any], dict[str, Any]]) -> None:
+        # Each ``durable`` fires after the CDR queue's flush that covers it, and the
+        # queue fires its waiters in the order they asked: replies keep their order.
+        def send(result: Any) -> None:
+            if not self._lost:
+                self.channel.send_message(kind, body(result))
+
+        durable.addCallback(send)
+        durable.addErrback(lambda f: log.failure("acknowledging sensor {id_sensor}", f,
+                                                 id_sensor=self.hello.id_sensor))
+
     def connectionLost(self, reason: Failure) -> None:
+        self._lost = True
         self.sessions.closed(self)
 
 

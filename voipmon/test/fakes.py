@@ -224,4 +224,48 @@ class FakeStore:
         return defer.succeed([sensor_json([row[f] for f in SENSOR_JSON_FIELDS]) for row in rows])
 
 
-__all__ = ["FakeStore", "StoreError", "StoreUnavailable"]
+# ======================================================================================
+# Central mirroring: FakeAnalyzer (owner: voipmon/central). Stands in for a mirroring
+# sensor's decoder + engine on the central (an AnalyzerFactory).
+# ======================================================================================
+
+
+class FakeAnalyzer:
+    """Records frames; every distinct first byte is a 'call', closed (a CDR) at finish().
+
+    A frame ``b"crash"`` raises (an engine bug); a frame starting ``b"end:"`` closes the
+    calls seen so far at once (a call that ends mid-capture)."""
+
+    made: list[FakeAnalyzer] = []
+
+    def __init__(self, hello: Any, on_cdr: Any) -> None:
+        self.id_sensor = hello.id_sensor
+        self.on_cdr = on_cdr
+        self.records: list[tuple[float, int, bytes]] = []
+        self.closed: set[bytes] = set()
+        self.finished = False
+        FakeAnalyzer.made.append(self)
+
+    def feed_all(self, records: Any) -> None:
+        for record in records:
+            if record[2] == b"crash":
+                raise RuntimeError("engine bug")
+            if record[2].startswith(b"end:"):
+                self._close()
+                continue
+            self.records.append(record)
+
+    def _close(self) -> None:
+        from voipmon.store.testing import make_cdr
+
+        calls = sorted({frame[:1] for _, _, frame in self.records} - self.closed)
+        for call in calls:
+            self.closed.add(call)
+            self.on_cdr(make_cdr(call[0], id_sensor=self.id_sensor))
+
+    def finish(self) -> None:
+        self.finished = True
+        self._close()
+
+
+__all__ = ["FakeAnalyzer", "FakeStore", "StoreError", "StoreUnavailable"]

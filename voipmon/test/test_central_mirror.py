@@ -1,4 +1,5 @@
-"""Tests for voipmon.central.mirror: per-sensor analyses, duplicate batches, END, CDR writer."""
+"""Tests for voipmon.central.mirror and the central's MirrorSession: per-sensor analyses,
+duplicate batches, acknowledgements only once the CDRs are durable, END."""
 
 from __future__ import annotations
 
@@ -6,39 +7,16 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.central.mirror import CdrWriter, MirrorAnalyses
+from voipmon.central.cdrqueue import CentralCdrQueue
+from voipmon.central.mirror import MirrorAnalyses
 from voipmon.central.sessions import CentralSessions
 from voipmon.protocols.handshake import Hello
 from voipmon.protocols.wire import MessageType, PacketBatch, ProtocolError
+from voipmon.queue import DurableQueue
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.uplink import UplinkFactory
-from voipmon.store.testing import make_cdr
+from voipmon.test.fakes import FakeAnalyzer
 from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport, MemoryStore
-
-
-class FakeAnalyzer:
-    """Records frames; every distinct first byte is a 'call', closed (a CDR) at finish()."""
-
-    made: list[FakeAnalyzer] = []
-
-    def __init__(self, hello: Hello, on_cdr) -> None:
-        self.id_sensor = hello.id_sensor
-        self.on_cdr = on_cdr
-        self.records: list[tuple[float, int, bytes]] = []
-        self.finished = False
-        FakeAnalyzer.made.append(self)
-
-    def feed_all(self, records) -> None:
-        for record in records:
-            if record[2] == b"crash":
-                raise RuntimeError("engine bug")
-            self.records.append(record)
-
-    def finish(self) -> None:
-        self.finished = True
-        calls = sorted({frame[:1] for _, _, frame in self.records})
-        for number, _call in enumerate(calls):
-            self.on_cdr(make_cdr(number, id_sensor=self.id_sensor))
 
 
 def hello(instance: str = "aa" * 8, replay: bool = False, id_sensor: int = 3) -> Hello:
@@ -53,12 +31,20 @@ def packets_payload(seq: int, frames: list[bytes], linktype: int = 1) -> bytes:
     return batch.seal(seq)
 
 
+def cdr_queue(test: SynchronousTestCase, store, clock, **options) -> CentralCdrQueue:
+    """A started CentralCdrQueue on a fresh directory, stopped at cleanup."""
+    writer = CentralCdrQueue(DurableQueue(test.mktemp()), store, clock, **options)
+    test.addCleanup(writer.stop)
+    writer.start()
+    return writer
+
+
 class Base(SynchronousTestCase):
     def setUp(self) -> None:
         FakeAnalyzer.made = []
         self.clock = Clock()
         self.store = MemoryStore()
-        self.writer = CdrWriter(self.store, self.clock, batch=2)
+        self.writer = cdr_queue(self, self.store, self.clock, batch=2)
         self.mirrors = MirrorAnalyses(FakeAnalyzer, self.writer, self.clock, idle_finish=300)
         self.sessions = CentralSessions(self.store, self.clock, mirrors=self.mirrors)
         self.channel = FakeMessageTransport()
@@ -94,21 +80,64 @@ class MirrorSessionTests(Base):
         session.messageReceived(MessageType.PACKETS, packets_payload(2, [b"x"]))
         self.assertEqual(len(self.channel.take()), 2)
 
-    def test_end_closes_calls_and_acks_after_commit(self) -> None:
-        """END closes the sensor's open calls; END_ACK comes once their CDRs are committed."""
+    def test_end_acks_once_durable_even_while_the_database_is_down(self) -> None:
+        """END closes the sensor's open calls; END_ACK goes once their CDRs are on the
+        central's disk, not before, and without waiting for the database; they are stored
+        (for that sensor, pcaps on the central) when it is back."""
         session = self.open()
         session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"b", b"c"]))
         self.channel.take()
         self.store.down = True
         session.messageReceived(MessageType.END, b'{"packets":3,"dropped":0}')
-        self.clock.advance(0)
         self.assertEqual(self.channel.take(), [])
+        self.assertEqual(self.writer.queue.buffered, 3)
+        self.clock.advance(0)
+        self.assertEqual(self.writer.queue.durable, 3)
+        self.assertEqual(self.channel.take(), [(MessageType.END_ACK, {"cdrs": 3})])
+        self.assertEqual(len(self.store.cdrs), 0)
         self.store.down = False
         self.clock.advance(5)
-        self.assertEqual(self.channel.take(), [(MessageType.END_ACK, {"cdrs": 3})])
         self.assertEqual(len(self.store.cdrs), 3)
         self.assertEqual({on for _, on in self.store.batches}, {"central"})
         self.assertEqual({cdr.id_sensor for cdr in self.store.cdrs.values()}, {3})
+        self.assertEqual(self.writer.depth, 0)
+
+    def test_batch_closing_calls_acked_once_their_cdrs_are_durable(self) -> None:
+        """A batch that completes calls is acknowledged only after the CDR queue's flush;
+        a later batch completing none waits behind it: acknowledgements keep their order."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"b"]))
+        self.assertEqual(self.channel.take(), [(MessageType.PACKETS_ACK, {"upto": 1})])
+        session.messageReceived(MessageType.PACKETS, packets_payload(2, [b"end:"]))
+        session.messageReceived(MessageType.PACKETS, packets_payload(3, [b"c"]))
+        self.assertEqual(self.channel.take(), [])
+        self.assertEqual(self.writer.queue.durable, 0)
+        self.clock.advance(0)
+        self.assertEqual(self.writer.queue.durable, 2)
+        self.assertEqual(self.channel.take(), [(MessageType.PACKETS_ACK, {"upto": 2}),
+                                               (MessageType.PACKETS_ACK, {"upto": 3})])
+
+    def test_no_ack_while_the_queue_cannot_be_written(self) -> None:
+        """A CDR queue that cannot be written (disk full) holds the acknowledgements back,
+        so the sensor keeps the packets; they go out once a write succeeds."""
+        from voipmon.queue import QueueError
+
+        session = self.open()
+        real_flush = self.writer.queue.flush
+        failures = [QueueError("disk full")]
+
+        def flaky_flush() -> int:
+            if failures:
+                raise failures.pop()
+            return real_flush()
+
+        self.writer.queue.flush = flaky_flush
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"end:"]))
+        self.clock.advance(0)
+        self.assertEqual(self.channel.take(), [])
+        self.clock.advance(1)
+        self.assertEqual(self.channel.take(), [(MessageType.PACKETS_ACK, {"upto": 1})])
+        self.assertEqual(len(self.store.cdrs), 1)
 
     def test_unexpected_message(self) -> None:
         session = self.open()
@@ -160,7 +189,8 @@ class AnalysisLifeTests(Base):
         self.assertNotIn(3, self.mirrors.analyses)
 
     def test_stop_closes_everything(self) -> None:
-        """Shutting down closes every sensor's calls and waits for their CDRs."""
+        """Shutting down closes every sensor's calls and waits until their CDRs are on
+        disk (the database up, they are stored too)."""
         self.open().messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"b"]))
         self.open(id_sensor=4).messageReceived(MessageType.PACKETS, packets_payload(1, [b"c"]))
         d = self.mirrors.stop()
@@ -168,33 +198,6 @@ class AnalysisLifeTests(Base):
         self.clock.advance(0)
         self.successResultOf(d)
         self.assertEqual(len(self.store.cdrs), 3)
-
-
-class CdrWriterTests(SynchronousTestCase):
-    def test_batches_and_flushed(self) -> None:
-        """CDRs of one reactor turn go in batches; flushed() waits for the last commit."""
-        clock, store = Clock(), MemoryStore()
-        writer = CdrWriter(store, clock, batch=2)
-        for n in range(5):
-            writer.add(make_cdr(n))
-        d = writer.flushed()
-        self.assertNoResult(d)
-        clock.advance(0)
-        self.successResultOf(d)
-        self.assertEqual([len(b) for b, _ in store.batches], [2, 2, 1])
-        self.successResultOf(writer.flushed())
-
-    def test_stop_during_outage(self) -> None:
-        """Stopping during an outage cancels the retries and says what was not stored."""
-        clock, store = Clock(), MemoryStore()
-        store.down = True
-        writer = CdrWriter(store, clock)
-        writer.add(make_cdr(1))
-        writer.add(make_cdr(2))
-        clock.advance(0)
-        writer.add(make_cdr(3))
-        writer.stop()
-        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class EndToEndTests(SynchronousTestCase):
@@ -205,7 +208,7 @@ class EndToEndTests(SynchronousTestCase):
         FakeAnalyzer.made = []
         store = MemoryStore()
         pair = ChannelPair(handler=None)
-        writer = CdrWriter(store, pair.clock)
+        writer = cdr_queue(self, store, pair.clock)
         mirrors = MirrorAnalyses(FakeAnalyzer, writer, pair.clock)
         sessions = CentralSessions(store, pair.clock, pair.factory.registry, mirrors)
         pair.factory.handler = sessions
@@ -228,4 +231,5 @@ class EndToEndTests(SynchronousTestCase):
         pair.close_all()
         mirrors.stop()
         sessions.stop()
+        writer.stop()
         self.assertEqual(pair.clock.getDelayedCalls(), [])

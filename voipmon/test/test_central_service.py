@@ -26,9 +26,17 @@ from voipmon.config import ConfigError, load_central_config
 from voipmon.protocols.handshake import Rejection
 from voipmon.protocols.wire import MessageType
 from voipmon.sensor import tap as sensor_tap
+from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.service import SensorService
-from voipmon.test.fakes import FakeStore
-from voipmon.test.fakes_channel import PumpEndpoint, SessionRecorder, fixed_binding
+from voipmon.sensor.uplink import UplinkFactory
+from voipmon.store.testing import make_cdr
+from voipmon.test.fakes import FakeAnalyzer, FakeStore
+from voipmon.test.fakes_channel import (
+    ChannelPair,
+    PumpEndpoint,
+    SessionRecorder,
+    fixed_binding,
+)
 from voipmon.test.test_tls import make_ca_and_leaf, pem_cert, pem_key
 
 
@@ -209,6 +217,92 @@ class LifeTests(SynchronousTestCase):
         self.central.stopService()
         pair.flush()
         self.assertIsInstance(first, SessionRecorder)
+
+
+class MirrorRestartTests(SynchronousTestCase):
+    """CDRs made from mirrored packets during a database outage survive a restart."""
+
+    def setUp(self) -> None:
+        FakeAnalyzer.made = []
+        self.base = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = FakeStore(self.clock)
+        text = (f"server_bind = 127.0.0.1\nserver_password = pw\nspooldir = {self.base}\n"
+                f"http_port = 0\n")
+        self.settings = load_central_config("c.conf", text=text)
+        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def central(self) -> CentralService:
+        central = CentralService(self.settings, MemoryReactorClock(), store=self.store,
+                                 clock=self.clock, binding=fixed_binding, endpoint=NoListen(),
+                                 analyzer_factory=FakeAnalyzer)
+        central.startService()
+        return central
+
+    def settle(self, pair: ChannelPair, seconds: float) -> None:
+        for _ in range(int(seconds / 0.1)):
+            pair.flush()
+            self.clock.advance(0.1)
+        pair.flush()
+
+    def stop(self, central: CentralService, pair: ChannelPair) -> None:
+        d = central.stopService()
+        self.settle(pair, 11)
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_queued_during_outage_stored_once_after_restart(self) -> None:
+        """A mirroring sensor's replay ends while the database is down: END_ACK still comes
+        (the CDRs are on the central's disk). The central is stopped and rebuilt on the same
+        spooldir; when the database is back, each CDR is stored, once."""
+        central = self.central()
+        self.successResultOf(central.store_service.started)
+        self.store.down = True
+        pair = ChannelPair(clock=self.clock)
+        pair.network = PumpEndpoint(central.factory, self.clock)
+        uplink = MirrorUplink(self.clock, max_buffer_bytes=1 << 20, batch_packets=10, window=2)
+        self.successResultOf(pair.connect(UplinkFactory(uplink), mode="mirror", replay=True))
+        for i in range(40):
+            uplink.add_packet(1000.0 + i, 1, bytes([i % 4]) + b"rtp" * 20)
+            pair.flush()
+        uplink.finish_source()
+        self.settle(pair, 1)
+        self.successResultOf(uplink.when_done())
+        self.assertEqual(uplink.central_cdrs, 4)
+        self.assertEqual(self.store.cdr_count, 0)
+        self.assertEqual(central.writer.depth, 4)
+        self.stop(central, pair)
+
+        again = self.central()
+        self.assertEqual(again.writer.depth, 4)
+        self.clock.advance(5)
+        self.clock.advance(5)
+        self.assertEqual(self.store.cdr_count, 0)
+        self.store.down = False
+        self.clock.advance(5)
+        self.successResultOf(again.store_service.started)
+        self.assertEqual(sorted(cdr.callid for cdr in self.store.stored_cdrs()),
+                         sorted(make_cdr(n, id_sensor=7).callid for n in range(4)))
+        self.assertEqual(sum(len(batch) for batch, _ in self.store.batches), 4)
+        self.assertEqual({pcap_on for _, pcap_on in self.store.batches}, {"central"})
+        self.assertEqual(again.writer.depth, 0)
+        self.stop(again, pair)
+
+        third = self.central()
+        self.assertEqual(third.writer.depth, 0)
+        self.clock.advance(1)
+        self.assertEqual(sum(len(batch) for batch, _ in self.store.batches), 4)
+        self.stop(third, pair)
+
+    def test_unusable_queue_directory_is_a_config_error(self) -> None:
+        """A spooldir where the CDR queue cannot live is refused naming the key."""
+        write(os.path.join(self.base, "central-queue"), "a file, not a directory")
+        with self.assertRaises(usage.UsageError) as caught:
+            CentralService(self.settings, MemoryReactorClock(), store=self.store,
+                           clock=self.clock, binding=fixed_binding, endpoint=NoListen())
+        self.assertIn("spooldir", str(caught.exception))
+        self.assertIn("cannot use the CDR queue", str(caught.exception))
 
 
 class RetentionTests(SynchronousTestCase):

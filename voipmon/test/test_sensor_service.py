@@ -18,11 +18,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.analysis.cdr import Cdr
 from voipmon.analysis.engine import Engine
-from voipmon.central.mirror import CdrWriter, MirrorAnalyses
+from voipmon.central.cdrqueue import CentralCdrQueue
+from voipmon.central.mirror import MirrorAnalyses
 from voipmon.central.service import mirror_engine_factory
 from voipmon.central.sessions import CentralSessions
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.readers import read_capture
+from voipmon.queue import DurableQueue
 from voipmon.sensor.service import SensorService
 from voipmon.store.rows import stored_form
 from voipmon.test.common import data_path
@@ -58,7 +60,9 @@ class Central:
         text = (f"server_bind = 127.0.0.1\nserver_password = {password}\n"
                 f"spooldir = {spool}\nhttp_port = 0\n")
         settings = load_central_config("central.conf", text=text)
-        self.writer = CdrWriter(self.store, clock)
+        self.writer = CentralCdrQueue(DurableQueue(os.path.join(spool, "central-queue")),
+                                      self.store, clock)
+        self.writer.start()
         self.mirrors = MirrorAnalyses(mirror_engine_factory(settings), self.writer, clock)
         self.sessions = CentralSessions(self.store, clock, self.pair.factory.registry,
                                         self.mirrors)
