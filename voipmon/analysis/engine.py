@@ -9,7 +9,9 @@ Hot path. Nearly every packet of a VoIP capture is RTP, so ``feed`` first tries 
 shape most of it has (Ethernet, IPv4 without options, unfragmented UDP) and looks the
 4-tuple up in ``_flows``: one slice, one dict lookup, two appends of the raw RTP header and
 capture time (and two more when the call's pcap is written). Flows known to be of no
-interest are dropped by a second lookup. Everything else goes through the packet
+interest are dropped by a second lookup, and so are the segments of TCP connections the
+decoder classified as not SIP that cannot change that (``voipmon.packet.tcpclassify``),
+counted as the decoder would count them. Everything else goes through the packet
 ``Decoder`` (tunnels, IPv6, defragmentation, TCP/WebSocket/SCTP reassembly), whose
 datagrams come back to ``_datagram``.
 
@@ -41,6 +43,7 @@ from voipmon.analysis.sdp import parse_sdp
 from voipmon.analysis.sip import looks_like_sip, parse_sip
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
+from voipmon.packet.tcpclassify import sniff
 from voipmon.spool.layout import fbasename, pcap_relpath
 from voipmon.spool.writer import FLUSH_FRAMES, SpoolWriter
 
@@ -151,31 +154,50 @@ class Engine:
         flush_at = FLUSH_FRAMES
         eth_ip4 = _ETH_IP4
         tick = self._tick
-        for ts, linktype, frame in records:
-            n += 1
-            if ts >= tick:
-                self._on_tick(ts)
-                tick = self._tick
-            if linktype == 1 and len(frame) >= 54 and frame[12:15] == eth_ip4 \
-                    and frame[23] == 17 and not (frame[20] & 0x3F or frame[21]):
-                key = frame[26:38]
-                flow = flows_get(key)
-                if flow is not None:
-                    if frame[38:40] >= b"\x00\x14" and not 192 <= frame[43] <= 223:
-                        flow.rec += frame[42:54]
-                        flow.times.append(ts)
-                        sink = flow.pcap1
-                        if sink is not None:
-                            sink.ts.append(ts)
-                            sink.frames.append(frame)
-                            if sink.caplens is not None:
-                                sink.caplens.append(54)
-                            if len(sink.frames) >= flush_at:
-                                sink.flush()
-                        continue
-                elif key in skip:
-                    continue
-            slow(ts, linktype, frame)
+        decoder = self._decoder
+        not_sip = decoder.not_sip
+        dropped = 0
+        try:
+            for ts, linktype, frame in records:
+                n += 1
+                if ts >= tick:
+                    self._on_tick(ts)
+                    tick = self._tick
+                if linktype == 1 and len(frame) >= 54 and frame[12:15] == eth_ip4 \
+                        and not (frame[20] & 0x3F or frame[21]):
+                    key = frame[26:38]
+                    if frame[23] == 17:
+                        flow = flows_get(key)
+                        if flow is not None:
+                            if frame[38:40] >= b"\x00\x14" and not 192 <= frame[43] <= 223:
+                                flow.rec += frame[42:54]
+                                flow.times.append(ts)
+                                sink = flow.pcap1
+                                if sink is not None:
+                                    sink.ts.append(ts)
+                                    sink.frames.append(frame)
+                                    if sink.caplens is not None:
+                                        sink.caplens.append(54)
+                                    if len(sink.frames) >= flush_at:
+                                        sink.flush()
+                                continue
+                        elif key in skip:
+                            continue
+                    elif frame[23] == 6 and key in not_sip:
+                        # TCP of a flow known not to be SIP: the decoder's _ipv4_tcp drop
+                        h = 34 + (frame[46] >> 4) * 4
+                        e = 14 + (frame[16] << 8 | frame[17])
+                        if 54 <= h <= e <= len(frame) and ts - decoder.expired_at <= 1.0 \
+                                and (h == e or not (65 <= frame[h] <= 90
+                                                    or frame[h] & 0x0F in (1, 2))
+                                     or sniff(frame[h:e]) is None):
+                            dropped += 1
+                            continue
+                slow(ts, linktype, frame)
+        finally:
+            if dropped:
+                self.stats.slow_frames += dropped
+                decoder.drop_not_sip(dropped)
         return n
 
     def _slow(self, ts: float, linktype: int, frame: bytes) -> None:

@@ -29,6 +29,7 @@ from voipmon.packet.layers import (
 from voipmon.packet.sctp import SctpReassembler
 from voipmon.packet.stats import DecodeStats
 from voipmon.packet.tcp import TcpReassembler
+from voipmon.packet.tcpclassify import sniff
 
 Sink = Callable[[Datagram], None]
 
@@ -75,7 +76,10 @@ class Decoder(LayerWalker):
         self._nframes = 0
         self._nslow = 0
         self._nemitted = 0
-        self._expired_at = 0.0
+        #: capture time of the last ``expire``: state is expired again a second later
+        self.expired_at = 0.0
+        #: keys of TCP flows classified as not SIP (see ``voipmon.packet.tcpclassify``)
+        self.not_sip = self._tcp.not_sip.keys
         self._ts = 0.0
         self._linktype = 0
         self._frames: tuple[tuple[float, bytes], ...] = ()
@@ -192,14 +196,23 @@ class Decoder(LayerWalker):
         return self._slow(ts, linktype, frame)
 
     def _ipv4_tcp(self, ts: float, frame: bytes, off: int, n: int) -> None:
-        """Ethernet/IPv4/TCP straight to the reassembler (most of it is not SIP and is
-        dropped there after one dictionary lookup), skipping the generic walk."""
+        """Ethernet/IPv4/TCP straight to the reassembler, skipping the generic walk; a
+        segment of a flow known not to be SIP that cannot change that is dropped first."""
         _, tot, _, ff, _, src, dst = _IP4(frame, off)
         if ff & 0x3FFF or tot < 40 or off + tot > n:
             return self._slow(ts, LINKTYPE_ETHERNET, frame)
         self._nslow += 1
-        if ts - self._expired_at > 1.0:
+        if ts - self.expired_at > 1.0:
             self._housekeeping(ts)
+        if frame[off + 12:off + 24] in self.not_sip:
+            h = off + 20 + (frame[off + 32] >> 4) * 4
+            e = off + tot
+            if off + 40 <= h <= e and (h == e or not (65 <= frame[h] <= 90
+                                                      or frame[h] & 0x0F in (1, 2))
+                                       or sniff(frame[h:e]) is None):
+                self._stats.tcp_segments += 1
+                self._stats.ignored["tcp_not_sip"] += 1
+                return None
         frames = ((ts, frame),)
         try:
             self._tcp.segment(ts, frame, off + 20, off + tot, src, dst, LINKTYPE_ETHERNET,
@@ -210,9 +223,18 @@ class Decoder(LayerWalker):
             self._stats.undecodable["error:" + type(e).__name__] += 1
         return None
 
+    def drop_not_sip(self, n: int) -> None:
+        """Count ``n`` segments of flows in ``not_sip`` that a caller's fast path dropped
+        (after the same tests as ``_ipv4_tcp``), as if they had been decoded."""
+        if n:
+            self._nframes += n
+            self._nslow += n
+            self._stats.tcp_segments += n
+            self._stats.ignored["tcp_not_sip"] += n
+
     def expire(self, now: float) -> None:
         """Drop fragment and stream state that has been idle too long (capture time)."""
-        self._expired_at = now
+        self.expired_at = now
         self._defrag.expire(now)
         self._tcp.expire(now)
         self._sctp.expire(now)
@@ -249,10 +271,10 @@ class Decoder(LayerWalker):
         self._ts = ts
         self._linktype = linktype
         self._frames = ((ts, frame),)
-        if ts - self._expired_at > 1.0:  # expire state once a capture-time second
+        if ts - self.expired_at > 1.0:  # expire state once a capture-time second
             self._housekeeping(ts)
-        elif ts < self._expired_at - 3600.0:  # the clock went back: start counting again
-            self._expired_at = ts
+        elif ts < self.expired_at - 3600.0:  # the clock went back: start counting again
+            self.expired_at = ts
         try:
             self._link(linktype, frame)
         except _SinkFailed as e:

@@ -11,8 +11,9 @@ from before that point (capture began amid reordering) rewinds the stream to it.
 
 Which connections: any with an endpoint on a SIP port; with ``heuristics`` also those whose
 first data looks like SIP, and WebSocket connections on any port: an HTTP Upgrade whose
-first segment names websocket, or, joined later, frames whose payload starts like SIP.
-Everything else is ignored without keeping state.
+first segment names websocket, or, joined later, frames whose payload starts like SIP
+(``voipmon.packet.tcpclassify``). Everything else is ignored, remembered only in the bounded
+``not_sip`` cache that lets the fast paths drop its later segments early.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from voipmon.packet.sipframe import (
     GARBAGE,
     INCOMPLETE,
     looks_like_sip_start,
-    looks_like_ws_sip,
     resync,
     sip_message_length,
     strip_keepalive,
@@ -34,12 +34,13 @@ from voipmon.packet.sipframe import (
     ws_frame,
 )
 from voipmon.packet.stats import DecodeStats
+from voipmon.packet.tcpclassify import DEAD, SIP, WS, WS_HTTP, NotSipFlows, classify
 
 Frames = tuple[tuple[float, bytes], ...]
 _TCP = struct.Struct("!HHIIBB").unpack_from
+_PORTS = struct.Struct("!HH").pack
 _new = tuple.__new__
 
-SIP, WS_HTTP, WS, DEAD = 0, 1, 2, 3
 FIN, SYN, RST = 1, 2, 4
 
 
@@ -86,7 +87,8 @@ class TcpReassembler:
                  tcp_max_buffer: int = 1 << 20, tcp_max_ooo_bytes: int = 1 << 20,
                  tcp_gap_timeout: float = 5.0, tcp_idle_timeout: float = 600.0,
                  tcp_max_message: int = 1 << 20, tcp_heuristics: bool = True,
-                 tcp_max_total: int = 64 << 20) -> None:
+                 tcp_max_total: int = 64 << 20, tcp_not_sip_max: int = 65536,
+                 tcp_not_sip_ttl: float = 30.0) -> None:
         self._emit = emit
         self.sip_ports = frozenset(sip_ports)
         self.stats = stats
@@ -100,6 +102,7 @@ class TcpReassembler:
         self.max_message = tcp_max_message
         self.heuristics = tcp_heuristics
         self._flows: dict[tuple, _Flow] = {}
+        self.not_sip = NotSipFlows(tcp_not_sip_max, tcp_not_sip_ttl)
         self._linktype = 0
         self._held = 0  # bytes buffered over all flows: held_by() summed
 
@@ -121,9 +124,10 @@ class TcpReassembler:
         key = (src, sport, dst, dport)
         flow = self._flows.get(key)
         if flow is None:
-            kind = self._classify(sport, dport, data)
+            kind = classify(sport, dport, data, self.sip_ports, self.heuristics, self.counters)
             if kind is None:
                 self.stats.ignored["tcp_not_sip"] += 1
+                self.not_sip.add(src + dst + _PORTS(sport, dport), ts)
                 return
             flow = self._new_flow(key, kind, ts)
             rkey = (dst, dport, src, sport)
@@ -162,33 +166,14 @@ class TcpReassembler:
         if flow.fin_at is not None and flow.fin_at == flow.next and not flow.closed:
             self._close(flow, "closed")
 
-    def _classify(self, sport: int, dport: int, data: bytes) -> int | None:
-        if sport in self.sip_ports or dport in self.sip_ports:
-            if data[:4] == b"GET " and b"websocket" in data[:2048].lower():
-                return WS_HTTP
-            return SIP
-        if not data or not self.heuristics:
-            return None
-        c = data[0]
-        if 65 <= c <= 90:
-            if data[:4] == b"GET " and b"websocket" in data[:2048].lower():
-                self.counters["websocket_upgrade"] += 1
-                return WS_HTTP
-            if looks_like_sip_start(data):
-                self.counters["heuristic_sip"] += 1
-                return SIP
-            return None
-        if c & 0x0F in (1, 2) and looks_like_ws_sip(data):
-            self.counters["heuristic_websocket"] += 1
-            return WS
-        return None
-
     def _new_flow(self, key: tuple, kind: int, ts: float) -> _Flow:
         if len(self._flows) >= self.max_flows:
             old = next(iter(self._flows))
             self.counters["evicted"] += 1
             self._drop(self._flows[old])
         flow = self._flows[key] = _Flow(key, kind, ts)
+        src, sport, dst, dport = key
+        self.not_sip.discard(src + dst + _PORTS(sport, dport))
         return flow
 
     def _data(self, flow: _Flow, seq: int, data: bytes, frames: Frames, ts: float) -> None:
@@ -489,6 +474,7 @@ class TcpReassembler:
             self._held += held_by(flow) - before
 
     def expire(self, now: float) -> None:
+        self.not_sip.expire(now)
         gap = self.gap_timeout
         idle = now - self.idle_timeout
         for flow in list(self._flows.values()):
@@ -503,6 +489,7 @@ class TcpReassembler:
 
     def flush(self) -> None:
         """End of input: skip remaining holes (delivering what follows them), forget flows."""
+        self.not_sip.clear()
         for flow in list(self._flows.values()):
             before = held_by(flow)
             while flow.ooo:
