@@ -5,14 +5,17 @@
 the bundled SIPp captures through two sensors over TLS — one analysing locally and sending
 CDRs, one mirroring raw packets for the central to analyse — waits until each has every
 CDR or packet acknowledged (``--exit-when-done``), prints the CDRs the central's HTTP API
-returns, and stops the central cleanly. Everything it starts, it stops. With ``--serve``
-the central keeps running (web page and API) until Ctrl-C.
+returns (a mirroring sensor's CDRs are safe on the central's disk when it exits and reach
+the database a moment later: the demo waits for them), and stops the central cleanly.
+Everything it starts, it stops. With ``--serve`` the central keeps running (web page and
+API) until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -61,6 +64,29 @@ def twistd(name: str, workdir: str, *args: str) -> list[str]:
     bindir = os.path.dirname(sys.executable)
     return [os.path.join(bindir, "twistd"), "--nodaemon", "--pidfile=",
             f"--logfile={os.path.join(workdir, name + '.log')}", *args]
+
+
+def api_cdrs(http_port: int, query: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/cdrs?{query}",
+                                timeout=30) as answer:
+        body = json.load(answer)
+    return body["cdrs"] if isinstance(body, dict) else body
+
+
+def wait_for_mirrored_cdrs(http_port: int, id_sensor: int, log: str,
+                           timeout: float = 30) -> None:
+    """A mirroring sensor exits once its CDRs are durable on the central (its log says how
+    many); the central then stores them. Wait until the API shows them all."""
+    with open(log, errors="replace") as handle:
+        match = re.search(r"done: .*\((\d+) CDRs made there", handle.read())
+    expected = int(match.group(1)) if match else 0
+    deadline = time.monotonic() + timeout
+    while len(api_cdrs(http_port, f"id_sensor={id_sensor}&limit={max(expected, 1)}")) < expected:
+        if time.monotonic() > deadline:
+            print(f"sensor {id_sensor}: the central has not stored its {expected} CDRs within "
+                  f"{timeout:.0f} s", file=sys.stderr)
+            return
+        time.sleep(0.1)
 
 
 def table(cdrs: list[dict[str, Any]]) -> str:
@@ -131,10 +157,10 @@ managerport = {free_port()}
                 print(f"sensor {id_sensor} failed (exit {result.returncode}); "
                       f"see .demo/sensor{id_sensor}.log", file=sys.stderr)
                 return 1
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/cdrs?limit=100",
-                                    timeout=30) as answer:
-            body = json.load(answer)
-        cdrs = body["cdrs"] if isinstance(body, dict) else body
+            if mirror == "yes":
+                wait_for_mirrored_cdrs(http_port, id_sensor,
+                                       os.path.join(workdir, f"sensor{id_sensor}.log"))
+        cdrs = api_cdrs(http_port, "limit=100")
         cdrs = sorted(cdrs, key=lambda c: (c["id_sensor"], c["calldate"]))
         print(f"\nthe central stored {len(cdrs)} CDRs:\n")
         print(table(cdrs))

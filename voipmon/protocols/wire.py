@@ -24,7 +24,7 @@ Message flow (design section 3)::
     PACKETS <binary batch>               ->                  (packet mirroring)
                                         <-   PACKETS_ACK {upto}
     END {dropped}                        ->                  (end of a replayed capture)
-                                        <-   END_ACK {cdrs}
+                                        <-   END_ACK {cdrs}    (calls closed, CDRs durable)
     STATS {...}                          ->
     PING {t} / PONG {t}                 <->  every 5 s; silence for 30 s drops the peer
     CLOSE {reason}                      <->  said before closing on purpose

@@ -5,7 +5,9 @@ full buffer drops packets and counts them (logged, and reported to the central i
 never silently. At most ``window`` batches are unacknowledged; unacknowledged batches are
 kept and resent, with their numbers, to whichever central the sensor reaches next. When a
 replayed capture ends, END goes after the last acknowledged batch, and the central closes
-that sensor's open calls.
+that sensor's open calls. Its END_ACK ``{"cdrs": N}`` says those calls are closed and the
+N CDRs made from this sensor's packets are durable on the central (in its CDR queue, on
+their way to the database), so the sensor is done with them.
 """
 
 from __future__ import annotations

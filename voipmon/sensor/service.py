@@ -265,9 +265,12 @@ class SensorService(service.MultiService):
                        f"delivered by this run, {stats['stored']} new in the database; "
                        f"last central {central})")
         else:
+            # END_ACK: the central closed the calls and has their CDRs on its disk; it
+            # stores them in its database now, or once the database is reachable.
             message = (f"done: {self.uplink.packets_acked} mirrored packets acknowledged and "
                        f"the replay closed on central {central} ({self.uplink.central_cdrs} "
-                       f"CDRs; {self.uplink.dropped} packets dropped)")
+                       f"CDRs made there, safe on its disk; {self.uplink.dropped} packets "
+                       f"dropped)")
         self._exit(0, message)
 
     def _made(self, channel: Any) -> None:

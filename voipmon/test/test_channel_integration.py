@@ -215,13 +215,27 @@ class ProcessTests(ProcessBase):
         for id_sensor, pcap, process in sensors:
             self.assertEqual(process.wait(120), 0, process.text()[-3000:])
             process.wait_for("done: ")
-            got = {c["sensor_cdr_uid"]: _comparable_api(c) for c in self.api_cdrs(http, id_sensor)}
             want = {c["sensor_cdr_uid"]: _comparable_analyze(c) for c in analyze(pcap, id_sensor)}
+            # A mirroring sensor is done once its CDRs are durable on the central, which
+            # stores them a moment later.
+            cdrs = self.api_cdrs_when(http, id_sensor, len(want))
+            got = {c["sensor_cdr_uid"]: _comparable_api(c) for c in cdrs}
             self.assertEqual(sorted(got), sorted(want), id_sensor)
             for uid, record in want.items():
                 differing = {k: (got[uid].get(k), v) for k, v in record.items()
                              if got[uid].get(k) != v}
                 self.assertEqual(differing, {}, f"sensor {id_sensor}, call {record['callid']}")
+
+    def api_cdrs_when(self, http: int, id_sensor: int, count: int) -> list[dict]:
+        """The sensor's CDRs from the API, once there are ``count`` (30 s at most)."""
+        found: list[dict] = []
+
+        def enough() -> bool:
+            found[:] = self.api_cdrs(http, id_sensor)
+            return len(found) >= count
+
+        wait_until(enough, 30, f"{count} CDRs of sensor {id_sensor} in the API")
+        return found
 
     def api_cdrs(self, http: int, id_sensor: int) -> list[dict]:
         url = f"http://127.0.0.1:{http}/api/cdrs?id_sensor={id_sensor}&limit=1000"
@@ -273,6 +287,37 @@ class ProcessTests(ProcessBase):
         uids = stored_uids(connection, 52)
         self.assertEqual(len(uids), len(set(uids)))
         self.assertEqual(set(uids), engine_uids(pcap, 52))
+
+    def test_mirroring_central_killed_during_database_outage(self) -> None:
+        """Mirroring while MariaDB is down: the replay still ends (END_ACK: the CDRs are on
+        the central's disk), the central is SIGKILLed, MariaDB comes back, the central is
+        started again on the same spool: every CDR is stored, exactly once."""
+        if shutil.which("mariadb-install-db") is None:
+            raise mysql_unavailable("mariadb-install-db is not installed")
+        server = PrivateMariaDB(os.path.join(self.base, "mariadb"))
+        self.addCleanup(server.destroy)
+        server.start()
+        calls = 400
+        pcap = write_calls_pcap(f"{self.base}/calls.pcap", calls)
+        port = free_port()
+        central = self.central("central", port, "mirrorkill", mysqlport=server.port)
+        server.stop()
+        sensor = self.sensor("edge", 54, [port], pcap, packetbuffer_sender="yes")
+        self.assertEqual(sensor.wait(120), 0, sensor.text()[-3000:])
+        done = sensor.wait_for(r"done: .*\((\d+) CDRs made there, safe on its disk")
+        self.assertEqual(int(done.group(1)), calls)
+        central.wait_for(r"cannot store CDRs from mirrored packets: ", 30)
+        central.kill(signal.SIGKILL)
+        central.wait(30)
+        server.start()
+        again = self.central("central", port, "mirrorkill", mysqlport=server.port)
+        again.wait_for(rf"{calls} CDRs from mirrored packets wait in .* from before this start")
+        connection = server.connect("mirrorkill")
+        self.addCleanup(connection.close)
+        wait_until(lambda: count_cdrs(connection) >= calls, 60, "the queued CDRs in the database")
+        uids = stored_uids(connection, 54)
+        self.assertEqual(len(uids), len(set(uids)))
+        self.assertEqual(set(uids), engine_uids(pcap, 54))
 
     def test_database_outage(self) -> None:
         """Stop MariaDB for 10 s mid-stream: every CDR still arrives, once."""
