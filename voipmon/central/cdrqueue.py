@@ -41,6 +41,7 @@ log = Logger()
 
 QUEUE_DIRECTORY = "central-queue"   # under the central's spooldir
 WRITE_BATCH = 500
+FLUSH_RECORDS = 1000                # written at once when a turn makes this many (memory)
 RETRY_INITIAL = 0.5
 RETRY_MAX = 5.0
 FLUSH_RETRY = 1.0
@@ -112,6 +113,13 @@ class CentralCdrQueue:
         self.accepted += 1
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
+        elif self.queue.buffered >= FLUSH_RECORDS and not self._flush_failing:
+            # One turn closing thousands of calls (a sensor away too long): write them as
+            # they come. Waking and storing stay with the scheduled flush, out of the engine.
+            try:
+                self.queue.flush()
+            except (QueueError, OSError):
+                pass  # the scheduled flush retries, and says why
         self._arm_report()
         return True
 

@@ -69,6 +69,22 @@ class DurabilityTests(Base):
                          (5, 0, 5, 5))
         self.successResultOf(writer.when_durable())  # nothing pending: at once
 
+    def test_a_huge_turn_is_written_as_it_comes(self) -> None:
+        """Thousands of CDRs made in one turn are not all held in memory until its end;
+        when_durable still fires only with the flush that ends the turn."""
+        writer = self.writer()
+        most = 0
+        for n in range(2500):
+            writer.add(make_cdr(n))
+            most = max(most, writer.queue.buffered)
+        d = writer.when_durable()
+        self.assertLess(most, 1000)
+        self.assertEqual(writer.queue.durable, 2000)
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(self.store.cdr_count, 2500)
+
     def test_nothing_stored_before_the_store_started(self) -> None:
         """Until the store has started the CDRs only go to disk; start() stores them."""
         writer = self.writer(start=False)
