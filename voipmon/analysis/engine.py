@@ -5,15 +5,10 @@ sensor) and in ``voipmon-analyze``. It is pure: no reactor, no wall clock. Time 
 capture time of the frames, so a file replayed offline gives the same calls as the live
 traffic did.
 
-Hot path. Nearly every packet of a VoIP capture is RTP, so ``feed`` first tries the one
-shape most of it has (Ethernet, IPv4 without options, unfragmented UDP) and looks the
-4-tuple up in ``_flows``: one slice, one dict lookup, two appends of the raw RTP header and
-capture time (and two more when the call's pcap is written). Flows known to be of no
-interest are dropped by a second lookup, and so are the segments of TCP connections the
-decoder classified as not SIP that cannot change that (``voipmon.packet.tcpclassify``),
-counted as the decoder would count them. Everything else goes through the packet
-``Decoder`` (tunnels, IPv6, defragmentation, TCP/WebSocket/SCTP reassembly), whose
-datagrams come back to ``_datagram``.
+Frames come in through ``feed`` and ``feed_all`` (``hotpath.HotPath``): nearly all of them
+are RTP of known flows and stop there. Everything else goes through the packet ``Decoder``
+(tunnels, IPv6, defragmentation, TCP/WebSocket/SCTP reassembly), whose datagrams come back
+to ``_datagram``.
 
 Attribution (``media.MediaTable``). SDP in a call's messages binds ``ip:port`` endpoints
 to it; a UDP flow to or from a bound endpoint is that call's RTP, RTCP or T.38, and
@@ -37,20 +32,19 @@ from twisted.logger import Logger
 
 from voipmon.analysis.calls import END, Call, ip_text
 from voipmon.analysis.cdr import Cdr, RtpStream, iso_ms
+from voipmon.analysis.hotpath import HotPath
 from voipmon.analysis.media import MediaTable, stream_records
 from voipmon.analysis.rtp import CHUNK, RtpFlow
 from voipmon.analysis.sdp import parse_sdp
 from voipmon.analysis.sip import looks_like_sip, parse_sip
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
-from voipmon.packet.tcpclassify import sniff
 from voipmon.spool.layout import fbasename, pcap_relpath
-from voipmon.spool.writer import FLUSH_FRAMES, SpoolWriter
+from voipmon.spool.writer import SpoolWriter
 
 log = Logger()
 
 _PORTS = struct.Struct("!HH").pack
-_ETH_IP4 = b"\x08\x00E"
 _NO_CALL_METHODS = frozenset({"REGISTER", "OPTIONS", "SUBSCRIBE", "PUBLISH"})
 
 
@@ -76,7 +70,7 @@ class EngineStats:
         return dict(vars(self))
 
 
-class Engine:
+class Engine(HotPath):
     """Turns captured frames into CDRs; see the module docstring."""
 
     def __init__(self, *, id_sensor: int, on_cdr: Callable[[Cdr], Any],
@@ -117,111 +111,6 @@ class Engine:
         self._finished = False
 
     # -- input -----------------------------------------------------------------------
-
-    def feed(self, ts: float, linktype: int, frame: bytes) -> None:
-        """One captured frame. Never raises because of what the frame contains."""
-        if ts >= self._tick:
-            self._on_tick(ts)
-        if linktype == 1 and len(frame) >= 54 and frame[12:15] == _ETH_IP4 \
-                and frame[23] == 17 and not (frame[20] & 0x3F or frame[21]):
-            key = frame[26:38]
-            flow = self._flows.get(key)
-            if flow is not None:
-                if frame[38:40] >= b"\x00\x14" and not 192 <= frame[43] <= 223:
-                    flow.rec += frame[42:54]
-                    flow.times.append(ts)
-                    sink = flow.pcap1
-                    if sink is not None:
-                        sink.ts.append(ts)
-                        sink.frames.append(frame)
-                        if sink.caplens is not None:
-                            sink.caplens.append(54)
-                        if len(sink.frames) >= FLUSH_FRAMES:
-                            sink.flush()
-                    return
-            elif key in self._skip:
-                return
-        self._slow(ts, linktype, frame)
-
-    def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> int:
-        """``feed`` every ``(ts, linktype, frame)`` of ``records`` (e.g. a capture file);
-        returns how many. The same code as ``feed`` with the fast path inlined in one loop
-        and the lookups in locals: the call per frame is a fifth of the fast path's cost."""
-        n = 0
-        flows_get = self._flows.get
-        skip = self._skip
-        slow = self._slow
-        flush_at = FLUSH_FRAMES
-        eth_ip4 = _ETH_IP4
-        tick = self._tick
-        decoder = self._decoder
-        not_sip = decoder.not_sip
-        dropped = 0
-        try:
-            for ts, linktype, frame in records:
-                n += 1
-                if ts >= tick:
-                    self._on_tick(ts)
-                    tick = self._tick
-                if linktype == 1 and len(frame) >= 54 and frame[12:15] == eth_ip4 \
-                        and not (frame[20] & 0x3F or frame[21]):
-                    key = frame[26:38]
-                    if frame[23] == 17:
-                        flow = flows_get(key)
-                        if flow is not None:
-                            if frame[38:40] >= b"\x00\x14" and not 192 <= frame[43] <= 223:
-                                flow.rec += frame[42:54]
-                                flow.times.append(ts)
-                                sink = flow.pcap1
-                                if sink is not None:
-                                    sink.ts.append(ts)
-                                    sink.frames.append(frame)
-                                    if sink.caplens is not None:
-                                        sink.caplens.append(54)
-                                    if len(sink.frames) >= flush_at:
-                                        sink.flush()
-                                continue
-                        elif key in skip:
-                            continue
-                    elif frame[23] == 6 and key in not_sip:
-                        # TCP of a flow known not to be SIP: the decoder's _ipv4_tcp drop
-                        h = 34 + (frame[46] >> 4) * 4
-                        e = 14 + (frame[16] << 8 | frame[17])
-                        if 54 <= h <= e <= len(frame) and ts - decoder.expired_at <= 1.0 \
-                                and (h == e or not (65 <= frame[h] <= 90
-                                                    or frame[h] & 0x0F in (1, 2))
-                                     or sniff(frame[h:e]) is None):
-                            dropped += 1
-                            continue
-                slow(ts, linktype, frame)
-        finally:
-            if dropped:
-                self.stats.slow_frames += dropped
-                decoder.drop_not_sip(dropped)
-        return n
-
-    def _slow(self, ts: float, linktype: int, frame: bytes) -> None:
-        if linktype == 1 and frame[12:14] == b"\x81\x00" and len(frame) >= 58 \
-                and frame[16:19] == _ETH_IP4 and frame[27] == 17 \
-                and not (frame[24] & 0x3F or frame[25]):
-            # one 802.1Q tag (mirrored traffic often has one): the fast path, 4 bytes on
-            key = frame[30:42]
-            flow = self._flows.get(key)
-            if flow is not None:
-                if frame[42:44] >= b"\x00\x14" and not 192 <= frame[47] <= 223:
-                    flow.rec += frame[46:58]
-                    flow.times.append(ts)
-                    if flow.pcap is not None:
-                        flow.pcap.add(ts, frame, 1, 58)
-                    return
-            elif key in self._skip:
-                return
-        self.stats.slow_frames += 1
-        try:
-            self._decoder.feed(ts, linktype, frame)
-        except Exception:
-            self.stats.errors += 1
-            log.failure("engine: frame at {ts} could not be processed", ts=ts)
 
     def feed_datagram(self, d: Datagram) -> None:
         """A datagram decoded elsewhere (tests, or a source that decodes itself)."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Generator, Iterator
+from typing import BinaryIO, NamedTuple
 
 CHUNK = 1 << 20
 #: libpcap refuses records longer than this (MAXIMUM_SNAPLEN) unless the snaplen is larger.
@@ -42,6 +42,25 @@ class CaptureFormatError(ValueError):
         self.reason = reason
 
 
+class PcapWalk(NamedTuple):
+    """How to walk the records of a classic pcap file (``CaptureReader.pcap_walk``).
+
+    ``chunks`` yields buffers that each start with a record; walk them with ``unpack``
+    (the header at an offset: seconds, fraction, captured length), ``hlen`` (16, or 24 in
+    the "modified" format) and ``scale`` (seconds per fraction unit), exactly as
+    ``CaptureReader._iter_pcap`` does, then send ``(offset, frames)``: where the first
+    record not complete in the buffer starts, and how many records were taken. The next
+    buffer starts with that record; at the end of the file the generator stops, having
+    noted a truncated last record, or raises ``CaptureFormatError`` where iterating would.
+    """
+
+    chunks: Generator[bytes, tuple[int, int], None]
+    unpack: Callable[[bytes, int], tuple[int, int, int]]
+    hlen: int
+    scale: float
+    linktype: int
+
+
 class CaptureReader:
     """Iterate over the frames of a pcap or pcapng file (detected from the first bytes).
 
@@ -65,6 +84,7 @@ class CaptureReader:
         self.bytes_read = 0
         self.compressed = False
         self._eof = False
+        self._started = False
         head = self._read(CHUNK)
         if head[:2] == b"\x1f\x8b":  # gzip: a .pcap.gz or .pcapng.gz, as tshark reads them
             head = self._gunzip(source)
@@ -156,33 +176,39 @@ class CaptureReader:
             f"{self.name}: {what} at byte offset {offset} is truncated "
             f"({have} of {need} bytes); stopped there")
 
-    def _iter_pcap(self) -> Iterator[Record]:
+    def pcap_walk(self) -> PcapWalk | None:
+        """For a consumer that walks the records of a classic pcap file itself, as the
+        engine's ``feed_all`` does to save a generator step and a tuple per frame; None
+        for pcapng or once iteration has begun. See ``PcapWalk``."""
+        if self.format != "pcap" or self._started:
+            return None
+        self._started = True
+        return PcapWalk(self._pcap_chunks(), struct.Struct(self._order + "IIi4x").unpack_from,
+                        16 + self._extra, self._scale, self.linktypes[0])
+
+    def _pcap_chunks(self) -> Generator[bytes, tuple[int, int], None]:
+        """The file in buffers that each start with a record. Send back ``(offset, frames)``:
+        where in the buffer the first record that is not complete there starts, and how
+        many records were taken; the next buffer starts with that record."""
         read = self._read
-        linktype = self.linktypes[0]
-        scale = self._scale
         hlen = 16 + self._extra
         limit = max(self.snaplen, MAX_SNAPLEN)
-        unpack = struct.Struct(self._order + "IIII").unpack_from
-        buf = self._head
+        unpack = struct.Struct(self._order + "IIi4x").unpack_from
+        buf = self._head[24:]
         self._head = b""
-        pos = 24
-        base = 0  # file offset of buf[0]
-        frames = 0
+        base = 24  # file offset of buf[0]
+        pos = 0
         try:
             while True:
+                pos, frames = yield buf
+                self.frames += frames
                 n = len(buf)
-                while pos + hlen <= n:
-                    sec, frac, incl, _orig = unpack(buf, pos)
-                    end = pos + hlen + incl
-                    if end > n:
-                        if incl > limit:
-                            raise CaptureFormatError(
-                                self.name, base + pos,
-                                f"record length {incl} exceeds the maximum {limit}")
-                        break
-                    yield (sec + frac * scale, linktype, buf[pos + hlen:end])
-                    frames += 1
-                    pos = end
+                if pos + hlen <= n:
+                    incl = unpack(buf, pos)[2]
+                    if incl > limit:
+                        raise CaptureFormatError(
+                            self.name, base + pos,
+                            f"record length {incl} exceeds the maximum {limit}")
                 more = read(CHUNK)
                 if not more:
                     if pos < n:
@@ -193,8 +219,34 @@ class CaptureReader:
                 base += pos
                 pos = 0
         finally:
-            self.frames += frames
             self.bytes_read = base + pos
+
+    def _iter_pcap(self) -> Iterator[Record]:
+        walk = self.pcap_walk()
+        if walk is None:
+            return
+        chunks, unpack, hlen, scale, linktype = walk
+        buf = next(chunks)
+        frames = 0
+        try:
+            while True:
+                pos = 0
+                n = len(buf)
+                while pos + hlen <= n:
+                    sec, frac, incl = unpack(buf, pos)
+                    end = pos + hlen + incl
+                    if end > n:
+                        break
+                    yield (sec + frac * scale, linktype, buf[pos + hlen:end])
+                    frames += 1
+                    pos = end
+                taken, frames = frames, 0
+                buf = chunks.send((pos, taken))
+        except StopIteration:
+            return
+        finally:
+            self.frames += frames  # those of a buffer left unfinished
+            chunks.close()
 
     def _iter_pcapng(self) -> Iterator[Record]:
         read = self._read

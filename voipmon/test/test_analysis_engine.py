@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.analysis import cdr as cdrmod
-from voipmon.analysis.engine import Engine
 from voipmon.packet.readers import CaptureReader
 from voipmon.spool.writer import SpoolWriter
 from voipmon.test.callsupport import Harness, rtcp_rr, rtcp_sr, rtp, sdp, sip_message
-from voipmon.test.test_packet_decode import A4, B4
-from voipmon.test.test_packet_tcp import tcp
-from voipmon.test.test_packet_tcpclassify import mixed_traffic
 
 A, B = Harness.CALLER, Harness.CALLEE
 AM, BM = ("10.0.0.1", 40000), ("10.0.0.2", 50000)
@@ -473,37 +468,3 @@ class RobustnessTests(SynchronousTestCase):
         self.assertEqual(none.cdrs[0].rtp_pcap, "")
         self.assertRaises(ValueError, Harness, savertp="maybe")
 
-
-class TcpNotSipTests(SynchronousTestCase):
-    def test_fast_path_drops_exactly_what_the_decoder_would(self) -> None:
-        # feed_all drops segments of TCP flows cached as not SIP itself: the CDRs and every
-        # counter must be those of feed() (the decoder's own drop) and of no cache at all
-        frames = mixed_traffic(random.Random(11), 3000)
-        seq, ts = 1, frames[100][0]
-        call = [b"\x00\x01 binary first", b"", invite("tcp-call", sdp(*AM)),
-                reply("SIP/2.0 200 OK", "tcp-call", body=sdp(*BM)),
-                sip_message("BYE sip:bob@example.com SIP/2.0", "tcp-call", "2 BYE", "ft", "tt")]
-        for i, data in enumerate(call):
-            back = i == 3
-            frames.append((ts + i, 1, tcp(data, seq=5000 if back else seq, sport=9000 if back
-                                          else 40000, dport=40000 if back else 9000,
-                                          src=B4 if back else A4, dst=A4 if back else B4)))
-            seq += 0 if back else len(data)
-        frames.sort(key=lambda r: r[0])
-        results = []
-        for limit, batch in ((0, True), (65536, True), (65536, False)):
-            cdrs: list[cdrmod.Cdr] = []
-            engine = Engine(id_sensor=1, on_cdr=cdrs.append, tcp_not_sip_max=limit)
-            if batch:
-                engine.feed_all(frames)
-            else:
-                for record in frames:
-                    engine.feed(*record)
-            engine.finish()
-            results.append(([c.to_json() for c in cdrs], engine.stats_dict()))
-        self.assertEqual(results[1], results[0])
-        self.assertEqual(results[2], results[0])
-        cdrs, stats = results[0]
-        self.assertIn("tcp-call", [c["callid"] for c in cdrs])
-        self.assertEqual([c["bye"] for c in cdrs if c["callid"] == "tcp-call"], [2])
-        self.assertGreater(stats["decoder"]["ignored"]["tcp_not_sip"], 1000)

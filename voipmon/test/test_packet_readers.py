@@ -121,6 +121,42 @@ class PcapTests(SynchronousTestCase):
         self.assertEqual(len(got), 3000)
         self.assertEqual([f for _, _, f in got], [f for _, f in frames])
 
+    def test_pcap_walk(self):
+        # what the engine's feed_all does with a classic pcap: walk the buffers itself
+        frames = [(1000.0 + i / 8, bytes([i % 256]) * (700 + i % 900)) for i in range(3000)]
+        for order, nano in (("<", False), (">", True)):
+            data = pcap_bytes(frames, order, nano)[:-10]  # the last record cut short
+            reader = CaptureReader(io.BytesIO(data), name="w.pcap")
+            chunks, unpack, hlen, scale, linktype = reader.pcap_walk()
+            self.assertIsNone(reader.pcap_walk())  # only once
+            got = []
+            buffers = 0
+            try:
+                buf = next(chunks)
+                while True:
+                    buffers += 1
+                    pos = 0
+                    taken = len(got)
+                    while pos + hlen <= len(buf):
+                        sec, frac, incl = unpack(buf, pos)
+                        end = pos + hlen + incl
+                        if end > len(buf):
+                            break
+                        got.append((sec + frac * scale, linktype, buf[pos + hlen:end]))
+                        pos = end
+                    buf = chunks.send((pos, len(got) - taken))
+            except StopIteration:
+                pass
+            self.assertGreater(buffers, 2)
+            self.assertEqual(got, list(CaptureReader(io.BytesIO(data))))
+            self.assertEqual(len(got), 2999)
+            self.assertEqual((reader.frames, reader.truncated), (2999, 1))
+            self.assertEqual(reader.bytes_read, len(data) - (16 + len(frames[-1][1]) - 10))
+            self.assertEqual(list(reader), [])  # consumed
+        started = CaptureReader(io.BytesIO(pcap_bytes(frames)))
+        next(iter(started))
+        self.assertIsNone(started.pcap_walk())
+
     def test_truncated_last_record(self):
         data = pcap_bytes(FRAMES)[:-5]
         reader, got = read_all(data, name="cut.pcap")
@@ -242,6 +278,8 @@ class PcapngTests(SynchronousTestCase):
 
     def test_little_endian(self):
         self.check("<")
+        reader, _ = read_all(self.build("<"))
+        self.assertIsNone(reader.pcap_walk())  # classic pcap only
 
     def test_big_endian(self):
         self.check(">")
