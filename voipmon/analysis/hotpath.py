@@ -155,20 +155,22 @@ class HotPath:
             while True:
                 pos = 0
                 size = len(buf)
+                last = size - hlen  # where the last record header can start
                 start = n
-                while pos + hlen <= size:
+                while pos <= last:
                     sec, frac, incl = unpack(buf, pos)
-                    end = pos + hlen + incl
+                    p = pos + hlen
+                    end = p + incl
                     if end > size:
                         break
                     ts = sec + frac * scale
-                    frame = buf[pos + hlen:end]
+                    frame = buf[p:end]
                     pos = end
                     n += 1
                     if ts >= tick:
                         self._on_tick(ts)
                         tick = self._tick
-                    if ether and len(frame) >= 54 and frame[12:15] == eth_ip4 \
+                    if ether and incl >= 54 and frame[12:15] == eth_ip4 \
                             and not (frame[20] & 0x3F or frame[21]):
                         key = frame[26:38]
                         if frame[23] == 17:

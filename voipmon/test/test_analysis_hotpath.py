@@ -32,17 +32,26 @@ class _Recorder:
         self.frames.append((ts, linktype, frame))
 
 
+STP = b"\x01\x80\xc2\x00\x00\x00\x00\x11\x22\x33\x44\x55\x00\x26\x42\x42\x03" + bytes(39)
+
+
 def call_traffic(calls: int = 3, packets: int = 700) -> list[Record]:
     """SIP calls over UDP with RTP both ways, among TCP connections (some 802.1Q tagged)
-    that never carry SIP or turn SIP later, in capture-time order."""
+    that never carry SIP or turn SIP later, and spanning-tree frames, in capture-time
+    order; then the clock goes back two hours for a few more."""
     h = Harness()
     rec = h.engine = _Recorder()  # type: ignore[assignment]
     for i in range(calls):
         h.basic_call(f"call-{i}@hot", t=1000.0 + 7 * i, caller_media=("10.0.0.1", 40000 + 2 * i),
                      callee_media=("10.0.0.2", 50000 + 2 * i), packets=packets, bye=i != 1)
-    frames = rec.frames + mixed_traffic(random.Random(5), 1500)
+    noise = mixed_traffic(random.Random(5), 1500)
+    frames = rec.frames + noise + [(1000.0 + i * 0.7, 1, STP) for i in range(200)]
     frames.sort(key=lambda r: r[0])
-    return frames
+    end = frames[-1][0]
+    back = [(ts - 7200.0, lt, f) for ts, lt, f in noise[:300]]
+    frames += [(end - 7200.0 + i * 0.6, 1, STP) for i in range(3)] + back + \
+        [(back[-1][0] + 0.5 + i * 0.4, 1, STP) for i in range(10)]
+    return [(ts + 1e6, lt, f) for ts, lt, f in frames]
 
 
 def pcap_file(path: str, frames: list[Record], order: str = "<", nano: bool = False,
@@ -132,6 +141,7 @@ class HotPathTests(SynchronousTestCase):
             for ports in ((5060,), ()):
                 walk = self.analyse(path, "walk", sip_ports=ports)
                 self.assertEqual(walk, self.analyse(path, "records", sip_ports=ports), path)
+                self.assertEqual(walk, self.analyse(path, "feed", sip_ports=ports), path)
 
     def test_truncated_file(self) -> None:
         frames = call_traffic(calls=1, packets=300)
