@@ -5,9 +5,11 @@ of it has (Ethernet, IPv4 without options, unfragmented UDP) and looks the 4-tup
 ``_flows``: one slice, one dict lookup, two appends of the raw RTP header and capture time
 (and two more when the call's pcap is written). Flows known to be of no interest are
 dropped by a second lookup, and so are the segments of TCP connections the decoder
-classified as not SIP that cannot change that (``voipmon.packet.tcpclassify``), counted
-as the decoder would count them. A single 802.1Q tag takes the same path in ``_slow``;
-everything else goes to the ``Decoder``.
+classified as not SIP that cannot change that (``voipmon.packet.tcpclassify``) and
+Ethernet frames with an 802.3 length instead of a type (spanning tree, CDP ...): counted
+as the decoder would count them, and only when it would have no housekeeping due. A
+single 802.1Q tag takes the RTP path in ``_slow``; everything else goes to the
+``Decoder``.
 
 The per-frame code is written out three times, because a call per frame is what it
 saves: ``feed`` (live capture), ``feed_all`` (any iterable of records, the lookups in
@@ -90,7 +92,7 @@ class HotPath:
         tick = self._tick
         decoder = self._decoder
         not_sip = decoder.not_sip
-        dropped = 0
+        dropped = llc = 0
         try:
             for ts, linktype, frame in records:
                 n += 1
@@ -127,11 +129,14 @@ class HotPath:
                                      or sniff(frame[h:e]) is None):
                             dropped += 1
                             continue
+                elif linktype == 1 and len(frame) >= 14 and frame[12] < 6 \
+                        and -3600.0 <= ts - decoder.expired_at <= 1.0:
+                    llc += 1  # 802.3 length, not a type: STP, CDP ... (the decoder's "llc")
+                    continue
                 slow(ts, linktype, frame)
         finally:
-            if dropped:
-                self.stats.slow_frames += dropped
-                decoder.drop_not_sip(dropped)
+            self.stats.slow_frames += dropped + llc
+            decoder.dropped(dropped, llc)
         return n
 
     def _feed_pcap(self, walk: PcapWalk) -> int:
@@ -148,7 +153,7 @@ class HotPath:
         tick = self._tick
         decoder = self._decoder
         not_sip = decoder.not_sip
-        dropped = 0
+        dropped = llc = 0
         ether = linktype == 1
         try:
             buf = next(chunks)
@@ -199,15 +204,18 @@ class HotPath:
                                          or sniff(frame[h:e]) is None):
                                 dropped += 1
                                 continue
+                    elif ether and incl >= 14 and frame[12] < 6 \
+                            and -3600.0 <= ts - decoder.expired_at <= 1.0:
+                        llc += 1  # 802.3 length, not a type: STP, CDP ... (as _slow below)
+                        continue
                     slow(ts, linktype, frame)
                 buf = chunks.send((pos, n - start))
         except StopIteration:
             pass
         finally:
             chunks.close()
-            if dropped:
-                self.stats.slow_frames += dropped
-                decoder.drop_not_sip(dropped)
+            self.stats.slow_frames += dropped + llc
+            decoder.dropped(dropped, llc)
         return n
 
     def _slow(self, ts: float, linktype: int, frame: bytes) -> None:

@@ -223,14 +223,18 @@ class Decoder(LayerWalker):
             self._stats.undecodable["error:" + type(e).__name__] += 1
         return None
 
-    def drop_not_sip(self, n: int) -> None:
-        """Count ``n`` segments of flows in ``not_sip`` that a caller's fast path dropped
-        (after the same tests as ``_ipv4_tcp``), as if they had been decoded."""
-        if n:
-            self._nframes += n
-            self._nslow += n
-            self._stats.tcp_segments += n
-            self._stats.ignored["tcp_not_sip"] += n
+    def dropped(self, not_sip: int, llc: int) -> None:
+        """Count frames a caller's fast path dropped after the same tests as the decoder,
+        as if they had been decoded: ``not_sip`` segments of flows in ``not_sip`` (see
+        ``_ipv4_tcp``), ``llc`` Ethernet frames with a length instead of a type (``_slow``,
+        while ``expired_at - 3600 <= ts <= expired_at + 1``: no housekeeping due)."""
+        if not_sip:
+            self._stats.tcp_segments += not_sip
+            self._stats.ignored["tcp_not_sip"] += not_sip
+        if llc:
+            self._stats.ignored["llc"] += llc
+        self._nframes += not_sip + llc
+        self._nslow += not_sip + llc
 
     def expire(self, now: float) -> None:
         """Drop fragment and stream state that has been idle too long (capture time)."""
