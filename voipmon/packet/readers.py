@@ -232,12 +232,14 @@ class CaptureReader:
             while True:
                 pos = 0
                 n = len(buf)
-                while pos + hlen <= n:
+                last = n - hlen  # where the last record header can start
+                while pos <= last:
                     sec, frac, incl = unpack(buf, pos)
-                    end = pos + hlen + incl
+                    p = pos + hlen
+                    end = p + incl
                     if end > n:
                         break
-                    yield (sec + frac * scale, linktype, buf[pos + hlen:end])
+                    yield (sec + frac * scale, linktype, buf[p:end])
                     frames += 1
                     pos = end
                 taken, frames = frames, 0
