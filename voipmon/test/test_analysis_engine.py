@@ -467,4 +467,3 @@ class RobustnessTests(SynchronousTestCase):
         none.engine.finish()
         self.assertEqual(none.cdrs[0].rtp_pcap, "")
         self.assertRaises(ValueError, Harness, savertp="maybe")
-
