@@ -33,7 +33,7 @@ from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello, derive_key
 from voipmon.protocols.server import CentralFactory
 from voipmon.queue import DurableQueue, QueueError
-from voipmon.spool.retention import Minute, Retention, plan, remove, scan
+from voipmon.spool.retention import Minute, Retention, scan
 
 log = Logger()
 
@@ -74,8 +74,8 @@ def mirror_engine_factory(settings: Any) -> Callable[[Hello, Callable[[Any], Non
 class CentralRetention(Retention):
     """maxpoolsize/maxpooldays over the central's spool *and* every per-sensor directory."""
 
-    def _pass(self, now: float) -> Any:
-        minutes = list(scan(self.spooldir))
+    def minutes(self) -> list[Minute]:
+        minutes = super().minutes()
         try:
             names = sorted(e.name for e in os.scandir(self.spooldir)
                            if _SENSOR_DIR.match(e.name) and e.is_dir(follow_symlinks=False))
@@ -84,16 +84,7 @@ class CentralRetention(Retention):
         for name in names:
             minutes += [Minute(m.start, f"{name}/{m.relpath}", m.size)
                         for m in scan(os.path.join(self.spooldir, name))]
-        minutes.sort(key=lambda m: m.start)
-        done, failed = [], []
-        for minute, reason in plan(minutes, now, self.maxpoolsize_mb, self.maxpooldays):
-            try:
-                remove(self.spooldir, minute.relpath)
-            except OSError as exc:
-                failed.append((minute.relpath, f"{exc.strerror or exc}"))
-            else:
-                done.append((minute, reason))
-        return done, failed
+        return minutes
 
 
 class StoreService(service.Service):

@@ -173,8 +173,13 @@ class Retention(service.Service):
         d.addErrback(self._failed)
         return d
 
+    def minutes(self) -> list[Minute]:
+        """The minute directories this retention governs (a subclass may add more)."""
+        return list(scan(self.spooldir))
+
     def _pass(self, now: float) -> tuple[list[tuple[Minute, str]], list[tuple[str, str]]]:
-        doomed = plan(scan(self.spooldir), now, self.maxpoolsize_mb, self.maxpooldays)
+        minutes = sorted(self.minutes(), key=lambda m: m.start)
+        doomed = plan(minutes, now, self.maxpoolsize_mb, self.maxpooldays)
         done, failed = [], []
         for minute, reason in doomed:
             try:
