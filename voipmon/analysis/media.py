@@ -1,11 +1,18 @@
 """Media attribution: which UDP flow is whose RTP, RTCP or T.38.
 
 SDP in a call's messages binds ``ip:port`` endpoints to the call (RTP, its RTCP port, or
-T.38), the latest SDP winning as in Wireshark. The first packet of an unknown UDP flow is
-attributed by its destination endpoint, else its source; from then on the flow is found
-by its 4-tuple alone (``flows``, the table the engine's hot path reads). An endpoint bound
-anew retires the flows attributed through it; a call that binds it again later gets its
-old flow back, so one stream stays one stream across re-INVITEs.
+T.38). The first packet of an unknown UDP flow is attributed by its destination endpoint,
+else its source; from then on the flow is found by its 4-tuple alone (``flows``, the
+table the engine's hot path reads), so attribution costs nothing per packet.
+
+Several live calls may announce the same endpoint: one SIPp UAS echoing every call from
+one port, a media server or SBC that reuses a port. Each keeps its claim (``claims``,
+kept only for such shared endpoints; ``endpoints`` holds the latest claim of each). A
+flow to a shared endpoint goes to the call that announced both its ends, the latest such
+one; if none did (NAT, RTP proxies, one-sided SDP), to the latest announcement of its
+destination, as when nothing is shared. A new claim re-examines the flows through that
+endpoint and retires those whose call changes; a call that gets a flow back (a
+re-INVITE, a claim moving back) gets its old one, so one stream stays one stream.
 
 RTP-looking flows without SDP become orphans (``tied_to_sip=False``), at most
 ``max_orphans`` at a time. Flows of no interest are remembered in ``skip`` so their
@@ -35,9 +42,9 @@ NOT_RTP_PORTS = frozenset({53, 67, 68, 69, 123, 137, 138, 161, 162, 500, 514, 52
 _EMPTY_PMAP = PayloadMap()
 
 
-@dataclass
+@dataclass(eq=False)
 class Endpoint:
-    """An ``ip:port`` announced by a call's SDP."""
+    """A call's claim on an ``ip:port`` announced in its SDP."""
 
     call: Call
     side: str                 # CALLER or CALLEE: who announced it
@@ -56,8 +63,10 @@ class MediaTable:
         self.flows: dict[bytes, RtpFlow] = {}
         self.skip: dict[bytes, float] = {}
         self.rtcp_flows: dict[bytes, Call] = {}
-        self.endpoints: dict[bytes, Endpoint] = {}
-        self.ep_flows: dict[bytes, set[bytes]] = {}
+        self.endpoints: dict[bytes, Endpoint] = {}      # the latest claim of each endpoint
+        self.claims: dict[bytes, dict[str, Endpoint]] = {}  # shared ones: by Call-ID, oldest first
+        self.ep_flows: dict[bytes, set[bytes]] = {}     # flows attributed through it, orphans
+        self.peer_flows: dict[bytes, set[bytes]] = {}   # flows attributed through the other end
         self.orphans: dict[bytes, RtpFlow] = {}
 
     # -- packets -------------------------------------------------------------------------
@@ -79,12 +88,13 @@ class MediaTable:
         dst_ep = d.dst + PORT(d.dport)
         src_ep = d.src + PORT(d.sport)
         endpoint = self.endpoints.get(dst_ep)
-        epkey, via = dst_ep, "dst"
-        if endpoint is None:
-            endpoint = self.endpoints.get(src_ep)
-            epkey, via = src_ep, "src"
         if endpoint is not None:
-            return self._attribute(key, d, endpoint, epkey, via)
+            if self.claims and dst_ep in self.claims:
+                endpoint = self._shared(dst_ep, src_ep)
+            return self._attribute(key, d, endpoint, dst_ep, src_ep, "dst")
+        endpoint = self.endpoints.get(src_ep)
+        if endpoint is not None:
+            return self._attribute(key, d, endpoint, src_ep, dst_ep, "src")
         payload = d.payload
         if len(payload) < 12:
             return None  # keepalives and the like: not worth remembering
@@ -97,9 +107,8 @@ class MediaTable:
                 return None
             flow = RtpFlow(key, d.src, d.sport, d.dst, d.dport, None, "", _EMPTY_PMAP,
                            tied=False)
-            flow.epkeys = (dst_ep, src_ep)
-            self._index(dst_ep, key)
-            self._index(src_ep, key)
+            _index(self.ep_flows, dst_ep, key)
+            _index(self.ep_flows, src_ep, key)
             self.orphans[key] = flow
             self.flows[key] = flow
             self.stats.orphan_flows += 1
@@ -108,12 +117,39 @@ class MediaTable:
             self.skip[key] = d.ts
         return None
 
+    def _shared(self, dst_ep: bytes, src_ep: bytes) -> Endpoint:
+        """The claim on shared ``dst_ep`` that a flow from ``src_ep`` belongs to: the
+        latest of the calls that announced both ends, else the latest claim."""
+        claims = self.claims[dst_ep]
+        src = self.endpoints.get(src_ep)
+        if src is not None:
+            if src_ep not in self.claims:  # one call announced the source: is it one of them?
+                mine = claims.get(src.call.callid)
+                if mine is not None:
+                    return mine
+            else:
+                for endpoint in reversed(claims.values()):
+                    if src_ep in endpoint.call.endpoints:
+                        return endpoint
+        return self.endpoints[dst_ep]
+
+    def _resolve(self, key: bytes) -> Endpoint | None:
+        """The claim the next packet of flow ``key`` would be attributed through."""
+        dst_ep, src_ep = _epkeys_of(key)
+        endpoint = self.endpoints.get(dst_ep)
+        if endpoint is None:
+            return self.endpoints.get(src_ep)
+        if dst_ep in self.claims:
+            return self._shared(dst_ep, src_ep)
+        return endpoint
+
     def _attribute(self, key: bytes, d: Datagram, endpoint: Endpoint, epkey: bytes,
-                   via: str) -> None:
+                   other: bytes, via: str) -> None:
         if endpoint.kind == T38:
             self.skip[key] = d.ts
             return None
-        self._index(epkey, key)
+        _index(self.ep_flows, epkey, key)
+        _index(self.peer_flows, other, key)
         call = endpoint.call
         if endpoint.kind == RTCP:
             self.rtcp_flows[key] = call
@@ -131,16 +167,9 @@ class MediaTable:
         else:
             flow.direction = direction
             flow.set_payload_map(pmap)
-        flow.epkeys = (epkey,)
         call.flows[key] = flow
         self.flows[key] = flow
         return self.media(flow, d)
-
-    def _index(self, epkey: bytes, key: bytes) -> None:
-        keys = self.ep_flows.get(epkey)
-        if keys is None:
-            keys = self.ep_flows[epkey] = set()
-        keys.add(key)
 
     def media(self, flow: RtpFlow, d: Datagram) -> None:
         """An RTP (or multiplexed RTCP) packet of a known flow, off the hot path."""
@@ -183,33 +212,82 @@ class MediaTable:
 
     def _bind(self, epkey: bytes, call: Call, side: str, kind: int,
               pmap: PayloadMap | None) -> None:
-        old = self.endpoints.get(epkey)
-        if old is not None and old.call is call:
-            if old.kind == kind:
-                if pmap is not None and (old.pmap is None or pmap.rtpmap != old.pmap.rtpmap):
-                    old.pmap = pmap
+        latest = self.endpoints.get(epkey)
+        claims = self.claims.get(epkey)
+        mine = latest if latest is not None and latest.call is call else \
+            claims.get(call.callid) if claims is not None else None
+        if mine is not None:
+            if mine.kind == kind:
+                if pmap is not None and (mine.pmap is None or pmap.rtpmap != mine.pmap.rtpmap):
+                    mine.pmap = pmap
                     for key in self.ep_flows.get(epkey, ()):
                         flow = self.flows.get(key)
                         if flow is not None and flow.owner is call:
                             flow.set_payload_map(pmap)
+                if mine is not latest:  # announced again: now the latest claim
+                    del claims[call.callid]  # type: ignore[union-attr]
+                    claims[call.callid] = self.endpoints[epkey] = mine  # type: ignore[index]
+                    self._reexamine(epkey)
+                    self.skip.clear()
                 return
-            if old.kind == RTP and kind == RTCP:
+            if mine.kind == RTP and kind == RTCP:
                 return  # this call's RTP endpoint is not also its RTCP one
-        if old is not None:
-            self._unbind(epkey)
-        self.endpoints[epkey] = Endpoint(call, side, kind, pmap)
+            self._unclaim(epkey, call)
+            latest = self.endpoints.get(epkey)
+            claims = self.claims.get(epkey)
+        endpoint = self.endpoints[epkey] = Endpoint(call, side, kind, pmap)
         call.endpoints.add(epkey)
-        # flows attributed otherwise so far (orphans, or nothing) must be looked at again
-        for key in list(self.ep_flows.get(epkey, ())):
-            self.retire(key)
+        if latest is not None:  # another live call announced it too: shared
+            if claims is None:
+                claims = self.claims[epkey] = {latest.call.callid: latest}
+            claims[call.callid] = endpoint
+        # flows through it (orphans, flows of other claims) must be looked at again
+        self._reexamine(epkey)
         self.skip.clear()
 
-    def _unbind(self, epkey: bytes) -> None:
-        endpoint = self.endpoints.pop(epkey, None)
-        if endpoint is not None:
-            endpoint.call.endpoints.discard(epkey)
+    def _reexamine(self, epkey: bytes) -> None:
+        """Claims on ``epkey`` changed: retire the orphans through it and the flows whose
+        call would change. Flows attributed through their other end are looked at only
+        where an endpoint is shared (elsewhere they keep their call, as they always did)."""
         for key in list(self.ep_flows.get(epkey, ())):
-            self.retire(key)
+            self._reconsider(key)
+        peers = self.peer_flows.get(epkey)
+        if peers:
+            claims = self.claims
+            shared = epkey in claims
+            for key in list(peers):
+                dst_ep, src_ep = _epkeys_of(key)
+                if shared or (src_ep if dst_ep == epkey else dst_ep) in claims:
+                    self._reconsider(key)
+
+    def _reconsider(self, key: bytes) -> None:
+        flow = self.flows.get(key)
+        owner = flow.owner if flow is not None else self.rtcp_flows.get(key)
+        if owner is not None:
+            endpoint = self._resolve(key)
+            if endpoint is not None and endpoint.call is owner:
+                return
+        self.retire(key)
+
+    def _unclaim(self, epkey: bytes, call: Call) -> None:
+        """Drop ``call``'s claim on ``epkey`` and retire the flows it got through it."""
+        call.endpoints.discard(epkey)
+        claims = self.claims.get(epkey)
+        if claims is None:
+            endpoint = self.endpoints.get(epkey)
+            if endpoint is None or endpoint.call is not call:
+                return
+            del self.endpoints[epkey]
+        else:
+            if claims.pop(call.callid, None) is None:
+                return
+            self.endpoints[epkey] = next(reversed(claims.values()))
+            if len(claims) == 1:
+                del self.claims[epkey]
+        for key in list(self.ep_flows.get(epkey, ())):
+            flow = self.flows.get(key)
+            if (flow.owner if flow is not None else self.rtcp_flows.get(key)) is call:
+                self.retire(key)
 
     # -- ending --------------------------------------------------------------------------
 
@@ -219,12 +297,13 @@ class MediaTable:
         flow = self.flows.pop(key, None)
         self.rtcp_flows.pop(key, None)
         self.skip.pop(key, None)
-        for epkey in flow.epkeys if flow is not None else _epkeys_of(key):
-            keys = self.ep_flows.get(epkey)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self.ep_flows[epkey]
+        for epkey in _epkeys_of(key):
+            for index in (self.ep_flows, self.peer_flows):
+                keys = index.get(epkey)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[epkey]
         if flow is None:
             return
         flow.drain()
@@ -237,11 +316,10 @@ class MediaTable:
             owner.retired[key] = flow  # type: ignore[attr-defined]
 
     def release(self, call: Call) -> None:
-        """The call is over: free its endpoints and retire its flows."""
+        """The call is over: drop its claims and retire its flows. Other calls keep the
+        endpoints they shared with it, and their flows."""
         for epkey in list(call.endpoints):
-            endpoint = self.endpoints.get(epkey)
-            if endpoint is not None and endpoint.call is call:
-                self._unbind(epkey)
+            self._unclaim(epkey, call)
         for key in list(call.flows):
             self.retire(key)
 
@@ -254,11 +332,18 @@ class MediaTable:
                 flow.drain()
 
 
-def _epkeys_of(key: bytes) -> tuple[bytes, ...]:
-    """The two endpoint keys of a 4-tuple key (src + dst + sport + dport)."""
+def _epkeys_of(key: bytes) -> tuple[bytes, bytes]:
+    """The destination and source endpoint keys of a 4-tuple key (src + dst + ports)."""
     half = (len(key) - 4) // 2
     src, dst = key[:half], key[half:2 * half]
     return (dst + key[-2:], src + key[-4:-2])
+
+
+def _index(index: dict[bytes, set[bytes]], epkey: bytes, key: bytes) -> None:
+    keys = index.get(epkey)
+    if keys is None:
+        keys = index[epkey] = set()
+    keys.add(key)
 
 
 def save(sink: Any, d: Datagram, drop: int) -> None:

@@ -385,12 +385,11 @@ class RtpFlow:
     ``rec`` and ``times`` are appended to directly by the engine's hot path, and so are
     the frame buffers of ``pcap1`` (the call's RTP pcap when its link type is Ethernet).
     ``owner`` is the call (None for an orphan flow), ``direction`` "a" (caller to
-    callee), "b" or "", ``pmap`` the payload map of the SDP that announced the endpoint,
-    ``epkeys`` the endpoint keys the engine indexed the flow under.
+    callee), "b" or "", ``pmap`` the payload map of the SDP that announced the endpoint.
     """
 
-    __slots__ = ("direction", "dport", "dst", "epkeys", "key", "last_seen", "owner", "pcap",
-                 "pcap1", "pmap", "rec", "sport", "src", "streams", "tied", "times")
+    __slots__ = ("direction", "dport", "dst", "key", "last_seen", "owner", "pcap", "pcap1",
+                 "pmap", "rec", "sport", "src", "streams", "tied", "times")
 
     def __init__(self, key: bytes, src: bytes, sport: int, dst: bytes, dport: int,
                  owner: object, direction: str, pmap: PayloadMap, tied: bool = True):
@@ -406,7 +405,6 @@ class RtpFlow:
         self.pcap = None
         self.pcap1 = None
         self.last_seen = 0.0
-        self.epkeys: tuple[bytes, ...] = ()
 
     def last_time(self) -> float:
         return self.times[-1] if self.times else self.last_seen

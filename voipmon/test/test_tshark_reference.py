@@ -1,8 +1,8 @@
-"""Our CDRs against tshark's, for every shared capture that has a ``.tshark.txt`` reference.
+"""Our CDRs against tshark's, for every capture that has a ``.tshark.txt`` reference.
 
-For each capture (``../shared/pcaps/{public,generated}``, relative to the repository) the
-engine analyses the file, and the test compares with tshark 4.0's ``-z rtp,streams`` and
-its list of SIP messages:
+For each capture (``../shared/pcaps/{public,generated}`` relative to the repository, and
+those bundled in ``voipmon/test/data``) the engine analyses the file, and the test
+compares with tshark 4.0's ``-z rtp,streams`` and its list of SIP messages:
 
 - the SDP-announced RTP streams: same (addresses, ports, SSRC), our main payload type
   among tshark's payload types;
@@ -233,10 +233,9 @@ def compare(path: str) -> tuple[list[str], dict[str, int]]:
     return problems, counts
 
 
-def _captures() -> list[str]:
+def _captures(folders: tuple[str, ...]) -> list[str]:
     found = []
-    for sub in ("public", "generated"):
-        folder = os.path.join(PCAPS, sub)
+    for folder in folders:
         if os.path.isdir(folder):
             for entry in sorted(os.listdir(folder)):
                 if entry.endswith(".tshark.txt"):
@@ -272,7 +271,11 @@ def _make(path: str):
     return test
 
 
-_FOUND = _captures()
+class BundledReferenceTests(SynchronousTestCase):
+    """The same for the captures in voipmon/test/data that have a reference beside them."""
+
+
+_FOUND = _captures((os.path.join(PCAPS, "public"), os.path.join(PCAPS, "generated")))
 if _FOUND:
     for _path in _FOUND:
         _name = "test_" + re.sub(r"\W", "_", os.path.basename(_path))
@@ -281,3 +284,6 @@ else:
     def _skip(self: SynchronousTestCase) -> None:
         raise SkipTest(f"no shared captures at {PCAPS}")
     TsharkReferenceTests.test_shared_captures = _skip  # type: ignore[attr-defined]
+for _path in _captures((os.path.join(ROOT, "voipmon", "test", "data"),)):
+    setattr(BundledReferenceTests, "test_" + re.sub(r"\W", "_", os.path.basename(_path)),
+            _make(_path))
