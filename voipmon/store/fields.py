@@ -133,13 +133,14 @@ def epoch_ms(value: Any) -> int | None:
 
 
 _DAYS: dict[int, str] = {}
+_HOUR_MINUTES = [f" {h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
+_SECONDS = [f"{s:02d}." for s in range(60)]
+_MILLIS = [f"{m:03d}" for m in range(1000)]
 
 
-def datetime_text(value: Any) -> str | None:
-    """Epoch seconds to ``YYYY-MM-DD HH:MM:SS.mmm`` (UTC), the form both back ends store."""
-    ms = epoch_ms(value)
-    if ms is None:
-        return None
+def ms_text(ms: int) -> str:
+    """Whole milliseconds since the epoch (0..MAX_EPOCH) as ``YYYY-MM-DD HH:MM:SS.mmm``:
+    the day from a cache, the rest from small tables (no formatting per call)."""
     seconds, millis = divmod(ms, 1000)
     day, rest = divmod(seconds, 86400)
     date = _DAYS.get(day)
@@ -147,9 +148,17 @@ def datetime_text(value: Any) -> str | None:
         if len(_DAYS) > 4096:
             _DAYS.clear()
         date = _DAYS[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{date} {hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}"
+    return date + _HOUR_MINUTES[rest // 60] + _SECONDS[rest % 60] + _MILLIS[millis]
+
+
+def datetime_text(value: Any) -> str | None:
+    """Epoch seconds to ``YYYY-MM-DD HH:MM:SS.mmm`` (UTC), the form both back ends store."""
+    if type(value) is float and 0.0 <= value <= MAX_EPOCH:
+        return ms_text(round(value * 1000))
+    ms = epoch_ms(value)
+    if ms is None:
+        return None
+    return ms_text(ms)
 
 
 def epoch(value: Any) -> float | None:

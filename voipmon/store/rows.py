@@ -4,10 +4,8 @@ Writing turns one ``Cdr`` into a ``cdr`` row (VoIPmonitor's columns, ``_mult10``
 a ``cdr_next`` row and one ``cdr_rtp`` row per stream, holding only int, float, str, bytes
 and None, already fitted to the columns by ``voipmon.store.fields`` (strings cut to length,
 integers clamped, NaN as NULL, lone surrogates replaced) so that no value can make a batch
-fail forever. This is the central's hot path, so each stream first goes through
-``_stream_fast``, which checks every field at once and builds both of the stream's column
-sets directly; anything unusual falls back to ``_stream_careful``, the reference
-(tests check that both agree).
+fail forever. This is the central's hot path: a value that already fits costs one inline
+check, and streams go through ``voipmon.store.rtprows``'s checked fast path.
 
 Reading rebuilds the ``Cdr`` from ``cdr``/``cdr_next``/``cdr_rtp`` (``cdr_rtp`` keeps the
 streams at full precision; ``cdr``'s a_/b_ summaries are derived data for SQL reports), and
@@ -27,10 +25,7 @@ from typing import Any
 
 from voipmon.analysis.cdr import Cdr, RtpStream
 from voipmon.store.fields import (
-    I32_MAX,
-    I32_MIN,
-    I64_MAX,
-    I64_MIN,
+    MAX_DEC3,
     MAX_EPOCH,
     U8,
     U16,
@@ -40,18 +35,15 @@ from voipmon.store.fields import (
     dec3,
     epoch,
     epoch_ms,
-    int_list,
-    ints,
     ip_bytes,
     ip_text,
     lookup_text,
-    mult10,
+    ms_text,
     parse_int_list,
-    real,
     text,
     uid,
-    unsigned,
 )
+from voipmon.store.rtprows import stream_careful, stream_fast
 from voipmon.store.schema import TABLES
 
 SIDES = ("a", "b")
@@ -93,20 +85,14 @@ def _length(table: str, column: str) -> int:
 
 RESPONSE_LEN = _length("cdr_sip_response", "lastSIPresponse")
 UA_LEN = _length("cdr_ua", "ua")
-_LEN = {name: _length("cdr", name) for name in
-        ("caller", "caller_domain", "callername", "called", "called_domain")}
+_TEXT_LEN = _length("cdr", "caller")    # caller, caller_domain, callername, called...
 _CALLID_LEN = _length("cdr_next", "callid")
 _FBASENAME_LEN = _length("cdr_next", "fbasename")
 _PATH_LEN = _length("cdr_next", "sip_pcap")
-_CODEC_LEN = _length("cdr_rtp", "codec")
 _EXTRA_LEN = 1 << 20     # characters of JSON: a row stays far below max_allowed_packet
 _NO_TIME = "1970-01-01 00:00:00.000"   # for a NOT NULL time the CDR did not have
-_JITTER_MAX = U32 / 10 - 1           # ms; a_avgjitter_mult10 must fit an int unsigned
-_MOS_MAX = U8 / 10                   # _mult10 of a MOS must fit a tinyint unsigned
 _SIDE_LEN = len(_side_names("a")) - 1   # side columns after {s}_index
 _NO_SIDE = (None,) * _SIDE_LEN
-_PAD = (None,) * 10
-_INT = {int}
 
 
 def lookup_keys(cdr: Cdr) -> tuple[str | None, str | None, str | None]:
@@ -115,116 +101,32 @@ def lookup_keys(cdr: Cdr) -> tuple[str | None, str | None, str | None]:
             lookup_text(cdr.b_ua, UA_LEN))
 
 
-# -- streams ------------------------------------------------------------------------
-
-
-def _relative(moment: Any, base_ms: int | None) -> float | None:
-    number = real(moment)
-    if number is None or base_ms is None:
-        return None
-    return round(min(max(number, 0.0), MAX_EPOCH) - base_ms / 1000, 6)
-
-
-def _stream_careful(s: RtpStream, index: int, base_ms: int | None
-                    ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """(the cdr_rtp row after cdr_ID, the a_/b_ side columns after {s}_index): the reference
-    encoding, field by field."""
-    ssrc = clamp(s.ssrc, I64_MIN, I64_MAX)
-    sport, dport = ints((s.sport, s.dport), 0, U16)
-    received, duplicates, reordered = ints((s.received, s.duplicates, s.reordered), 0, U32)
-    payload, lost = ints((s.payload, s.lost), I32_MIN, I32_MAX)
-    saddr = ip_bytes(s.saddr)
-    avgjitter, maxjitter = real(s.avgjitter), real(s.maxjitter)
-    sl, delay = tuple(s.sl[:10]), tuple(s.delay[:7])
-    counts = ints((*sl, *delay), 0, U32)
-    n_sl = len(sl)
-    row = (
-        index, saddr, sport, ip_bytes(s.daddr), dport, None if ssrc is None else ssrc & U32,
-        payload, received, lost, _relative(s.firsttime, base_ms),
-        _relative(s.lasttime, base_ms), mult10(maxjitter), avgjitter, maxjitter,
-        real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt), text(s.codec, _CODEC_LEN),
-        duplicates, reordered, int_list(counts[:n_sl]), int_list(counts[n_sl:]),
-        real(s.rtcp_fraclost),
-        real(s.rtcp_jitter), real(s.rtcp_rtt), 1 if s.tied_to_sip else 0,
-    )
-    side = (
-        payload, saddr, received, lost, reordered, mult10(avgjitter),
-        None if maxjitter is None else clamp(round(maxjitter), 0, U32),
-        *counts[:n_sl], *_PAD[:10 - n_sl], *counts[n_sl:], *_PAD[:7 - len(delay)],
-        mult10(s.mos_f1, U8), mult10(s.mos_f2, U8), mult10(s.mos_adapt, U8),
-    )
-    return row, side
-
-
-def _optional(value: Any, lo: float, hi: float) -> bool:
-    return value is None or (type(value) is float and lo <= value <= hi)
-
-
-def _stream_fast(s: RtpStream, index: int, base_ms: int | None
-                 ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
-    """``_stream_careful``'s result built directly, or None when any field is unusual
-    (wrong type, out of range, NaN, too long) and needs the careful path."""
-    sport, dport, ssrc, payload, lost = s.sport, s.dport, s.ssrc, s.payload, s.lost
-    avgjitter, maxjitter, m1, m2, m3 = s.avgjitter, s.maxjitter, s.mos_f1, s.mos_f2, s.mos_adapt
-    first, last, codec = s.firsttime, s.lasttime, s.codec
-    sl, delay = s.sl, s.delay
-    counts = (s.received, s.duplicates, s.reordered, *sl, *delay)
-    if not (
-        type(sport) is int and type(dport) is int and 0 <= sport <= U16 and 0 <= dport <= U16
-        and type(ssrc) is int and 0 <= ssrc <= U32
-        and type(payload) is int and I32_MIN <= payload <= I32_MAX
-        and type(lost) is int and I32_MIN <= lost <= I32_MAX
-        and len(sl) <= 10 and len(delay) <= 7
-        and set(map(type, counts)) == _INT and min(counts) >= 0 and max(counts) <= U32
-        and type(avgjitter) is float and 0.0 <= avgjitter <= _JITTER_MAX
-        and type(maxjitter) is float and 0.0 <= maxjitter <= _JITTER_MAX
-        and _optional(m1, 0.0, _MOS_MAX) and _optional(m2, 0.0, _MOS_MAX)
-        and _optional(m3, 0.0, _MOS_MAX)
-        and _optional(s.rtcp_fraclost, -1e300, 1e300) and _optional(s.rtcp_jitter, -1e300, 1e300)
-        and _optional(s.rtcp_rtt, -1e300, 1e300)
-        and base_ms is not None and _optional(first, 0.0, MAX_EPOCH)
-        and _optional(last, 0.0, MAX_EPOCH)
-        and type(codec) is str and len(codec) <= _CODEC_LEN and codec.isascii()
-    ):
-        return None
-    saddr = ip_bytes(s.saddr)
-    base = base_ms / 1000
-    received, duplicates, reordered = counts[0], counts[1], counts[2]
-    row = (
-        index, saddr, sport, ip_bytes(s.daddr), dport, ssrc, payload, received, lost,
-        None if first is None else round(first - base, 6),
-        None if last is None else round(last - base, 6), round(maxjitter * 10), avgjitter,
-        maxjitter, m1, m2, m3, codec, duplicates, reordered, ",".join(map(str, sl)),
-        ",".join(map(str, delay)), s.rtcp_fraclost, s.rtcp_jitter, s.rtcp_rtt,
-        1 if s.tied_to_sip else 0,
-    )
-    side = (
-        payload, saddr, received, lost, reordered, round(avgjitter * 10), round(maxjitter),
-        *sl, *_PAD[:10 - len(sl)], *delay, *_PAD[:7 - len(delay)],
-        None if m1 is None else round(m1 * 10), None if m2 is None else round(m2 * 10),
-        None if m3 is None else round(m3 * 10),
-    )
-    return row, side
-
-
-def encode_stream(s: RtpStream, index: int, base_ms: int | None
-                  ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    return _stream_fast(s, index, base_ms) or _stream_careful(s, index, base_ms)
-
-
 # -- CDRs ---------------------------------------------------------------------------
 
 
-def _loss_perc_mult1000(stream: RtpStream) -> int:
-    lost = max(clamp(stream.lost, I32_MIN, I32_MAX) or 0, 0)
-    expected = (unsigned(stream.received, U32) or 0) + lost
+def _loss_perc_mult1000(received: int | None, lost: int | None) -> int:
+    lost = max(lost or 0, 0)
+    expected = (received or 0) + lost
     if expected <= 0:
         return 0
     return clamp(round(lost * 100000 / expected), 0, U32) or 0
 
 
-def _side_index(index: Any) -> int | None:
-    return index if type(index) is int and 0 <= index <= U16 else None
+def _summary(a_side: tuple[Any, ...] | None, b_side: tuple[Any, ...] | None
+             ) -> tuple[Any, Any, Any, Any]:
+    """``cdr``'s payload, jitter_mult10, mos_min_mult10, packet_loss_perc_mult1000 from the
+    side columns (already fitted; _mult10 is monotonic, so the largest jitter's _mult10 is
+    the largest _mult10)."""
+    sides = [side for side in (a_side, b_side) if side is not None]
+    if not sides:
+        return None, None, None, None
+    jitters = [j for j in (side[5] for side in sides) if j is not None]
+    moses = [m for side in sides for m in side[-3:] if m is not None]
+    return (sides[0][0], max(jitters) if jitters else None, min(moses) if moses else None,
+            max(_loss_perc_mult1000(side[2], side[3]) for side in sides))
+
+
+_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def _extra_json(extra: Any) -> str | None:
@@ -233,7 +135,7 @@ def _extra_json(extra: Any) -> str | None:
     if not extra:
         return None
     try:
-        data = json.dumps(extra, sort_keys=True, default=str)
+        data = _JSON.encode(extra)
     except (TypeError, ValueError) as exc:
         data = json.dumps({"_unstorable": str(exc)[:200]})
     if len(data) > _EXTRA_LEN:
@@ -251,64 +153,68 @@ def _extra_data(stored: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"_value": data}
 
 
-def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str | None
+def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str | None,
+           key_uid: str | None = None
            ) -> tuple[tuple[Any, ...], tuple[Any, ...], list[tuple[Any, ...]]]:
     """(the ``cdr`` row in ``CDR_COLUMNS`` order, the ``cdr_next`` row and the ``cdr_rtp``
-    rows, both without their leading cdr_ID) of a CDR, given its lookup ids."""
-    base_ms = epoch_ms(cdr.calldate)
-    streams = cdr.rtp[:U16 + 1]
-    encoded = [encode_stream(s, i, base_ms) for i, s in enumerate(streams)]
-    a_index, b_index = _side_index(cdr.a_index), _side_index(cdr.b_index)
-    a = streams[a_index] if a_index is not None and a_index < len(streams) else None
-    b = streams[b_index] if b_index is not None and b_index < len(streams) else None
-    a_side = encoded[a_index][1] if a is not None else _NO_SIDE
-    b_side = encoded[b_index][1] if b is not None else _NO_SIDE
-    present = [s for s in (a, b) if s is not None]
-    jitters = [j for j in (real(s.avgjitter) for s in present) if j is not None]
-    moses = [m for s in present for m in (real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt))
-             if m is not None]
-    main = a or b
-    whohanged = cdr.whohanged if cdr.whohanged in ("caller", "callee") else None
-    ports = ints((cdr.sipcallerport, cdr.sipcalledport, cdr.lastSIPresponseNum), 0, U16)
+    rows, both without their leading cdr_ID) of a CDR, given its lookup ids (and its
+    ``uid()``, if known). Each value that already fits costs one inline check; the
+    others go through ``voipmon.store.fields``."""
+    t = cdr.calldate
+    if type(t) is float and 0.0 <= t <= MAX_EPOCH:
+        base_ms: int | None = round(t * 1000)
+        calldate = ms_text(base_ms)
+    else:
+        base_ms = epoch_ms(t)
+        calldate = _NO_TIME if base_ms is None else ms_text(base_ms)
+    encoded = [stream_fast(s, i, base_ms) or stream_careful(s, i, base_ms)
+               for i, s in enumerate(cdr.rtp[:U16 + 1])]
+    a_index, b_index, n = cdr.a_index, cdr.b_index, len(encoded)
+    if not (type(a_index) is int and 0 <= a_index <= U16):
+        a_index = None
+    if not (type(b_index) is int and 0 <= b_index <= U16):
+        b_index = None
+    a_side = encoded[a_index][1] if a_index is not None and a_index < n else None
+    b_side = encoded[b_index][1] if b_index is not None and b_index < n else None
+    t, d, c = cdr.callend, cdr.duration, cdr.connect_duration
+    callend = (ms_text(round(t * 1000)) if type(t) is float and 0.0 <= t <= MAX_EPOCH
+               else datetime_text(t) or _NO_TIME)
+    duration = round(d, 3) if type(d) is float and -MAX_DEC3 <= d <= MAX_DEC3 else dec3(d)
+    connected = round(c, 3) if type(c) is float and -MAX_DEC3 <= c <= MAX_DEC3 else dec3(c)
+    caller, domain, name, called, called_domain = (
+        cdr.caller, cdr.caller_domain, cdr.callername, cdr.called, cdr.called_domain)
+    port1, port2, num, bye = cdr.sipcallerport, cdr.sipcalledport, cdr.lastSIPresponseNum, cdr.bye
+    whohanged = cdr.whohanged
     row = (
-        cdr.id_sensor, uid(cdr.sensor_cdr_uid), datetime_text(cdr.calldate) or _NO_TIME,
-        datetime_text(cdr.callend) or _NO_TIME, dec3(cdr.duration), dec3(cdr.connect_duration),
-        text(cdr.caller, _LEN["caller"]), text(cdr.caller_domain, _LEN["caller_domain"]),
-        text(cdr.callername, _LEN["callername"]), text(cdr.called, _LEN["called"]),
-        text(cdr.called_domain, _LEN["called_domain"]),
-        ip_bytes(cdr.sipcallerip), ports[0], ip_bytes(cdr.sipcalledip), ports[1],
-        whohanged, unsigned(cdr.bye, U8), response_id, ports[2], a_ua_id, b_ua_id,
-        a_index, *a_side, b_index, *b_side,
-        clamp(main.payload, I32_MIN, I32_MAX) if main is not None else None,
-        mult10(max(jitters)) if jitters else None,
-        mult10(min(moses), U8) if moses else None,
-        max(_loss_perc_mult1000(s) for s in present) if present else None,
+        cdr.id_sensor, uid(cdr.sensor_cdr_uid) if key_uid is None else key_uid,
+        calldate, callend, duration, connected,
+        caller[:_TEXT_LEN] if type(caller) is str and caller.isascii()
+        else text(caller, _TEXT_LEN),
+        domain[:_TEXT_LEN] if type(domain) is str and domain.isascii()
+        else text(domain, _TEXT_LEN),
+        name[:_TEXT_LEN] if type(name) is str and name.isascii() else text(name, _TEXT_LEN),
+        called[:_TEXT_LEN] if type(called) is str and called.isascii()
+        else text(called, _TEXT_LEN),
+        called_domain[:_TEXT_LEN] if type(called_domain) is str and called_domain.isascii()
+        else text(called_domain, _TEXT_LEN),
+        ip_bytes(cdr.sipcallerip),
+        port1 if type(port1) is int and 0 <= port1 <= U16 else clamp(port1, 0, U16),
+        ip_bytes(cdr.sipcalledip),
+        port2 if type(port2) is int and 0 <= port2 <= U16 else clamp(port2, 0, U16),
+        whohanged if whohanged == "caller" or whohanged == "callee" else None,
+        bye if type(bye) is int and 0 <= bye <= U8 else clamp(bye, 0, U8), response_id,
+        num if type(num) is int and 0 <= num <= U16 else clamp(num, 0, U16), a_ua_id, b_ua_id,
+        a_index, *(a_side or _NO_SIDE), b_index, *(b_side or _NO_SIDE),
+        *_summary(a_side, b_side),
     )
     has_pcap = bool(cdr.sip_pcap or cdr.rtp_pcap)
-    extra = _extra_json(cdr.extra)
     next_row = (
         text(cdr.callid, _CALLID_LEN), text(cdr.fbasename, _FBASENAME_LEN),
         datetime_text(cdr.connect_time), text(cdr.sip_pcap, _PATH_LEN),
         text(cdr.rtp_pcap, _PATH_LEN), pcap_on if has_pcap and pcap_on in PCAP_ON else None,
-        extra,
+        _extra_json(cdr.extra),
     )
     return row, next_row, [row for row, _side in encoded]
-
-
-def encode_cdr(cdr: Cdr, response_id: Any = None, a_ua_id: Any = None,
-               b_ua_id: Any = None) -> tuple[Any, ...]:
-    """Just the ``cdr`` row (``CDR_COLUMNS`` order)."""
-    return encode(cdr, response_id, a_ua_id, b_ua_id, None)[0]
-
-
-def encode_next(cdr: Cdr, cdr_id: int, pcap_on: str | None) -> tuple[Any, ...]:
-    """Just the ``cdr_next`` row (``NEXT_COLUMNS`` order)."""
-    return (cdr_id, *encode(cdr, None, None, None, pcap_on)[1])
-
-
-def encode_rtp(cdr: Cdr, cdr_id: int) -> list[tuple[Any, ...]]:
-    """Just the ``cdr_rtp`` rows (``RTP_COLUMNS`` order)."""
-    return [(cdr_id, *row) for row in encode(cdr, None, None, None, None)[2]]
 
 
 def batch_items(cdrs: Sequence[Cdr], pcap_on: str) -> list[tuple[tuple[int, str], Cdr]]:

@@ -93,8 +93,10 @@ class NumberTests(unittest.SynchronousTestCase):
 
 
 class TimeTests(unittest.SynchronousTestCase):
-    @settings(max_examples=300, deadline=None)
-    @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+    @settings(max_examples=500, deadline=None)
+    @given(st.one_of(st.floats(min_value=0, max_value=fields.MAX_EPOCH),
+                     st.floats(min_value=1.6e9, max_value=1.9e9),
+                     st.integers(min_value=0, max_value=int(fields.MAX_EPOCH))))
     def test_datetime_text_matches_the_calendar(self, moment: float) -> None:
         ms = epoch_ms(moment)
         reference = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")

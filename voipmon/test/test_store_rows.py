@@ -4,6 +4,7 @@ round trips, summaries and batch validation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from datetime import datetime
 from decimal import Decimal
@@ -15,21 +16,39 @@ from twisted.trial import unittest
 
 from voipmon.analysis.cdr import Cdr, RtpStream
 from voipmon.store import testing
+from voipmon.store.fields import (
+    I32_MAX,
+    I32_MIN,
+    U8,
+    U16,
+    U32,
+    clamp,
+    datetime_text,
+    dec3,
+    epoch_ms,
+    ints,
+    ip_bytes,
+    mult10,
+    real,
+    text,
+    uid,
+    unsigned,
+)
 from voipmon.store.rows import (
     CDR_COLUMNS,
     NEXT_COLUMNS,
     READ_COLUMNS,
     RTP_COLUMNS,
-    _stream_careful,
-    _stream_fast,
     batch_items,
     cdr_json,
     decode_cdr,
     encode,
     stored_form,
 )
+from voipmon.store.rtprows import stream_careful, stream_fast
 from voipmon.store.schema import TABLES
 
+_NO_TIME = "1970-01-01 00:00:00.000"
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -142,6 +161,66 @@ def check_types(case: unittest.SynchronousTestCase, table: str, columns: tuple[s
                 case.assertRegex(value, r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$", where)
 
 
+def reference_encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any,
+                     pcap_on: str) -> tuple[Any, ...]:
+    """The row codec written plainly, field by field through voipmon.store.fields (as it
+    was before encode() got its inline checks): what encode() must equal."""
+    def fit(value: Any, name: str) -> Any:
+        return text(value, TABLES["cdr_next"].column(name).length or 0)
+
+    def loss(stream: RtpStream) -> int:
+        lost = max(clamp(stream.lost, I32_MIN, I32_MAX) or 0, 0)
+        expected = (unsigned(stream.received, U32) or 0) + lost
+        return 0 if expected <= 0 else clamp(round(lost * 100000 / expected), 0, U32) or 0
+
+    base_ms = epoch_ms(cdr.calldate)
+    streams = cdr.rtp[:U16 + 1]
+    encoded = [stream_careful(s, i, base_ms) for i, s in enumerate(streams)]
+    indexes = [i if type(i) is int and 0 <= i <= U16 else None
+               for i in (cdr.a_index, cdr.b_index)]
+    chosen = [streams[i] if i is not None and i < len(streams) else None for i in indexes]
+    sides = [encoded[i][1] if s is not None else (None,) * 27   # the columns after {s}_index
+             for i, s in zip(indexes, chosen, strict=True)]
+    present = [s for s in chosen if s is not None]
+    jitters = [j for j in (real(s.avgjitter) for s in present) if j is not None]
+    moses = [m for s in present for m in (real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt))
+             if m is not None]
+    ports = ints((cdr.sipcallerport, cdr.sipcalledport, cdr.lastSIPresponseNum), 0, U16)
+    row = (
+        cdr.id_sensor, uid(cdr.sensor_cdr_uid), datetime_text(cdr.calldate) or _NO_TIME,
+        datetime_text(cdr.callend) or _NO_TIME, dec3(cdr.duration), dec3(cdr.connect_duration),
+        *(text(getattr(cdr, name), 255) for name in (
+            "caller", "caller_domain", "callername", "called", "called_domain")),
+        ip_bytes(cdr.sipcallerip), ports[0], ip_bytes(cdr.sipcalledip), ports[1],
+        cdr.whohanged if cdr.whohanged in ("caller", "callee") else None,
+        unsigned(cdr.bye, U8), response_id, ports[2], a_ua_id, b_ua_id,
+        indexes[0], *sides[0], indexes[1], *sides[1],
+        clamp(present[0].payload, I32_MIN, I32_MAX) if present else None,
+        mult10(max(jitters)) if jitters else None,
+        mult10(min(moses), U8) if moses else None,
+        max(loss(s) for s in present) if present else None,
+    )
+    extra = json.dumps(cdr.extra, sort_keys=True, default=str) if cdr.extra else None
+    next_row = (
+        fit(cdr.callid, "callid"), fit(cdr.fbasename, "fbasename"),
+        datetime_text(cdr.connect_time), fit(cdr.sip_pcap, "sip_pcap"),
+        fit(cdr.rtp_pcap, "rtp_pcap"), pcap_on if cdr.sip_pcap or cdr.rtp_pcap else None,
+        extra,
+    )
+    return row, next_row, [row for row, _side in encoded]
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Equal, of the same types all the way down (1 is not 1.0 nor True; -0.0 is not 0.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple | list):
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    return bool(a == b)
+
+
 class ColumnTests(unittest.SynchronousTestCase):
     def test_rows_cover_their_tables(self) -> None:
         self.assertEqual(set(CDR_COLUMNS), set(kinds("cdr")) - {"ID"})
@@ -160,20 +239,36 @@ class EncodeTests(unittest.SynchronousTestCase):
         for n in range(50):
             for i in range(3):
                 stream = testing.make_stream(n, i, testing.BASE_TIME)
-                fast = _stream_fast(stream, i, round(testing.BASE_TIME * 1000))
+                fast = stream_fast(stream, i, round(testing.BASE_TIME * 1000))
                 self.assertIsNotNone(fast)
-                self.assertEqual(fast, _stream_careful(stream, i, round(testing.BASE_TIME * 1000)))
+                self.assertEqual(fast, stream_careful(stream, i, round(testing.BASE_TIME * 1000)))
 
     @SETTINGS
     @given(streams(), st.integers(0, 5), st.one_of(st.none(), st.integers(0, 2 * 10**12)))
     def test_the_fast_path_agrees_with_the_careful_one(self, stream: RtpStream, index: int,
                                                        base_ms: int | None) -> None:
-        fast = _stream_fast(stream, index, base_ms)
-        careful = _stream_careful(stream, index, base_ms)
+        fast = stream_fast(stream, index, base_ms)
+        careful = stream_careful(stream, index, base_ms)
         if fast is not None:
             self.assertEqual(fast, careful)
         row, _side = careful
         check_types(self, "cdr_rtp", RTP_COLUMNS[1:], row)
+
+    @SETTINGS
+    @given(cdrs(), st.sampled_from(["sensor", "central"]))
+    def test_encode_equals_the_plain_reference(self, cdr: Cdr, pcap_on: str) -> None:
+        expected = reference_encode(cdr, 3, 4, None, pcap_on)
+        if len(expected[1][6] or "") > (1 << 20):
+            return   # the reference does not shorten huge extras (tested below)
+        self.assertTrue(identical(encode(cdr, 3, 4, None, pcap_on), expected))
+        key = uid(cdr.sensor_cdr_uid)
+        self.assertTrue(identical(encode(cdr, 3, 4, None, pcap_on, key), expected))
+
+    def test_plausible_cdrs_encode_as_the_reference(self) -> None:
+        for n in range(200):
+            cdr = testing.make_cdr(n, id_sensor=n % 5, streams=n % 4)
+            self.assertTrue(identical(encode(cdr, n, None, 7, "central"),
+                                      reference_encode(cdr, n, None, 7, "central")))
 
     @SETTINGS
     @given(cdrs(), st.sampled_from(["sensor", "central"]))
