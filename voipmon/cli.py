@@ -111,16 +111,20 @@ def stream_row(s: RtpStream, side: str = " ") -> str:
 
 
 class _Counting:
-    """A file wrapper that counts the bytes read, for the progress line."""
+    """A file wrapper that counts the bytes read and reports each read (the reader reads
+    in 1 MiB chunks), for the progress line."""
 
     def __init__(self, f: IO[bytes]):
         self.f = f
         self.count = 0
         self.name = getattr(f, "name", "<stream>")
+        self.on_read: Callable[[int], Any] | None = None
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
         self.count += len(data)
+        if self.on_read is not None:
+            self.on_read(self.count)
         return data
 
     def close(self) -> None:
@@ -173,16 +177,23 @@ def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
                     rtptimeout=options["rtptimeout"])
     size = os.fstat(raw.fileno()).st_size
     progress = Progress(err, path, size, err.isatty() and size >= PROGRESS_BYTES)
-    frames = 0
     ok = True
     try:
-        records = iter(reader)
-        while True:
-            n = engine.feed_all(itertools.islice(records, _BATCH))
-            frames += n
-            if n < _BATCH:
-                break
-            progress.update(counting.count, frames)
+        if reader.format == "pcap":
+            # the engine walks a classic pcap's records in the reader's buffers
+            # (hotpath._feed_pcap); the progress line follows the reader's reads
+            if progress.enabled:
+                counting.on_read = lambda done: progress.update(done, reader.frames)
+            engine.feed_all(reader)
+        else:  # pcapng: fed in batches, the progress line updated between them
+            records = iter(reader)
+            frames = 0
+            while True:
+                n = engine.feed_all(itertools.islice(records, _BATCH))
+                frames += n
+                if n < _BATCH:
+                    break
+                progress.update(counting.count, frames)
     except (CaptureFormatError, OSError) as e:
         progress.clear()
         err.write(f"voipmon-analyze: {e}; the calls up to there are reported\n")
@@ -195,7 +206,7 @@ def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
     for note in reader.notes:
         err.write(f"voipmon-analyze: warning: {note}\n")
     if options["stats"]:
-        err.write(f"{path}: {frames} frames; " +
+        err.write(f"{path}: {reader.frames} frames; " +
                   json.dumps(engine.stats_dict(), sort_keys=True) + "\n")
     return ok
 

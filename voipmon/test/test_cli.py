@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon import cli
 from voipmon.analysis.cdr import Cdr
+from voipmon.packet import readers
 from voipmon.test.callsupport import rtp, sdp, sip_message, udp_frame
 
 A, B = ("10.0.0.1", 5060), ("10.0.0.2", 5060)
@@ -157,6 +159,47 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(status, 0)
         self.assertIn("frames/s", err.getvalue())
         self.assertTrue(err.getvalue().endswith("\r"))  # the line is cleared at the end
+
+    def test_classic_pcap_is_walked_with_progress_from_the_reads(self) -> None:
+        walked = []
+        real = cli.Engine._feed_pcap
+
+        def spy(engine: cli.Engine, walk: object) -> int:
+            walked.append(walk)
+            return real(engine, walk)
+
+        self.patch(cli.Engine, "_feed_pcap", spy)
+        self.patch(readers, "CHUNK", 4096)   # many reads from a small file
+        self.patch(cli, "PROGRESS_BYTES", 1)
+        err = FakeTty()
+        status, out, _ = self.run_cli("--json", "--stats", self.capture, err=err)
+        self.assertEqual((status, len(walked)), (0, 1))
+        shown = re.findall(r"\r\S+: +([\d.]+)%  (\d+) frames", err.getvalue())
+        self.assertGreater(len(shown), 5)
+        self.assertEqual([float(pct) for pct, _ in shown],
+                         sorted(float(pct) for pct, _ in shown))
+        self.assertEqual(shown[-1], ("100.0", "184"))  # INVITE, 200, 3 x 60 RTP, BYE, 200
+        self.assertIn(f"{self.capture}: 184 frames; ", err.getvalue())
+        self.assertEqual(json.loads(out)["a_received"], 60)
+
+    def test_pcapng_gives_the_same_output(self) -> None:
+        ng = os.path.join(self.dir, "call.pcapng")
+        with open(self.capture, "rb") as f, open(ng, "wb") as g:
+            writer = dpkt.pcapng.Writer(g)
+            for ts, frame in dpkt.pcap.Reader(f):
+                writer.writepkt(frame, ts=ts)
+        self.patch(cli, "_BATCH", 50)
+        self.patch(cli, "PROGRESS_BYTES", 1)
+        runs = []
+        for path in (self.capture, ng):
+            err = FakeTty()
+            status, out, _ = self.run_cli("--json", "--orphans", "--stats", path, err=err)
+            self.assertEqual(status, 0)
+            self.assertIn("frames/s", err.getvalue())
+            stats = re.search(r"(\d+ frames; .*)", err.getvalue())
+            runs.append((out, stats and stats[1]))
+        self.assertEqual(runs[0], runs[1])
+        self.assertEqual(len(runs[0][0].splitlines()), 2)
 
     def test_stats(self) -> None:
         _, _, err = self.run_cli("--json", "--stats", self.capture)
