@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.enterprise import adbapi
 
-from voipmon.store.schema import TABLES, Column, Index, Table
+from voipmon.store.literals import renderer, statements
+from voipmon.store.schema import Column, Index, Table
 
 # What a driver error means to the store (see classify()).
 LOST = "lost"                # the connection is dead: drop it, retry once on a fresh one
@@ -29,7 +30,6 @@ RETRY = "retry"              # deadlock, lock timeout, busy: roll back and run a
 UNAVAILABLE = "unavailable"  # cannot connect or the server refuses work: StoreUnavailable
 FATAL = "fatal"              # a bug or a broken schema: retrying will not help
 
-_MAX_STATEMENT = 1 << 20     # bytes of literals per multi-row INSERT (max_allowed_packet >= 4M)
 
 
 def q(name: str) -> str:
@@ -151,6 +151,10 @@ class MySQLDialect(Dialect):
     name = "MySQL"
     placeholder = "%s"
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
+    # CDR batches through INSERT ... RETURNING and pipelined statements where the server
+    # (MariaDB 10.5+) and PyMySQL allow it (voipmon.store.cdrwrite); tests turn it off to
+    # run the plain path that other servers take.
+    pipelining = True
 
     def __init__(self, host: str, port: int, user: str, password: str, database: str,
                  connect_timeout: float = 10.0, read_timeout: float = 3600.0,
@@ -161,7 +165,6 @@ class MySQLDialect(Dialect):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
-        self._renderers: dict[tuple[Any, ...], Callable[[Sequence[Any]], str]] = {}
         shown = f"[{host}]" if ":" in host else host
         self.where = f"MySQL {user}@{shown}:{port}/{database}"
 
@@ -259,32 +262,8 @@ class MySQLDialect(Dialect):
         when the transaction that held it rolled back, and the row is silently lost.
         """
         head = f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES "
-        tail = ""
-        render = self._renderer(table, tuple(columns), cur.connection)
-        count = 0
-        parts: list[str] = []
-        size = 0
-        for row in rows:
-            text = render(row)
-            if parts and size + len(text) > _MAX_STATEMENT:
-                count += cur.execute(head + ",".join(parts) + tail)
-                parts, size = [], 0
-            parts.append(text)
-            size += len(text) + 1
-        if parts:
-            count += cur.execute(head + ",".join(parts) + tail)
-        return count
-
-    def _renderer(self, table: str, columns: tuple[str, ...],
-                  conn: Any) -> Callable[[Sequence[Any]], str]:
-        from pymysql.constants.SERVER_STATUS import SERVER_STATUS_NO_BACKSLASH_ESCAPES
-
-        no_backslash = bool(conn.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES)
-        key = (table, columns, no_backslash)
-        render = self._renderers.get(key)
-        if render is None:
-            render = self._renderers[key] = row_renderer(table, columns, no_backslash)
-        return render
+        render = renderer(table, columns)
+        return sum(cur.execute(sql) for sql, _count in statements(head, map(render, rows)))
 
     def excluded(self, column: str) -> str:
         return f"VALUES({q(column)})"
@@ -334,44 +313,6 @@ def _keepalive(sock: Any) -> None:
     for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, name):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-
-
-_INT_KINDS = {"id", "u8", "u16", "u32", "u64", "i32", "i64", "bool"}
-_FLOAT_KINDS = {"double", "dec3"}
-
-
-def row_renderer(table: str, columns: Sequence[str],
-                 no_backslash_escapes: bool = False) -> Callable[[Sequence[Any]], str]:
-    """A function rendering one row of ``table`` as SQL text ``(v1,v2,...)``.
-
-    PyMySQL escapes value by value through a type dispatch, which costs more than the
-    server's insert for our wide rows. This builds, once per column list, one f-string
-    expression in which every column is formatted by its schema type, without a Python
-    call per value: integers through ``int()``, floats through ``float()`` and ``repr``
-    (shortest exact form; NaN never gets here), bytes as a hex literal, text through
-    PyMySQL's escape table (or quote doubling under NO_BACKSLASH_ESCAPES). The generated
-    source holds only column positions; no value ever becomes code, and a value of the
-    wrong type raises instead of being pasted in.
-    """
-    from pymysql.converters import _escape_table
-
-    kinds = {col.name: col.type.partition(":")[0] for col in TABLES[table].columns}
-    parts = []
-    for i, name in enumerate(columns):
-        kind, v = kinds[name], f"r[{i}]"
-        if kind in _INT_KINDS:
-            value = f"int({v})"
-        elif kind in _FLOAT_KINDS:
-            value = f"repr(float({v}))"
-        elif kind == "ip":
-            value = f"X + {v}.hex() + Q"
-        else:
-            value = f"Q + {v}.translate(T) + Q"
-        parts.append(f"{{'NULL' if {v} is None else {value}}}")
-    source = 'lambda r: f"(' + ",".join(parts) + ')"'
-    table_ = {ord("'"): "''"} if no_backslash_escapes else _escape_table
-    scope = {"int": int, "float": float, "repr": repr, "Q": "'", "X": "X'", "T": table_}
-    return eval(source, scope)
 
 
 # -- SQLite ------------------------------------------------------------------------------

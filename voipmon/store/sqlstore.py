@@ -5,14 +5,15 @@ pool for everything. SQLite uses a one-thread writer pool (one writer, as SQLite
 and a small reader pool beside it (WAL lets readers run while the writer writes).
 
 A batch write is one transaction: lookup ids (user agents, response texts; cached once
-committed), then which of the batch's keys are stored already, then one plain multi-row
-INSERT of the others into ``cdr``, their new IDs, then ``cdr_next`` and ``cdr_rtp``. If
-another writer (another central, a replay on another connection) stores one of those keys
-in between, the INSERT fails whole on the duplicate key and the attempt runs again from the
-look-up, so each CDR is inserted by exactly one transaction and the count a batch returns
-is exact. Rows are sorted by key so concurrent batches take their locks in the same order;
-the deadlocks that remain are retried by ``Pool``. (INSERT IGNORE and ON DUPLICATE KEY
-UPDATE are not used to skip stored keys: see ``MySQLDialect.insert``.)
+committed), then which of the batch's keys are stored already (one query), then plain
+multi-row INSERTs of the others into ``cdr``, ``cdr_next`` and ``cdr_rtp``
+(``voipmon.store.cdrwrite``). If another writer (another central, a replay on another
+connection) stores one of those keys in between, the INSERT fails whole on the duplicate
+key and the attempt runs again from the look-up, so each CDR is inserted by exactly one
+transaction and the count a batch returns is exact. Rows are sorted by key so concurrent
+batches take their locks in the same order; the deadlocks that remain are retried by
+``Pool``. (INSERT IGNORE and ON DUPLICATE KEY UPDATE are not used to skip stored keys:
+see ``MySQLDialect.insert``.)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
+from voipmon.store.cdrwrite import stored_ids, write_mysql, write_sqlite
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, dialect_for, q, qlist
 from voipmon.store.fields import datetime_text, text
 from voipmon.store.interfaces import SENSOR_JSON_FIELDS, IStore, StoreError, StoreUnavailable
@@ -34,15 +36,11 @@ from voipmon.store.migrate import migrate
 from voipmon.store.pool import Availability, Pool, Retry, Txn
 from voipmon.store.query import CdrQuery, as_query, where_sql
 from voipmon.store.rows import (
-    CDR_COLUMNS,
-    NEXT_COLUMNS,
     READ_COLUMNS,
     READ_RTP_COLUMNS,
-    RTP_COLUMNS,
     batch_items,
     cdr_json,
     decode_cdr,
-    encode,
     lookup_keys,
 )
 from voipmon.store.schema import SCHEMA_VERSION
@@ -216,64 +214,32 @@ class SqlStore:
         return self._watch(self._writer.run(self._write, batch))
 
     def _write(self, txn: Txn, batch: _Batch) -> int:
-        dialect, cur = txn.dialect, txn.cursor
         if batch.lookups is None:
             batch.lookups = [lookup_keys(cdr) for _key, cdr in batch.items]
         responses = self._resolve(txn, "response", {lk[0] for lk in batch.lookups})
         uas = self._resolve(txn, "ua", {t for lk in batch.lookups for t in lk[1:]})
-        stored = self._keys(txn, [key for key, _cdr in batch.items])
-        todo = [(key, cdr, lk) for (key, cdr), lk in zip(batch.items, batch.lookups, strict=True)
+        stored = stored_ids(txn.cursor, self.dialect.placeholder,
+                            [key for key, _cdr in batch.items])
+        todo = [(key, cdr, responses.get(r), uas.get(a), uas.get(b))
+                for (key, cdr), (r, a, b) in zip(batch.items, batch.lookups, strict=True)
                 if key not in stored]
         if not todo:
             return 0                        # every CDR was stored before: a replay
-        pcap_on = batch.pcap_on
-        encoded = [encode(cdr, responses.get(r), uas.get(a), uas.get(b), pcap_on)
-                   for _key, cdr, (r, a, b) in todo]
-        ids = self._insert_new(txn, "cdr", CDR_COLUMNS, [e[0] for e in encoded])
-        if ids is None:
-            keys = [key for key, _cdr, _lk in todo]
-            found = self._keys(txn, keys)
-            ids = [found[key] for key in keys]
-        dialect.insert(cur, "cdr_next", NEXT_COLUMNS,
-                       [(cdr_id, *e[1]) for cdr_id, e in zip(ids, encoded, strict=True)])
-        dialect.insert(cur, "cdr_rtp", RTP_COLUMNS,
-                       [(cdr_id, *r) for cdr_id, e in zip(ids, encoded, strict=True)
-                        for r in e[2]])
-        return len(todo)
+        if isinstance(txn.dialect, MySQLDialect):
+            return write_mysql(txn.cursor, txn.dialect, todo, batch.pcap_on)
+        return write_sqlite(txn.cursor, txn.dialect, todo, batch.pcap_on)
 
     def _insert_new(self, txn: Txn, table: str, columns: Sequence[str],
-                    rows: Sequence[Sequence[Any]]) -> list[int] | None:
-        """Insert rows whose keys were absent a moment ago. If another transaction stored one
-        of them since, the INSERT fails whole and the attempt runs again, looking anew; so
-        every row this transaction commits is one it inserted, and its count is exact.
-        Returns the new ID of a single row (several rows' IDs are looked up: they need not
-        be consecutive, e.g. on Galera)."""
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Insert lookup rows whose texts were absent a moment ago. If another transaction
+        stored one of them since, the INSERT fails whole and the attempt runs again,
+        looking anew."""
         try:
-            if len(rows) == 1:
-                return [txn.dialect.insert_one(txn.cursor, table, columns, rows[0])]
             txn.dialect.insert(txn.cursor, table, columns, rows)
-            return None
         except Exception as exc:
             if txn.dialect.is_duplicate_key(exc):
                 raise Retry() from exc
             raise
-
-    def _keys(self, txn: Txn, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
-        """{(id_sensor, uid): ID} of those keys that are stored."""
-        by_sensor: dict[int, list[str]] = defaultdict(list)
-        for ident, key_uid in keys:
-            by_sensor[ident].append(key_uid)
-        ph = self.dialect.placeholder
-        found: dict[tuple[int, str], int] = {}
-        for ident, uids in by_sensor.items():
-            for chunk in _chunks(uids):
-                txn.cursor.execute(
-                    f"SELECT `ID`, `sensor_cdr_uid` FROM `cdr` WHERE `id_sensor` = {ph} "
-                    f"AND `sensor_cdr_uid` IN ({self.dialect.params(len(chunk))})",
-                    (ident, *chunk))
-                for cdr_id, key_uid in txn.cursor.fetchall():
-                    found[(ident, key_uid)] = cdr_id
-        return found
 
     def _resolve(self, txn: Txn, kind: str, texts: set[str | None]) -> dict[str, int]:
         """Ids of lookup texts (cdr_sip_response / cdr_ua), inserting the new ones."""

@@ -476,7 +476,16 @@ class SQLiteStoreTests(SQLiteBackend, StoreContract, SqlContract, unittest.TestC
 
 
 class MySQLStoreTests(MySQLBackend, StoreContract, SqlContract, unittest.TestCase):
-    pass
+    """On MariaDB 10.5+: INSERT ... RETURNING, pipelined statements."""
+
+
+class MySQLPlainStoreTests(MySQLBackend, StoreContract, SqlContract, unittest.TestCase):
+    """The path MySQL and older MariaDB take: IDs looked up after the INSERT."""
+
+    def make_dialect(self) -> Any:
+        dialect = super().make_dialect()
+        dialect.pipelining = False
+        return dialect
 
 
 class FakeStoreTests(FakeBackend, StoreContract, unittest.TestCase):

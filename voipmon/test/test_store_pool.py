@@ -219,16 +219,9 @@ class AvailabilityTests(unittest.SynchronousTestCase):
 
 
 class KillingDialect(MySQLDialect):
-    """MySQLDialect with hooks that KILL the connection in use, from another connection."""
+    """MySQLDialect whose connections are KILLed after a COMMIT, from another connection."""
 
-    kill_before: str | None = None    # table: KILL just before inserting into it, once
     kill_after_commit = False         # COMMIT, then KILL, then report the connection lost
-
-    def insert(self, cur: Any, table: str, columns: Any, rows: Any) -> int:
-        if table == self.kill_before:
-            self.kill_before = None
-            kill(cur.connection.thread_id())
-        return super().insert(cur, table, columns, rows)
 
     def connect(self, with_database: bool = True) -> Any:
         conn = super().connect(with_database)
@@ -340,17 +333,42 @@ class MySQLOutageTests(unittest.TestCase):
         self.assertEqual(self.rtp_rows, sum(len(c.rtp) for c in cdrs))
         self.assertEqual(self.next_rows, len(cdrs))
 
+    def kill_before(self, statement: bytes) -> list[int]:
+        """KILL (from another connection) the connection that is about to send a statement
+        starting with ``statement``, once; returns the list of connections killed. Both
+        ways statements reach the server (a cursor, a pipeline) pass through here."""
+        import pymysql
+
+        original = pymysql.connections.Connection._execute_command
+        killed: list[int] = []
+
+        def execute(conn: Any, command: int, sql: Any) -> Any:
+            text = sql.encode() if isinstance(sql, str) else sql
+            if not killed and text.startswith(statement):
+                killed.append(conn.thread_id())
+                kill(conn.thread_id())
+            return original(conn, command, sql)
+
+        self.patch(pymysql.connections.Connection, "_execute_command", execute)
+        return killed
+
     @defer.inlineCallbacks
-    def test_killed_in_the_middle_of_a_transaction(self) -> Any:
-        dialect = KillingDialect(**{k: v for k, v in testing.mysql_settings().items()},
-                                 database=self.database)
+    def killed_in_the_middle_of_a_transaction(self, pipelining: bool) -> Any:
+        dialect = testing.mysql_dialect(self.database)
+        dialect.pipelining = pipelining
         store = yield self.make_store(dialect)
         cdrs = [testing.make_cdr(n) for n in range(200)]
-        dialect.kill_before = "cdr_rtp"     # after cdr and cdr_next rows went in
+        killed = self.kill_before(b"INSERT INTO `cdr_rtp`")  # cdr and cdr_next rows went in
         self.assertEqual((yield store.store_cdrs(cdrs)), 200)
-        self.assertIsNone(dialect.kill_before)
+        self.assertEqual(len(killed), 1)
         self.assertEqual(store.stats()["lost"], 1)
         self.assertExactlyOnce(cdrs)
+
+    def test_killed_in_the_middle_of_a_transaction(self) -> Any:
+        return self.killed_in_the_middle_of_a_transaction(pipelining=True)
+
+    def test_killed_in_the_middle_of_a_plain_transaction(self) -> Any:
+        return self.killed_in_the_middle_of_a_transaction(pipelining=False)
 
     @defer.inlineCallbacks
     def test_killed_after_commit_before_the_answer(self) -> Any:

@@ -1,0 +1,235 @@
+"""Inserting a batch's new CDRs (voipmon.store.cdrwrite), on SQLite and the real MariaDB
+(pipelined with RETURNING, and the plain path other servers take): any CDR reads back as
+its stored form (hostile text, NaN and huge numbers, IPv6, empty values), the key look-up,
+a key stored since the look-up makes the attempt retry, SQLite's IDs never reused."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from voipmon.analysis.cdr import Cdr
+from voipmon.store import cdrwrite, testing
+from voipmon.store.cdrwrite import has_returning, stored_ids, write_mysql
+from voipmon.store.dialect import q
+from voipmon.store.fields import uid
+from voipmon.store.migrate import migrate
+from voipmon.store.pipeline import usable
+from voipmon.store.pool import Retry, Txn
+from voipmon.store.rows import cdr_json, stored_form
+from voipmon.store.sqlstore import SqlStore, _Batch
+from voipmon.test.common import mysql_unavailable
+from voipmon.test.test_store_literals import texts
+from voipmon.test.test_store_rows import anything_numeric, streams
+
+# differing_executors: the contract's test runs in each back end's class, on its own
+# database; no state passes between them.
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.differing_executors])
+
+addresses = st.one_of(st.ip_addresses(v=6).map(str), st.ip_addresses(v=4).map(str),
+                      st.sampled_from(["", "fe80::1%eth0", "::", "::ffff:1.2.3.4", "x"]))
+
+
+@st.composite
+def hostile_cdrs(draw: Any, n: int) -> Cdr:
+    """A CDR whose every text is drawn from hostile text, numbers from odd ones."""
+    rtp = tuple(draw(st.lists(streams(), max_size=3)))
+    return testing.make_cdr(
+        n, id_sensor=draw(st.integers(0, 3)), rtp=rtp,
+        sensor_cdr_uid=draw(st.one_of(st.just(f"uid-{n}"), texts.map(lambda t: f"{n}{t}"))),
+        **{name: draw(texts) for name in (
+            "callid", "caller", "called", "callername", "caller_domain", "called_domain",
+            "lastSIPresponse", "a_ua", "b_ua", "fbasename", "sip_pcap", "rtp_pcap")},
+        whohanged=draw(st.sampled_from(["caller", "callee", "", "x'"])),
+        sipcallerip=draw(addresses), sipcalledip=draw(addresses),
+        calldate=draw(st.one_of(st.floats(1.6e9, 1.8e9), anything_numeric)),
+        callend=draw(st.one_of(st.floats(1.6e9, 1.8e9), anything_numeric)),
+        duration=draw(st.one_of(st.floats(0, 1e4), anything_numeric)),
+        connect_time=draw(st.one_of(st.none(), st.floats(1.6e9, 1.8e9), anything_numeric)),
+        sipcallerport=draw(st.one_of(st.integers(0, 65535), anything_numeric)),
+        bye=draw(st.one_of(st.integers(0, 5), anything_numeric)),
+        a_index=draw(st.one_of(st.none(), st.integers(-1, 3))),
+        b_index=draw(st.one_of(st.none(), st.integers(-1, 3))),
+        extra=draw(st.dictionaries(texts, st.one_of(texts, st.integers(), st.floats()),
+                                   max_size=2)),
+    )
+
+
+batches = st.integers(1, 9).flatmap(
+    lambda size: st.tuples(*(hostile_cdrs(n) for n in range(size))))
+
+
+class ChoiceTests(unittest.SynchronousTestCase):
+    def test_returning_is_mariadb_10_5_and_later(self) -> None:
+        class Conn:
+            def __init__(self, info: str) -> None:
+                self.info = info
+
+            def get_server_info(self) -> str:
+                return self.info
+
+        for info, expected in (("5.5.5-10.11.6-MariaDB-0+deb12u1", True),
+                               ("10.5.0-MariaDB", True), ("11.4.2-MariaDB-log", True),
+                               ("5.5.5-10.4.33-MariaDB", False), ("8.0.36", False),
+                               ("8.4.0-MariaDBish", False), ("5.7.44-log", False)):
+            self.assertEqual(has_returning(Conn(info)), expected, info)
+
+    def test_chunks_cover_the_batch_in_order(self) -> None:
+        for size in (1, 2, 31, 32, 33, 224, 1000, 2345):
+            todo = list(range(size))
+            chunks = cdrwrite._chunks(todo)   # type: ignore[arg-type]
+            self.assertEqual([x for chunk in chunks for x in chunk], todo)
+            self.assertTrue(all(0 < len(c) <= cdrwrite.CHUNK for c in chunks))
+            self.assertLessEqual(len(chunks[0]), cdrwrite.CHUNKS[0])
+
+
+class WriteContract:
+    """Writing through a real connection, synchronously (no pool, no reactor)."""
+
+    conn: Any
+    dialect: Any
+
+    def start(self) -> None:
+        migrate(self.dialect, self.conn, testing.BASE_TIME)
+        self.store = SqlStore(self.dialect, None)
+        self.cur = self.conn.cursor()
+        self.patch(cdrwrite, "CHUNKS", (1, 2))    # several chunks even in small batches
+        self.patch(cdrwrite, "CHUNK", 3)
+
+    def write(self, cdrs: list[Cdr], pcap_on: str = "sensor") -> int:
+        txn = Txn(self.dialect, self.conn, self.cur, 1)
+        self.dialect.begin(self.cur, True)
+        try:
+            count = self.store._write(txn, _Batch(cdrs, pcap_on))
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+        for hook in txn.after_commit:
+            hook()
+        return count
+
+    def read(self, cdr_id: int) -> Any:
+        return self.store._get(Txn(self.dialect, self.conn, self.cur, 1), cdr_id)
+
+    def ids(self) -> dict[tuple[int, str], int]:
+        self.cur.execute("SELECT `id_sensor`, `sensor_cdr_uid`, `ID` FROM `cdr`")
+        found = {(s, u): i for s, u, i in self.cur.fetchall()}
+        self.conn.commit()
+        return found
+
+    @SETTINGS
+    @given(batches, st.sampled_from(["sensor", "central"]))
+    def test_what_is_written_is_read_back(self, cdrs: tuple[Cdr, ...], pcap_on: str) -> None:
+        self.cur.execute("DELETE FROM `cdr`")
+        self.conn.commit()
+        first: dict[tuple[int, str], Cdr] = {}     # of CDRs with the same key, the first
+        for cdr in cdrs:
+            first.setdefault((cdr.id_sensor, uid(cdr.sensor_cdr_uid)), cdr)
+        self.assertEqual(self.write(list(cdrs), pcap_on), len(first))
+        self.assertEqual(self.write(list(cdrs), pcap_on), 0)
+        ids = self.ids()
+        self.assertEqual(set(ids), set(first))
+        for key, cdr in first.items():
+            self.assertEqual(self.read(ids[key]), cdr_json(ids[key], *stored_form(cdr, pcap_on)))
+
+    def test_stored_ids_in_few_queries(self) -> None:
+        self.patch(cdrwrite, "KEYS_PER_QUERY", 7)
+        cdrs = [testing.make_cdr(n, id_sensor=n % 3) for n in range(40)]
+        self.assertEqual(self.write(cdrs[:25]), 25)
+        keys = [(c.id_sensor, c.sensor_cdr_uid) for c in cdrs]
+        found = stored_ids(self.cur, self.dialect.placeholder, keys)
+        self.assertEqual(found, {k: v for k, v in self.ids().items() if k in keys[:25]})
+        self.assertEqual(len(set(found.values())), 25)
+
+    def test_a_key_stored_since_the_look_up_retries(self) -> None:
+        """Another writer stored a key of the batch's fifth chunk after the look-up: the
+        attempt fails whole with Retry and leaves nothing once rolled back."""
+        cdrs = [testing.make_cdr(n) for n in range(12)]
+        todo = [((c.id_sensor, c.sensor_cdr_uid), c, None, None, None) for c in cdrs]
+        self.assertEqual(self.write([cdrs[9]]), 1)
+        self.dialect.begin(self.cur, True)
+        self.assertRaises(Retry, self.insert_new, todo)
+        self.conn.rollback()
+        self.assertEqual(list(self.ids()), [(cdrs[9].id_sensor, cdrs[9].sensor_cdr_uid)])
+        self.assertEqual(self.write(cdrs), 11)
+
+
+class SQLiteWriteTests(WriteContract, unittest.TestCase):
+    def setUp(self) -> None:
+        path = os.path.join(os.path.abspath(self.mktemp()), "v.sqlite")
+        self.dialect = testing.sqlite_dialect(path)
+        self.dialect.prepare()
+        self.conn = self.dialect.connect()
+        self.addCleanup(self.conn.close)
+        self.start()
+
+    def insert_new(self, todo: list[Any]) -> int:
+        return cdrwrite.write_sqlite(self.cur, self.dialect, todo, "sensor")
+
+    def test_ids_are_never_reused(self) -> None:
+        """As AUTOINCREMENT: the newest CDR deleted, the next one still gets a new ID."""
+        self.assertEqual(self.write([testing.make_cdr(n) for n in range(3)]), 3)
+        newest = max(self.ids().values())
+        self.cur.execute(f"DELETE FROM `cdr` WHERE `ID` = {newest}")
+        self.conn.commit()
+        self.assertEqual(self.write([testing.make_cdr(7)]), 1)
+        self.assertEqual(self.ids()[(1, testing.make_cdr(7).sensor_cdr_uid)], newest + 1)
+        self.cur.execute("INSERT INTO `cdr` (`id_sensor`, `sensor_cdr_uid`, `calldate`, "
+                         "`callend`) VALUES (9, 'by hand', '2024-01-01', '2024-01-01')")
+        by_hand = self.cur.lastrowid
+        self.conn.commit()
+        self.assertEqual(by_hand, newest + 2)
+        self.assertEqual(self.write([testing.make_cdr(8)]), 1)
+        self.assertEqual(self.ids()[(1, testing.make_cdr(8).sensor_cdr_uid)], newest + 3)
+
+
+class MySQLBase(WriteContract):
+    pipelining = True
+
+    def setUp(self) -> None:
+        reason = testing.mysql_unreachable_reason()
+        if reason:
+            raise mysql_unavailable(reason)
+        self.database = testing.unique_database_name()
+        conn = testing.mysql_admin()
+        conn.cursor().execute(f"CREATE DATABASE {q(self.database)}")
+        conn.close()
+        self.addCleanup(testing.drop_mysql_database, self.database)
+        self.dialect = testing.mysql_dialect(self.database)
+        self.dialect.pipelining = self.pipelining
+        self.conn = self.dialect.connect()
+        self.addCleanup(self.conn.close)
+        self.start()
+
+    def insert_new(self, todo: list[Any]) -> int:
+        return write_mysql(self.cur, self.dialect, todo, "sensor")
+
+    def refuse(self, *args: Any) -> None:
+        self.fail("this class tests the other path")
+
+
+class MySQLWriteTests(MySQLBase, unittest.TestCase):
+    """MariaDB 10.5+: RETURNING, pipelined (the test server must allow it)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.assertTrue(usable(self.conn))
+        self.assertTrue(has_returning(self.conn), self.conn.get_server_info())
+        self.patch(cdrwrite, "_write_plain", self.refuse)
+
+
+class MySQLPlainWriteTests(MySQLBase, unittest.TestCase):
+    """The path of MySQL and older MariaDB: IDs looked up after the INSERT."""
+
+    pipelining = False
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.patch(cdrwrite, "_write_pipelined", self.refuse)

@@ -1,0 +1,186 @@
+"""SQL literals for MySQL (voipmon.store.literals): formats by column type, refusals of
+wrong types, statement splitting, and on the real MariaDB: any text reads back as written,
+in the default sql_mode and under NO_BACKSLASH_ESCAPES, the same as PyMySQL's escaping."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from voipmon.store import testing
+from voipmon.store.dialect import q
+from voipmon.store.literals import quote, row_renderer, statements
+from voipmon.store.migrate import migrate
+from voipmon.store.rows import CDR_COLUMNS, RTP_COLUMNS, encode
+from voipmon.test.common import mysql_unavailable
+
+HOSTILE = ["O'Brien", 'say "hi"', "back\\slash", "nul\x00byte", "ctrl-z\x1a", "new\nline",
+           "'); DROP TABLE cdr; --", "\\'", "'\\", "100%_done", "Zoë 😀", "tab\there", "",
+           "cr\rlf", "\\x27", "''", "\\\\"]
+SETTINGS = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+# Any text a column can hold: no lone surrogates (the row codec replaces them), weighted
+# towards the characters that need care.
+texts = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",))),
+    st.text(st.sampled_from(list("'\\\x00\x1a\n\r\"%_`;") + ["a", "é", "😀"])),
+)
+
+
+class QuoteTests(unittest.SynchronousTestCase):
+    def test_plain_text_is_quoted_with_quotes_doubled(self) -> None:
+        self.assertEqual(quote("it's"), "'it''s'")
+        self.assertEqual(quote(""), "''")
+        self.assertEqual(quote("Zoë\nline"), "'Zoë\nline'")
+
+    def test_text_the_modes_read_differently_is_hex(self) -> None:
+        self.assertEqual(quote("a\\b"), "_utf8mb4 X'615c62'")
+        self.assertEqual(quote("\x00"), "_utf8mb4 X'00'")
+        self.assertEqual(quote("\x1a"), "_utf8mb4 X'1a'")
+        self.assertEqual(quote("é\\"), "_utf8mb4 X'c3a95c'")
+
+    @SETTINGS
+    @given(texts)
+    def test_no_quote_ends_a_literal_early(self, value: str) -> None:
+        literal = quote(value)
+        if literal.startswith("'"):
+            inner = literal[1:-1]
+            self.assertEqual(inner.replace("''", ""), value.replace("'", ""))
+            self.assertNotIn("\\", inner)
+        else:
+            self.assertRegex(literal, r"^_utf8mb4 X'([0-9a-f]{2})*'$")
+            self.assertEqual(bytes.fromhex(literal[11:-1]).decode("utf-8"), value)
+
+
+class RendererTests(unittest.SynchronousTestCase):
+    def test_values_are_formatted_by_column_type(self) -> None:
+        render = row_renderer("cdr_rtp", ("cdr_ID", "saddr", "avgjitter", "codec"))
+        self.assertEqual(render((7, b"\x0a\x00\x00\x01", 0.1, "PCMU")),
+                         "(7,X'0a000001',0.1,'PCMU')")
+        self.assertEqual(render((None, None, None, None)), "(NULL,NULL,NULL,NULL)")
+        self.assertEqual(render((True, b"", 1e-05, "it's")), "(1,X'',1e-05,'it''s')")
+        self.assertEqual(render((1, b"", 1e300, "a\\")), "(1,X'',1e+300,_utf8mb4 X'615c')")
+
+    def test_a_tail_follows_a_value_given_later(self) -> None:
+        tail = row_renderer("cdr_rtp", ("index", "codec"), lead=",")
+        self.assertEqual(f"(42{tail((3, 'G722'))}", "(42,3,'G722')")
+
+    def test_a_value_of_the_wrong_type_is_refused_not_pasted(self) -> None:
+        render = row_renderer("cdr_rtp", ("cdr_ID", "saddr", "avgjitter", "codec"))
+        for row in (("1) ; DROP TABLE cdr; --", b"", 1.0, "x"), (1, "0a", 1.0, "x"),
+                    (1, b"", "1); --", "x"), (1, b"", 1.0, b"bytes"), (1, b"", 1.0, 5),
+                    (1, b"", 1.0), (1, b"", 1.0, "x", "extra")):
+            self.assertRaises((ValueError, TypeError, AttributeError), render, row)
+
+    def test_statements_stay_under_the_limit(self) -> None:
+        rows = [f"({i},'{'x' * (i % 7)}')" for i in range(100)]
+        split = statements("INSERT x VALUES ", rows, " RETURNING y", limit=60)
+        self.assertGreater(len(split), 10)
+        self.assertEqual(sum(count for _sql, count in split), 100)
+        joined = []
+        for sql, count in split:
+            self.assertTrue(sql.startswith("INSERT x VALUES (") and sql.endswith(" RETURNING y"))
+            body = sql[len("INSERT x VALUES "):-len(" RETURNING y")]
+            self.assertLessEqual(len(body), 60)
+            parts = body.split(",(")
+            self.assertEqual(len(parts), count)
+            joined.append(body)
+        self.assertEqual(",".join(joined), ",".join(rows))
+        self.assertEqual(statements("H ", ["(" + "y" * 100 + ")"], limit=10),
+                         [("H (" + "y" * 100 + ")", 1)])
+        self.assertEqual(statements("H ", []), [])
+
+
+class MySQLLiteralTests(unittest.TestCase):
+    """What is written is what is read back, on the real server, in both modes."""
+
+    def setUp(self) -> None:
+        reason = testing.mysql_unreachable_reason()
+        if reason:
+            raise mysql_unavailable(reason)
+        self.database = testing.unique_database_name()
+        conn = testing.mysql_admin()
+        conn.cursor().execute(f"CREATE DATABASE {q(self.database)}")
+        conn.close()
+        self.addCleanup(testing.drop_mysql_database, self.database)
+        self.dialect = testing.mysql_dialect(self.database)
+        self.conn = self.dialect.connect()
+        self.addCleanup(self.conn.close)
+
+    def no_backslash_escapes(self) -> None:
+        cur = self.conn.cursor()
+        cur.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+
+    def select_back(self, value: str) -> None:
+        """Our literal and PyMySQL's (escape_string, per the session's mode) both read
+        back as the value, compared byte for byte on the server too."""
+        cur = self.conn.cursor()
+        literal, pymysql_literal = quote(value), self.conn.escape(value)
+        cur.execute(f"SELECT {literal}, {pymysql_literal}, "
+                    f"BINARY {literal} = BINARY {pymysql_literal}")
+        ours, theirs, same = cur.fetchone()
+        self.assertEqual(ours, value)
+        self.assertEqual(theirs, value)
+        self.assertEqual(same, 1)
+
+    def test_hostile_text_reads_back(self) -> None:
+        for value in HOSTILE:
+            self.select_back(value)
+
+    def test_hostile_text_reads_back_without_backslash_escapes(self) -> None:
+        self.no_backslash_escapes()
+        for value in HOSTILE:
+            self.select_back(value)
+
+    @SETTINGS
+    @given(texts)
+    def test_any_text_reads_back(self, value: str) -> None:
+        self.select_back(value)
+
+    @SETTINGS
+    @given(texts)
+    def test_any_text_reads_back_without_backslash_escapes(self, value: str) -> None:
+        self.no_backslash_escapes()
+        self.select_back(value)
+
+    def round_trip(self, texts: list[str], floats: list[float]) -> None:
+        """Rows rendered into real tables: every text and double comes back exactly."""
+        migrate(self.dialect, self.conn, testing.BASE_TIME)
+        cur = self.conn.cursor()
+        row, _nxt, rtp = encode(testing.make_cdr(1), None, None, None, "sensor")
+        cur.execute(f"INSERT INTO cdr ({', '.join(q(c) for c in CDR_COLUMNS)}) VALUES "
+                    + row_renderer("cdr", CDR_COLUMNS)(row))
+        cdr_id = cur.lastrowid
+        template = dict(zip(RTP_COLUMNS, (cdr_id, *rtp[0]), strict=True))
+        rows = [tuple({**template, "index": i, "codec": texts[i % len(texts)][:64],
+                       "avgjitter": floats[i]}.values()) for i in range(len(floats))]
+        render = row_renderer("cdr_rtp", RTP_COLUMNS)
+        for sql, count in statements(f"INSERT INTO cdr_rtp ({', '.join(q(c) for c in RTP_COLUMNS)})"
+                                     " VALUES ", map(render, rows), limit=5000):
+            self.assertEqual(cur.execute(sql), count)
+        self.conn.commit()
+        cur.execute("SELECT `index`, codec, avgjitter FROM cdr_rtp ORDER BY `index`")
+        found = cur.fetchall()
+        self.assertEqual(len(found), len(rows))
+        for index, codec, avgjitter in found:
+            self.assertEqual(codec, texts[index % len(texts)][:64])
+            self.assertEqual(avgjitter, floats[index])   # MariaDB keeps -0.0 as 0.0
+
+    def exact_doubles(self) -> list[float]:
+        rng = random.Random(5)
+        floats = [rng.uniform(0, 1000) for _ in range(300)]
+        floats += [struct.unpack("<d", struct.pack("<Q", rng.getrandbits(62)))[0]
+                   for _ in range(300)]
+        return floats + [5e-324, 1.7976931348623157e308, 0.1, 1e-05, 123456789.123456789,
+                         -0.0, -2.5e-300, 1e22, 2 ** 53 + 1.0]
+
+    def test_hostile_text_and_exact_doubles(self) -> None:
+        self.round_trip(HOSTILE, self.exact_doubles())
+
+    def test_under_no_backslash_escapes(self) -> None:
+        self.no_backslash_escapes()
+        self.round_trip(HOSTILE, self.exact_doubles())
