@@ -10,9 +10,12 @@ one port, a media server or SBC that reuses a port. Each keeps its claim (``clai
 kept only for such shared endpoints; ``endpoints`` holds the latest claim of each). A
 flow to a shared endpoint goes to the call that announced both its ends, the latest such
 one; if none did (NAT, RTP proxies, one-sided SDP), to the latest announcement of its
-destination, as when nothing is shared. A new claim re-examines the flows through that
-endpoint and retires those whose call changes; a call that gets a flow back (a
-re-INVITE, a claim moving back) gets its old one, so one stream stays one stream.
+destination, as when nothing is shared. A new claim looks again at the flows it may take:
+those between the endpoint and the claiming call's other endpoints (direct lookups), and
+those attributed through the endpoint without their other end announced by the same call
+(``weak``, rare); it retires those whose call changes. So a claim costs a few lookups
+however many calls share the endpoint. A call that gets a flow back (a re-INVITE, a
+claim moving back) gets its old one, so one stream stays one stream.
 
 RTP-looking flows without SDP become orphans (``tied_to_sip=False``), at most
 ``max_orphans`` at a time. Flows of no interest are remembered in ``skip`` so their
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from voipmon.analysis.calls import CALLEE, Call, StreamRecord, ip_text
@@ -50,6 +53,7 @@ class Endpoint:
     side: str                 # CALLER or CALLEE: who announced it
     kind: int                 # RTP, RTCP or T38
     pmap: PayloadMap | None
+    keys: set[bytes] = field(default_factory=set)  # the flows attributed through it
 
 
 class MediaTable:
@@ -65,8 +69,10 @@ class MediaTable:
         self.rtcp_flows: dict[bytes, Call] = {}
         self.endpoints: dict[bytes, Endpoint] = {}      # the latest claim of each endpoint
         self.claims: dict[bytes, dict[str, Endpoint]] = {}  # shared ones: by Call-ID, oldest first
-        self.ep_flows: dict[bytes, set[bytes]] = {}     # flows attributed through it, orphans
-        self.peer_flows: dict[bytes, set[bytes]] = {}   # flows attributed through the other end
+        self.via: dict[bytes, Endpoint] = {}            # the claim each flow came through
+        self.weak: dict[bytes, set[bytes]] = {}         # flows by that claim's endpoint, when
+        #                                                 its call did not announce their other end
+        self.orphan_eps: dict[bytes, set[bytes]] = {}   # orphan flows by both their ends
         self.orphans: dict[bytes, RtpFlow] = {}
 
     # -- packets -------------------------------------------------------------------------
@@ -107,8 +113,8 @@ class MediaTable:
                 return None
             flow = RtpFlow(key, d.src, d.sport, d.dst, d.dport, None, "", _EMPTY_PMAP,
                            tied=False)
-            _index(self.ep_flows, dst_ep, key)
-            _index(self.ep_flows, src_ep, key)
+            _index(self.orphan_eps, dst_ep, key)
+            _index(self.orphan_eps, src_ep, key)
             self.orphans[key] = flow
             self.flows[key] = flow
             self.stats.orphan_flows += 1
@@ -148,9 +154,11 @@ class MediaTable:
         if endpoint.kind == T38:
             self.skip[key] = d.ts
             return None
-        _index(self.ep_flows, epkey, key)
-        _index(self.peer_flows, other, key)
         call = endpoint.call
+        endpoint.keys.add(key)
+        self.via[key] = endpoint
+        if other not in call.endpoints:
+            _index(self.weak, epkey, key)
         if endpoint.kind == RTCP:
             self.rtcp_flows[key] = call
             return self.rtcp(call, d)
@@ -220,14 +228,14 @@ class MediaTable:
             if mine.kind == kind:
                 if pmap is not None and (mine.pmap is None or pmap.rtpmap != mine.pmap.rtpmap):
                     mine.pmap = pmap
-                    for key in self.ep_flows.get(epkey, ()):
+                    for key in mine.keys:
                         flow = self.flows.get(key)
-                        if flow is not None and flow.owner is call:
+                        if flow is not None:
                             flow.set_payload_map(pmap)
                 if mine is not latest:  # announced again: now the latest claim
                     del claims[call.callid]  # type: ignore[union-attr]
                     claims[call.callid] = self.endpoints[epkey] = mine  # type: ignore[index]
-                    self._reexamine(epkey)
+                    self._reexamine(epkey, call, True)
                     self.skip.clear()
                 return
             if mine.kind == RTP and kind == RTCP:
@@ -241,24 +249,28 @@ class MediaTable:
             if claims is None:
                 claims = self.claims[epkey] = {latest.call.callid: latest}
             claims[call.callid] = endpoint
-        # flows through it (orphans, flows of other claims) must be looked at again
-        self._reexamine(epkey)
+        self._reexamine(epkey, call, latest is not None)
         self.skip.clear()
 
-    def _reexamine(self, epkey: bytes) -> None:
-        """Claims on ``epkey`` changed: retire the orphans through it and the flows whose
-        call would change. Flows attributed through their other end are looked at only
-        where an endpoint is shared (elsewhere they keep their call, as they always did)."""
-        for key in list(self.ep_flows.get(epkey, ())):
-            self._reconsider(key)
-        peers = self.peer_flows.get(epkey)
-        if peers:
-            claims = self.claims
-            shared = epkey in claims
-            for key in list(peers):
-                dst_ep, src_ep = _epkeys_of(key)
-                if shared or (src_ep if dst_ep == epkey else dst_ep) in claims:
-                    self._reconsider(key)
+    def _reexamine(self, epkey: bytes, call: Call, claimed: bool) -> None:
+        """``call`` is now the latest claim on ``epkey``: retire the flows whose call
+        changes. Those are orphans through it (when nobody claimed it before), flows that
+        came through it on one announced end only (``weak``), and flows between it and
+        ``call``'s other endpoints, whose both ends ``call`` now announced."""
+        if not claimed:
+            for key in list(self.orphan_eps.get(epkey, ())):
+                self.retire(key)
+        else:
+            for key in list(self.weak.get(epkey, ())):
+                self._reconsider(key)
+        ip, port = epkey[:-2], epkey[-2:]
+        flows, rtcp_flows = self.flows, self.rtcp_flows
+        for other in list(call.endpoints):
+            if other != epkey and len(other) == len(epkey):
+                oip, oport = other[:-2], other[-2:]
+                for key in (oip + ip + oport + port, ip + oip + port + oport):
+                    if key in flows or key in rtcp_flows:
+                        self._reconsider(key)
 
     def _reconsider(self, key: bytes) -> None:
         flow = self.flows.get(key)
@@ -274,20 +286,19 @@ class MediaTable:
         call.endpoints.discard(epkey)
         claims = self.claims.get(epkey)
         if claims is None:
-            endpoint = self.endpoints.get(epkey)
-            if endpoint is None or endpoint.call is not call:
+            mine = self.endpoints.get(epkey)
+            if mine is None or mine.call is not call:
                 return
             del self.endpoints[epkey]
         else:
-            if claims.pop(call.callid, None) is None:
+            mine = claims.pop(call.callid, None)
+            if mine is None:
                 return
             self.endpoints[epkey] = next(reversed(claims.values()))
             if len(claims) == 1:
                 del self.claims[epkey]
-        for key in list(self.ep_flows.get(epkey, ())):
-            flow = self.flows.get(key)
-            if (flow.owner if flow is not None else self.rtcp_flows.get(key)) is call:
-                self.retire(key)
+        for key in list(mine.keys):
+            self.retire(key)
 
     # -- ending --------------------------------------------------------------------------
 
@@ -297,8 +308,11 @@ class MediaTable:
         flow = self.flows.pop(key, None)
         self.rtcp_flows.pop(key, None)
         self.skip.pop(key, None)
+        endpoint = self.via.pop(key, None)
+        if endpoint is not None:
+            endpoint.keys.discard(key)
         for epkey in _epkeys_of(key):
-            for index in (self.ep_flows, self.peer_flows):
+            for index in (self.orphan_eps, self.weak):
                 keys = index.get(epkey)
                 if keys is not None:
                     keys.discard(key)

@@ -90,8 +90,8 @@ class BasicCallTests(SynchronousTestCase):
         self.assertEqual(len(self.h.cdrs), 20)
         engine = self.h.engine
         media = engine.media
-        for table in (engine._calls, media.flows, media.endpoints, media.claims,
-                      media.ep_flows, media.peer_flows, media.rtcp_flows, media.orphans):
+        for table in (engine._calls, media.flows, media.endpoints, media.claims, media.via,
+                      media.weak, media.orphan_eps, media.rtcp_flows, media.orphans):
             self.assertEqual(len(table), 0)
 
 

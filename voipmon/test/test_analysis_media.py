@@ -237,6 +237,29 @@ class SharedEndpointTests(SynchronousTestCase):
         m.run()
         self.assertEqual((stats.datagrams, stats.slow_frames), before)
 
+    def test_a_claim_looks_at_its_own_flows_only(self) -> None:
+        """A new call on an endpoint 60 calls share looks at a few flows, not at theirs."""
+        m = Media()
+        callers = [(f"10.1.0.{k + 1}", 40000) for k in range(61)]
+        for k, caller in enumerate(callers):
+            m.call(f"c{k}", 1.0 + 0.02 * k, caller)
+            m.echo(1.012 + 0.02 * k, caller, 2)
+        m.run(until=2.2)  # c60 comes at 2.2 s
+        media = m.h.engine.media
+        self.assertEqual(len(media.claims[packed(SHARED[0]) + struct.pack("!H", SHARED[1])]),
+                         60)
+        looked: list[bytes] = []
+        real = media._reconsider
+
+        def spy(key: bytes) -> None:
+            looked.append(key)
+            real(key)
+
+        self.patch(media, "_reconsider", spy)
+        m.run()
+        self.assertLessEqual(len(looked), 4)
+        self.assertOwnStreams(m, m.finish(), {f"c{k}": between(c) for k, c in enumerate(callers)})
+
     def test_memory_is_freed(self) -> None:
         m = Media()
         t = 1.0
@@ -271,6 +294,48 @@ class SharedEndpointTests(SynchronousTestCase):
         assert_empty(self, m.h.engine)
 
 
+POOL = [SHARED, (SHARED[0], 6001), CALLERS[0], CALLERS[1], ("10.0.0.3", 40000),
+        ("192.0.2.9", 3333)]
+#: (what, call, endpoint, other endpoint, n, seconds): each kind of step uses what it needs
+step = st.tuples(st.sampled_from(["offer", "answer"] * 3 + ["rtp"] * 3 + ["bye", "wait"]),
+                 st.integers(0, 3), st.sampled_from(POOL), st.sampled_from(POOL),
+                 st.integers(0, 5), st.floats(0, 8))
+
+
+class SharedEndpointChaosTests(SynchronousTestCase):
+    @settings(max_examples=400, deadline=None, derandomize=True, database=None)
+    @given(steps=st.lists(step, min_size=10, max_size=40))
+    def test_claims_stay_consistent(self, steps: list[tuple]) -> None:
+        """Four calls announcing endpoints of a small pool (so they share, re-announce,
+        move, reuse and leave them, with RTCP ports and T.38 among them) and RTP between
+        any two: the tables agree after every packet and are empty at the end."""
+        m = Media()
+        t = 1.0
+        cseqs = [0] * 4
+        for kind, k, ep, other, n, wait in steps:
+            t += 0.01
+            if kind in ("offer", "answer"):
+                body = sdp(ep[0], ep[1], (), kind="image", proto="udptl") if n == 0 \
+                    else sdp(*ep)
+                if kind == "offer":
+                    cseqs[k] += 1
+                    m.sip(t, sip_message("INVITE sip:bob@example.com SIP/2.0", f"k{k}",
+                                         f"{cseqs[k]} INVITE", "ft", body=body), True)
+                else:
+                    m.sip(t, sip_message("SIP/2.0 200 OK", f"k{k}", f"{cseqs[k]} INVITE",
+                                         "ft", "tt", body=body), False)
+            elif kind == "rtp":
+                m.stream(t, ep, other, n + 1)
+                t += 0.02 * (n + 1)
+            elif kind == "bye":
+                m.bye(f"k{k}", t)
+            else:
+                t += wait
+            m.run(check=True)
+        m.finish()
+        assert_empty(self, m.h.engine)
+
+
 def assert_consistent(engine: Engine) -> None:
     """The claims agree with the calls, and every flow is indexed where it should be."""
     media = engine.media
@@ -282,21 +347,28 @@ def assert_consistent(engine: Engine) -> None:
         for epkey in call.endpoints:
             latest = media.endpoints[epkey]
             assert latest.call is call or media.claims[epkey][call.callid].call is call
+    live = [*media.endpoints.values(), *(e for c in media.claims.values() for e in c.values())]
+    claimed = {id(e) for e in live}
+    assert all(media.via[key] is e for e in live for key in e.keys)
     for key, flow in media.flows.items():
         ends = {flow.dst + struct.pack("!H", flow.dport), flow.src + struct.pack("!H", flow.sport)}
-        via = {epkey for epkey, keys in media.ep_flows.items() if key in keys}
-        peer = {epkey for epkey, keys in media.peer_flows.items() if key in keys}
+        indexed = {epkey for epkey, keys in media.orphan_eps.items() if key in keys}
         if flow.owner is None:
-            assert (via, peer) == (ends, set())
+            assert indexed == ends and key not in media.via
         else:
-            assert flow.owner.flows[key] is flow and len(via) == len(peer) == 1
-            assert via | peer == ends
+            assert flow.owner.flows[key] is flow and not indexed
+            assert media.via[key].call is flow.owner and key in media.via[key].keys
+            assert id(media.via[key]) in claimed
+    for key, call in media.rtcp_flows.items():
+        assert media.via[key].call is call and id(media.via[key]) in claimed
+    assert set(media.via) == {k for k, f in media.flows.items() if f.tied} | set(media.rtcp_flows)
+    assert all(keys <= media.via.keys() for keys in media.weak.values())
 
 
 def assert_empty(test: SynchronousTestCase, engine: Engine) -> None:
     media = engine.media
     for table in (engine._calls, media.flows, media.rtcp_flows, media.endpoints,
-                  media.claims, media.ep_flows, media.peer_flows, media.orphans):
+                  media.claims, media.via, media.weak, media.orphan_eps, media.orphans):
         test.assertEqual(len(table), 0)
 
 

@@ -197,8 +197,8 @@ def build(kind_src_dst_payload: tuple, vlan: int | None = None) -> bytes:
 def assert_clean(test: SynchronousTestCase, engine: Engine) -> None:
     test.assertEqual(engine.stats.errors, 0)
     media = engine.media
-    for table in (engine._calls, media.flows, media.endpoints, media.claims, media.ep_flows,
-                  media.peer_flows, media.rtcp_flows, media.orphans):
+    for table in (engine._calls, media.flows, media.endpoints, media.claims, media.via,
+                  media.weak, media.orphan_eps, media.rtcp_flows, media.orphans):
         test.assertEqual(len(table), 0)
 
 
@@ -279,6 +279,7 @@ class FuzzEngineTests(SynchronousTestCase):
         media = engine.media
         self.assertLessEqual(len(media.skip), 65536 + 64)
         live_flows = len(media.flows) + len(media.rtcp_flows)
-        self.assertLessEqual(len(media.ep_flows), 2 * live_flows + len(media.endpoints))
-        self.assertLessEqual(len(media.peer_flows), live_flows)
+        self.assertLessEqual(len(media.orphan_eps), 2 * len(media.orphans))
+        self.assertLessEqual(len(media.via), live_flows)
+        self.assertLessEqual(len(media.weak), live_flows)
         self.assertLessEqual(len(media.claims), len(media.endpoints))
