@@ -1,9 +1,10 @@
-"""Inserting a batch's new CDRs: their ``cdr``, ``cdr_next`` and ``cdr_rtp`` rows.
+"""Writing a batch's CDRs: which are stored already, then the others' ``cdr``,
+``cdr_next`` and ``cdr_rtp`` rows.
 
-``SqlStore._write`` has looked up which keys of the batch are stored already
-(``stored_ids``) and resolved the lookup ids; the writers here insert the other CDRs in
-the caller's transaction, all or nothing. If another transaction stored one of those keys
-since the look-up, the ``cdr`` INSERT fails whole on the duplicate key and ``Retry`` makes
+``SqlStore._write`` hands over the batch (validated, sorted by key, lookup ids resolved)
+inside its transaction. The writer looks up which keys are stored (``stored_ids``) and
+inserts the other CDRs, all or nothing. If another transaction stores one of those keys
+after the look-up, the ``cdr`` INSERT fails whole on the duplicate key and ``Retry`` makes
 the transaction run again from the look-up: each CDR is inserted by exactly one
 transaction, and the count a batch returns is exact. Plain INSERTs only (see
 ``MySQLDialect.insert`` for why not INSERT IGNORE or ON DUPLICATE KEY UPDATE).
@@ -14,8 +15,9 @@ Where the child rows' ``cdr_ID`` comes from:
   gives the new rows the IDs AUTOINCREMENT would (one past the largest ever used) and
   builds every row with its ID: one ``executemany`` per table.
 - MariaDB 10.5 and later: ``INSERT ... RETURNING`` answers each new row's ID with its key.
-  The batch goes in chunks through a ``Pipeline``: while the server inserts one chunk's
-  rows, Python converts and renders the next chunk's.
+  Statements go through a ``Pipeline``: the first CDRs are converted while the server
+  looks the keys up, and each chunk of CDRs is converted and rendered while the server
+  inserts the previous one.
 - Other MySQL servers: after the INSERT, the IDs are looked up by key (they need not be
   consecutive, e.g. on Galera); a one-CDR batch takes LAST_INSERT_ID.
 """
@@ -23,12 +25,12 @@ Where the child rows' ``cdr_ID`` comes from:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from voipmon.analysis.cdr import Cdr
 from voipmon.store.dialect import qlist
-from voipmon.store.literals import renderer, statements
+from voipmon.store.literals import quote, renderer, statements
 from voipmon.store.pipeline import Pipeline, usable
 from voipmon.store.pool import Retry
 from voipmon.store.rows import CDR_COLUMNS, NEXT_COLUMNS, RTP_COLUMNS, encode
@@ -46,7 +48,16 @@ _CDR_HEAD = f"INSERT INTO `cdr` ({qlist(CDR_COLUMNS)}) VALUES "
 _NEXT_HEAD = f"INSERT INTO `cdr_next` ({qlist(NEXT_COLUMNS)}) VALUES "
 _RTP_HEAD = f"INSERT INTO `cdr_rtp` ({qlist(RTP_COLUMNS)}) VALUES "
 _RETURNING = " RETURNING `ID`, `id_sensor`, `sensor_cdr_uid`"
-_IDS = "ids"      # the note of a statement answering IDs (others note their row count)
+_SELECT_KEYS = "SELECT `ID`, `id_sensor`, `sensor_cdr_uid` FROM `cdr` WHERE "
+_IDS = "ids"      # notes of statements in flight: a cdr INSERT answering IDs,
+_KEYS = "keys"    # a key look-up; the others (child INSERTs) note their row count
+
+
+def _by_sensor(keys: Sequence[tuple[int, str]]) -> dict[int, list[str]]:
+    by_sensor: dict[int, list[str]] = defaultdict(list)
+    for ident, key_uid in keys:
+        by_sensor[ident].append(key_uid)
+    return by_sensor
 
 
 def stored_ids(cur: Any, placeholder: str, keys: Sequence[tuple[int, str]]
@@ -55,19 +66,23 @@ def stored_ids(cur: Any, placeholder: str, keys: Sequence[tuple[int, str]]
     a union of per-sensor ranges of the unique key."""
     found: dict[tuple[int, str], int] = {}
     for at in range(0, len(keys), KEYS_PER_QUERY):
-        by_sensor: dict[int, list[str]] = defaultdict(list)
-        for ident, key_uid in keys[at:at + KEYS_PER_QUERY]:
-            by_sensor[ident].append(key_uid)
         terms, args = [], []
-        for ident, uids in by_sensor.items():
+        for ident, uids in _by_sensor(keys[at:at + KEYS_PER_QUERY]).items():
             terms.append(f"(`id_sensor` = {placeholder} AND `sensor_cdr_uid` IN "
                          f"({', '.join([placeholder] * len(uids))}))")
             args += (ident, *uids)
-        cur.execute("SELECT `ID`, `id_sensor`, `sensor_cdr_uid` FROM `cdr` WHERE "
-                    + " OR ".join(terms), args)
+        cur.execute(_SELECT_KEYS + " OR ".join(terms), args)
         for cdr_id, ident, key_uid in cur.fetchall():
             found[(ident, key_uid)] = cdr_id
     return found
+
+
+def _key_queries(keys: Sequence[tuple[int, str]]) -> list[str]:
+    """``stored_ids``'s queries with MySQL literals (to send ahead in a pipeline)."""
+    return [_SELECT_KEYS + " OR ".join(
+        f"(`id_sensor` = {int(ident)} AND `sensor_cdr_uid` IN ({','.join(map(quote, uids))}))"
+        for ident, uids in _by_sensor(keys[at:at + KEYS_PER_QUERY]).items())
+        for at in range(0, len(keys), KEYS_PER_QUERY)]
 
 
 def _encoded(todo: Sequence[NewCdr], pcap_on: str) -> list[Any]:
@@ -86,7 +101,11 @@ _NEXT_ID = ("SELECT max(coalesce((SELECT `seq` FROM sqlite_sequence WHERE `name`
             " coalesce((SELECT max(`ID`) FROM `cdr`), 0)) + 1")
 
 
-def write_sqlite(cur: Any, dialect: Any, todo: Sequence[NewCdr], pcap_on: str) -> int:
+def write_sqlite(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str) -> int:
+    stored = stored_ids(cur, "?", [new[0] for new in candidates])
+    todo = [new for new in candidates if new[0] not in stored]
+    if not todo:
+        return 0
     cur.execute(_NEXT_ID)
     (first,) = cur.fetchone()
     cdr_rows, next_rows, rtp_rows = [], [], []
@@ -120,32 +139,51 @@ def has_returning(conn: Any) -> bool:
     return (major, minor) >= (10, 5)
 
 
-def write_mysql(cur: Any, dialect: Any, todo: Sequence[NewCdr], pcap_on: str) -> int:
-    """Insert ``todo``; pipelined with RETURNING when the dialect wants it and the server
-    and driver allow it."""
+def write_mysql(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str) -> int:
+    """Insert those of ``candidates`` not stored yet; pipelined with RETURNING when the
+    dialect wants it and the server and driver allow it."""
     conn = cur.connection     # the driver's own connection, whatever wraps it
     if dialect.pipelining and usable(conn) and has_returning(conn):
-        _write_pipelined(conn, dialect, todo, pcap_on)
-    else:
-        _write_plain(cur, dialect, todo, pcap_on)
-    return len(todo)
+        return _write_pipelined(conn, dialect, candidates, pcap_on)
+    return _write_plain(cur, dialect, candidates, pcap_on)
 
 
-def _child_texts(ids: Sequence[int], encoded: Sequence[Any]) -> tuple[list[str], list[str]]:
-    """The cdr_next and cdr_rtp rows as SQL text, given the CDRs' IDs."""
-    next_tail = renderer("cdr_next", NEXT_COLUMNS[1:], ",")
-    rtp_tail = renderer("cdr_rtp", RTP_COLUMNS[1:], ",")
-    nexts = [f"({cdr_id}{next_tail(e[1])}" for cdr_id, e in zip(ids, encoded, strict=True)]
-    rtps = [f"({cdr_id}{rtp_tail(r)}" for cdr_id, e in zip(ids, encoded, strict=True)
-            for r in e[2]]
-    return nexts, rtps
+class _Chunk:
+    """Some of the batch's new CDRs, converted; their cdr INSERTs rendered, and the tails
+    of their child rows (all but the cdr_ID, known once the cdr rows are in)."""
+
+    def __init__(self, todo: Sequence[NewCdr], encoded: Sequence[Any], tail: str) -> None:
+        self.keys = [new[0] for new in todo]
+        self.encoded = encoded
+        render = renderer("cdr", CDR_COLUMNS)
+        self.inserts = statements(_CDR_HEAD, [render(e[0]) for e in encoded], tail)
+        self.next_tails: list[str] = []
+        self.rtp_tails: list[list[str]] = []
+
+    def render_tails(self) -> None:
+        next_tail = renderer("cdr_next", NEXT_COLUMNS[1:], ",")
+        rtp_tail = renderer("cdr_rtp", RTP_COLUMNS[1:], ",")
+        self.next_tails = [next_tail(e[1]) for e in self.encoded]
+        self.rtp_tails = [[rtp_tail(r) for r in e[2]] for e in self.encoded]
+
+    def children(self, ids: Sequence[int]) -> list[tuple[str, int]]:
+        """The cdr_next and cdr_rtp INSERTs (with their row counts), given the IDs."""
+        pairs = list(zip(ids, self.rtp_tails, strict=True))
+        return (statements(_NEXT_HEAD, [f"({cdr_id}{tail}" for cdr_id, tail
+                                        in zip(ids, self.next_tails, strict=True)])
+                + statements(_RTP_HEAD, [f"({cdr_id}{tail}" for cdr_id, tails in pairs
+                                         for tail in tails]))
 
 
-def _write_plain(cur: Any, dialect: Any, todo: Sequence[NewCdr], pcap_on: str) -> None:
-    encoded = _encoded(todo, pcap_on)
-    render = renderer("cdr", CDR_COLUMNS)
+def _write_plain(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str) -> int:
+    stored = stored_ids(cur, "%s", [new[0] for new in candidates])
+    todo = [new for new in candidates if new[0] not in stored]
+    if not todo:
+        return 0
+    chunk = _Chunk(todo, _encoded(todo, pcap_on), "")
+    chunk.render_tails()
     try:
-        for sql, _count in statements(_CDR_HEAD, [render(e[0]) for e in encoded]):
+        for sql, _count in chunk.inserts:
             cur.execute(sql)
     except Exception as exc:
         _duplicate(dialect, exc)
@@ -153,60 +191,69 @@ def _write_plain(cur: Any, dialect: Any, todo: Sequence[NewCdr], pcap_on: str) -
     if len(todo) == 1:
         ids = [int(cur.lastrowid)]   # a one-row INSERT's LAST_INSERT_ID is that row's
     else:
-        keys = [new[0] for new in todo]
-        found = stored_ids(cur, "%s", keys)
-        ids = [found[key] for key in keys]
-    nexts, rtps = _child_texts(ids, encoded)
-    for head, texts in ((_NEXT_HEAD, nexts), (_RTP_HEAD, rtps)):
-        for sql, count in statements(head, texts):
-            _check(cur.execute(sql), count)
+        found = stored_ids(cur, "%s", chunk.keys)
+        ids = [found[key] for key in chunk.keys]
+    for sql, count in chunk.children(ids):
+        _check(cur.execute(sql), count)
+    return len(todo)
 
 
-class _Chunk:
-    """Some of the batch's CDRs: converted, their cdr INSERTs rendered."""
-
-    def __init__(self, todo: Sequence[NewCdr], pcap_on: str) -> None:
-        self.keys = [new[0] for new in todo]
-        self.encoded = _encoded(todo, pcap_on)
-        render = renderer("cdr", CDR_COLUMNS)
-        self.inserts = statements(_CDR_HEAD, [render(e[0]) for e in self.encoded],
-                                  _RETURNING)
+def _sizes() -> Iterator[int]:
+    yield from CHUNKS
+    while True:
+        yield CHUNK
 
 
-def _chunks(todo: Sequence[NewCdr]) -> list[Sequence[NewCdr]]:
-    out, at = [], 0
-    for size in (*CHUNKS, *[CHUNK] * (len(todo) // CHUNK + 1)):
-        if at >= len(todo):
-            break
-        out.append(todo[at:at + size])
-        at += size
-    return out
-
-
-def _write_pipelined(conn: Any, dialect: Any, todo: Sequence[NewCdr], pcap_on: str) -> None:
-    """Chunk by chunk: send the chunk's cdr INSERTs; render the next chunk while the server
-    works; read the IDs; send the chunk's cdr_next and cdr_rtp INSERTs and the next
-    chunk's cdr INSERTs together; and so on. At most three statements are in flight."""
+def _write_pipelined(conn: Any, dialect: Any, candidates: Sequence[NewCdr],
+                     pcap_on: str) -> int:
+    """The key look-up is sent, and the first CDRs converted while the server answers it.
+    Then chunk by chunk: the chunk's cdr INSERTs are sent; its child rows' tails and the
+    next chunk are rendered while the server works; its IDs are read; its cdr_next and
+    cdr_rtp INSERTs and the next chunk's cdr INSERTs are sent; and so on. At most three
+    statements are in flight, their answers small (OK packets, a chunk's IDs)."""
     pipe = Pipeline(conn)
     try:
-        parts = _chunks(todo)
-        ahead: _Chunk | None = _Chunk(parts[0], pcap_on)
-        for sql, _count in ahead.inserts:
+        for sql in _key_queries([new[0] for new in candidates]):
+            pipe.send(sql, _KEYS)
+        sizes = _sizes()
+        head = candidates[:next(sizes)]
+        head_encoded = _encoded(head, pcap_on)    # as if all were new (they mostly are)
+        stored = set()
+        while pipe:
+            _note, _affected, rows = pipe.receive()
+            stored.update((ident, key_uid) for _id, ident, key_uid in rows)
+        kept = [i for i, new in enumerate(head) if new[0] not in stored]
+        rest = [new for new in candidates[len(head):] if new[0] not in stored]
+        if not kept and not rest:
+            return 0                                  # every CDR was stored before
+
+        def chunks() -> Iterator[_Chunk]:
+            if kept:
+                yield _Chunk([head[i] for i in kept], [head_encoded[i] for i in kept],
+                             _RETURNING)
+            at = 0
+            while at < len(rest):
+                part = rest[at:at + next(sizes)]
+                at += len(part)
+                yield _Chunk(part, _encoded(part, pcap_on), _RETURNING)
+
+        prepared = chunks()
+        ahead = next(prepared, None)
+        for sql, _count in ahead.inserts if ahead is not None else ():
             pipe.send(sql, _IDS)
-        for n in range(len(parts)):
-            chunk, ahead = ahead, _Chunk(parts[n + 1], pcap_on) if n + 1 < len(parts) else None
-            assert chunk is not None
+        while ahead is not None:
+            chunk = ahead
+            chunk.render_tails()
+            ahead = next(prepared, None)
             found = _answers(pipe, dialect, len(chunk.inserts))
-            ids = [found[key] for key in chunk.keys]
-            for head, texts in zip((_NEXT_HEAD, _RTP_HEAD), _child_texts(ids, chunk.encoded),
-                                   strict=True):
-                for sql, count in statements(head, texts):
-                    pipe.send(sql, count)
+            for sql, count in chunk.children([found[key] for key in chunk.keys]):
+                pipe.send(sql, count)
             for sql, _count in ahead.inserts if ahead is not None else ():
                 pipe.send(sql, _IDS)
         _answers(pipe, dialect)
     finally:
         pipe.drain()
+    return len(kept) + len(rest)
 
 
 def _answers(pipe: Pipeline, dialect: Any, inserts: int | None = None

@@ -105,11 +105,11 @@ def lookup_keys(cdr: Cdr) -> tuple[str | None, str | None, str | None]:
 
 
 def _loss_perc_mult1000(received: int | None, lost: int | None) -> int:
-    lost = max(lost or 0, 0)
-    expected = (received or 0) + lost
-    if expected <= 0:
+    """A side's loss percentage times 1000, from its fitted received and lost counts."""
+    if not lost or lost < 0:
         return 0
-    return clamp(round(lost * 100000 / expected), 0, U32) or 0
+    value = round(lost * 100000 / ((received or 0) + lost))
+    return value if value <= U32 else U32
 
 
 def _summary(a_side: tuple[Any, ...] | None, b_side: tuple[Any, ...] | None
@@ -117,13 +117,19 @@ def _summary(a_side: tuple[Any, ...] | None, b_side: tuple[Any, ...] | None
     """``cdr``'s payload, jitter_mult10, mos_min_mult10, packet_loss_perc_mult1000 from the
     side columns (already fitted; _mult10 is monotonic, so the largest jitter's _mult10 is
     the largest _mult10)."""
-    sides = [side for side in (a_side, b_side) if side is not None]
-    if not sides:
-        return None, None, None, None
-    jitters = [j for j in (side[5] for side in sides) if j is not None]
-    moses = [m for side in sides for m in side[-3:] if m is not None]
-    return (sides[0][0], max(jitters) if jitters else None, min(moses) if moses else None,
-            max(_loss_perc_mult1000(side[2], side[3]) for side in sides))
+    if a_side is None or b_side is None:
+        side = a_side or b_side
+        if side is None:
+            return None, None, None, None
+        moses = [m for m in side[-3:] if m is not None]
+        return (side[0], side[5], min(moses) if moses else None,
+                _loss_perc_mult1000(side[2], side[3]))
+    ja, jb = a_side[5], b_side[5]
+    moses = [m for m in (*a_side[-3:], *b_side[-3:]) if m is not None]
+    return (a_side[0], ja if jb is None else jb if ja is None else max(ja, jb),
+            min(moses) if moses else None,
+            max(_loss_perc_mult1000(a_side[2], a_side[3]),
+                _loss_perc_mult1000(b_side[2], b_side[3])))
 
 
 _JSON = json.JSONEncoder(sort_keys=True, default=str)
@@ -207,11 +213,18 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
         a_index, *(a_side or _NO_SIDE), b_index, *(b_side or _NO_SIDE),
         *_summary(a_side, b_side),
     )
-    has_pcap = bool(cdr.sip_pcap or cdr.rtp_pcap)
+    callid, fbasename, sip_pcap, rtp_pcap = cdr.callid, cdr.fbasename, cdr.sip_pcap, cdr.rtp_pcap
     next_row = (
-        text(cdr.callid, _CALLID_LEN), text(cdr.fbasename, _FBASENAME_LEN),
-        datetime_text(cdr.connect_time), text(cdr.sip_pcap, _PATH_LEN),
-        text(cdr.rtp_pcap, _PATH_LEN), pcap_on if has_pcap and pcap_on in PCAP_ON else None,
+        callid[:_CALLID_LEN] if type(callid) is str and callid.isascii()
+        else text(callid, _CALLID_LEN),
+        fbasename[:_FBASENAME_LEN] if type(fbasename) is str and fbasename.isascii()
+        else text(fbasename, _FBASENAME_LEN),
+        datetime_text(cdr.connect_time),
+        sip_pcap[:_PATH_LEN] if type(sip_pcap) is str and sip_pcap.isascii()
+        else text(sip_pcap, _PATH_LEN),
+        rtp_pcap[:_PATH_LEN] if type(rtp_pcap) is str and rtp_pcap.isascii()
+        else text(rtp_pcap, _PATH_LEN),
+        pcap_on if (sip_pcap or rtp_pcap) and pcap_on in PCAP_ON else None,
         _extra_json(cdr.extra),
     )
     return row, next_row, [row for row, _side in encoded]

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
-from voipmon.store.cdrwrite import stored_ids, write_mysql, write_sqlite
+from voipmon.store.cdrwrite import write_mysql, write_sqlite
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, dialect_for, q, qlist
 from voipmon.store.fields import datetime_text, text
 from voipmon.store.interfaces import SENSOR_JSON_FIELDS, IStore, StoreError, StoreUnavailable
@@ -218,16 +218,11 @@ class SqlStore:
             batch.lookups = [lookup_keys(cdr) for _key, cdr in batch.items]
         responses = self._resolve(txn, "response", {lk[0] for lk in batch.lookups})
         uas = self._resolve(txn, "ua", {t for lk in batch.lookups for t in lk[1:]})
-        stored = stored_ids(txn.cursor, self.dialect.placeholder,
-                            [key for key, _cdr in batch.items])
-        todo = [(key, cdr, responses.get(r), uas.get(a), uas.get(b))
-                for (key, cdr), (r, a, b) in zip(batch.items, batch.lookups, strict=True)
-                if key not in stored]
-        if not todo:
-            return 0                        # every CDR was stored before: a replay
+        candidates = [(key, cdr, responses.get(r), uas.get(a), uas.get(b))
+                      for (key, cdr), (r, a, b) in zip(batch.items, batch.lookups, strict=True)]
         if isinstance(txn.dialect, MySQLDialect):
-            return write_mysql(txn.cursor, txn.dialect, todo, batch.pcap_on)
-        return write_sqlite(txn.cursor, txn.dialect, todo, batch.pcap_on)
+            return write_mysql(txn.cursor, txn.dialect, candidates, batch.pcap_on)
+        return write_sqlite(txn.cursor, txn.dialect, candidates, batch.pcap_on)
 
     def _insert_new(self, txn: Txn, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from voipmon.analysis.cdr import Cdr
 from voipmon.store import cdrwrite, testing
-from voipmon.store.cdrwrite import has_returning, stored_ids, write_mysql
+from voipmon.store.cdrwrite import has_returning, stored_ids
 from voipmon.store.dialect import q
 from voipmon.store.fields import uid
 from voipmon.store.migrate import migrate
@@ -80,14 +80,6 @@ class ChoiceTests(unittest.SynchronousTestCase):
                                ("8.4.0-MariaDBish", False), ("5.7.44-log", False)):
             self.assertEqual(has_returning(Conn(info)), expected, info)
 
-    def test_chunks_cover_the_batch_in_order(self) -> None:
-        for size in (1, 2, 31, 32, 33, 224, 1000, 2345):
-            todo = list(range(size))
-            chunks = cdrwrite._chunks(todo)   # type: ignore[arg-type]
-            self.assertEqual([x for chunk in chunks for x in chunk], todo)
-            self.assertTrue(all(0 < len(c) <= cdrwrite.CHUNK for c in chunks))
-            self.assertLessEqual(len(chunks[0]), cdrwrite.CHUNKS[0])
-
 
 class WriteContract:
     """Writing through a real connection, synchronously (no pool, no reactor)."""
@@ -149,16 +141,32 @@ class WriteContract:
         self.assertEqual(len(set(found.values())), 25)
 
     def test_a_key_stored_since_the_look_up_retries(self) -> None:
-        """Another writer stored a key of the batch's fifth chunk after the look-up: the
-        attempt fails whole with Retry and leaves nothing once rolled back."""
+        """Another writer stored a key of the batch's fifth chunk after the look-up (the
+        look-up here sees nothing): the attempt fails whole with Retry and leaves nothing
+        once rolled back; the next attempt stores the others."""
         cdrs = [testing.make_cdr(n) for n in range(12)]
-        todo = [((c.id_sensor, c.sensor_cdr_uid), c, None, None, None) for c in cdrs]
         self.assertEqual(self.write([cdrs[9]]), 1)
-        self.dialect.begin(self.cur, True)
-        self.assertRaises(Retry, self.insert_new, todo)
-        self.conn.rollback()
+        blind = [self.patch(cdrwrite, "stored_ids", lambda *args: {}),
+                 self.patch(cdrwrite, "_key_queries", lambda keys: [])]
+        self.assertRaises(Retry, self.write, cdrs)
         self.assertEqual(list(self.ids()), [(cdrs[9].id_sensor, cdrs[9].sensor_cdr_uid)])
+        self.cur.execute("SELECT COUNT(*) FROM `cdr_next`")
+        self.assertEqual(self.cur.fetchone()[0], 1)
+        self.conn.commit()
+        for patch in blind:
+            patch.restore()
         self.assertEqual(self.write(cdrs), 11)
+
+    def test_a_replayed_batch_inserts_nothing(self) -> None:
+        cdrs = [testing.make_cdr(n, id_sensor=n % 2) for n in range(40)]
+        self.assertEqual(self.write(cdrs[:20]), 20)
+        before = self.ids()
+        self.assertEqual(self.write(cdrs[:20]), 0)
+        self.assertEqual(self.write(cdrs[5:15] + cdrs[30:]), 10)
+        self.assertEqual(self.write(cdrs), 10)
+        after = self.ids()
+        self.assertEqual(len(after), 40)
+        self.assertEqual({k: after[k] for k in before}, before)
 
 
 class SQLiteWriteTests(WriteContract, unittest.TestCase):
@@ -169,9 +177,6 @@ class SQLiteWriteTests(WriteContract, unittest.TestCase):
         self.conn = self.dialect.connect()
         self.addCleanup(self.conn.close)
         self.start()
-
-    def insert_new(self, todo: list[Any]) -> int:
-        return cdrwrite.write_sqlite(self.cur, self.dialect, todo, "sensor")
 
     def test_ids_are_never_reused(self) -> None:
         """As AUTOINCREMENT: the newest CDR deleted, the next one still gets a new ID."""
@@ -208,11 +213,24 @@ class MySQLBase(WriteContract):
         self.addCleanup(self.conn.close)
         self.start()
 
-    def insert_new(self, todo: list[Any]) -> int:
-        return write_mysql(self.cur, self.dialect, todo, "sensor")
-
     def refuse(self, *args: Any) -> None:
         self.fail("this class tests the other path")
+
+    def test_key_queries_find_what_stored_ids_finds(self) -> None:
+        """The look-up sent ahead in a pipeline (literals) finds what the one with
+        parameters finds, for keys that need quoting."""
+        self.patch(cdrwrite, "KEYS_PER_QUERY", 3)
+        uids = ["a'b", "a\\b", "x%y", "');--", "plain", "\\'", "end\\"]
+        cdrs = [testing.make_cdr(n, id_sensor=n % 2, sensor_cdr_uid=u)
+                for n, u in enumerate(uids)]
+        self.assertEqual(self.write(cdrs[:5]), 5)
+        keys = [(c.id_sensor, uid(c.sensor_cdr_uid)) for c in cdrs] + [(0, "missing")]
+        found = {}
+        for sql in cdrwrite._key_queries(keys):
+            self.cur.execute(sql)
+            found.update(((ident, key), cdr_id) for cdr_id, ident, key in self.cur.fetchall())
+        self.assertEqual(found, stored_ids(self.cur, "%s", keys))
+        self.assertEqual(len(found), 5)
 
 
 class MySQLWriteTests(MySQLBase, unittest.TestCase):
