@@ -8,6 +8,7 @@ can never pass by skipping what it is there to prove.
 from __future__ import annotations
 
 import os
+import shutil
 
 from twisted.trial.unittest import FailTest, SkipTest
 
@@ -50,3 +51,15 @@ def public_pcaps() -> list[str]:
 def mysql_unavailable(reason: str) -> Exception:
     """The exception to raise when MariaDB cannot be reached: skip, or fail in CI."""
     return _missing("VOIPMON_REQUIRE_MYSQL", reason)
+
+
+def require_tshark() -> str:
+    """tshark's path; skips without it, or fails when VOIPMON_REQUIRE_SHARED=1 or
+    VOIPMON_REQUIRE_LIVE=1 (CI installs it)."""
+    path = shutil.which("tshark")
+    if path is None:
+        reason = "tshark is not installed (Debian package tshark)"
+        required = [env for env in ("VOIPMON_REQUIRE_SHARED", "VOIPMON_REQUIRE_LIVE")
+                    if os.environ.get(env) == "1"]
+        raise _missing(required[0], reason) if required else SkipTest(reason)
+    return path

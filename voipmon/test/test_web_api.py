@@ -6,13 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import urllib.parse
 
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
@@ -25,7 +24,7 @@ from voipmon.protocols.handshake import derive_key
 from voipmon.spool.layout import minute_dir
 from voipmon.store.sqlstore import SqlStore
 from voipmon.store.testing import make_cdr, sqlite_dialect
-from voipmon.test.common import data_path
+from voipmon.test.common import data_path, require_tshark
 from voipmon.test.test_manager_pcapmerge import write_pcap
 from voipmon.test.test_manager_service import TrackingFactory
 from voipmon.web.api import find_sensor
@@ -228,9 +227,7 @@ class PcapTests(WebBase):
         self.assertEqual(response.length, len(data))  # Content-Length, as the client parsed it
         self.assertEqual(response.headers.getRawHeaders(b"content-disposition"),
                          [b'attachment; filename="call1-1.pcap"'])
-        tshark = shutil.which("tshark")
-        if tshark is None:
-            raise SkipTest("tshark is not installed")
+        tshark = require_tshark()
         path = os.path.abspath(self.mktemp())
         with open(path, "wb") as handle:
             handle.write(data)
