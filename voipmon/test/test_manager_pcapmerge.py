@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.manager.pcapmerge import PcapMergeError, plan_merge, read_input
+from voipmon.test.common import require_tshark
 
 
 def write_pcap(path: str, records: list[tuple[float, bytes]], linktype: int = 1,
@@ -95,9 +95,7 @@ class MergeTests(SynchronousTestCase):
         self.assertRaises(PcapMergeError, plan_merge, [])
 
     def test_tshark_reads_the_merge(self) -> None:
-        tshark = shutil.which("tshark")
-        if tshark is None:
-            raise SkipTest("tshark is not installed")
+        tshark = require_tshark()
         write_pcap(self.path("sip"), [(1.0, udp_frame(b"INVITE sip:a@b SIP/2.0\r\n\r\n"))])
         write_pcap(self.path("rtp"), [(1.5, udp_frame(b"\x80" * 20)), (2.0, udp_frame(b"x"))])
         with open(self.path("out.pcap"), "wb") as handle:
