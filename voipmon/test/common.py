@@ -53,6 +53,14 @@ def mysql_unavailable(reason: str) -> Exception:
     return _missing("VOIPMON_REQUIRE_MYSQL", reason)
 
 
+def missing_tool(reason: str) -> Exception:
+    """SkipTest for a tool the tests need, or FailTest in CI (any VOIPMON_REQUIRE_* set)."""
+    for env in ("VOIPMON_REQUIRE_SHARED", "VOIPMON_REQUIRE_LIVE", "VOIPMON_REQUIRE_MYSQL"):
+        if os.environ.get(env) == "1":
+            return _missing(env, reason)
+    return SkipTest(reason)
+
+
 def require_tshark() -> str:
     """tshark's path; skips without it, or fails when VOIPMON_REQUIRE_SHARED=1 or
     VOIPMON_REQUIRE_LIVE=1 (CI installs it)."""

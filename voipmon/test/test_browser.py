@@ -14,9 +14,8 @@ import tempfile
 import time
 
 from twisted.internet import defer, threads
-from twisted.trial.unittest import SkipTest
 
-from voipmon.test.common import data_path
+from voipmon.test.common import data_path, missing_tool
 from voipmon.test.test_web_api import WebBase, merged
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,10 +33,10 @@ def _selenium():
         from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
     except ImportError:
-        raise SkipTest("selenium is not installed (pip install -e '.[test]')")
+        raise missing_tool("selenium is not installed (pip install -e '.[test]')")
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
-            raise SkipTest(f"{path} is absent (apt-get install chromium chromium-driver)")
+            raise missing_tool(f"{path} is absent (apt-get install chromium chromium-driver)")
     return webdriver, Service, By, expected_conditions, WebDriverWait
 
 

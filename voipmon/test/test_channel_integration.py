@@ -44,7 +44,7 @@ from voipmon.test.channel_support import (
     write_calls_pcap,
     write_conf,
 )
-from voipmon.test.common import data_path, mysql_unavailable
+from voipmon.test.common import data_path, missing_tool, mysql_unavailable
 from voipmon.test.fakes import FakeStore
 
 CAPTURES = [data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
@@ -367,9 +367,7 @@ class RefusalProcessTests(ProcessBase):
         """A sensor clock 37 s ahead (faketime): refused, saying the measured skew."""
         faketime = shutil.which("faketime")
         if faketime is None:
-            if os.environ.get("VOIPMON_REQUIRE_MYSQL") == "1":  # CI: installed by bootstrap
-                self.fail("faketime is not installed (make bootstrap installs it)")
-            self.skipTest("faketime is not installed")
+            raise missing_tool("faketime is not installed (make bootstrap installs it)")
         port = free_port()
         central = self.central("central", port)
         sensor = self.sensor("edge", 62, [port], CAPTURES[0], prefix=[faketime, "-f", "+37s"])

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from voipmon.packet.decode import Decoder
 from voipmon.packet.readers import read_capture
 from voipmon.packet.sipframe import looks_like_sip_start
+from voipmon.test.common import shared_path
 
 PCAPS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "pcaps")
 _CALLID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -88,7 +89,8 @@ class CaptureTests(SynchronousTestCase):
     def setUp(self):
         self.paths = captures()
         if not self.paths:
-            raise self.skipTest("shared captures not available")
+            shared_path("pcaps", "public")  # skips, or fails in CI
+            self.fail("no captures with a tshark reference in ../shared/pcaps")
 
     def decode(self, path):
         out = []
@@ -146,7 +148,7 @@ class CaptureTests(SynchronousTestCase):
     def test_heuristics_find_tcp_sip_without_decode_as(self):
         path = next((p for p in self.paths if p.endswith("tcp_fragmented.pcap")), None)
         if path is None:
-            raise self.skipTest("capture not available")
+            shared_path("pcaps", "public", "heplify__sip_ipv4_tcp_fragmented.pcap")
         out = []
         d = Decoder(out.append, (5060,))
         d.feed_all(read_capture(path))
