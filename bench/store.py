@@ -7,7 +7,9 @@ also four at a time at batch 1000: several sensors writing at once). Beside each
 the reference: the driver's own ``executemany`` of the very rows store_cdrs writes (cdr,
 cdr_next, cdr_rtp), already encoded, IDs taken from LAST_INSERT_ID/lastrowid, one commit
 per batch, on the same server in the same run. The reference does strictly less work (no
-Cdr-to-row encoding, no idempotency checks), so it is the limit.
+Cdr-to-row encoding, no idempotency checks), so it is the limit. On MariaDB a second
+reference, labelled as such, sends store_cdrs's own statements rendered beforehand: the
+server's and the wire's share of store_cdrs's time.
 
     .venv/bin/python bench/store.py [--cdrs 20000] [--single 2000] [--sqlite-only]
 """
@@ -27,6 +29,8 @@ from twisted.internet import defer, task
 
 from voipmon.store import testing
 from voipmon.store.dialect import qlist
+from voipmon.store.fields import uid
+from voipmon.store.literals import renderer, statements
 from voipmon.store.migrate import migrate
 from voipmon.store.rows import (
     CDR_COLUMNS,
@@ -52,9 +56,11 @@ class Numbers:
 
 
 def encoded(cdrs: list[Any]) -> tuple[list[tuple], list[tuple], list[list[tuple]]]:
-    """The rows store_cdrs would write (lookup ids as the store would have them cached)."""
+    """The rows store_cdrs would write (lookup ids as the store would have them cached),
+    without their ID columns (the reference takes the IDs from the database)."""
     rows = [encode(c, 1, 1, 2, "sensor") for c in cdrs]
-    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    return ([r[0][1:] for r in rows], [r[1][1:] for r in rows],
+            [[x[1:] for x in r[2]] for r in rows])
 
 
 def raw_insert(conn: Any, placeholder: str, cdrs: list[Any], batch: int, mysql: bool) -> float:
@@ -65,7 +71,7 @@ def raw_insert(conn: Any, placeholder: str, cdrs: list[Any], batch: int, mysql: 
         values = ", ".join([placeholder] * len(columns))
         return f"INSERT INTO `{table}` ({qlist(columns)}) VALUES ({values})"
 
-    ins_cdr = insert("cdr", CDR_COLUMNS)
+    ins_cdr = insert("cdr", CDR_COLUMNS[1:])
     ins_next = insert("cdr_next", NEXT_COLUMNS)
     ins_rtp = insert("cdr_rtp", RTP_COLUMNS)
     cur = conn.cursor()
@@ -90,6 +96,45 @@ def raw_insert(conn: Any, placeholder: str, cdrs: list[Any], batch: int, mysql: 
     elapsed = time.perf_counter() - began
     if not mysql:
         conn.commit()
+    cur.close()
+    return len(cdrs) / elapsed
+
+
+def text_insert(conn: Any, cdrs: list[Any], batch: int) -> float:
+    """A second reference (MariaDB 10.5+): the statements store_cdrs sends for these CDRs,
+    rendered beforehand, sent one after the other with PyMySQL's execute (IDs by
+    RETURNING, child rows completed with them); one commit per batch. Server and wire
+    only: what store_cdrs would reach if converting and rendering cost nothing."""
+    render = renderer("cdr", CDR_COLUMNS)
+    next_tail = renderer("cdr_next", NEXT_COLUMNS, tail=True)
+    rtp_tail = renderer("cdr_rtp", RTP_COLUMNS, tail=True)
+    head = f"INSERT INTO `cdr` ({qlist(CDR_COLUMNS)}) VALUES "
+    prepared = []
+    for at in range(0, len(cdrs), batch):
+        rows = [encode(c, 1, 1, 2, "sensor", uid(c.sensor_cdr_uid)) for c in cdrs[at:at + batch]]
+        prepared.append((
+            statements(head, [render(r[0]) for r in rows],
+                       " RETURNING `ID`, `id_sensor`, `sensor_cdr_uid`"),
+            [(r[0][1], r[0][2]) for r in rows], [next_tail(r[1]) for r in rows],
+            [[rtp_tail(x) for x in r[2]] for r in rows]))
+    cur = conn.cursor()
+    began = time.perf_counter()
+    for inserts, keys, nexts, rtps in prepared:
+        found = {}
+        for sql, _count in inserts:
+            cur.execute(sql)
+            found.update(((ident, key), cdr_id) for cdr_id, ident, key in cur.fetchall())
+        ids = [found[key] for key in keys]
+        for table, columns, texts in (
+                ("cdr_next", NEXT_COLUMNS,
+                 [f"({i}{t}" for i, t in zip(ids, nexts, strict=True)]),
+                ("cdr_rtp", RTP_COLUMNS,
+                 [f"({i}{t}" for i, ts in zip(ids, rtps, strict=True) for t in ts])):
+            for sql, _count in statements(f"INSERT INTO `{table}` ({qlist(columns)}) VALUES ",
+                                          texts):
+                cur.execute(sql)
+        conn.commit()
+    elapsed = time.perf_counter() - began
     cur.close()
     return len(cdrs) / elapsed
 
@@ -125,22 +170,32 @@ def line(backend: str, label: str, store: float, raw: float | None) -> None:
 @defer.inlineCallbacks
 def compare(backend: str, store: SqlStore, conn: Any, placeholder: str, numbers: Numbers,
             cases: list[tuple[int, int, int]], rounds: int) -> Any:
-    """Best of ``rounds`` for the store and for the raw reference, interleaved, per case."""
+    """Best of ``rounds`` for the store and for the raw reference, interleaved, per case
+    (on MariaDB at batch 1000, the pre-rendered statements too)."""
     results = {}
+    mysql = placeholder == "%s"
     for batch, n, in_flight in cases:
-        best_store = best_raw = 0.0
+        best_store = best_raw = best_text = 0.0
+        text = mysql and batch == 1000 and in_flight == 1
         for _ in range(rounds):
             rate = yield store_rate(store, numbers.cdrs(n), batch, in_flight)
             best_store = max(best_store, rate)
-            raw = raw_insert(conn, placeholder, numbers.cdrs(n), batch, placeholder == "%s")
+            raw = raw_insert(conn, placeholder, numbers.cdrs(n), batch, mysql)
             best_raw = max(best_raw, raw)
+            if text:
+                best_text = max(best_text, text_insert(conn, numbers.cdrs(n), batch))
         label = f"{batch}" + (f" x{in_flight} in flight" if in_flight > 1 else "")
         line(backend, label, best_store, best_raw)
         results[label] = (best_store, best_raw)
+        if text:
+            results["text"] = best_text
     replayed = numbers.cdrs(cases[-1][1])
     yield store_rate(store, replayed, 1000)
     rate = yield store_rate(store, replayed, 1000, expect_new=False)
     line(backend, "1000 replayed", rate, None)
+    if "text" in results:
+        print(f"{backend:8} {'1000':>16} {results['text']:12,.0f}  <- second reference: "
+              "store_cdrs's own SQL, pre-rendered, sent by execute (server and wire only)")
     return results
 
 

@@ -109,12 +109,13 @@ def write_sqlite(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: 
     cur.execute(_NEXT_ID)
     (first,) = cur.fetchone()
     cdr_rows, next_rows, rtp_rows = [], [], []
-    for cdr_id, (row, nxt, rtp) in enumerate(_encoded(todo, pcap_on), first):
-        cdr_rows.append((cdr_id, *row))
-        next_rows.append((cdr_id, *nxt))
-        rtp_rows += [(cdr_id, *r) for r in rtp]
+    for cdr_id, (key, cdr, response, a_ua, b_ua) in enumerate(todo, first):
+        row, next_row, rtp = encode(cdr, response, a_ua, b_ua, pcap_on, key[1], cdr_id)
+        cdr_rows.append(row)
+        next_rows.append(next_row)
+        rtp_rows += rtp
     try:
-        dialect.insert(cur, "cdr", ("ID", *CDR_COLUMNS), cdr_rows)
+        dialect.insert(cur, "cdr", CDR_COLUMNS, cdr_rows)
     except Exception as exc:
         _duplicate(dialect, exc)
         raise
@@ -161,8 +162,9 @@ class _Chunk:
         self.rtp_tails: list[list[str]] = []
 
     def render_tails(self) -> None:
-        next_tail = renderer("cdr_next", NEXT_COLUMNS[1:], ",")
-        rtp_tail = renderer("cdr_rtp", RTP_COLUMNS[1:], ",")
+        """The child rows as text, all but their cdr_ID."""
+        next_tail = renderer("cdr_next", NEXT_COLUMNS, tail=True)
+        rtp_tail = renderer("cdr_rtp", RTP_COLUMNS, tail=True)
         self.next_tails = [next_tail(e[1]) for e in self.encoded]
         self.rtp_tails = [[rtp_tail(r) for r in e[2]] for e in self.encoded]
 

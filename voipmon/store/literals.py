@@ -43,10 +43,11 @@ def quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def row_renderer(table: str, columns: Sequence[str], lead: str = "("
+def row_renderer(table: str, columns: Sequence[str], tail: bool = False
                  ) -> Callable[[Sequence[Any]], str]:
-    """A function rendering one row of ``table`` as ``(v1,v2,...)``; ``lead`` replaces the
-    opening parenthesis (``","`` renders a row's tail, to follow a value given later)."""
+    """A function rendering one row of ``table`` as ``(v1,v2,...)``; with ``tail``, as
+    ``,v2,...)``: all but the first value, which is written in front later (a child
+    row's cdr_ID, known once the cdr row is in)."""
     kinds = {col.name: col.type.partition(":")[0] for col in TABLES[table].columns}
     names = [f"v{i}" for i in range(len(columns))]
     parts = []
@@ -61,24 +62,25 @@ def row_renderer(table: str, columns: Sequence[str], lead: str = "("
         else:
             value = f"(H({v}) if B in {v} or Z in {v} or S in {v} else Q + {v}.replace(Q, D) + Q)"
         parts.append(f"{{N if {v} is None else {value}}}")
+    text = "," + ",".join(parts[1:]) if tail else "(" + ",".join(parts)
     source = (f"def render(row):\n    {', '.join(names)}, = row\n"
-              f"    return f\"{lead}{','.join(parts)})\"\n")
+              f"    return f\"{text})\"\n")
     scope = {"int": int, "float": float, "repr": repr, "H": hex_text, "N": "NULL", "Q": "'",
              "D": "''", "X": "X'", "B": "\\", "Z": "\x00", "S": "\x1a", "__builtins__": {}}
     exec(source, scope)
     return scope["render"]
 
 
-_CACHE: dict[tuple[str, tuple[str, ...], str], Callable[[Sequence[Any]], str]] = {}
+_CACHE: dict[tuple[str, tuple[str, ...], bool], Callable[[Sequence[Any]], str]] = {}
 
 
-def renderer(table: str, columns: Sequence[str], lead: str = "("
+def renderer(table: str, columns: Sequence[str], tail: bool = False
              ) -> Callable[[Sequence[Any]], str]:
-    """``row_renderer``, built once per table, column list and lead."""
-    key = (table, tuple(columns), lead)
+    """``row_renderer``, built once per table, column list and form."""
+    key = (table, tuple(columns), tail)
     render = _CACHE.get(key)
     if render is None:
-        render = _CACHE[key] = row_renderer(table, columns, lead)
+        render = _CACHE[key] = row_renderer(table, columns, tail)
     return render
 
 

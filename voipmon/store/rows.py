@@ -57,9 +57,9 @@ def _side_names(s: str) -> list[str]:
             f"{s}_mos_f1_mult10", f"{s}_mos_f2_mult10", f"{s}_mos_adapt_mult10"]
 
 
-# Column order of the rows encode() builds.
+# Column order of the rows encode() builds (the ID first: None when the database chooses).
 CDR_COLUMNS: tuple[str, ...] = (
-    "id_sensor", "sensor_cdr_uid", "calldate", "callend", "duration", "connect_duration",
+    "ID", "id_sensor", "sensor_cdr_uid", "calldate", "callend", "duration", "connect_duration",
     "caller", "caller_domain", "callername", "called", "called_domain",
     "sipcallerip", "sipcallerport", "sipcalledip", "sipcalledport", "whohanged", "bye",
     "lastSIPresponse_id", "lastSIPresponseNum", "a_ua_id", "b_ua_id",
@@ -160,12 +160,12 @@ def _extra_data(stored: str | None) -> dict[str, Any]:
 
 
 def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str | None,
-           key_uid: str | None = None
+           key_uid: str | None = None, cdr_id: int | None = None
            ) -> tuple[tuple[Any, ...], tuple[Any, ...], list[tuple[Any, ...]]]:
-    """(the ``cdr`` row in ``CDR_COLUMNS`` order, the ``cdr_next`` row and the ``cdr_rtp``
-    rows, both without their leading cdr_ID) of a CDR, given its lookup ids (and its
-    ``uid()``, if known). Each value that already fits costs one inline check; the
-    others go through ``voipmon.store.fields``."""
+    """The ``cdr`` row (``CDR_COLUMNS``), the ``cdr_next`` row (``NEXT_COLUMNS``) and the
+    ``cdr_rtp`` rows (``RTP_COLUMNS``) of a CDR, given its lookup ids, its ID if known
+    (else None in the ID columns) and its ``uid()`` if known. Each value that already
+    fits costs one inline check; the others go through ``voipmon.store.fields``."""
     t = cdr.calldate
     if type(t) is float and 0.0 <= t <= MAX_EPOCH:
         base_ms: int | None = round(t * 1000)
@@ -173,7 +173,7 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
     else:
         base_ms = epoch_ms(t)
         calldate = _NO_TIME if base_ms is None else ms_text(base_ms)
-    encoded = [stream_fast(s, i, base_ms) or stream_careful(s, i, base_ms)
+    encoded = [stream_fast(s, i, base_ms, cdr_id) or stream_careful(s, i, base_ms, cdr_id)
                for i, s in enumerate(cdr.rtp[:U16 + 1])]
     a_index, b_index, n = cdr.a_index, cdr.b_index, len(encoded)
     if not (type(a_index) is int and 0 <= a_index <= U16):
@@ -192,7 +192,7 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
     port1, port2, num, bye = cdr.sipcallerport, cdr.sipcalledport, cdr.lastSIPresponseNum, cdr.bye
     whohanged = cdr.whohanged
     row = (
-        cdr.id_sensor, uid(cdr.sensor_cdr_uid) if key_uid is None else key_uid,
+        cdr_id, cdr.id_sensor, uid(cdr.sensor_cdr_uid) if key_uid is None else key_uid,
         calldate, callend, duration, connected,
         caller[:_TEXT_LEN] if type(caller) is str and caller.isascii()
         else text(caller, _TEXT_LEN),
@@ -215,7 +215,7 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
     )
     callid, fbasename, sip_pcap, rtp_pcap = cdr.callid, cdr.fbasename, cdr.sip_pcap, cdr.rtp_pcap
     next_row = (
-        callid[:_CALLID_LEN] if type(callid) is str and callid.isascii()
+        cdr_id, callid[:_CALLID_LEN] if type(callid) is str and callid.isascii()
         else text(callid, _CALLID_LEN),
         fbasename[:_FBASENAME_LEN] if type(fbasename) is str and fbasename.isascii()
         else text(fbasename, _FBASENAME_LEN),
@@ -325,12 +325,12 @@ def cdr_json(cdr_id: int, cdr: Cdr, pcap_on: str | None) -> dict[str, Any]:
 def stored_form(cdr: Cdr, pcap_on: str | None = "sensor") -> tuple[Cdr, str | None]:
     """The (Cdr, pcap_on) a store gives back for ``cdr``: encode, then decode, no database."""
     response, a_ua, b_ua = lookup_keys(cdr)
-    row, next_tail, rtp_tails = encode(cdr, None, None, None, pcap_on)
-    values = dict(zip(CDR_COLUMNS, row, strict=True))
-    nxt = dict(zip(NEXT_COLUMNS, (0, *next_tail), strict=True))
+    row, next_row, rtp_rows = encode(cdr, None, None, None, pcap_on, cdr_id=0)
     read = {
-        "c.ID": 0, "r.lastSIPresponse": response, "ua.ua": a_ua, "ub.ua": b_ua,
-        **{f"c.{k}": v for k, v in values.items()}, **{f"n.{k}": v for k, v in nxt.items()},
+        "r.lastSIPresponse": response, "ua.ua": a_ua, "ub.ua": b_ua,
+        **{f"c.{k}": v for k, v in zip(CDR_COLUMNS, row, strict=True)},
+        **{f"n.{k}": v for k, v in zip(NEXT_COLUMNS, next_row, strict=True)},
     }
-    _, stored, stored_pcap_on = decode_cdr([read[c] for c in READ_COLUMNS], rtp_tails)
+    _, stored, stored_pcap_on = decode_cdr([read[c] for c in READ_COLUMNS],
+                                           [r[1:] for r in rtp_rows])
     return stored, stored_pcap_on

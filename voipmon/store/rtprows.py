@@ -47,10 +47,10 @@ def _relative(moment: Any, base_ms: int | None) -> float | None:
     return round(min(max(number, 0.0), MAX_EPOCH) - base_ms / 1000, 6)
 
 
-def stream_careful(s: RtpStream, index: int, base_ms: int | None
+def stream_careful(s: RtpStream, index: int, base_ms: int | None, cdr_id: Any = None
                    ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """(the cdr_rtp row after cdr_ID, the a_/b_ side columns after {s}_index): the reference
-    encoding, field by field."""
+    """(the cdr_rtp row, starting with ``cdr_id``; the a_/b_ side columns after
+    {s}_index): the reference encoding, field by field."""
     ssrc = clamp(s.ssrc, I64_MIN, I64_MAX)
     sport, dport = ints((s.sport, s.dport), 0, U16)
     received, duplicates, reordered = ints((s.received, s.duplicates, s.reordered), 0, U32)
@@ -61,7 +61,8 @@ def stream_careful(s: RtpStream, index: int, base_ms: int | None
     counts = ints((*sl, *delay), 0, U32)
     n_sl = len(sl)
     row = (
-        index, saddr, sport, ip_bytes(s.daddr), dport, None if ssrc is None else ssrc & U32,
+        cdr_id, index, saddr, sport, ip_bytes(s.daddr), dport,
+        None if ssrc is None else ssrc & U32,
         payload, received, lost, _relative(s.firsttime, base_ms),
         _relative(s.lasttime, base_ms), mult10(maxjitter), avgjitter, maxjitter,
         real(s.mos_f1), real(s.mos_f2), real(s.mos_adapt), text(s.codec, CODEC_LEN),
@@ -88,7 +89,7 @@ def _list_text(values: tuple[int, ...]) -> str:
     return listed
 
 
-def stream_fast(s: RtpStream, index: int, base_ms: int | None
+def stream_fast(s: RtpStream, index: int, base_ms: int | None, cdr_id: Any = None
                 ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
     """``stream_careful``'s result built directly, or None when any field is unusual."""
     sport, dport, ssrc, payload, lost = s.sport, s.dport, s.ssrc, s.payload, s.lost
@@ -123,7 +124,7 @@ def stream_fast(s: RtpStream, index: int, base_ms: int | None
     base = base_ms / 1000
     received, reordered = counts[0], counts[2]
     row = (
-        index, saddr, sport, ip_bytes(s.daddr), dport, ssrc, payload, received, lost,
+        cdr_id, index, saddr, sport, ip_bytes(s.daddr), dport, ssrc, payload, received, lost,
         None if first is None else round(first - base, 6),
         None if last is None else round(last - base, 6), round(maxjitter * 10), avgjitter,
         maxjitter, m1, m2, m3, codec, counts[1], reordered, _list_text(sl),
@@ -138,6 +139,6 @@ def stream_fast(s: RtpStream, index: int, base_ms: int | None
     return row, side
 
 
-def encode_stream(s: RtpStream, index: int, base_ms: int | None
+def encode_stream(s: RtpStream, index: int, base_ms: int | None, cdr_id: Any = None
                   ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    return stream_fast(s, index, base_ms) or stream_careful(s, index, base_ms)
+    return stream_fast(s, index, base_ms, cdr_id) or stream_careful(s, index, base_ms, cdr_id)

@@ -66,8 +66,9 @@ class RendererTests(unittest.SynchronousTestCase):
         self.assertEqual(render((1, b"", 1e300, "a\\")), "(1,X'',1e+300,_utf8mb4 X'615c')")
 
     def test_a_tail_follows_a_value_given_later(self) -> None:
-        tail = row_renderer("cdr_rtp", ("index", "codec"), lead=",")
-        self.assertEqual(f"(42{tail((3, 'G722'))}", "(42,3,'G722')")
+        tail = row_renderer("cdr_rtp", ("cdr_ID", "index", "codec"), tail=True)
+        self.assertEqual(f"(42{tail((None, 3, 'G722'))}", "(42,3,'G722')")
+        self.assertRaises(ValueError, tail, (None, 3))
 
     def test_a_value_of_the_wrong_type_is_refused_not_pasted(self) -> None:
         render = row_renderer("cdr_rtp", ("cdr_ID", "saddr", "avgjitter", "codec"))
@@ -154,8 +155,8 @@ class MySQLLiteralTests(unittest.TestCase):
         row, _nxt, rtp = encode(testing.make_cdr(1), None, None, None, "sensor")
         cur.execute(f"INSERT INTO cdr ({', '.join(q(c) for c in CDR_COLUMNS)}) VALUES "
                     + row_renderer("cdr", CDR_COLUMNS)(row))
-        cdr_id = cur.lastrowid
-        template = dict(zip(RTP_COLUMNS, (cdr_id, *rtp[0]), strict=True))
+        template = dict(zip(RTP_COLUMNS, rtp[0], strict=True))
+        template["cdr_ID"] = cur.lastrowid
         rows = [tuple({**template, "index": i, "codec": texts[i % len(texts)][:64],
                        "avgjitter": floats[i]}.values()) for i in range(len(floats))]
         render = row_renderer("cdr_rtp", RTP_COLUMNS)

@@ -82,12 +82,12 @@ class SchemaTests:
                     f"({dialect.params(len(names))})",
                     (4, "old-4", 1, "central-z", "2023-11-14 22:13:20.000"))
         cdr = testing.make_cdr(1, id_sensor=4)
-        row, nxt, rtp = encode(cdr, None, None, None, "sensor")
-        dialect.insert(cur, "cdr", CDR_COLUMNS, [row])
+        dialect.insert(cur, "cdr", CDR_COLUMNS, [encode(cdr, None, None, None, "sensor")[0]])
         cur.execute("SELECT `ID` FROM `cdr`")
         (cdr_id,) = cur.fetchone()
-        dialect.insert(cur, "cdr_next", NEXT_COLUMNS, [(cdr_id, *nxt)])
-        dialect.insert(cur, "cdr_rtp", RTP_COLUMNS, [(cdr_id, *r) for r in rtp])
+        _row, nxt, rtp = encode(cdr, None, None, None, "sensor", cdr_id=cdr_id)
+        dialect.insert(cur, "cdr_next", NEXT_COLUMNS, [nxt])
+        dialect.insert(cur, "cdr_rtp", RTP_COLUMNS, rtp)
         conn.commit()
 
         store = yield self.start_store()
