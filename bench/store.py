@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import defer, task
 
 from voipmon.store import testing
+from voipmon.store.cdrwrite import id_step
 from voipmon.store.dialect import qlist
 from voipmon.store.fields import uid
 from voipmon.store.literals import renderer, statements
@@ -100,30 +101,38 @@ def raw_insert(conn: Any, placeholder: str, cdrs: list[Any], batch: int, mysql: 
     return len(cdrs) / elapsed
 
 
-def text_insert(conn: Any, cdrs: list[Any], batch: int) -> float:
-    """A second reference (MariaDB 10.5+): the statements store_cdrs sends for these CDRs,
-    rendered beforehand, sent one after the other with PyMySQL's execute (IDs by
-    RETURNING, child rows completed with them); one commit per batch. Server and wire
-    only: what store_cdrs would reach if converting and rendering cost nothing."""
+def text_insert(conn: Any, cdrs: list[Any], batch: int, step: int | None) -> float:
+    """A second reference (MySQL): the statements store_cdrs sends for these CDRs,
+    rendered beforehand, sent one after the other with PyMySQL's execute (IDs as the
+    store takes them: from LAST_INSERT_ID and ``step``, or by RETURNING), the child rows
+    completed with them; one commit per batch. Server and wire only: what store_cdrs
+    would reach if converting and rendering cost nothing."""
     render = renderer("cdr", CDR_COLUMNS)
     next_tail = renderer("cdr_next", NEXT_COLUMNS, tail=True)
     rtp_tail = renderer("cdr_rtp", RTP_COLUMNS, tail=True)
     head = f"INSERT INTO `cdr` ({qlist(CDR_COLUMNS)}) VALUES "
+    returning = "" if step else " RETURNING `ID`, `id_sensor`, `sensor_cdr_uid`"
     prepared = []
     for at in range(0, len(cdrs), batch):
         rows = [encode(c, 1, 1, 2, "sensor", uid(c.sensor_cdr_uid)) for c in cdrs[at:at + batch]]
         prepared.append((
-            statements(head, [render(r[0]) for r in rows],
-                       " RETURNING `ID`, `id_sensor`, `sensor_cdr_uid`"),
+            statements(head, [render(r[0]) for r in rows], returning),
             [(r[0][1], r[0][2]) for r in rows], [next_tail(r[1]) for r in rows],
             [[rtp_tail(x) for x in r[2]] for r in rows]))
     cur = conn.cursor()
     began = time.perf_counter()
     for inserts, keys, nexts, rtps in prepared:
         found = {}
-        for sql, _count in inserts:
+        at = 0
+        for sql, count in inserts:
             cur.execute(sql)
-            found.update(((ident, key), cdr_id) for cdr_id, ident, key in cur.fetchall())
+            if step:
+                first = cur.lastrowid
+                found.update(zip(keys[at:at + count], range(first, first + count * step, step),
+                                 strict=True))
+                at += count
+            else:
+                found.update(((ident, key), cdr_id) for cdr_id, ident, key in cur.fetchall())
         ids = [found[key] for key in keys]
         for table, columns, texts in (
                 ("cdr_next", NEXT_COLUMNS,
@@ -169,7 +178,7 @@ def line(backend: str, label: str, store: float, raw: float | None) -> None:
 
 @defer.inlineCallbacks
 def compare(backend: str, store: SqlStore, conn: Any, placeholder: str, numbers: Numbers,
-            cases: list[tuple[int, int, int]], rounds: int) -> Any:
+            cases: list[tuple[int, int, int]], rounds: int, step: int | None = None) -> Any:
     """Best of ``rounds`` for the store and for the raw reference, interleaved, per case
     (on MariaDB at batch 1000, the pre-rendered statements too)."""
     results = {}
@@ -183,7 +192,7 @@ def compare(backend: str, store: SqlStore, conn: Any, placeholder: str, numbers:
             raw = raw_insert(conn, placeholder, numbers.cdrs(n), batch, mysql)
             best_raw = max(best_raw, raw)
             if text:
-                best_text = max(best_text, text_insert(conn, numbers.cdrs(n), batch))
+                best_text = max(best_text, text_insert(conn, numbers.cdrs(n), batch, step))
         label = f"{batch}" + (f" x{in_flight} in flight" if in_flight > 1 else "")
         line(backend, label, best_store, best_raw)
         results[label] = (best_store, best_raw)
@@ -220,7 +229,8 @@ def bench_mysql(reactor: Any, numbers: Numbers, count: int, single: int, rounds:
             print(f"MariaDB {cur.fetchone()[0]} at {dialect.where}, PyMySQL "
                   f"{pymysql.__version__}")
             cases = [(1, single, 1), (100, count, 1), (1000, count, 1), (1000, count, 4)]
-            results = yield compare("MariaDB", store, conn, "%s", numbers, cases, rounds)
+            step = id_step(cur, dialect)
+            results = yield compare("MariaDB", store, conn, "%s", numbers, cases, rounds, step)
             conn.close()
     finally:
         yield store.close()

@@ -14,12 +14,16 @@ Where the child rows' ``cdr_ID`` comes from:
 - SQLite: the writer holds the database's only write lock from BEGIN IMMEDIATE, so it
   gives the new rows the IDs AUTOINCREMENT would (one past the largest ever used) and
   builds every row with its ID: one ``executemany`` per table.
-- MariaDB 10.5 and later: ``INSERT ... RETURNING`` answers each new row's ID with its key.
-  Statements go through a ``Pipeline``: the first CDRs are converted while the server
-  looks the keys up, and each chunk of CDRs is converted and rendered while the server
-  inserts the previous one.
-- Other MySQL servers: after the INSERT, the IDs are looked up by key (they need not be
-  consecutive, e.g. on Galera); a one-CDR batch takes LAST_INSERT_ID.
+- MySQL/MariaDB with InnoDB's innodb_autoinc_lock_mode 0 or 1 (MariaDB's default): an
+  INSERT ... VALUES takes its auto-increment values all at once, evenly spaced from
+  LAST_INSERT_ID (``id_step``), which its answer carries.
+- Lock mode 2 (Galera): ``INSERT ... RETURNING`` (MariaDB 10.5+) answers each new row's
+  ID with its key; on servers without RETURNING the IDs are looked up by key after the
+  INSERT (a one-CDR batch takes LAST_INSERT_ID).
+
+On MySQL the statements go through a ``Pipeline`` when PyMySQL allows it: the first CDRs
+are converted while the server looks their keys up, and each chunk of CDRs is converted
+and rendered while the server inserts the previous one.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from voipmon.analysis.cdr import Cdr
-from voipmon.store.dialect import qlist
+from voipmon.store.dialect import FATAL, qlist
 from voipmon.store.literals import quote, renderer, statements
-from voipmon.store.pipeline import Pipeline, usable
+from voipmon.store.pipeline import Answer, Pipeline, usable
 from voipmon.store.pool import Retry
 from voipmon.store.rows import CDR_COLUMNS, NEXT_COLUMNS, RTP_COLUMNS, encode
 
@@ -49,8 +54,8 @@ _NEXT_HEAD = f"INSERT INTO `cdr_next` ({qlist(NEXT_COLUMNS)}) VALUES "
 _RTP_HEAD = f"INSERT INTO `cdr_rtp` ({qlist(RTP_COLUMNS)}) VALUES "
 _RETURNING = " RETURNING `ID`, `id_sensor`, `sensor_cdr_uid`"
 _SELECT_KEYS = "SELECT `ID`, `id_sensor`, `sensor_cdr_uid` FROM `cdr` WHERE "
-_IDS = "ids"      # notes of statements in flight: a cdr INSERT answering IDs,
-_KEYS = "keys"    # a key look-up; the others (child INSERTs) note their row count
+_KEYS = "keys"    # the note of a key look-up in flight; a cdr INSERT's is its rows' keys
+                  # (a list), a child INSERT's its row count
 
 
 def _by_sensor(keys: Sequence[tuple[int, str]]) -> dict[int, list[str]]:
@@ -126,6 +131,29 @@ def write_sqlite(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: 
 
 # -- MySQL / MariaDB ----------------------------------------------------------------
 
+_STEPS: WeakKeyDictionary[Any, int | None] = WeakKeyDictionary()
+
+
+def id_step(cur: Any, dialect: Any) -> int | None:
+    """The step between the IDs one multi-row INSERT gives its rows, when they are sure to
+    be evenly spaced: InnoDB's innodb_autoinc_lock_mode 0 or 1 (MariaDB's default), where
+    an INSERT ... VALUES takes all its values at once, the first being LAST_INSERT_ID.
+    None in mode 2 (interleaved; Galera requires it) or if the server does not say.
+    Asked once per connection (both settings are fixed for a session we never change)."""
+    if not dialect.consecutive_ids:
+        return None
+    conn = cur.connection
+    if conn not in _STEPS:
+        try:
+            cur.execute("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
+            mode, step = cur.fetchone()
+            _STEPS[conn] = int(step) if int(mode) in (0, 1) and int(step) > 0 else None
+        except Exception as exc:
+            if dialect.classify(exc) != FATAL:
+                raise                        # the connection is in trouble: retry as usual
+            _STEPS[conn] = None
+    return _STEPS[conn]
+
 
 def has_returning(conn: Any) -> bool:
     """MariaDB 10.5 or later (``INSERT ... RETURNING``); MySQL has no RETURNING."""
@@ -141,23 +169,34 @@ def has_returning(conn: Any) -> bool:
 
 
 def write_mysql(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str) -> int:
-    """Insert those of ``candidates`` not stored yet; pipelined with RETURNING when the
-    dialect wants it and the server and driver allow it."""
+    """Insert those of ``candidates`` not stored yet. The IDs come from LAST_INSERT_ID
+    when they are consecutive (``id_step``), else from RETURNING (MariaDB 10.5+), else
+    from a look-up by key. Pipelined when the dialect wants it and the driver allows it
+    (and the IDs need no look-up)."""
     conn = cur.connection     # the driver's own connection, whatever wraps it
-    if dialect.pipelining and usable(conn) and has_returning(conn):
-        return _write_pipelined(conn, dialect, candidates, pcap_on)
-    return _write_plain(cur, dialect, candidates, pcap_on)
+    step = id_step(cur, dialect)
+    returning = step is None and has_returning(conn)
+    if dialect.pipelining and usable(conn) and (step is not None or returning):
+        return _write_pipelined(conn, dialect, candidates, pcap_on, step)
+    return _write_plain(cur, dialect, candidates, pcap_on, step)
 
 
 class _Chunk:
-    """Some of the batch's new CDRs, converted; their cdr INSERTs rendered, and the tails
-    of their child rows (all but the cdr_ID, known once the cdr rows are in)."""
+    """Some of the batch's new CDRs, converted; their cdr INSERTs rendered (each with its
+    rows' keys), and the tails of their child rows (all but the cdr_ID, known once the
+    cdr rows are in)."""
 
-    def __init__(self, todo: Sequence[NewCdr], encoded: Sequence[Any], tail: str) -> None:
+    def __init__(self, todo: Sequence[NewCdr], encoded: Sequence[Any], returning: bool
+                 ) -> None:
         self.keys = [new[0] for new in todo]
         self.encoded = encoded
         render = renderer("cdr", CDR_COLUMNS)
-        self.inserts = statements(_CDR_HEAD, [render(e[0]) for e in encoded], tail)
+        self.inserts: list[tuple[str, list[tuple[int, str]]]] = []
+        at = 0
+        for sql, count in statements(_CDR_HEAD, [render(e[0]) for e in encoded],
+                                     _RETURNING if returning else ""):
+            self.inserts.append((sql, self.keys[at:at + count]))
+            at += count
         self.next_tails: list[str] = []
         self.rtp_tails: list[list[str]] = []
 
@@ -177,25 +216,40 @@ class _Chunk:
                                          for tail in tails]))
 
 
-def _write_plain(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str) -> int:
+def _new_ids(keys: Sequence[tuple[int, str]], answer: Answer, step: int | None
+             ) -> Iterator[tuple[tuple[int, str], int]]:
+    """(key, ID) of the rows a cdr INSERT inserted: from its RETURNING rows (no step), or
+    from LAST_INSERT_ID (the first row's) and the step."""
+    if step is None:
+        return (((ident, key_uid), cdr_id) for cdr_id, ident, key_uid in answer.rows)
+    _check(answer.affected, len(keys))
+    first = answer.insert_id
+    return zip(keys, range(first, first + step * len(keys), step), strict=True)
+
+
+def _write_plain(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str,
+                 step: int | None) -> int:
     stored = stored_ids(cur, "%s", [new[0] for new in candidates])
     todo = [new for new in candidates if new[0] not in stored]
     if not todo:
         return 0
-    chunk = _Chunk(todo, _encoded(todo, pcap_on), "")
+    chunk = _Chunk(todo, _encoded(todo, pcap_on), returning=False)
     chunk.render_tails()
+    if step is None and len(todo) == 1:
+        step = 1                     # a one-row INSERT's LAST_INSERT_ID is that row's
+    found: dict[tuple[int, str], int] = {}
     try:
-        for sql, _count in chunk.inserts:
-            cur.execute(sql)
+        for sql, keys in chunk.inserts:
+            affected = cur.execute(sql)
+            if step is not None:
+                found.update(_new_ids(keys, Answer(None, affected, (), int(cur.lastrowid)),
+                                      step))
     except Exception as exc:
         _duplicate(dialect, exc)
         raise
-    if len(todo) == 1:
-        ids = [int(cur.lastrowid)]   # a one-row INSERT's LAST_INSERT_ID is that row's
-    else:
+    if step is None:
         found = stored_ids(cur, "%s", chunk.keys)
-        ids = [found[key] for key in chunk.keys]
-    for sql, count in chunk.children(ids):
+    for sql, count in chunk.children([found[key] for key in chunk.keys]):
         _check(cur.execute(sql), count)
     return len(todo)
 
@@ -206,8 +260,8 @@ def _sizes() -> Iterator[int]:
         yield CHUNK
 
 
-def _write_pipelined(conn: Any, dialect: Any, candidates: Sequence[NewCdr],
-                     pcap_on: str) -> int:
+def _write_pipelined(conn: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str,
+                     step: int | None) -> int:
     """The key look-up is sent, and the first CDRs converted while the server answers it.
     Then chunk by chunk: the chunk's cdr INSERTs are sent; its child rows' tails and the
     next chunk are rendered while the server works; its IDs are read; its cdr_next and
@@ -222,60 +276,61 @@ def _write_pipelined(conn: Any, dialect: Any, candidates: Sequence[NewCdr],
         head_encoded = _encoded(head, pcap_on)    # as if all were new (they mostly are)
         stored = set()
         while pipe:
-            _note, _affected, rows = pipe.receive()
-            stored.update((ident, key_uid) for _id, ident, key_uid in rows)
+            stored.update((ident, key_uid) for _id, ident, key_uid in pipe.receive().rows)
         kept = [i for i, new in enumerate(head) if new[0] not in stored]
         rest = [new for new in candidates[len(head):] if new[0] not in stored]
         if not kept and not rest:
             return 0                                  # every CDR was stored before
 
         def chunks() -> Iterator[_Chunk]:
+            returning = step is None
             if kept:
                 yield _Chunk([head[i] for i in kept], [head_encoded[i] for i in kept],
-                             _RETURNING)
+                             returning)
             at = 0
             while at < len(rest):
                 part = rest[at:at + next(sizes)]
                 at += len(part)
-                yield _Chunk(part, _encoded(part, pcap_on), _RETURNING)
+                yield _Chunk(part, _encoded(part, pcap_on), returning)
 
         prepared = chunks()
         ahead = next(prepared, None)
-        for sql, _count in ahead.inserts if ahead is not None else ():
-            pipe.send(sql, _IDS)
+        for sql, keys in ahead.inserts if ahead is not None else ():
+            pipe.send(sql, keys)
         while ahead is not None:
             chunk = ahead
             chunk.render_tails()
             ahead = next(prepared, None)
-            found = _answers(pipe, dialect, len(chunk.inserts))
+            found = _answers(pipe, dialect, step, len(chunk.inserts))
             for sql, count in chunk.children([found[key] for key in chunk.keys]):
                 pipe.send(sql, count)
-            for sql, _count in ahead.inserts if ahead is not None else ():
-                pipe.send(sql, _IDS)
-        _answers(pipe, dialect)
+            for sql, keys in ahead.inserts if ahead is not None else ():
+                pipe.send(sql, keys)
+        _answers(pipe, dialect, step)
     finally:
         pipe.drain()
     return len(kept) + len(rest)
 
 
-def _answers(pipe: Pipeline, dialect: Any, inserts: int | None = None
+def _answers(pipe: Pipeline, dialect: Any, step: int | None, inserts: int | None = None
              ) -> dict[tuple[int, str], int]:
-    """Read answers in order until ``inserts`` cdr INSERTs have answered (None: all that
-    are due): their {key: ID}; every other INSERT must have inserted all its rows."""
+    """Read answers in order until ``inserts`` cdr INSERTs (noted with their rows' keys)
+    have answered (None: all that are due): their {key: ID}. Every child INSERT (noted
+    with its row count) must have inserted all its rows."""
     found: dict[tuple[int, str], int] = {}
     while pipe if inserts is None else inserts:
         note = pipe.pending[0]
         try:
-            _note, affected, rows = pipe.receive()
+            answer = pipe.receive()
         except Exception as exc:
-            if note == _IDS:
+            if isinstance(note, list):
                 _duplicate(dialect, exc)
             raise
-        if note == _IDS:
+        if isinstance(note, list):
             inserts = None if inserts is None else inserts - 1
-            found.update(((ident, key_uid), cdr_id) for cdr_id, ident, key_uid in rows)
+            found.update(_new_ids(note, answer, step))
         else:
-            _check(affected, note)
+            _check(answer.affected, note)
     return found
 
 

@@ -151,10 +151,12 @@ class MySQLDialect(Dialect):
     name = "MySQL"
     placeholder = "%s"
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
-    # CDR batches through INSERT ... RETURNING and pipelined statements where the server
-    # (MariaDB 10.5+) and PyMySQL allow it (voipmon.store.cdrwrite); tests turn it off to
-    # run the plain path that other servers take.
+    # How CDR batches go in (voipmon.store.cdrwrite): statements pipelined where PyMySQL
+    # allows it; new IDs from LAST_INSERT_ID where they are consecutive (InnoDB lock mode
+    # 0/1), else from RETURNING (MariaDB 10.5+) or a look-up. Tests turn these off to run
+    # the paths other servers take.
     pipelining = True
+    consecutive_ids = True
 
     def __init__(self, host: str, port: int, user: str, password: str, database: str,
                  connect_timeout: float = 10.0, read_timeout: float = 3600.0,

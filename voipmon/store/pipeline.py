@@ -24,7 +24,7 @@ client waits on the server.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 _COM_QUERY = 3
 
@@ -33,6 +33,13 @@ def usable(conn: Any) -> bool:
     """Whether ``conn`` is a PyMySQL connection with what pipelining needs."""
     return all(hasattr(conn, name) for name in (
         "_execute_command", "_read_query_result", "_next_seq_id", "encoding"))
+
+
+class Answer(NamedTuple):
+    note: Any
+    affected: int                          # rows the statement changed
+    rows: tuple[tuple[Any, ...], ...]      # rows it answered (SELECT, RETURNING)
+    insert_id: int                         # LAST_INSERT_ID: the first row's, if any
 
 
 class Pipeline:
@@ -50,15 +57,15 @@ class Pipeline:
         self.conn._execute_command(_COM_QUERY, sql.encode(self.conn.encoding))
         self.pending.append(note)
 
-    def receive(self) -> tuple[Any, int, tuple[tuple[Any, ...], ...]]:
-        """(note, affected rows, rows) of the oldest statement in flight; raises the
-        driver's error if the server refused it (the connection stays in step)."""
+    def receive(self) -> Answer:
+        """The answer to the oldest statement in flight; raises the driver's error if the
+        server refused it (the connection stays in step)."""
         note = self.pending.popleft()
         conn = self.conn
         conn._next_seq_id = 1
         conn._read_query_result()
         result = conn._result
-        return note, result.affected_rows, result.rows or ()
+        return Answer(note, result.affected_rows, result.rows or (), result.insert_id or 0)
 
     def drain(self) -> None:
         """Read every answer still due, ignoring refusals (the caller is already failing,

@@ -476,15 +476,24 @@ class SQLiteStoreTests(SQLiteBackend, StoreContract, SqlContract, unittest.TestC
 
 
 class MySQLStoreTests(MySQLBackend, StoreContract, SqlContract, unittest.TestCase):
-    """On MariaDB 10.5+: INSERT ... RETURNING, pipelined statements."""
+    """MariaDB as configured by default: pipelined, IDs from LAST_INSERT_ID."""
 
 
-class MySQLPlainStoreTests(MySQLBackend, StoreContract, SqlContract, unittest.TestCase):
-    """The path MySQL and older MariaDB take: IDs looked up after the INSERT."""
+class MySQLReturningStoreTests(MySQLBackend, StoreContract, SqlContract, unittest.TestCase):
+    """The way of a Galera cluster (lock mode 2) of MariaDB 10.5+: IDs from RETURNING."""
 
     def make_dialect(self) -> Any:
         dialect = super().make_dialect()
-        dialect.pipelining = False
+        dialect.consecutive_ids = False
+        return dialect
+
+
+class MySQLPlainStoreTests(MySQLBackend, StoreContract, SqlContract, unittest.TestCase):
+    """The way of MySQL in lock mode 2: no pipeline, IDs looked up after the INSERT."""
+
+    def make_dialect(self) -> Any:
+        dialect = super().make_dialect()
+        dialect.pipelining = dialect.consecutive_ids = False
         return dialect
 
 

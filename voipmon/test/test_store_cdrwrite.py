@@ -18,7 +18,7 @@ from voipmon.store.cdrwrite import has_returning, stored_ids
 from voipmon.store.dialect import q
 from voipmon.store.fields import uid
 from voipmon.store.migrate import migrate
-from voipmon.store.pipeline import usable
+from voipmon.store.pipeline import Pipeline
 from voipmon.store.pool import Retry, Txn
 from voipmon.store.rows import cdr_json, stored_form
 from voipmon.store.sqlstore import SqlStore, _Batch
@@ -197,6 +197,7 @@ class SQLiteWriteTests(WriteContract, unittest.TestCase):
 
 class MySQLBase(WriteContract):
     pipelining = True
+    consecutive_ids = True
 
     def setUp(self) -> None:
         reason = testing.mysql_unreachable_reason()
@@ -209,12 +210,27 @@ class MySQLBase(WriteContract):
         self.addCleanup(testing.drop_mysql_database, self.database)
         self.dialect = testing.mysql_dialect(self.database)
         self.dialect.pipelining = self.pipelining
+        self.dialect.consecutive_ids = self.consecutive_ids
         self.conn = self.dialect.connect()
         self.addCleanup(self.conn.close)
         self.start()
+        self.sent: list[str] = []
+        self.lookups = 0
+        send, look_up = Pipeline.send, cdrwrite.stored_ids
+
+        def spy_send(pipe: Pipeline, sql: str, note: Any = None) -> None:
+            self.sent.append(sql)
+            send(pipe, sql, note)
+
+        def spy_look_up(*args: Any) -> Any:
+            self.lookups += 1
+            return look_up(*args)
+
+        self.patch(Pipeline, "send", spy_send)
+        self.patch(cdrwrite, "stored_ids", spy_look_up)
 
     def refuse(self, *args: Any) -> None:
-        self.fail("this class tests the other path")
+        self.fail("this class tests another path")
 
     def test_key_queries_find_what_stored_ids_finds(self) -> None:
         """The look-up sent ahead in a pipeline (literals) finds what the one with
@@ -232,22 +248,65 @@ class MySQLBase(WriteContract):
         self.assertEqual(found, stored_ids(self.cur, "%s", keys))
         self.assertEqual(len(found), 5)
 
+    def cdr_inserts(self) -> list[str]:
+        return [sql for sql in self.sent if sql.startswith("INSERT INTO `cdr` ")]
+
 
 class MySQLWriteTests(MySQLBase, unittest.TestCase):
-    """MariaDB 10.5+: RETURNING, pipelined (the test server must allow it)."""
+    """MariaDB as configured by default (InnoDB lock mode 1): pipelined, IDs from
+    LAST_INSERT_ID."""
 
-    def setUp(self) -> None:
-        super().setUp()
-        self.assertTrue(usable(self.conn))
-        self.assertTrue(has_returning(self.conn), self.conn.get_server_info())
+    def test_the_way_ids_come(self) -> None:
         self.patch(cdrwrite, "_write_plain", self.refuse)
+        self.assertEqual(cdrwrite.id_step(self.cur, self.dialect), 1)
+        self.assertEqual(self.write([testing.make_cdr(n) for n in range(20)]), 20)
+        self.assertGreater(len(self.cdr_inserts()), 2)
+        self.assertFalse([sql for sql in self.cdr_inserts() if "RETURNING" in sql])
+        self.assertEqual(self.lookups, 0)
+
+    def test_the_step_between_ids(self) -> None:
+        """auto_increment_increment 3 (a multi-source setup): IDs 3 apart, all found."""
+        self.cur.execute("SET SESSION auto_increment_increment = 3")
+        self.conn.commit()
+        self.assertEqual(self.write([testing.make_cdr(n) for n in range(20)]), 20)
+        ids = sorted(self.ids().values())
+        self.assertEqual(ids, list(range(ids[0], ids[0] + 60, 3)))
+        for cdr_id in ids:
+            self.assertEqual(self.read(cdr_id)["id"], cdr_id)
+
+
+class MySQLReturningWriteTests(MySQLBase, unittest.TestCase):
+    """InnoDB lock mode 2 (Galera) on MariaDB 10.5+: pipelined, IDs from RETURNING."""
+
+    consecutive_ids = False
+
+    def test_the_way_ids_come(self) -> None:
+        self.patch(cdrwrite, "_write_plain", self.refuse)
+        self.assertTrue(has_returning(self.conn), self.conn.get_server_info())
+        self.assertEqual(self.write([testing.make_cdr(n) for n in range(20)]), 20)
+        self.assertGreater(len(self.cdr_inserts()), 2)
+        self.assertTrue(all("RETURNING" in sql for sql in self.cdr_inserts()))
 
 
 class MySQLPlainWriteTests(MySQLBase, unittest.TestCase):
-    """The path of MySQL and older MariaDB: IDs looked up after the INSERT."""
+    """Without the pipeline, IDs from LAST_INSERT_ID."""
 
     pipelining = False
 
-    def setUp(self) -> None:
-        super().setUp()
+    def test_the_way_ids_come(self) -> None:
         self.patch(cdrwrite, "_write_pipelined", self.refuse)
+        self.assertEqual(self.write([testing.make_cdr(n) for n in range(20)]), 20)
+        self.assertEqual(self.lookups, 1)          # the stored keys, not the new IDs
+
+
+class MySQLLookUpWriteTests(MySQLBase, unittest.TestCase):
+    """The way of MySQL in lock mode 2: no pipeline, IDs looked up after the INSERT."""
+
+    pipelining = consecutive_ids = False
+
+    def test_the_way_ids_come(self) -> None:
+        self.patch(cdrwrite, "_write_pipelined", self.refuse)
+        self.assertEqual(self.write([testing.make_cdr(n) for n in range(20)]), 20)
+        self.assertEqual(self.lookups, 2)
+        self.assertEqual(self.write([testing.make_cdr(20)]), 1)
+        self.assertEqual(self.lookups, 3)          # one CDR: its LAST_INSERT_ID

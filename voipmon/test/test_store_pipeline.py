@@ -48,13 +48,17 @@ class PipelineTests(unittest.TestCase):
 
     def test_answers_come_in_order_with_their_notes(self) -> None:
         pipe = Pipeline(self.conn)
+        cur = self.conn.cursor()
+        cur.execute("CREATE TABLE a (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
         pipe.send("INSERT INTO t VALUES (1, 'a'), (2, 'b')", "two")
         pipe.send("INSERT INTO t VALUES (3, 'c') RETURNING k, v", "returning")
+        pipe.send("INSERT INTO a (v) VALUES (7), (8), (9)", "auto")
         pipe.send("SELECT COUNT(*) FROM t", "count")
-        self.assertEqual(len(pipe), 3)
-        self.assertEqual(pipe.receive(), ("two", 2, ()))
-        self.assertEqual(pipe.receive(), ("returning", 1, ((3, "c"),)))
-        self.assertEqual(pipe.receive(), ("count", 1, ((3,),)))
+        self.assertEqual(len(pipe), 4)
+        self.assertEqual(pipe.receive(), ("two", 2, (), 0))
+        self.assertEqual(pipe.receive(), ("returning", 1, ((3, "c"),), 0))
+        self.assertEqual(pipe.receive(), ("auto", 3, (), 1))    # the first row's ID
+        self.assertEqual(pipe.receive(), ("count", 1, ((3,),), 0))
         self.assertEqual(len(pipe), 0)
         self.in_step()
 
@@ -68,7 +72,7 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual(pipe.receive()[0], 1)
         error = self.assertRaises(pymysql.err.IntegrityError, pipe.receive)
         self.assertTrue(self.dialect.is_duplicate_key(error))
-        self.assertEqual(pipe.receive(), ("after", 1, (("after",),)))
+        self.assertEqual(pipe.receive().rows, (("after",),))
         self.in_step()
 
     def test_drain_reads_every_answer_due(self) -> None:
