@@ -44,10 +44,11 @@ from voipmon.store.rows import CDR_COLUMNS, NEXT_COLUMNS, RTP_COLUMNS, encode
 NewCdr = tuple[tuple[int, str], Cdr, Any, Any, Any]
 
 KEYS_PER_QUERY = 500
-# CDRs per pipelined chunk: small at first, so that the server starts early, then larger
-# (fewer statements); a chunk's RETURNING answer stays a few kilobytes.
-CHUNKS = (32, 64, 128)
-CHUNK = 250
+# CDRs per pipelined chunk: small at first, so that the server starts early, then of a
+# size where the server's and Python's turns stay short enough to even out (measured:
+# 125 beat 250 by about 5 %); a chunk's RETURNING answer stays a few kilobytes.
+CHUNKS = (32, 64)
+CHUNK = 125
 
 _CDR_HEAD = f"INSERT INTO `cdr` ({qlist(CDR_COLUMNS)}) VALUES "
 _NEXT_HEAD = f"INSERT INTO `cdr_next` ({qlist(NEXT_COLUMNS)}) VALUES "
