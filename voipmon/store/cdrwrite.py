@@ -43,7 +43,7 @@ from voipmon.store.rows import CDR_COLUMNS, NEXT_COLUMNS, RTP_COLUMNS, encode
 # (key, Cdr, lastSIPresponse id, a_ua id, b_ua id) of a CDR to insert
 NewCdr = tuple[tuple[int, str], Cdr, Any, Any, Any]
 
-KEYS_PER_QUERY = 500
+KEYS_PER_QUERY = 400      # a look-up binds at most 800 values: SQLite before 3.32 took 999
 # CDRs per pipelined chunk: small at first, so that the server starts early, then of a
 # size where the server's and Python's turns stay short enough to even out (measured:
 # 125 beat 250 by about 5 %); a chunk's RETURNING answer stays a few kilobytes.
@@ -68,8 +68,8 @@ def _by_sensor(keys: Sequence[tuple[int, str]]) -> dict[int, list[str]]:
 
 def stored_ids(cur: Any, placeholder: str, keys: Sequence[tuple[int, str]]
                ) -> dict[tuple[int, str], int]:
-    """{(id_sensor, uid): ID} of those keys that are stored: one query per 500 keys, each
-    a union of per-sensor ranges of the unique key."""
+    """{(id_sensor, uid): ID} of those keys that are stored: one query per
+    ``KEYS_PER_QUERY`` keys, each a union of per-sensor ranges of the unique key."""
     found: dict[tuple[int, str], int] = {}
     for at in range(0, len(keys), KEYS_PER_QUERY):
         terms, args = [], []
