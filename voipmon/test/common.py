@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
-from twisted.trial.unittest import FailTest, SkipTest
+from twisted.trial.unittest import FailTest, SkipTest, SynchronousTestCase
+
+from voipmon.store import testing
+from voipmon.store.dialect import MySQLDialect, q
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -51,6 +55,30 @@ def public_pcaps() -> list[str]:
 def mysql_unavailable(reason: str) -> Exception:
     """The exception to raise when MariaDB cannot be reached: skip, or fail in CI."""
     return _missing("VOIPMON_REQUIRE_MYSQL", reason)
+
+
+def mysql_test_database(case: SynchronousTestCase, prefix: str = "voipmon_test") -> str:
+    """The name of a throwaway MariaDB database, dropped after ``case``; not created here
+    (the code under test may create it). Skips, or fails in CI, when MariaDB is unreachable."""
+    reason = testing.mysql_unreachable_reason()
+    if reason:
+        raise mysql_unavailable(reason)
+    name = testing.unique_database_name(prefix)
+    case.addCleanup(testing.drop_mysql_database, name)
+    return name
+
+
+def mysql_test_session(case: SynchronousTestCase) -> tuple[MySQLDialect, Any]:
+    """A throwaway database (``mysql_test_database``), created: its dialect and a connection
+    to it, closed after ``case``."""
+    database = mysql_test_database(case)
+    admin = testing.mysql_admin()
+    admin.cursor().execute(f"CREATE DATABASE {q(database)}")
+    admin.close()
+    dialect = testing.mysql_dialect(database)
+    conn = dialect.connect()
+    case.addCleanup(conn.close)
+    return dialect, conn
 
 
 def missing_tool(reason: str) -> Exception:

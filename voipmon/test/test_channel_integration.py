@@ -30,7 +30,6 @@ from voipmon.packet.readers import read_capture
 from voipmon.protocols.wire import HEADER, FrameDecoder, MessageType, decode_json
 from voipmon.sensor.service import SensorService
 from voipmon.store.rows import stored_form
-from voipmon.store.testing import drop_mysql_database, mysql_unreachable_reason
 from voipmon.test.channel_support import (
     PrivateMariaDB,
     analyze,
@@ -44,7 +43,7 @@ from voipmon.test.channel_support import (
     write_calls_pcap,
     write_conf,
 )
-from voipmon.test.common import data_path, missing_tool, mysql_unavailable
+from voipmon.test.common import data_path, missing_tool, mysql_test_database, mysql_unavailable
 from voipmon.test.fakes import FakeStore
 
 CAPTURES = [data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
@@ -151,14 +150,7 @@ class ProcessBase(SynchronousTestCase):
             process.stop()
 
     def need_mysql(self) -> str:
-        reason = mysql_unreachable_reason()
-        if reason:
-            raise mysql_unavailable(reason)
-        from voipmon.store.testing import unique_database_name
-
-        name = unique_database_name("voipmon_it")
-        self.addCleanup(drop_mysql_database, name)
-        return name
+        return mysql_test_database(self, "voipmon_it")
 
     def central(self, name: str, port: int, database: str | None = None,
                 mysqlport: int = 3306, http_port: int = 0, **extra: object):

@@ -21,7 +21,7 @@ from voipmon.store.interfaces import IStore, StoreError
 from voipmon.store.query import CdrQuery
 from voipmon.store.rows import cdr_json, stored_form
 from voipmon.store.sqlstore import SqlStore
-from voipmon.test.common import mysql_unavailable
+from voipmon.test.common import mysql_test_database
 from voipmon.test.fakes import FakeStore
 
 T0 = testing.BASE_TIME
@@ -56,11 +56,7 @@ class MySQLBackend:
     """A throwaway MariaDB database that does not exist until the store creates it."""
 
     def backend_setup(self) -> None:
-        reason = testing.mysql_unreachable_reason()
-        if reason:
-            raise mysql_unavailable(reason)
-        self.database = testing.unique_database_name()
-        self.addCleanup(testing.drop_mysql_database, self.database)
+        self.database = mysql_test_database(self)
 
     def make_dialect(self) -> Any:
         return testing.mysql_dialect(self.database)

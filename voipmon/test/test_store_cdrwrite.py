@@ -15,14 +15,13 @@ from twisted.trial import unittest
 from voipmon.analysis.cdr import Cdr
 from voipmon.store import cdrwrite, testing
 from voipmon.store.cdrwrite import has_returning, stored_ids
-from voipmon.store.dialect import q
 from voipmon.store.fields import uid
 from voipmon.store.migrate import migrate
 from voipmon.store.pipeline import Pipeline
 from voipmon.store.pool import Retry, Txn
 from voipmon.store.rows import cdr_json, stored_form
 from voipmon.store.sqlstore import SqlStore, _Batch
-from voipmon.test.common import mysql_unavailable
+from voipmon.test.common import mysql_test_session
 from voipmon.test.test_store_literals import texts
 from voipmon.test.test_store_rows import anything_numeric, streams
 
@@ -200,19 +199,9 @@ class MySQLBase(WriteContract):
     consecutive_ids = True
 
     def setUp(self) -> None:
-        reason = testing.mysql_unreachable_reason()
-        if reason:
-            raise mysql_unavailable(reason)
-        self.database = testing.unique_database_name()
-        conn = testing.mysql_admin()
-        conn.cursor().execute(f"CREATE DATABASE {q(self.database)}")
-        conn.close()
-        self.addCleanup(testing.drop_mysql_database, self.database)
-        self.dialect = testing.mysql_dialect(self.database)
+        self.dialect, self.conn = mysql_test_session(self)
         self.dialect.pipelining = self.pipelining
         self.dialect.consecutive_ids = self.consecutive_ids
-        self.conn = self.dialect.connect()
-        self.addCleanup(self.conn.close)
         self.start()
         self.sent: list[str] = []
         self.lookups = 0

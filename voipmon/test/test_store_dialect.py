@@ -21,12 +21,11 @@ from voipmon.store.dialect import (
     MySQLDialect,
     SQLiteDialect,
     dialect_for,
-    q,
 )
 from voipmon.store.migrate import migrate
 from voipmon.store.rows import CDR_COLUMNS, encode
 from voipmon.store.schema import TABLES
-from voipmon.test.common import mysql_unavailable
+from voipmon.test.common import mysql_test_session
 
 CENTRAL = "server_bind = 0.0.0.0\nserver_password = pw\n"
 
@@ -88,17 +87,7 @@ class DDLTests(unittest.SynchronousTestCase):
 
 class MySQLSessionTests(unittest.TestCase):
     def setUp(self) -> None:
-        reason = testing.mysql_unreachable_reason()
-        if reason:
-            raise mysql_unavailable(reason)
-        self.database = testing.unique_database_name()
-        conn = testing.mysql_admin()
-        conn.cursor().execute(f"CREATE DATABASE {q(self.database)}")
-        conn.close()
-        self.addCleanup(testing.drop_mysql_database, self.database)
-        self.dialect = testing.mysql_dialect(self.database)
-        self.conn = self.dialect.connect()
-        self.addCleanup(self.conn.close)
+        self.dialect, self.conn = mysql_test_session(self)
 
     def test_connections_notice_a_vanished_server(self) -> None:
         sock = self.conn._sock

@@ -16,7 +16,7 @@ from voipmon.store.dialect import q
 from voipmon.store.literals import quote, row_renderer, statements
 from voipmon.store.migrate import migrate
 from voipmon.store.rows import CDR_COLUMNS, RTP_COLUMNS, encode
-from voipmon.test.common import mysql_unavailable
+from voipmon.test.common import mysql_test_session
 
 HOSTILE = ["O'Brien", 'say "hi"', "back\\slash", "nul\x00byte", "ctrl-z\x1a", "new\nline",
            "'); DROP TABLE cdr; --", "\\'", "'\\", "100%_done", "Zoë 😀", "tab\there", "",
@@ -100,17 +100,7 @@ class MySQLLiteralTests(unittest.TestCase):
     """What is written is what is read back, on the real server, in both modes."""
 
     def setUp(self) -> None:
-        reason = testing.mysql_unreachable_reason()
-        if reason:
-            raise mysql_unavailable(reason)
-        self.database = testing.unique_database_name()
-        conn = testing.mysql_admin()
-        conn.cursor().execute(f"CREATE DATABASE {q(self.database)}")
-        conn.close()
-        self.addCleanup(testing.drop_mysql_database, self.database)
-        self.dialect = testing.mysql_dialect(self.database)
-        self.conn = self.dialect.connect()
-        self.addCleanup(self.conn.close)
+        self.dialect, self.conn = mysql_test_session(self)
 
     def no_backslash_escapes(self) -> None:
         cur = self.conn.cursor()

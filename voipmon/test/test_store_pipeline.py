@@ -8,10 +8,9 @@ import sqlite3
 
 from twisted.trial import unittest
 
-from voipmon.store import testing
-from voipmon.store.dialect import LOST, q
+from voipmon.store.dialect import LOST
 from voipmon.store.pipeline import Pipeline, usable
-from voipmon.test.common import mysql_unavailable
+from voipmon.test.common import mysql_test_session
 from voipmon.test.test_store_pool import kill
 
 
@@ -25,17 +24,7 @@ class UsableTests(unittest.SynchronousTestCase):
 
 class PipelineTests(unittest.TestCase):
     def setUp(self) -> None:
-        reason = testing.mysql_unreachable_reason()
-        if reason:
-            raise mysql_unavailable(reason)
-        self.database = testing.unique_database_name()
-        conn = testing.mysql_admin()
-        conn.cursor().execute(f"CREATE DATABASE {q(self.database)}")
-        conn.close()
-        self.addCleanup(testing.drop_mysql_database, self.database)
-        self.dialect = testing.mysql_dialect(self.database)
-        self.conn = self.dialect.connect()
-        self.addCleanup(self.conn.close)
+        self.dialect, self.conn = mysql_test_session(self)
         cur = self.conn.cursor()
         cur.execute("CREATE TABLE t (k INT PRIMARY KEY, v VARCHAR(10)) ENGINE=InnoDB")
         self.assertTrue(usable(self.conn))

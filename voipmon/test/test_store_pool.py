@@ -23,7 +23,7 @@ from voipmon.store.dialect import FATAL, LOST, RETRY, UNAVAILABLE, MySQLDialect,
 from voipmon.store.interfaces import SchemaError, StoreError, StoreUnavailable
 from voipmon.store.pool import Availability, Pool, Retry
 from voipmon.store.sqlstore import SqlStore
-from voipmon.test.common import mysql_unavailable
+from voipmon.test.common import mysql_test_database
 
 # -- the transaction loop, scripted -----------------------------------------------------
 
@@ -295,11 +295,7 @@ class TrackingProxy(portforward.ProxyFactory):
 
 class MySQLOutageTests(unittest.TestCase):
     def setUp(self) -> None:
-        reason = testing.mysql_unreachable_reason()
-        if reason:
-            raise mysql_unavailable(reason)
-        self.database = testing.unique_database_name()
-        self.addCleanup(testing.drop_mysql_database, self.database)
+        self.database = mysql_test_database(self)
         self.events: list[dict[str, Any]] = []
 
     @defer.inlineCallbacks
