@@ -9,8 +9,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.internet.testing import EventLoggingObserver, StringTransportWithDisconnection
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
@@ -281,6 +283,22 @@ class ChannelPair:
                 if not proto.closing and proto.transport is not None:
                     proto.close("test over")
         self.flush()
+
+
+class ChannelPairCase(SynchronousTestCase):
+    """A ``ChannelPair`` per test, closed after it with no delayed call left, and the log."""
+
+    def setUp(self) -> None:
+        self.pair = ChannelPair()
+        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.addCleanup(self.finish)
+
+    def finish(self) -> None:
+        self.pair.close_all()
+        self.assertEqual(self.pair.clock.getDelayedCalls(), [])
+
+    def logged(self) -> list[str]:
+        return [formatEvent(e) for e in self.observer]
 
 
 @implementer(IMessageTransport)

@@ -6,8 +6,6 @@ from twisted.application.internet import ClientService
 from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.protocols.channel import IMessageTransport
@@ -15,7 +13,7 @@ from voipmon.protocols.client import HandshakeFailed, SensorChannel
 from voipmon.protocols.failover import FailoverEndpoint, FailoverRoundFailed
 from voipmon.protocols.handshake import CentralProofFailed, Rejection
 from voipmon.protocols.wire import FrameDecoder, MessageType, decode_json, encode_frame
-from voipmon.test.fakes_channel import ChannelPair, PumpEndpoint, SessionRecorder
+from voipmon.test.fakes_channel import ChannelPair, ChannelPairCase, PumpEndpoint, SessionRecorder
 
 
 class Rogue(protocol.Protocol):
@@ -40,19 +38,7 @@ class Mute(protocol.Protocol):
     """A 'central' that accepts TCP and says nothing."""
 
 
-class SensorBase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.pair = ChannelPair()
-        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        self.addCleanup(self.finish)
-
-    def finish(self) -> None:
-        self.pair.close_all()
-        self.assertEqual(self.pair.clock.getDelayedCalls(), [])
-
-    def logged(self) -> list[str]:
-        return [formatEvent(e) for e in self.observer]
-
+class SensorBase(ChannelPairCase):
     def sensor(self, index: int = -1) -> SensorChannel:
         return self.pair.network.pumps[index].client
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -26,22 +24,10 @@ from voipmon.protocols.wire import (
     encode_frame,
     encode_json,
 )
-from voipmon.test.fakes_channel import ChannelPair
+from voipmon.test.fakes_channel import ChannelPairCase
 
 
-class CentralBase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.pair = ChannelPair()
-        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        self.addCleanup(self.finish)
-
-    def finish(self) -> None:
-        self.pair.close_all()
-        self.assertEqual(self.pair.clock.getDelayedCalls(), [])
-
-    def logged(self) -> list[str]:
-        return [formatEvent(e) for e in self.observer]
-
+class CentralBase(ChannelPairCase):
     def central(self, index: int = -1) -> CentralChannel:
         return self.pair.network.pumps[index].server
 
