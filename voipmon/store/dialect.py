@@ -104,13 +104,19 @@ class Dialect:
 
     # statements ----------------------------------------------------------------------
 
+    #: what comes between an upsert's VALUES and its updates; ``{key}`` is the key column
+    upsert_clause = ""
+
     def excluded(self, column: str) -> str:
         """In an upsert's update clause: the value the INSERT tried to write."""
         raise NotImplementedError
 
     def upsert_sql(self, table: str, columns: Sequence[str], key: str,
                    updates: dict[str, str]) -> str:
-        raise NotImplementedError
+        """Insert one row, or where ``key`` exists set ``updates`` (column: expression)."""
+        sets = ", ".join(f"{q(col)} = {expr}" for col, expr in updates.items())
+        return (f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES ({self.params(len(columns))})"
+                f" {self.upsert_clause.format(key=q(key))} {sets}")
 
 
 # -- MySQL / MariaDB ---------------------------------------------------------------------
@@ -151,6 +157,7 @@ class MySQLDialect(Dialect):
     name = "MySQL"
     placeholder = "%s"
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
+    upsert_clause = "ON DUPLICATE KEY UPDATE"   # whichever unique key the row hits
     # How CDR batches go in (voipmon.store.cdrwrite): statements pipelined where PyMySQL
     # allows it; new IDs from LAST_INSERT_ID where they are consecutive (InnoDB lock mode
     # 0/1), else from RETURNING (MariaDB 10.5+) or a look-up. Tests turn these off to run
@@ -270,12 +277,6 @@ class MySQLDialect(Dialect):
     def excluded(self, column: str) -> str:
         return f"VALUES({q(column)})"
 
-    def upsert_sql(self, table: str, columns: Sequence[str], key: str,
-                   updates: dict[str, str]) -> str:
-        sets = ", ".join(f"{q(col)} = {expr}" for col, expr in updates.items())
-        return (f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES ({self.params(len(columns))})"
-                f" ON DUPLICATE KEY UPDATE {sets}")
-
     def classify(self, exc: BaseException) -> str:
         import pymysql
 
@@ -333,6 +334,7 @@ class SQLiteDialect(Dialect):
     name = "SQLite"
     placeholder = "?"
     inline_id_pk = True
+    upsert_clause = "ON CONFLICT ({key}) DO UPDATE SET"
 
     def __init__(self, path: str, busy_timeout: float = 10.0) -> None:
         self.path = path
@@ -406,12 +408,6 @@ class SQLiteDialect(Dialect):
 
     def excluded(self, column: str) -> str:
         return f"excluded.{q(column)}"
-
-    def upsert_sql(self, table: str, columns: Sequence[str], key: str,
-                   updates: dict[str, str]) -> str:
-        sets = ", ".join(f"{q(col)} = {expr}" for col, expr in updates.items())
-        return (f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES ({self.params(len(columns))})"
-                f" ON CONFLICT ({q(key)}) DO UPDATE SET {sets}")
 
     def classify(self, exc: BaseException) -> str:
         if isinstance(exc, adbapi.ConnectionLost):
