@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import calendar
 import os
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -152,7 +153,9 @@ class TapTests(SynchronousTestCase):
         self.assertFalse(reactor.running)
 
 
-class LifeTests(SynchronousTestCase):
+class CentralCase(SynchronousTestCase):
+    """Settings for a central spooling in the test's directory, on a Clock and a FakeStore."""
+
     def setUp(self) -> None:
         self.base = os.path.abspath(self.mktemp())
         self.clock = Clock()
@@ -161,10 +164,18 @@ class LifeTests(SynchronousTestCase):
         text = (f"server_bind = 127.0.0.1\nserver_password = pw\nspooldir = {self.base}\n"
                 f"http_port = 0\n")
         self.settings = load_central_config("c.conf", text=text)
-        self.central = CentralService(self.settings, MemoryReactorClock(), store=self.store,
-                                      clock=self.clock, binding=fixed_binding,
-                                      endpoint=NoListen())
         self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def make_central(self, **extra: Any) -> CentralService:
+        return CentralService(self.settings, MemoryReactorClock(), store=self.store,
+                              clock=self.clock, binding=fixed_binding, endpoint=NoListen(),
+                              **extra)
+
+
+class LifeTests(CentralCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.central = self.make_central()
 
     def test_store_retried_until_up(self) -> None:
         """A database down at start is retried every 5 s, logged once."""
@@ -219,24 +230,15 @@ class LifeTests(SynchronousTestCase):
         self.assertIsInstance(first, SessionRecorder)
 
 
-class MirrorRestartTests(SynchronousTestCase):
+class MirrorRestartTests(CentralCase):
     """CDRs made from mirrored packets during a database outage survive a restart."""
 
     def setUp(self) -> None:
         FakeAnalyzer.made = []
-        self.base = os.path.abspath(self.mktemp())
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
-        self.store = FakeStore(self.clock)
-        text = (f"server_bind = 127.0.0.1\nserver_password = pw\nspooldir = {self.base}\n"
-                f"http_port = 0\n")
-        self.settings = load_central_config("c.conf", text=text)
-        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        super().setUp()
 
     def central(self) -> CentralService:
-        central = CentralService(self.settings, MemoryReactorClock(), store=self.store,
-                                 clock=self.clock, binding=fixed_binding, endpoint=NoListen(),
-                                 analyzer_factory=FakeAnalyzer)
+        central = self.make_central(analyzer_factory=FakeAnalyzer)
         central.startService()
         return central
 
