@@ -197,8 +197,6 @@ class LifeTests(CentralCase):
         """Stopping tells every sensor why, closes mirroring calls, then closes the store."""
         self.central.startService()
         network = PumpEndpoint(self.central.factory, self.clock)
-        from voipmon.test.fakes_channel import ChannelPair
-
         pair = ChannelPair(clock=self.clock)
         pair.network = network
         session = self.successResultOf(pair.connect())
@@ -215,8 +213,6 @@ class LifeTests(CentralCase):
     def test_two_sensors_one_refused(self) -> None:
         """The assembled central refuses a duplicate id while serving the first sensor."""
         self.central.startService()
-        from voipmon.test.fakes_channel import ChannelPair
-
         pair = ChannelPair(clock=self.clock)
         pair.network = PumpEndpoint(self.central.factory, self.clock)
         first = self.successResultOf(pair.connect(instance="01" * 8))
