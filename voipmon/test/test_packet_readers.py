@@ -74,6 +74,15 @@ def old_pb(order, iface, ticks, data):
     return _block(order, 2, body)
 
 
+def dpkt_written(writer_class) -> bytes:
+    """FRAMES as dpkt's pcap or pcapng writer writes them."""
+    buf = io.BytesIO()
+    w = writer_class(buf, linktype=1)
+    for ts, data in FRAMES:
+        w.writepkt(data, ts=ts)
+    return buf.getvalue()
+
+
 def read_all(data: bytes, name="mem"):
     reader = CaptureReader(io.BytesIO(data), name=name)
     return reader, list(reader)
@@ -109,11 +118,7 @@ class PcapTests(SynchronousTestCase):
         self.assertAlmostEqual(got[0][0], 5.123456789, places=9)
 
     def test_dpkt_written_file(self):
-        buf = io.BytesIO()
-        w = dpkt.pcap.Writer(buf, linktype=1)
-        for ts, data in FRAMES:
-            w.writepkt(data, ts=ts)
-        _, got = read_all(buf.getvalue())
+        _, got = read_all(dpkt_written(dpkt.pcap.Writer))
         self.assertEqual([f for _, _, f in got], [f for _, f in FRAMES])
 
     def test_large_file_crosses_chunks(self):
@@ -292,11 +297,7 @@ class PcapngTests(SynchronousTestCase):
         self.assertEqual(reader.linktypes, [1, 113, 101, 229])
 
     def test_dpkt_written_file(self):
-        buf = io.BytesIO()
-        w = dpkt.pcapng.Writer(buf, linktype=1)
-        for ts, data in FRAMES:
-            w.writepkt(data, ts=ts)
-        _, got = read_all(buf.getvalue())
+        _, got = read_all(dpkt_written(dpkt.pcapng.Writer))
         self.assertEqual([f for _, _, f in got], [f for _, f in FRAMES])
         self.assertAlmostEqual(got[0][0], FRAMES[0][0], places=6)
 
