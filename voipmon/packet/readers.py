@@ -293,12 +293,15 @@ class CaptureReader:
                     end = pos + blen
                     if end > n:
                         break
-                    if btype == 6:  # Enhanced Packet Block
+                    if btype == 6 or btype == 2:  # Enhanced Packet Block, obsolete Packet Block
                         iface, hi, lo, caplen, _orig = epb(buf, pos + 8)
+                        if btype == 2:  # a 16-bit interface ID, then a 16-bit drops count
+                            iface = struct.unpack_from(order + "H", buf, pos + 8)[0]
                         if iface >= len(ifaces) or 28 + caplen + 4 > blen:
                             raise CaptureFormatError(
                                 self.name, base + pos,
-                                f"enhanced packet block: interface {iface} of {len(ifaces)} "
+                                f"{'enhanced packet' if btype == 6 else 'packet'} block: "
+                                f"interface {iface} of {len(ifaces)} "
                                 f"or capture length {caplen} does not fit its block")
                         linktype, div, offset, _ = ifaces[iface]
                         last_ts = (hi << 32 | lo) / div + offset
@@ -314,18 +317,6 @@ class CaptureReader:
                         caplen = min(orig, blen - 16, snap or orig)
                         # no timestamp of its own: it came after the previous packet
                         yield (last_ts, linktype, buf[pos + 12:pos + 12 + caplen])
-                        frames += 1
-                    elif btype == 2:  # obsolete Packet Block
-                        iface = struct.unpack_from(order + "H", buf, pos + 8)[0]
-                        _, hi, lo, caplen, _orig = epb(buf, pos + 8)
-                        if iface >= len(ifaces) or 28 + caplen + 4 > blen:
-                            raise CaptureFormatError(
-                                self.name, base + pos,
-                                f"packet block: interface {iface} of {len(ifaces)} "
-                                f"or capture length {caplen} does not fit its block")
-                        linktype, div, offset, _ = ifaces[iface]
-                        last_ts = (hi << 32 | lo) / div + offset
-                        yield (last_ts, linktype, buf[pos + 28:pos + 28 + caplen])
                         frames += 1
                     elif btype == 1:  # Interface Description Block
                         ifaces.append(self._idb(buf, pos, blen, order, base))
