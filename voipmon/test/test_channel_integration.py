@@ -152,6 +152,15 @@ class ProcessBase(SynchronousTestCase):
     def need_mysql(self) -> str:
         return mysql_test_database(self, "voipmon_it")
 
+    def private_mariadb(self) -> PrivateMariaDB:
+        """A running MariaDB server of the test's own (to stop and start), destroyed after."""
+        if shutil.which("mariadb-install-db") is None:
+            raise mysql_unavailable("mariadb-install-db is not installed")
+        server = PrivateMariaDB(os.path.join(self.base, "mariadb"))
+        self.addCleanup(server.destroy)
+        server.start()
+        return server
+
     def central(self, name: str, port: int, database: str | None = None,
                 mysqlport: int = 3306, http_port: int = 0, **extra: object):
         keys: dict[str, object] = dict(server_bind="127.0.0.1", server_bind_port=port,
@@ -284,11 +293,7 @@ class ProcessTests(ProcessBase):
         """Mirroring while MariaDB is down: the replay still ends (END_ACK: the CDRs are on
         the central's disk), the central is SIGKILLed, MariaDB comes back, the central is
         started again on the same spool: every CDR is stored, exactly once."""
-        if shutil.which("mariadb-install-db") is None:
-            raise mysql_unavailable("mariadb-install-db is not installed")
-        server = PrivateMariaDB(os.path.join(self.base, "mariadb"))
-        self.addCleanup(server.destroy)
-        server.start()
+        server = self.private_mariadb()
         calls = 400
         pcap = write_calls_pcap(f"{self.base}/calls.pcap", calls)
         port = free_port()
@@ -313,11 +318,7 @@ class ProcessTests(ProcessBase):
 
     def test_database_outage(self) -> None:
         """Stop MariaDB for 10 s mid-stream: every CDR still arrives, once."""
-        if shutil.which("mariadb-install-db") is None:
-            raise mysql_unavailable("mariadb-install-db is not installed")
-        server = PrivateMariaDB(os.path.join(self.base, "mariadb"))
-        self.addCleanup(server.destroy)
-        server.start()
+        server = self.private_mariadb()
         calls = 3000
         pcap = write_calls_pcap(f"{self.base}/calls.pcap", calls)
         port = free_port()
