@@ -222,6 +222,7 @@ class CaptureReader:
             self.bytes_read = base + pos
 
     def _iter_pcap(self) -> Iterator[Record]:
+        # hotpath's _feed_pcap repeats this walk for speed (no generator step): keep in step
         walk = self.pcap_walk()
         if walk is None:
             return
