@@ -27,6 +27,16 @@ class QueueTests(SynchronousTestCase):
         self.addCleanup(queue.close)
         return queue
 
+    def closed_segment(self, records: list[bytes]) -> str:
+        """Append ``records`` to a new queue, flush and close it: its last segment's path."""
+        queue = DurableQueue(self.path)
+        for record in records:
+            queue.append(record)
+        queue.flush()
+        segment = queue._segments[-1].path
+        queue.close()
+        return segment
+
     def test_append_flush_read_ack(self) -> None:
         """Records get increasing seqs, are readable once flushed, and go when acked."""
         queue = self.make()
@@ -124,12 +134,7 @@ class QueueTests(SynchronousTestCase):
 
     def test_torn_tail_is_cut(self) -> None:
         """A record half-written when the process died is cut off; the rest survives."""
-        queue = DurableQueue(self.path)
-        for i in range(5):
-            queue.append(payload(i))
-        queue.flush()
-        segment = queue._segments[-1].path
-        queue.close()
+        segment = self.closed_segment([payload(i) for i in range(5)])
         whole = os.path.getsize(segment)
         with open(segment, "ab") as handle:
             handle.write(RECORD.pack(1000, 6, 0) + b"partial")
@@ -143,23 +148,14 @@ class QueueTests(SynchronousTestCase):
 
     def test_torn_header_is_cut(self) -> None:
         """Even a few bytes of a header at the end are recognised as torn."""
-        queue = DurableQueue(self.path)
-        queue.append(b"one")
-        queue.flush()
-        segment = queue._segments[-1].path
-        queue.close()
+        segment = self.closed_segment([b"one"])
         with open(segment, "ab") as handle:
             handle.write(b"\x05\x00")
         self.assertEqual(self.make().read(0), [(1, b"one")])
 
     def test_corrupt_record_stops_replay_there(self) -> None:
         """A record whose CRC fails (bit rot) and everything after it are dropped, logged."""
-        queue = DurableQueue(self.path)
-        for i in range(4):
-            queue.append(payload(i))
-        queue.flush()
-        segment = queue._segments[-1].path
-        queue.close()
+        segment = self.closed_segment([payload(i) for i in range(4)])
         with open(segment, "r+b") as handle:
             data = bytearray(handle.read())
             third = 2 * RECORD.size + len(payload(0)) + len(payload(1))
