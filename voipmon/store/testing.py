@@ -57,25 +57,26 @@ def mysql_dialect(database: str, **overrides: Any) -> MySQLDialect:
                         settings["password"], database)
 
 
-def drop_mysql_database(name: str) -> None:
+def mysql_admin_execute(*statements: tuple[str, Any]) -> None:
+    """Run each ``(sql, args)`` (args None for none) on a new admin connection, closed after."""
     conn = mysql_admin()
     try:
         with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {q(name)}")
+            for sql, args in statements:
+                cur.execute(sql, args)
     finally:
         conn.close()
+
+
+def drop_mysql_database(name: str) -> None:
+    mysql_admin_execute((f"DROP DATABASE IF EXISTS {q(name)}", None))
 
 
 @contextmanager
 def mysql_database() -> Iterator[str]:
     """A database name that exists for the block and is dropped after it."""
     name = unique_database_name()
-    conn = mysql_admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {q(name)} CHARACTER SET utf8mb4")
-    finally:
-        conn.close()
+    mysql_admin_execute((f"CREATE DATABASE {q(name)} CHARACTER SET utf8mb4", None))
     try:
         yield name
     finally:
@@ -87,23 +88,12 @@ def mysql_user(*grants: str) -> Iterator[tuple[str, str]]:
     """A throwaway user (name, random password) with ``GRANT <grant> TO`` it for each grant
     given (e.g. "ALL ON `db`.*"), dropped after the block."""
     name, password = f"vt_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
-    conn = mysql_admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (name, password))
-            for grant in grants:
-                cur.execute(f"GRANT {grant} TO %s@'%%'", (name,))
-    finally:
-        conn.close()
+    mysql_admin_execute(("CREATE USER %s@'%%' IDENTIFIED BY %s", (name, password)),
+                        *((f"GRANT {grant} TO %s@'%%'", (name,)) for grant in grants))
     try:
         yield name, password
     finally:
-        conn = mysql_admin()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("DROP USER IF EXISTS %s@'%%'", (name,))
-        finally:
-            conn.close()
+        mysql_admin_execute(("DROP USER IF EXISTS %s@'%%'", (name,)))
 
 
 def sqlite_dialect(path: str) -> SQLiteDialect:

@@ -72,9 +72,7 @@ def mysql_test_session(case: SynchronousTestCase) -> tuple[MySQLDialect, Any]:
     """A throwaway database (``mysql_test_database``), created: its dialect and a connection
     to it, closed after ``case``."""
     database = mysql_test_database(case)
-    admin = testing.mysql_admin()
-    admin.cursor().execute(f"CREATE DATABASE {q(database)}")
-    admin.close()
+    testing.mysql_admin_execute((f"CREATE DATABASE {q(database)}", None))
     dialect = testing.mysql_dialect(database)
     conn = dialect.connect()
     case.addCleanup(conn.close)

@@ -418,9 +418,7 @@ class MySQLOutageTests(unittest.TestCase):
         """Behind a proxy: the database goes away (connections dropped, connects refused),
         writes fail StoreUnavailable and one line is logged; it comes back, the retried
         batches are stored once, and one line says so. The password is never shown."""
-        conn = testing.mysql_admin()
-        conn.cursor().execute(f"CREATE DATABASE {q(self.database)}")
-        conn.close()
+        testing.mysql_admin_execute((f"CREATE DATABASE {q(self.database)}", None))
         settings = testing.mysql_settings()
         proxy = TrackingProxy(settings["host"], settings["port"])
         port = reactor.listenTCP(0, proxy, interface="127.0.0.1")

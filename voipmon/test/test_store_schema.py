@@ -187,11 +187,7 @@ class SQLiteSchemaTests(SQLiteBackend, SchemaTests, unittest.TestCase):
 
 class MySQLSchemaTests(MySQLBackend, SchemaTests, unittest.TestCase):
     def ensure_database(self) -> None:
-        conn = testing.mysql_admin()
-        try:
-            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {q(self.database)}")
-        finally:
-            conn.close()
+        testing.mysql_admin_execute((f"CREATE DATABASE IF NOT EXISTS {q(self.database)}", None))
 
     @defer.inlineCallbacks
     def test_a_missing_database_is_created(self) -> Any:
