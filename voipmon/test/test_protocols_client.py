@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.application.internet import ClientService
 from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionRefusedError
@@ -41,6 +44,13 @@ class Mute(protocol.Protocol):
 class SensorBase(ChannelPairCase):
     def sensor(self, index: int = -1) -> SensorChannel:
         return self.pair.network.pumps[index].client
+
+    def connect_to(self, central: Callable[[], Any]) -> tuple[PumpEndpoint, defer.Deferred]:
+        """Start connecting a sensor to a stand-in central built by ``central``."""
+        network = PumpEndpoint(protocol.Factory.forProtocol(central), self.pair.clock)
+        endpoint = self.pair.endpoint()
+        endpoint.endpoint = network
+        return network, endpoint.connect(protocol.Factory.forProtocol(SessionRecorder))
 
 
 class ConnectTests(SensorBase):
@@ -90,10 +100,7 @@ class ConnectTests(SensorBase):
     def test_central_without_password(self) -> None:
         """A central that fails its proof gets nothing after the sensor's proof."""
         rogue = Rogue()
-        network = PumpEndpoint(protocol.Factory.forProtocol(lambda: rogue), self.pair.clock)
-        endpoint = self.pair.endpoint()
-        endpoint.endpoint = network
-        d = endpoint.connect(protocol.Factory.forProtocol(SessionRecorder))
+        network, d = self.connect_to(lambda: rogue)
         network.flush()
         failure = self.failureResultOf(d, CentralProofFailed)
         self.assertIn("failed the password proof", str(failure.value))
@@ -103,10 +110,7 @@ class ConnectTests(SensorBase):
 
     def test_mute_central_times_out(self) -> None:
         """A central that never answers fails the attempt after 10 s."""
-        network = PumpEndpoint(protocol.Factory.forProtocol(Mute), self.pair.clock)
-        endpoint = self.pair.endpoint()
-        endpoint.endpoint = network
-        d = endpoint.connect(protocol.Factory.forProtocol(SessionRecorder))
+        network, d = self.connect_to(Mute)
         network.flush()
         self.pair.clock.advance(9.9)
         self.assertNoResult(d)
@@ -117,10 +121,7 @@ class ConnectTests(SensorBase):
 
     def test_connection_lost_during_handshake(self) -> None:
         """Losing the connection before ACCEPT fails the attempt, saying so."""
-        network = PumpEndpoint(protocol.Factory.forProtocol(Mute), self.pair.clock)
-        endpoint = self.pair.endpoint()
-        endpoint.endpoint = network
-        d = endpoint.connect(protocol.Factory.forProtocol(SessionRecorder))
+        network, d = self.connect_to(Mute)
         network.pumps[0].server.transport.loseConnection()
         network.flush()
         self.assertIn("connection closed during the handshake",
@@ -133,10 +134,7 @@ class ConnectTests(SensorBase):
 
     def test_cancel_during_handshake(self) -> None:
         """Cancelling mid-handshake aborts the connection and leaves no timer."""
-        network = PumpEndpoint(protocol.Factory.forProtocol(Mute), self.pair.clock)
-        endpoint = self.pair.endpoint()
-        endpoint.endpoint = network
-        d = endpoint.connect(protocol.Factory.forProtocol(SessionRecorder))
+        network, d = self.connect_to(Mute)
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
         network.flush()
