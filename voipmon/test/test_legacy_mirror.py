@@ -28,6 +28,14 @@ def frames_of(payload: bytes) -> list[tuple[float, bytes]]:
     return [(ts, frame) for ts, _wirelen, frame in packets]
 
 
+def connect_raw(receiver) -> tuple[ReceiverProtocol, StringTransport]:
+    """A connection to ``receiver`` from no sender; what the receiver writes is in the transport."""
+    proto = ReceiverProtocol(receiver)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
 class MirrorBufferTests(SynchronousTestCase):
     def test_batches_by_size(self) -> None:
         buffer = MirrorBuffer(1 << 20, batch_bytes=100)
@@ -173,9 +181,7 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_garbage_closes_only_that_connection(self) -> None:
         sender, receiver, endpoint, engines = self.connect()
-        stranger = ReceiverProtocol(receiver)
-        transport = StringTransport()
-        stranger.makeConnection(transport)
+        stranger, transport = connect_raw(receiver)
         stranger.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.disconnecting)
         close = wire.FrameDecoder().feed(transport.value())
@@ -188,18 +194,14 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_oversized_frame_before_the_handshake(self) -> None:
         _s, receiver, _e, _m = make_pair(self.clock)
-        stranger = ReceiverProtocol(receiver)
-        transport = StringTransport()
-        stranger.makeConnection(transport)
+        stranger, transport = connect_raw(receiver)
         stranger.dataReceived(wire.HEADER.pack(1 << 30, wire.MessageType.PACKETS, 0))
         self.assertTrue(transport.disconnecting)
         stranger.connectionLost(None)
 
     def test_packets_before_the_handshake_are_refused(self) -> None:
         _s, receiver, _e, engines = make_pair(self.clock)
-        stranger = ReceiverProtocol(receiver)
-        transport = StringTransport()
-        stranger.makeConnection(transport)
+        stranger, transport = connect_raw(receiver)
         batch = wire.PacketBatch(EN10MB)
         batch.add(1.0, b"x")
         stranger.dataReceived(wire.encode_frame(wire.MessageType.PACKETS, batch.seal(1)))
@@ -209,9 +211,7 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_handshake_timeout(self) -> None:
         _s, receiver, _e, _m = make_pair(self.clock)
-        silent = ReceiverProtocol(receiver)
-        transport = StringTransport()
-        silent.makeConnection(transport)
+        silent, transport = connect_raw(receiver)
         self.clock.advance(HANDSHAKE_TIMEOUT - 0.1)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(0.1)
