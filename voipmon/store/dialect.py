@@ -97,7 +97,10 @@ class Dialect:
 
     def create_index_sql(self, table: str, index: Index) -> str:
         unique = "UNIQUE " if index.unique else ""
-        return f"CREATE {unique}INDEX {q(index.name)} ON {q(table)} ({qlist(index.columns)})"
+        return f"CREATE {unique}INDEX {q(index.name)} ON {q(table)} ({self.index_columns(index)})"
+
+    def index_columns(self, index: Index) -> str:
+        return qlist(index.columns)
 
     def add_column_sql(self, table: str, col: Column) -> str:
         return f"ALTER TABLE {q(table)} ADD COLUMN {self.column_sql(col)}"
@@ -164,6 +167,11 @@ class MySQLDialect(Dialect):
     # the paths other servers take.
     pipelining = True
     consecutive_ids = True
+
+    def index_columns(self, index: Index) -> str:
+        if index.prefix is None:
+            return qlist(index.columns)
+        return ", ".join(f"{q(name)}({index.prefix})" for name in index.columns)
 
     def __init__(self, host: str, port: int, user: str, password: str, database: str,
                  connect_timeout: float = 10.0, read_timeout: float = 3600.0,

@@ -1,15 +1,16 @@
 """The CDR list query of the HTTP API: parsing its arguments, and its meaning.
 
-``CdrQuery.from_args`` turns ``GET /api/cdrs?limit=&offset=&caller=&called=&id_sensor=&from=
-&to=&mos_below=`` into a validated value (ValueError naming the argument and what is
+``CdrQuery.from_args`` turns ``GET /api/cdrs?limit=&offset=&caller=&called=&callid=&id_sensor=
+&from=&to=&mos_below=`` into a validated value (ValueError naming the argument and what is
 allowed). ``where_sql`` renders it for either dialect; ``matches`` is the same filter in
 Python (the FakeStore uses it), so both agree by construction of the tests.
 
-``caller``/``called`` match exactly, case-insensitively; ``*`` (or ``%``) is a wildcard, so
-``0049*`` is a prefix search that still uses the index. ``from`` is inclusive, ``to``
-exclusive, both on ``calldate``, as ISO 8601 (UTC unless an offset is given) or epoch
-seconds. ``mos_below=X`` keeps calls whose lowest MOS (either side, any model, stored to
-0.1) is below X.
+``caller``/``called``/``callid`` match exactly, case-insensitively; ``*`` (or ``%``) is a
+wildcard, so ``0049*`` is a prefix search that still uses the index. ``callid`` is the SIP
+Call-ID (``cdr_next.callid``): what a PBX log or a customer's ticket usually quotes.
+``from`` is inclusive, ``to`` exclusive, both on ``calldate``, as ISO 8601 (UTC unless an
+offset is given) or epoch seconds. ``mos_below=X`` keeps calls whose lowest MOS (either
+side, any model, stored to 0.1) is below X.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000_000
 
-_ARGS = ("limit", "offset", "caller", "called", "id_sensor", "from", "to", "mos_below")
+_ARGS = ("limit", "offset", "caller", "called", "callid", "id_sensor", "from", "to",
+         "mos_below")
+_TEXT_FILTERS = (("caller", "c"), ("called", "c"), ("callid", "n"))
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class CdrQuery:
     offset: int = 0
     caller: str | None = None
     called: str | None = None
+    callid: str | None = None
     id_sensor: int | None = None
     start: float | None = None       # "from": calldate >= start (epoch seconds)
     end: float | None = None         # "to": calldate < end
@@ -68,7 +72,7 @@ class CdrQuery:
         for name in ("limit", "offset", "id_sensor"):
             if values.get(name):
                 fields[name] = _parse_int(name, values[name])
-        for name in ("caller", "called"):
+        for name, _table in _TEXT_FILTERS:
             if values.get(name):
                 fields[name] = values[name]
         for name, attr in (("from", "start"), ("to", "end")):
@@ -128,19 +132,19 @@ def _like_regex(value: str) -> re.Pattern[str]:
 
 
 def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[str, list[Any]]:
-    """``WHERE ...`` (or "") on table alias ``c`` and its parameters."""
+    """``WHERE ...`` (or "") on ``cdr c`` joined with ``cdr_next n``, and its parameters."""
     clauses: list[str] = []
     params: list[Any] = []
-    for column in ("caller", "called"):
+    for column, table in _TEXT_FILTERS:
         value = getattr(query, column)
         if value is None:
             continue
         pattern = like_pattern(value)
         if pattern is None:
-            clauses.append(f"c.`{column}` = {placeholder}")
+            clauses.append(f"{table}.`{column}` = {placeholder}")
             params.append(value)
         else:
-            clauses.append(f"c.`{column}` LIKE {placeholder} ESCAPE '!'")
+            clauses.append(f"{table}.`{column}` LIKE {placeholder} ESCAPE '!'")
             params.append(pattern)
     if query.id_sensor is not None:
         clauses.append(f"c.`id_sensor` = {placeholder}")
@@ -158,8 +162,9 @@ def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[st
 
 
 def matches(query: CdrQuery, row: Mapping[str, Any], calldate_ms: int) -> bool:
-    """``where_sql`` in Python, on a stored ``cdr`` row (a dict of its columns)."""
-    for column in ("caller", "called"):
+    """``where_sql`` in Python, on a stored CDR (a dict of its ``cdr`` and ``cdr_next``
+    columns)."""
+    for column, _table in _TEXT_FILTERS:
         value = getattr(query, column)
         if value is None:
             continue

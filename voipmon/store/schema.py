@@ -59,6 +59,9 @@ class Index:
     name: str
     columns: tuple[str, ...]
     unique: bool = False
+    # MySQL indexes only the first ``prefix`` characters of each column (InnoDB keys are
+    # at most 3072 bytes; a utf8mb4 varchar(1024) is 4096). SQLite indexes whole values.
+    prefix: int | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
     Migration(2, "sensors: packet, drop and queue-depth counters from stats updates", tuple(
         AddColumn("sensors", col) for col in SENSORS_V2_COLUMNS
+    )),
+    Migration(3, "cdr_next: index on callid, for the API's Call-ID search", (
+        CreateIndex("cdr_next", Index("cdr_next_callid", ("callid",), prefix=255)),
     )),
 )
 

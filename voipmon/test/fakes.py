@@ -19,7 +19,14 @@ from voipmon.store.interfaces import (
     StoreUnavailable,
 )
 from voipmon.store.query import CdrQuery, as_query, matches
-from voipmon.store.rows import CDR_COLUMNS, batch_items, cdr_json, encode, stored_form
+from voipmon.store.rows import (
+    CDR_COLUMNS,
+    NEXT_COLUMNS,
+    batch_items,
+    cdr_json,
+    encode,
+    stored_form,
+)
 from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
 
 # ======================================================================================
@@ -128,7 +135,9 @@ class FakeStore:
             if key in self._ids:
                 continue
             stored, stored_pcap_on = stored_form(cdr, pcap_on)
-            row = dict(zip(CDR_COLUMNS, encode(cdr, None, None, None, pcap_on)[0], strict=True))
+            cdr_row, next_row, _rtp = encode(cdr, None, None, None, pcap_on)
+            row = {**dict(zip(NEXT_COLUMNS, next_row, strict=True)),
+                   **dict(zip(CDR_COLUMNS, cdr_row, strict=True))}
             calldate_ms = round(stored.calldate * 1000)
             self._ids[key] = self._next_id
             self._cdrs[self._next_id] = (stored, stored_pcap_on, row, calldate_ms)

@@ -83,12 +83,20 @@ class BrowserTests(WebBase):
             driver.find_element(By.ID, "apply").click()
             wait.until(lambda d: len(d.find_elements(*rows)) == 1)
             row = driver.find_element(*rows)
-            return row.get_attribute("data-id"), row.text, driver.current_url
+            by_caller = row.get_attribute("data-id"), row.text, driver.current_url
+            # then by Call-ID alone (the caller filter cleared)
+            driver.find_element(By.NAME, "caller").clear()
+            driver.find_element(By.NAME, "callid").send_keys(self.local.callid)
+            driver.find_element(By.ID, "apply").click()
+            wait.until(lambda d: "callid=" in d.current_url
+                       and len(d.find_elements(*rows)) == 1)
+            return by_caller, driver.find_element(*rows).get_attribute("data-id")
 
-        row_id, row_text, url = yield threads.deferToThread(calls_page)
+        (row_id, row_text, url), by_callid = yield threads.deferToThread(calls_page)
         self.assertEqual(row_id, str(self.ids[self.local.callid]))
         self.assertIn(self.local.called, row_text)
         self.assertIn("caller=%2B4930", url)
+        self.assertEqual(by_callid, row_id)
 
         def call_page():
             driver.find_element(*rows).click()

@@ -311,6 +311,14 @@ class StoreContract:
         self.assertEqual((yield names(to="2023-11-14T22:13:21Z", caller="Alice")), [])
         self.assertEqual((yield names(to="2023-11-14T23:13:21+01:00", caller="Alice")), [])
         self.assertEqual((yield names(caller="Alice", id_sensor="2")), [])
+        # the SIP Call-ID, exactly (case-insensitively) or with a wildcard
+        self.assertEqual((yield names(callid=alice.callid)), ["Alice"])
+        self.assertEqual((yield names(callid=alice.callid.upper())), ["Alice"])
+        self.assertEqual((yield names(callid=bob.callid[:9] + "*")), ["+4930555"])
+        self.assertEqual((yield names(callid="*-1@pbx.example.com", caller="a*")),
+                         ["Alice", "a_b", "axb"])
+        self.assertEqual((yield names(callid=alice.callid[:-1])), [])
+        self.assertEqual((yield names(callid=alice.callid, id_sensor="2")), [])
 
     @defer.inlineCallbacks
     def test_bad_queries_name_the_argument(self) -> Any:

@@ -67,6 +67,13 @@ class DDLTests(unittest.SynchronousTestCase):
         self.assertIn("PRIMARY KEY (`cdr_ID`, `index`)", rtp)
         self.assertIn("FOREIGN KEY (`cdr_ID`) REFERENCES `cdr` (`ID`) ON DELETE CASCADE", rtp)
 
+    def test_long_text_indexes_take_a_prefix_on_mysql_only(self) -> None:
+        (index,) = TABLES["cdr_next"].indexes
+        self.assertEqual(MySQLDialect("h", 1, "u", "", "d").create_index_sql("cdr_next", index),
+                         "CREATE INDEX `cdr_next_callid` ON `cdr_next` (`callid`(255))")
+        self.assertEqual(SQLiteDialect("x.sqlite").create_index_sql("cdr_next", index),
+                         "CREATE INDEX `cdr_next_callid` ON `cdr_next` (`callid`)")
+
     def test_sqlite(self) -> None:
         dialect = SQLiteDialect("x.sqlite")
         sql = dialect.create_table_sql(TABLES["cdr"])

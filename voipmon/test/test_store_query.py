@@ -27,9 +27,10 @@ class ArgumentTests(unittest.SynchronousTestCase):
     def test_http_shapes(self) -> None:
         query = CdrQuery.from_args({b"limit": [b"5", b"7"], b"caller": [b"+4930*"],
                                     "id_sensor": "3", "from": "2023-11-14T22:13:20Z",
-                                    "to": str(T + 60), "mos_below": "3.6", "called": ""})
+                                    "to": str(T + 60), "mos_below": "3.6", "called": "",
+                                    "callid": " a84b4c76e66710@pc33 "})
         self.assertEqual(query, CdrQuery(limit=7, caller="+4930*", id_sensor=3, start=T,
-                                         end=T + 60, mos_below=3.6))
+                                         end=T + 60, mos_below=3.6, callid="a84b4c76e66710@pc33"))
 
     def test_times(self) -> None:
         self.assertEqual(parse_time("from", "2023-11-14T22:13:20.5Z"), T + 0.5)
@@ -69,16 +70,20 @@ class SqlTests(unittest.SynchronousTestCase):
 
     def test_where(self) -> None:
         self.assertEqual(where_sql(CdrQuery(), "?", datetime_text), ("", []))
-        sql, params = where_sql(CdrQuery(caller="a_*", called="200", id_sensor=2, start=T,
-                                         end=T + 1, mos_below=3.5), "%s", datetime_text)
+        sql, params = where_sql(CdrQuery(caller="a_*", called="200", callid="x@h*", id_sensor=2,
+                                         start=T, end=T + 1, mos_below=3.5), "%s", datetime_text)
         self.assertEqual(sql, " WHERE c.`caller` LIKE %s ESCAPE '!' AND c.`called` = %s AND "
+                              "n.`callid` LIKE %s ESCAPE '!' AND "
                               "c.`id_sensor` = %s AND c.`calldate` >= %s AND c.`calldate` < %s "
                               "AND c.`mos_min_mult10` < %s")
-        self.assertEqual(params, ["a!_%", "200", 2, "2023-11-14 22:13:20.000",
+        self.assertEqual(params, ["a!_%", "200", "x@h%", 2, "2023-11-14 22:13:20.000",
                                   "2023-11-14 22:13:21.000", 35])
+        sql, params = where_sql(CdrQuery(callid="x@h"), "?", datetime_text)
+        self.assertEqual((sql, params), (" WHERE n.`callid` = ?", ["x@h"]))
 
     def test_matches_in_python(self) -> None:
-        row = {"caller": "Alice_1", "called": "200", "id_sensor": 2, "mos_min_mult10": 34}
+        row = {"caller": "Alice_1", "called": "200", "id_sensor": 2, "mos_min_mult10": 34,
+               "callid": "a84b4c76e66710@pc33"}
         ms = round(T * 1000)
         for query, expected in (
             (CdrQuery(), True), (CdrQuery(caller="alice_1"), True),
@@ -88,6 +93,8 @@ class SqlTests(unittest.SynchronousTestCase):
             (CdrQuery(start=T), True), (CdrQuery(start=T + 0.001), False),
             (CdrQuery(end=T), False), (CdrQuery(end=T + 0.001), True),
             (CdrQuery(mos_below=3.4), False), (CdrQuery(mos_below=3.41), True),
+            (CdrQuery(callid="A84B4C76E66710@PC33"), True), (CdrQuery(callid="a84b*"), True),
+            (CdrQuery(callid="a84b4c76e66710"), False), (CdrQuery(callid="*@pc3"), False),
         ):
             self.assertEqual(matches(query, row, ms), expected, query)
         self.assertFalse(matches(CdrQuery(mos_below=4.0), {**row, "mos_min_mult10": None}, ms))

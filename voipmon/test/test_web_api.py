@@ -150,6 +150,9 @@ class ApiTests(WebBase):
         caller = urllib.parse.quote(self.local.caller)  # "+4930...": '+' would be a space
         body = yield self.get_json(f"/api/cdrs?caller={caller}")
         self.assertEqual([c["callid"] for c in body["cdrs"]], [self.local.callid])
+        callid = urllib.parse.quote(self.local.callid)
+        body = yield self.get_json(f"/api/cdrs?callid={callid}")
+        self.assertEqual([c["callid"] for c in body["cdrs"]], [self.local.callid])
 
     @defer.inlineCallbacks
     def test_bad_parameters_are_400_with_a_message(self):

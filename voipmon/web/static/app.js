@@ -99,7 +99,7 @@ async function route() {
 
 // -- calls --------------------------------------------------------------------------
 
-const FILTERS = ["from", "to", "caller", "called", "id_sensor", "mos_below"];
+const FILTERS = ["from", "to", "caller", "called", "callid", "id_sensor", "mos_below"];
 let sensorNames = {};
 
 async function loadSensorNames() {
