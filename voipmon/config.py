@@ -291,6 +291,9 @@ OPTIONS: tuple[Option, ...] = (
            "MB of pcaps to keep in the spool; the oldest minutes go first. 0 = no limit."),
     Option("maxpooldays", Integer(0), 0, BOTH,
            "Days of pcaps to keep in the spool. 0 = no limit."),
+    Option("cleandatabase", Integer(0), 0, CENTRAL,
+           "Days of calls to keep in the database (cdr, cdr_rtp, cdr_next); older ones are "
+           "deleted hourly, oldest first. 0 = keep them all."),
     # central
     Option("server_bind", Text(), "", CENTRAL,
            "Address the central listens on for sensors (0.0.0.0 or :: for all).",

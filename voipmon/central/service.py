@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
+from voipmon.central.dbretention import DatabaseRetention
 from voipmon.central.mirror import MirrorAnalyses
 from voipmon.central.sessions import CentralSessions
 from voipmon.protocols import tls
@@ -238,6 +239,10 @@ class CentralService(service.MultiService):
 
         self.writer = CentralCdrQueue(self._open_queue(), store, self.clock)
         self.store_service.started.addCallback(lambda _: self.writer.start())
+        if settings.cleandatabase:
+            cleaner = DatabaseRetention(store, settings.cleandatabase, self.clock)
+            cleaner.setServiceParent(self)
+            self.store_service.started.addCallback(lambda _: cleaner.ready())
         self.mirrors = MirrorAnalyses(analyzer_factory or mirror_engine_factory(settings),
                                       self.writer, self.clock)
         self.sessions = CentralSessions(store, self.clock, mirrors=self.mirrors)

@@ -87,6 +87,12 @@ class IStore(Interface):
         """Set a sensor's display name (kept over the name the sensor reports); fires False
         if there is no such sensor. ValueError for an empty name."""
 
+    def delete_cdrs_before(cutoff, limit=1000):
+        """Delete up to ``limit`` of the oldest CDRs whose calldate is before ``cutoff``
+        (epoch seconds), with their streams and pcap locations, in one short transaction.
+        Fires with the number deleted: fewer than ``limit`` means none older is left.
+        ValueError for a cutoff that is not a time or a limit outside 1..10000."""
+
     def list_cdrs(query):
         """CDR dicts, newest first (calldate, then id), for a ``voipmon.store.query.CdrQuery``
         or a mapping of HTTP arguments (ValueError naming a bad one)."""

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from voipmon.analysis.cdr import parse_iso_ms
-from voipmon.store.fields import epoch_ms
+from voipmon.store.fields import datetime_text, epoch_ms
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000_000
+MAX_DELETE = 10_000
 
 _ARGS = ("limit", "offset", "caller", "called", "callid", "id_sensor", "from", "to",
          "mos_below")
@@ -185,6 +186,16 @@ def matches(query: CdrQuery, row: Mapping[str, Any], calldate_ms: int) -> bool:
         if mos is None or mos >= query.mos_limit_mult10:
             return False
     return True
+
+
+def delete_args(cutoff: Any, limit: Any) -> tuple[str, int]:
+    """The checked arguments of ``IStore.delete_cdrs_before``: the cutoff as the stored
+    calldate text (clamped to the column's range, as stored times are) and the limit."""
+    stamp = None if isinstance(cutoff, bool) else datetime_text(cutoff)
+    if stamp is None:
+        raise ValueError(f"cutoff = {cutoff!r:.40}: allowed: epoch seconds")
+    _check_int("limit", limit, 1, MAX_DELETE)
+    return stamp, limit
 
 
 def as_query(query: CdrQuery | Mapping[Any, Any] | None) -> CdrQuery:

@@ -34,7 +34,7 @@ from voipmon.store.fields import datetime_text, text
 from voipmon.store.interfaces import SENSOR_JSON_FIELDS, IStore, StoreError, StoreUnavailable
 from voipmon.store.migrate import migrate
 from voipmon.store.pool import Availability, Pool, Retry, Txn
-from voipmon.store.query import CdrQuery, as_query, where_sql
+from voipmon.store.query import CdrQuery, as_query, delete_args, where_sql
 from voipmon.store.rows import (
     READ_COLUMNS,
     READ_RTP_COLUMNS,
@@ -318,6 +318,31 @@ class SqlStore:
             cdr_id, cdr, pcap_on = decode_cdr(row, streams.get(row[0], ()))
             result.append(cdr_json(cdr_id, cdr, pcap_on))
         return result
+
+    # retention --------------------------------------------------------------------------
+
+    def delete_cdrs_before(self, cutoff: float, limit: int = 1000) -> Deferred:
+        try:
+            stamp, limit = delete_args(cutoff, limit)
+        except ValueError as exc:
+            return fail(exc)
+        if self._writer is None:
+            return self._not_started()
+        return self._watch(self._writer.run(self._delete_before, stamp, limit))
+
+    def _delete_before(self, txn: Txn, stamp: str, limit: int) -> int:
+        # The calldate index finds the oldest; the foreign keys take their cdr_next and
+        # cdr_rtp rows along. By ID, so a central running the same pass meanwhile only
+        # makes this one delete fewer.
+        ph = self.dialect.placeholder
+        txn.cursor.execute(f"SELECT `ID` FROM `cdr` WHERE `calldate` < {ph} "
+                           f"ORDER BY `calldate`, `ID` LIMIT {ph}", (stamp, limit))
+        deleted = 0
+        for chunk in _chunks([row[0] for row in txn.cursor.fetchall()]):
+            txn.cursor.execute(f"DELETE FROM `cdr` WHERE `ID` IN "
+                               f"({self.dialect.params(len(chunk))})", tuple(chunk))
+            deleted += max(txn.cursor.rowcount, 0)
+        return deleted
 
     # sensors ----------------------------------------------------------------------------
 

@@ -11,14 +11,14 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
-from voipmon.store.fields import datetime_text
+from voipmon.store.fields import datetime_text, epoch_ms
 from voipmon.store.interfaces import (
     SENSOR_JSON_FIELDS,
     IStore,
     StoreError,
     StoreUnavailable,
 )
-from voipmon.store.query import CdrQuery, as_query, matches
+from voipmon.store.query import CdrQuery, as_query, delete_args, matches
 from voipmon.store.rows import (
     CDR_COLUMNS,
     NEXT_COLUMNS,
@@ -158,6 +158,23 @@ class FakeStore:
         found.sort(reverse=True)
         page = found[parsed.offset:parsed.offset + parsed.limit]
         return defer.succeed([self._json(cdr_id) for _ms, cdr_id in page])
+
+    def delete_cdrs_before(self, cutoff: float, limit: int = 1000) -> defer.Deferred:
+        try:
+            delete_args(cutoff, limit)
+        except ValueError as exc:
+            return defer.fail(exc)
+        down = self._call("delete_cdrs_before")
+        if down:
+            return down
+        cutoff_ms = epoch_ms(cutoff)
+        oldest = sorted((ms, cdr_id) for cdr_id, (_c, _p, _row, ms) in self._cdrs.items()
+                        if ms < cutoff_ms)[:limit]
+        doomed = {cdr_id for _ms, cdr_id in oldest}
+        for cdr_id in doomed:
+            del self._cdrs[cdr_id]
+        self._ids = {key: i for key, i in self._ids.items() if i not in doomed}
+        return defer.succeed(len(doomed))
 
     def get_cdr(self, cdr_id: int) -> defer.Deferred:
         if not isinstance(cdr_id, int) or isinstance(cdr_id, bool) or cdr_id < 0:

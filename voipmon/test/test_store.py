@@ -471,7 +471,8 @@ class SqlContract(SqlStores):
         store = SqlStore(self.make_dialect(), reactor)
         for d in (store.store_cdrs([testing.make_cdr(1)]), store.list_cdrs({}),
                   store.get_cdr(1), store.list_sensors(), store.rename_sensor(1, "x"),
-                  store.upsert_sensor({"id_sensor": 1}), store.mark_sensor_offline(1, T0)):
+                  store.upsert_sensor({"id_sensor": 1}), store.mark_sensor_offline(1, T0),
+                  store.delete_cdrs_before(T0, 10)):
             yield self.assertFailure(d, StoreError)
 
 
