@@ -21,6 +21,13 @@ length or CRC check and is cut off. A segment is deleted once every record in it
 acknowledged. The ``acked`` file outlives the segments, so sequence numbers never restart.
 Only one process at a time may open a queue (a second gets QueueError): two writers would
 interleave their records.
+
+A full disk (or any write error) loses nothing: a failed ``flush`` raises QueueError and
+keeps its records buffered for the next try; if even the partial write cannot be cut off,
+that segment takes no more records and the next flush starts a new one, so the stray bytes
+can only ever be a tail that recovery cuts. An acknowledgement that cannot be written
+still counts in memory; after a restart those records are delivered again, which the
+receivers ignore (writes are idempotent).
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ class DurableQueue:
         self._next = 1            # seq of the next append
         self._segments: list[_Segment] = []
         self._fd: int | None = None  # the last segment, open for appending
+        self._sealed = False         # a failed write left bytes at its end: append no more
         self._buffer = bytearray()
         self._buffered = 0
         self._reader: tuple[int, int, int] | None = None  # (segment index, offset, next seq)
@@ -212,7 +220,7 @@ class DurableQueue:
         """Write and fsync every buffered record; returns the highest durable seq."""
         if not self._buffer:
             return self.durable
-        if not self._segments or self._segments[-1].size >= self.segment_bytes:
+        if self._sealed or not self._segments or self._segments[-1].size >= self.segment_bytes:
             self._new_segment(self.durable + 1)
         segment = self._segments[-1]
         data = bytes(self._buffer)
@@ -224,7 +232,10 @@ class DurableQueue:
                 os.fdatasync(self._fd)
         except OSError as exc:
             # Keep the records buffered; drop the partial write so the file stays clean.
-            os.ftruncate(self._fd, segment.size)
+            try:
+                os.ftruncate(self._fd, segment.size)
+            except OSError:
+                self._sealed = True
             raise QueueError(f"queue: cannot write {segment.path}: {exc.strerror or exc}")
         segment.size += len(data)
         segment.last = self._next - 1
@@ -234,13 +245,29 @@ class DurableQueue:
         return self.durable
 
     def _new_segment(self, first: int) -> None:
+        path = os.path.join(self.directory, f"seg-{first:020d}.log")
+        # A sealed segment holding no record has this very name: replace it.
+        stale = bool(self._segments) and self._segments[-1].first == first
+        try:
+            if stale:
+                self._close_reader()
+                os.unlink(path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise QueueError(f"queue: cannot start {path}: {exc.strerror or exc}")
+        if stale:
+            self._segments.pop()
+            self._reader = None
         if self._fd is not None:
             os.close(self._fd)
-        path = os.path.join(self.directory, f"seg-{first:020d}.log")
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if self.sync:
-            _fsync_dir(self.directory)
+        self._fd = fd
+        self._sealed = False
         self._segments.append(_Segment(path, first, first - 1, 0))
+        if self.sync:
+            try:
+                _fsync_dir(self.directory)
+            except OSError as exc:
+                raise QueueError(f"queue: cannot sync {self.directory}: {exc.strerror or exc}")
 
     # -- reading -----------------------------------------------------------------
 
@@ -315,6 +342,23 @@ class DurableQueue:
         if upto <= self.acked:
             return 0
         newly = upto - self.acked
+        try:
+            self._write_acked(upto)
+        except OSError as exc:
+            log.warn("queue: cannot record the acknowledgement of seq {seq} in {directory} "
+                     "({error}); after a restart those records are delivered again, which "
+                     "the receiver ignores", seq=upto, directory=self.directory,
+                     error=exc.strerror or exc)
+        self.acked = upto
+        try:
+            self._delete_acked_segments()
+        except OSError as exc:
+            # What stays on disk is acknowledged: the next open deletes it.
+            log.warn("queue: cannot delete acknowledged records in {directory} ({error})",
+                     directory=self.directory, error=exc.strerror or exc)
+        return newly
+
+    def _write_acked(self, upto: int) -> None:
         text = str(upto).encode()
         path = os.path.join(self.directory, ACKED)
         tmp = f"{path}.tmp"
@@ -328,9 +372,6 @@ class DurableQueue:
         os.replace(tmp, path)
         if self.sync:
             _fsync_dir(self.directory)
-        self.acked = upto
-        self._delete_acked_segments()
-        return newly
 
     def _delete_acked_segments(self) -> None:
         # Keep the last segment: it is the one being appended to.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import textwrap
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from voipmon import queue as queue_module
 from voipmon.queue import RECORD, DurableQueue, QueueError
 from voipmon.test.common import ROOT
 
@@ -241,6 +243,124 @@ CHILD = textwrap.dedent("""
             line += " acked %d" % (durable - 20)
         print(line, flush=True)
 """)
+
+
+class FaultyOs:
+    """``os`` as voipmon.queue sees it, with chosen calls failing like a full disk."""
+
+    def __init__(self) -> None:
+        self.write_fails = False     # write 7 bytes, then ENOSPC
+        self.truncate_fails = False  # EIO
+        self.open_fails = ""         # ENOSPC for paths containing this
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.write_fails:
+            os.write(fd, data[:7])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        if self.truncate_fails:
+            raise OSError(errno.EIO, "Input/output error")
+        os.ftruncate(fd, size)
+
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+        if self.open_fails and self.open_fails in os.path.basename(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.open(path, flags, mode)
+
+
+class DiskFaultTests(SynchronousTestCase):
+    """A full disk or a failing write loses no record and never corrupts a later one."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.os = FaultyOs()
+        self.patch(queue_module, "os", self.os)
+
+    def reopened(self) -> tuple[list[tuple[int, bytes]], DurableQueue]:
+        queue = DurableQueue(self.path)
+        self.addCleanup(queue.close)
+        return queue.read(0), queue
+
+    def append(self, queue: DurableQueue, numbers: range) -> None:
+        for n in numbers:
+            queue.append(payload(n))
+
+    def test_full_disk_keeps_records_buffered_until_it_has_room(self) -> None:
+        queue = DurableQueue(self.path)
+        self.append(queue, range(3))
+        self.os.write_fails = True
+        error = self.assertRaises(QueueError, queue.flush)
+        self.assertIn("No space left on device", str(error))
+        self.assertEqual(queue.read(0), [])       # nothing promised
+        self.os.write_fails = False
+        self.assertEqual(queue.flush(), 3)
+        queue.close()
+        records, again = self.reopened()
+        self.assertEqual(records, [(n + 1, payload(n)) for n in range(3)])
+        self.assertEqual(again.recovered_tail_bytes, 0)   # the partial write was cut
+
+    def test_a_partial_write_that_cannot_be_cut_seals_its_segment(self) -> None:
+        queue = DurableQueue(self.path)
+        self.append(queue, range(2))
+        queue.flush()
+        self.append(queue, range(2, 4))
+        self.os.write_fails = self.os.truncate_fails = True
+        self.assertRaises(QueueError, queue.flush)
+        self.os.write_fails = self.os.truncate_fails = False
+        self.append(queue, range(4, 5))
+        self.assertEqual(queue.flush(), 5)
+        self.assertEqual(len(queue._segments), 2)   # later records are not behind stray bytes
+        self.assertEqual([seq for seq, _ in queue.read(0)], [1, 2, 3, 4, 5])
+        queue.close()
+        records, again = self.reopened()
+        self.assertEqual(records, [(n + 1, payload(n)) for n in range(5)])
+        self.assertEqual(again.recovered_tail_bytes, 7)
+
+    def test_a_sealed_segment_with_no_record_is_replaced(self) -> None:
+        queue = DurableQueue(self.path)
+        self.append(queue, range(2))
+        self.os.write_fails = self.os.truncate_fails = True
+        self.assertRaises(QueueError, queue.flush)
+        self.os.write_fails = self.os.truncate_fails = False
+        self.assertEqual(queue.flush(), 2)
+        self.assertEqual(len(queue._segments), 1)
+        queue.close()
+        records, again = self.reopened()
+        self.assertEqual(records, [(1, payload(0)), (2, payload(1))])
+        self.assertEqual(again.recovered_tail_bytes, 0)
+
+    def test_a_segment_that_cannot_be_started_is_tried_again(self) -> None:
+        queue = DurableQueue(self.path, segment_bytes=1)
+        self.append(queue, range(1))
+        queue.flush()
+        self.append(queue, range(1, 3))
+        self.os.open_fails = "seg-"
+        error = self.assertRaises(QueueError, queue.flush)
+        self.assertIn("cannot start", str(error))
+        self.os.open_fails = ""
+        self.assertEqual(queue.flush(), 3)          # the old segment's descriptor was kept
+        queue.close()
+        records, _again = self.reopened()
+        self.assertEqual(records, [(n + 1, payload(n)) for n in range(3)])
+
+    def test_an_ack_that_cannot_be_written_counts_until_a_restart(self) -> None:
+        queue = DurableQueue(self.path)
+        self.append(queue, range(4))
+        queue.flush()
+        self.assertEqual(queue.ack(1), 1)
+        self.os.open_fails = "acked"
+        self.assertEqual(queue.ack(3), 2)
+        self.assertEqual((queue.acked, queue.depth), (3, 1))
+        self.assertEqual(queue.read(0), [(4, payload(3))])
+        self.os.open_fails = ""
+        queue.close()
+        records, _again = self.reopened()      # delivered again from the last recorded ack
+        self.assertEqual(records, [(n + 1, payload(n)) for n in range(1, 4)])
 
 
 class CrashTests(SynchronousTestCase):
