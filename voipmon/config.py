@@ -326,6 +326,8 @@ OPTIONS: tuple[Option, ...] = (
            "HTTP Basic user; required when http_bind is not loopback."),
     Option("http_password", Text(), "", CENTRAL,
            "HTTP Basic password; required when http_bind is not loopback."),
+    Option("http_tls", Choice("auto", "yes", "no"), "auto", CENTRAL,
+           "HTTPS with the channel's certificate; auto = unless http_bind is loopback."),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}

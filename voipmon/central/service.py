@@ -276,7 +276,8 @@ class CentralService(service.MultiService):
 
         self.connector = ManagerConnector(reactor, settings.server_password,
                                           name=self.central_id)
-        web = make_web_service(settings, reactor, self.store, self.connector, port=http_port)
+        web = make_web_service(settings, reactor, self.store, self.connector, port=http_port,
+                               certificate=self.certificate)
         if web is not None:
             web.setServiceParent(self)
         if getattr(settings, "mirror_bind", None):

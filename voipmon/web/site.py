@@ -2,8 +2,9 @@
 
 Basic auth protects everything (page and API) when credentials are configured; they must
 be when ``http_bind`` is not loopback (the central's Options refuse such a config, and
-:func:`make_site` refuses it again). Responses carry headers that keep the page from being
-framed or from running anything but its own scripts.
+:func:`make_site` refuses it again). Off loopback it is HTTPS by default (``http_tls``),
+with the certificate the sensors' channel uses. Responses carry headers that keep the page
+from being framed or from running anything but its own scripts.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from typing import Any
 
 from twisted.application import internet
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.web import resource, server, static
 
 from voipmon.config import is_loopback
 from voipmon.web.api import ApiResource, find_sensor, write_json
 from voipmon.web.pcaps import CallPcaps
+
+log = Logger()
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 SECURITY_HEADERS = {
@@ -92,12 +96,20 @@ def make_site(store: Any, pcaps: CallPcaps, user: str = "", password: str = "",
     return site
 
 
+def uses_tls(settings: Any) -> bool:
+    """HTTPS or not: ``http_tls`` yes/no, or auto (HTTPS unless bound to loopback)."""
+    if settings.http_tls == "auto":
+        return not is_loopback(settings.http_bind)
+    return settings.http_tls == "yes"
+
+
 def make_web_service(settings: Any, reactor: Any, store: Any, connector: Any,
-                     port: int | None = None) -> Any:
-    """The central's HTTP service on ``http_bind:http_port`` (None when http_port = 0).
+                     port: int | None = None, certificate: Any = None) -> Any:
+    """The central's web service on ``http_bind:http_port`` (None when http_port = 0).
 
     ``connector`` is a voipmon.manager.service.ManagerConnector; ``port`` overrides
-    http_port (0: ephemeral, for tests).
+    http_port (0: ephemeral, for tests); ``certificate`` (a tls.ServerCertificate, the
+    channel's) serves HTTPS when :func:`uses_tls` says so.
     """
     if not settings.http_port:
         return None
@@ -106,8 +118,22 @@ def make_web_service(settings: Any, reactor: Any, store: Any, connector: Any,
     site = make_site(store, pcaps, settings.http_user, settings.http_password,
                      settings.http_bind)
     host = settings.http_bind
-    kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
-    endpoint = kind(reactor, settings.http_port if port is None else port, interface=host)
+    number = settings.http_port if port is None else port
+    if uses_tls(settings):
+        if certificate is None:
+            raise ValueError("http_tls: HTTPS needs the central's certificate")
+        endpoint: Any = endpoints.SSL4ServerEndpoint(reactor, number, certificate.options(),
+                                                     interface=host)
+    else:
+        if not is_loopback(host):
+            log.warn("http_tls = no on http_bind = {bind}: credentials, calls and pcaps cross "
+                     "the network in clear text; terminate TLS in front of it",
+                     bind=host)
+        kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
+        endpoint = kind(reactor, number, interface=host)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("web page and API on {url}", url=f"{'https' if uses_tls(settings) else 'http'}"
+                                              f"://{shown}:{number}/")
     svc = internet.StreamServerEndpointService(endpoint, site)
     svc.setName("http")
     return svc
