@@ -119,7 +119,8 @@ def make_web_service(settings: Any, reactor: Any, store: Any, connector: Any,
                      settings.http_bind)
     host = settings.http_bind
     number = settings.http_port if port is None else port
-    if uses_tls(settings):
+    secure = uses_tls(settings)
+    if secure:
         if certificate is None:
             raise ValueError("http_tls: HTTPS needs the central's certificate")
         endpoint: Any = endpoints.SSL4ServerEndpoint(reactor, number, certificate.options(),
@@ -132,8 +133,8 @@ def make_web_service(settings: Any, reactor: Any, store: Any, connector: Any,
         kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
         endpoint = kind(reactor, number, interface=host)
     shown = f"[{host}]" if ":" in host else host
-    log.info("web page and API on {url}", url=f"{'https' if uses_tls(settings) else 'http'}"
-                                              f"://{shown}:{number}/")
+    log.info("web page and API on {url}",
+             url=f"{'https' if secure else 'http'}://{shown}:{number}/")
     svc = internet.StreamServerEndpointService(endpoint, site)
     svc.setName("http")
     return svc
