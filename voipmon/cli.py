@@ -7,7 +7,11 @@ design, ``Cdr.to_json``). ``--spool DIR`` also writes each call's SIP and RTP pc
 under DIR. On a terminal, big files show a progress line on stderr.
 
 An unreadable file is reported on stderr with the reason and the others are still
-analysed; the exit status is then 1 (2 for bad options).
+analysed; the exit status is then 1 (2 for bad options). A corrupt or truncated capture
+(pcap, pcapng, either gzip'd) is analysed up to the damage: its calls are printed, then
+one line names the file and the byte offset, and the exit status is 1. Like any Unix
+tool, the command ends quietly when its output is closed (``voipmon-analyze F | head``):
+SIGPIPE ends it as it ends ``cat``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -127,6 +132,14 @@ class _Counting:
             self.on_read(self.count)
         return data
 
+    def seekable(self) -> bool:  # a gzip'd capture is rewound and read through GzipFile
+        return self.f.seekable()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        position = self.f.seek(offset, whence)
+        self.count = position
+        return position
+
     def close(self) -> None:
         self.f.close()
 
@@ -157,27 +170,26 @@ class Progress:
 
 
 def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
-                 emit_orphan: Callable[[RtpStream], Any], err: IO[str]) -> bool:
-    """Analyse one file; False (after saying why on ``err``) if it could not be read."""
+                 emit_orphan: Callable[[RtpStream], Any], err: IO[str]) -> str:
+    """Analyse one file, emitting its CDRs; what went wrong ("" if nothing), naming the file
+    and, for a corrupt or truncated capture, the byte offset where the calls stop."""
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as e:
-        err.write(f"voipmon-analyze: {path}: {e.strerror or e}\n")
-        return False
+        return f"{path}: {e.strerror or e}"
     counting = _Counting(raw)
     try:
         reader = CaptureReader(counting, name=path)  # type: ignore[arg-type]
     except (CaptureFormatError, OSError) as e:
         raw.close()
-        err.write(f"voipmon-analyze: {e}\n")
-        return False
+        return str(e)
     spool = SpoolWriter(options["spool"]) if options["spool"] else None
     engine = Engine(id_sensor=options["id-sensor"], on_cdr=emit, on_orphan=emit_orphan,
                     sip_ports=options["sipport"], spool=spool, savertp=options["savertp"],
                     rtptimeout=options["rtptimeout"])
     size = os.fstat(raw.fileno()).st_size
     progress = Progress(err, path, size, err.isatty() and size >= PROGRESS_BYTES)
-    ok = True
+    problem = ""
     try:
         if reader.format == "pcap":
             # the engine walks a classic pcap's records in the reader's buffers
@@ -194,26 +206,34 @@ def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
                 if n < _BATCH:
                     break
                 progress.update(counting.count, frames)
-    except (CaptureFormatError, OSError) as e:
-        progress.clear()
-        err.write(f"voipmon-analyze: {e}; the calls up to there are reported\n")
-        ok = False
+    except CaptureFormatError as e:
+        problem = str(e)  # names the file and the byte offset
+    except OSError as e:  # a read error: the bytes before it were taken
+        problem = f"{path}: at byte offset {counting.count}: {e.strerror or e}"
     finally:
         progress.clear()
-        engine.finish()
+        engine.finish()  # the calls read so far are printed before the error
         reader.close()
         raw.close()
-    for note in reader.notes:
-        err.write(f"voipmon-analyze: warning: {note}\n")
     if options["stats"]:
         err.write(f"{path}: {reader.frames} frames; " +
                   json.dumps(engine.stats_dict(), sort_keys=True) + "\n")
-    return ok
+    if not problem and reader.truncated:
+        problem = "; ".join(reader.notes)  # each names the file and the byte offset
+    elif problem:
+        problem += "; stopped there"
+    if problem:
+        calls = engine.stats.cdrs
+        problem += f" ({calls} call{'' if calls == 1 else 's'} reported)"
+    return problem
 
 
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
          err: IO[str] | None = None) -> int:
     """The ``voipmon-analyze`` command; returns the exit status."""
+    if out is None and hasattr(signal, "SIGPIPE"):
+        # stdout closed early (``| head``): end quietly, killed by SIGPIPE as Unix tools are
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     out = out or sys.stdout
     err = err or sys.stderr
     options = Options()
@@ -243,13 +263,16 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
         if not as_json:
             out.write(f"== {path}\n{table_header()}\n")
         orphans.clear()
-        if not analyse_file(path, options, emit, emit_orphan, err):
-            status = 1
+        problem = analyse_file(path, options, emit, emit_orphan, err)
         if orphans:
             out.write("RTP streams without signalling (not tied to a call):\n")
             for stream in orphans:
                 out.write("    " + stream_row(stream) + "\n")
-        out.flush()
+        out.flush()  # what was read comes first, then what stopped it
+        if problem:
+            err.write(f"voipmon-analyze: {problem}\n")
+            err.flush()
+            status = 1
     return status
 
 

@@ -98,7 +98,7 @@ class Number(Kind):
 
     def parse(self, text: str) -> float:
         value = float(text)
-        if not value >= self.lo:  # also refuses nan
+        if not self.lo <= value < float("inf"):  # also refuses nan
             raise ValueError
         return value
 

@@ -30,11 +30,14 @@ from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello
 from voipmon.protocols.server import ISession, ISessionHandler
 from voipmon.protocols.wire import (
+    MAX_INT,
     MessageType,
     ProtocolError,
     decode_json,
     decode_packets,
     field,
+    is_number,
+    number_field,
 )
 from voipmon.store.interfaces import StoreUnavailable
 
@@ -209,9 +212,9 @@ class CdrSession:
             raise ProtocolError(f"unexpected {kind.name} from a local-processing sensor")
 
     def _batch(self, body: dict[str, Any]) -> None:
-        first = field(body, "first", int, "CDRS")
+        first = number_field(body, "first", "CDRS", 1, MAX_INT, integer=True)
         items = field(body, "cdrs", list, "CDRS")
-        if first < 1 or not items:
+        if not items:
             raise ProtocolError("malformed CDRS message: empty batch or bad 'first'")
         if len(self.pending) >= MAX_PENDING_BATCHES:
             raise ProtocolError(f"more than {MAX_PENDING_BATCHES} CDR batches unacknowledged")
@@ -421,10 +424,10 @@ class CentralSessions:
         update = {"id_sensor": hello.id_sensor}
         for key, column in STATS_FIELDS.items():
             value = body.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            if is_number(value, 0, MAX_INT, integer=True):
                 update[column] = value
-        dropped = body.get("dropped")
-        if isinstance(dropped, int) and dropped:
+        dropped = update.get("drops")
+        if dropped:
             log.info("sensor {id_sensor} reports {dropped} mirrored packets dropped so far",
                      id_sensor=hello.id_sensor, dropped=dropped)
         if len(update) > 1:

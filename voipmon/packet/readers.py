@@ -4,9 +4,11 @@ Both read the file in big chunks and walk the records with ``struct.unpack_from`
 slice per frame and no per-packet objects, because the reader is on the hot path of
 ``voipmon-analyze`` and of ``--read-pcap``. Gzip-compressed captures are read too, as
 tshark reads them. A file that is neither format, or a record whose length cannot be
-right, raises ``CaptureFormatError`` naming the file and the byte offset. A record cut
-short by the end of the file (a capture that was still being written) ends the
-iteration cleanly; ``truncated`` counts it and ``notes`` says where.
+right, or a timestamp no date can show, raises ``CaptureFormatError`` naming the file and
+the byte offset (of the decompressed data, for a gzip'd capture). A record cut short by
+the end of the file (a capture that was still being written) ends the iteration cleanly;
+``truncated`` counts it and ``notes`` says where. Either way the records before are
+yielded first.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ CHUNK = 1 << 20
 MAX_SNAPLEN = 262144
 #: pcapng blocks longer than this are treated as corruption rather than read into memory.
 MAX_BLOCK = 16 << 20
+#: The latest capture time a record may have: the end of year 9999, the last a date shows.
+#: (A classic pcap's 32-bit seconds cannot go beyond 2106; pcapng's 64-bit times can.)
+MAX_TIMESTAMP = 253402300799.0
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -82,6 +87,8 @@ class CaptureReader:
         self.linktypes: list[int] = []
         self.frames = 0
         self.bytes_read = 0
+        self._delivered = 0  # bytes (decompressed) that _read has returned
+        self._error: CaptureFormatError | None = None
         self.compressed = False
         self._eof = False
         self._started = False
@@ -119,8 +126,12 @@ class CaptureReader:
         return self._read(CHUNK)
 
     def _read(self, n: int) -> bytes:
+        if self._error is not None:
+            raise self._error
         if not self.compressed:
-            return self._file.read(n)
+            data = self._file.read(n)
+            self._delivered += len(data)
+            return data
         # read1 in a loop, so a stream cut short loses only its last chunk
         out: list[bytes] = []
         got = 0
@@ -130,16 +141,23 @@ class CaptureReader:
             except EOFError:
                 self._eof = True
                 self.truncated += 1
-                self.notes.append(f"{self.name}: compressed data ends early; stopped there")
+                self.notes.append(f"{self.name}: compressed data ends early, at byte offset "
+                                  f"{self._delivered + got} of the decompressed data; "
+                                  "stopped there")
                 break
             except (OSError, zlib.error) as e:
-                raise CaptureFormatError(self.name, self.bytes_read,
-                                         f"cannot read compressed data: {e}") from e
+                error = CaptureFormatError(self.name, self._delivered + got,
+                                           f"cannot read compressed data: {e}")
+                if not got:
+                    raise error from e
+                self._error = error  # raised by the next read, once these bytes are used
+                break
             if not chunk:
                 self._eof = True
                 break
             out.append(chunk)
             got += len(chunk)
+        self._delivered += got
         return b"".join(out)
 
     def _pcap_header(self, head: bytes, magic_le: int, magic_be: int) -> None:
@@ -183,7 +201,7 @@ class CaptureReader:
         if self.format != "pcap" or self._started:
             return None
         self._started = True
-        return PcapWalk(self._pcap_chunks(), struct.Struct(self._order + "IIi4x").unpack_from,
+        return PcapWalk(self._pcap_chunks(), struct.Struct(self._order + "III4x").unpack_from,
                         16 + self._extra, self._scale, self.linktypes[0])
 
     def _pcap_chunks(self) -> Generator[bytes, tuple[int, int], None]:
@@ -193,7 +211,7 @@ class CaptureReader:
         read = self._read
         hlen = 16 + self._extra
         limit = max(self.snaplen, MAX_SNAPLEN)
-        unpack = struct.Struct(self._order + "IIi4x").unpack_from
+        unpack = struct.Struct(self._order + "III4x").unpack_from
         buf = self._head[24:]
         self._head = b""
         base = 24  # file offset of buf[0]
@@ -306,6 +324,10 @@ class CaptureReader:
                                 f"or capture length {caplen} does not fit its block")
                         linktype, div, offset, _ = ifaces[iface]
                         last_ts = (hi << 32 | lo) / div + offset
+                        if not 0.0 <= last_ts <= MAX_TIMESTAMP:
+                            raise CaptureFormatError(
+                                self.name, base + pos, f"packet block timestamp {last_ts:.6g} "
+                                "is before 1970 or after 9999")
                         yield (last_ts, linktype, buf[pos + 28:pos + 28 + caplen])
                         frames += 1
                     elif btype == 3:  # Simple Packet Block: interface 0, no timestamp

@@ -27,12 +27,14 @@ from voipmon.protocols.wire import (
     MAX_FRAME,
     MAX_HANDSHAKE_FRAME,
     MAX_MESSAGE,
+    MAX_TIME,
     FrameDecoder,
     MessageType,
     ProtocolError,
     decode_json,
     encode_frame,
     encode_json,
+    is_number,
 )
 
 PING_INTERVAL = 5.0
@@ -184,7 +186,7 @@ class ChannelProtocol(protocol.Protocol):
             self.send_message(MessageType.PONG, payload)
         elif kind == MessageType.PONG and self.authenticated:
             sent = decode_json(kind, payload).get("t")
-            if isinstance(sent, (int, float)) and not isinstance(sent, bool):
+            if is_number(sent, 0.0, MAX_TIME):
                 self.rtt = max(0.0, self.clock.seconds() - sent)
         elif kind == MessageType.CLOSE:
             reason = decode_json(kind, payload).get("reason")

@@ -20,12 +20,20 @@ import hashlib
 import hmac
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as field_
 from typing import Any
 
-from voipmon.protocols.wire import ProtocolError, field
+from voipmon.protocols.wire import (
+    MAX_INT,
+    MAX_TIME,
+    ProtocolError,
+    field,
+    is_number,
+    number_field,
+)
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
@@ -155,12 +163,12 @@ class Hello:
             raise ProtocolError("malformed HELLO message: bad 'probe' or 'replay'")
         instance = _hex_field(body, "instance", "HELLO", None).hex()
         return cls(
-            id_sensor=field(body, "id_sensor", int, "HELLO"),
+            id_sensor=number_field(body, "id_sensor", "HELLO", -MAX_INT, MAX_INT, integer=True),
             name=_text_field(body, "name", "HELLO", 200),
             version=_text_field(body, "version", "HELLO", 64),
             mode=mode,
             compression=_text_field(body, "compression", "HELLO", 16),
-            time=float(field(body, "time", (int, float), "HELLO")),
+            time=float(number_field(body, "time", "HELLO", 0.0, MAX_TIME)),
             nonce=_hex_field(body, "nonce", "HELLO", NONCE_BYTES),
             instance=instance,
             probe=probe,
@@ -172,6 +180,7 @@ class Hello:
 
 
 _TIMEOUTS = ("rtptimeout", "sipwithoutrtptimeout", "absolute_timeout")
+_MAX_TIMEOUT = sys.float_info.max  # any finite number of seconds, as the config allows
 
 
 def _analysis_field(value: Any) -> dict[str, Any]:
@@ -189,7 +198,7 @@ def _analysis_field(value: Any) -> dict[str, Any]:
     for name in _TIMEOUTS:
         number = value.get(name)
         if number is not None:
-            if not isinstance(number, (int, float)) or isinstance(number, bool) or number < 1:
+            if not is_number(number, 1.0, _MAX_TIMEOUT):
                 raise ProtocolError(f"malformed HELLO message: bad 'analysis.{name}'")
             out[name] = float(number)
     if "savesip" in value:
@@ -232,7 +241,7 @@ class ServerHandshake:
         if self.hello is not None:
             raise ProtocolError("HELLO sent twice")
         protocol = body.get("protocol")
-        if not isinstance(protocol, int) or isinstance(protocol, bool):
+        if not is_number(protocol, 0, MAX_INT, integer=True):
             raise ProtocolError("malformed HELLO message: bad or missing 'protocol'")
         if protocol not in SUPPORTED_VERSIONS:
             supported = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
@@ -311,7 +320,7 @@ class ClientHandshake:
         if self._hello is None or self._central_nonce is not None:
             raise ProtocolError("CHALLENGE out of order")
         self._central_nonce = _hex_field(body, "nonce", "CHALLENGE", NONCE_BYTES)
-        self.central_time = float(field(body, "time", (int, float), "CHALLENGE"))
+        self.central_time = float(number_field(body, "time", "CHALLENGE", 0.0, MAX_TIME))
         proof = make_proof(self._key, SENSOR_ROLE, self._hello.nonce, self._central_nonce,
                            self._hello.id_sensor, binding)
         return {"proof": proof.hex()}

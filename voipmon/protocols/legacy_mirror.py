@@ -184,7 +184,8 @@ class SenderProtocol(_Framed):
     def frameReceived(self, frame: wire.Frame) -> None:
         kind = frame.kind
         if kind == T.PACKETS_ACK and self.ready:
-            upto = wire.field(wire.decode_json(kind, frame.payload), "upto", int, "PACKETS_ACK")
+            upto = wire.number_field(wire.decode_json(kind, frame.payload), "upto",
+                                     "PACKETS_ACK", 0, wire.MAX_INT, integer=True)
             self.sender.acknowledged(upto)
         elif kind == T.CHALLENGE and not self.ready:
             body = wire.decode_json(kind, frame.payload)

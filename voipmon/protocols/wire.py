@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import struct
 from typing import Any, NamedTuple
 
@@ -151,16 +152,76 @@ class FrameDecoder:
 
 # -- JSON control messages ---------------------------------------------------------
 
+#: Arrays and objects in a received JSON text nest at most this deep (a CDRS batch: 5).
+MAX_JSON_DEPTH = 32
+#: The largest integer a numeric field of a message may hold (a signed 64-bit one).
+MAX_INT = (1 << 63) - 1
+#: Times on the wire are epoch seconds up to the end of year 9999 (what a date can show).
+MAX_TIME = 253402300799.0
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')
+_SAME_BRACKETS = bytes.maketrans(b"{}", b"[]")
+
+
+def _too_deep(data: bytes) -> bool:
+    """Whether the arrays and objects of the UTF-8 JSON text ``data`` nest deeper than
+    MAX_JSON_DEPTH, found before parsing at C speed. The text is cut down to its brackets
+    outside strings (escapes dropped first, then everything but brackets and quotes, then
+    the strings: runs of quotes, and what lies between quotes if brackets do), and one
+    level of innermost pairs is removed per pass. Text that does not balance is not JSON:
+    the parser says why."""
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = data.translate(_SAME_BRACKETS, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in skeleton:  # a string with brackets in it
+        skeleton = b"".join(skeleton.split(b'"')[::2])
+    for _ in range(MAX_JSON_DEPTH):
+        shorter = skeleton.replace(b"[]", b"")
+        if len(shorter) == len(skeleton):
+            return False
+        skeleton = shorter
+    return b"[]" in skeleton
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str, isfinite: Any = math.isfinite) -> float:
+    value = float(text)
+    if not isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def parse_json(data: bytes) -> Any:
+    """Parse a JSON text received from a peer: UTF-8 only, nesting at most MAX_JSON_DEPTH
+    deep, no NaN or Infinity (nor a number too large for a float). Anything else raises
+    ValueError saying what is wrong; never RecursionError. Every JSON that comes from the
+    network (channel, management port, HTTP API) is parsed here."""
+    if _too_deep(data):
+        raise ValueError(f"arrays or objects nested more than {MAX_JSON_DEPTH} deep")
+    try:
+        return _DECODER.decode(data.decode("utf-8"))
+    except RecursionError:  # only for text that is not JSON anyway (unbalanced)
+        raise ValueError("arrays or objects nested too deep") from None
+
 
 def encode_json(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """A control message's payload; NaN or an infinity in ``body`` is a ValueError, since
+    the peer would refuse it."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
 
 
 def decode_json(kind: MessageType, payload: bytes) -> dict[str, Any]:
+    """A control message's JSON object (``parse_json``); ProtocolError if it is not one."""
     try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed {kind.name} message: {exc}")
+        body = parse_json(payload)
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise ProtocolError(f"malformed {kind.name} message: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError(f"malformed {kind.name} message: not a JSON object")
     return body
@@ -171,6 +232,24 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], messag
     value = body.get(name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ProtocolError(f"malformed {message} message: bad or missing {name!r}")
+    return value
+
+
+def is_number(value: Any, low: float, high: float, integer: bool = False) -> bool:
+    """A JSON number (an integer if ``integer``) from ``low`` to ``high``: never true or
+    false, NaN or an infinity (both bounds are finite), nor an integer of a thousand digits."""
+    return (isinstance(value, int if integer else (int, float))
+            and not isinstance(value, bool) and low <= value <= high)
+
+
+def number_field(body: dict[str, Any], name: str, message: str, low: float, high: float,
+                 integer: bool = False) -> Any:
+    """``body[name]``, a number from ``low`` to ``high`` (``is_number``); ProtocolError if not."""
+    value = body.get(name)
+    if not is_number(value, low, high, integer):
+        raise ProtocolError(f"malformed {message} message: bad or missing {name!r} "
+                            f"({'an integer' if integer else 'a number'} from {low:g} to "
+                            f"{high:g})")
     return value
 
 

@@ -22,12 +22,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from voipmon.protocols.wire import (
+    MAX_INT,
     PACKET_RECORD,
     MessageType,
     PacketBatch,
     ProtocolError,
     decode_json,
     field,
+    is_number,
 )
 from voipmon.sensor.uplink import Done, IUplink, negotiated_window
 
@@ -239,7 +241,7 @@ class MirrorUplink:
                 raise ProtocolError("END_ACK without END")
             self.end_state = "acked"
             cdrs = decode_json(kind, payload).get("cdrs")
-            self.central_cdrs = cdrs if isinstance(cdrs, int) else None
+            self.central_cdrs = cdrs if is_number(cdrs, 0, MAX_INT, integer=True) else None
             self._done.fire()
         else:
             raise ProtocolError(f"unexpected {kind.name} from the central")

@@ -5,6 +5,10 @@ channel, pings and timers keep running during a long replay. A sink that can pus
 (the mirroring buffer: a file can wait, unlike a wire) is asked ``has_room`` before each
 slice and waited for with ``when_room``. At the end ``on_end`` runs once: the engine
 closes the calls still open, or the mirror says END.
+
+A corrupt or truncated capture ends the replay where the damage starts, after every frame
+before it was delivered: ``error`` then says what and where (file and byte offset), it is
+logged, and ``on_end`` still runs, so the calls read so far are closed and delivered.
 """
 
 from __future__ import annotations
@@ -84,9 +88,13 @@ class ReplaySource(service.Service):
             self._deliver(batch)
             self._end(str(exc))
             return
+        except OSError as exc:
+            self._deliver(batch)
+            self._end(f"{self.path}: read error: {exc.strerror or exc}")
+            return
         self._deliver(batch)
         if len(batch) < self.chunk:
-            self._end(None)
+            self._end("; ".join(self._reader.notes) if self._reader.truncated else None)
         else:
             self._call = self.clock.callLater(0, self._step)
 
@@ -112,7 +120,8 @@ class ReplaySource(service.Service):
         if self._reader is not None:
             self._reader.close()
         if error:
-            log.error("replay stopped: {error}", error=error)
+            log.error("replay of {path} stopped early, after {packets} frames: {error}",
+                      path=self.path, packets=self.packets, error=error)
         else:
             log.info("replay of {path} done: {packets} frames", path=self.path,
                      packets=self.packets)

@@ -271,6 +271,10 @@ class SensorService(service.MultiService):
                        f"the replay closed on central {central} ({self.uplink.central_cdrs} "
                        f"CDRs made there, safe on its disk; {self.uplink.dropped} packets "
                        f"dropped)")
+        error = getattr(self.source, "error", None)
+        if error:  # a damaged capture: what it held is delivered, yet the run failed
+            self._exit(1, f"{message}; but the capture stopped early: {error}")
+            return
         self._exit(0, message)
 
     def _made(self, channel: Any) -> None:

@@ -24,11 +24,13 @@ from zope.interface import Interface, implementer
 
 from voipmon.protocols.cdrcodec import cdr_to_wire
 from voipmon.protocols.wire import (
+    MAX_INT,
     MessageType,
     ProtocolError,
     decode_json,
     encode_cdr_batch,
     field,
+    is_number,
 )
 from voipmon.queue import DurableQueue, QueueError
 
@@ -217,7 +219,7 @@ class CdrUplink:
                 self.inflight.popleft()
             self.delivered += self.queue.ack(upto)
             stored = body.get("stored")
-            if isinstance(stored, int) and not isinstance(stored, bool):
+            if is_number(stored, 0, MAX_INT, integer=True):
                 self.stored += stored
             self.pump()
             self._check_done()

@@ -134,14 +134,21 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(len(out.splitlines()), 1)  # the good file is still analysed
 
     def test_truncated_file_is_reported_and_analysed(self) -> None:
+        """A capture cut short is analysed up to the cut, then an error with the offset of
+        the record cut short, and exit status 1 (it was a warning and 0)."""
         with open(self.capture, "rb") as f:
             data = f.read()
         cut = os.path.join(self.dir, "cut.pcap")
         with open(cut, "wb") as f:
             f.write(data[:-30])
         status, out, err = self.run_cli("--json", cut)
-        self.assertEqual(status, 0)
-        self.assertIn("truncated", err)
+        self.assertEqual(status, 1)
+        with open(self.capture, "rb") as f:
+            need = 16 + len(list(dpkt.pcap.Reader(f))[-1][1])
+        last = len(data) - need
+        self.assertEqual(err, f"voipmon-analyze: {cut}: last pcap record at byte offset {last} "
+                              f"is truncated ({need - 30} of {need} bytes); stopped there "
+                              "(1 call reported)\n")
         self.assertEqual(json.loads(out)["bye"], 2)  # the BYE's 200 OK was cut off
 
     def test_bad_options(self) -> None:

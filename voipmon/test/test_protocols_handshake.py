@@ -280,6 +280,40 @@ class MalformedTests(SynchronousTestCase):
             with self.assertRaises(ProtocolError, msg=repr(body)[:80]):
                 make_server().receive_hello(body)
 
+    def test_time_must_be_a_sane_number(self) -> None:
+        """A hello's time that is NaN (it passed the skew check: NaN compares false),
+        an infinity (was a clock skew), negative, after 9999, a boolean or a thousand-digit
+        integer is malformed, not a skew; 1970 and 9999 themselves are times (skewed)."""
+        good = make_client().hello()
+        for bad in (float("nan"), float("inf"), -float("inf"), -1.0, -1e-9, 253402300800.0,
+                    1e300, True, False, 10 ** 1000, None, "1000"):
+            with self.assertRaises(ProtocolError, msg=repr(bad)[:40]) as caught:
+                make_server().receive_hello({**good, "time": bad})
+            self.assertIn("'time'", str(caught.exception))
+        for edge in (0, 253402300799.0):
+            with self.assertRaises(Rejection) as caught:
+                make_server().receive_hello({**good, "time": edge})
+            self.assertEqual(caught.exception.code, CLOCK_SKEW)
+
+    def test_other_numbers_must_be_sane(self) -> None:
+        """The hello's other numbers: NaN/infinite timeouts, a boolean or a huge protocol
+        or id, and the challenge's time, are malformed on either side."""
+        good = make_client().hello()
+        nan, inf = float("nan"), float("inf")
+        broken = [{**good, "analysis": {"rtptimeout": nan}},
+                  {**good, "analysis": {"absolute_timeout": inf}},
+                  {**good, "analysis": {"sipwithoutrtptimeout": -inf}},
+                  {**good, "protocol": 10 ** 1000}, {**good, "protocol": -1},
+                  {**good, "id_sensor": 10 ** 1000}, {**good, "id_sensor": 7.0}]
+        for body in broken:
+            with self.assertRaises(ProtocolError, msg=repr(body)[-80:]):
+                make_server().receive_hello(body)
+        for bad in (nan, inf, -1.0, True):
+            client = make_client()
+            client.hello()
+            with self.assertRaises(ProtocolError, msg=repr(bad)):
+                client.receive_challenge({"nonce": "00" * NONCE_BYTES, "time": bad}, BINDING)
+
     def test_out_of_order(self) -> None:
         """Messages in the wrong order are protocol errors on both sides."""
         server = make_server()

@@ -13,6 +13,7 @@ from voipmon.protocols.wire import (
     FLAG_COMPRESSED,
     HEADER,
     MAX_HANDSHAKE_FRAME,
+    MAX_JSON_DEPTH,
     PACKET_RECORD,
     PACKETS_HEADER,
     FrameDecoder,
@@ -26,7 +27,10 @@ from voipmon.protocols.wire import (
     encode_frame,
     encode_json,
     field,
+    is_number,
+    number_field,
     packets_seq,
+    parse_json,
 )
 
 
@@ -140,6 +144,128 @@ class JsonTests(SynchronousTestCase):
         self.assertEqual(json.loads(payload),
                          {"first": 7, "cdrs": [{"callid": "a"}, {"callid": "b"}]})
         self.assertEqual(json.loads(encode_cdr_batch(1, [])), {"first": 1, "cdrs": []})
+
+
+def depth_of(value: object) -> int:
+    """How deeply the lists and dicts of a decoded JSON value nest (the reference)."""
+    if isinstance(value, list):
+        return 1 + max((depth_of(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((depth_of(v) for v in value.values()), default=0)
+    return 0
+
+
+# JSON values whose strings are full of what a structure scan trips on.
+_TRICKY = st.text(alphabet='[]{}"\\:,ab\u00e9\n\u2028\U0001f600', max_size=8)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
+                                                          allow_infinity=False) | _TRICKY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+    max_leaves=60)
+
+
+class SafeJsonTests(SynchronousTestCase):
+    """parse_json: one decoder for every JSON from the network, bounded and finite."""
+
+    def nest(self, depth: int, kind: str = "[") -> bytes:
+        if kind == "[":
+            return b"[" * depth + b"]" * depth
+        return b'{"k":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+
+    def test_depth_bound_is_exact(self) -> None:
+        """Arrays, objects and a mix nest up to MAX_JSON_DEPTH and not one level more."""
+        for kind in ("[", "{"):
+            self.assertEqual(depth_of(parse_json(self.nest(MAX_JSON_DEPTH, kind))),
+                             MAX_JSON_DEPTH)
+            with self.assertRaises(ValueError) as caught:
+                parse_json(self.nest(MAX_JSON_DEPTH + 1, kind))
+            self.assertIn(f"nested more than {MAX_JSON_DEPTH} deep", str(caught.exception))
+        mixed = b'[{"a":' * 16 + b"1" + b"}]" * 16
+        self.assertEqual(depth_of(parse_json(mixed)), 32)
+        self.assertRaises(ValueError, parse_json, b"[" + mixed + b"]")
+
+    def test_no_recursion_error_ever(self) -> None:
+        """Deep text in every form, valid or not, is a ValueError: never RecursionError."""
+        for text in (b"[" * 100000, b"[" * 100000 + b"]" * 99999, b"]" * 5000 + b"[" * 5000,
+                     b'{"a":' * 50000, b"[" * 999 + b"1" + b"]" * 999,
+                     b'["\\' + b"[" * 5000 + b'"' + b"[" * 5000):
+            self.assertRaises(ValueError, parse_json, text)
+
+    def test_brackets_in_strings_do_not_count(self) -> None:
+        """Brackets, quotes and backslashes inside strings are text, not structure."""
+        texts = [b'["' + b"[" * 100 + b'"]', b'{"' + b"{" * 100 + b'":"' + b"]" * 100 + b'"}',
+                 b'["\\"", "' + b"[" * 50 + b'\\\\", "\\""]',
+                 b'["sip:[2001:db8::1]:5060", "a]b", "[", "]]", "\\\\[", "\\"["]',
+                 b'["\\u005b\\u005b", "\\\\\\"[["]']
+        for text in texts:
+            self.assertEqual(parse_json(text), json.loads(text), text)
+
+    def test_depth_hidden_behind_strings_is_found(self) -> None:
+        """Strings of closing brackets cannot hide real depth from the scan."""
+        deep = b'["]",' * 40 + b"1" + b"]" * 40
+        self.assertEqual(depth_of(json.loads(deep)), 40)
+        self.assertRaises(ValueError, parse_json, deep)
+        deep = b'["\\"]",' * 40 + b"1" + b"]" * 40
+        self.assertRaises(ValueError, parse_json, deep)
+
+    @settings(max_examples=300, deadline=None)
+    @given(_VALUES)
+    def test_any_value(self, value: object) -> None:
+        """Any JSON value: read back as json reads it if it nests up to the bound, refused
+        otherwise, in either text form (compact, spaced, ASCII-escaped)."""
+        for text in (json.dumps(value, ensure_ascii=False).encode(),
+                     json.dumps(value, separators=(",", ":")).encode(),
+                     json.dumps(value, indent=1).encode()):
+            if depth_of(value) <= MAX_JSON_DEPTH:
+                self.assertEqual(parse_json(text), json.loads(text))
+            else:
+                self.assertRaises(ValueError, parse_json, text)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(MAX_JSON_DEPTH - 3, MAX_JSON_DEPTH + 3), _TRICKY, st.booleans())
+    def test_depth_at_the_bound(self, depth: int, text: str, objects: bool) -> None:
+        """Around the bound, with tricky strings at the bottom: exact."""
+        value: object = text
+        for level in range(depth):
+            value = {text: value} if objects and level % 2 else [text, value]
+        raw = json.dumps(value).encode()
+        if depth <= MAX_JSON_DEPTH:
+            self.assertEqual(parse_json(raw), value)
+        else:
+            self.assertRaises(ValueError, parse_json, raw)
+
+    def test_nan_and_infinity_refused(self) -> None:
+        """NaN, Infinity and numbers beyond a double (Python's json takes all of them)."""
+        for text in (b"NaN", b"[Infinity]", b'{"a":-Infinity}', b"1e999", b"[-1e400]",
+                     b'{"t":' + b"9" * 400 + b".0}"):
+            self.assertRaises(ValueError, parse_json, text)
+            with self.assertRaises(ProtocolError):
+                decode_json(MessageType.PONG, text)
+        self.assertEqual(parse_json(b"[1e308, -1e-400, 0.5]"), [1e308, -0.0, 0.5])
+
+    def test_only_utf8(self) -> None:
+        """UTF-16 or Latin-1 text is refused (json.loads would guess UTF-16)."""
+        for text in ('{"a": 1}'.encode("utf-16"), '{"a": "\u00e9"}'.encode("latin-1"),
+                     b"\xef\xbb\xbf{}"):
+            self.assertRaises(ValueError, parse_json, text)
+
+    def test_encode_refuses_what_decode_refuses(self) -> None:
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            self.assertRaises(ValueError, encode_json, {"t": bad})
+
+    def test_numbers(self) -> None:
+        """is_number/number_field: never true/false, NaN, an infinity or out of range."""
+        for value in (1, 1.5, 0, 10):
+            self.assertTrue(is_number(value, 0, 10))
+        for value in (True, False, float("nan"), float("inf"), -float("inf"), 11, -1,
+                      10 ** 1000, "1", None, [1]):
+            self.assertFalse(is_number(value, 0, 10), value)
+        self.assertFalse(is_number(1.5, 0, 10, integer=True))
+        self.assertEqual(number_field({"n": 3}, "n", "X", 1, 5, integer=True), 3)
+        with self.assertRaises(ProtocolError) as caught:
+            number_field({"n": float("nan")}, "n", "X", 1, 5)
+        self.assertIn("malformed X message: bad or missing 'n' (a number from 1 to 5)",
+                      str(caught.exception))
 
 
 class PacketBatchTests(SynchronousTestCase):

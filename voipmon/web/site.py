@@ -4,7 +4,9 @@ Basic auth protects everything (page and API) when credentials are configured; t
 be when ``http_bind`` is not loopback (the central's Options refuse such a config, and
 :func:`make_site` refuses it again). Off loopback it is HTTPS by default (``http_tls``),
 with the certificate the sensors' channel uses. Responses carry headers that keep the page
-from being framed or from running anything but its own scripts.
+from being framed or from running anything but its own scripts. A path with a control
+character once percent-decoded (NUL, a line break, an escape ...) is a 400 and one that is
+not UTF-8 a 404, for every route, before any route sees it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import hmac
 import os
+import re
 from typing import Any
 
 from twisted.application import internet
@@ -33,6 +36,7 @@ SECURITY_HEADERS = {
     b"content-security-policy": b"default-src 'self'; img-src 'self' data:; "
                                 b"style-src 'self'; script-src 'self'; frame-ancestors 'none'",
 }
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 class StaticFiles(static.File):
@@ -56,6 +60,14 @@ class Guard(resource.Resource):
             request.setHeader(name, value)
         if self.credentials is not None and not self._authorized(request):
             return _Unauthorized()
+        segments = [path, *request.postpath]  # percent-decoded already
+        if any(_CONTROL.search(segment) for segment in segments):
+            return _Refused(400, "the path has a control character")
+        try:
+            for segment in segments:
+                segment.decode("utf-8")
+        except UnicodeDecodeError:
+            return _Refused(404, "no such resource (the path is not UTF-8)")
         return self.inner.getChildWithDefault(path, request)
 
     def _authorized(self, request: Any) -> bool:
@@ -74,13 +86,28 @@ class Guard(resource.Resource):
         return bool(sep) and ok_user and ok_password
 
 
-class _Unauthorized(resource.Resource):
+class _Refused(resource.Resource):
+    """A JSON error answer to any method."""
+
     isLeaf = True
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def render(self, request: Any) -> Any:
+        write_json(request, self.status, {"error": self.message})
+        return server.NOT_DONE_YET
+
+
+class _Unauthorized(_Refused):
+    def __init__(self) -> None:
+        super().__init__(401, "authentication required (HTTP Basic)")
 
     def render(self, request: Any) -> Any:
         request.setHeader(b"www-authenticate", b'Basic realm="voipmon", charset="UTF-8"')
-        write_json(request, 401, {"error": "authentication required (HTTP Basic)"})
-        return server.NOT_DONE_YET
+        return super().render(request)
 
 
 def make_site(store: Any, pcaps: CallPcaps, user: str = "", password: str = "",
