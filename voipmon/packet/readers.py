@@ -201,6 +201,8 @@ class CaptureReader:
         if self.format != "pcap" or self._started:
             return None
         self._started = True
+        # the captured length is unsigned: a corrupt one can only look too long (caught
+        # where the buffer ends), never negative (which walked a buffer backwards)
         return PcapWalk(self._pcap_chunks(), struct.Struct(self._order + "III4x").unpack_from,
                         16 + self._extra, self._scale, self.linktypes[0])
 
