@@ -127,3 +127,14 @@ class HostilePathTests(WebBase):
                              (b"/api/sensors", 200), (b"/api/cdrs?callid=%2a", 200)):
             status, _ = yield self.raw(target)
             self.assertEqual(status, want, target)
+
+    @defer.inlineCallbacks
+    def test_hostile_json_bodies(self):
+        """The API reads JSON with the channel's decoder: deep nesting, NaN, bad UTF-8 are
+        a 400 naming the problem (deep nesting was a RecursionError and a 500)."""
+        for body, word in ((b"[" * 30000 + b"]" * 30000, b"nested"),
+                           (b'{"name": ' + b"[" * 5000 + b"]" * 5000 + b"}", b"nested"),
+                           (b'{"name": NaN}', b"NaN"), (b'{"name": "\xff"}', b"utf-8")):
+            status, answer = yield self.raw(b"/api/sensors/2", b"PATCH", body)
+            self.assertEqual(status, 400, body[:40])
+            self.assertIn(word, answer, body[:40])

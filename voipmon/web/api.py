@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from voipmon.protocols.wire import parse_json
 from voipmon.web.ladder import MAX_SIP_PCAP, sip_messages
 from voipmon.web.pcaps import CallPcaps, PcapUnavailable
 
@@ -167,7 +168,7 @@ class ApiResource(resource.Resource):
         if len(raw) > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
         try:
-            body = json.loads(raw)
+            body = parse_json(raw)
         except ValueError as exc:
             raise ApiError(400, f"the body is not JSON: {exc}")
         name = body.get("name") if isinstance(body, dict) else None
