@@ -152,7 +152,8 @@ class FrameDecoder:
 
 # -- JSON control messages ---------------------------------------------------------
 
-#: Arrays and objects in a received JSON text nest at most this deep (a CDRS batch: 5).
+#: Arrays and objects in a received JSON text nest at most this deep (a CDRS batch of
+#: real CDRs nests 6 deep).
 MAX_JSON_DEPTH = 32
 #: The largest integer a numeric field of a message may hold (a signed 64-bit one).
 MAX_INT = (1 << 63) - 1
@@ -186,9 +187,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _finite_float(text: str, isfinite: Any = math.isfinite) -> float:
+def _finite_float(text: str) -> float:
     value = float(text)
-    if not isfinite(value):
+    if not math.isfinite(value):
         raise ValueError(f"number {text[:40]} is out of range")
     return value
 
