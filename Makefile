@@ -13,7 +13,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian/Ubuntu packages: build deps of pypcap and python-lzo, plus the tools the
 # tests and benchmarks compare against or drive.
 APT_PACKAGES := python3-venv python3-dev build-essential libpcap-dev liblzo2-dev \
-	tshark tcpdump sip-tester faketime tcpreplay chromium chromium-driver iproute2
+	tshark tcpdump sip-tester faketime tcpreplay chromium chromium-driver iproute2 \
+	kamailio sngrep sipvicious
 
 .PHONY: bootstrap packages venv demo test lint bench clean
 
