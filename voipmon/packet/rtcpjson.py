@@ -48,6 +48,7 @@ def rtcp_from_json(payload: bytes) -> bytes:
     if not isinstance(doc, dict):
         raise HepError("bad_rtcp_json", "not a JSON object")
     doc = _lower(doc)
+    has_sender = isinstance(doc.get("sender_information"), dict)
     sender = _lower(doc.get("sender_information"))
     blocks = doc.get("report_blocks")
     if isinstance(blocks, dict):
@@ -57,7 +58,7 @@ def rtcp_from_json(payload: bytes) -> bytes:
     blocks = [b for b in (_lower(b) for b in blocks[:31]) if b]
     kind = _int(doc.get("type"), 8)
     if kind not in (200, 201):
-        kind = 200 if sender else 201
+        kind = 200 if has_sender else 201
     ssrc = _int(doc.get("ssrc"), 32)
     body = [_pack_block(b) for b in blocks]
     if kind == 200:

@@ -187,6 +187,7 @@ class HepFrames:
         # (src, sport, dst, dport, proto) -> _Dir; both directions of a connection
         self._dirs: dict[tuple, _Dir] = {}
         self._expired_at = 0.0
+        self._created = 0
 
     def __len__(self) -> int:
         """Connections and associations held."""
@@ -241,8 +242,9 @@ class HepFrames:
         if len(self._dirs) >= 2 * self.max_connections:
             self._drop(next(iter(self._dirs)))
         rkey = (msg[5], msg[6], msg[3], msg[4], proto)
-        d = _Dir(_isn(key), ts)
-        r = _Dir(_isn(rkey), ts)
+        self._created += 1
+        d = _Dir(_isn(key, ts, self._created), ts)
+        r = _Dir(_isn(rkey, ts, self._created), ts)
         d.peer, r.peer = r, d
         self._dirs[key] = d
         self._dirs[rkey] = r
@@ -305,7 +307,12 @@ class HepFrames:
             self._drop(key)
 
 
-def _isn(key: tuple) -> int:
-    """A deterministic initial sequence number (or TSN) for one direction."""
+def _isn(key: tuple, ts: float, serial: int) -> int:
+    """The initial sequence number (or TSN) of one direction: a hash of its addresses and
+    ports, plus a 250 kHz clock (RFC 793's) and the connection's serial number, so that a
+    connection started again after its state was dropped starts elsewhere and the
+    reassembler, which may still hold the old stream, takes the new SYN as a new stream.
+    Deterministic: the same input gives the same frames."""
     src, sport, dst, dport, proto = key
-    return zlib.crc32(src + dst + struct.pack("!HHB", sport, dport, proto))
+    return (zlib.crc32(src + dst + struct.pack("!HHB", sport, dport, proto))
+            + int(ts * 250000) + serial * 0x01000193) & 0xFFFFFFFF
