@@ -16,7 +16,13 @@ the per-call pcap. The format, as those senders write it::
 
 Read leniently, since forks differ: numbers may be strings (or floats), key case varies,
 ``report_count`` may disagree with the blocks (the blocks win, at most 31), a single block
-may come as an object, and missing numbers are 0. The values are the packet's own fields:
+may come as an object, and missing numbers are 0. heplify folds a whole compound packet
+into one object: the sender information of its SR (zeros without one, but always there),
+the report blocks of its SR and RRs together, and the type of its *last* packet (201
+after SR + RR, 202 after an SDES): it is an SR when the type says 200 or the NTP time is
+set, else an RR. A report without blocks is an empty RR, as RFC 3550 allows, so the
+engine counts the packet as it counts sniffed RTCP without reports. The values are the
+packet's own fields:
 ``fraction_lost`` is the 8-bit fraction (0..255), ``ia_jitter`` in timestamp units,
 ``dlsr`` in 1/65536 s, ``ntp_timestamp_sec``/``_usec`` the NTP timestamp's two words (what
 heplify, captagent and rtpengine put there, whatever the names say); a pair that is
@@ -48,29 +54,29 @@ def rtcp_from_json(payload: bytes) -> bytes:
     if not isinstance(doc, dict):
         raise HepError("bad_rtcp_json", "not a JSON object")
     doc = _lower(doc)
-    has_sender = isinstance(doc.get("sender_information"), dict)
-    sender = _lower(doc.get("sender_information"))
+    info = doc.get("sender_information")
+    sender = _lower(info)
     blocks = doc.get("report_blocks")
     if isinstance(blocks, dict):
         blocks = [blocks]
     elif not isinstance(blocks, list):
         blocks = []
     blocks = [b for b in (_lower(b) for b in blocks[:31]) if b]
-    kind = _int(doc.get("type"), 8)
-    if kind not in (200, 201):
-        kind = 200 if has_sender else 201
+    if "ssrc" not in doc and not sender and not blocks:
+        raise HepError("bad_rtcp_json", "no ssrc, sender information or report blocks")
+    msw = _int(sender.get("ntp_timestamp_sec"), 32)
+    lsw = _int(sender.get("ntp_timestamp_usec"), 32)
+    # heplify writes the type of the compound's last packet (201 after SR + RR, 202
+    # after an SDES): sender information with a time is an SR whatever the type says
+    kind = 200 if msw or lsw or _int(doc.get("type"), 8) == 200 else 201
     ssrc = _int(doc.get("ssrc"), 32)
     body = [_pack_block(b) for b in blocks]
     if kind == 200:
-        msw, lsw = _int(sender.get("ntp_timestamp_sec"), 32), \
-            _int(sender.get("ntp_timestamp_usec"), 32)
         if _UNIX_2000 <= msw < _UNIX_2036 and lsw < 1000000:
             msw, lsw = msw + _NTP_UNIX, (lsw << 32) // 1000000
         body.insert(0, _SENDER(msw, lsw, _int(sender.get("rtp_timestamp"), 32),
                                _int(sender.get("packets"), 32),
                                _int(sender.get("octets"), 32)))
-    elif not blocks:
-        raise HepError("bad_rtcp_json", "a receiver report without report blocks")
     length = (4 + sum(len(part) for part in body)) // 4
     return _HEAD(0x80 | len(blocks), kind, length, ssrc) + b"".join(body)
 

@@ -146,17 +146,24 @@ def spec_example() -> bytes:
         "0000" "000f" "0014" + b"INVITE sip:bob".hex())
 
 
-def rtcp_json(payload: bytes) -> bytes | None:
-    """heplify's JSON for the first SR or RR of a compound RTCP packet (None if none):
-    the NTP words as ``ntp_timestamp_sec``/``_usec``, the block fields as sent."""
+def rtcp_json(payload: bytes) -> bytes:
+    """heplify's JSON for a compound RTCP packet, quirks included: one object for the
+    whole compound, the SR's sender information (zeros without an SR, but always there)
+    with the NTP words as ``ntp_timestamp_sec``/``_usec``, the report blocks of every SR
+    and RR, and the type, count and SSRC of the last packet that has them."""
+    doc: dict = {"sender_information": {"ntp_timestamp_sec": 0, "ntp_timestamp_usec": 0,
+                                        "rtp_timestamp": 0, "packets": 0, "octets": 0},
+                 "ssrc": 0, "type": 0, "report_count": 0, "report_blocks": []}
     off = 0
     while off + 8 <= len(payload):
         b0, pt, length, ssrc = struct.unpack_from("!BBHI", payload, off)
         size = (length + 1) * 4
-        if pt in (200, 201) and off + size <= len(payload):
-            p = off + 8
-            doc: dict = {"ssrc": ssrc, "type": pt, "report_count": b0 & 0x1F,
-                         "report_blocks": []}
+        if off + size > len(payload):
+            break
+        doc["type"], doc["report_count"] = pt, b0 & 0x1F
+        p = off + 8
+        if pt in (200, 201):
+            doc["ssrc"] = ssrc
             if pt == 200:
                 msw, lsw, rtpts, packets, octets = struct.unpack_from("!IIIII", payload, p)
                 doc["sender_information"] = {
@@ -172,9 +179,8 @@ def rtcp_json(payload: bytes) -> bytes | None:
                     "packets_lost": lost & 0xFFFFFF, "highest_seq_no": seq,
                     "ia_jitter": jitter, "lsr": lsr, "dlsr": dlsr})
                 p += 24
-            return json.dumps(doc).encode()
         off += size
-    return None
+    return json.dumps(doc).encode()
 
 
 @dataclass(frozen=True)
@@ -203,10 +209,7 @@ def capture_as_hep(path: str, sip_ports: Sequence[int] = (5060,), capture_id: in
         if d.proto != IPPROTO_UDP or looks_like_sip(payload):
             kind = 1
         elif is_rtcp(payload):
-            json_payload = rtcp_json(payload)
-            if json_payload is None:
-                continue
-            kind, payload = 5, json_payload
+            kind, payload = 5, rtcp_json(payload)
         elif len(payload) >= 12 and payload[0] >> 6 == 2:
             kind = 4
         else:

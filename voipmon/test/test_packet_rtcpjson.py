@@ -34,10 +34,19 @@ class RoundTripTests(SynchronousTestCase):
         rr = rtcp_rr(0x55667788, ((0x11223344, 255, 0x7FFFFF, 1, 2, 3, 4),))
         self.assertEqual(rtcp_from_json(rtcp_json(rr)), rr)
 
-    def test_compound_packet_gives_its_first_report(self) -> None:
-        sdes = bytes.fromhex("81ca0003") + b"\x11\x22\x33\x44" + b"\x01\x02ab"
+    def test_compound_packets_as_heplify_folds_them(self) -> None:
+        """SR + RR + SDES arrives as one object of type 202 with the blocks of both: it
+        becomes one SR with them all. An SDES alone becomes an empty RR."""
+        sdes = bytes.fromhex("81ca0002") + b"\x11\x22\x33\x44" + b"\x01\x02ab"
         sr = rtcp_sr(0x11223344, NTP)
-        self.assertEqual(rtcp_from_json(rtcp_json(sr + sdes)), sr)
+        rr = rtcp_rr(0x11223344, ((0x99, 1, 2, 3, 4, 5, 6),))
+        self.assertEqual(json.loads(rtcp_json(sr + rr + sdes))["type"], 202)
+        self.assertEqual(rtcp_from_json(rtcp_json(sr + rr + sdes)),
+                         rtcp_sr(0x11223344, NTP, ((0x99, 1, 2, 3, 4, 5, 6),)))
+        self.assertEqual(rtcp_from_json(rtcp_json(sdes)), rtcp_rr(0, ()))
+        self.assertEqual(json.loads(rtcp_json(sr + rr))["type"], 201)
+        self.assertEqual(rtcp_from_json(rtcp_json(sr + rr)),
+                         rtcp_sr(0x11223344, NTP, ((0x99, 1, 2, 3, 4, 5, 6),)))
 
     def test_the_engine_reads_it(self) -> None:
         """Fraction lost, jitter and round trip come out as for the original packets."""
@@ -85,8 +94,10 @@ class LenientTests(SynchronousTestCase):
         doc = {"ssrc": 7, "report_blocks": {"source_ssrc": 8, "fraction_lost": 1}}
         [report] = parse_rtcp(convert(doc))
         self.assertEqual((report.is_sr, [b.ssrc for b in report.blocks]), (False, [8]))
-        doc = {"ssrc": 7, "sender_information": {}}
+        doc = {"ssrc": 7, "type": 203, "sender_information": {"ntp_timestamp_sec": 1}}
         self.assertTrue(parse_rtcp(convert(doc))[0].is_sr)
+        doc = {"ssrc": 7, "sender_information": {}}
+        self.assertEqual(convert(doc), rtcp_rr(7, ()))
 
     def test_at_most_31_blocks(self) -> None:
         doc = {"ssrc": 1, "type": 201, "report_blocks": [{"source_ssrc": i}
@@ -96,7 +107,7 @@ class LenientTests(SynchronousTestCase):
 
     def test_unusable(self) -> None:
         for payload in (b"", b"not json", b"[1, 2]", b'"x"', b"\xff\xfe{", b"[" * 100000,
-                        b'{"ssrc": 1, "type": 201}', b'{"ssrc": 1, "report_blocks": 3}'):
+                        b"{}", b'{"type": 201, "x": 1}', b'{"report_blocks": 3}'):
             with self.subTest(payload=payload[:20]):
                 with self.assertRaises(HepError) as e:
                     rtcp_from_json(payload)
