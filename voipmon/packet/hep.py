@@ -11,9 +11,11 @@ chunk seen twice counts once, the last time. ``decode_hep`` also takes:
   one HEP3 message, on UDP and TCP alike);
 - the payload compressed in chunk 0x0010, gzip or zlib (captagent) or raw deflate;
 - HEPv1/v2 datagrams (no magic, no length: version 1 or 2, header length 16 for IPv4 or
-  40 for IPv6, then the addresses; v2 adds seconds, microseconds and a 16-bit capture id,
-  in the sender's byte order: little-endian from Kamailio and captagent on x86, read
-  big-endian when only that gives a valid microsecond count, else no time).
+  40 for IPv6, then the addresses; v2 adds a time header: seconds, microseconds and a
+  16-bit capture id, in the sender's byte order, little-endian from Kamailio and captagent
+  on x86, read big-endian when only that gives a valid microsecond count (else no time),
+  and 12 bytes long as their C struct is, padding included; 10 only when the SIP message
+  plainly starts there).
 
 Malformed input of any kind raises ``HepError``, whose ``reason`` is one of ``REASONS``:
 short words fit for a metric label. Nothing else is ever raised for any input bytes.
@@ -25,6 +27,7 @@ hot path makes one small object per message besides the payload.
 from __future__ import annotations
 
 import operator
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -87,6 +90,8 @@ _V2_HEAD = struct.Struct("!BBBBHH").unpack_from
 _LE_TIME = struct.Struct("<IIH").unpack_from
 _BE_TIME = struct.Struct("!IIH").unpack_from
 _MAGICS = (b"HEP3", b"EEP3")
+_SIP_START = re.compile(rb"(?:SIP/2\.0 |(?:INVITE|ACK|BYE|CANCEL|REGISTER|OPTIONS|PRACK|"
+                        rb"SUBSCRIBE|NOTIFY|PUBLISH|INFO|REFER|MESSAGE|UPDATE) )")
 _GZIP = b"\x1f\x8b"
 # chunk type -> exact value size, for the fixed-size generic chunks we read
 _SIZES = {1: 1, 2: 1, 3: 4, 4: 4, 5: 16, 6: 16, 7: 2, 8: 2, 9: 4, 10: 4, 11: 1, 12: 4}
@@ -286,7 +291,11 @@ def decode_hep2(data: bytes) -> HepMessage:
     if version not in (1, 2) or hlen not in (16, 40) or (family == 2) != (hlen == 16) \
             or family == 0:
         raise HepError("bad_magic", f"not HEPv1/2: {data[:4].hex()}")
-    end = hlen + (10 if version == 2 else 0)
+    end = hlen
+    if version == 2:
+        # the C struct of the time header is 12 bytes (10 and 2 of padding) as Kamailio
+        # and captagent send it; 10 only where a SIP start line plainly begins
+        end += 10 if _SIP_START.match(data, hlen + 10) else 12
     if n < end:
         raise HepError("truncated", f"{n} of {end} header bytes")
     half = (hlen - 8) // 2

@@ -114,9 +114,10 @@ def gzip_frame(message: bytes) -> bytes:
 def hep2_message(src: str, sport: int, dst: str, dport: int, payload: bytes, *,
                  version: int = 2, ts: tuple[int, int] = (1700000000, 0),
                  capture_id: int = 101, ip_proto: int = 17, little_endian: bool = True,
-                 family: int | None = None) -> bytes:
+                 family: int | None = None, packed_time: bool = False) -> bytes:
     """A HEPv1/v2 datagram as Kamailio and captagent write it: the time header in host
-    order (``little_endian``, as on x86)."""
+    order (``little_endian``, as on x86) and as their C struct, 12 bytes with 2 of padding
+    (10 with ``packed_time``)."""
     v6 = ":" in src
     addrs = packed(src) + packed(dst)
     head = struct.pack("!BBBBHH", version, 8 + len(addrs), family or (10 if v6 else 2),
@@ -124,6 +125,8 @@ def hep2_message(src: str, sport: int, dst: str, dport: int, payload: bytes, *,
     timehdr = b""
     if version == 2:
         timehdr = struct.pack("<IIH" if little_endian else "!IIH", ts[0], ts[1], capture_id)
+        if not packed_time:
+            timehdr += b"\0\0"
     return head + addrs + timehdr + payload
 
 

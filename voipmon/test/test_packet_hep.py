@@ -242,6 +242,14 @@ class LegacyTests(SynchronousTestCase):
             dst=packed("10.0.0.2"), dport=5070, payload=SIP, capture_id=4242,
             auth_key=None, correlation_id=None, node_name=None, version=2))
 
+    def test_hepv2_packed_time_header(self) -> None:
+        """A sender whose time header is 10 bytes, not the C struct's 12."""
+        for payload in (SIP, b"SIP/2.0 200 OK\r\n\r\n", b"PRACK sip:a SIP/2.0\r\n\r\n"):
+            data = hep2_message("10.0.0.1", 5060, "10.0.0.2", 5070, payload, packed_time=True)
+            self.assertEqual(decode_hep(data).payload, payload)
+            data = hep2_message("10.0.0.1", 5060, "10.0.0.2", 5070, payload)
+            self.assertEqual(decode_hep(data).payload, payload)
+
     def test_hepv2_big_endian_time_when_unambiguous(self) -> None:
         data = hep2_message("2001:db8::1", 5060, "2001:db8::2", 5060, SIP,
                             ts=(1700000000, 250000), capture_id=7, little_endian=False)
@@ -286,8 +294,8 @@ class MalformedTests(SynchronousTestCase):
         for data in samples:
             for cut in range(len(data)):
                 with self.subTest(cut=cut, data=data[:8]):
-                    if data[0] == 2 and cut > 50:  # HEPv2 has no length: a shorter
-                        self.assertEqual(decode_hep(data[:cut]).payload, data[50:cut])
+                    if data[0] == 2 and cut > 52:  # HEPv2 has no length: a shorter
+                        self.assertEqual(decode_hep(data[:cut]).payload, data[52:cut])
                         continue                    # payload is all a cut can do
                     self.reason(data[:cut])
 
