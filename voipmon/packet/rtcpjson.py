@@ -32,11 +32,11 @@ converted. The XR block is not rebuilt (the engine reads SR and RR only).
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
 from voipmon.packet.hep import HepError
+from voipmon.protocols.wire import parse_json
 
 _HEAD = struct.Struct("!BBHI").pack
 _SENDER = struct.Struct("!IIIII").pack
@@ -48,8 +48,8 @@ _UNIX_2000, _UNIX_2036 = 946684800, 2085978496
 def rtcp_from_json(payload: bytes) -> bytes:
     """The binary RTCP SR or RR that a type 5 payload describes; ``HepError`` if none."""
     try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        doc = parse_json(payload)  # the one parser of JSON off the network
+    except ValueError as e:  # UnicodeDecodeError too
         raise HepError("bad_rtcp_json", f"not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise HepError("bad_rtcp_json", "not a JSON object")
