@@ -52,9 +52,24 @@ def parse_iso_ms(text: str | None) -> float | None:
     return round(moment.timestamp() * 1000) / 1000
 
 
+def callid_bytes(callid: str) -> bytes:
+    """The exact bytes of a Call-ID (or any header text) as it came off the wire.
+
+    The SIP parser keeps a Call-ID's bytes that are not UTF-8 as lone surrogates
+    U+DC80..U+DCFF (PEP 383 ``surrogateescape``); this turns them back into those bytes.
+    Valid text never holds a surrogate, so the mapping is exact and unambiguous. A
+    surrogate no parser here produces (one that did not come from a byte) is written
+    as its UTF-8-style bytes rather than refused: a value never makes this raise.
+    """
+    try:
+        return callid.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return callid.encode("utf-8", "surrogatepass")
+
+
 def make_cdr_uid(callid: str, first_packet_ts: float) -> str:
     """Deterministic per-sensor id of a call: same packets, same uid."""
-    key = f"{callid}\x00{round(first_packet_ts * 1_000_000)}".encode("utf-8", "surrogateescape")
+    key = callid_bytes(f"{callid}\x00{round(first_packet_ts * 1_000_000)}")
     return hashlib.sha256(key).hexdigest()[:32]
 
 

@@ -15,6 +15,11 @@ to it; a UDP flow to or from a bound endpoint is that call's RTP, RTCP or T.38, 
 RTP-looking flows without SDP become orphan streams (``tied_to_sip=False``, reported
 through ``on_orphan``).
 
+Delivery (``_deliver``): every record goes to its consumer (``on_cdr``, ``on_orphan``)
+through one place; a record the consumer cannot take (it raises) is never dropped: it goes
+to the ``dead_letters`` (``voipmon.spool.deadletter``), which keeps it in the spool, counts
+it and logs the reason, and ``stats.undelivered`` counts it here.
+
 Memory stays bounded: flows are analysed in chunks (``RtpFlow.drain``), closed calls and
 finished orphans are freed, calls are capped at ``max_calls`` and the negative cache is
 cleared as it grows.
@@ -39,6 +44,7 @@ from voipmon.analysis.sdp import parse_sdp
 from voipmon.analysis.sip import looks_like_sip, parse_sip
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
+from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.spool.layout import fbasename, pcap_relpath
 from voipmon.spool.writer import SpoolWriter
 
@@ -59,6 +65,7 @@ class EngineStats:
         self.calls = 0
         self.calls_refused = 0
         self.cdrs = 0
+        self.undelivered = 0       # records their consumer could not take (dead letters)
         self.rtp_flows = 0
         self.rtcp_packets = 0
         self.orphan_flows = 0
@@ -80,12 +87,14 @@ class Engine(HotPath):
                  savertp: str = "yes", on_orphan: Callable[[RtpStream], Any] | None = None,
                  sip_heuristic: bool = True, linger: float = 5.0, bye_wait: float = 32.0,
                  max_calls: int = 100_000, max_orphan_flows: int = 1024,
-                 orphan_min_packets: int = 10, **decoder_limits: Any):
+                 orphan_min_packets: int = 10, dead_letters: IDeadLetters | None = None,
+                 **decoder_limits: Any):
         if savertp not in ("yes", "no", "header"):
             raise ValueError(f"savertp must be yes, no or header, not {savertp!r}")
         self.id_sensor = id_sensor
         self._on_cdr = on_cdr
         self._on_orphan = on_orphan
+        self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)
         self.sip_ports = frozenset(int(p) for p in sip_ports)
         self._spool = spool
         self.rtptimeout = rtptimeout
@@ -255,11 +264,16 @@ class Engine(HotPath):
         call.flows.clear()
         call.retired.clear()
         self.stats.cdrs += 1
+        self._deliver(self._on_cdr, "cdr", cdr, call.callid)
+
+    def _deliver(self, consumer: Callable[[Any], Any], kind: str, record: Any,
+                 callid: str | None = None) -> None:
+        """Hand ``record`` to ``consumer``; if it cannot take it, keep it as a dead letter."""
         try:
-            self._on_cdr(cdr)
-        except Exception:
-            self.stats.errors += 1
-            log.failure("engine: the CDR consumer failed on {callid}", callid=call.callid)
+            consumer(record)
+        except Exception as exc:
+            self.stats.undelivered += 1
+            self.dead_letters.keep(kind, record, exc, id_sensor=self.id_sensor, callid=callid)
 
     def _emit_orphan(self, flow: RtpFlow) -> None:
         for record in stream_records(flow, False, None):
@@ -268,11 +282,7 @@ class Engine(HotPath):
                 continue
             self.stats.orphan_streams += 1
             if self._on_orphan is not None:
-                try:
-                    self._on_orphan(s)
-                except Exception:
-                    self.stats.errors += 1
-                    log.failure("engine: the orphan-stream consumer failed")
+                self._deliver(self._on_orphan, "rtp_stream", s)
 
     # -- views ---------------------------------------------------------------------------
 

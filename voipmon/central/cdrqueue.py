@@ -35,6 +35,7 @@ from voipmon.analysis.cdr import Cdr
 from voipmon.protocols.cdrcodec import cdr_from_wire, cdr_to_wire
 from voipmon.protocols.failover import describe_failure
 from voipmon.queue import DurableQueue, QueueError
+from voipmon.spool.deadletter import DeadLetters, IDeadLetters, RecordRefused
 from voipmon.store.interfaces import StoreUnavailable
 
 log = Logger()
@@ -54,8 +55,11 @@ class CentralCdrQueue:
     def __init__(self, queue: DurableQueue, store: Any, clock: IReactorTime,
                  batch: int = WRITE_BATCH, retry_initial: float = RETRY_INITIAL,
                  retry_max: float = RETRY_MAX, flush_retry: float = FLUSH_RETRY,
-                 depth_log_interval: float = DEPTH_LOG_INTERVAL) -> None:
+                 depth_log_interval: float = DEPTH_LOG_INTERVAL,
+                 dead_letters: IDeadLetters | None = None) -> None:
         self.queue = queue
+        # Where CDRs that cannot be queued or read back go (the engines get it too).
+        self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)
         self.store = store
         self.clock = clock
         self.batch = batch
@@ -96,20 +100,16 @@ class CentralCdrQueue:
         return self.queue.depth + self.queue.buffered
 
     def add(self, cdr: Cdr) -> bool:
-        """Queue one CDR (an engine's on_cdr); False if it could not be queued (logged)."""
+        """Queue one CDR (an engine's on_cdr). One it can never take raises RecordRefused:
+        the engine keeps it as a dead letter."""
         if self.stopped:
-            log.error("the CDR of call {callid} (sensor {id_sensor}) was made after the CDR "
-                      "queue closed: it is not stored", callid=cdr.callid,
-                      id_sensor=cdr.id_sensor)
-            return False
+            raise RecordRefused("the CDR was made after the CDR queue closed")
         record = cdr_to_wire(cdr)
         try:
             self.queue.append(record)
         except ValueError as exc:
             self.oversized += 1
-            log.error("the CDR of call {callid} (sensor {id_sensor}) cannot be queued: {error}",
-                      callid=cdr.callid, id_sensor=cdr.id_sensor, error=exc)
-            return False
+            raise RecordRefused(f"the CDR queue cannot hold it: {exc}")
         self.accepted += 1
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
@@ -216,8 +216,9 @@ class CentralCdrQueue:
             # The CRC vouches for the bytes, so this is a record no retry can store
             # (written by another version?): holding it would block everything behind it.
             self.rejected += 1
-            log.error("CDR queue record #{seq} is not a CDR this version can store ({error}); "
-                      "skipped: {text}", seq=seq, error=exc, text=repr(data[:500]))
+            self.dead_letters.keep("queue_record", data,
+                                   f"CDR queue record #{seq} is not a CDR this version can "
+                                   f"store: {exc}")
             return None
 
     def _stored(self, new: Any, last: int, count: int) -> None:
@@ -291,6 +292,7 @@ class CentralCdrQueue:
         return {"queued": self.depth, "queue_bytes": self.queue.disk_bytes,
                 "accepted": self.accepted, "written": self.written, "stored": self.stored,
                 "rejected": self.rejected, "oversized": self.oversized,
+                "dead_letters": self.dead_letters.count,
                 "database": "down" if self.outage_since is not None else (
                     "up" if self.started else "not started")}
 

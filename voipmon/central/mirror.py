@@ -58,6 +58,12 @@ class SensorAnalysis:
         self.packets = 0
         self.cdrs = 0
         self.duplicate_batches = 0
+        self._undelivered_before = writer.dead_letters.for_sensor(self.id_sensor)
+
+    @property
+    def undelivered(self) -> int:
+        """CDRs of this analysis its engine kept as dead letters (they are not stored)."""
+        return self.writer.dead_letters.for_sensor(self.id_sensor) - self._undelivered_before
 
     def _on_cdr(self, cdr: Any) -> None:
         if self.writer.add(cdr):

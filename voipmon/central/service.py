@@ -34,6 +34,8 @@ from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello, derive_key
 from voipmon.protocols.server import CentralFactory
 from voipmon.queue import DurableQueue, QueueError
+from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
+from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.spool.retention import Minute, Retention, scan
 
 log = Logger()
@@ -48,8 +50,10 @@ def sensor_spool(spooldir: str, id_sensor: int) -> str:
     return os.path.join(spooldir, str(int(id_sensor)))
 
 
-def mirror_engine_factory(settings: Any) -> Callable[[Hello, Callable[[Any], None]], Any]:
-    """Engines for mirroring sensors: the sensor's own analysis settings, per-sensor pcaps."""
+def mirror_engine_factory(settings: Any, dead_letters: IDeadLetters | None = None
+                          ) -> Callable[[Hello, Callable[[Any], None]], Any]:
+    """Engines for mirroring sensors: the sensor's own analysis settings, per-sensor pcaps,
+    and the central's dead letters for a CDR the CDR queue cannot take."""
     from voipmon.analysis.engine import Engine
     from voipmon.spool.writer import SpoolWriter
 
@@ -67,7 +71,7 @@ def mirror_engine_factory(settings: Any) -> Callable[[Hello, Callable[[Any], Non
         return Engine(id_sensor=hello.id_sensor, on_cdr=relative_to_central,
                       sip_ports=options.pop("sipport", (5060,)),
                       spool=SpoolWriter(sensor_spool(settings.spooldir, hello.id_sensor)),
-                      **options)
+                      dead_letters=dead_letters, **options)
 
     return make
 
@@ -237,15 +241,21 @@ class CentralService(service.MultiService):
         self.store_service = StoreService(store, self.clock)
         self.store_service.setServiceParent(self)
 
-        self.writer = CentralCdrQueue(self._open_queue(), store, self.clock)
+        # Records that cannot be taken (queued, decoded) are kept in spooldir/deadletter.
+        self.dead_letters = DeadLetters(os.path.join(settings.spooldir, DEAD_LETTERS),
+                                        self.clock)
+        self.writer = CentralCdrQueue(self._open_queue(), store, self.clock,
+                                      dead_letters=self.dead_letters)
         self.store_service.started.addCallback(lambda _: self.writer.start())
         if settings.cleandatabase:
             cleaner = DatabaseRetention(store, settings.cleandatabase, self.clock)
             cleaner.setServiceParent(self)
             self.store_service.started.addCallback(lambda _: cleaner.ready())
-        self.mirrors = MirrorAnalyses(analyzer_factory or mirror_engine_factory(settings),
-                                      self.writer, self.clock)
-        self.sessions = CentralSessions(store, self.clock, mirrors=self.mirrors)
+        self.mirrors = MirrorAnalyses(
+            analyzer_factory or mirror_engine_factory(settings, self.dead_letters),
+            self.writer, self.clock)
+        self.sessions = CentralSessions(store, self.clock, mirrors=self.mirrors,
+                                        dead_letters=self.dead_letters)
         self.factory = CentralFactory(derive_key(settings.server_password),
                                       settings.client_server_connect_maximum_time_diff_s,
                                       self.sessions, self.clock, binding,
@@ -283,7 +293,7 @@ class CentralService(service.MultiService):
         if getattr(settings, "mirror_bind", None):
             from voipmon.protocols.legacy_mirror_service import LegacyMirrorReceiver
 
-            make = mirror_engine_factory(settings)
+            make = mirror_engine_factory(settings, self.dead_letters)
 
             def legacy_engine(id_sensor: int, name: str) -> Any:
                 hello = Hello(id_sensor, name, "", "mirror", "none", 0.0, b"", "")

@@ -39,6 +39,7 @@ from voipmon.protocols.wire import (
     is_number,
     number_field,
 )
+from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.store.interfaces import StoreUnavailable
 
 log = Logger()
@@ -231,11 +232,14 @@ class CdrSession:
         try:
             cdr = cdr_from_wire(item)
         except ValueError as exc:
-            # Resending cannot repair it, and holding it would block every CDR behind it.
+            # Resending cannot repair it, and holding it would block every CDR behind it:
+            # it is kept as a dead letter (acknowledged, so the sensor moves on).
             self.rejected += 1
-            log.error("sensor {id_sensor}: CDR #{seq} is malformed and cannot be stored "
-                      "({error}): {text}", id_sensor=self.hello.id_sensor, seq=seq,
-                      error=exc, text=repr(item)[:500])
+            callid = item.get("callid") if isinstance(item, dict) else None
+            self.sessions.dead_letters.keep(
+                "cdr_from_sensor", item, f"CDR #{seq} is malformed: {exc}",
+                id_sensor=self.hello.id_sensor,
+                callid=callid if isinstance(callid, str) else None)
             return None
         if cdr.id_sensor != self.hello.id_sensor:
             if not self._warned_foreign_id:
@@ -341,7 +345,9 @@ class MirrorSession:
 
             def ended(cdrs: int) -> dict[str, Any]:
                 self._ending = False
-                return {"cdrs": cdrs}
+                # ``undelivered``: CDRs of this sensor's packets kept as dead letters here
+                # (a sensor with --exit-when-done then exits non-zero).
+                return {"cdrs": cdrs, "undelivered": getattr(self.analysis, "undelivered", 0)}
 
             self._reply_when_durable(self.analysis.end_of_input(), MessageType.END_ACK, ended)
         elif kind == MessageType.STATS:
@@ -371,9 +377,10 @@ class CentralSessions:
     """Opens sessions, keeps the sensor registry in the store up to date."""
 
     def __init__(self, store: Any, clock: IReactorTime, registry: Any = None,
-                 mirrors: Any = None) -> None:
+                 mirrors: Any = None, dead_letters: IDeadLetters | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)
         self.registry = registry          # set by the assembly (the channel factory's)
         self.mirrors = mirrors            # voipmon.central.mirror.MirrorAnalyses
         self.sessions: dict[int, Any] = {}

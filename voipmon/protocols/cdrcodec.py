@@ -10,6 +10,13 @@ unknown keys are ignored and missing ones take their defaults.
 Every value is type-checked on the way in: a malformed CDR raises ValueError naming the
 field, so it can never reach the store as a poison batch. A record in the older
 ``to_json`` form (ISO times) is still accepted.
+
+The text is ASCII JSON, so any string goes through exactly. A header's bytes that are not
+UTF-8 are kept in memory as lone surrogates U+DC80..U+DCFF (PEP 383, see
+``voipmon.analysis.cdr.callid_bytes``) and travel as the escapes ``\\udc80``..``\\udcff``:
+no valid text can produce a lone surrogate, so the escape never collides with a real
+character, and ``json.loads`` gives back the same string, hence the same bytes. (With
+``ensure_ascii=False`` such a Call-ID could not be encoded at all, and its call was lost.)
 """
 
 from __future__ import annotations
@@ -175,9 +182,10 @@ def _as_dict(cdr: Cdr) -> dict[str, Any]:
 
 
 def cdr_to_wire(cdr: Cdr) -> bytes:
-    """The compact JSON text of a CDR (what the queue keeps and CDRS batches carry)."""
-    return json.dumps(_as_dict(cdr), separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    """The compact JSON text of a CDR (what the queue keeps and CDRS batches carry): ASCII,
+    every string exact, whatever bytes it came from."""
+    return json.dumps(_as_dict(cdr), separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
 
 
 def cdr_from_wire(data: Any) -> Cdr:

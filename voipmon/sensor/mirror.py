@@ -7,7 +7,8 @@ kept and resent, with their numbers, to whichever central the sensor reaches nex
 replayed capture ends, END goes after the last acknowledged batch, and the central closes
 that sensor's open calls. Its END_ACK ``{"cdrs": N}`` says those calls are closed and the
 N CDRs made from this sensor's packets are durable on the central (in its CDR queue, on
-their way to the database), so the sensor is done with them.
+their way to the database), so the sensor is done with them; ``"undelivered": M`` counts
+those the central could not take (kept in its dead-letter directory).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class MirrorUplink:
         self.source_done = False
         self.end_state: str | None = None    # None, "pending", "sent", "acked"
         self.central_cdrs: int | None = None
+        self.central_undelivered = 0
         self._flush_call: Any = None
         self._last_report = -1e18
         self._reported_drops = 0
@@ -240,8 +242,12 @@ class MirrorUplink:
             if self.end_state != "sent":
                 raise ProtocolError("END_ACK without END")
             self.end_state = "acked"
-            cdrs = decode_json(kind, payload).get("cdrs")
+            body = decode_json(kind, payload)
+            cdrs, undelivered = body.get("cdrs"), body.get("undelivered")
             self.central_cdrs = cdrs if is_number(cdrs, 0, MAX_INT, integer=True) else None
+            # CDRs of our packets the central kept as dead letters (not stored).
+            self.central_undelivered = (undelivered if is_number(undelivered, 0, MAX_INT,
+                                                                 integer=True) else 0)
             self._done.fire()
         else:
             raise ProtocolError(f"unexpected {kind.name} from the central")

@@ -7,6 +7,9 @@ The channel is a ``ClientService`` over a ``FailoverEndpoint`` of authenticating
 endpoints, one per ``server_destination``; a ``FailbackProber`` returns to the primary.
 With ``--read-pcap`` the source is the file; ``--exit-when-done`` stops the process once
 everything is acknowledged (exit 0), or when it cannot be delivered (non-zero, saying why).
+A CDR that could not be taken (a dead letter, kept in ``spooldir/deadletter`` here or in
+the central's spool when mirroring) makes that exit status 3: the replay is over, but not
+everything it made reached the database.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from voipmon.queue import DurableQueue, QueueError
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.replay import ReplaySource
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory
+from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
+from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 
 log = Logger()
 
@@ -50,9 +55,11 @@ STATS_INTERVAL = 10.0
 STATUS_EVERY = 6          # a status line every 6 stats intervals (a minute)
 GIVE_UP_AFTER = 300.0     # --exit-when-done: no central for this long = cannot deliver
 ADVANCE_INTERVAL = 1.0
+UNDELIVERED = 3           # --exit-when-done: done, but some records are dead letters
 
 
-def default_engine(settings: Any, on_cdr: Callable[[Any], None]) -> Any:
+def default_engine(settings: Any, on_cdr: Callable[[Any], None],
+                   dead_letters: IDeadLetters | None = None) -> Any:
     """The analysis engine of a local-processing sensor, writing pcaps to its spool."""
     from voipmon.analysis.engine import Engine
     from voipmon.spool.writer import SpoolWriter
@@ -61,7 +68,7 @@ def default_engine(settings: Any, on_cdr: Callable[[Any], None]) -> Any:
                   spool=SpoolWriter(settings.spooldir), rtptimeout=settings.rtptimeout,
                   sipwithoutrtptimeout=settings.sipwithoutrtptimeout,
                   absolute_timeout=settings.absolute_timeout, savesip=settings.savesip,
-                  savertp=settings.savertp)
+                  savertp=settings.savertp, dead_letters=dead_letters)
 
 
 def analysis_settings(settings: Any) -> dict[str, Any]:
@@ -96,7 +103,7 @@ class SensorService(service.MultiService):
                  exit_when_done: bool = False, clock: Any = None,
                  connect_via: Callable[[Destination], Any] | None = None,
                  binding: Callable[[Any], bytes] = tls.exporter_binding,
-                 engine_factory: Callable[[Any, Callable[[Any], None]], Any] = default_engine,
+                 engine_factory: Callable[..., Any] = default_engine,
                  on_exit: Callable[[int, str], None] | None = None,
                  give_up_after: float = GIVE_UP_AFTER, manager_port: int | None = None,
                  source: Any = None) -> None:
@@ -115,6 +122,8 @@ class SensorService(service.MultiService):
         self.engine: Any = None
         self.queue: DurableQueue | None = None
         self.exit_status: int | None = None
+        self.dead_letters = DeadLetters(os.path.join(settings.spooldir, DEAD_LETTERS),
+                                        self.clock)
         self._last_connected = self.clock.seconds()
         self._ticks = 0
         self._announced: set[tuple[str, str]] = set()
@@ -140,7 +149,8 @@ class SensorService(service.MultiService):
             raise usage.UsageError(f"{self.settings.where('spooldir')}: spooldir = "
                                    f"{self.settings.spooldir}: cannot use the CDR queue: {exc}")
         uplink = CdrUplink(self.queue, self.clock)
-        self.engine = engine_factory(self.settings, uplink.add)
+        self.engine = engine_factory(self.settings, uplink.add,
+                                     dead_letters=self.dead_letters)
         return uplink
 
     def _hello_factory(self, probe: bool = False) -> Callable[[], ClientHandshake]:
@@ -261,21 +271,30 @@ class SensorService(service.MultiService):
                                                                     or 0][0])
         if self.mode == "local":
             stats = self.uplink.stats()
-            message = (f"done: every CDR acknowledged by the central ({stats['delivered']} "
-                       f"delivered by this run, {stats['stored']} new in the database; "
-                       f"last central {central})")
+            undelivered = self.dead_letters.count
+            message = (f"every CDR {'queued ' if undelivered else ''}acknowledged by the "
+                       f"central ({stats['delivered']} delivered by this run, "
+                       f"{stats['stored']} new in the database; last central {central})")
+            where = f"kept in {self.dead_letters.directory}"
         else:
             # END_ACK: the central closed the calls and has their CDRs on its disk; it
             # stores them in its database now, or once the database is reachable.
-            message = (f"done: {self.uplink.packets_acked} mirrored packets acknowledged and "
+            message = (f"{self.uplink.packets_acked} mirrored packets acknowledged and "
                        f"the replay closed on central {central} ({self.uplink.central_cdrs} "
                        f"CDRs made there, safe on its disk; {self.uplink.dropped} packets "
                        f"dropped)")
+            undelivered = self.uplink.central_undelivered
+            where = f"kept in the dead-letter directory of central {central}"
+        if undelivered:
+            message = (f"not delivered: {undelivered} records could not be taken (dead "
+                       f"letters, {where}; the log says why); {message}")
+        else:
+            message = f"done: {message}"
         error = getattr(self.source, "error", None)
         if error:  # a damaged capture: what it held is delivered, yet the run failed
             self._exit(1, f"{message}; but the capture stopped early: {error}")
             return
-        self._exit(0, message)
+        self._exit(UNDELIVERED if undelivered else 0, message)
 
     def _made(self, channel: Any) -> None:
         self._last_connected = self.clock.seconds()
@@ -321,7 +340,8 @@ class SensorService(service.MultiService):
             transport = getattr(self.uplink, "transport", None)
             if transport is not None:
                 transport.send_message(MessageType.STATS, {
-                    k: stats[k] for k in ("packets", "dropped", "queue_depth", "cdrs")
+                    k: stats[k] for k in ("packets", "dropped", "queue_depth", "cdrs",
+                                          "dead_letters")
                     if isinstance(stats.get(k), int)})
             if self.mode == "mirror":
                 self.uplink.report_drops()
@@ -365,6 +385,7 @@ class SensorService(service.MultiService):
             "uptime": round(time.time() - self.started_at, 1),
             "queue_depth": int(uplink.get("queue_depth", uplink.get("ready_batches", 0))),
             "cdrs": int(uplink.get("cdrs", 0)), "uplink": uplink,
+            "dead_letters": self.dead_letters.count,
         }
         if self.engine is not None:
             try:

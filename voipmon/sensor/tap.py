@@ -31,7 +31,8 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["exit-when-done", None,
-         "With --read-pcap: exit 0 once every CDR or packet is acknowledged by a central."],
+         "With --read-pcap: exit 0 once every CDR or packet is acknowledged by a central; "
+         "1 or 2 if it cannot deliver; 3 if some CDRs could not be taken (dead letters)."],
     ]
 
     def postOptions(self) -> None:

@@ -33,6 +33,7 @@ from voipmon.protocols.wire import (
     is_number,
 )
 from voipmon.queue import DurableQueue, QueueError
+from voipmon.spool.deadletter import RecordRefused
 
 log = Logger()
 
@@ -124,7 +125,7 @@ class CdrUplink:
         self.delivered = 0       # CDRs acknowledged in this process
         self.stored = 0          # of those, newly inserted by the central (not duplicates)
         self.batches_sent = 0
-        self.oversized = 0       # CDRs too big to ever deliver (logged, not queued)
+        self.oversized = 0       # CDRs too big to ever deliver (dead letters, not queued)
         self.source_done = False
         self._flush_call: Any = None
         self._done = Done()
@@ -132,14 +133,13 @@ class CdrUplink:
     # -- input ---------------------------------------------------------------------
 
     def add(self, cdr: Any) -> None:
-        """Queue one CDR (the engine's on_cdr callback); it is sent once flushed."""
+        """Queue one CDR (the engine's on_cdr callback); it is sent once flushed. One that
+        can never be delivered raises (the engine keeps it as a dead letter)."""
         record = cdr_bytes(cdr)
         if len(record) > MAX_CDR_BYTES:
             self.oversized += 1
-            log.error("the CDR of call {callid} is {size} bytes, over the {limit} the channel "
-                      "carries: it cannot be delivered and is not queued",
-                      callid=cdr.callid, size=len(record), limit=MAX_CDR_BYTES)
-            return
+            raise RecordRefused(f"the CDR is {len(record)} bytes, over the {MAX_CDR_BYTES} "
+                                f"the channel carries")
         self.add_raw(record)
 
     def add_raw(self, record: bytes) -> None:

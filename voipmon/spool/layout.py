@@ -6,7 +6,8 @@ tooling and retention by minute work). ``fbasename`` is the Call-ID made safe: t
 Call-ID comes off the wire, so it may hold ``/``, ``..``, NUL, control characters or
 megabytes. Only ``[A-Za-z0-9._@+=,-]`` is kept (anything else becomes ``_``), a leading
 dot is escaped, the length is bounded, and whenever the name had to change a hash of the
-original Call-ID is appended so two different Call-IDs never share a name by accident.
+Call-ID's exact bytes as captured (bytes that are not UTF-8 included) is appended, so two
+different Call-IDs never share a name by accident.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import re
 import time
 
+from voipmon.analysis.cdr import callid_bytes
+
 #: Longest base name (before ".pcap"); well under every filesystem's 255-byte limit.
 MAX_NAME = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=,-]")
@@ -24,7 +27,7 @@ KINDS = ("SIP", "RTP")
 
 def fbasename(callid: str) -> str:
     """The file base name for ``callid``: safe as one path component, never empty."""
-    raw = callid.encode("utf-8", "surrogateescape")
+    raw = callid_bytes(callid)   # the exact bytes of the wire: the hash is theirs
     text = raw.decode("ascii", "replace")
     name = _UNSAFE.sub("_", text)
     if name.startswith("."):

@@ -129,7 +129,7 @@ _MYSQL_TYPES = {
     "u8": "tinyint unsigned", "u16": "smallint unsigned", "u32": "int unsigned",
     "u64": "bigint unsigned", "i32": "int", "i64": "bigint", "bool": "tinyint(1)",
     "double": "double", "dec3": "decimal(9,3)", "datetime": "datetime(3)",
-    "ip": "varbinary(16)", "longtext": "mediumtext",
+    "ip": "varbinary(16)", "longtext": "mediumtext", "blob": "mediumblob",
 }
 
 # Error codes (MySQL/MariaDB server errors and PyMySQL client errors).
@@ -330,7 +330,7 @@ def _keepalive(sock: Any) -> None:
 
 _SQLITE_TYPES = {
     "id": "INTEGER PRIMARY KEY AUTOINCREMENT", "double": "REAL", "dec3": "REAL",
-    "datetime": "TEXT", "ip": "BLOB", "longtext": "TEXT",
+    "datetime": "TEXT", "ip": "BLOB", "longtext": "TEXT", "blob": "BLOB",
 }
 _SQLITE_RETRY = {5, 6}                       # SQLITE_BUSY, SQLITE_LOCKED
 _SQLITE_UNAVAILABLE = {7, 8, 10, 13, 14, 15}  # NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL

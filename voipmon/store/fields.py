@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from voipmon.analysis.cdr import callid_bytes
+
 U8, U16, U32 = 0xFF, 0xFFFF, 0xFFFFFFFF
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
@@ -37,6 +39,33 @@ def text(value: Any, limit: int) -> str | None:
         value = str(value)
     value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> '?'
     return value[:limit]
+
+
+def exact_text(value: Any, limit: int) -> tuple[str | None, bytes | None]:
+    """An identifier for a text column that must lose nothing (the Call-ID): the text
+    column's value and, only when that cannot hold ``value`` exactly, its exact bytes.
+
+    The text is ``value`` as valid UTF-8, each byte that was not UTF-8 (a lone surrogate
+    in memory, see ``voipmon.analysis.cdr.callid_bytes``) shown as U+FFFD, cut to
+    ``limit`` characters: readable, indexed and searchable. The bytes (for a ``blob``
+    column beside it) are None for the usual value, which the text holds exactly.
+    """
+    if type(value) is str and len(value) <= limit and value.isascii():
+        return value, None
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        value = str(value)
+    raw = callid_bytes(value)
+    shown = raw.decode("utf-8", "replace")[:limit]
+    return shown, None if shown == value else raw
+
+
+def exact_value(shown: Any, raw: Any) -> str:
+    """What ``exact_text`` stored, read back: the same string, the same bytes."""
+    if raw is not None:
+        return bytes(raw).decode("utf-8", "surrogateescape")
+    return shown or ""
 
 
 def ascii_text(value: Any, limit: int) -> str | None:

@@ -57,7 +57,7 @@ def row_renderer(table: str, columns: Sequence[str], tail: bool = False
             value = f"int({v})"
         elif kind in _FLOAT_KINDS:
             value = f"repr(float({v}))"
-        elif kind == "ip":
+        elif kind in ("ip", "blob"):
             value = f"X + {v}.hex() + Q"
         else:
             value = f"(H({v}) if B in {v} or Z in {v} or S in {v} else Q + {v}.replace(Q, D) + Q)"

@@ -7,7 +7,11 @@ Python (the FakeStore uses it), so both agree by construction of the tests.
 
 ``caller``/``called``/``callid`` match exactly, case-insensitively; ``*`` (or ``%``) is a
 wildcard, so ``0049*`` is a prefix search that still uses the index. ``callid`` is the SIP
-Call-ID (``cdr_next.callid``): what a PBX log or a customer's ticket usually quotes.
+Call-ID (``cdr_next.callid``): what a PBX log or a customer's ticket usually quotes. It is
+taken byte for byte (``?callid=a%FF`` is the Call-ID of bytes ``a`` and 0xFF): a Call-ID
+that holds bytes that are not UTF-8, or more than the column's 1024 characters, matches
+exactly those bytes (``cdr_next.callid_raw``); in a wildcard search such a byte stands
+for any byte that was not UTF-8 (U+FFFD in the text column).
 ``from`` is inclusive, ``to`` exclusive, both on ``calldate``, as ISO 8601 (UTC unless an
 offset is given) or epoch seconds. ``mos_below=X`` keeps calls whose lowest MOS (either
 side, any model, stored to 0.1) is below X.
@@ -22,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from voipmon.analysis.cdr import parse_iso_ms
-from voipmon.store.fields import datetime_text, epoch_ms
+from voipmon.store.fields import datetime_text, epoch_ms, exact_text
+from voipmon.store.schema import TABLES
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -32,6 +37,7 @@ MAX_DELETE = 10_000
 _ARGS = ("limit", "offset", "caller", "called", "callid", "id_sensor", "from", "to",
          "mos_below")
 _TEXT_FILTERS = (("caller", "c"), ("called", "c"), ("callid", "n"))
+_CALLID_LEN = TABLES["cdr_next"].column("callid").length or 0
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,9 @@ class CdrQuery:
                     continue
                 value = value[-1]
             if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
+                # A Call-ID is matched byte for byte; other texts never keep such bytes.
+                value = value.decode("utf-8", "surrogateescape" if name == "callid"
+                                     else "replace")
             if name not in _ARGS:
                 raise ValueError(f"unknown argument {name!r}; allowed: {', '.join(_ARGS)}")
             values[name] = str(value).strip()
@@ -132,6 +140,16 @@ def _like_regex(value: str) -> re.Pattern[str]:
     return re.compile("^" + ".*".join(re.escape(p) for p in parts) + "$", re.S | re.I)
 
 
+def callid_terms(value: str) -> tuple[str, bytes | None]:
+    """A ``callid`` filter in the stored form of Call-IDs: the text to compare with
+    ``cdr_next.callid`` and, for an exact match, the ``callid_raw`` a match has (None:
+    NULL, the text is the whole Call-ID)."""
+    if like_pattern(value) is None:
+        shown, raw = exact_text(value, _CALLID_LEN)
+        return shown or "", raw
+    return exact_text(value, len(value))[0] or "", None
+
+
 def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[str, list[Any]]:
     """``WHERE ...`` (or "") on ``cdr c`` joined with ``cdr_next n``, and its parameters."""
     clauses: list[str] = []
@@ -140,10 +158,19 @@ def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[st
         value = getattr(query, column)
         if value is None:
             continue
+        raw = None
+        if column == "callid":
+            value, raw = callid_terms(value)
         pattern = like_pattern(value)
         if pattern is None:
             clauses.append(f"{table}.`{column}` = {placeholder}")
             params.append(value)
+            if column == "callid":
+                if raw is None:
+                    clauses.append("n.`callid_raw` IS NULL")
+                else:
+                    clauses.append(f"n.`callid_raw` = {placeholder}")
+                    params.append(raw)
         else:
             clauses.append(f"{table}.`{column}` LIKE {placeholder} ESCAPE '!'")
             params.append(pattern)
@@ -170,8 +197,13 @@ def matches(query: CdrQuery, row: Mapping[str, Any], calldate_ms: int) -> bool:
         if value is None:
             continue
         stored = row.get(column) or ""
+        raw = None
+        if column == "callid":
+            value, raw = callid_terms(value)
         if like_pattern(value) is None:
             if stored.casefold() != value.casefold():
+                return False
+            if column == "callid" and row.get("callid_raw") != raw:
                 return False
         elif not _like_regex(value).match(stored):
             return False

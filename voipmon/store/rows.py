@@ -4,16 +4,20 @@ Writing turns one ``Cdr`` into a ``cdr`` row (VoIPmonitor's columns, ``_mult10``
 a ``cdr_next`` row and one ``cdr_rtp`` row per stream, holding only int, float, str, bytes
 and None, already fitted to the columns by ``voipmon.store.fields`` (strings cut to length,
 integers clamped, NaN as NULL, lone surrogates replaced) so that no value can make a batch
-fail forever. This is the central's hot path: a value that already fits costs one inline
-check, and streams go through ``voipmon.store.rtprows``'s checked fast path.
+fail forever. The Call-ID alone is kept exactly: ``cdr_next.callid`` holds it as readable
+text (bytes that are not UTF-8 shown as U+FFFD, cut to the column) and, only when that text
+is not exact, ``cdr_next.callid_raw`` holds its bytes as captured (``fields.exact_text``).
+This is the central's hot path: a value that already fits costs one inline check, and
+streams go through ``voipmon.store.rtprows``'s checked fast path.
 
 Reading rebuilds the ``Cdr`` from ``cdr``/``cdr_next``/``cdr_rtp`` (``cdr_rtp`` keeps the
 streams at full precision; ``cdr``'s a_/b_ summaries are derived data for SQL reports), and
 ``cdr_json`` hands it to the HTTP API as ``Cdr.to_json()`` plus ``id`` and ``pcap_on``.
 
-What a round trip keeps: everything, except that times and durations are kept to the
-millisecond (as the JSON shows them), addresses come back in canonical form, texts are
-cut to their column's length and the user agent and response texts lose trailing blanks.
+What a round trip keeps: everything (the Call-ID byte for byte), except that times and
+durations are kept to the millisecond (as the JSON shows them), addresses come back in
+canonical form, other texts are cut to their column's length (a byte that was not UTF-8
+becomes '?') and the user agent and response texts lose trailing blanks.
 ``stored_form`` applies exactly that to a Cdr without a database (the FakeStore uses it).
 """
 
@@ -35,6 +39,8 @@ from voipmon.store.fields import (
     dec3,
     epoch,
     epoch_ms,
+    exact_text,
+    exact_value,
     ip_bytes,
     ip_text,
     lookup_text,
@@ -68,6 +74,7 @@ CDR_COLUMNS: tuple[str, ...] = (
 )
 NEXT_COLUMNS: tuple[str, ...] = (
     "cdr_ID", "callid", "fbasename", "connect_time", "sip_pcap", "rtp_pcap", "pcap_on", "extra",
+    "callid_raw",
 )
 RTP_COLUMNS: tuple[str, ...] = (
     "cdr_ID", "index", "saddr", "sport", "daddr", "dport", "ssrc", "payload", "received",
@@ -214,9 +221,12 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
         *_summary(a_side, b_side),
     )
     callid, fbasename, sip_pcap, rtp_pcap = cdr.callid, cdr.fbasename, cdr.sip_pcap, cdr.rtp_pcap
+    if type(callid) is str and len(callid) <= _CALLID_LEN and callid.isascii():
+        callid_raw = None
+    else:
+        callid, callid_raw = exact_text(callid, _CALLID_LEN)
     next_row = (
-        cdr_id, callid[:_CALLID_LEN] if type(callid) is str and callid.isascii()
-        else text(callid, _CALLID_LEN),
+        cdr_id, callid,
         fbasename[:_FBASENAME_LEN] if type(fbasename) is str and fbasename.isascii()
         else text(fbasename, _FBASENAME_LEN),
         datetime_text(cdr.connect_time),
@@ -225,7 +235,7 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
         rtp_pcap[:_PATH_LEN] if type(rtp_pcap) is str and rtp_pcap.isascii()
         else text(rtp_pcap, _PATH_LEN),
         pcap_on if (sip_pcap or rtp_pcap) and pcap_on in PCAP_ON else None,
-        _extra_json(cdr.extra),
+        _extra_json(cdr.extra), callid_raw,
     )
     return row, next_row, [row for row, _side in encoded]
 
@@ -259,7 +269,7 @@ READ_COLUMNS: tuple[str, ...] = (
     "c.caller_domain", "c.called_domain", "c.callername", "c.whohanged",
     "c.a_index", "c.b_index", "r.lastSIPresponse", "ua.ua", "ub.ua",
     "n.callid", "n.fbasename", "n.connect_time", "n.sip_pcap", "n.rtp_pcap", "n.pcap_on",
-    "n.extra",
+    "n.extra", "n.callid_raw",
 )
 READ_RTP_COLUMNS: tuple[str, ...] = tuple(c for c in RTP_COLUMNS if c != "cdr_ID")
 
@@ -291,10 +301,11 @@ def decode_cdr(row: Sequence[Any], rtp_rows: Sequence[Sequence[Any]]) -> tuple[i
      caller, called, sipcallerip, sipcalledip, sipcallerport, sipcalledport,
      response_num, bye, caller_domain, called_domain, callername, whohanged, a_index,
      b_index, response, a_ua, b_ua, callid, fbasename, connect_time, sip_pcap, rtp_pcap,
-     pcap_on, extra) = row
+     pcap_on, extra, callid_raw) = row
     start = epoch(calldate)
     cdr = Cdr(
-        sensor_cdr_uid=sensor_cdr_uid, callid=callid or "", id_sensor=id_sensor,
+        sensor_cdr_uid=sensor_cdr_uid, callid=exact_value(callid, callid_raw),
+        id_sensor=id_sensor,
         calldate=start, callend=epoch(callend),
         duration=float(duration) if duration is not None else 0.0,
         connect_duration=float(connect_duration) if connect_duration is not None else 0.0,

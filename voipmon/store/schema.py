@@ -13,7 +13,8 @@ reports written for VoIPmonitor keep working: ``cdr.calldate``, ``caller``, ``ca
 ``sipcallerip`` (``varbinary(16)`` as VoIPmonitor's IPv6 layout, read with ``INET6_NTOA``),
 ``a_avgjitter_mult10``, ``a_mos_f1_mult10``, ``a_sl1``..``a_sl10``, ``a_d50``..``a_d300``,
 ``cdr_rtp.loss``, ``cdr_sip_response`` and ``cdr_ua`` lookups, ``cdr_next.fbasename``.
-Columns of our own: ``cdr.sensor_cdr_uid`` (the idempotency key), ``cdr_next.callid``,
+Columns of our own: ``cdr.sensor_cdr_uid`` (the idempotency key), ``cdr_next.callid``
+(and ``callid_raw``, its exact bytes when the text cannot hold them),
 ``connect_time``, ``sip_pcap``/``rtp_pcap``/``pcap_on`` (where the call's pcap lives),
 ``extra`` (JSON), and full-precision stream values in ``cdr_rtp`` (``avgjitter``, ``mos_f1``...)
 beside VoIPmonitor's ``maxjitter_mult10``. ``cdr``'s summaries are VoIPmonitor-style:
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field, replace
 #   bintext:N     up to N characters compared exactly (lookup keys)
 #   ascii:N       up to N ASCII characters compared exactly (ids)
 #   longtext      unbounded text (JSON)
+#   blob          bytes as they are, up to 16 MiB
 #   enum:a,b      one of the listed words or NULL
 
 
@@ -304,6 +306,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
     Migration(3, "cdr_next: index on callid, for the API's Call-ID search", (
         CreateIndex("cdr_next", Index("cdr_next_callid", ("callid",), prefix=255)),
+    )),
+    # A Call-ID is the key operators search by, and anyone can put any byte in it: its
+    # exact bytes when ``callid`` (utf8mb4 text, 1024 characters) cannot hold them.
+    Migration(4, "cdr_next: callid_raw, the exact bytes of a Call-ID its text cannot hold", (
+        AddColumn("cdr_next", Column("callid_raw", "blob")),
     )),
 )
 

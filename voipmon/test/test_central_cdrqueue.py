@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.queue import DurableQueue, QueueError
+from voipmon.spool.deadletter import RecordRefused
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes import FakeStore, StoreError
 
@@ -142,11 +143,15 @@ class DurabilityTests(Base):
         self.assertEqual((writer.rejected, writer.depth), (1, 0))
         self.assertEqual(len(self.logged("record #2 is not a CDR")), 1)
 
-    def test_add_after_stop_is_refused_and_logged(self) -> None:
+    def test_add_after_stop_is_refused(self) -> None:
+        """A CDR made after the queue closed is refused (its engine keeps it as a dead
+        letter), not silently dropped."""
         writer = self.writer()
         writer.stop()
-        self.assertFalse(writer.add(make_cdr(1)))
-        self.assertEqual(len(self.logged("after the CDR queue closed")), 1)
+        with self.assertRaises(RecordRefused) as caught:
+            writer.add(make_cdr(1))
+        self.assertIn("after the CDR queue closed", str(caught.exception))
+        self.assertEqual(writer.accepted, 0)
 
 
 class OutageTests(Base):

@@ -93,7 +93,8 @@ class MirrorSessionTests(Base):
         self.assertEqual(self.writer.queue.buffered, 3)
         self.clock.advance(0)
         self.assertEqual(self.writer.queue.durable, 3)
-        self.assertEqual(self.channel.take(), [(MessageType.END_ACK, {"cdrs": 3})])
+        self.assertEqual(self.channel.take(),
+                         [(MessageType.END_ACK, {"cdrs": 3, "undelivered": 0})])
         self.assertEqual(len(self.store.cdrs), 0)
         self.store.down = False
         self.clock.advance(5)

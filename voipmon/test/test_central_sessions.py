@@ -118,7 +118,8 @@ class CdrSessionTests(Base):
                                 encode_cdr_batch(5, [good, b'{"callid":"x"}', b"[1]"]))
         self.assertEqual(self.acks(), [{"upto": 7, "stored": 1}])
         self.assertEqual(session.rejected, 2)
-        self.assertTrue(any(x.startswith("sensor 7: CDR #6 is malformed") for x in self.logged()))
+        self.assertEqual(self.sessions.dead_letters.for_sensor(7), 2)
+        self.assertTrue(any("CDR #6 is malformed" in x for x in self.logged()))
 
     def test_foreign_id_sensor_replaced(self) -> None:
         """A sensor can only store CDRs under its own id."""

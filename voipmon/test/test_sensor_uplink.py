@@ -17,6 +17,7 @@ from voipmon.protocols.wire import (
 )
 from voipmon.queue import DurableQueue, QueueError
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory, cdr_bytes
+from voipmon.spool.deadletter import RecordRefused
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes_channel import FakeMessageTransport, ack
 
@@ -181,9 +182,11 @@ class CdrUplinkTests(SynchronousTestCase):
         self.successResultOf(self.uplink.when_done())
 
     def test_oversized_cdr_refused_loudly(self) -> None:
-        """A CDR too big for any frame is logged and counted, not queued to block the rest."""
+        """A CDR too big for any frame is refused (its engine keeps it as a dead letter) and
+        counted, not queued to block the rest."""
         self.uplink.attach(self.transport)
-        self.uplink.add(make_cdr(1, id_sensor=7, extra={"blob": "x" * (9 * 1024 * 1024)}))
+        self.assertRaises(RecordRefused, self.uplink.add,
+                          make_cdr(1, id_sensor=7, extra={"blob": "x" * (9 * 1024 * 1024)}))
         self.add(1, start=2)
         self.clock.advance(0)
         self.assertEqual(self.uplink.oversized, 1)

@@ -79,7 +79,8 @@ class SqlTests(unittest.SynchronousTestCase):
         self.assertEqual(params, ["a!_%", "200", "x@h%", 2, "2023-11-14 22:13:20.000",
                                   "2023-11-14 22:13:21.000", 35])
         sql, params = where_sql(CdrQuery(callid="x@h"), "?", datetime_text)
-        self.assertEqual((sql, params), (" WHERE n.`callid` = ?", ["x@h"]))
+        self.assertEqual((sql, params), (" WHERE n.`callid` = ? AND n.`callid_raw` IS NULL",
+                                         ["x@h"]))
 
     def test_matches_in_python(self) -> None:
         row = {"caller": "Alice_1", "called": "200", "id_sensor": 2, "mos_min_mult10": 34,

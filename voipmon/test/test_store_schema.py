@@ -87,7 +87,10 @@ class SchemaTests:
         cur.execute("SELECT `ID` FROM `cdr`")
         (cdr_id,) = cur.fetchone()
         _row, nxt, rtp = encode(cdr, None, None, None, "sensor", cdr_id=cdr_id)
-        dialect.insert(cur, "cdr_next", NEXT_COLUMNS, [nxt])
+        v1_next = {c.name for c in tables_at(1)["cdr_next"].columns}
+        kept = [i for i, name in enumerate(NEXT_COLUMNS) if name in v1_next]
+        dialect.insert(cur, "cdr_next", [NEXT_COLUMNS[i] for i in kept],
+                       [tuple(nxt[i] for i in kept)])
         dialect.insert(cur, "cdr_rtp", RTP_COLUMNS, rtp)
         conn.commit()
 
