@@ -58,12 +58,7 @@ class SensorAnalysis:
         self.packets = 0
         self.cdrs = 0
         self.duplicate_batches = 0
-        self._undelivered_before = writer.dead_letters.for_sensor(self.id_sensor)
-
-    @property
-    def undelivered(self) -> int:
-        """CDRs of this analysis its engine kept as dead letters (they are not stored)."""
-        return self.writer.dead_letters.for_sensor(self.id_sensor) - self._undelivered_before
+        self.undelivered = 0       # CDRs its engines kept as dead letters (not stored)
 
     def _on_cdr(self, cdr: Any) -> None:
         if self.writer.add(cdr):
@@ -93,6 +88,7 @@ class SensorAnalysis:
                 analyzer.finish()
             except Exception:
                 log.failure("closing the calls of sensor {id_sensor}", id_sensor=self.id_sensor)
+            self.undelivered += getattr(getattr(analyzer, "stats", None), "undelivered", 0)
 
     def end_of_input(self) -> defer.Deferred:
         """The sensor's replay ended: close its calls. Fires with the number of CDRs made

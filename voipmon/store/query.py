@@ -8,10 +8,12 @@ Python (the FakeStore uses it), so both agree by construction of the tests.
 ``caller``/``called``/``callid`` match exactly, case-insensitively; ``*`` (or ``%``) is a
 wildcard, so ``0049*`` is a prefix search that still uses the index. ``callid`` is the SIP
 Call-ID (``cdr_next.callid``): what a PBX log or a customer's ticket usually quotes. It is
-taken byte for byte (``?callid=a%FF`` is the Call-ID of bytes ``a`` and 0xFF): a Call-ID
-that holds bytes that are not UTF-8, or more than the column's 1024 characters, matches
-exactly those bytes (``cdr_next.callid_raw``); in a wildcard search such a byte stands
-for any byte that was not UTF-8 (U+FFFD in the text column).
+taken byte for byte (``?callid=a%FF`` is the Call-ID of the bytes ``a`` and 0xFF; only the
+blanks the SIP parser strips are stripped): a Call-ID that holds bytes that are not UTF-8,
+or more than the column's 1024 characters, matches exactly those bytes (``callid_raw``),
+and in a wildcard search such a byte stands for any byte that was not UTF-8 (U+FFFD in the
+text column). ``*`` and ``%`` may be part of a Call-ID too: the search for a Call-ID as it
+is always finds that call, with those that match it as a pattern.
 ``from`` is inclusive, ``to`` exclusive, both on ``calldate``, as ISO 8601 (UTC unless an
 offset is given) or epoch seconds. ``mos_below=X`` keeps calls whose lowest MOS (either
 side, any model, stored to 0.1) is below X.
@@ -38,6 +40,7 @@ _ARGS = ("limit", "offset", "caller", "called", "callid", "id_sensor", "from", "
          "mos_below")
 _TEXT_FILTERS = (("caller", "c"), ("called", "c"), ("callid", "n"))
 _CALLID_LEN = TABLES["cdr_next"].column("callid").length or 0
+_SIP_BLANKS = " \t\r\n\x0b\x0c"   # what the SIP parser strips around a header's value
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class CdrQuery:
                                      else "replace")
             if name not in _ARGS:
                 raise ValueError(f"unknown argument {name!r}; allowed: {', '.join(_ARGS)}")
-            values[name] = str(value).strip()
+            values[name] = str(value).strip(_SIP_BLANKS if name == "callid" else None)
         fields: dict[str, Any] = {}
         for name in ("limit", "offset", "id_sensor"):
             if values.get(name):
@@ -140,14 +143,12 @@ def _like_regex(value: str) -> re.Pattern[str]:
     return re.compile("^" + ".*".join(re.escape(p) for p in parts) + "$", re.S | re.I)
 
 
-def callid_terms(value: str) -> tuple[str, bytes | None]:
-    """A ``callid`` filter in the stored form of Call-IDs: the text to compare with
-    ``cdr_next.callid`` and, for an exact match, the ``callid_raw`` a match has (None:
-    NULL, the text is the whole Call-ID)."""
-    if like_pattern(value) is None:
-        shown, raw = exact_text(value, _CALLID_LEN)
-        return shown or "", raw
-    return exact_text(value, len(value))[0] or "", None
+def callid_filter(value: str) -> tuple[str, bytes | None, str]:
+    """A ``callid`` filter as Call-IDs are stored: (the ``cdr_next.callid`` text of the
+    Call-ID ``value``, its ``callid_raw`` (None: NULL), and ``value`` as readable text,
+    uncut, for a wildcard search, which matches that pattern or the Call-ID exactly)."""
+    shown, raw = exact_text(value, _CALLID_LEN)
+    return shown or "", raw, exact_text(value, len(value))[0] or ""
 
 
 def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[str, list[Any]]:
@@ -158,19 +159,13 @@ def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[st
         value = getattr(query, column)
         if value is None:
             continue
-        raw = None
         if column == "callid":
-            value, raw = callid_terms(value)
+            clauses.append(_callid_sql(value, placeholder, params))
+            continue
         pattern = like_pattern(value)
         if pattern is None:
             clauses.append(f"{table}.`{column}` = {placeholder}")
             params.append(value)
-            if column == "callid":
-                if raw is None:
-                    clauses.append("n.`callid_raw` IS NULL")
-                else:
-                    clauses.append(f"n.`callid_raw` = {placeholder}")
-                    params.append(raw)
         else:
             clauses.append(f"{table}.`{column}` LIKE {placeholder} ESCAPE '!'")
             params.append(pattern)
@@ -189,6 +184,30 @@ def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[st
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+def _callid_sql(value: str, placeholder: str, params: list[Any]) -> str:
+    shown, raw, readable = callid_filter(value)
+    pattern = like_pattern(readable)
+    exact = f"n.`callid` = {placeholder} AND n.`callid_raw` " + (
+        "IS NULL" if raw is None else f"= {placeholder}")
+    if pattern is None:
+        params.extend([shown] if raw is None else [shown, raw])
+        return exact
+    like = f"n.`callid` LIKE {placeholder} ESCAPE '!'"
+    if raw is None:
+        params.append(pattern)   # the pattern matches the Call-ID itself, too
+        return like
+    params.extend([pattern, shown, raw])
+    return f"({like} OR {exact})"
+
+
+def _callid_matches(value: str, row: Mapping[str, Any]) -> bool:
+    shown, raw, readable = callid_filter(value)
+    stored = row.get("callid") or ""
+    if stored.casefold() == shown.casefold() and row.get("callid_raw") == raw:
+        return True
+    return like_pattern(readable) is not None and _like_regex(readable).match(stored) is not None
+
+
 def matches(query: CdrQuery, row: Mapping[str, Any], calldate_ms: int) -> bool:
     """``where_sql`` in Python, on a stored CDR (a dict of its ``cdr`` and ``cdr_next``
     columns)."""
@@ -196,14 +215,13 @@ def matches(query: CdrQuery, row: Mapping[str, Any], calldate_ms: int) -> bool:
         value = getattr(query, column)
         if value is None:
             continue
-        stored = row.get(column) or ""
-        raw = None
         if column == "callid":
-            value, raw = callid_terms(value)
+            if not _callid_matches(value, row):
+                return False
+            continue
+        stored = row.get(column) or ""
         if like_pattern(value) is None:
             if stored.casefold() != value.casefold():
-                return False
-            if column == "callid" and row.get("callid_raw") != raw:
                 return False
         elif not _like_regex(value).match(stored):
             return False

@@ -4,6 +4,7 @@ down (memory bounded, depth logged), and stored after a restart, exactly once.""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 
@@ -15,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.queue import DurableQueue, QueueError
-from voipmon.spool.deadletter import RecordRefused
+from voipmon.spool.deadletter import DeadLetters, RecordRefused, read
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes import FakeStore, StoreError
 
@@ -131,17 +132,21 @@ class DurabilityTests(Base):
         self.assertEqual(len(self.logged("writable again")), 1)
 
     def test_undecodable_record_is_skipped_not_blocking(self) -> None:
-        """A record that is no CDR (another version's?) is logged and skipped; the CDRs
-        around it are stored."""
-        writer = self.writer(start=False)
+        """A record that is no CDR (another version's?) is skipped, not lost: kept as a dead
+        letter (its bytes exactly), counted and logged; the CDRs around it are stored."""
+        directory = os.path.join(self.path + "-dead")
+        writer = self.writer(start=False, dead_letters=DeadLetters(directory, self.clock))
         writer.add(make_cdr(1))
-        writer.queue.append(b'{"callid": 5}')
+        writer.queue.append(b'{"callid": 5, "x": "\xff"}')
         writer.add(make_cdr(2))
         self.clock.advance(0)
         writer.start()
         self.assertEqual(self.store.cdr_count, 2)
         self.assertEqual((writer.rejected, writer.depth), (1, 0))
         self.assertEqual(len(self.logged("record #2 is not a CDR")), 1)
+        [entry] = read(directory)
+        self.assertEqual(base64.b64decode(entry["record_base64"]), b'{"callid": 5, "x": "\xff"}')
+        self.assertEqual(writer.stats()["dead_letters"], 1)
 
     def test_add_after_stop_is_refused(self) -> None:
         """A CDR made after the queue closed is refused (its engine keeps it as a dead

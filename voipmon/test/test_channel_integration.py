@@ -17,12 +17,13 @@ import signal
 import socket
 import ssl
 import time
+import urllib.parse
 import urllib.request
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from voipmon.analysis.cdr import Cdr
+from voipmon.analysis.cdr import Cdr, callid_bytes
 from voipmon.analysis.engine import Engine
 from voipmon.central.service import CentralService
 from voipmon.config import load_central_config, load_sensor_config
@@ -45,10 +46,15 @@ from voipmon.test.channel_support import (
 )
 from voipmon.test.common import data_path, missing_tool, mysql_test_database, mysql_unavailable
 from voipmon.test.fakes import FakeStore
+from voipmon.test.hostile_calls import HostileCall, write_capture
 
 CAPTURES = [data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
             data_path("sipp_tcp_2calls_udp_486_2calls_lo.pcap")]
 CODECS = ("zstd", "gzip", "lzo", "none")
+HOSTILE_CALLS = [HostileCall(callid=b"plain@example.org"),
+                 HostileCall(callid=b"id-\xff\xfe\x00\xf0\x9f\x98\x80\"'\\@h",
+                             from_user=b"\xc3(", ua_a=b"\xff" * 700),
+                 HostileCall(callid=b"\xed\xa0\x80" + b"L" * 1100)]
 PASSWORD = "integration-secret"
 
 
@@ -226,6 +232,31 @@ class ProcessTests(ProcessBase):
                 differing = {k: (got[uid].get(k), v) for k, v in record.items()
                              if got[uid].get(k) != v}
                 self.assertEqual(differing, {}, f"sensor {id_sensor}, call {record['callid']}")
+
+    def test_hostile_call_ids_both_modes(self) -> None:
+        """Issue 13, as an operator sees it: calls whose Call-IDs hold bytes that are not
+        UTF-8 (and NUL, 4-byte characters, quotes, backslashes, 1100 bytes) reach MariaDB
+        exactly, from a local-processing and a mirroring sensor, each exiting 0; the API
+        finds each by its bytes. (The sensors exited 0 and the calls were missing.)"""
+        database = self.need_mysql()
+        port, http = free_port(), free_port()
+        self.central("central", port, database, http_port=http)
+        pcap = write_capture(f"{self.base}/hostile.pcap", HOSTILE_CALLS)
+        sensors = [(id_sensor, self.sensor(f"s{id_sensor}", id_sensor, [port], pcap,
+                                           packetbuffer_sender=mode))
+                   for id_sensor, mode in ((61, "no"), (62, "yes"))]
+        for id_sensor, process in sensors:
+            self.assertEqual(process.wait(120), 0, process.text()[-3000:])
+            process.wait_for("done: ")
+            cdrs = self.api_cdrs_when(http, id_sensor, len(HOSTILE_CALLS))
+            self.assertEqual(sorted(callid_bytes(c["callid"]) for c in cdrs),
+                             sorted(call.callid for call in HOSTILE_CALLS))
+            for call in HOSTILE_CALLS:
+                url = (f"http://127.0.0.1:{http}/api/cdrs?id_sensor={id_sensor}&callid="
+                       f"{urllib.parse.quote_from_bytes(call.callid)}")
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    [found] = json.load(response)["cdrs"]
+                self.assertEqual(callid_bytes(found["callid"]), call.callid)
 
     def api_cdrs_when(self, http: int, id_sensor: int, count: int) -> list[dict]:
         """The sensor's CDRs from the API, once there are ``count`` (30 s at most)."""

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import Cdr, RtpStream
+from voipmon.analysis.cdr import Cdr, RtpStream, callid_bytes
 from voipmon.protocols.cdrcodec import cdr_from_wire, cdr_to_wire, unknown_annotations
 from voipmon.store.testing import make_cdr
 
@@ -73,11 +73,33 @@ class CodecTests(SynchronousTestCase):
 
     @settings(max_examples=50, deadline=None)
     @given(st.integers(0, 10**6), st.integers(1, 65535), st.integers(0, 3),
-           st.text(max_size=40), st.floats(0, 4e9, allow_nan=False))
+           st.text(max_size=40), st.floats(0, 4e9, allow_nan=False), st.binary(max_size=40))
     def test_round_trip_any(self, n: int, id_sensor: int, streams: int, text: str,
-                            when: float) -> None:
-        cdr = make_cdr(n, id_sensor=id_sensor, streams=streams, callername=text, calldate=when)
-        self.assertEqual(cdr_from_wire(wire(cdr)), cdr)
+                            when: float, raw: bytes) -> None:
+        """Any text and any bytes of a Call-ID (as the SIP parser keeps them) come back."""
+        callid = raw.decode("utf-8", "surrogateescape")
+        cdr = make_cdr(n, id_sensor=id_sensor, streams=streams, callername=text, calldate=when,
+                       callid=callid, caller=callid)
+        back = cdr_from_wire(wire(cdr))
+        self.assertEqual(back, cdr)
+        self.assertEqual(callid_bytes(back.callid), raw)
+
+    def test_bytes_that_are_not_utf8_in_every_text_field(self) -> None:
+        """Issue 13: a Call-ID (or any text) holding bytes that are not UTF-8 made
+        cdr_to_wire raise, and the call was lost. Every text field, holding such bytes, NUL,
+        4-byte characters, quotes and backslashes, now goes through exactly, as ASCII."""
+        raw = b'\xff\xfe\x00\xf0\x9f\x98\x80"\'\\\xed\xa0\x80\xc3'
+        hostile = raw.decode("utf-8", "surrogateescape")
+        texts = {f.name: f"{f.name}={hostile}" for f in dataclasses.fields(Cdr)
+                 if f.type == "str"}
+        self.assertGreater(len(texts), 12)
+        cdr = make_cdr(1, extra={"note": hostile}, **texts)
+        data = cdr_to_wire(cdr)
+        data.decode("ascii")
+        self.assertIn(b"\\udcff\\udcfe\\u0000\\ud83d\\ude00", data)
+        back = cdr_from_wire(json.loads(data))
+        self.assertEqual(back, cdr)
+        self.assertEqual(callid_bytes(back.callid), b"callid=" + raw)
 
     def test_streams_are_streams(self) -> None:
         cdr = cdr_from_wire(wire(make_cdr(5)))

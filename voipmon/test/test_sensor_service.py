@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import Cdr
+from voipmon.analysis.cdr import Cdr, callid_bytes
 from voipmon.analysis.engine import Engine
 from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.central.mirror import MirrorAnalyses
@@ -24,14 +25,25 @@ from voipmon.central.service import mirror_engine_factory
 from voipmon.central.sessions import CentralSessions
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.readers import read_capture
+from voipmon.protocols.cdrcodec import cdr_from_wire, cdr_to_wire
 from voipmon.queue import DurableQueue
 from voipmon.sensor.service import SensorService
+from voipmon.spool.deadletter import DeadLetters, RecordRefused
+from voipmon.spool.deadletter import read as read_dead_letters
 from voipmon.store.rows import stored_form
 from voipmon.test.common import data_path
 from voipmon.test.fakes import FakeStore
 from voipmon.test.fakes_channel import ChannelPair, fixed_binding
+from voipmon.test.hostile_calls import HostileCall, write_capture
 
 CAPTURE = data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap")
+# Calls whose Call-IDs (and other headers) hold bytes that are not UTF-8, and more.
+HOSTILE = [
+    HostileCall(callid=b"plain@example.org"),
+    HostileCall(callid=b"id-\xff\xfe\x00\xf0\x9f\x98\x80\"'\\@h", from_display=b"\xc3(",
+                from_user=b"\x00\xff", to_user=b"\\\"", ua_a=b"UA \xe9" + b"x" * 600),
+    HostileCall(callid=b"refused-\xff", reason=b"\xff" * 300),
+]
 TWO_CAPTURE = data_path("sipp_tcp_2calls_udp_486_2calls_lo.pcap")
 
 
@@ -52,20 +64,24 @@ def comparable(cdr) -> object:
 
 
 class Central:
-    """A central in memory: CentralFactory + CentralSessions (+ mirroring) + FakeStore."""
+    """A central in memory: CentralFactory + CentralSessions (+ mirroring) + a store (the
+    FakeStore unless given), wired as CentralService wires them (its dead letters too)."""
 
-    def __init__(self, clock: Clock, spool: str, password: str = "pw") -> None:
-        self.store = FakeStore(clock)
+    def __init__(self, clock: Clock, spool: str, password: str = "pw",
+                 store: Any = None) -> None:
+        self.store = store if store is not None else FakeStore(clock)
         self.pair = ChannelPair(clock=clock, handler=None, central_password=password)
         text = (f"server_bind = 127.0.0.1\nserver_password = {password}\n"
                 f"spooldir = {spool}\nhttp_port = 0\n")
         settings = load_central_config("central.conf", text=text)
+        self.dead_letters = DeadLetters(os.path.join(spool, "deadletter"), clock)
         self.writer = CentralCdrQueue(DurableQueue(os.path.join(spool, "central-queue")),
-                                      self.store, clock)
+                                      self.store, clock, dead_letters=self.dead_letters)
         self.writer.start()
-        self.mirrors = MirrorAnalyses(mirror_engine_factory(settings), self.writer, clock)
+        self.mirrors = MirrorAnalyses(mirror_engine_factory(settings, self.dead_letters),
+                                      self.writer, clock)
         self.sessions = CentralSessions(self.store, clock, self.pair.factory.registry,
-                                        self.mirrors)
+                                        self.mirrors, dead_letters=self.dead_letters)
         self.pair.factory.handler = self.sessions
 
     def stop(self) -> None:
@@ -125,7 +141,35 @@ class Base(SynchronousTestCase):
                 central.pair.flush()
 
 
-class LocalTests(Base):
+class HostileCases:
+    """Calls with hostile headers, in the mode of the class (``mode``: sensor options)."""
+
+    mode: dict[str, str] = {}
+
+    def test_callid_that_is_not_utf8_is_stored_exactly(self) -> None:
+        """Issue 13: a Call-ID holding bytes that are not UTF-8 made the CDR unencodable; the
+        call was lost (by the sensor's engine, or the central's when mirroring) and the
+        sensor still exited 0. Now it is stored, byte for byte."""
+        svc = self.sensor(read_pcap=self.hostile_capture(), **self.mode)
+        svc.startService()
+        self.advance()
+        self.assertEqual(self.exits[0][0], 0, self.exits)
+        self.assertStoredExactly(self.centrals["primary"].store)
+        self.assertEqual(svc.sniffer_stat()["dead_letters"], 0)
+
+    def hostile_capture(self) -> str:
+        os.makedirs(self.base, exist_ok=True)
+        return write_capture(os.path.join(self.base, "hostile.pcap"), HOSTILE)
+
+    def assertStoredExactly(self, store: FakeStore) -> None:
+        self.assertEqual(sorted(callid_bytes(c.callid) for c in store.stored_cdrs()),
+                         sorted(call.callid for call in HOSTILE))
+        self.assertEqual(sorted(map(comparable, store.stored_cdrs()), key=repr),
+                         sorted(map(comparable, expected_cdrs(self.hostile_capture())),
+                                key=repr))
+
+
+class LocalTests(HostileCases, Base):
     def test_replay_delivers_what_the_engine_makes(self) -> None:
         """The central stores exactly the CDRs the engine makes of the capture; exit 0."""
         svc = self.sensor()
@@ -234,8 +278,43 @@ class LocalTests(Base):
         self.assertIn("cannot use the CDR queue", str(caught.exception))
 
 
-class MirrorTests(Base):
+    def test_cdr_the_queue_cannot_take_is_a_dead_letter(self) -> None:
+        """Issue 13: a CDR its consumer cannot take is not dropped: it is kept in
+        spooldir/deadletter with its record in full, counted (sniffer_stat, STATS), logged,
+        and --exit-when-done exits 3 saying so; the other calls are delivered."""
+        from voipmon.sensor import uplink
+
+        def refuse(cdr: Cdr) -> bytes:
+            if cdr.callid.startswith("refused"):
+                raise OSError("disk on fire")
+            return cdr_to_wire(cdr)
+
+        self.patch(uplink, "cdr_bytes", refuse)
+        svc = self.sensor(read_pcap=self.hostile_capture(), exit_when_done=True)
+        svc.startService()
+        self.advance(10.5)
+        [(status, message)] = self.exits
+        self.assertEqual(status, 3)
+        self.assertIn("not delivered: 1 records could not be taken", message)
+        self.assertIn(os.path.join(self.base, "sensor", "deadletter"), message)
+        [entry] = list(read_dead_letters(os.path.join(self.base, "sensor", "deadletter")))
+        self.assertEqual((entry["kind"], entry["id_sensor"]), ("cdr", 7))
+        self.assertEqual(entry["reason"], "OSError: disk on fire")
+        self.assertIn("refuse", entry["traceback"])
+        kept = cdr_from_wire(entry["record"])
+        [made] = [c for c in expected_cdrs(svc.read_pcap) if c.callid.startswith("refused")]
+        self.assertEqual(kept, dataclasses.replace(made, sip_pcap=kept.sip_pcap,
+                                                   rtp_pcap=kept.rtp_pcap))
+        self.assertEqual(callid_bytes(entry["callid"]), b"refused-\xff")
+        self.assertEqual(svc.sniffer_stat()["dead_letters"], 1)
+        self.assertEqual(svc.engine.stats.undelivered, 1)
+        self.assertEqual(self.centrals["primary"].sessions.stats[7]["dead_letters"], 1)
+        stored = self.centrals["primary"].store.stored_cdrs()
+        self.assertEqual(len(stored), len(HOSTILE) - 1)
+
+class MirrorTests(HostileCases, Base):
     destinations = "primary"
+    mode = {"packetbuffer_sender": "yes"}
 
     def test_same_cdrs_in_both_modes(self) -> None:
         """Mirrored to the central, the capture gives the same CDRs as local processing."""
@@ -257,6 +336,33 @@ class MirrorTests(Base):
         cdr = self.centrals["primary"].store.stored_cdrs()[0]
         self.assertTrue(cdr.sip_pcap.startswith("7/"))
         self.assertTrue(os.path.exists(os.path.join(self.base, "primary", cdr.sip_pcap)))
+
+    def test_cdr_the_central_cannot_take_is_a_dead_letter(self) -> None:
+        """Issue 13, mirroring: a CDR the central's CDR queue cannot take is kept in the
+        central's spooldir/deadletter and counted there; END_ACK says so and the sensor's
+        --exit-when-done exits 3."""
+        central = self.centrals["primary"]
+        add = central.writer.add
+
+        def refuse(cdr: Cdr) -> bool:
+            if cdr.callid.startswith("refused"):
+                raise RecordRefused("the queue is closed (test)")
+            return add(cdr)
+
+        self.patch(central.writer, "add", refuse)
+        svc = self.sensor(read_pcap=self.hostile_capture(), **self.mode)
+        svc.startService()
+        self.advance()
+        [(status, message)] = self.exits
+        self.assertEqual(status, 3)
+        self.assertIn("not delivered: 1 records could not be taken (dead letters, kept in the "
+                      "dead-letter directory of central primary:60024", message)
+        self.assertEqual(svc.uplink.central_undelivered, 1)
+        self.assertEqual(central.dead_letters.count, 1)
+        [entry] = list(read_dead_letters(os.path.join(self.base, "primary", "deadletter")))
+        self.assertEqual((entry["kind"], entry["id_sensor"]), ("cdr", 7))
+        self.assertEqual(callid_bytes(cdr_from_wire(entry["record"]).callid), b"refused-\xff")
+        self.assertEqual(len(central.store.stored_cdrs()), len(HOSTILE) - 1)
 
     def test_sensor_settings_reach_central_engine(self) -> None:
         """The sensor's sipport goes to the central's engine for its packets."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -35,6 +36,16 @@ class FbasenameTests(SynchronousTestCase):
         self.assertNotEqual(fbasename("a/b"), fbasename("a_b"))
         self.assertEqual(fbasename("a_b"), "a_b")
         self.assertEqual(fbasename("a/b"), fbasename("a/b"))
+
+
+    def test_the_hash_is_of_the_exact_bytes(self) -> None:
+        """A Call-ID holding bytes that are not UTF-8 is named by the hash of those very
+        bytes (as captured), so Call-IDs one byte apart never share a pcap."""
+        raw = b"id-\xff\xfe"
+        name = fbasename(raw.decode("utf-8", "surrogateescape"))
+        self.assertEqual(name, "id-__-" + hashlib.sha256(raw).hexdigest()[:12])
+        self.assertNotEqual(name, fbasename(b"id-\xff\xfd".decode("utf-8", "surrogateescape")))
+        self.assertNotEqual(name, fbasename("id-\ufffd\ufffd"))
 
 
 class PathTests(SynchronousTestCase):

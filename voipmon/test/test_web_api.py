@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
+from voipmon.analysis.cdr import callid_bytes
 from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.pcapmerge import plan_merge
 from voipmon.manager.server import ManagerServerFactory
@@ -153,6 +154,20 @@ class ApiTests(WebBase):
         callid = urllib.parse.quote(self.local.callid)
         body = yield self.get_json(f"/api/cdrs?callid={callid}")
         self.assertEqual([c["callid"] for c in body["cdrs"]], [self.local.callid])
+
+    @defer.inlineCallbacks
+    def test_callid_of_any_bytes(self):
+        """Issue 13: a Call-ID holding bytes that are not UTF-8 is found by those bytes
+        (percent-encoded in the URL) and served as JSON whose escapes (\\udcff for the
+        byte 0xFF) give back the same bytes."""
+        raw = b"evil-\xff\xfe\x00\xf0\x9f\x98\x80\"\\@h"
+        cdr = make_cdr(40, id_sensor=1, callid=raw.decode("utf-8", "surrogateescape"))
+        yield self.store.store_cdrs([cdr])
+        body = yield self.get_json(f"/api/cdrs?callid={urllib.parse.quote_from_bytes(raw)}")
+        [found] = body["cdrs"]
+        self.assertEqual(callid_bytes(found["callid"]), raw)
+        one = yield self.get_json(f"/api/cdrs/{found['id']}")
+        self.assertEqual(one["cdr"]["callid"], cdr.callid)
 
     @defer.inlineCallbacks
     def test_bad_parameters_are_400_with_a_message(self):
