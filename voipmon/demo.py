@@ -1,9 +1,10 @@
-"""The README's main job: a central and two sensors on loopback, then the stored CDRs.
+"""The README's main job: a central and three sensors on loopback, then the stored CDRs.
 
 ``python -m voipmon.demo`` (``make demo``) writes configs under ``.demo/``, starts
 ``twistd voipmon-central`` (embedded SQLite, TLS with a self-signed certificate), replays
-the bundled SIPp captures through two sensors over TLS — one analysing locally and sending
-CDRs, one mirroring raw packets for the central to analyse — waits until each has every
+the bundled captures through three sensors over TLS — one analysing locally and sending
+CDRs, one mirroring raw packets for the central to analyse, one sending calls whose
+Call-IDs are not UTF-8 (shown coming back byte for byte) — waits until each has every
 CDR or packet acknowledged (``--exit-when-done``), prints the CDRs the central's HTTP API
 returns (a mirroring sensor's CDRs are safe on the central's disk when it exits and reach
 the database a moment later: the demo waits for them), and stops the central cleanly.
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -32,6 +34,8 @@ SENSORS = (
     # id, name, packetbuffer_sender, capture
     (1, "local-processing", "no", "sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
     (2, "packet-mirroring", "yes", "sipp_tcp_2calls_udp_486_2calls_lo.pcap"),
+    # calls whose Call-IDs hold bytes that are not UTF-8 (Latin-1, garbage): kept exactly
+    (3, "odd-call-ids", "no", "hostile_callids.pcap"),
 )
 
 
@@ -164,6 +168,11 @@ managerport = {free_port()}
         cdrs = sorted(cdrs, key=lambda c: (c["id_sensor"], c["calldate"]))
         print(f"\nthe central stored {len(cdrs)} CDRs:\n")
         print(table(cdrs))
+        print("\nCall-IDs that are not UTF-8, as the database gives them back:")
+        for cdr in api_cdrs(http_port, "id_sensor=3"):
+            raw = cdr["callid"].encode("utf-8", "surrogateescape")
+            found = api_cdrs(http_port, f"callid={urllib.parse.quote_from_bytes(raw)}")
+            print(f"  {raw!r}  (?callid= with these bytes finds {len(found)} call)")
         print("\nlogs, configs, spools and the database: .demo/")
         if serve:
             print(f"web page and API: http://127.0.0.1:{http_port}/  (Ctrl-C stops the central)")
