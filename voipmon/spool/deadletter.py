@@ -73,7 +73,10 @@ def raw_form(record: Any) -> tuple[str, Any]:
     if isinstance(record, bytes | bytearray | memoryview):
         return "record_base64", base64.b64encode(bytes(record)).decode("ascii")
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
-        return "record", dataclasses.asdict(record)
+        try:
+            return "record", dataclasses.asdict(record)
+        except Exception:   # a field that cannot be copied: its text, at least
+            return "record", repr(record)
     return "record", record
 
 
@@ -129,8 +132,7 @@ class DeadLetters:
         if id_sensor is not None:
             self.by_sensor[id_sensor] += 1
         why = describe(reason)
-        now = self._now()
-        path, problem = self._write(kind, record, reason, why, now, id_sensor, callid)
+        path, problem = self._write(kind, record, reason, why, id_sensor, callid)
         cause = (kind, type(reason).__name__ if isinstance(reason, BaseException) else "",
                  problem is None)
         if cause in self._causes:
@@ -144,12 +146,12 @@ class DeadLetters:
                   count=self.count, where=where, dead_letter_path=path)
 
     def _write(self, kind: str, record: Any, reason: BaseException | str, why: str,
-               now: float, id_sensor: int | None, callid: str | None
-               ) -> tuple[str | None, str | None]:
+               id_sensor: int | None, callid: str | None) -> tuple[str | None, str | None]:
         """Append the entry; (its file, None) or (None, why it was not written)."""
         if self.directory is None:
             self.unwritten += 1
             return None, "no dead-letter directory"
+        now = self._now()
         entry: dict[str, Any] = {
             "kept_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
             + f".{int(now * 1000) % 1000:03d}Z",

@@ -278,6 +278,11 @@ def write_calls_pcap(path: str, calls: int, start: float = 1_700_000_000.0,
                                   caller=f"1{n:06d}", called=f"2{n:06d}")))
         for offset, src, sport, dst, dport, payload in steps:
             records.append((t + offset, udp_frame(src, sport, dst, dport, payload)))
+    return write_frames(path, records)
+
+
+def write_frames(path: str, records: list[tuple[float, bytes]]) -> str:
+    """A pcap (Ethernet) of ``(time, frame)`` records, in time order."""
     records.sort(key=lambda r: r[0])
     with open(path, "wb") as handle:
         handle.write(pcap_global_header(1))

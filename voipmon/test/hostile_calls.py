@@ -25,9 +25,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from voipmon.config import load_sensor_config
-from voipmon.packet.writers import pcap_global_header, pcap_record
 from voipmon.sensor.service import SensorService
 from voipmon.test.callsupport import udp_frame
+from voipmon.test.channel_support import write_frames
 from voipmon.test.fakes_channel import fixed_binding
 
 CRLF = b"\r\n"
@@ -82,12 +82,7 @@ def write_capture(path: str, calls: list[HostileCall], start: float = 1_700_000_
         for offset, from_caller, payload in call_messages(call):
             src, dst = (caller, callee) if from_caller else (callee, caller)
             records.append((start + n + offset, udp_frame(src, 5060, dst, 5060, payload)))
-    records.sort(key=lambda record: record[0])
-    with open(path, "wb") as handle:
-        handle.write(pcap_global_header(1))
-        for ts, frame in records:
-            handle.write(pcap_record(ts, frame))
-    return path
+    return write_frames(path, records)
 
 
 # -- what an attacker puts in a header ------------------------------------------------
