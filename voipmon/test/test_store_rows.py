@@ -26,6 +26,7 @@ from voipmon.store.fields import (
     datetime_text,
     dec3,
     epoch_ms,
+    exact_text,
     ints,
     ip_bytes,
     mult10,
@@ -148,6 +149,8 @@ def check_types(case: unittest.SynchronousTestCase, table: str, columns: tuple[s
         elif kind == "ip":
             case.assertIs(type(value), bytes, where)
             case.assertIn(len(value), (4, 16), where)
+        elif kind == "blob":
+            case.assertIs(type(value), bytes, where)
         else:
             case.assertIs(type(value), str, where)
             value.encode("utf-8")                      # no lone surrogates
@@ -202,11 +205,12 @@ def reference_encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any,
         max(loss(s) for s in present) if present else None,
     )
     extra = json.dumps(cdr.extra, sort_keys=True, default=str) if cdr.extra else None
+    callid, callid_raw = exact_text(cdr.callid, TABLES["cdr_next"].column("callid").length or 0)
     next_row = (
-        cdr_id, fit(cdr.callid, "callid"), fit(cdr.fbasename, "fbasename"),
+        cdr_id, callid, fit(cdr.fbasename, "fbasename"),
         datetime_text(cdr.connect_time), fit(cdr.sip_pcap, "sip_pcap"),
         fit(cdr.rtp_pcap, "rtp_pcap"), pcap_on if cdr.sip_pcap or cdr.rtp_pcap else None,
-        extra,
+        extra, callid_raw,
     )
     return row, next_row, [row for row, _side in encoded]
 
