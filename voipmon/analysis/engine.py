@@ -17,8 +17,9 @@ through ``on_orphan``).
 
 Delivery (``_deliver``): every record goes to its consumer (``on_cdr``, ``on_orphan``)
 through one place; a record the consumer cannot take (it raises) is never dropped: it goes
-to the ``dead_letters`` (``voipmon.spool.deadletter``), which keeps it in the spool, counts
-it and logs the reason, and ``stats.undelivered`` counts it here.
+to the ``dead_letters`` (``voipmon.spool.deadletter``), which keeps it in the spool (the
+sensor's, or the central's for a mirroring sensor), counts it and logs the reason once per
+cause, and ``stats.undelivered`` counts it here.
 
 Memory stays bounded: flows are analysed in chunks (``RtpFlow.drain``), closed calls and
 finished orphans are freed, calls are capped at ``max_calls`` and the negative cache is
