@@ -89,7 +89,7 @@ class Engine(HotPath):
                  sip_heuristic: bool = True, linger: float = 5.0, bye_wait: float = 32.0,
                  max_calls: int = 100_000, max_orphan_flows: int = 1024,
                  orphan_min_packets: int = 10, dead_letters: IDeadLetters | None = None,
-                 **decoder_limits: Any):
+                 observer: Any = None, **decoder_limits: Any):
         if savertp not in ("yes", "no", "header"):
             raise ValueError(f"savertp must be yes, no or header, not {savertp!r}")
         self.id_sensor = id_sensor
@@ -111,6 +111,8 @@ class Engine(HotPath):
         self.stats = EngineStats()
         self._decoder = Decoder(self._datagram, self.sip_ports, **decoder_limits)
         self.media = MediaTable(self.stats, max_orphan_flows, self._emit_orphan)
+        # an IAnalysisObserver (voipmon.analysis.observe): quality over time, audio
+        self._observer = self.media.observer = observer
         self._flows = self.media.flows      # read by the hot path
         self._skip = self.media.skip
         self._calls: dict[str, Call] = {}
@@ -185,6 +187,8 @@ class Engine(HotPath):
                     sink.add(ts, frame, d.linktype)
         if msg.sdp:
             self.media.bind_sdp(call, side, parse_sdp(msg.sdp))
+        if self._observer is not None:
+            self._observer.sip_message(call, d, msg, side)
 
     def _new_call(self, d: Datagram, msg: Any) -> Call:
         call = Call.from_invite(d, msg)

@@ -74,6 +74,9 @@ class MediaTable:
         #                                                 its call did not announce their other end
         self.orphan_eps: dict[bytes, set[bytes]] = {}   # orphan flows by both their ends
         self.orphans: dict[bytes, RtpFlow] = {}
+        #: Optional ``IAnalysisObserver`` (voipmon.analysis.observe), told of each new
+        #: flow of a call before its first packet is taken.
+        self.observer: Any = None
 
     # -- packets -------------------------------------------------------------------------
 
@@ -172,6 +175,8 @@ class MediaTable:
                 flow.pcap = sink
                 flow.pcap1 = sink if sink.linktype == 1 else None
             self.stats.rtp_flows += 1
+            if self.observer is not None:
+                self.observer.flow_started(call, flow, d.linktype)
         else:
             flow.direction = direction
             flow.set_payload_map(pmap)

@@ -41,6 +41,7 @@ scores 3.89, not 4.5). Codecs without published values use G.711's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -77,16 +78,24 @@ def best_mos(pt: int) -> float:
     return 4.5 if ie == 0 else r_to_mos(93.2062077233 - ie)
 
 
+def loss_counts(hist: np.ndarray) -> tuple[int, int]:
+    """(lost frames, loss bursts) of a burst histogram (``hist[i]``: bursts of ``i``)."""
+    counts = np.asarray(hist, dtype=np.int64)
+    lost = int((np.arange(len(counts)) * counts).sum())
+    return lost, int(counts[1:].sum())
+
+
 def burst_ratio(hist: np.ndarray, received: int) -> tuple[float, float]:
     """VoIPmonitor's ``burstr_calculate``: (loss ratio, burst ratio) from a burst histogram.
 
     ``hist[i]`` counts bursts of ``i`` consecutive lost frames. Fewer than 5 lost frames
     give (0, 0), which scores as loss-free.
     """
-    counts = np.asarray(hist, dtype=np.int64)
-    lengths = np.arange(len(counts))
-    lost = int((lengths * counts).sum())
-    bursts = int(counts[1:].sum())
+    return ratios(*loss_counts(hist), received)
+
+
+def ratios(lost: int, bursts: int, received: int) -> tuple[float, float]:
+    """``burst_ratio`` from the histogram's two sums: lost frames and bursts."""
     if lost < 5 or received <= 0:
         return 0.0, 0.0
     lossr = lost / received
@@ -100,9 +109,14 @@ def burst_ratio(hist: np.ndarray, received: int) -> tuple[float, float]:
 
 def mos_score(hist: np.ndarray, received: int, pt: int, connected: bool) -> float:
     """MOS of one stream from its jitter-buffer loss histogram (rounded to 0.01)."""
+    return mos_from_counts(*loss_counts(hist), received, pt, connected)
+
+
+def mos_from_counts(lost: int, bursts: int, received: int, pt: int, connected: bool) -> float:
+    """``mos_score`` from the histogram's sums (what a quality interval keeps)."""
     if not connected and received < 100:
         return round(best_mos(pt), 2)
-    lossr, burstr = burst_ratio(hist, received)
+    lossr, burstr = ratios(lost, bursts, received)
     if lossr == 0 or burstr == 0:
         return round(best_mos(pt), 2)
     if lossr > 0.5:
@@ -137,6 +151,9 @@ class _Buffer:
     REORDER = 64
 
     def __init__(self) -> None:
+        #: Optional ``observer(ends, lengths)``: told of every burst as it is counted, with
+        #: the extended sequence number of its last lost slot (quality over time).
+        self.observer: Callable[[np.ndarray, np.ndarray], None] | None = None
         self.hist = np.zeros(MAX_BURST + 1, dtype=np.int64)
         self.played = 0
         self.done: int | None = None       # every slot up to here is accounted for
@@ -148,12 +165,15 @@ class _Buffer:
         if len(self.open):
             self._settle(int(self.open[-1]))
         if self.run:
-            self._burst(self.run)
+            self._burst(self.run, self.done)
             self.run = 0
         return self.hist
 
-    def _burst(self, length: int) -> None:
+    def _burst(self, length: int, end: int | None) -> None:
+        """One burst of ``length`` slots, the last of them sequence number ``end``."""
         self.hist[min(length, MAX_BURST)] += 1
+        if self.observer is not None:
+            self.observer(np.array([end or 0]), np.array([length]))
 
     def _count(self, seq: np.ndarray, played: np.ndarray, extra: dict[int, int],
                other: np.ndarray | None) -> None:
@@ -163,8 +183,8 @@ class _Buffer:
             ps = np.concatenate((ps, other))
         if len(ps) == 0:
             return
-        for length in extra.values():
-            self._burst(length)
+        for k, length in extra.items():
+            self._burst(length, int(seq[k]) - 1)
         if self.done is None:
             self.done = int(ps.min()) - 1
         ps = ps[ps > self.done]
@@ -193,12 +213,15 @@ class _Buffer:
             self.done = upto
             return
         first = self.run + int(gaps[0])
-        rest = gaps[1:][gaps[1:] > 0]
+        more = gaps[1:] > 0
+        rest = gaps[1:][more]
         if first:
-            self._burst(first)
+            self._burst(first, int(edges[1]) - 1)
         if len(rest):
             self.hist += np.bincount(np.minimum(rest, MAX_BURST),
                                      minlength=MAX_BURST + 1)[:MAX_BURST + 1]
+            if self.observer is not None:
+                self.observer(edges[2:][more] - 1, rest)
         self.run = tail
         self.done = upto
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -190,11 +191,14 @@ class StreamAnalyzer:
     """
 
     __slots__ = ("delay", "dups", "events", "ext_max", "ext_min", "first_t", "first_ts",
-                 "j", "jb", "last_nominal", "last_t", "max_j", "mean_j", "n", "prev_pt",
-                 "pt_counts", "rates", "recent", "reordered", "seq_ext", "seq_raw", "sl",
-                 "t_ref", "ts_ext", "ts_raw", "voice_ext", "voice_t")
+                 "j", "jb", "last_nominal", "last_t", "max_j", "mean_j", "n", "observer",
+                 "prev_pt", "pt_counts", "rates", "recent", "reordered", "seq_ext", "seq_raw",
+                 "sl", "t_ref", "ts_ext", "ts_raw", "voice_ext", "voice_t")
 
     def __init__(self, pmap: PayloadMap):
+        #: Optional ``IStreamObserver`` (voipmon.analysis.observe): sees every chunk with
+        #: the per-packet figures computed here (quality over time). None costs nothing.
+        self.observer: Any = None
         self.rates = pmap.rates
         self.events = pmap.events
         self.n = 0
@@ -238,10 +242,12 @@ class StreamAnalyzer:
         ms = (t - self.first_t) * 1000.0
         self.pt_counts += np.bincount(pt, minlength=128)[:128]
         ext_seq, fresh = self._sequence(seq, first)
-        self._jitter(ms, ts, pt, marker, first)
+        jit, rated, counted = self._jitter(ms, ts, pt, marker, first)
         ext_ts = _unwrap(ts, self.ts_raw, self.ts_ext, 32)
         self.ts_raw = int(ts[-1])
         self.ts_ext = int(ext_ts[-1])
+        if self.observer is not None:
+            self.observer.packets(t, ext_seq, fresh, ext_ts, pt, marker, jit, rated, counted)
         self._feed_jitter_buffers(ms, ext_ts, ext_seq, pt, fresh)
         self.n += len(t)
         self.last_t = float(t[-1])
@@ -285,8 +291,11 @@ class StreamAnalyzer:
         return ext, fresh
 
     def _jitter(self, ms: np.ndarray, ts: np.ndarray, pt: np.ndarray, marker: np.ndarray,
-                first: bool) -> None:
-        """Wireshark 4.0's jitter, max and mean jitter, and VoIPmonitor's delay histogram."""
+                first: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Wireshark 4.0's jitter, max and mean jitter, and VoIPmonitor's delay histogram.
+
+        Returns the jitter after each rated packet, which packets are rated, and which of
+        the rated ones count for max and mean jitter."""
         m = len(ms)
         rel = (ts.astype(np.int64) - self.first_ts) % (1 << 32)
         in_time = rel < (1 << 31)
@@ -333,6 +342,7 @@ class StreamAnalyzer:
         if rated.any():
             self.last_nominal = float(nominal[np.flatnonzero(rated)[-1]])
         self.prev_pt = int(pt[-1])
+        return jit, rated, counted
 
     def _feed_jitter_buffers(self, ms: np.ndarray, ext_ts: np.ndarray, ext_seq: np.ndarray,
                              pt: np.ndarray, fresh: np.ndarray) -> None:
@@ -388,8 +398,8 @@ class RtpFlow:
     callee), "b" or "", ``pmap`` the payload map of the SDP that announced the endpoint.
     """
 
-    __slots__ = ("direction", "dport", "dst", "key", "last_seen", "owner", "pcap", "pcap1",
-                 "pmap", "rec", "sport", "src", "streams", "tied", "times")
+    __slots__ = ("direction", "dport", "dst", "key", "last_seen", "observer", "owner", "pcap",
+                 "pcap1", "pmap", "rec", "sport", "src", "streams", "tied", "times")
 
     def __init__(self, key: bytes, src: bytes, sport: int, dst: bytes, dport: int,
                  owner: object, direction: str, pmap: PayloadMap, tied: bool = True):
@@ -405,6 +415,8 @@ class RtpFlow:
         self.pcap = None
         self.pcap1 = None
         self.last_seen = 0.0
+        #: Optional ``IFlowObserver`` (voipmon.analysis.observe), told of each new stream.
+        self.observer: Any = None
 
     def last_time(self) -> float:
         return self.times[-1] if self.times else self.last_seen
@@ -415,6 +427,8 @@ class RtpFlow:
     def set_payload_map(self, pmap: PayloadMap) -> None:
         """New SDP for this endpoint: analyse what came before with the old map."""
         self.drain()
+        if self.observer is not None:
+            self.observer.payload_map_changed(self, pmap)
         self.pmap = pmap
         for stream in self.streams.values():
             stream.set_payload_map(pmap)
@@ -449,6 +463,8 @@ class RtpFlow:
                 if len(self.streams) >= max_streams:
                     continue
                 stream = self.streams[value] = StreamAnalyzer(self.pmap)
+                if self.observer is not None:
+                    self.observer.stream_started(self, value, stream)
             stream.feed(times[sel], records["seq"][sel], records["ts"][sel], pt[sel],
                         marker[sel])
         return len(records)

@@ -171,12 +171,13 @@ class SpoolWriter:
                 self._dirs.clear()
             self._dirs.add(folder)
         handle = open(path, "ab")  # noqa: SIM115 - kept open in the LRU
+        linktype = 1 if sink.linktype is None else sink.linktype  # 0 is DLT_NULL
         try:
             if handle.tell() == 0:
-                handle.write(pcap_global_header(sink.linktype or 1))
+                handle.write(pcap_global_header(linktype))
                 self.stats.files += 1
                 self.stats.bytes += 24
-            elif sink.written == 0 and not _same_linktype(path, sink.linktype or 1):
+            elif sink.written == 0 and not _same_linktype(path, linktype):
                 handle.close()
                 raise OSError(f"{path} exists with another link type or format")
         except OSError:

@@ -58,6 +58,19 @@ class SpoolWriterTests(SynchronousTestCase):
             self.assertEqual(len(list(pcap)), 1)
         self.assertEqual(self.writer.stats.linktype_mismatch, 1)
 
+    def test_null_link_type_is_kept(self) -> None:
+        # DLT_NULL is 0: a call captured on a BSD loopback must not come out as Ethernet
+        sink = self.writer.open("x/RTP/null.pcap")
+        frame = b"\x02\x00\x00\x00" + b"\x45" + b"\x00" * 27
+        sink.add(1.5, frame, 0)
+        sink.close()
+        self.assertEqual(read(os.path.join(self.root, "x/RTP/null.pcap")), [(1.5, 0, frame)])
+        again = self.writer.open("x/RTP/null.pcap")
+        again.add(2.5, frame, 0)
+        again.close()
+        self.assertEqual(len(read(os.path.join(self.root, "x/RTP/null.pcap"))), 2)
+        self.assertEqual(self.writer.stats.write_errors, 0)
+
     def test_header_only_keeps_original_length(self) -> None:
         sink = self.writer.open("h/RTP/b.pcap", header_only=True)
         sink.add(3.0, b"A" * 200, 1, caplen=54)
