@@ -119,8 +119,11 @@ class StereoMixer:
         self._buf = self._buf.copy()    # let go of what was written
 
     def finish(self, end: int) -> None:
-        """Write up to sample ``end`` (or the last sound placed) and close the output."""
+        """Write up to sample ``end``, the call's end, and close the output. Sound placed
+        after it (the tail of the last packet, which arrived before the end) is left out:
+        the audio lasts exactly as long as the call."""
         if self.writer is None:
             return
-        self.emit(max(end, self.top))
+        self._buf = self._buf[:, :max(0, end - self.base)]
+        self.emit(end)
         self.writer.close()

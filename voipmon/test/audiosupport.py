@@ -15,8 +15,10 @@ import ctypes
 import ctypes.util
 import io
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -79,7 +81,7 @@ def av_encode(codec: str, pcm: np.ndarray, rate: int, **options: str) -> list[by
     if "bit_rate" in options:
         ctx.bit_rate = int(options.pop("bit_rate"))
         ctx.options = options
-    ctx.time_base = f"1/{rate}"  # type: ignore[assignment]
+    ctx.time_base = Fraction(1, rate)
     ctx.open()
     frame_size = ctx.frame_size or 160
     resampler = av.AudioResampler(ctx.format.name, "mono", rate, frame_size=frame_size)
@@ -202,6 +204,16 @@ class Stream:
             if i not in drop:
                 self.packets.append((start + i * ptime, seq0 + i, ts0 + i * ticks, pt,
                                      i == 0, payload))
+
+    def send_rtp(self, packets: list[bytes], pt: int, clock: int, start: float) -> None:
+        """Payloads of RTP ``packets`` made elsewhere, keeping their sequence numbers and
+        timestamps, each sent when its timestamp says."""
+        _, _, seq0, ts0 = struct.unpack_from("!BBHI", packets[0])
+        for packet in packets:
+            _, _, seq, ts = struct.unpack_from("!BBHI", packet)
+            ticks = (ts - ts0) % (1 << 32)
+            self.packets.append((start + ticks / clock, 100 + (seq - seq0) % 65536,
+                                 1000 + ticks, pt, False, packet[12:]))
 
 
 @dataclass

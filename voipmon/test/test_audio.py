@@ -68,14 +68,14 @@ class ToneCallTests(SynchronousTestCase):
     def test_duration_is_the_calls(self) -> None:
         self.assertEqual(self.rate, 8000)
         duration = self.samples.shape[1] / self.rate
-        self.assertAlmostEqual(duration, self.cdr.duration, delta=0.020)
-        self.assertAlmostEqual(self.info["duration"], duration, delta=0.001)
+        self.assertApproximates(duration, self.cdr.duration, 0.020)
+        self.assertApproximates(self.info["duration"], duration, 0.001)
 
     def test_each_direction_in_its_channel(self) -> None:
         left, right = self.samples
         tone = slice(self.at(TONE_START + 0.1), self.at(TONE_START + 0.9))
-        self.assertAlmostEqual(peak_frequency(left[tone], self.rate), 1000.0, delta=2.0)
-        self.assertAlmostEqual(peak_frequency(right[tone], self.rate), 2000.0, delta=2.0)
+        self.assertApproximates(peak_frequency(left[tone], self.rate), 1000.0, 2.0)
+        self.assertApproximates(peak_frequency(right[tone], self.rate), 2000.0, 2.0)
         self.assertGreater(rms(left[tone]), 0.3)
         self.assertEqual([s["side"] for s in self.info["streams"]], ["caller", "callee"])
         self.assertEqual(self.info["notes"], [])
@@ -103,10 +103,10 @@ class ToneCallTests(SynchronousTestCase):
         info = render_audio(io.BytesIO(self.pcap), out, "ogg")
         samples, rate = decode_file(out.getvalue())
         self.assertEqual(info["rate"], 8000)
-        self.assertAlmostEqual(samples.shape[1] / rate, self.cdr.duration, delta=0.020)
+        self.assertApproximates(samples.shape[1] / rate, self.cdr.duration, 0.020)
         tone = slice(round((TONE_START + 0.1) * rate), round((TONE_START + 0.9) * rate))
-        self.assertAlmostEqual(peak_frequency(samples[0][tone], rate), 1000.0, delta=3.0)
-        self.assertAlmostEqual(peak_frequency(samples[1][tone], rate), 2000.0, delta=3.0)
+        self.assertApproximates(peak_frequency(samples[0][tone], rate), 1000.0, 3.0)
+        self.assertApproximates(peak_frequency(samples[1][tone], rate), 2000.0, 3.0)
 
     def test_call_pcap_from_the_spool(self) -> None:
         # the central renders from the sensor's SIP and RTP pcaps of the call, merged
