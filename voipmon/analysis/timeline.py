@@ -97,8 +97,20 @@ class StreamTimeline:
         lowest = np.minimum(np.minimum.accumulate(ext_seq), self.ext_min)
         distinct = self.distinct + np.cumsum(fresh)
         running = np.maximum(highest - lowest + 1 - distinct, 0)
-        np.add.at(self.lost, idx, np.diff(running, prepend=self.running))
+        delta = np.diff(running, prepend=self.running)
         np.maximum.at(self.bound, idx, highest)
+        back = delta < 0
+        if back.any():
+            # a late packet fills a gap: the interval where the sequence passed it
+            # counted that loss, so it takes it back (not the late packet's interval)
+            n = self.last + 1
+            bounds = np.maximum.accumulate(self.bound[:n])
+            where = idx.copy()
+            where[back] = np.minimum(np.searchsorted(bounds, ext_seq[back], side="right"),
+                                     idx[back])
+            np.add.at(self.lost, where, delta)
+        else:
+            np.add.at(self.lost, idx, delta)
         self.ext_max, self.ext_min = int(highest[-1]), int(lowest[-1])
         self.distinct, self.running = int(distinct[-1]), int(running[-1])
         if counted.any():
