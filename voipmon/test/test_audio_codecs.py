@@ -124,46 +124,35 @@ class SynthesisedCodecTests(ToneCase):
         quiet = left[round((START + 1.15) * rate):round((START + 1.45) * rate)]
         self.assertEqual(float(np.abs(quiet).max()), 0.0)   # SID and DTX are silence
 
-    def test_amr_nb_octet_aligned_and_bandwidth_efficient(self) -> None:
-        storage = sox_encode(tone_pcm(1000, 1.0), 8000, "-t", "amr-nb", "-C", "7")
-        path = self.mktemp() + ".amr"
+    def check_amr_modes(self, storage: bytes, name: str, bits: tuple[int, ...],
+                        clock: int) -> None:
+        """The frames of AMR storage file ``storage`` as octet-aligned RTP (FFmpeg's RFC
+        4867 packetiser) and as bandwidth-efficient RTP: the same tone, sample for sample."""
+        path = self.mktemp()
         with open(path, "wb") as f:
             f.write(storage)
-        octet = rtp_muxed(path)          # FFmpeg's RFC 4867 packetiser
-        efficient = [amr_bandwidth_efficient(f, AMR_NB_BITS)
-                     for f in amr_storage_frames(storage, AMR_NB_BITS)]
+        octet = rtp_muxed(path)
+        efficient = [amr_bandwidth_efficient(f, bits) for f in amr_storage_frames(storage, bits)]
         self.assertIn(len(efficient) - len(octet), (0, 1))    # it may keep the last frame
-        efficient = efficient[:len(octet)]
         decoded = []
-        for mode in ("octet-aligned", "bandwidth-efficient"):
-            call = CallCapture(offer_pts=(96,), rtpmap={96: ("AMR", 8000)})
-            if mode == "octet-aligned":
-                call.caller.send_rtp(octet, 96, 8000, call.start + START)
+        for aligned in (True, False):
+            call = CallCapture(offer_pts=(96,), rtpmap={96: (name, clock)})
+            if aligned:
+                call.caller.send_rtp(octet, 96, clock, call.start + START)
             else:
-                call.caller.send(efficient, 96, 160, call.start + START)
-            decoded.append(self.check_tone(call)[1])
+                call.caller.send(efficient[:len(octet)], 96, clock // 50, call.start + START)
+            _, samples, rate = self.check_tone(call)
+            self.assertEqual(rate, clock)
+            decoded.append(samples)
         self.assertEqual(decoded[0].tolist(), decoded[1].tolist())
+
+    def test_amr_nb_octet_aligned_and_bandwidth_efficient(self) -> None:
+        storage = sox_encode(tone_pcm(1000, 1.0), 8000, "-t", "amr-nb", "-C", "7")
+        self.check_amr_modes(storage, "AMR", AMR_NB_BITS, 8000)
 
     def test_amr_wb_both_modes(self) -> None:
         frames = amr_wb_frames(tone_pcm(1000, 1.0, 16000))
-        path = self.mktemp() + ".awb"
-        with open(path, "wb") as f:
-            f.write(b"#!AMR-WB\n" + b"".join(frames))
-        octet = rtp_muxed(path)
-        efficient = [amr_bandwidth_efficient(f, AMR_WB_BITS) for f in frames]
-        self.assertIn(len(efficient) - len(octet), (0, 1))
-        efficient = efficient[:len(octet)]
-        decoded = []
-        for mode in ("octet-aligned", "bandwidth-efficient"):
-            call = CallCapture(offer_pts=(96,), rtpmap={96: ("AMR-WB", 16000)})
-            if mode == "octet-aligned":
-                call.caller.send_rtp(octet, 96, 16000, call.start + START)
-            else:
-                call.caller.send(efficient, 96, 320, call.start + START)
-            _, samples, rate = self.check_tone(call)
-            self.assertEqual(rate, 16000)
-            decoded.append(samples)
-        self.assertEqual(decoded[0].tolist(), decoded[1].tolist())
+        self.check_amr_modes(b"#!AMR-WB\n" + b"".join(frames), "AMR-WB", AMR_WB_BITS, 16000)
 
     def test_opus_libopus(self) -> None:
         packets = av_encode("libopus", tone_pcm(1000, 1.0, 48000), 48000)
