@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
 import struct
 import sys
@@ -159,6 +160,8 @@ def main() -> int:
             ratio = times[key] / times["read"]
             verdict = "" if target is None else f"{'<=' if ratio <= target else '>'}{target:.0f}x"
             print(f"{label:46} {times[key]:8.3f} {ratio:6.2f}x {verdict:>8}")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of this process (all of the above): {peak:.0f} MB")
         met = times["chart"] / times["read"] <= TARGET
         print("target met" if met else "target NOT met")
     return 0
