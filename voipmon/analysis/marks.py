@@ -136,19 +136,18 @@ class CallMarks:
         types = frozenset(int(pt) for pt in pmap.events.nonzero()[0])
         tap = flow.pcap
         if isinstance(tap, RtpTap):
-            tap.consumer = self._consumer(flow, types)
+            tap.payload_types = types
         elif tap is None and types:
-            tap = flow.pcap = flow.pcap1 = RtpTap(self._consumer(flow, types))
+            tap = flow.pcap = flow.pcap1 = RtpTap(
+                lambda times, payloads: self._events_of(flow, times, payloads),
+                payload_types=types)
             self._taps.append(tap)
 
-    def _consumer(self, flow: RtpFlow, types: frozenset[int]) -> Any:
-        def consume(times: list[float], payloads: list[bytes | None]) -> None:
-            if not types:
-                return
-            for ts, payload in zip(times, payloads, strict=True):
-                if payload is not None and len(payload) >= 16 and payload[1] & 0x7F in types:
-                    self._event(flow, ts, payload)
-        return consume
+    def _events_of(self, flow: RtpFlow, times: list[float],
+                   payloads: list[bytes | None]) -> None:
+        for ts, payload in zip(times, payloads, strict=True):
+            if payload is not None and len(payload) >= 16:
+                self._event(flow, ts, payload)
 
     def _event(self, flow: RtpFlow, ts: float, payload: bytes) -> None:
         stamp, ssrc, code, _flags, duration = _EVENT.unpack_from(payload, 4)

@@ -27,12 +27,17 @@ Consumer = Callable[[list[float], list[bytes | None]], None]
 
 
 class RtpTap:
-    """A ``PcapSink`` look-alike that hands a flow's RTP payloads to ``consumer``."""
+    """A ``PcapSink`` look-alike that hands a flow's RTP payloads to ``consumer``; with
+    ``payload_types``, only the packets of those RTP payload types (the others cost a
+    look at one byte)."""
 
-    __slots__ = ("_decoded", "_decoder", "caplens", "consumer", "frames", "linktype", "ts")
+    __slots__ = ("_decoded", "_decoder", "caplens", "consumer", "frames", "linktype",
+                 "payload_types", "ts")
 
-    def __init__(self, consumer: Consumer, sip_ports: tuple[int, ...] = (5060,)):
+    def __init__(self, consumer: Consumer, sip_ports: tuple[int, ...] = (5060,),
+                 payload_types: frozenset[int] | None = None):
         self.consumer = consumer
+        self.payload_types = payload_types
         self.ts: list[float] = []
         self.frames: list[bytes] = []
         self.caplens: list[int] | None = None   # the engine keeps whole frames here
@@ -53,6 +58,12 @@ class RtpTap:
             return
         times, frames = self.ts, self.frames
         self.ts, self.frames = [], []
+        types = self.payload_types
+        if types is not None:   # the RTP payload type is at byte 43 of these frames
+            kept = [(t, f) for t, f in zip(times, frames, strict=True) if f[43] & 0x7F in types]
+            if not kept:
+                return
+            times, frames = [t for t, _ in kept], [f for _, f in kept]
         payloads: list[bytes | None] = []
         append = payloads.append
         for frame in frames:
@@ -66,9 +77,13 @@ class RtpTap:
         decoded = self._decoded
         self._decoder.feed(ts, linktype, frame)
         if decoded:
-            payloads: list[bytes | None] = [d.payload for d in decoded]
-            self.consumer([d.ts for d in decoded], payloads)
+            types = self.payload_types
+            kept = [d for d in decoded if types is None or
+                    (len(d.payload) > 1 and d.payload[1] & 0x7F in types)]
             decoded.clear()
+            if kept:
+                payloads: list[bytes | None] = [d.payload for d in kept]
+                self.consumer([d.ts for d in kept], payloads)
         elif self._decoder.stats.undecodable:
             self.consumer([ts], [None])  # cut short by the capture
             self._decoder.stats.undecodable.clear()
