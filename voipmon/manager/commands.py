@@ -8,6 +8,11 @@ into one capture by time.
 
 Replies are framed so a client can tell data from an error and knows when a body ends:
 ``OK <length>\\n`` and exactly ``length`` bytes, or one line ``ERR <code> <message>\\n``.
+
+One registry, two transports: the management port (voipmon.manager.server) passes a command
+line to :meth:`ManagerCommands.run`; the central's requests over the sensor's channel
+(voipmon.protocols.rpc.responder) pass the command and its arguments to
+:meth:`ManagerCommands.execute`. Both get the same :class:`Reply` or :class:`CommandError`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 import voipmon
 from voipmon.manager.paths import PathRefused, open_in_spool, resolve_in_spool
@@ -52,6 +57,16 @@ class ICallLister(Interface):
         """A list of JSON-able dicts, one per active call."""
 
 
+class ICommands(Interface):
+    """The command registry, whatever carries the command (management port, channel)."""
+
+    def run(line):
+        """The Reply to one command line (``name args``), or CommandError."""
+
+    def execute(name, args):
+        """The Reply to command ``name`` with its argument text ``args``, or CommandError."""
+
+
 class CommandError(Exception):
     """A command that fails; becomes one ``ERR`` line and the connection stays usable."""
 
@@ -65,20 +80,30 @@ class CommandError(Exception):
         return f"ERR {self.code} {text}\n".encode("utf-8", "backslashreplace")
 
 
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+BINARY = "application/octet-stream"
+PCAP = "application/vnd.tcpdump.pcap"
+
+
 @dataclass(frozen=True)
 class Reply:
-    """A body of known ``size`` produced by ``chunks()`` (called once, lazily)."""
+    """A body of known ``size`` produced by ``chunks()`` (called once, lazily).
+
+    ``content_type`` says what the body is to a transport that can tell (the channel's
+    answers carry it; the management port's ``OK <length>`` does not)."""
 
     size: int
     chunks: Callable[[], Iterator[bytes]]
+    content_type: str = BINARY
 
     @classmethod
-    def of(cls, data: bytes) -> Reply:
-        return cls(len(data), lambda: iter((data,)))
+    def of(cls, data: bytes, content_type: str = TEXT) -> Reply:
+        return cls(len(data), lambda: iter((data,)), content_type)
 
     @classmethod
     def json(cls, value: Any) -> Reply:
-        return cls.of(json.dumps(value, sort_keys=True).encode() + b"\n")
+        return cls.of(json.dumps(value, sort_keys=True).encode() + b"\n", JSON)
 
     def header(self) -> bytes:
         return b"OK %d\n" % self.size
@@ -111,6 +136,7 @@ def call_pcap_relpaths(fbasename: str, when: float) -> list[str]:
         raise CommandError(E_REFUSED, str(exc))
 
 
+@implementer(ICommands)
 class ManagerCommands:
     """Answers management commands from the spool, the stats provider and the call table."""
 
@@ -134,6 +160,11 @@ class ManagerCommands:
     def run(self, line: str) -> Reply:
         """The reply to one command line, or CommandError."""
         name, _, args = line.strip().partition(" ")
+        return self.execute(name, args)
+
+    def execute(self, name: str, args: str = "") -> Reply:
+        """The reply to command ``name`` with the argument text ``args`` (what follows the
+        name on a command line), or CommandError."""
         entry = self._table.get(name)
         if entry is None:
             shown = name if len(name) <= 40 else name[:40] + "..."
@@ -196,7 +227,7 @@ class ManagerCommands:
                     left -= len(data)
                     yield data
 
-        return Reply(size, chunks)
+        return Reply(size, chunks, PCAP if args.endswith(".pcap") else BINARY)
 
     def getcallpcap(self, args: str) -> Reply:
         when_text, _, fbasename = args.partition(" ")
@@ -223,4 +254,4 @@ def merged_call_pcap(spooldir: str, relpaths: list[str]) -> Reply:
         plan = plan_merge(found)
     except PcapMergeError as exc:
         raise CommandError(E_INTERNAL, str(exc).replace(os.path.realpath(spooldir) + "/", ""))
-    return Reply(plan.size, plan.chunks)
+    return Reply(plan.size, plan.chunks, PCAP)

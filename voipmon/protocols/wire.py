@@ -26,8 +26,16 @@ Message flow (design section 3)::
     END {dropped}                        ->                  (end of a replayed capture)
                                         <-   END_ACK {cdrs}    (calls closed, CDRs durable)
     STATS {...}                          ->
+                                        <-   REQUEST {id, command, args, window, chunk}
+    ANSWER <binary: id, flags, head|error, data>  ->    (bounded chunks, within credit)
+                                        <-   CREDIT <binary: id, bytes>
+                                        <-   CANCEL <binary: id, reason>
     PING {t} / PONG {t}                 <->  every 5 s; silence for 30 s drops the peer
     CLOSE {reason}                      <->  said before closing on purpose
+
+REQUEST, ANSWER, CREDIT and CANCEL carry the central's requests to a sensor over the
+sensor's own connection (layouts and rules: voipmon.protocols.rpc.messages); they travel
+only when both sides announced the ``requests`` capability (voipmon.protocols.capabilities).
 """
 
 from __future__ import annotations
@@ -67,6 +75,11 @@ class MessageType(enum.IntEnum):
     END_ACK = 13
     STATS = 14
     CLOSE = 15
+    # 16 is kept for the live mirroring sensor's capture clock.
+    REQUEST = 17
+    ANSWER = 18
+    CREDIT = 19
+    CANCEL = 20
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
