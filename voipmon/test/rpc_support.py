@@ -39,6 +39,7 @@ class Wire:
         self.paused = False
         self.receive: Callable[[bytes], None] = lambda data: None
         self.kinds: list[MessageType] = []    # every frame written, in order
+        self.log: list[tuple[MessageType, int]] = []  # delivered: type, and ANSWER's id
         self.closed = False
 
     def write(self, kind: MessageType, payload: bytes) -> None:
@@ -61,6 +62,9 @@ class Wire:
             frame = self.frames.popleft()
             self.buffered -= len(frame)
             moved += 1
+            kind = MessageType(frame[4])
+            self.log.append((kind, int.from_bytes(frame[6:10], "big")
+                             if kind == MessageType.ANSWER else 0))
             self.receive(frame)
             if self.paused and self.buffered <= (self.high or 0) // 2:
                 self.paused = False
@@ -153,6 +157,7 @@ class SlowConsumer:
         self.paused = False
         self.written = self.consumed = self.buffered = self.max_buffered = 0
         self.unregistered = 0
+        self.resumed = 0
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.producer = producer
@@ -180,6 +185,7 @@ class SlowConsumer:
         self.consumed += taken
         if self.paused and self.buffered <= self.high // 2:
             self.paused = False
+            self.resumed += 1
             if self.producer is not None:
                 self.producer.resumeProducing()
 

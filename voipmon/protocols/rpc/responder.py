@@ -48,7 +48,7 @@ from voipmon.protocols.wire import MessageType, ProtocolError
 
 log = Logger()
 
-MAX_REQUESTS = 16          # answers in progress on one channel, whatever the central asks
+MAX_REQUESTS = 16          # answers being read on one channel, whatever the central asks
 
 
 @implementer(IFrameSource)
@@ -182,7 +182,10 @@ class Responder:
             return
         self.requests += 1
         reply, error = None, None
-        if len(self.streams) >= self.max_requests:
+        if len(self.streams) >= 2 * self.max_requests:
+            raise ProtocolError(f"more than {2 * self.max_requests} requests unanswered: the "
+                                "central does not wait for answers")
+        if sum(1 for s in self.streams.values() if s.reply is not None) >= self.max_requests:
             error = CommandError(E_UNAVAILABLE, f"too many requests in progress on this "
                                  f"sensor (limit {self.max_requests})")
         else:
