@@ -21,7 +21,7 @@ from voipmon.manager.commands import E_UNKNOWN, PCAP, CommandError, ICommands, R
 from voipmon.protocols.capabilities import SUPPORTED, Capabilities
 from voipmon.protocols.dispatch import CENTRAL, SENSOR, Dispatcher
 from voipmon.protocols.rpc.messages import CHUNK, WINDOW
-from voipmon.protocols.rpc.requester import Requester
+from voipmon.protocols.rpc.requester import Requester, RequestFailed
 from voipmon.protocols.rpc.responder import Responder
 from voipmon.protocols.scheduler import OutputScheduler
 from voipmon.protocols.wire import MAX_FRAME, FrameDecoder, MessageType, encode_frame
@@ -253,3 +253,20 @@ class TableCommands:
         if name not in self.table:
             raise CommandError(E_UNKNOWN, f"{name!r}; 'help' lists the commands")
         return self.table[name](args.strip())
+
+
+class RequestResults:
+    """A test case's requests; each outcome (a size or a Failure) lands in ``results``."""
+
+    results: list[Any]
+
+    def start_request(self, requester: Requester, command: str, args: str = "",
+                      consumer: Any = None, on_head: Any = None) -> Any:
+        consumer = consumer if consumer is not None else SlowConsumer(high=1 << 40, keep=True)
+        requester.request(command, args, consumer, on_head).addBoth(self.results.append)
+        return consumer
+
+    def failure(self, index: int = -1) -> RequestFailed:
+        result = self.results[index]
+        self.assertIsInstance(getattr(result, "value", None), RequestFailed, result)
+        return result.value

@@ -17,14 +17,20 @@ from voipmon.protocols.wire import MessageType, ProtocolError, encode_json
 from voipmon.queue import DurableQueue
 from voipmon.sensor.uplink import CdrUplink
 from voipmon.spool.layout import minute_dir
-from voipmon.test.rpc_support import MemoryChannel, PatternFile, SlowConsumer, TableCommands
+from voipmon.test.rpc_support import (
+    MemoryChannel,
+    PatternFile,
+    RequestResults,
+    SlowConsumer,
+    TableCommands,
+)
 from voipmon.test.test_manager_pcapmerge import write_pcap
 from voipmon.test.test_manager_server import Harness
 
 M = MessageType
 
 
-class MuxCase(SynchronousTestCase):
+class MuxCase(RequestResults, SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = task.Clock()
         self.results: list[Any] = []
@@ -34,14 +40,7 @@ class MuxCase(SynchronousTestCase):
         return self.channel
 
     def fetch(self, command: str, args: str = "", consumer: Any = None) -> Any:
-        consumer = consumer if consumer is not None else SlowConsumer(high=1 << 40, keep=True)
-        self.channel.requester.request(command, args, consumer).addBoth(self.results.append)
-        return consumer
-
-    def failure(self, index: int = -1) -> RequestFailed:
-        result = self.results[index]
-        self.assertIsInstance(getattr(result, "value", None), RequestFailed, result)
-        return result.value
+        return self.start_request(self.channel.requester, command, args, consumer)
 
     def assertClean(self) -> None:
         """Nothing left on either end: no request, no reader, no timer."""

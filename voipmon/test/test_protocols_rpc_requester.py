@@ -21,7 +21,7 @@ from voipmon.protocols.rpc.messages import (
 )
 from voipmon.protocols.rpc.requester import Requester, RequestFailed
 from voipmon.protocols.wire import MessageType, ProtocolError
-from voipmon.test.rpc_support import SlowConsumer
+from voipmon.test.rpc_support import RequestResults, SlowConsumer
 
 M = MessageType
 
@@ -56,7 +56,7 @@ def error(ident: int, code: str, message: str, first: bool = True) -> Any:
     return decode_answer(M.ANSWER, answer_error(ident, code, message, first))
 
 
-class RequesterCase(SynchronousTestCase):
+class RequesterCase(RequestResults, SynchronousTestCase):
     window = 16 * 1024
     chunk = 4096
 
@@ -69,15 +69,7 @@ class RequesterCase(SynchronousTestCase):
 
     def start(self, command: str = "getfile", args: str = "a.pcap",
               consumer: Any = None, on_head: Any = None) -> SlowConsumer:
-        consumer = consumer if consumer is not None else SlowConsumer(high=1 << 30, keep=True)
-        d = self.requester.request(command, args, consumer, on_head)
-        d.addBoth(self.results.append)
-        return consumer
-
-    def failure(self, index: int = -1) -> RequestFailed:
-        result = self.results[index]
-        self.assertIsInstance(getattr(result, "value", None), RequestFailed, result)
-        return result.value
+        return self.start_request(self.requester, command, args, consumer, on_head)
 
     def tearDown(self) -> None:
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -216,6 +208,16 @@ class ErrorTests(RequesterCase):
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
         self.assertEqual(self.sent.take(M.CANCEL)[0].id, 1)
 
+    def test_a_consumer_that_already_has_a_producer(self) -> None:
+        consumer = SlowConsumer()
+
+        def busy(producer: Any, streaming: bool) -> None:
+            raise ValueError("registering producer before previous one was unregistered")
+
+        consumer.registerProducer = busy
+        self.assertRaises(ValueError, self.requester.request, "getfile", "a", consumer)
+        self.assertEqual((self.sent.frames, self.requester.pending), ([], {}))
+
     def test_unsupported(self) -> None:
         old = Requester(self.sent, self.clock, "sensor 4", supported=False)
         exc = self.failureResultOf(old.request("listcalls"), RequestFailed).value
@@ -306,6 +308,22 @@ class LimitCancelLossTests(RequesterCase):
         self.assertEqual(exc.code, "cancelled")
         self.assertEqual(self.sent.take(M.CANCEL)[0].id, 1)
         self.assertEqual(consumer.unregistered, 1)
+
+    def test_a_web_request_whose_client_left(self) -> None:
+        # twisted.web's Request: its client gone, notifyFinish fails (the web layer cancels
+        # the request) and unregisterProducer has no channel left to call.
+        from twisted.web.http import Request
+        from twisted.web.test.requesthelper import DummyChannel
+
+        web = Request(DummyChannel())
+        d = self.requester.request("getfile", "a.pcap", web)
+        self.assertIs(web.producer.consumer, web)
+        web.notifyFinish().addErrback(lambda _: d.cancel())
+        self.requester.on_answer(first(1, 100, b"0123"))
+        web.connectionLost(Exception("client went away"))
+        self.assertEqual(self.failureResultOf(d, RequestFailed).value.code, "cancelled")
+        self.assertEqual(self.sent.take(M.CANCEL)[0].id, 1)
+        self.assertEqual(self.requester.pending, {})
 
     def test_the_channel_closes(self) -> None:
         first_consumer = self.start()

@@ -243,7 +243,10 @@ class _Call:
         self.requester._forget(self)
         if self.registered:
             self.registered = False
-            self.consumer.unregisterProducer()
+            try:
+                self.consumer.unregisterProducer()
+            except AttributeError:
+                pass  # a twisted.web Request whose client left has no channel to leave
 
     def _finish(self) -> None:
         self._end()
@@ -313,15 +316,15 @@ class Requester:
             self.failed[refusal.code] += 1
             return defer.fail(refusal)
         self._last_id += 1
-        self.requests += 1
         call = _Call(self, self._last_id, command, consumer if consumer is not None
                      else _Collect(), on_head)
+        if hasattr(call.consumer, "registerProducer"):
+            call.consumer.registerProducer(call, True)   # may raise: nothing sent yet
+            call.registered = True
+        self.requests += 1
         self.pending[call.id] = call
         self.transport.send_message(MessageType.REQUEST, encode_request(
             Request(call.id, command, args, self.window, self.chunk)))
-        if hasattr(call.consumer, "registerProducer"):
-            call.registered = True
-            call.consumer.registerProducer(call, True)
         call._watch()
         return call.done
 
