@@ -1,0 +1,304 @@
+"""SIP that is not a call and not a registration: OPTIONS, SUBSCRIBE, NOTIFY and MESSAGE,
+one record per request and its answer (VoIPmonitor's ``sip_msg`` and ``message`` tables).
+
+Pure and driven by capture time, like call analysis. The engine hands every request of
+these methods and every response to one (``on_message``), calls ``advance(now)`` once a
+capture-time second and ``finish()`` at the end of input; records go to ``emit``.
+
+A request is (Call-ID, CSeq, method, branch of the bottom Via): retransmissions and copies
+seen on other hops count as ``request_repetition``. Its first final answer (>= 200) makes
+the record: response number and text, the time from the request to it, and ``qualify_ok``
+(a 200, or another code of ``qualify_ok_codes``, within ``qualify_limit_ms``, VoIPmonitor's
+2000 ms by default). A request that gets no final answer within ``timeout`` (SIP's 32 s
+Timer F) is written as unanswered: ``response_number`` 0, ``qualify_ok`` false. That is the
+record that answers "which trunks stopped answering our pings?".
+
+Each method is switched by its VoIPmonitor option: ``sip-options``, ``sip-subscribe``,
+``sip-notify``, ``sip-message`` = ``no`` (ignored), ``yes`` (recorded) or ``nodb`` (followed
+for ``relations`` but not written). ``relations()`` keeps, per requester, target and
+method, the last results (VoIPmonitor's "SIP Opt. Active" view). Memory is bounded:
+pending requests (``max_pending``) and relations (``max_relations``) are capped, refusals
+and evictions counted; requests still waiting at ``finish`` are counted as unresolved.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from voipmon.analysis import sipfields as sf
+from voipmon.analysis.calls import ip_text
+from voipmon.analysis.cdr import iso_ms
+from voipmon.analysis.sip import SipMessage, split_uri
+from voipmon.packet.datagram import Datagram
+from voipmon.records.keys import stable_uid
+from voipmon.records.sipmsg import METHOD_TYPES, InstantMessage, SipMsg
+
+log = Logger()
+
+MODES = ("no", "yes", "nodb")
+COMPLETED_TTL = 32.0
+MAX_COMPLETED = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class SipMsgSettings:
+    """VoIPmonitor's switches (names with ``_``), the qualify rule and our limits."""
+
+    sip_options: str = "no"
+    sip_subscribe: str = "no"
+    sip_notify: str = "no"
+    sip_message: str = "yes"
+    qualify_limit_ms: int = 2000
+    qualify_ok_codes: tuple[int, ...] = (200,)
+    timeout: float = 32.0
+    max_content: int = 4096          # characters of a body kept in the record
+    max_pending: int = 100_000
+    max_relations: int = 100_000
+    history: int = 10                # results kept per relation (VoIPmonitor: 50)
+
+    def __post_init__(self) -> None:
+        for name in ("sip_options", "sip_subscribe", "sip_notify", "sip_message"):
+            if getattr(self, name) not in MODES:
+                raise ValueError(f"{name} must be no, yes or nodb, not {getattr(self, name)!r}")
+        if not self.timeout > 0 or self.qualify_limit_ms < 0:
+            raise ValueError("timeout must be positive and qualify_limit_ms not negative")
+        for name in ("max_content", "max_pending", "max_relations", "history"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
+
+    def modes(self) -> dict[str, str]:
+        """Method -> mode, for the methods not switched off."""
+        pairs = (("OPTIONS", self.sip_options), ("SUBSCRIBE", self.sip_subscribe),
+                 ("NOTIFY", self.sip_notify), ("MESSAGE", self.sip_message))
+        return {method: mode for method, mode in pairs if mode != "no"}
+
+
+class _Request:
+    __slots__ = ("copies", "d", "last", "msg", "store")
+
+    def __init__(self, d: Datagram, msg: SipMessage, store: bool) -> None:
+        self.d = d
+        self.msg = msg
+        self.last = d.ts
+        self.copies = 0
+        self.store = store
+
+
+class SipMsgStats:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.repetitions = 0
+        self.answered = 0
+        self.unanswered = 0
+        self.duplicate_responses = 0  # answers to requests already written
+        self.unmatched_responses = 0
+        self.refused = 0              # requests not followed because of max_pending
+        self.relations_evicted = 0
+        self.unresolved = 0           # still waiting at finish
+        self.records = 0
+        self.errors = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class SipMsgTracker:
+    """Request/response pairs of OPTIONS, SUBSCRIBE, NOTIFY and MESSAGE; see the module
+    docstring. ``emit`` receives ``SipMsg`` and ``InstantMessage`` records."""
+
+    def __init__(self, settings: SipMsgSettings, id_sensor: int,
+                 emit: Callable[[Any], Any]) -> None:
+        self.settings = settings
+        self.id_sensor = id_sensor
+        self._emit_to = emit
+        self._modes = settings.modes()
+        self.stats = SipMsgStats()
+        self._pending: dict[tuple[str, int, str, str], _Request] = {}
+        self._deadlines: deque[tuple[float, tuple[str, int, str, str], _Request]] = deque()
+        self._completed: OrderedDict[tuple[str, int, str, str], float] = OrderedDict()
+        self._relations: OrderedDict[tuple, deque] = OrderedDict()
+        self._finished = False
+
+    @property
+    def methods(self) -> frozenset[str]:
+        """The methods this tracker follows (the engine hands it only those)."""
+        return frozenset(self._modes)
+
+    def on_message(self, d: Datagram, msg: SipMessage) -> None:
+        """A parsed SIP message; requests of other methods and their answers are ignored."""
+        try:
+            if msg.is_request:
+                mode = self._modes.get(msg.method)
+                if mode is not None:
+                    self._request(d, msg, mode == "yes")
+            elif msg.cseq_method in self._modes and msg.status >= 200:
+                self._response(d, msg)
+        except Exception:
+            self.stats.errors += 1
+            log.failure("sip messages: message at {ts} could not be processed", ts=d.ts)
+
+    def _request(self, d: Datagram, msg: SipMessage, store: bool) -> None:
+        key = (msg.call_id, msg.cseq, msg.method, sf.origin_branch(msg))
+        request = self._pending.get(key)
+        if request is not None:
+            request.copies += 1
+            request.last = max(request.last, d.ts)
+            self.stats.repetitions += 1
+            return
+        if key in self._completed:
+            self.stats.repetitions += 1
+            return
+        if len(self._pending) >= self.settings.max_pending:
+            self.stats.refused += 1
+            return
+        self.stats.requests += 1
+        request = self._pending[key] = _Request(d, msg, store)
+        self._deadlines.append((d.ts + self.settings.timeout, key, request))
+
+    def _response(self, d: Datagram, msg: SipMessage) -> None:
+        key = (msg.call_id, msg.cseq, msg.cseq_method, sf.origin_branch(msg))
+        request = self._pending.pop(key, None)
+        if request is None:
+            if key in self._completed:
+                self.stats.duplicate_responses += 1
+            else:
+                self.stats.unmatched_responses += 1
+            return
+        self.stats.answered += 1
+        self._complete(key, d.ts)
+        self._record(request, d, msg)
+
+    def advance(self, now: float) -> None:
+        """Capture-time clock: write the requests that waited ``timeout`` unanswered."""
+        try:
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][0] <= now:
+                _, key, request = deadlines.popleft()
+                if self._pending.get(key) is request:
+                    del self._pending[key]
+                    self._complete(key, now)
+                    self.stats.unanswered += 1
+                    self._record(request, None, None)
+            completed = self._completed
+            horizon = now - COMPLETED_TTL
+            while completed and next(iter(completed.values())) < horizon:
+                completed.popitem(last=False)
+        except Exception:
+            self.stats.errors += 1
+            log.failure("sip messages: housekeeping at {now} failed", now=now)
+
+    def finish(self) -> None:
+        """End of input. A request still within its timeout is left undecided (counted):
+        its answer may simply be after the end."""
+        if not self._finished:
+            self._finished = True
+            self.stats.unresolved = len(self._pending)
+
+    # -- records -------------------------------------------------------------------------
+
+    def _record(self, request: _Request, d: Datagram | None, msg: SipMessage | None) -> None:
+        req, first = request.msg, request.d
+        status = msg.status if msg is not None else 0
+        duration = round((d.ts - first.ts) * 1000) if d is not None else None
+        ok = duration is not None and status in self.settings.qualify_ok_codes and \
+            duration <= self.settings.qualify_limit_ms
+        self._remember(req, first, status, duration, ok)
+        if not request.store:
+            return
+        uid = stable_uid("sip_msg", req.call_id, req.cseq, req.method, sf.origin_branch(req),
+                         first.ts)
+        src, dst = ip_text(first.src), ip_text(first.dst)
+        number_dst = req.to.user or split_uri(req.request_uri)[0]
+        limit = self.settings.max_content
+        if req.method == "MESSAGE":
+            record: Any = InstantMessage(
+                uid=uid, id_sensor=self.id_sensor, calldate=first.ts, caller=req.from_.user,
+                caller_domain=req.from_.host, callername=req.from_.display,
+                called=number_dst, called_domain=req.to.host, sipcallerip=src,
+                sipcalledip=dst, lastSIPresponseNum=status,
+                content_type=req.header("content-type")[:sf.MAX_TEXT],
+                content_length=len(req.body), message=_text(req.body, limit),
+                response_time=duration,
+                lastSIPresponse=f"{status} {msg.reason}" if msg is not None else "",
+                a_ua=sf.user_agent(req), b_ua=sf.user_agent(msg) if msg is not None else "",
+                sipcallerport=first.sport, sipcalledport=first.dport, callid=req.call_id,
+                cseq=req.cseq)
+        else:
+            record = SipMsg(
+                uid=uid, id_sensor=self.id_sensor, time=first.ts, type=METHOD_TYPES[req.method],
+                ip_src=src, port_src=first.sport, ip_dst=dst, port_dst=first.dport,
+                number_src=req.from_.user, number_dst=number_dst, domain_src=req.from_.host,
+                domain_dst=req.to.host, callid=req.call_id, cseq=req.cseq,
+                response_number=status, qualify_ok=ok, request_repetition=request.copies,
+                request_time=request.last, response_time=d.ts if d is not None else None,
+                response_duration_ms=duration,
+                response_reason=msg.reason[:sf.MAX_TEXT] if msg is not None else "",
+                ua_src=sf.user_agent(req), ua_dst=sf.user_agent(msg) if msg is not None else "",
+                callername=req.from_.display,
+                request_content_type=req.header("content-type")[:sf.MAX_TEXT],
+                request_content_length=len(req.body), request_content=_text(req.body, limit),
+                response_content_type=msg.header("content-type")[:sf.MAX_TEXT]
+                if msg is not None else "",
+                response_content_length=len(msg.body) if msg is not None else 0,
+                response_content=_text(msg.body, limit) if msg is not None else "")
+        self.stats.records += 1
+        try:
+            self._emit_to(record)
+        except Exception:
+            self.stats.errors += 1
+            log.failure("sip messages: the record consumer failed")
+
+    def _remember(self, req: SipMessage, first: Datagram, status: int, duration: int | None,
+                  ok: bool) -> None:
+        key = (req.method, first.src, first.dst, req.to.user, req.to.host)
+        relations = self._relations
+        history = relations.get(key)
+        if history is None:
+            if len(relations) >= self.settings.max_relations:
+                relations.popitem(last=False)
+                self.stats.relations_evicted += 1
+            history = relations[key] = deque(maxlen=self.settings.history)
+        else:
+            relations.move_to_end(key)
+        history.append((first.ts, status, duration, ok))
+
+    def _complete(self, key: tuple[str, int, str, str], ts: float) -> None:
+        self._completed[key] = ts
+        if len(self._completed) > MAX_COMPLETED:
+            self._completed.popitem(last=False)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def relations(self, method: str | None = None) -> list[dict[str, Any]]:
+        """Per requester, target and method: the last result and how many of the last
+        ones failed (list_sip_msg; the OPTIONS qualify view)."""
+        out = []
+        for (meth, src, dst, user, host), history in self._relations.items():
+            if method is not None and meth != method:
+                continue
+            ts, status, duration, ok = history[-1]
+            out.append({
+                "method": meth, "ip_src": ip_text(src), "ip_dst": ip_text(dst),
+                "number_dst": user, "domain_dst": host, "last_time": iso_ms(ts),
+                "last_response": status, "last_duration_ms": duration, "qualify_ok": ok,
+                "failed_of_last": sum(1 for item in history if not item[3]),
+                "last": len(history)})
+        return out
+
+    def stats_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.stats.as_dict()
+        data.update(pending=len(self._pending), relations=len(self._relations),
+                    completed=len(self._completed))
+        return data
+
+
+def _text(body: bytes, limit: int) -> str:
+    return body[:limit * 4].decode("utf-8", "replace")[:limit]
+
+
+__all__ = ["MODES", "SipMsgSettings", "SipMsgStats", "SipMsgTracker"]

@@ -1,0 +1,1 @@
+"""Domain records: what the analysis emits, the queue and channel carry and the store keeps."""

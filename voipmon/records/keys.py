@@ -1,0 +1,18 @@
+"""Stable record keys: the same packets give the same key, on the sensor and on the central.
+
+Every record carries ``uid``, unique per sensor, so the store can insert it idempotently
+on (id_sensor, uid) however many times the queue delivers it. The key is a hash of what
+identifies the record (never a counter or the wall clock), so replaying a capture,
+restarting a sensor or analysing mirrored packets on the central gives the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def stable_uid(kind: str, *parts: object) -> str:
+    """A 32-hex-digit key of ``kind`` and ``parts`` (floats are taken to the microsecond)."""
+    text = "\x00".join(
+        [kind, *(str(round(p * 1_000_000)) if isinstance(p, float) else str(p) for p in parts)])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
