@@ -208,16 +208,16 @@ class RegisterAlerts:
         incident = _Incident(POSSIBLE_COMPROMISE, stable_uid("alert", POSSIBLE_COMPROMISE, src,
                                                              dst, user, ts), ts, src, dst, s.ua)
         incident.start = s.events[0][0] if s.events else ts
-        for _, failed_user in s.events:
-            incident.add(ts, failed_user)
-        incident.end = ts
+        incident.users[user] = s.per_user.get(user, 0)   # names the user that got in
+        incident.failures = failures
         incident.successes = 1
         incident.closed = True
         why = ", ".join(f"{inc.kind} since {iso_ms(inc.start)}" for inc in flagged) or \
-            f"{failures} failed attempts in {self.settings.window:g} s"
-        incident.message = (f"possible compromise: {user} registered from {src} to {dst} "
-                            f"after {incident.failures} failed attempts from that source "
-                            f"({why})")
+            f"within {self.settings.window:g} s"
+        incident.message = (
+            f"possible compromise: {user} registered from {src} to {dst} after {failures} "
+            f"failed attempts from that source on {len(s.per_user)} users, "
+            f"{incident.users[user]} of them on {user} ({why})")
         self._incidents[key] = incident
         self.stats.alerts += 1
         log.warn("register alert: {message}", message=incident.message, kind=incident.kind,

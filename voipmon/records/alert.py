@@ -35,7 +35,8 @@ class Alert:
     window_end: float         # the last event folded in so far
     failures: int             # failed attempts from the source in the incident
     extension_count: int      # distinct users (To user) they went to
-    extensions: str           # those users, comma-separated, most tried first (at most 100)
+    extensions: str           # those users, comma-separated, most tried first (at most 100);
+                              # possible-compromise: the one user that got in
     successes: int = 0        # successful registrations from the source after failures
     ua: str = ""              # the User-Agent of the first failure (scanners often name themselves)
     message: str = ""         # one line for people and logs
