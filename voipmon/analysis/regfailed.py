@@ -27,7 +27,6 @@ FAILED_QUIET = 60.0         # a run ends after this long without a failed attemp
 FAILED_UPDATE = 20.0        # a growing run is re-emitted at most this often
 #: Distinct client/server pairs counted per minute; the rest share one overflow row.
 MAX_MINUTE_PAIRS = 100_000
-_NO_CONTACT: Contact = ("", "", "")
 
 
 class FailedRun:
@@ -142,8 +141,8 @@ class FailureBook:
     def __len__(self) -> int:
         return len(self._runs)
 
-    def add(self, aor: tuple, info: Info, ends: tuple[bytes, int, bytes, int], response: int,
-            ts: float) -> None:
+    def add(self, aor: tuple, info: Info, contact: Contact,
+            ends: tuple[bytes, int, bytes, int], response: int, ts: float) -> None:
         """One failed attempt: the REGISTER at ``ts`` got ``response`` (0: none)."""
         stats = self._stats
         if not self.time_info.failed(ts, ends[0], ends[2]):
@@ -158,7 +157,6 @@ class FailureBook:
             if len(self._runs) >= self.max_runs:
                 self._close(next(iter(self._runs.values())))
                 stats.failed_runs_evicted += 1
-            contact = info.contacts[0][0] if info.contacts else _NO_CONTACT
             run = self._runs[key] = FailedRun(key, info, contact, ends, response, ts)
             self._responses.add(response)
             self._save(run, ts)

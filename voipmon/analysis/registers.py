@@ -88,8 +88,7 @@ class RegisterTracker:
         self._deadlines: deque[tuple[float, Dialog, tuple[int, str], rs.Txn]] = deque()
         self._retries: deque[tuple[float, Dialog]] = deque()
         self._completed: OrderedDict[tuple[str, int, str], tuple[float, bool]] = OrderedDict()
-        self._aors: dict[tuple, dict[str, Binding]] = {}
-        self._count = 0
+        self._bindings = rs.Bindings()
         self._active = 0
         self._wheel = rs.Wheel()
         self._failures = FailureBook(
@@ -110,7 +109,7 @@ class RegisterTracker:
             ("from_domain", s.sip_register_state_compare_from_domain),
             ("digestrealm", s.sip_register_state_compare_digest_realm),
             ("ua", s.sip_register_state_compare_ua)) if on)
-        self._ua_cache: dict[str, str] = {}
+        self._strings: dict[str, str] = {}
         self._ip_cache: dict[bytes, bytes] = {}
 
     # -- input -------------------------------------------------------------------------
@@ -153,10 +152,10 @@ class RegisterTracker:
                 return
             dialog = self._dialogs[callid] = Dialog(callid)
             dialog.messages = 1
-        info = rs.read_info(msg, self._ua_cache)
+        info = rs.read_info(msg, self._strings)
         src = self._ip_cache.setdefault(d.src, d.src) if len(self._ip_cache) < 65536 else d.src
         dst = self._ip_cache.setdefault(d.dst, d.dst) if len(self._ip_cache) < 65536 else d.dst
-        txn = rs.Txn(info, d.ts, (src, d.sport, dst, d.dport))
+        txn = rs.Txn(info, msg.headers.get("contact", []), d.ts, (src, d.sport, dst, d.dport))
         dialog.pending[key] = txn
         dialog.registers += 1
         dialog.retry_at = None    # a challenge, if any, is being answered
@@ -211,11 +210,12 @@ class RegisterTracker:
         granted = {contact[0]: asked for contact, asked in sf.contacts(msg)[0] if asked}
         header = sf.header_int(msg, "expires")
         aor = self._aor(info, txn.ends)
-        if info.wildcard:
-            for b in list(self._aors.get(aor, {}).values()):
+        asked_for = txn.contacts
+        if txn.wildcard:
+            for b in self._bindings.of(aor):
                 self._set_state(aor, (b.contact, b.contact_num, b.contact_domain),
                                 rec.STATE_UNREGISTER, 0, info, txn.ts, rrd, txn.ends)
-        for contact, asked in info.contacts:
+        for contact, asked in asked_for:
             requested = asked if asked is not None else \
                 info.expires if info.expires is not None else sf.DEFAULT_EXPIRES
             if requested == 0:
@@ -225,7 +225,7 @@ class RegisterTracker:
                 expires = granted.get(contact[0]) or header or requested
                 self._set_state(aor, contact, rec.STATE_OK, expires, info, txn.ts, rrd,
                                 txn.ends)
-        if not info.contacts and not info.wildcard:
+        if not asked_for and not txn.wildcard:
             self.stats.queries += 1
         self._failures.succeeded(aor, txn.ends[0], d.ts)
         self.alerts.success(d.ts, ip_text(txn.ends[0]), ip_text(txn.ends[2]), info.to_num)
@@ -269,7 +269,8 @@ class RegisterTracker:
                 (status == 401 and self.settings.sip_register_ignore_res401):
             stats.failed_not_saved += 1
             return
-        self._failures.add(self._aor(info, txn.ends), info, txn.ends, status, txn.ts)
+        contact = txn.contacts[0][0] if txn.contacts else _NO_CONTACT[0]
+        self._failures.add(self._aor(info, txn.ends), info, contact, txn.ends, status, txn.ts)
 
     def _check_many(self, dialog: Dialog, txn: rs.Txn, ts: float) -> None:
         settings = self.settings
@@ -284,7 +285,7 @@ class RegisterTracker:
         self._settle(dialog)
         info = txn.info
         aor = self._aor(info, txn.ends)
-        for contact, _ in info.contacts or (_NO_CONTACT,):
+        for contact, _ in txn.contacts or (_NO_CONTACT,):
             self._set_state(aor, contact, rec.STATE_MANY_REG_MESSAGES, 0, info, ts, None,
                             txn.ends)
 
@@ -298,7 +299,7 @@ class RegisterTracker:
                 return
         self.stats.unknown_ok += 1
         contact, asked = bindings[0]
-        info = rs.read_info(msg, self._ua_cache, response=True)
+        info = rs.read_info(msg, self._strings, response=True)
         expires = asked or sf.header_int(msg, "expires") or sf.DEFAULT_EXPIRES
         ends = (d.dst, d.dport, d.src, d.sport)
         self._set_state(self._aor(info, ends), contact, rec.STATE_UNKNOWN_MESSAGE_OK, expires,
@@ -307,7 +308,11 @@ class RegisterTracker:
     # -- registrations -----------------------------------------------------------------
 
     def _aor(self, info: Info, ends: Ends) -> tuple:
+        """The user part of a registration's identity: To user, To domain
+        (``sip-register-compare-to_domain``) and the addresses the options name."""
         domain, callerip, callerport, calledip, calledport = self._aor_fields
+        if not (callerip or callerport or calledip or calledport):
+            return (info.to_num, info.to_domain) if domain else (info.to_num,)
         return (info.to_num, info.to_domain if domain else "",
                 ends[0] if callerip else b"", ends[1] if callerport else 0,
                 ends[2] if calledip else b"", ends[3] if calledport else 0)
@@ -315,18 +320,15 @@ class RegisterTracker:
     def _set_state(self, aor: tuple, contact: tuple[str, str, str], state: int, expires: int,
                    info: Info, ts: float, rrd: float | None,
                    ends: Ends) -> None:
-        bindings = self._aors.get(aor)
-        b = bindings.get(contact[0]) if bindings is not None else None
-        cmp = tuple(getattr(info, name) for name in self._cmp_fields)
+        b = self._bindings.get(aor, contact[0])
+        cmp = tuple(getattr(info, name) for name in self._cmp_fields) if self._cmp_fields \
+            else ()
         if b is None:
-            if self._count >= self.settings.max_registrations:
+            if self._bindings.count >= self.settings.max_registrations:
                 self.stats.registrations_refused += 1
                 return
             b = Binding(aor, contact)
-            if bindings is None:
-                bindings = self._aors[aor] = {}
-            bindings[contact[0]] = b
-            self._count += 1
+            self._bindings.add(b)
             changed = True
         else:
             changed = state != b.state or cmp != b.cmp or \
@@ -369,11 +371,7 @@ class RegisterTracker:
             self._wheel.put(b, until)
             return
         b.gone = True
-        bindings = self._aors[b.aor]
-        del bindings[b.contact]
-        if not bindings:
-            del self._aors[b.aor]
-        self._count -= 1
+        self._bindings.remove(b)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -466,15 +464,14 @@ class RegisterTracker:
 
     def registrations(self, active_only: bool = True) -> list[dict[str, Any]]:
         """The registrations known (listregisters), oldest state first."""
-        out = [b.view() for bindings in self._aors.values() for b in bindings.values()
-               if not active_only or b.state in ACTIVE]
+        out = [b.view() for b in self._bindings if not active_only or b.state in ACTIVE]
         return sorted(out, key=lambda row: row["created_at"])
 
     def stats_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = self.stats.as_dict()
-        data.update(registrations=self._count, active=self._active, pending=len(self._dialogs),
-                    completed=len(self._completed), failure_runs=len(self._failures),
-                    alerts=self.alerts.stats.as_dict())
+        data.update(registrations=self._bindings.count, active=self._active,
+                    pending=len(self._dialogs), completed=len(self._completed),
+                    failure_runs=len(self._failures), alerts=self.alerts.stats.as_dict())
         return data
 
 

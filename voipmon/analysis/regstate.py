@@ -23,7 +23,7 @@ from voipmon.records.keys import stable_uid
 
 #: States in which a registration is active (it expires unless refreshed).
 ACTIVE = frozenset({rec.STATE_OK, rec.STATE_UNKNOWN_MESSAGE_OK})
-_UA_CACHE = 4096
+_SHARED_STRINGS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +50,11 @@ class RegisterSettings:
     sip_register_state_compare_digest_realm: bool = False
     sip_register_state_compare_ua: bool = False
     expire_grace: float = 30.0                # VoIPmonitor's cleanup margin
-    max_registrations: int = 2_000_000
-    max_failed: int = 200_000
-    max_pending: int = 200_000
+    # Caps (about 1 kB each, measured by bench/register.py): registrations followed,
+    # failure runs folding, REGISTER transactions waiting for an answer (1.4 kB each).
+    max_registrations: int = 1_000_000
+    max_failed: int = 100_000
+    max_pending: int = 100_000
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def __post_init__(self) -> None:
@@ -71,11 +73,12 @@ class RegisterSettings:
 
 
 class Info:
-    """What one REGISTER says (or a 200 that answers none we saw)."""
+    """What one REGISTER says about the registration (or a 200 that answers none we saw);
+    kept by the registrations and failure runs it made, so without the Contact list."""
 
-    __slots__ = ("callid", "contacts", "digestrealm", "digestusername", "expires",
-                 "from_domain", "from_name", "from_num", "proxy_creds", "to_domain", "to_num", "ua",
-                 "wildcard", "www_creds")
+    __slots__ = ("callid", "digestrealm", "digestusername", "expires", "from_domain",
+                 "from_name", "from_num", "proxy_creds", "to_domain", "to_num", "ua",
+                 "www_creds")
 
     callid: str
     to_num: str
@@ -86,61 +89,80 @@ class Info:
     digestusername: str
     digestrealm: str
     ua: str
-    contacts: list[tuple[sf.Contact, int | None]]
-    wildcard: bool
     expires: int | None
     www_creds: bool
     proxy_creds: bool
 
 
-def read_info(msg: SipMessage, ua_cache: dict[str, str], response: bool = False) -> Info:
-    """The registration fields of ``msg``; equal strings are shared."""
+def read_info(msg: SipMessage, strings: dict[str, str], response: bool = False) -> Info:
+    """The registration fields of ``msg``. Equal strings are shared: within the message
+    (From user = To user = digest username, ...) and, through the bounded ``strings``
+    cache, across messages (domains, realms, user agents)."""
     info = Info()
     info.callid = msg.call_id[:sf.MAX_TEXT]
     to_num = (msg.to.user or split_uri(msg.request_uri)[0])[:sf.MAX_TEXT]
-    to_domain = msg.to.host.lower()[:sf.MAX_TEXT]
+    to_domain = share(strings, msg.to.host.lower()[:sf.MAX_TEXT])
     from_num = msg.from_.user[:sf.MAX_TEXT]
     from_domain = msg.from_.host.lower()[:sf.MAX_TEXT]
     info.to_num = to_num
     info.to_domain = to_domain
     info.from_num = to_num if from_num == to_num else from_num
     info.from_name = msg.from_.display[:sf.MAX_TEXT]
-    info.from_domain = to_domain if from_domain == to_domain else from_domain
+    info.from_domain = to_domain if from_domain == to_domain else share(strings, from_domain)
     if response:
-        info.contacts, info.wildcard = [], False
         username, realm, www, proxy = "", "", False, False
-        ua = ""
+        info.ua = ""
     else:
-        info.contacts, info.wildcard = sf.contacts(msg)
         username, realm, www, proxy = sf.credentials(msg)
-        ua = sf.user_agent(msg)
+        info.ua = share(strings, sf.user_agent(msg))
     info.digestusername = to_num if username == to_num else username
-    info.digestrealm = to_domain if realm == to_domain else realm
+    info.digestrealm = to_domain if realm == to_domain else share(strings, realm)
     info.www_creds = www
     info.proxy_creds = proxy
     info.expires = sf.header_int(msg, "expires")
-    shared = ua_cache.get(ua)
-    if shared is None:
-        if len(ua_cache) >= _UA_CACHE:
-            ua_cache.clear()
-        shared = ua_cache[ua] = ua
-    info.ua = shared
     return info
+
+
+
+
+def share(strings: dict[str, str], text: str) -> str:
+    """``text``, or the equal string already in the bounded cache ``strings``."""
+    shared = strings.get(text)
+    if shared is None:
+        if len(strings) >= _SHARED_STRINGS:
+            strings.clear()
+        shared = strings[text] = text
+    return shared
 
 
 Ends = tuple[bytes, int, bytes, int]   # (client ip, port, server ip, port)
 
 
 class Txn:
-    """One REGISTER transaction waiting for its final answer."""
+    """One REGISTER transaction waiting for its final answer. Its Contact headers are
+    parsed only when it is decided (a challenged REGISTER never needs them)."""
 
-    __slots__ = ("copies", "ends", "info", "ts")
+    __slots__ = ("_contacts", "copies", "ends", "info", "raw_contacts", "ts", "wildcard")
 
-    def __init__(self, info: Info, ts: float, ends: Ends) -> None:
+    def __init__(self, info: Info, raw_contacts: list[str], ts: float, ends: Ends) -> None:
         self.info = info
+        self.raw_contacts = raw_contacts
+        self._contacts: list[tuple[sf.Contact, int | None]] | None = None
+        self.wildcard = False
         self.ts = ts
         self.ends = ends
         self.copies = 1
+
+    @property
+    def contacts(self) -> list[tuple[sf.Contact, int | None]]:
+        """The bindings it asks for (``sipfields.contacts``), a user equal to the To user
+        shared with it; ``wildcard`` is set too."""
+        if self._contacts is None:
+            bindings, self.wildcard = sf.parse_contacts(self.raw_contacts)
+            to_num = self.info.to_num
+            self._contacts = [((key, to_num if user == to_num else user, host), expires)
+                              for (key, user, host), expires in bindings]
+        return self._contacts
 
 
 class Dialog:
@@ -244,6 +266,55 @@ class Binding:
         }
 
 
+class Bindings:
+    """The registrations, by user (the address-of-record key) and contact. Most users have
+    one contact: that binding is stored as the user's value itself, without a dict."""
+
+    def __init__(self) -> None:
+        self._aors: dict[tuple, Binding | dict[str, Binding]] = {}
+        self.count = 0
+
+    def get(self, aor: tuple, contact: str) -> Binding | None:
+        entry = self._aors.get(aor)
+        if isinstance(entry, Binding):
+            return entry if entry.contact == contact else None
+        return entry.get(contact) if entry is not None else None
+
+    def add(self, b: Binding) -> None:
+        entry = self._aors.get(b.aor)
+        if entry is None:
+            self._aors[b.aor] = b
+        elif isinstance(entry, Binding):
+            self._aors[b.aor] = {entry.contact: entry, b.contact: b}
+        else:
+            entry[b.contact] = b
+        self.count += 1
+
+    def remove(self, b: Binding) -> None:
+        entry = self._aors[b.aor]
+        if entry is b:
+            del self._aors[b.aor]
+        elif isinstance(entry, dict):
+            del entry[b.contact]
+            if len(entry) == 1:
+                self._aors[b.aor] = next(iter(entry.values()))
+        self.count -= 1
+
+    def of(self, aor: tuple) -> list[Binding]:
+        """Every binding of one user."""
+        entry = self._aors.get(aor)
+        if entry is None:
+            return []
+        return [entry] if isinstance(entry, Binding) else list(entry.values())
+
+    def __iter__(self) -> Iterator[Binding]:
+        for entry in self._aors.values():
+            if isinstance(entry, Binding):
+                yield entry
+            else:
+                yield from entry.values()
+
+
 def state_row(id_sensor: int, b: Binding, created_at: float,
               rrd: float | None) -> rec.RegisterState:
     info = b.info
@@ -298,5 +369,5 @@ class RegisterStats:
         return dict(vars(self))
 
 
-__all__ = ["ACTIVE", "Binding", "Dialog", "Ends", "Info", "RegisterSettings", "RegisterStats",
-           "Txn", "Wheel", "read_info", "state_row"]
+__all__ = ["ACTIVE", "Binding", "Bindings", "Dialog", "Ends", "Info", "RegisterSettings",
+           "RegisterStats", "Txn", "Wheel", "read_info", "share", "state_row"]

@@ -10,6 +10,7 @@ User-Agent. They never raise on odd input; a value that does not parse is left o
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from voipmon.analysis.sip import SipMessage, parse_name_addr
 
@@ -24,6 +25,10 @@ MAX_TEXT = 255
 _EXPIRES_PARAM = re.compile(r";\s*expires\s*=\s*(\d{1,10})", re.IGNORECASE)
 _DIGEST_PARAM = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 _BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.IGNORECASE)
+_USERNAME = re.compile(r'(?:^|[\s,])username\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))',
+                       re.IGNORECASE)
+_REALM = re.compile(r'(?:^|[\s,])realm\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))',
+                    re.IGNORECASE)
 
 # A binding: (key, user, host); key is "user@host:port" with the host in lower case.
 Contact = tuple[str, str, str]
@@ -73,9 +78,14 @@ def contact_key(uri: str, user: str, host: str) -> str:
 def contacts(msg: SipMessage) -> tuple[list[tuple[Contact, int | None]], bool]:
     """The message's Contact bindings, each with its ``;expires`` parameter (or None),
     and whether it is the wildcard ``Contact: *`` (remove every binding)."""
+    return parse_contacts(msg.headers.get("contact", ()))
+
+
+def parse_contacts(values: Iterable[str]) -> tuple[list[tuple[Contact, int | None]], bool]:
+    """``contacts`` of the values of Contact headers."""
     out: list[tuple[Contact, int | None]] = []
     wildcard = False
-    for value in msg.headers.get("contact", ()):
+    for value in values:
         for item in split_list(value):
             if item == "*":
                 wildcard = True
@@ -122,8 +132,19 @@ def credentials(msg: SipMessage) -> tuple[str, str, bool, bool]:
     """(username, realm, has Authorization, has Proxy-Authorization) of a request."""
     www = msg.header("authorization")
     proxy = msg.header("proxy-authorization")
-    params = digest_params(www or proxy) if (www or proxy) else {}
-    return params.get("username", ""), params.get("realm", ""), bool(www), bool(proxy)
+    value = www or proxy
+    if not value:
+        return "", "", False, False
+    return _param(_USERNAME, value), _param(_REALM, value), bool(www), bool(proxy)
+
+
+def _param(pattern: re.Pattern[str], value: str) -> str:
+    match = pattern.search(value)
+    if match is None:
+        return ""
+    quoted = match.group(1)
+    text = quoted.replace('\\"', '"') if quoted is not None else match.group(2)
+    return text[:MAX_TEXT]
 
 
 def challenge_is_stale(msg: SipMessage) -> bool:
@@ -131,7 +152,8 @@ def challenge_is_stale(msg: SipMessage) -> bool:
     credentials were right and it is asked to retry with a fresh nonce (RFC 2617 3.2.1)."""
     name = "proxy-authenticate" if msg.status == 407 else "www-authenticate"
     for value in msg.headers.get(name, ()):
-        if digest_params(value).get("stale", "").lower() == "true":
+        if "stale" in value.lower() and \
+                digest_params(value).get("stale", "").lower() == "true":
             return True
     return False
 
@@ -157,5 +179,5 @@ def user_agent(msg: SipMessage) -> str:
 __all__ = [
     "DEFAULT_EXPIRES", "MAX_CONTACTS", "Contact", "challenge_is_stale", "contact_key",
     "contacts", "credentials", "digest_params", "header_int", "origin_branch",
-    "split_list", "user_agent",
+    "parse_contacts", "split_list", "user_agent",
 ]

@@ -79,14 +79,26 @@ class SipMsgSettings:
 
 
 class _Request:
-    __slots__ = ("copies", "d", "last", "msg", "store")
+    """What a record needs of a request waiting for its answer (not the whole message)."""
 
-    def __init__(self, d: Datagram, msg: SipMessage, store: bool) -> None:
-        self.d = d
-        self.msg = msg
-        self.last = d.ts
+    __slots__ = ("body", "body_length", "content_type", "copies", "display", "dport", "dst",
+                 "from_host", "from_user", "last", "sport", "src", "store", "to_host",
+                 "to_user", "ts", "ua")
+
+    def __init__(self, d: Datagram, msg: SipMessage, store: bool, max_content: int) -> None:
+        self.ts = self.last = d.ts
+        self.src, self.sport, self.dst, self.dport = d.src, d.sport, d.dst, d.dport
         self.copies = 0
         self.store = store
+        self.from_user = msg.from_.user[:sf.MAX_TEXT]
+        self.from_host = msg.from_.host[:sf.MAX_TEXT]
+        self.display = msg.from_.display[:sf.MAX_TEXT]
+        self.to_user = (msg.to.user or split_uri(msg.request_uri)[0])[:sf.MAX_TEXT]
+        self.to_host = msg.to.host[:sf.MAX_TEXT]
+        self.ua = sf.user_agent(msg)
+        self.content_type = msg.header("content-type")[:sf.MAX_TEXT]
+        self.body_length = len(msg.body)
+        self.body = _text(msg.body, max_content) if store else ""
 
 
 class SipMsgStats:
@@ -157,7 +169,7 @@ class SipMsgTracker:
             self.stats.refused += 1
             return
         self.stats.requests += 1
-        request = self._pending[key] = _Request(d, msg, store)
+        request = self._pending[key] = _Request(d, msg, store, self.settings.max_content)
         self._deadlines.append((d.ts + self.settings.timeout, key, request))
 
     def _response(self, d: Datagram, msg: SipMessage) -> None:
@@ -171,7 +183,7 @@ class SipMsgTracker:
             return
         self.stats.answered += 1
         self._complete(key, d.ts)
-        self._record(request, d, msg)
+        self._record(key, request, d, msg)
 
     def advance(self, now: float) -> None:
         """Capture-time clock: write the requests that waited ``timeout`` unanswered."""
@@ -183,7 +195,7 @@ class SipMsgTracker:
                     del self._pending[key]
                     self._complete(key, now)
                     self.stats.unanswered += 1
-                    self._record(request, None, None)
+                    self._record(key, request, None, None)
             completed = self._completed
             horizon = now - COMPLETED_TTL
             while completed and next(iter(completed.values())) < horizon:
@@ -201,47 +213,41 @@ class SipMsgTracker:
 
     # -- records -------------------------------------------------------------------------
 
-    def _record(self, request: _Request, d: Datagram | None, msg: SipMessage | None) -> None:
-        req, first = request.msg, request.d
+    def _record(self, key: tuple[str, int, str, str], req: _Request, d: Datagram | None,
+                msg: SipMessage | None) -> None:
+        callid, cseq, method, branch = key
         status = msg.status if msg is not None else 0
-        duration = round((d.ts - first.ts) * 1000) if d is not None else None
+        duration = round((d.ts - req.ts) * 1000) if d is not None else None
         ok = duration is not None and status in self.settings.qualify_ok_codes and \
             duration <= self.settings.qualify_limit_ms
-        self._remember(req, first, status, duration, ok)
-        if not request.store:
+        self._remember(method, req, status, duration, ok)
+        if not req.store:
             return
-        uid = stable_uid("sip_msg", req.call_id, req.cseq, req.method, sf.origin_branch(req),
-                         first.ts)
-        src, dst = ip_text(first.src), ip_text(first.dst)
-        number_dst = req.to.user or split_uri(req.request_uri)[0]
-        limit = self.settings.max_content
-        if req.method == "MESSAGE":
+        uid = stable_uid("sip_msg", callid, cseq, method, branch, req.ts)
+        src, dst = ip_text(req.src), ip_text(req.dst)
+        if method == "MESSAGE":
             record: Any = InstantMessage(
-                uid=uid, id_sensor=self.id_sensor, calldate=first.ts, caller=req.from_.user,
-                caller_domain=req.from_.host, callername=req.from_.display,
-                called=number_dst, called_domain=req.to.host, sipcallerip=src,
-                sipcalledip=dst, lastSIPresponseNum=status,
-                content_type=req.header("content-type")[:sf.MAX_TEXT],
-                content_length=len(req.body), message=_text(req.body, limit),
-                response_time=duration,
+                uid=uid, id_sensor=self.id_sensor, calldate=req.ts, caller=req.from_user,
+                caller_domain=req.from_host, callername=req.display, called=req.to_user,
+                called_domain=req.to_host, sipcallerip=src, sipcalledip=dst,
+                lastSIPresponseNum=status, content_type=req.content_type,
+                content_length=req.body_length, message=req.body, response_time=duration,
                 lastSIPresponse=f"{status} {msg.reason}" if msg is not None else "",
-                a_ua=sf.user_agent(req), b_ua=sf.user_agent(msg) if msg is not None else "",
-                sipcallerport=first.sport, sipcalledport=first.dport, callid=req.call_id,
-                cseq=req.cseq)
+                a_ua=req.ua, b_ua=sf.user_agent(msg) if msg is not None else "",
+                sipcallerport=req.sport, sipcalledport=req.dport, callid=callid, cseq=cseq)
         else:
+            limit = self.settings.max_content
             record = SipMsg(
-                uid=uid, id_sensor=self.id_sensor, time=first.ts, type=METHOD_TYPES[req.method],
-                ip_src=src, port_src=first.sport, ip_dst=dst, port_dst=first.dport,
-                number_src=req.from_.user, number_dst=number_dst, domain_src=req.from_.host,
-                domain_dst=req.to.host, callid=req.call_id, cseq=req.cseq,
-                response_number=status, qualify_ok=ok, request_repetition=request.copies,
-                request_time=request.last, response_time=d.ts if d is not None else None,
-                response_duration_ms=duration,
+                uid=uid, id_sensor=self.id_sensor, time=req.ts, type=METHOD_TYPES[method],
+                ip_src=src, port_src=req.sport, ip_dst=dst, port_dst=req.dport,
+                number_src=req.from_user, number_dst=req.to_user, domain_src=req.from_host,
+                domain_dst=req.to_host, callid=callid, cseq=cseq, response_number=status,
+                qualify_ok=ok, request_repetition=req.copies, request_time=req.last,
+                response_time=d.ts if d is not None else None, response_duration_ms=duration,
                 response_reason=msg.reason[:sf.MAX_TEXT] if msg is not None else "",
-                ua_src=sf.user_agent(req), ua_dst=sf.user_agent(msg) if msg is not None else "",
-                callername=req.from_.display,
-                request_content_type=req.header("content-type")[:sf.MAX_TEXT],
-                request_content_length=len(req.body), request_content=_text(req.body, limit),
+                ua_src=req.ua, ua_dst=sf.user_agent(msg) if msg is not None else "",
+                callername=req.display, request_content_type=req.content_type,
+                request_content_length=req.body_length, request_content=req.body,
                 response_content_type=msg.header("content-type")[:sf.MAX_TEXT]
                 if msg is not None else "",
                 response_content_length=len(msg.body) if msg is not None else 0,
@@ -253,9 +259,9 @@ class SipMsgTracker:
             self.stats.errors += 1
             log.failure("sip messages: the record consumer failed")
 
-    def _remember(self, req: SipMessage, first: Datagram, status: int, duration: int | None,
+    def _remember(self, method: str, req: _Request, status: int, duration: int | None,
                   ok: bool) -> None:
-        key = (req.method, first.src, first.dst, req.to.user, req.to.host)
+        key = (method, req.src, req.dst, req.to_user, req.to_host)
         relations = self._relations
         history = relations.get(key)
         if history is None:
@@ -265,7 +271,7 @@ class SipMsgTracker:
             history = relations[key] = deque(maxlen=self.settings.history)
         else:
             relations.move_to_end(key)
-        history.append((first.ts, status, duration, ok))
+        history.append((req.ts, status, duration, ok))
 
     def _complete(self, key: tuple[str, int, str, str], ts: float) -> None:
         self._completed[key] = ts

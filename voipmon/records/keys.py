@@ -13,6 +13,8 @@ import hashlib
 
 def stable_uid(kind: str, *parts: object) -> str:
     """A 32-hex-digit key of ``kind`` and ``parts`` (floats are taken to the microsecond)."""
-    text = "\x00".join(
-        [kind, *(str(round(p * 1_000_000)) if isinstance(p, float) else str(p) for p in parts)])
+    text = kind
+    for part in parts:   # length-prefixed: no two lists of parts give the same text
+        value = str(round(part * 1_000_000)) if part.__class__ is float else str(part)
+        text += f"\x00{len(value)}:{value}"
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
