@@ -9,7 +9,7 @@ the end of input; records go to ``emit``.
 Transactions. A REGISTER transaction is (Call-ID, CSeq, branch of the bottom Via), so
 retransmissions and copies of one request seen on two hops are one transaction, while
 tools that reuse a CSeq with a new branch (sipvicious) make new ones. Its first final
-answer decides; later copies are ignored for ``COMPLETED_TTL`` seconds.
+answer decides; later copies are recognised for 32 s (``sipfields.Finished``).
 
 Attempts and VoIPmonitor's rules. The transactions of one Call-ID up to a decision form an
 attempt:
@@ -47,7 +47,7 @@ counted; attempts, runs and non-active registrations expire; failed attempts abo
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -65,8 +65,6 @@ from voipmon.records import register as rec
 
 log = Logger()
 
-COMPLETED_TTL = 32.0        # a finished transaction's late copies are recognised this long
-MAX_COMPLETED = 500_000
 AUTH_FAILURES = frozenset({401, 403, 404, 407})  # what the alert rules count
 _NO_CONTACT = (("", "", ""), None)
 
@@ -85,9 +83,10 @@ class RegisterTracker:
         self.stats = rs.RegisterStats()
         self.alerts = RegisterAlerts(settings.alerts, id_sensor, self._emit)
         self._dialogs: dict[str, Dialog] = {}
-        self._deadlines: deque[tuple[float, Dialog, tuple[int, str], rs.Txn]] = deque()
-        self._retries: deque[tuple[float, Dialog]] = deque()
-        self._completed: OrderedDict[tuple[str, int, str], tuple[float, bool]] = OrderedDict()
+        # (when, Call-ID[, key]): names only, so a decided transaction is freed at once
+        self._deadlines: deque[tuple[float, str, tuple[int, str]]] = deque()
+        self._retries: deque[tuple[float, str]] = deque()
+        self._finished_txns = sf.Finished(limit=500_000)
         self._bindings = rs.Bindings()
         self._active = 0
         self._wheel = rs.Wheel()
@@ -143,7 +142,7 @@ class RegisterTracker:
                 stats.retransmissions += 1
                 self._check_many(dialog, txn, d.ts)
                 return
-        if (callid, *key) in self._completed:
+        if (callid, *key) in self._finished_txns:
             stats.retransmissions += 1
             return
         if dialog is None:
@@ -159,7 +158,7 @@ class RegisterTracker:
         dialog.pending[key] = txn
         dialog.registers += 1
         dialog.retry_at = None    # a challenge, if any, is being answered
-        self._deadlines.append((d.ts + self.settings.sip_register_timeout, dialog, key, txn))
+        self._deadlines.append((d.ts + self.settings.sip_register_timeout, callid, key))
         stats.transactions += 1
         self._check_many(dialog, txn, d.ts)
 
@@ -172,8 +171,7 @@ class RegisterTracker:
         txn = dialog.pending.get(key) if dialog is not None else None
         status = msg.status
         if txn is None:
-            done = self._completed.get((callid, *key))
-            if done is not None and done[1]:
+            if self._finished_txns.answered((callid, *key)):
                 stats.duplicate_responses += 1
             elif 200 <= status < 300:
                 self._unknown_ok(d, msg)
@@ -185,7 +183,7 @@ class RegisterTracker:
             self._check_many(dialog, txn, d.ts)
             return
         del dialog.pending[key]
-        self._complete((callid, *key), d.ts, True)
+        self._finished_txns.add((callid, *key), d.ts)
         if status < 300:
             self._success(dialog, txn, d, msg)
         elif status in (401, 407):
@@ -250,7 +248,7 @@ class RegisterTracker:
         deadline = ts + self.settings.sip_register_timeout
         dialog.retry_at = deadline
         dialog.challenge = (status, txn)
-        self._retries.append((deadline, dialog))
+        self._retries.append((deadline, dialog.callid))
 
     def _fail(self, dialog: Dialog, txn: rs.Txn, status: int, ts: float) -> None:
         if dialog.pending:
@@ -279,7 +277,7 @@ class RegisterTracker:
             return
         self.stats.many_reg_messages += 1
         for key in dialog.pending:
-            self._complete((dialog.callid, *key), ts, True)
+            self._finished_txns.add((dialog.callid, *key), ts)
         dialog.pending.clear()
         dialog.reset()
         self._settle(dialog)
@@ -385,19 +383,25 @@ class RegisterTracker:
             log.failure("registers: housekeeping at {now} failed", now=now)
 
     def _advance(self, now: float) -> None:
-        deadlines = self._deadlines
+        deadlines, dialogs = self._deadlines, self._dialogs
+        timeout = self.settings.sip_register_timeout
         while deadlines and deadlines[0][0] <= now:
-            _, dialog, key, txn = deadlines.popleft()
-            if dialog.pending.get(key) is txn:
+            _, callid, key = deadlines.popleft()
+            dialog = dialogs.get(callid)
+            if dialog is None:
+                continue
+            txn = dialog.pending.get(key)
+            if txn is not None and txn.ts + timeout <= now:
                 del dialog.pending[key]
-                self._complete((dialog.callid, *key), txn.ts, False)
+                self._finished_txns.add((dialog.callid, *key), now, answered=False)
                 self.stats.timeouts += 1
                 self._fail(dialog, txn, 0, txn.ts)
         retries = self._retries
         while retries and retries[0][0] <= now:
-            deadline, dialog = retries.popleft()
-            if dialog.retry_at == deadline and dialog.challenge is not None \
-                    and self._dialogs.get(dialog.callid) is dialog:
+            deadline, callid = retries.popleft()
+            dialog = dialogs.get(callid)
+            if dialog is not None and dialog.retry_at == deadline \
+                    and dialog.challenge is not None:
                 status, txn = dialog.challenge
                 self.stats.abandoned_challenges += 1
                 dialog.retry_at = None
@@ -407,10 +411,7 @@ class RegisterTracker:
                 self._due_binding(item, now)
             else:
                 self._failures.due(item, now)
-        completed = self._completed
-        horizon = now - COMPLETED_TTL
-        while completed and next(iter(completed.values()))[0] < horizon:
-            completed.popitem(last=False)
+        self._finished_txns.expire(now)
         self._failures.time_info.flush(now - self._lag)
         minute = float(now // 60 * 60)
         if self._minute is None:
@@ -432,12 +433,6 @@ class RegisterTracker:
         self.alerts.finish()
 
     # -- helpers -------------------------------------------------------------------------
-
-    def _complete(self, key: tuple[str, int, str], ts: float, answered: bool) -> None:
-        completed = self._completed
-        completed[key] = (ts, answered)
-        if len(completed) > MAX_COMPLETED:
-            completed.popitem(last=False)
 
     def _settle(self, dialog: Dialog) -> None:
         if not dialog.pending and dialog.retry_at is None:
@@ -470,7 +465,7 @@ class RegisterTracker:
     def stats_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = self.stats.as_dict()
         data.update(registrations=self._bindings.count, active=self._active,
-                    pending=len(self._dialogs), completed=len(self._completed),
+                    pending=len(self._dialogs), completed=len(self._finished_txns),
                     failure_runs=len(self._failures), alerts=self.alerts.stats.as_dict())
         return data
 

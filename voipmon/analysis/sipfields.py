@@ -1,4 +1,5 @@
-"""Header fields that REGISTER tracking and non-call SIP need beyond ``parse_sip``.
+"""Header fields that REGISTER tracking and non-call SIP need beyond ``parse_sip``, and
+the memory of transactions lately decided (``Finished``).
 
 ``parse_sip`` keeps every header (``SipMessage.headers``) and parses only what call
 analysis reads on every packet. These helpers read the rest on demand, for the few
@@ -10,7 +11,8 @@ User-Agent. They never raise on odd input; a value that does not parse is left o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
 
 from voipmon.analysis.sip import SipMessage, parse_name_addr
 
@@ -176,8 +178,54 @@ def user_agent(msg: SipMessage) -> str:
     return (msg.header("user-agent") or msg.header("server"))[:MAX_TEXT]
 
 
+class Finished:
+    """SIP transactions decided lately, and whether an answer decided them, so that late
+    copies of their request or answer are recognised instead of taken for new ones. A key
+    is kept ``ttl`` seconds after its decision (64 x T1, the life of a non-INVITE server
+    transaction) and at most ``limit`` keys (the oldest go first)."""
+
+    def __init__(self, ttl: float = 32.0, limit: int = 200_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._keys: OrderedDict[Hashable, tuple[float, bool]] = OrderedDict()
+
+    def add(self, key: Hashable, now: float, answered: bool = True) -> None:
+        keys = self._keys
+        keys[key] = (now, answered)
+        if len(keys) > self.limit:
+            keys.popitem(last=False)
+
+    def answered(self, key: Hashable) -> bool | None:
+        """True: decided by an answer; False: by a timeout; None: not known."""
+        done = self._keys.get(key)
+        return None if done is None else done[1]
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def expire(self, now: float) -> None:
+        keys = self._keys
+        horizon = now - self.ttl
+        while keys and next(iter(keys.values()))[0] < horizon:
+            keys.popitem(last=False)
+
+
 __all__ = [
-    "DEFAULT_EXPIRES", "MAX_CONTACTS", "Contact", "challenge_is_stale", "contact_key",
-    "contacts", "credentials", "digest_params", "header_int", "origin_branch",
-    "parse_contacts", "split_list", "user_agent",
+    "DEFAULT_EXPIRES",
+    "MAX_CONTACTS",
+    "Contact",
+    "Finished",
+    "challenge_is_stale",
+    "contact_key",
+    "contacts",
+    "credentials",
+    "digest_params",
+    "header_int",
+    "origin_branch",
+    "parse_contacts",
+    "split_list",
+    "user_agent",
 ]

@@ -41,8 +41,6 @@ from voipmon.records.sipmsg import METHOD_TYPES, InstantMessage, SipMsg
 log = Logger()
 
 MODES = ("no", "yes", "nodb")
-COMPLETED_TTL = 32.0
-MAX_COMPLETED = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +129,9 @@ class SipMsgTracker:
         self._modes = settings.modes()
         self.stats = SipMsgStats()
         self._pending: dict[tuple[str, int, str, str], _Request] = {}
-        self._deadlines: deque[tuple[float, tuple[str, int, str, str], _Request]] = deque()
-        self._completed: OrderedDict[tuple[str, int, str, str], float] = OrderedDict()
+        # (when, key): the key only, so an answered request is freed at once
+        self._deadlines: deque[tuple[float, tuple[str, int, str, str]]] = deque()
+        self._finished_txns = sf.Finished()
         self._relations: OrderedDict[tuple, deque] = OrderedDict()
         self._finished = False
 
@@ -162,7 +161,7 @@ class SipMsgTracker:
             request.last = max(request.last, d.ts)
             self.stats.repetitions += 1
             return
-        if key in self._completed:
+        if key in self._finished_txns:
             self.stats.repetitions += 1
             return
         if len(self._pending) >= self.settings.max_pending:
@@ -170,36 +169,34 @@ class SipMsgTracker:
             return
         self.stats.requests += 1
         request = self._pending[key] = _Request(d, msg, store, self.settings.max_content)
-        self._deadlines.append((d.ts + self.settings.timeout, key, request))
+        self._deadlines.append((d.ts + self.settings.timeout, key))
 
     def _response(self, d: Datagram, msg: SipMessage) -> None:
         key = (msg.call_id, msg.cseq, msg.cseq_method, sf.origin_branch(msg))
         request = self._pending.pop(key, None)
         if request is None:
-            if key in self._completed:
+            if key in self._finished_txns:
                 self.stats.duplicate_responses += 1
             else:
                 self.stats.unmatched_responses += 1
             return
         self.stats.answered += 1
-        self._complete(key, d.ts)
+        self._finished_txns.add(key, d.ts)
         self._record(key, request, d, msg)
 
     def advance(self, now: float) -> None:
         """Capture-time clock: write the requests that waited ``timeout`` unanswered."""
         try:
-            deadlines = self._deadlines
+            deadlines, timeout = self._deadlines, self.settings.timeout
             while deadlines and deadlines[0][0] <= now:
-                _, key, request = deadlines.popleft()
-                if self._pending.get(key) is request:
+                _, key = deadlines.popleft()
+                request = self._pending.get(key)
+                if request is not None and request.ts + timeout <= now:
                     del self._pending[key]
-                    self._complete(key, now)
+                    self._finished_txns.add(key, now, answered=False)
                     self.stats.unanswered += 1
                     self._record(key, request, None, None)
-            completed = self._completed
-            horizon = now - COMPLETED_TTL
-            while completed and next(iter(completed.values())) < horizon:
-                completed.popitem(last=False)
+            self._finished_txns.expire(now)
         except Exception:
             self.stats.errors += 1
             log.failure("sip messages: housekeeping at {now} failed", now=now)
@@ -273,11 +270,6 @@ class SipMsgTracker:
             relations.move_to_end(key)
         history.append((req.ts, status, duration, ok))
 
-    def _complete(self, key: tuple[str, int, str, str], ts: float) -> None:
-        self._completed[key] = ts
-        if len(self._completed) > MAX_COMPLETED:
-            self._completed.popitem(last=False)
-
     # -- views ---------------------------------------------------------------------------
 
     def relations(self, method: str | None = None) -> list[dict[str, Any]]:
@@ -299,7 +291,7 @@ class SipMsgTracker:
     def stats_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = self.stats.as_dict()
         data.update(pending=len(self._pending), relations=len(self._relations),
-                    completed=len(self._completed))
+                    completed=len(self._finished_txns))
         return data
 
 
