@@ -52,10 +52,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from voipmon.analysis import regstate as rs
 from voipmon.analysis import sipfields as sf
 from voipmon.analysis.calls import ip_text
+from voipmon.analysis.noncall import INonCallAnalyser
 from voipmon.analysis.regalerts import RegisterAlerts
 from voipmon.analysis.regfailed import FailureBook
 from voipmon.analysis.regstate import ACTIVE, Binding, Dialog, Ends, Info, RegisterSettings
@@ -69,10 +71,13 @@ AUTH_FAILURES = frozenset({401, 403, 404, 407})  # what the alert rules count
 _NO_CONTACT = (("", "", ""), None)
 
 
+@implementer(INonCallAnalyser)
 class RegisterTracker:
     """Registrations, failed attempts and alerts from REGISTER traffic; see the module
     docstring. ``emit`` receives ``RegisterState``, ``RegisterFailed``,
     ``RegisterTimeInfo`` and ``Alert`` records."""
+
+    methods = frozenset({"REGISTER"})
 
     def __init__(self, settings: RegisterSettings, id_sensor: int,
                  emit: Callable[[Any], Any]) -> None:

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from voipmon.analysis import sipfields as sf
 from voipmon.analysis.calls import ip_text
 from voipmon.analysis.cdr import iso_ms
+from voipmon.analysis.noncall import INonCallAnalyser
 from voipmon.analysis.sip import SipMessage, split_uri
 from voipmon.packet.datagram import Datagram
 from voipmon.records.keys import stable_uid
@@ -117,6 +119,7 @@ class SipMsgStats:
         return dict(vars(self))
 
 
+@implementer(INonCallAnalyser)
 class SipMsgTracker:
     """Request/response pairs of OPTIONS, SUBSCRIBE, NOTIFY and MESSAGE; see the module
     docstring. ``emit`` receives ``SipMsg`` and ``InstantMessage`` records."""

@@ -9,7 +9,11 @@ import types
 import typing
 
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from voipmon.analysis.noncall import INonCallAnalyser
+from voipmon.analysis.registers import RegisterSettings, RegisterTracker
+from voipmon.analysis.sipmsg import SipMsgSettings, SipMsgTracker
 from voipmon.records import alert, register, sipmsg
 from voipmon.records.keys import stable_uid
 from voipmon.test.common import data_path
@@ -47,6 +51,17 @@ class RecordTypeTests(SynchronousTestCase):
         self.assertNotEqual(stable_uid("k", "ab"), stable_uid("k", "a", "b"))
         self.assertNotEqual(stable_uid("k", 1.0), stable_uid("k", 1.000001))
         self.assertNotEqual(stable_uid("k", "x"), stable_uid("j", "x"))
+
+
+class SeamTests(SynchronousTestCase):
+
+    def test_trackers_provide_the_engine_seam(self) -> None:
+        registers = RegisterTracker(RegisterSettings(), 1, print)
+        messages = SipMsgTracker(SipMsgSettings(sip_options="yes", sip_message="no"), 1, print)
+        self.assertTrue(verifyObject(INonCallAnalyser, registers))
+        self.assertTrue(verifyObject(INonCallAnalyser, messages))
+        self.assertEqual((registers.methods, messages.methods),
+                         (frozenset({"REGISTER"}), frozenset({"OPTIONS"})))
 
 
 class RecordsFromCapturesTests(SynchronousTestCase):
