@@ -5,7 +5,9 @@ factory, writing its pcaps under a per-sensor directory of the central's spool).
 survives reconnects of the same sensor process, and ignores a batch it has already
 analysed (a batch resent because its acknowledgement was lost). A different process of
 the same sensor replaces it: a replayed capture starts again from its first packet, so
-the old state is dropped; a live sensor's old calls are closed and stored. An analysis
+the old state is dropped; a live sensor's old calls are closed and stored. A live sensor's
+CLOCK messages move its analysis on while no packet comes (calls time out as they would on
+the sensor). An analysis
 whose sensor stays away for ``idle_finish`` seconds is closed too. The CDRs go to the
 central's durable CDR queue (voipmon.central.cdrqueue), which stores them when the
 database can take them; the sensor is acknowledged once they are on disk there.
@@ -34,6 +36,9 @@ class IPacketAnalyzer(Interface):
 
     def feed_all(records):
         """Analyse ``(ts, linktype, frame)`` records, in capture order."""
+
+    def advance(now):
+        """Capture time ``now`` has come without packets: close what timed out."""
 
     def finish():
         """End of input: close every open call (emitting its CDR)."""
@@ -79,6 +84,17 @@ class SensorAnalysis:
             log.failure("analysing mirrored packets of sensor {id_sensor} (batch {seq})",
                         id_sensor=self.id_sensor, seq=seq)
         self.packets += len(packets)
+
+    def advance(self, now: float) -> None:
+        """The sensor's capture clock (CLOCK): calls due by ``now`` close, as they would
+        on a local-processing sensor; their CDRs go to the CDR queue."""
+        if self.analyzer is None:
+            return
+        try:
+            self.analyzer.advance(now)
+        except Exception:
+            log.failure("advancing the calls of sensor {id_sensor} to {now}",
+                        id_sensor=self.id_sensor, now=now)
 
     def finish(self) -> None:
         """Close every open call (their CDRs go to the CDR queue)."""

@@ -6,13 +6,15 @@ and each is acknowledged only after the store committed it; while the database i
 the batch is retried (0.5 s doubling to 5 s) and the sensor, its window full, waits with
 the rest on its own disk. A mirroring sensor gets a ``MirrorSession``: it feeds that
 sensor's analysis (voipmon.central.mirror) and acknowledges what the central's CDR queue
-has made durable. Sensors are upserted in the store on connect and marked offline on
-disconnect, unless the same sensor is connected again already.
+has made durable; a live one's CLOCK moves that analysis on while no packet comes.
+Sensors are upserted in the store on connect and marked offline on disconnect, unless the
+same sensor is connected again already.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -350,6 +352,13 @@ class MirrorSession:
                 return {"cdrs": cdrs, "undelivered": getattr(self.analysis, "undelivered", 0)}
 
             self._reply_when_durable(self.analysis.end_of_input(), MessageType.END_ACK, ended)
+        elif kind == MessageType.CLOCK:
+            # After the packets it follows (the channel keeps their order): close the calls
+            # that timed out on the sensor's capture clock while its line is quiet.
+            now = field(decode_json(kind, payload), "t", (int, float), "CLOCK")
+            if not math.isfinite(now):
+                raise ProtocolError("malformed CLOCK message: 't' is not a finite time")
+            self.analysis.advance(float(now))
         elif kind == MessageType.STATS:
             self.sessions.record_stats(self.hello, decode_json(kind, payload))
         else:

@@ -240,8 +240,11 @@ class CentralFactory(protocol.Factory):
     def buildProtocol(self, addr: Any) -> CentralChannel:
         handshake = ServerHandshake(self.key, self.max_time_diff, self.clock.seconds,
                                     frozenset(CODECS))
+        # capture_clock: this central takes CLOCK from live mirroring sensors (the flag
+        # form voipmon.protocols.capabilities.parse reads).
         extra = {"window": self.window, "max_frame": MAX_FRAME,
-                 "ping_interval": self.timeouts.get("ping_interval", PING_INTERVAL)}
+                 "ping_interval": self.timeouts.get("ping_interval", PING_INTERVAL),
+                 "capture_clock": True}
         channel = CentralChannel(handshake, self.registry, self.handler, self.clock,
                                  self.binding, extra, **self.timeouts)
         channel.factory = self

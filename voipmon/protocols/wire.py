@@ -25,6 +25,7 @@ Message flow (design section 3)::
                                         <-   PACKETS_ACK {upto}
     END {dropped}                        ->                  (end of a replayed capture)
                                         <-   END_ACK {cdrs}    (calls closed, CDRs durable)
+    CLOCK {t}                            ->                  (live mirroring: capture clock)
     STATS {...}                          ->
                                         <-   REQUEST {id, command, args, window, chunk}
     ANSWER <binary: id, flags, head|error, data>  ->    (bounded chunks, within credit)
@@ -36,6 +37,13 @@ Message flow (design section 3)::
 REQUEST, ANSWER, CREDIT and CANCEL carry the central's requests to a sensor over the
 sensor's own connection (layouts and rules: voipmon.protocols.rpc.messages); they travel
 only when both sides announced the ``requests`` capability (voipmon.protocols.capabilities).
+
+CLOCK carries a live mirroring sensor's capture clock (its latest packet's capture time plus
+the time since), so the central's engine for that sensor closes calls (BYE + linger,
+rtptimeout, ...) while the line is quiet, as a local-processing sensor's engine does. It is
+sent once a second, only when every packet the sensor has seen went out before it (the
+central applies it after them), and only when both sides announced the ``capture_clock``
+capability: an older central would close the connection on an unknown type.
 """
 
 from __future__ import annotations
@@ -75,7 +83,7 @@ class MessageType(enum.IntEnum):
     END_ACK = 13
     STATS = 14
     CLOSE = 15
-    # 16 is kept for the live mirroring sensor's capture clock.
+    CLOCK = 16
     REQUEST = 17
     ANSWER = 18
     CREDIT = 19

@@ -9,6 +9,11 @@ that sensor's open calls. Its END_ACK ``{"cdrs": N}`` says those calls are close
 N CDRs made from this sensor's packets are durable on the central (in its CDR queue, on
 their way to the database), so the sensor is done with them; ``"undelivered": M`` counts
 those the central could not take (kept in its dead-letter directory).
+
+A live sensor also carries its capture clock to the central (``advance_clock``, once a
+second: CLOCK, after every packet seen so far), so the central's engine closes this
+sensor's calls while no packet comes, as a local-processing sensor's engine does. CLOCK is
+held back while any packet is still in the buffer: it must not overtake them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from voipmon.protocols import capabilities
 from voipmon.protocols.wire import (
     MAX_INT,
     PACKET_RECORD,
@@ -82,6 +88,10 @@ class MirrorUplink:
         self._reported_drops = 0
         self._done = Done()
         self._room_waiters: list[defer.Deferred] = []
+        self.latest_ts: float | None = None    # the newest capture time buffered so far
+        self._latest_at = 0.0                  # our clock when it was buffered
+        self.clock_sent: float | None = None   # the last CLOCK value sent
+        self.capture_clock = False             # the capability is agreed: CLOCK may go
 
     # -- input (the hot path) ------------------------------------------------------
 
@@ -102,11 +112,14 @@ class MirrorUplink:
         current = self.current
         used = self.used
         added = dropped = 0
+        latest = self.latest_ts if self.latest_ts is not None else float("-inf")
         for ts, linktype, data in records:
             size = header + len(data)
             if used + size > limit:
                 dropped += 1
                 continue
+            if ts > latest:
+                latest = ts
             if current is None or current.linktype != linktype:
                 self.used = used
                 self.seal()
@@ -130,6 +143,9 @@ class MirrorUplink:
                 used = self.used
         self.used = used
         self.packets += added
+        if added:
+            self.latest_ts = latest
+            self._latest_at = self.clock.seconds()
         if dropped:
             self.dropped += dropped
             now = self.clock.seconds()
@@ -198,7 +214,33 @@ class MirrorUplink:
     def attach(self, transport: Any) -> None:
         self.transport = transport
         self.window = negotiated_window(transport, self.own_window)
+        info = getattr(transport, "accept_info", None) or {}
+        try:
+            self.capture_clock = "capture_clock" in capabilities.parse(info, "ACCEPT")
+        except ProtocolError:
+            self.capture_clock = False
         self.pump()
+
+    def advance_clock(self) -> None:
+        """Tell the central our capture clock (live capture, once a second).
+
+        The value is the newest capture time buffered plus the time since, as the local
+        engine's clock moves. It goes only when nothing waits in the buffer (the batch being
+        filled is sealed first): every packet it covers was sent before it, so the central
+        never closes a call whose packets are still on their way. While the window is full
+        nothing is sent; the packets themselves move the central's clock then.
+        """
+        if self.transport is None or not self.capture_clock or self.latest_ts is None:
+            return
+        self.seal()
+        self.pump()
+        if self.ready or self.current is not None or self.transport is None:
+            return
+        now = self.latest_ts + max(0.0, self.clock.seconds() - self._latest_at)
+        if self.clock_sent is not None and now <= self.clock_sent:
+            return
+        self.clock_sent = now
+        self.transport.send_message(MessageType.CLOCK, {"t": now})
 
     def detach(self, reason: Failure | None = None) -> None:
         self.transport = None
@@ -257,5 +299,6 @@ class MirrorUplink:
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "packets": self.packets, "dropped": self.dropped,
+                "capture_clock": self.clock_sent,
                 "packets_acked": self.packets_acked, "buffer_bytes": self.used,
                 "inflight_batches": len(self.inflight), "ready_batches": len(self.ready)}

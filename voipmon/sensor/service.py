@@ -2,7 +2,8 @@
 
 Local processing (``packetbuffer_sender = no``): frames go through the analysis engine;
 its CDRs go to the durable queue (``spooldir/queue``) and up the channel. Packet
-mirroring (``packetbuffer_sender = yes``): frames go to the bounded mirroring buffer.
+mirroring (``packetbuffer_sender = yes``): frames go to the bounded mirroring buffer, and a
+live sensor carries its capture clock to the central's engine every second.
 The channel is a ``ClientService`` over a ``FailoverEndpoint`` of authenticating TLS
 endpoints, one per ``server_destination``; a ``FailbackProber`` returns to the primary.
 With ``--read-pcap`` the source is the file; ``--exit-when-done`` stops the process once
@@ -231,8 +232,9 @@ class SensorService(service.MultiService):
         stats.clock = self.clock
         stats.setName("stats")
         stats.setServiceParent(self)
-        if self.engine is not None and self.read_pcap is None:
-            # Live capture: the engine's clock must move even when no packet comes.
+        if self.read_pcap is None:
+            # Live capture: the engine's clock must move even when no packet comes; in
+            # mirroring the engine is the central's, and the uplink carries the clock there.
             advance = internet.TimerService(ADVANCE_INTERVAL, self._advance)
             advance.clock = self.clock
             advance.setName("advance")
@@ -255,7 +257,10 @@ class SensorService(service.MultiService):
 
     def _advance(self) -> None:
         try:
-            self.engine.advance(self.clock.seconds())
+            if self.engine is not None:
+                self.engine.advance(self.clock.seconds())
+            else:
+                self.uplink.advance_clock()
         except Exception:
             log.failure("engine housekeeping failed")
 

@@ -270,6 +270,7 @@ class FakeAnalyzer:
         self.records: list[tuple[float, int, bytes]] = []
         self.closed: set[bytes] = set()
         self.finished = False
+        self.advanced: list[float] = []
         FakeAnalyzer.made.append(self)
 
     def feed_all(self, records: Any) -> None:
@@ -288,6 +289,9 @@ class FakeAnalyzer:
         for call in calls:
             self.closed.add(call)
             self.on_cdr(make_cdr(call[0], id_sensor=self.id_sensor))
+
+    def advance(self, now: float) -> None:
+        self.advanced.append(now)
 
     def finish(self) -> None:
         self.finished = True

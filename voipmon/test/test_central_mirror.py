@@ -234,3 +234,43 @@ class EndToEndTests(SynchronousTestCase):
         sessions.stop()
         writer.stop()
         self.assertEqual(pair.clock.getDelayedCalls(), [])
+
+
+class CaptureClockTests(Base):
+    """CLOCK from a live mirroring sensor moves its analysis on while no packet comes."""
+
+    def test_clock_advances_the_analysis(self) -> None:
+        session = self.open()
+        session.messageReceived(MessageType.CLOCK, b'{"t":99.5}')  # nothing to move yet
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        session.messageReceived(MessageType.CLOCK, b'{"t":105.25}')
+        session.messageReceived(MessageType.CLOCK, b'{"t":106}')
+        self.assertEqual(FakeAnalyzer.made[0].advanced, [105.25, 106.0])
+
+    def test_bad_clock_refused(self) -> None:
+        """A CLOCK without a finite time is a protocol error (the channel closes)."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        for payload in (b'{"t":NaN}', b'{"t":Infinity}', b'{"t":"1"}', b'{"t":true}', b"{}"):
+            with self.assertRaises(ProtocolError) as caught:
+                session.messageReceived(MessageType.CLOCK, payload)
+            self.assertIn("CLOCK", str(caught.exception))
+        self.assertEqual(FakeAnalyzer.made[0].advanced, [])
+
+    def test_analyser_error_on_advance_logged(self) -> None:
+        """An analyser that fails while advancing is logged; the session goes on."""
+        session = self.open()
+        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+
+        def broken(now: float) -> None:
+            raise RuntimeError("engine bug")
+
+        FakeAnalyzer.made[0].advance = broken
+        session.messageReceived(MessageType.CLOCK, b'{"t":200}')
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_clock_refused_from_a_local_processing_sensor(self) -> None:
+        local = Hello(5, "l", "0.1.0", "local", "zstd", 0.0, b"\0" * 32, "bb" * 8)
+        session = self.sessions.open_session(self.channel, local)
+        with self.assertRaises(ProtocolError):
+            session.messageReceived(MessageType.CLOCK, b'{"t":1}')

@@ -173,3 +173,95 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.successResultOf(waiting)
         self.assertTrue(uplink.has_room())
         self.successResultOf(uplink.when_room())
+
+
+class CaptureClockTests(SynchronousTestCase):
+    """CLOCK: a live sensor's capture clock, never ahead of a packet still buffered."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(500)
+        self.uplink = MirrorUplink(self.clock, max_buffer_bytes=100_000, batch_packets=5,
+                                   window=2)
+        self.transport = FakeMessageTransport({"window": 8, "capture_clock": True})
+        self.addCleanup(self.cleanup)
+
+    def cleanup(self) -> None:
+        self.uplink.seal()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def add(self, count: int, first_ts: float = 1.0) -> None:
+        for i in range(count):
+            self.uplink.add_packet(first_ts + i, 1, b"x" * 20)
+
+    def test_clock_goes_after_every_packet_seen(self) -> None:
+        """The batch being filled is sealed and sent first; CLOCK follows it with the
+        newest capture time plus the time since it was buffered."""
+        self.uplink.attach(self.transport)
+        self.add(7)
+        self.clock.advance(0.01)
+        self.uplink.advance_clock()
+        sent = self.transport.take()
+        self.assertEqual([kind for kind, _ in sent],
+                         [MessageType.PACKETS, MessageType.PACKETS, MessageType.CLOCK])
+        self.assertEqual([decode_packets(body)[0] for _, body in sent[:2]], [1, 2])
+        self.assertAlmostEqual(sent[2][1]["t"], 7.01)
+
+    def test_clock_held_while_packets_wait_for_the_window(self) -> None:
+        """With batches waiting for room in the window no CLOCK goes (it would overtake
+        them); once they are sent it goes after them."""
+        self.uplink.attach(self.transport)
+        self.add(20)
+        self.assertEqual(self.transport.kinds(), [MessageType.PACKETS] * 2)
+        self.transport.take()
+        self.clock.advance(1)
+        self.uplink.advance_clock()
+        self.assertEqual(self.transport.take(), [])
+        self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=2))
+        self.uplink.advance_clock()
+        self.assertEqual(self.transport.kinds(),
+                         [MessageType.PACKETS, MessageType.PACKETS, MessageType.CLOCK])
+        self.assertEqual(self.transport.sent[-1][1], {"t": 21.0})
+        self.assertEqual(self.uplink.stats()["capture_clock"], 21.0)
+
+    def test_clock_moves_with_time_and_only_forward(self) -> None:
+        """Each tick sends the clock once it has moved; nothing before the first packet."""
+        self.uplink.attach(self.transport)
+        self.uplink.advance_clock()
+        self.assertEqual(self.transport.take(), [])
+        self.add(1, first_ts=100.0)
+        self.uplink.advance_clock()
+        self.uplink.advance_clock()
+        self.clock.advance(1)
+        self.uplink.advance_clock()
+        clocks = [body["t"] for kind, body in self.transport.take() if kind == MessageType.CLOCK]
+        self.assertEqual(clocks, [100.0, 101.0])
+
+    def test_no_clock_to_a_central_that_does_not_take_it(self) -> None:
+        """A central whose ACCEPT does not offer capture_clock (an older one would close the
+        connection on the unknown type) gets no CLOCK; nor does anyone while detached."""
+        older = FakeMessageTransport({"window": 8})
+        self.uplink.attach(older)
+        self.add(3)
+        self.clock.advance(1)
+        self.uplink.advance_clock()
+        self.assertNotIn(MessageType.CLOCK, older.kinds())
+        self.uplink.detach(None)
+        self.uplink.advance_clock()
+        self.uplink.attach(self.transport)
+        self.uplink.advance_clock()
+        self.assertEqual(self.transport.kinds()[-1], MessageType.CLOCK)
+
+    def test_capability_in_either_form(self) -> None:
+        """The central may offer capture_clock in its capabilities or as the flag."""
+        for info in ({"capabilities": {"capture_clock": 1}}, {"capture_clock": True}):
+            transport = FakeMessageTransport(info)
+            self.uplink.attach(transport)
+            self.add(1, first_ts=50.0)
+            self.clock.advance(1)
+            self.uplink.advance_clock()
+            self.assertEqual(transport.kinds()[-1], MessageType.CLOCK)
+            self.uplink.detach(None)
+        broken = FakeMessageTransport({"capabilities": "all of them"})
+        self.uplink.attach(broken)
+        self.assertFalse(self.uplink.capture_clock)

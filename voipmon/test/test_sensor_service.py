@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import Cdr, callid_bytes
+from voipmon.analysis.cdr import BYE_CONFIRMED, Cdr, callid_bytes
 from voipmon.analysis.engine import Engine
 from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.central.mirror import MirrorAnalyses
@@ -31,6 +31,7 @@ from voipmon.sensor.service import SensorService
 from voipmon.spool.deadletter import DeadLetters, RecordRefused
 from voipmon.spool.deadletter import read as read_dead_letters
 from voipmon.store.rows import stored_form
+from voipmon.test.channel_support import write_calls_pcap
 from voipmon.test.common import data_path
 from voipmon.test.fakes import FakeStore
 from voipmon.test.fakes_channel import ChannelPair, fixed_binding
@@ -371,6 +372,31 @@ class MirrorTests(HostileCases, Base):
         self.advance()
         hello = self.centrals["primary"].mirrors.analyses[7].hello
         self.assertEqual(hello.analysis["sipport"], [5060, 5080])
+
+    def test_live_calls_close_while_the_line_is_quiet(self) -> None:
+        """A live mirroring sensor sends a complete call, then nothing, and stays connected:
+        its capture clock (CLOCK, every second) lets the central's engine close the call as
+        a local-processing sensor's engine would (BYE answered, then the linger), and store
+        it, without waiting for the next packet."""
+        svc = self.sensor(read_pcap=None, exit_when_done=False, source=_NoSource(),
+                          packetbuffer_sender="yes", interface="lo")
+        svc.startService()
+        self.advance(1)
+        pcap = write_calls_pcap(os.path.join(self.base, "call.pcap"), 1,
+                                start=self.clock.seconds(), rtp_packets=10)
+        for ts, linktype, frame in read_capture(pcap):
+            svc.uplink.add_packet(ts, linktype, frame)
+        self.advance(2)
+        store = self.centrals["primary"].store
+        self.assertEqual(store.cdr_count, 0)  # the call is over, but lingers (5 s)
+        self.advance(8)
+        cdrs = store.stored_cdrs()
+        self.assertEqual(len(cdrs), 1, "the central closed no call while the line was quiet")
+        cdr = cdrs[0]
+        self.assertEqual((cdr.callid, cdr.bye), ("call-0@synthetic.example", BYE_CONFIRMED))
+        self.assertEqual(comparable(cdr), comparable(expected_cdrs(pcap)[0]))
+        self.assertEqual(len(self.centrals["primary"].sessions.sessions), 1)
+        self.assertEqual(svc.uplink.end_state, None)
 
 
 class _NoSource(service.Service):

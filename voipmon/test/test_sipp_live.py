@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
@@ -156,8 +157,18 @@ class SensorToCentralTests(TestCase):
         media_source()
         self.base = os.path.abspath(self.mktemp())
 
+    def test_calls_stored_by_the_central(self) -> Any:
+        """Local processing: the sensor's engine closes the calls and sends the CDRs."""
+        return self.calls_stored("no")
+
+    def test_mirrored_calls_closed_while_the_line_is_quiet(self) -> Any:
+        """Packet mirroring: the central's engine closes the calls after they end, while the
+        sensor stays connected and sends no packet any more (the sensor's capture clock
+        reaches the central in CLOCK messages)."""
+        return self.calls_stored("yes")
+
     @defer.inlineCallbacks
-    def test_calls_stored_by_the_central(self) -> None:
+    def calls_stored(self, mirroring: str) -> Any:
         central_settings = load_central_config("central.conf", text=(
             f"server_bind = 127.0.0.1\nserver_password = {self.password}\n"
             f"spooldir = {self.base}/central\nsqlite_path = {self.base}/central.sqlite\n"
@@ -174,7 +185,7 @@ class SensorToCentralTests(TestCase):
         sensor_settings = load_sensor_config("sensor.conf", text=(
             f"id_sensor = 21\nserver_destination = 127.0.0.1:{port}\n"
             f"server_password = {self.password}\nspooldir = {self.base}/sensor\n"
-            f"managerport = 0\ninterface = lo\n"
+            f"managerport = 0\ninterface = lo\npacketbuffer_sender = {mirroring}\n"
             f"sipport = {', '.join(str(p) for p in calls.ports.sip)}\n"
             f"filter = {calls.ports.capture_filter()}\n"))
         sensor = SensorService(sensor_settings, reactor)
@@ -184,8 +195,9 @@ class SensorToCentralTests(TestCase):
         calls.tcpdump_filter = sensor.source.interfaces[0].expression
 
         reference = yield calls.run()
-        # The sensor closes each call a few seconds after its end (capture time moves with
-        # the clock) and sends the CDR; wait until the central has committed all four.
+        # The sensor's engine (or, mirroring, the central's on the sensor's capture clock)
+        # closes each call a few seconds after its end, though no packet comes any more;
+        # wait until the central has committed all four.
         timeout = reactor.callLater(90, store.done.cancel)
         yield store.done
         timeout.cancel()
@@ -210,4 +222,7 @@ class SensorToCentralTests(TestCase):
         for row in rows:
             if row["lastSIPresponseNum"] == 200:
                 self.assertEqual((row["a_received"], row["b_received"]), (236, 236))
+        if mirroring == "yes":
+            self.assertEqual(len(central.sessions.sessions), 1)  # still connected
+            self.assertIsNone(sensor.uplink.end_state)
         yield sensor.stopService()
