@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints, task, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -30,7 +30,9 @@ from voipmon.central.dbretention import DatabaseRetention
 from voipmon.central.mirror import MirrorAnalyses
 from voipmon.central.sessions import CentralSessions
 from voipmon.protocols import tls
+from voipmon.protocols.admission import AdmissionGate
 from voipmon.protocols.failover import describe_failure
+from voipmon.protocols.gated import gated
 from voipmon.protocols.handshake import Hello, derive_key
 from voipmon.protocols.server import CentralFactory
 from voipmon.queue import DurableQueue, QueueError
@@ -140,12 +142,18 @@ class StoreService(service.Service):
 
 
 class ChannelService(internet.StreamServerEndpointService):
-    """The TLS listener for sensors; stopping it also closes every sensor connection."""
+    """The TLS listener for sensors; stopping it also closes every sensor connection.
+
+    It listens on a TCP endpoint with ``factory`` under TLS, behind ``gate`` (the admission
+    of connections in their handshake).
+    """
 
     def __init__(self, endpoint: Any, factory: CentralFactory, sessions: CentralSessions,
-                 mirrors: MirrorAnalyses, writer: CentralCdrQueue, clock: Any) -> None:
-        super().__init__(endpoint, factory)
-        self.factory = factory
+                 mirrors: MirrorAnalyses, writer: CentralCdrQueue, clock: Any,
+                 gate: AdmissionGate, tls_options: Any) -> None:
+        super().__init__(endpoint, gated(gate, factory, tls_options))
+        self.central = factory
+        self.gate = gate
         self.sessions = sessions
         self.mirrors = mirrors
         self.writer = writer
@@ -180,7 +188,7 @@ class ChannelService(internet.StreamServerEndpointService):
     @defer.inlineCallbacks
     def _wind_down(self) -> Any:
         """Close every sensor, then wait (bounded) for what they leave to be written."""
-        channels = list(self.factory.registry.channels())
+        channels = list(self.central.registry.channels())
         for channel in channels:
             channel.close("the central is shutting down")
         yield self._bounded(defer.DeferredList([c.lost for c in channels]))
@@ -262,11 +270,11 @@ class CentralService(service.MultiService):
                                       central_name=self.central_id)
         self.sessions.registry = self.factory.registry
         if endpoint is None:
-            endpoint = endpoints.SSL4ServerEndpoint(reactor, bind_port,
-                                                    self.certificate.options(),
-                                                    interface=settings.server_bind)
+            endpoint = tls.server_endpoint(reactor, bind_port, settings.server_bind)
+        self.admission = AdmissionGate(f"sensor port {bind_port}", self.clock)
         self.channel = ChannelService(endpoint, self.factory, self.sessions, self.mirrors,
-                                      self.writer, self.clock)
+                                      self.writer, self.clock, self.admission,
+                                      self.certificate.options())
         self.channel.setServiceParent(self)
         self._optional_services(http_port)
 

@@ -9,6 +9,9 @@ large pcap is never read whole into memory and a slow reader slows the disk read
 
 Unless the port is plain loopback (``manager_enable_unencrypted``), it runs over TLS and
 no command is read before the peer passed the password proof (voipmon.manager.auth).
+The listener's admission gate (voipmon.protocols.admission) bounds the connections that
+have not got that far (or, in plain text, sent no command yet), and drops idle ones first
+under a flood; the protocol reports each one's progress to it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from voipmon.manager.commands import (
     ManagerCommands,
     Reply,
 )
+from voipmon.protocols.admission import GREETED, SECURED, Ticket
+from voipmon.protocols.gated import IGated
 from voipmon.protocols.handshake import Rejection
 from voipmon.protocols.wire import ProtocolError
 
@@ -64,10 +69,12 @@ class _ReplySender:
             close()
 
 
+@implementer(IGated, interfaces.IHandshakeListener)
 class ManagerServerProtocol(protocol.Protocol):
     """Framing and timeouts only; what a command means is :class:`ManagerCommands`'s job."""
 
     log = Logger()
+    admission: Ticket | None = None   # set by the listener's gate before connectionMade
 
     def __init__(self, commands: ManagerCommands, clock: Any,
                  timeout: float = DEFAULT_TIMEOUT, max_line: int = MAX_LINE,
@@ -91,6 +98,16 @@ class ManagerServerProtocol(protocol.Protocol):
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self.progress()
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: TLS is established."""
+        if self.admission is not None:
+            self.admission.progress(SECURED)
+
+    def _admitted(self) -> None:
+        """Past the proof (or, in plain text, the first command): out of the gate."""
+        if self.admission is not None:
+            self.admission.done()
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
@@ -121,6 +138,8 @@ class ManagerServerProtocol(protocol.Protocol):
         self.abort()
 
     def abort(self) -> None:
+        if self.admission is not None:
+            self.admission.closing()
         self._closed = True
         self._buffer = b""
         if self._timer is not None and self._timer.active():
@@ -130,6 +149,8 @@ class ManagerServerProtocol(protocol.Protocol):
 
     def refuse(self, error: CommandError) -> None:
         """Send one ERR line and close once it is written."""
+        if self.admission is not None:
+            self.admission.closing()
         self._closed = True
         self._buffer = b""
         self.transport.write(error.line())
@@ -152,6 +173,8 @@ class ManagerServerProtocol(protocol.Protocol):
         except Rejection as rejection:
             self.log.warn("management connection from {peer} refused: {reason}",
                           peer=self.peer, reason=rejection.reason)
+            if self.admission is not None:
+                self.admission.closing()
             self._closed = True
             self.transport.write(ManagerAuthServer.reject_bytes(rejection))
             self.transport.loseConnection()
@@ -166,8 +189,11 @@ class ManagerServerProtocol(protocol.Protocol):
             self.transport.write(answer)
         self.progress()
         if self.auth.done:
+            self._admitted()
             self.log.info("management connection from {peer} ({name}) authenticated",
                           peer=self.peer, name=self.auth.peer_name)
+        elif answer and self.admission is not None:
+            self.admission.progress(GREETED)   # a well-formed hello was answered
 
     def _drain(self) -> None:
         while not self._closed and self._sender is None:
@@ -183,6 +209,7 @@ class ManagerServerProtocol(protocol.Protocol):
             if len(line) > self.max_line:
                 self.refuse(CommandError(E_TOO_LONG, f"command longer than {self.max_line} bytes"))
                 return
+            self._admitted()
             self.progress()
             self.line_received(line.rstrip(b"\r"))
         if self._sender is not None and len(self._buffer) > self.max_line:

@@ -18,9 +18,14 @@ from voipmon.manager.client import DEFAULT_TIMEOUT, ManagerClientProtocol, Reply
 from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.server import ManagerServerFactory
 from voipmon.protocols import tls
+from voipmon.protocols.admission import AdmissionGate, AdmissionPolicy
+from voipmon.protocols.gated import gated
 from voipmon.protocols.handshake import derive_key
 
 log = Logger()
+
+# The central opens one connection per command, a few at a time: a small table is plenty.
+MANAGER_ADMISSION = AdmissionPolicy(capacity=64, per_source=32, hard_limit=256)
 
 
 def is_plaintext(settings: Any) -> bool:
@@ -49,10 +54,10 @@ def make_manager_service(settings: Any, reactor: Any, stats: Any = None, calls: 
     port = settings.managerport if port is None else port
     commands = ManagerCommands(settings.spooldir, stats, calls)
     host = settings.managerip
+    gate = AdmissionGate(f"management port {port}", reactor, MANAGER_ADMISSION)
+    endpoint = tls.server_endpoint(reactor, port, host)
     if is_plaintext(settings):
-        factory = ManagerServerFactory(commands, reactor)
-        kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
-        endpoint = kind(reactor, port, interface=host)
+        listening = gated(gate, ManagerServerFactory(commands, reactor))
         log.warn("management port {host}:{port} is plain text (manager_enable_unencrypted)",
                  host=host, port=port)
     else:
@@ -62,9 +67,8 @@ def make_manager_service(settings: Any, reactor: Any, stats: Any = None, calls: 
         certificate = certificate or tls.load_or_create(settings.spooldir)
         factory = ManagerServerFactory(commands, reactor, key=derive_key(settings.server_password),
                                        id_sensor=settings.id_sensor, binding=tls.exporter_binding)
-        endpoint = endpoints.SSL4ServerEndpoint(reactor, port,
-                                                certificate.options(), interface=host)
-    svc = internet.StreamServerEndpointService(endpoint, factory)
+        listening = gated(gate, factory, certificate.options())
+    svc = internet.StreamServerEndpointService(endpoint, listening)
     svc.setName("manager")
     return svc
 

@@ -105,8 +105,9 @@ class ChannelProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         self.peer = describe_peer(self.transport)
         self.last_received = self.clock.seconds()
-        self._handshake_timer = self.clock.callLater(self.handshake_timeout,
-                                                     self._handshake_expired)
+        if self.handshake_timeout:   # 0: someone else keeps the deadline (an admission gate)
+            self._handshake_timer = self.clock.callLater(self.handshake_timeout,
+                                                         self._handshake_expired)
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None

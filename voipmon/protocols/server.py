@@ -5,7 +5,9 @@ sensor's proof, claims the sensor id in the ``SessionRegistry`` and only then pr
 password itself and opens a session through the ``ISessionHandler`` (the CDR store and the
 mirroring engines live behind it, in voipmon.central). Every refusal is logged here and
 sent to the sensor with the same words. A fault on one connection closes that connection
-only.
+only. The listener's admission gate (voipmon.protocols.admission) bounds the connections
+still in their handshake; the channel reports each one's progress to it (TLS established,
+a well-formed hello, authenticated) and the gate's deadline is its handshake deadline.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.python.failure import Failure
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 import voipmon
+from voipmon.protocols.admission import GREETED, SECURED, Ticket
 from voipmon.protocols.channel import PING_INTERVAL, ChannelProtocol
 from voipmon.protocols.compression import CODECS, get_codec
+from voipmon.protocols.gated import IGated
 from voipmon.protocols.handshake import (
     ID_IN_USE,
     MALFORMED,
@@ -32,7 +36,6 @@ from voipmon.protocols.handshake import (
 from voipmon.protocols.wire import MAX_FRAME, MessageType, ProtocolError, decode_json
 
 WINDOW = 16                # batches a sensor may have unacknowledged
-MAX_PENDING = 256          # connections still in their handshake
 
 
 class ISession(Interface):
@@ -99,10 +102,12 @@ class SessionRegistry:
         return len(self._channels)
 
 
+@implementer(IGated, IHandshakeListener)
 class CentralChannel(ChannelProtocol):
     """One sensor connection on the central."""
 
     side = "central"
+    admission: Ticket | None = None   # set by the listener's gate before connectionMade
 
     def __init__(self, handshake: ServerHandshake, registry: SessionRegistry,
                  handler: Any, clock: IReactorTime, binding: Callable[[Any], bytes],
@@ -119,11 +124,14 @@ class CentralChannel(ChannelProtocol):
         self.connected_at: float | None = None
 
     def connectionMade(self) -> None:
+        if self.admission is not None:
+            self.handshake_timeout = 0.0   # the gate's deadline (shorter under a flood)
         super().connectionMade()
-        self.factory.pending += 1
-        self._counted = True
-        if self.factory.pending > self.factory.max_pending:
-            self.fail(f"too many connections in their handshake ({self.factory.max_pending})")
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: TLS is established."""
+        if self.admission is not None:
+            self.admission.progress(SECURED)
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         if self.session is not None:
@@ -141,6 +149,8 @@ class CentralChannel(ChannelProtocol):
                 self.reject(Rejection(MALFORMED, str(exc)), self.handshake_hello_id(payload))
                 return
             self.send_message(MessageType.CHALLENGE, challenge)
+            if self.admission is not None:
+                self.admission.progress(GREETED)
         elif kind == MessageType.PROOF:
             self._proof(decode_json(kind, payload))
         else:
@@ -164,8 +174,8 @@ class CentralChannel(ChannelProtocol):
             self.reject(rejection, hello.id_sensor if hello else None)
             return
         self.hello = hello
-        self.factory.pending -= 1
-        self._counted = False
+        if self.admission is not None:
+            self.admission.done()
         accept = self.handshake.accept(binding, central=self.factory.central_name,
                                        version=voipmon.__version__, probe=hello.probe,
                                        **self.accept_extra)
@@ -199,10 +209,12 @@ class CentralChannel(ChannelProtocol):
         self.send_message(MessageType.REJECT, rejection.to_json())
         self.close(f"refused: {rejection.reason}", tell_peer=False)
 
+    def close(self, reason: str, tell_peer: bool = True) -> None:
+        if self.admission is not None:
+            self.admission.closing()   # not authenticated yet: the first to go for room
+        super().close(reason, tell_peer)
+
     def channel_lost(self, reason: Failure) -> None:
-        if getattr(self, "_counted", False):
-            self.factory.pending -= 1
-            self._counted = False
         if self.hello is None or self.probe:
             return
         self.registry.release(self)
@@ -222,7 +234,7 @@ class CentralFactory(protocol.Factory):
     def __init__(self, key: bytes, max_time_diff: float, handler: Any, clock: IReactorTime,
                  binding: Callable[[Any], bytes], central_name: str = "",
                  registry: SessionRegistry | None = None, window: int = WINDOW,
-                 max_pending: int = MAX_PENDING, **timeouts: float) -> None:
+                 **timeouts: float) -> None:
         self.key = key
         self.max_time_diff = max_time_diff
         self.handler = handler
@@ -231,9 +243,7 @@ class CentralFactory(protocol.Factory):
         self.central_name = central_name
         self.registry = registry or SessionRegistry(clock)
         self.window = window
-        self.max_pending = max_pending
         self.timeouts = timeouts
-        self.pending = 0
         self.accepted = 0
         self.refusals: Counter[str] = Counter()
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
-from twisted.internet import ssl
+from twisted.internet import endpoints, ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -248,6 +248,16 @@ def client_creator(hostname: str, pin: str = "", ca_file: str = "") -> Any:
             hostname, trustRoot=load_ca(ca_file),
             extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
     return PinningClientCreator(hostname, None)
+
+
+LISTEN_BACKLOG = 511   # connections the kernel completes while we are busy (nginx's)
+
+
+def server_endpoint(reactor: Any, port: int, host: str, backlog: int = LISTEN_BACKLOG) -> Any:
+    """The TCP endpoint a TLS listener listens on. TLS goes in the listening factory,
+    under the admission gate (voipmon.protocols.admission.gated), not in the endpoint."""
+    kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
+    return kind(reactor, port, backlog=backlog, interface=host)
 
 
 def peer_fingerprint(transport: Any) -> str | None:

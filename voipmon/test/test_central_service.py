@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -24,6 +25,7 @@ from voipmon.central.service import (
     sensor_spool,
 )
 from voipmon.config import ConfigError, load_central_config
+from voipmon.protocols.gated import GatedFactory
 from voipmon.protocols.handshake import Rejection
 from voipmon.protocols.wire import MessageType
 from voipmon.sensor import tap as sensor_tap
@@ -89,8 +91,13 @@ class TapTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(os.path.join(self.base, "cspool", "state",
                                                     "central-cert.pem")))
         top.channel.privilegedStartService()
-        [(port, _factory, _context, _backlog, interface)] = reactor.sslServers
-        self.assertEqual((port, interface), (60024, "127.0.0.1"))
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface, backlog), (60024, "127.0.0.1", 511))
+        # TLS under the admission gate, the channel under TLS
+        self.assertIsInstance(factory, GatedFactory)
+        self.assertIs(factory.gate, top.admission)
+        self.assertIsInstance(factory.wrappedFactory, TLSMemoryBIOFactory)
+        self.assertIs(factory.wrappedFactory.wrappedFactory, top.factory)
 
     def test_central_certificate_errors(self) -> None:
         """A configured certificate that cannot be used is refused naming the key."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -11,6 +13,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from voipmon.manager.auth import ManagerAuthClient
 from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.server import MAX_LINE, ManagerServerFactory
+from voipmon.protocols.admission import (
+    CLOSING,
+    GREETED,
+    OPENED,
+    SPOKE,
+    AdmissionGate,
+    AdmissionPolicy,
+)
+from voipmon.protocols.gated import GatedFactory, innermost
 from voipmon.protocols.handshake import derive_key
 from voipmon.protocols.wire import FrameDecoder, MessageType, decode_json
 from voipmon.test.test_manager_commands import FakeSensor
@@ -19,18 +30,25 @@ BINDING = b"b" * 32
 
 
 class Harness:
-    def __init__(self, case: SynchronousTestCase, key: bytes | None = None) -> None:
+    def __init__(self, case: SynchronousTestCase, key: bytes | None = None,
+                 gate: AdmissionGate | None = None, clock: Clock | None = None,
+                 host: str = "192.0.2.50") -> None:
         self.spool = os.path.abspath(case.mktemp())
         os.makedirs(os.path.join(self.spool, "d"))
         self.big = os.path.join(self.spool, "d", "big.bin")
         with open(self.big, "wb") as handle:
             handle.write(os.urandom(300_000))
-        self.clock = Clock()
+        self.clock = clock or Clock()
         commands = ManagerCommands(self.spool, FakeSensor(), FakeSensor(), version="1")
-        factory = ManagerServerFactory(commands, self.clock, timeout=30, key=key, id_sensor=7,
-                                       binding=(lambda t: BINDING) if key else None)
-        self.proto = factory.buildProtocol(None)
-        self.transport = StringTransport()
+        factory: Any = ManagerServerFactory(commands, self.clock, timeout=30, key=key,
+                                            id_sensor=7,
+                                            binding=(lambda t: BINDING) if key else None)
+        if gate is not None:
+            factory = GatedFactory(gate, factory)
+        peer = IPv4Address("TCP", host, 40000)
+        self.proto = factory.buildProtocol(peer)
+        self.app = innermost(self.proto)
+        self.transport = StringTransport(peerAddress=peer)
         self.proto.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
@@ -177,3 +195,71 @@ class ProofTests(SynchronousTestCase):
     def test_silent_before_proof(self) -> None:
         self.h.clock.advance(30)
         self.assertTrue(self.h.transport.disconnecting)
+
+
+class GateTests(SynchronousTestCase):
+    """The management port behind its admission gate: the protocol reports its progress,
+    and idle connections cannot keep the central out."""
+
+    def setUp(self) -> None:
+        self.key = derive_key("s3cret")
+        self.clock = Clock()
+        self.gate = AdmissionGate("management port", self.clock,
+                                  AdmissionPolicy(capacity=8, per_source=4))
+
+    def harness(self, key: bytes | None = None, host: str = "192.0.2.50") -> Harness:
+        return Harness(self, key=key or self.key, gate=self.gate, clock=self.clock, host=host)
+
+    def authenticate(self, h: Harness) -> None:
+        client = ManagerAuthClient(self.key, 7, self.clock.seconds)
+        h.send(client.hello())
+        self.assertEqual(h.app.admission.stage, GREETED)
+        h.send(client.feed(h.output(), lambda: BINDING))
+        client.feed(h.output(), lambda: BINDING)
+        self.assertTrue(client.done)
+
+    def test_stages_through_the_proof(self) -> None:
+        h = self.harness()
+        ticket = h.app.admission
+        self.assertEqual((ticket.stage, self.gate.pending), (OPENED, 1))
+        self.authenticate(h)
+        self.assertEqual((ticket.state, self.gate.pending), ("done", 0))
+        h.send(b"getversion\n")
+        h.pump()
+        self.assertEqual(h.output(), b"OK 10\nvoipmon 1\n")
+
+    def test_plain_text_is_admitted_by_its_first_command(self) -> None:
+        h = Harness(self, gate=self.gate, clock=self.clock)
+        h.send(b"getver")
+        self.assertEqual(h.app.admission.stage, SPOKE)
+        h.send(b"sion\n")
+        self.assertEqual(h.app.admission.state, "done")
+
+    def test_refused_connection_goes_first(self) -> None:
+        h = self.harness()
+        h.send(b"getfile d/big.bin\n")   # no proof: refused, closing
+        self.assertEqual(h.app.admission.stage, CLOSING)
+
+    def test_idle_flood_does_not_keep_the_central_out(self) -> None:
+        """Idle connections from one address, each reopened as soon as it is dropped: the
+        central's connection (another address) gets in, and idle ones are dropped."""
+        idle = []
+        for _ in range(10):
+            idle.append(self.harness(host="203.0.113.9"))
+            self.clock.advance(0)
+        dropped = [h for h in idle if h.transport.disconnected]
+        self.assertEqual(len(dropped), 6)
+        self.assertEqual(self.gate.pending, 4)
+        central = self.harness()
+        for _ in range(10):                                  # the flood goes on
+            idle.append(self.harness(host="203.0.113.9"))
+            self.clock.advance(0)
+        self.authenticate(central)
+        self.assertFalse(central.transport.disconnected)
+        central.send(b"getversion\n")
+        central.pump()
+        self.assertEqual(central.output(), b"OK 10\nvoipmon 1\n")
+        for h in idle:
+            h.proto.connectionLost(None)
+        central.proto.connectionLost(None)
+        self.assertEqual(self.gate.pending, 0)

@@ -223,18 +223,6 @@ class HostileTests(CentralBase):
         self.assertTrue(server_io.disconnecting)
         server.connectionLost(None)
 
-    def test_too_many_pending(self) -> None:
-        """Beyond max_pending unauthenticated connections, new ones are closed at once."""
-        self.pair.factory.max_pending = 2
-        first, _ = self.raw_client()
-        second, _ = self.raw_client()
-        third, third_io = self.raw_client()
-        self.assertTrue(third_io.disconnecting)
-        self.assertIn("too many connections in their handshake", third.close_reason)
-        for server in (first, second, third):
-            server.connectionLost(None)
-        self.assertEqual(self.pair.factory.pending, 0)
-
 
 class RegistryTests(SynchronousTestCase):
     def test_release_only_own_channel(self) -> None:
