@@ -28,9 +28,12 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.python import failure
+from zope.interface import implementer
 
 from voipmon import __version__
 from voipmon.protocols import handshake, wire
+from voipmon.protocols.admission import GREETED, Ticket
+from voipmon.protocols.gated import IGated
 from voipmon.protocols.wire import MessageType as T
 
 if TYPE_CHECKING:
@@ -240,7 +243,10 @@ class SenderState:
                 "clock_skew": round(self.skew, 3)}
 
 
+@implementer(IGated)
 class ReceiverProtocol(_Framed):
+    admission: Ticket | None = None   # set by the listener's admission gate
+
     def __init__(self, receiver: LegacyMirrorReceiver) -> None:
         super().__init__()
         self.receiver = receiver
@@ -257,6 +263,8 @@ class ReceiverProtocol(_Framed):
                                                       f"{HANDSHAKE_TIMEOUT:g} s")
 
     def reject(self, rejection: handshake.Rejection) -> None:
+        if self.admission is not None:
+            self.admission.closing()
         log.warn("legacy mirror {peer}: refused: {reason}", peer=self.peer(),
                  reason=rejection.reason)
         self.send(T.REJECT, rejection.to_json())
@@ -283,6 +291,8 @@ class ReceiverProtocol(_Framed):
                 self.reject(exc)
                 return
             self.send(T.CHALLENGE, challenge)
+            if self.admission is not None:
+                self.admission.progress(GREETED)
         elif kind == T.PROOF and self.state is None:
             try:
                 self.shake.receive_proof(wire.decode_json(kind, frame.payload), NO_BINDING)
@@ -293,6 +303,8 @@ class ReceiverProtocol(_Framed):
             if self._timeout is not None and self._timeout.active():
                 self._timeout.cancel()
             self.decoder.max_frame = wire.MAX_FRAME
+            if self.admission is not None:
+                self.admission.done()
             self.send(T.ACCEPT, self.shake.accept(NO_BINDING))
         elif kind == T.PING:
             self.send(T.PONG, frame.payload)

@@ -20,6 +20,8 @@ from twisted.python import failure, usage
 
 from voipmon.config import Destination
 from voipmon.protocols import handshake, wire
+from voipmon.protocols.admission import AdmissionGate
+from voipmon.protocols.gated import gated
 from voipmon.protocols.legacy_mirror import (
     ADVANCE_INTERVAL,
     FLUSH_INTERVAL,
@@ -205,6 +207,8 @@ class LegacyMirrorReceiver(service.Service):
                 endpoints.TCP4ServerEndpoint
             endpoint = kind(reactor, bind.port, interface=bind.host)
         self.endpoint = endpoint
+        # Connections not through the handshake yet: bounded, idle ones dropped first.
+        self.gate = AdmissionGate(f"legacy mirror port {bind.port}", self.clock)
         self.senders: dict[int, SenderState] = {}
         self.connections: set[ReceiverProtocol] = set()
         self.port: Any = None
@@ -280,7 +284,8 @@ class LegacyMirrorReceiver(service.Service):
     def listen(self) -> None:
         """Listen on ``bind`` now; CannotListen (one line) if the port is taken."""
         results: list[Any] = []
-        self.endpoint.listen(_Factory(lambda: ReceiverProtocol(self))).addBoth(results.append)
+        factory = gated(self.gate, _Factory(lambda: ReceiverProtocol(self)))
+        self.endpoint.listen(factory).addBoth(results.append)
         if not results:
             raise CannotListen(f"mirror_bind {self.bind}: the endpoint did not listen at once")
         if isinstance(results[0], failure.Failure):

@@ -255,7 +255,7 @@ LISTEN_BACKLOG = 511   # connections the kernel completes while we are busy (ngi
 
 def server_endpoint(reactor: Any, port: int, host: str, backlog: int = LISTEN_BACKLOG) -> Any:
     """The TCP endpoint a TLS listener listens on. TLS goes in the listening factory,
-    under the admission gate (voipmon.protocols.admission.gated), not in the endpoint."""
+    under the admission gate (voipmon.protocols.gated.gated), not in the endpoint."""
     kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
     return kind(reactor, port, backlog=backlog, interface=host)
 

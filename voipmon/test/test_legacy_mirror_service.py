@@ -281,6 +281,8 @@ class LoopbackTests(TestCase):
 
         def check(_: object) -> defer.Deferred:
             self.assertEqual(sender.stats()["acknowledged"], len(packets))
+            # The port listens behind an admission gate; the sender went through it.
+            self.assertEqual((receiver.gate.totals["done"], receiver.gate.pending), (1, 0))
             stopping = receiver.stopService()  # finishes the engines
             self.assertEqual(sorted(c.lastSIPresponseNum for c in cdrs), [200, 200, 200])
             self.assertEqual({c.id_sensor for c in cdrs}, {4})
