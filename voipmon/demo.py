@@ -5,9 +5,12 @@
 the bundled captures through three sensors over TLS — one analysing locally and sending
 CDRs, one mirroring raw packets for the central to analyse, one sending calls whose
 Call-IDs are not UTF-8 (shown coming back byte for byte) — waits until each has every
-CDR or packet acknowledged (``--exit-when-done``), prints the CDRs the central's HTTP API
-returns (a mirroring sensor's CDRs are safe on the central's disk when it exits and reach
-the database a moment later: the demo waits for them), and stops the central cleanly.
+CDR or packet acknowledged (``--exit-when-done``), replays the first capture once more
+through a flood of 300 idle connections on the sensor port (voipmon.test.flood, in its own
+process: the sensor still gets in, and the central logs the flood once per 10 s), prints
+the CDRs the central's HTTP API returns (a mirroring sensor's CDRs are safe on the
+central's disk when it exits and reach the database a moment later: the demo waits for
+them), and stops the central cleanly.
 Everything it starts, it stops. With ``--serve`` the central keeps running (web page and
 API) until Ctrl-C.
 """
@@ -119,6 +122,39 @@ def table(cdrs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def through_a_flood(workdir: str, channel_port: int, conf: str) -> None:
+    """Sensor 1's replay again (the central stores nothing twice) while 300 idle connections,
+    each reopened as soon as it is dropped, try to keep the sensor port busy."""
+    flood = subprocess.Popen([sys.executable, "-m", "voipmon.test.flood", "127.0.0.1",
+                              str(channel_port), "--connections", "300", "--seconds", "120",
+                              "--settle", "1"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        for line in flood.stdout:
+            if line.startswith("flooding:"):
+                break
+        print("sensor 1 replays again while 300 idle connections flood the sensor port ...",
+              flush=True)
+        started = time.monotonic()
+        result = subprocess.run(
+            twistd("sensor1-flood", workdir, "voipmon-sensor", "--config", conf, "--read-pcap",
+                   os.path.join(DATA, SENSORS[0][3]), "--exit-when-done"),
+            cwd=workdir, timeout=300)
+        took = time.monotonic() - started
+    finally:
+        flood.terminate()
+        rest = flood.communicate()[0]
+    counts = re.findall(r'"dropped": (\d+)', rest)
+    outcome = "delivered" if result.returncode == 0 else f"failed ({result.returncode})"
+    print(f"  {outcome} in {took:.1f} s; the central dropped {counts[-1] if counts else '?'} "
+          f"idle connections meanwhile (each reopened at once), and logs a flood once per "
+          f"10 s, as:")
+    with open(os.path.join(workdir, "central.log"), errors="replace") as handle:
+        lines = [line for line in handle if "connections in their handshake" in line]
+    for line in lines[:1]:
+        print("  " + line.split("] ", 1)[-1].strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     serve = "--serve" in args
@@ -164,6 +200,7 @@ managerport = {free_port()}
             if mirror == "yes":
                 wait_for_mirrored_cdrs(http_port, id_sensor,
                                        os.path.join(workdir, f"sensor{id_sensor}.log"))
+        through_a_flood(workdir, channel_port, os.path.join(workdir, "sensor1.conf"))
         cdrs = api_cdrs(http_port, "limit=100")
         cdrs = sorted(cdrs, key=lambda c: (c["id_sensor"], c["calldate"]))
         print(f"\nthe central stored {len(cdrs)} CDRs:\n")

@@ -15,7 +15,7 @@ seconds have passed since (so that every one is known to the server; a server th
 them may never see N open at once),
 a ``flood: ...`` line every second, and a last line ``flood done: {json}`` with its totals
 (``opened``: connections that reached the server, ``dropped``: of them, how many the
-server closed, ``failed``: connection attempts that failed).
+server closed, ``failed``: connection attempts that failed), also when stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import errno
 import json
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -42,6 +43,7 @@ class Flood:
         self.waiting = connections          # connections to open when there is room
         self.opened = self.dropped = self.failed = 0
         self.max_open = 0
+        self.stopped = False                # SIGTERM: stop now, print the totals
 
     def start_waiting(self) -> None:
         while self.waiting and self.connecting < self.connecting_limit:
@@ -71,7 +73,7 @@ class Flood:
         next_report = time.monotonic() + 1.0
         while True:
             now = time.monotonic()
-            if now >= end:
+            if now >= end or self.stopped:
                 break
             if now >= next_report:
                 next_report = now + 1.0
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=3.0)
     options = parser.parse_args(argv)
     flood = Flood(options.host, options.port, options.connections, options.connecting)
+    signal.signal(signal.SIGTERM, lambda number, frame: setattr(flood, "stopped", True))
     totals = flood.run(options.seconds, options.settle)
     print(f"flood done: {json.dumps(totals)}", flush=True)
     return 0
