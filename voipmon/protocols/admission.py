@@ -190,9 +190,9 @@ class AdmissionGate:
     # -- admission -----------------------------------------------------------------
 
     def admit(self, peer: Any, evict: Callable[[str], None],
-              has_input: Callable[[], bool] | None = None) -> Ticket:
-        """A new connection from ``peer`` (an address); ``evict(reason)`` drops it;
-        ``has_input()`` says whether bytes wait unread on it.
+              has_input: Callable[[], bool] | None = None, label: str = "") -> Ticket:
+        """A new connection from ``peer`` (an address; ``label`` names it in the log);
+        ``evict(reason)`` drops it; ``has_input()`` says whether bytes wait unread on it.
 
         The newcomer always gets in; when a limit is reached the lowest-ranked connection
         that has had a turn to speak (of the newcomer's source first) is evicted.
@@ -209,7 +209,7 @@ class AdmissionGate:
             self._make_room(self._all, now, "full",
                             f"{self._all.count} connections in their handshake (the limit "
                             f"is {policy.capacity})")
-        ticket = Ticket(self, source, _describe(peer), now, self._turn, evict, has_input)
+        ticket = Ticket(self, source, label or source, now, self._turn, evict, has_input)
         self._all.add(ticket)
         self._sources.setdefault(source, _Ranked()).add(ticket)
         self.totals["opened"] += 1
@@ -308,16 +308,15 @@ class AdmissionGate:
             self._restage(promoted, SPOKE)
 
     def _drop(self, ticket: Ticket, now: float, state: str, why: str, reason: str) -> None:
-        silent = ticket.stage <= OPENED
-        self._leave(ticket, state)
         if self._window_start is None:
             self._window_start = now
-        self._window[state] += 1
+        self._window[state] += 1                  # first: the timer stays for the report
         self._window[f"{state}_{why}"] += 1
-        if silent:
+        if ticket.stage <= OPENED:
             self._window["silent"] += 1
         self._window_sources[ticket.source] += 1
         self._example = f"{ticket.peer} ({STAGE_NAMES[ticket.stage]}): {reason}"
+        self._leave(ticket, state)
         try:
             ticket.evict(reason)
         except Exception:
@@ -385,11 +384,3 @@ def _safe(probe: Callable[[], bool]) -> bool:
         return bool(probe())
     except Exception:
         return False
-
-
-def _describe(address: Any) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -20,6 +20,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import Attribute, Interface
 
 from voipmon.protocols.admission import SPOKE, AdmissionGate, Ticket
+from voipmon.protocols.channel import describe_peer
 
 
 class IGated(Interface):
@@ -45,7 +46,7 @@ class GatedProtocol(ProtocolWrapper):
 
     def makeConnection(self, transport: Any) -> None:
         self.ticket = self.factory.gate.admit(transport.getPeer(), self._evicted,
-                                              self._has_input)
+                                              self._has_input, describe_peer(transport))
         application = innermost(self.wrappedProtocol)
         if IGated.providedBy(application):
             application.admission = self.ticket

@@ -49,7 +49,8 @@ class GateCase(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def admit(self, gate: AdmissionGate, name: str, host: str = "192.0.2.1"):
-        return gate.admit(addr(host), lambda reason: self.evicted.append((name, reason)))
+        return gate.admit(addr(host), lambda reason: self.evicted.append((name, reason)),
+                          label=f"{host}:40000")
 
     def flood_lines(self) -> list[str]:
         return [formatEvent(e) for e in self.observer
