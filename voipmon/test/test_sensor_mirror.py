@@ -254,10 +254,11 @@ class CaptureClockTests(SynchronousTestCase):
 
     def test_capability_in_either_form(self) -> None:
         """The central may offer capture_clock in its capabilities or as the flag."""
-        for info in ({"capabilities": {"capture_clock": 1}}, {"capture_clock": True}):
+        for n, info in enumerate(({"capabilities": {"capture_clock": 1}},
+                                  {"capture_clock": True})):
             transport = FakeMessageTransport(info)
             self.uplink.attach(transport)
-            self.add(1, first_ts=50.0)
+            self.add(1, first_ts=50.0 + 10 * n)
             self.clock.advance(1)
             self.uplink.advance_clock()
             self.assertEqual(transport.kinds()[-1], MessageType.CLOCK)
