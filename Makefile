@@ -12,11 +12,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian/Ubuntu packages: build deps of pypcap and python-lzo, plus the tools the
 # tests and benchmarks compare against or drive (sox, ffmpeg and the bcg729 and
-# vo-amrwbenc encoders make the audio the codec tests decode).
+# vo-amrwbenc encoders make the audio the codec tests decode; prometheus scrapes the
+# metrics and its promtool checks them and the alerting rules).
 APT_PACKAGES := python3-venv python3-dev build-essential libpcap-dev liblzo2-dev \
 	tshark tcpdump sip-tester faketime tcpreplay chromium chromium-driver iproute2 \
 	kamailio sngrep sipvicious \
-	sox libsox-fmt-all ffmpeg libbcg729-0 libvo-amrwbenc0
+	sox libsox-fmt-all ffmpeg libbcg729-0 libvo-amrwbenc0 prometheus
 
 .PHONY: bootstrap packages venv demo test lint bench clean
 

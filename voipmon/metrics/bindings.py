@@ -1,0 +1,97 @@
+"""Which counters of which component feed which series: the tables the services register
+with ``CountersSource`` (``CountersSource(component.counters, ENGINE)``).
+
+A key is a component's counter as its snapshot of counters names it (nested dicts read as
+dotted keys); ``*`` fills a label. Keys marked "to count" are not counted by the component
+yet: until it counts them, nothing is written for them (see the integration plan in
+docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+from voipmon.metrics.catalog import method_label
+from voipmon.metrics.sources import Bind
+
+# A packet source (live capture over every interface; a capture file; HEP).
+CAPTURE = {
+    "packets": "voipmon_sensor_packets_total",
+    "bytes": "voipmon_sensor_bytes_total",                      # to count
+    "kernel_dropped": "voipmon_sensor_dropped_packets_total",
+    "interface_dropped": "voipmon_sensor_dropped_packets_total",
+}
+
+# The decoder (DecodeStats): why frames did not become datagrams.
+DECODER = {
+    "undecodable.*": Bind("voipmon_sensor_undecoded_packets_total", each=("reason",)),
+    "ignored.*": Bind("voipmon_sensor_ignored_packets_total", each=("reason",)),
+}
+
+# The call engine (its counters, with its levels).
+ENGINE = {
+    "active_calls": "voipmon_calls_active",
+    "rtcp_packets": "voipmon_rtcp_packets_total",
+    "rtp_packets": "voipmon_rtp_packets_total",                 # to count
+    "sip_requests.*": Bind("voipmon_sip_requests_total", each=("method",),   # to count
+                           maps={"method": method_label}),
+    "sip_responses.*.*": Bind("voipmon_sip_responses_total",                 # to count
+                              each=("method", "status_class"),
+                              maps={"method": method_label}),
+}
+
+# A local-processing sensor's CDR uplink (its durable queue and the channel).
+CDR_UPLINK = {
+    "queue_depth": "voipmon_sensor_queue_records",
+    "queue_bytes": "voipmon_sensor_queue_bytes",
+    "sent": "voipmon_cdrs_sent_total",                          # to count
+    "delivered": "voipmon_cdrs_acked_total",
+}
+
+# A mirroring sensor's uplink.
+MIRROR_UPLINK = {
+    "dropped": "voipmon_mirror_dropped_packets_total",
+    "batches_sent": "voipmon_mirror_batches_sent_total",        # to count
+    "batches_acked": "voipmon_mirror_batches_acked_total",      # to count
+}
+
+# The channel as the sensor sees it (the framing, the failover endpoint, the pings).
+CHANNEL = {
+    "payload_bytes": "voipmon_channel_payload_bytes_total",     # to count
+    "wire_bytes": "voipmon_channel_wire_bytes_total",           # to count
+    "reconnects": "voipmon_channel_reconnects_total",           # to count
+    "switches": "voipmon_channel_failovers_total",
+    "central_in_use.*": Bind("voipmon_channel_central_in_use", each=("central",)),
+    "clock_skew": "voipmon_channel_clock_skew_seconds",         # to count
+    "rtt": "voipmon_channel_rtt_seconds",                       # to count
+}
+
+# Dead letters (DeadLetters), on the sensor.
+DEAD_LETTERS = {"dead_letters": "voipmon_dead_letters_total"}
+
+# -- the central -------------------------------------------------------------------------
+
+# The central's durable queue of CDRs made from mirrored packets (CentralCdrQueue).
+CENTRAL_QUEUE = {
+    "queued": "voipmon_central_queue_records",
+    "queue_bytes": "voipmon_central_queue_bytes",
+    "dead_letters": "voipmon_central_dead_letters_total",
+}
+
+# The store's pools (SqlStore): failures by kind.
+STORE = {
+    "lost": Bind("voipmon_central_db_errors_total", labels={"kind": "lost_connection"}),
+    "retried": Bind("voipmon_central_db_errors_total", labels={"kind": "retried"}),
+    "unavailable": Bind("voipmon_central_db_errors_total", labels={"kind": "unavailable"}),
+    "failed": Bind("voipmon_central_db_errors_total", labels={"kind": "error"}),
+}
+
+# Per sensor, on the central (``CountersSource(..., sensor=id_sensor)``): what it stored
+# for the sensor, and for a mirroring sensor its CDRs waiting in the central's queue.
+STORED_FOR_SENSOR = {"stored": "voipmon_cdrs_stored_total"}
+CENTRAL_QUEUE_FOR_SENSOR = {"queued": "voipmon_sensor_queue_records"}
+
+# The web site: requests answered, by status code.
+HTTP = {"responses.*": Bind("voipmon_central_http_requests_total", each=("code",))}
+
+__all__ = ["CAPTURE", "CDR_UPLINK", "CENTRAL_QUEUE", "CENTRAL_QUEUE_FOR_SENSOR", "CHANNEL",
+           "DEAD_LETTERS", "DECODER", "ENGINE", "HTTP", "MIRROR_UPLINK", "STORE",
+           "STORED_FOR_SENSOR"]
