@@ -179,24 +179,24 @@ def add_process_collectors(registry: CollectorRegistry) -> None:
     GCCollector(registry=registry)
 
 
-def central_registry(fleet: Fleet, sources: MetricsRegistry, *,
-                     process: bool = True) -> CollectorRegistry:
-    """What the central's /metrics serves."""
+def _registry(collector: Collector, process: bool) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(FleetCollector(fleet, sources))
+    registry.register(collector)
     if process:
         add_process_collectors(registry)
     return registry
+
+
+def central_registry(fleet: Fleet, sources: MetricsRegistry, *,
+                     process: bool = True) -> CollectorRegistry:
+    """What the central's /metrics serves."""
+    return _registry(FleetCollector(fleet, sources), process)
 
 
 def sensor_registry(taker: SnapshotTaker, name: str = "", *,
                     process: bool = True) -> CollectorRegistry:
     """What a sensor's own /metrics serves."""
-    registry = CollectorRegistry()
-    registry.register(SensorCollector(taker, name))
-    if process:
-        add_process_collectors(registry)
-    return registry
+    return _registry(SensorCollector(taker, name), process)
 
 
 __all__ = ["FleetCollector", "ProcessSource", "SensorCollector", "add_process_collectors",
