@@ -13,6 +13,7 @@ in CI (voipmon.test.common.missing_tool).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import urllib.error
@@ -21,7 +22,7 @@ import urllib.request
 from typing import Any
 
 from voipmon.test.channel_support import Process, temp_dir, wait_until
-from voipmon.test.common import missing_tool
+from voipmon.test.common import ROOT, missing_tool
 
 
 def tool(name: str) -> str:
@@ -36,6 +37,21 @@ def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
     """``promtool ARGS`` run to its end: its exit status and what it printed."""
     return subprocess.run([tool("promtool"), *args], input=stdin.decode() if stdin else None,
                           capture_output=True, text=True, timeout=120, check=False)
+
+
+def dashboard_queries() -> list[str]:
+    """Every query of conf/grafana-dashboard.json, Grafana's variables filled in."""
+    with open(os.path.join(ROOT, "conf", "grafana-dashboard.json")) as handle:
+        dashboard = json.load(handle)
+    fill = {"$id_sensor": ".*", "$__rate_interval": "1m", "$__range": "1h"}
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", ()):
+            expr = target["expr"]
+            for variable, value in fill.items():
+                expr = expr.replace(variable, value)
+            queries.append(expr)
+    return queries
 
 
 class Prometheus:

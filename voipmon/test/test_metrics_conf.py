@@ -5,6 +5,7 @@ docs/metrics.md kept equal to the catalog."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -12,11 +13,11 @@ from prometheus_client import generate_latest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.metrics.catalog import markdown_table
+from voipmon.metrics.catalog import BY_NAME, Kind, markdown_table
 from voipmon.metrics.collectors import ProcessSource, central_registry, sensor_registry
 from voipmon.test.common import ROOT
 from voipmon.test.metrics_fakes import fake_fleet
-from voipmon.test.prometheus_support import promtool
+from voipmon.test.prometheus_support import dashboard_queries, promtool
 
 CONF = os.path.join(ROOT, "conf")
 
@@ -83,6 +84,22 @@ class PromtoolTests(SynchronousTestCase):
         code, output = lint(b"# HELP voipmon_bad x\n# TYPE voipmon_bad counter\nvoipmon_bad 1\n")
         self.assertNotEqual(code, 0)
         self.assertIn('should have "_total" suffix', output)
+
+
+class NamesTests(SynchronousTestCase):
+
+    def test_rules_and_dashboard_use_catalog_names(self) -> None:
+        """Every voipmon_ name the alert rules and the dashboard use is in the catalog
+        (a histogram's _bucket, _sum and _count included)."""
+        with open(os.path.join(CONF, "prometheus_rules.yml")) as handle:
+            texts = [handle.read(), *dashboard_queries()]
+        used = {name for text in texts for name in re.findall(r"voipmon_[a-z0-9_]+", text)}
+        known = set(BY_NAME)
+        for name, item in BY_NAME.items():
+            if item.kind is Kind.HISTOGRAM:
+                known |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        self.assertEqual(used - known, set())
+        self.assertGreater(len(used), 25)
 
 
 class DocsTests(SynchronousTestCase):

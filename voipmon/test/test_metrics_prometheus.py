@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.test.channel_support import Process
 from voipmon.test.metrics_server import fleet_of
-from voipmon.test.prometheus_support import Prometheus, promtool, tool
+from voipmon.test.prometheus_support import Prometheus, dashboard_queries, promtool, tool
 
 SENSORS = 4
 
@@ -53,6 +53,8 @@ class PrometheusScrapeTests(SynchronousTestCase):
         self.assertEqual(prometheus.values("voipmon_central_sensors_connected", by=""),
                          {"": SENSORS})
 
+        for query in dashboard_queries():          # conf/grafana-dashboard.json's
+            prometheus.query(query)                 # each one valid PromQL
         with urllib.request.urlopen(f"http://{target}/metrics", timeout=10) as response:
             body = response.read()
         result = promtool("check", "metrics", stdin=body)
