@@ -168,8 +168,8 @@ class Fleet:
         self.outcomes[outcome] += 1
         if outcome is Outcome.OLD:
             return outcome
-        if outcome is Outcome.RESTART:
-            state.retired = [*state.retired, last.instance][-RETIRED_KEPT:]  # type: ignore[union-attr]
+        if outcome is Outcome.RESTART and last is not None:
+            state.retired = [*state.retired, last.instance][-RETIRED_KEPT:]
             state.previous = None
         else:
             state.previous = last

@@ -194,10 +194,10 @@ class Figures:
                                     f"{MAX_SERIES_PER_FAMILY} a family, {MAX_SERIES} in all)")
             family_series[key] = value.copy() if isinstance(value, Histogram) else value
             self._count += 1
-        elif isinstance(old, Histogram):
-            old.add(value)  # type: ignore[arg-type]
-        else:
-            family_series[key] = old + value  # type: ignore[operator]
+        elif isinstance(old, Histogram) and isinstance(value, Histogram):
+            old.add(value)
+        elif not isinstance(old, Histogram) and not isinstance(value, Histogram):
+            family_series[key] = old + value
 
     # -- reading -----------------------------------------------------------------------
 

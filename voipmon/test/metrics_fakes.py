@@ -21,9 +21,9 @@ from voipmon.metrics.fleet import Fleet
 from voipmon.metrics.snapshot import Histogram
 from voipmon.metrics.sources import (
     CountersSource,
+    HistogramSource,
     MetricsRegistry,
     SnapshotTaker,
-    histogram_source,
 )
 
 BYE_MIX = ((3, 70), (0, 15), (2, 8), (104, 4), (1, 3))     # bye code, share of calls (%)
@@ -142,7 +142,7 @@ class FakeCentral:
         for counters, table in ((self.queue, bindings.CENTRAL_QUEUE),
                                 (self.store, bindings.STORE), (self.http, bindings.HTTP)):
             self.registry.add(CountersSource(lambda c=counters: c, table))
-        self.registry.add(histogram_source("voipmon_central_store_batch_seconds",
+        self.registry.add(HistogramSource("voipmon_central_store_batch_seconds",
                                            self.batches))
         self.stored: dict[int, dict[str, int]] = {}
         for sensor in sensors:

@@ -18,11 +18,11 @@ from voipmon.metrics.sources import (
     Carried,
     Collection,
     CountersSource,
+    HistogramSource,
     IMetricsSource,
     MetricsRegistry,
     SnapshotTaker,
     flatten,
-    histogram_source,
 )
 from voipmon.packet.decode import Decoder
 from voipmon.packet.layers import LINKTYPE_ETHERNET
@@ -153,15 +153,15 @@ class RegistryTests(SynchronousTestCase):
         other = SnapshotTaker(registry, 9, clock)
         self.assertNotEqual(other.instance, taker.instance)
 
-    def test_histogram_source(self) -> None:
+    def test_HistogramSource(self) -> None:
         histogram = Histogram((0.1, 1.0))
         histogram.observe(0.05)
-        source = histogram_source("voipmon_central_store_batch_seconds", histogram)
+        source = HistogramSource("voipmon_central_store_batch_seconds", histogram)
         kept = read(source, Scope.CENTRAL).own.get("voipmon_central_store_batch_seconds")
         assert isinstance(kept, Histogram)
         self.assertEqual(kept.counts, [1, 0, 0])
         with self.assertRaises(ValueError):
-            histogram_source("voipmon_calls_active", histogram)
+            HistogramSource("voipmon_calls_active", histogram)
 
 
 class CarriedTests(SynchronousTestCase):
