@@ -5,7 +5,7 @@
   in STATS, versioned JSON).
 - ``sources``: ``IMetricsSource`` (the seam), ``MetricsRegistry`` (the sources of one
   process), ``CountersSource`` (a component's flat counters bound by a table),
-  ``Carried``, ``SnapshotTaker``.
+  ``HistogramSource``, ``Carried``, ``SnapshotTaker``; ``bindings``: the tables.
 - ``calls``: ``CallOutcomes`` (CDRs made, calls by bye code, MOS and loss histograms).
 - ``fleet``: the central's view of its sensors' snapshots: up, staleness, restarts,
   failover, health.
