@@ -97,6 +97,13 @@ class IStore(Interface):
         """CDR dicts, newest first (calldate, then id), for a ``voipmon.store.query.CdrQuery``
         or a mapping of HTTP arguments (ValueError naming a bad one)."""
 
+    def cdr_stats(query):
+        """The dashboard's figures (``voipmon.store.stats``: calls, ASR, NER, ACD, MOS
+        share, loss and jitter distributions, per time bucket, per sensor and in total,
+        each with the ``/api/cdrs`` filter that lists its calls) for a
+        ``voipmon.store.stats.StatsQuery`` or a mapping of HTTP arguments (ValueError
+        naming a bad one)."""
+
     def get_cdr(cdr_id):
         """One CDR dict with its RTP streams and pcap location, or None."""
 

@@ -17,6 +17,14 @@ is always finds that call, with those that match it as a pattern.
 ``from`` is inclusive, ``to`` exclusive, both on ``calldate``, as ISO 8601 (UTC unless an
 offset is given) or epoch seconds. ``mos_below=X`` keeps calls whose lowest MOS (either
 side, any model, stored to 0.1) is below X.
+
+The dashboard links each figure to the calls it counts through these filters (their
+classes are defined once in ``voipmon.store.figures``): ``answered=yes|no``,
+``ner=effective|ineffective`` (ITU-T E.411 network effectiveness), ``has_mos=yes|no``,
+``loss_from=&loss_to=`` (the call's loss, the larger side's, in percent: from inclusive, to
+exclusive, to 0.001 %) and ``jitter_from=&jitter_to=`` (the larger side's mean jitter in
+ms, to 0.1 ms, the same way). A call without media has neither loss nor jitter: any loss
+or jitter bound leaves it out.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from voipmon.analysis.cdr import parse_iso_ms
-from voipmon.store.fields import datetime_text, epoch_ms, exact_text
+from voipmon.store import figures
+from voipmon.store.fields import U32, datetime_text, epoch_ms, exact_text
 from voipmon.store.schema import TABLES
 
 DEFAULT_LIMIT = 100
@@ -37,7 +47,15 @@ MAX_OFFSET = 1_000_000_000
 MAX_DELETE = 10_000
 
 _ARGS = ("limit", "offset", "caller", "called", "callid", "id_sensor", "from", "to",
-         "mos_below")
+         "mos_below", "answered", "ner", "has_mos", "loss_from", "loss_to", "jitter_from",
+         "jitter_to")
+_YES_NO = {"yes": True, "1": True, "true": True, "no": False, "0": False, "false": False}
+_NER = ("effective", "ineffective")
+# (argument, attribute, stored column, stored units per unit of the argument)
+_RANGES = (("loss_from", "loss_from", "packet_loss_perc_mult1000", figures.LOSS_SCALE),
+           ("loss_to", "loss_to", "packet_loss_perc_mult1000", figures.LOSS_SCALE),
+           ("jitter_from", "jitter_from", "jitter_mult10", figures.JITTER_SCALE),
+           ("jitter_to", "jitter_to", "jitter_mult10", figures.JITTER_SCALE))
 _TEXT_FILTERS = (("caller", "c"), ("called", "c"), ("callid", "n"))
 _CALLID_LEN = TABLES["cdr_next"].column("callid").length or 0
 _SIP_BLANKS = " \t\r\n\x0b\x0c"   # what the SIP parser strips around a header's value
@@ -54,12 +72,27 @@ class CdrQuery:
     start: float | None = None       # "from": calldate >= start (epoch seconds)
     end: float | None = None         # "to": calldate < end
     mos_below: float | None = None
+    answered: bool | None = None
+    ner: str | None = None           # "effective" or "ineffective"
+    has_mos: bool | None = None
+    loss_from: int | None = None     # packet_loss_perc_mult1000 >= loss_from
+    loss_to: int | None = None       # packet_loss_perc_mult1000 < loss_to
+    jitter_from: int | None = None   # jitter_mult10 >= jitter_from
+    jitter_to: int | None = None     # jitter_mult10 < jitter_to
 
     def __post_init__(self) -> None:
         _check_int("limit", self.limit, 1, MAX_LIMIT)
         _check_int("offset", self.offset, 0, MAX_OFFSET)
         if self.id_sensor is not None:
             _check_int("id_sensor", self.id_sensor, 0, 65535)
+        for name in ("answered", "has_mos"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: allowed: yes or no")
+        if self.ner is not None and self.ner not in _NER:
+            raise ValueError(f"ner = {self.ner!r}: allowed: {' or '.join(_NER)}")
+        for _arg, attr, _column, _scale in _RANGES:
+            if getattr(self, attr) is not None:
+                _check_int(attr, getattr(self, attr), 0, U32)
         if self.mos_below is not None and not (0.0 < self.mos_below <= 5.0):
             raise ValueError(f"mos_below = {self.mos_below!r}: allowed: a number 0..5")
 
@@ -95,6 +128,14 @@ class CdrQuery:
                 fields["mos_below"] = float(values["mos_below"])
             except ValueError:
                 raise ValueError(f"mos_below = {values['mos_below']!r}: allowed: a number 0..5")
+        for name in ("answered", "has_mos"):
+            if values.get(name):
+                fields[name] = _parse_yes_no(name, values[name])
+        if values.get("ner"):
+            fields["ner"] = values["ner"].lower()
+        for name, attr, _column, scale in _RANGES:
+            if values.get(name):
+                fields[attr] = parse_scaled(name, values[name], scale)
         return cls(**fields)
 
     @property
@@ -108,6 +149,27 @@ class CdrQuery:
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{name} = {value!r}: allowed: an integer {lo}..{hi}")
+
+
+def _parse_yes_no(name: str, text: str) -> bool:
+    try:
+        return _YES_NO[text.lower()]
+    except KeyError:
+        raise ValueError(f"{name} = {text!r}: allowed: yes or no")
+
+
+def parse_scaled(name: str, text: str, scale: int) -> int:
+    """A non-negative decimal number as a whole number of 1/scale units (exactly)."""
+    digits = len(str(scale)) - 1
+    try:
+        value = Decimal(text) * scale
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite() or value < 0 or value != value.to_integral_value() \
+            or value > U32:
+        raise ValueError(f"{name} = {text!r}: allowed: a number from 0 with at most "
+                         f"{digits} decimal{'s' if digits != 1 else ''}")
+    return int(value)
 
 
 def _parse_int(name: str, text: str) -> int:
@@ -181,7 +243,28 @@ def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[st
     if query.mos_limit_mult10 is not None:
         clauses.append(f"c.`mos_min_mult10` < {placeholder}")
         params.append(query.mos_limit_mult10)
+    clauses.extend(_outcome_sql(query))
+    for _name, attr, column, _scale in _RANGES:
+        value = getattr(query, attr)
+        if value is not None:
+            clauses.append(f"c.`{column}` {'>=' if attr.endswith('_from') else '<'} "
+                           f"{placeholder}")
+            params.append(value)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _outcome_sql(query: CdrQuery) -> list[str]:
+    clauses = []
+    if query.answered is not None:
+        answered = figures.answered_sql("c.")
+        clauses.append(answered if query.answered else figures.negated_sql(answered, "c."))
+    if query.ner is not None:
+        effective = figures.effective_sql("c.")
+        clauses.append(effective if query.ner == "effective"
+                       else figures.negated_sql(effective, "c."))
+    if query.has_mos is not None:
+        clauses.append(f"c.`mos_min_mult10` IS {'NOT ' if query.has_mos else ''}NULL")
+    return clauses
 
 
 def _callid_sql(value: str, placeholder: str, params: list[Any]) -> str:
@@ -234,6 +317,18 @@ def matches(query: CdrQuery, row: Mapping[str, Any], calldate_ms: int) -> bool:
     if query.mos_limit_mult10 is not None:
         mos = row.get("mos_min_mult10")
         if mos is None or mos >= query.mos_limit_mult10:
+            return False
+    code = row.get("lastSIPresponseNum")
+    if query.answered is not None and figures.is_answered(code) != query.answered:
+        return False
+    if query.ner is not None and figures.is_effective(code) != (query.ner == "effective"):
+        return False
+    if query.has_mos is not None and (row.get("mos_min_mult10") is not None) != query.has_mos:
+        return False
+    for _name, attr, column, _scale in _RANGES:
+        bound, value = getattr(query, attr), row.get(column)
+        if bound is not None and (value is None or (
+                value < bound if attr.endswith("_from") else value >= bound)):
             return False
     return True
 

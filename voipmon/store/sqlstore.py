@@ -23,8 +23,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
@@ -45,6 +46,14 @@ from voipmon.store.rows import (
 )
 from voipmon.store.schema import SCHEMA_VERSION
 from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
+from voipmon.store.stats import (
+    StatsQuery,
+    as_stats_query,
+    assemble,
+    distribution_sql,
+    ints,
+    series_sql,
+)
 
 _CHUNK = 500            # keys per IN (...) list
 _CACHE_LIMIT = 20000    # lookup texts remembered per table
@@ -319,6 +328,27 @@ class SqlStore:
             result.append(cdr_json(cdr_id, cdr, pcap_on))
         return result
 
+    # the dashboard ----------------------------------------------------------------------
+
+    def cdr_stats(self, query: StatsQuery | Mapping[Any, Any]) -> Deferred:
+        try:
+            parsed = as_stats_query(query, self._reactor.seconds())
+        except ValueError as exc:
+            return fail(exc)
+        if self._reader is None:
+            return self._not_started()
+        # two index scans, side by side on two connections (voipmon.store.stats)
+        d = gatherResults([self._reader.run(self._fetch, series_sql(parsed), write=False),
+                           self._reader.run(self._fetch, distribution_sql(parsed), write=False)],
+                          consumeErrors=True)
+        d.addErrback(_first_error)
+        d.addCallback(lambda rows: assemble(parsed, map(ints, rows[0]), ints(rows[1][0])))
+        return self._watch(d)
+
+    def _fetch(self, txn: Txn, sql: str) -> list[Sequence[Any]]:
+        txn.cursor.execute(sql)
+        return list(txn.cursor.fetchall())
+
     # retention --------------------------------------------------------------------------
 
     def delete_cdrs_before(self, cutoff: float, limit: int = 1000) -> Deferred:
@@ -408,6 +438,12 @@ class SqlStore:
         txn.cursor.execute(f"SELECT {qlist(SENSOR_JSON_FIELDS)} FROM `sensors` "
                            "ORDER BY `id_sensor`")
         return [sensor_json(row) for row in txn.cursor.fetchall()]
+
+
+def _first_error(failure: Failure) -> Failure:
+    if failure.check(FirstError):
+        return failure.value.subFailure
+    return failure
 
 
 __all__ = ["SCHEMA_VERSION", "SqlStore"]

@@ -28,6 +28,7 @@ from voipmon.store.rows import (
     stored_form,
 )
 from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
+from voipmon.store.stats import StatsQuery, as_stats_query, assemble, tally
 
 # ======================================================================================
 # Store: FakeStore (owner: voipmon/store). An in-memory IStore with SqlStore's results.
@@ -175,6 +176,18 @@ class FakeStore:
             del self._cdrs[cdr_id]
         self._ids = {key: i for key, i in self._ids.items() if i not in doomed}
         return defer.succeed(len(doomed))
+
+    def cdr_stats(self, query: StatsQuery | Mapping[Any, Any]) -> defer.Deferred:
+        try:
+            parsed = as_stats_query(query, self.clock.seconds())
+        except ValueError as exc:
+            return defer.fail(exc)
+        down = self._call("cdr_stats")
+        if down:
+            return down
+        series, distribution = tally(parsed, ((ms, row) for _c, _p, row, ms in
+                                              self._cdrs.values()))
+        return defer.succeed(assemble(parsed, series, distribution))
 
     def get_cdr(self, cdr_id: int) -> defer.Deferred:
         if not isinstance(cdr_id, int) or isinstance(cdr_id, bool) or cdr_id < 0:
