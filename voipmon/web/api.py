@@ -3,7 +3,9 @@
 ``GET /api/sensors``, ``PATCH /api/sensors/<id>`` (``{"name": ...}``), ``GET /api/cdrs``
 (filters parsed and validated by the store's query: a bad one is a 400 naming it),
 ``GET /api/cdrs/<id>``, ``GET /api/cdrs/<id>/pcap`` and ``GET /api/cdrs/<id>/sip`` (the
-call's SIP messages for the ladder diagram). Every error is JSON ``{"error": message}``.
+call's SIP messages for the ladder diagram), ``GET /api/stats`` (the dashboard's figures:
+``voipmon.store.stats``; each names the ``/api/cdrs`` query that lists its calls). Every
+error is JSON ``{"error": message}``.
 """
 
 from __future__ import annotations
@@ -130,6 +132,10 @@ class ApiResource(resource.Resource):
             if sensor is None:
                 raise ApiError(404, f"no sensor {id_sensor}")
             write_json(request, 200, {"sensor": sensor})
+        elif path == [b"stats"]:
+            self._allow(method, b"GET")
+            stats = yield self.store.cdr_stats(dict(request.args))
+            write_json(request, 200, stats)
         elif path == [b"cdrs"]:
             self._allow(method, b"GET")
             args = dict(request.args)
