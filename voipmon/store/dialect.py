@@ -114,6 +114,10 @@ class Dialect:
     def epoch_minute_sql(self, column: str) -> str:
         raise NotImplementedError
 
+    def index_hint(self, index: str) -> str:
+        """What follows a table's name in FROM to make a query read it through ``index``."""
+        raise NotImplementedError
+
     def add_column_sql(self, table: str, col: Column) -> str:
         return f"ALTER TABLE {q(table)} ADD COLUMN {self.column_sql(col)}"
 
@@ -223,6 +227,9 @@ class MySQLDialect(Dialect):
     def epoch_minute_sql(self, column: str) -> str:
         # deterministic (no session time zone), as a generated column must be
         return f"AS (TIMESTAMPDIFF(MINUTE, '1970-01-01 00:00:00', {column})) VIRTUAL"
+
+    def index_hint(self, index: str) -> str:
+        return f" FORCE INDEX ({q(index)})"
 
     def create_database(self, conn: Any) -> bool:
         """Create the configured database if missing; True if it was created."""
@@ -399,6 +406,9 @@ class SQLiteDialect(Dialect):
         # calldate is stored as 'YYYY-MM-DD HH:MM:SS.mmm' UTC; strftime without 'now' is
         # deterministic, as an indexed generated column must be (SQLite 3.31+)
         return f"GENERATED ALWAYS AS (CAST(strftime('%s', {column}) AS INTEGER) / 60) VIRTUAL"
+
+    def index_hint(self, index: str) -> str:
+        return f" INDEXED BY {q(index)}"
 
     def has_table(self, cur: Any, table: str) -> bool:
         cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))

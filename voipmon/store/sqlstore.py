@@ -44,7 +44,7 @@ from voipmon.store.rows import (
     decode_cdr,
     lookup_keys,
 )
-from voipmon.store.schema import SCHEMA_VERSION
+from voipmon.store.schema import CDR_STATS_INDEX, SCHEMA_VERSION
 from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
 from voipmon.store.stats import (
     StatsQuery,
@@ -338,9 +338,10 @@ class SqlStore:
         if self._reader is None:
             return self._not_started()
         # two index scans, side by side on two connections (voipmon.store.stats)
-        d = gatherResults([self._reader.run(self._fetch, series_sql(parsed), write=False),
-                           self._reader.run(self._fetch, distribution_sql(parsed), write=False)],
-                          consumeErrors=True)
+        hint = self.dialect.index_hint(CDR_STATS_INDEX.name)
+        d = gatherResults([self._reader.run(self._fetch, series_sql(parsed, hint), write=False),
+                           self._reader.run(self._fetch, distribution_sql(parsed, hint),
+                                            write=False)], consumeErrors=True)
         d.addErrback(_first_error)
         d.addCallback(lambda rows: assemble(parsed, map(ints, rows[0]), ints(rows[1][0])))
         return self._watch(d)

@@ -199,8 +199,10 @@ def _where(query: StatsQuery) -> str:
     return where
 
 
-def series_sql(query: StatsQuery) -> str:
-    """Per (minute or bucket start minute, sensor): the ``SERIES`` counts."""
+def series_sql(query: StatsQuery, hint: str = "") -> str:
+    """Per (minute or bucket start minute, sensor): the ``SERIES`` counts. ``hint``: the
+    dialect's ``index_hint("cdr_stats")`` (without it, a planner without statistics may
+    take the id_sensor index for one sensor's figures and sort)."""
     answered = figures.answered_sql()
     if query.by_minute:
         key = "`calldate_minute`"
@@ -214,18 +216,18 @@ def series_sql(query: StatsQuery) -> str:
         f"SUM(CASE WHEN {answered} THEN ROUND(`connect_duration` * 1000) END), "
         f"COUNT(`mos_min_mult10`), "
         f"COUNT(CASE WHEN `mos_min_mult10` < {int(query.mos_limit_mult10)} THEN 1 END) "
-        f"FROM `cdr`{_where(query)} GROUP BY `m`, `id_sensor`"
+        f"FROM `cdr`{hint}{_where(query)} GROUP BY `m`, `id_sensor`"
     )
 
 
-def distribution_sql(query: StatsQuery) -> str:
+def distribution_sql(query: StatsQuery, hint: str = "") -> str:
     """The ``DISTRIBUTION`` counts over the whole range."""
     parts = []
     for column, edges in (("packet_loss_perc_mult1000", LOSS_EDGES),
                           ("jitter_mult10", JITTER_EDGES)):
         parts.append(f"COUNT(`{column}`)")
         parts.extend(f"COUNT(CASE WHEN `{column}` < {int(e)} THEN 1 END)" for e in edges)
-    return f"SELECT {', '.join(parts)} FROM `cdr`{_where(query)}"
+    return f"SELECT {', '.join(parts)} FROM `cdr`{hint}{_where(query)}"
 
 
 def ints(row: Sequence[Any]) -> list[int]:

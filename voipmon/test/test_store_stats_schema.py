@@ -88,7 +88,8 @@ class StatsSchemaTests(SqlRows):
         for query in (StatsQuery(DAY, DAY + 86400, 3600),
                       StatsQuery(DAY, DAY + 86400, 300, id_sensor=2)):
             self.assertTrue(query.by_minute)
-            for sql in (series_sql(query), distribution_sql(query)):
+            hint = self.make_dialect().index_hint("cdr_stats")
+            for sql in (series_sql(query, hint), distribution_sql(query, hint)):
                 self.assert_covered(conn, sql)
 
     def assert_covered(self, conn: Any, sql: str) -> None:
