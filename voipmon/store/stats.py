@@ -173,10 +173,11 @@ def _whole(name: str, text: str) -> int:
 def parse_step(text: str) -> int:
     """``300``, ``300s``, ``5m``, ``1h``, ``1d`` to seconds (checked by StatsQuery)."""
     match = re.fullmatch(r"([0-9]{1,9})\s*(s|m|min|h|d|)", text.lower())
-    if not match:
+    seconds = int(match.group(1)) * _UNITS[match.group(2)] if match else 0
+    if seconds < 60 or seconds % 60:
         raise ValueError(f"step = {text!r}: allowed: a whole number of minutes, like 60, "
                          "300, 5m, 1h or 1d")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    return seconds
 
 
 def auto_step(span: int) -> int:

@@ -340,7 +340,7 @@ class StatsContract:
             ({"from": "2024-05-01T00:00Z", "to": "2024-05-03T00:00Z", "step": "1m"},
              "at most 1440"),
             ({"from": "2020-01-01T00:00Z", "to": "2022-01-01T00:00Z"}, "at most 366"),
-            ({"step": "1w"}, "step = '1w'"), ({"step": "0"}, "step = 0"),
+            ({"step": "1w"}, "step = '1w'"), ({"step": "0"}, "step = '0'"),
             ({"id_sensor": "-1"}, "id_sensor"), ({"mos_below": "7"}, "mos_below"),
             ({"mos_below": "nan"}, "mos_below"), ({"sensor": "1"}, "unknown argument"),
         ):

@@ -1,4 +1,5 @@
-// voipmon web page: calls, one call (streams + SIP ladder), sensors. Plain JS, no build.
+// voipmon web page: dashboard (dashboard.js), calls, one call (streams + SIP ladder),
+// sensors. Plain JS, no build.
 // Every value from the API reaches the page through textContent or SVG attributes,
 // never as HTML.
 "use strict";
@@ -73,16 +74,17 @@ function result(cdr) {
 // -- routing ------------------------------------------------------------------------
 
 function parseHash() {
-  const hash = location.hash.replace(/^#/, "") || "/calls";
+  const hash = location.hash.replace(/^#/, "") || "/dashboard";
   const [path, query] = hash.split("?");
   return { parts: path.split("/").filter(Boolean), params: new URLSearchParams(query || "") };
 }
 
 function show(view) {
-  for (const name of ["calls", "call", "sensors"]) {
+  for (const name of ["dashboard", "calls", "call", "sensors"]) {
     $(`#view-${name}`).hidden = name !== view;
   }
-  $("#nav-calls").classList.toggle("active", view !== "sensors");
+  $("#nav-dashboard").classList.toggle("active", view === "dashboard");
+  $("#nav-calls").classList.toggle("active", view === "calls" || view === "call");
   $("#nav-sensors").classList.toggle("active", view === "sensors");
 }
 
@@ -91,7 +93,8 @@ async function route() {
   try {
     if (parts[0] === "call" && parts[1]) { show("call"); await showCall(parts[1]); }
     else if (parts[0] === "sensors") { show("sensors"); await showSensors(); }
-    else { show("calls"); await showCalls(params); }
+    else if (parts[0] === "calls") { show("calls"); await showCalls(params); }
+    else { show("dashboard"); await showDashboard(params); }
   } catch (error) {
     console.error(error);
   }
@@ -100,6 +103,9 @@ async function route() {
 // -- calls --------------------------------------------------------------------------
 
 const FILTERS = ["from", "to", "caller", "called", "callid", "id_sensor", "mos_below"];
+// filters the dashboard's links add (no field in the form; kept until Reset)
+const EXTRA_FILTERS = ["answered", "ner", "has_mos", "loss_from", "loss_to", "jitter_from",
+                       "jitter_to"];
 let sensorNames = {};
 
 async function loadSensorNames() {
@@ -135,7 +141,10 @@ async function showCalls(params) {
   }
   const offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
   const query = new URLSearchParams();
-  for (const name of FILTERS) if (params.get(name)) query.set(name, params.get(name));
+  for (const name of [...FILTERS, ...EXTRA_FILTERS]) if (params.get(name)) query.set(name, params.get(name));
+  const extra = EXTRA_FILTERS.filter((name) => params.get(name));
+  $("#calls-extra").textContent = extra.length
+    ? `Also: ${extra.map((name) => `${name.replace("_", " ")} = ${params.get(name)}`).join(", ")}` : "";
   query.set("limit", PAGE);
   query.set("offset", offset);
   const status = $("#calls-status");
@@ -195,6 +204,8 @@ function applyFilters(event) {
   event.preventDefault();
   const form = $("#filters");
   const params = new URLSearchParams();
+  const current = parseHash().params;
+  for (const name of EXTRA_FILTERS) if (current.get(name)) params.set(name, current.get(name));
   for (const name of FILTERS) {
     let value = form.elements[name].value.trim();
     if (name === "from" || name === "to") value = toApiTime(value);
