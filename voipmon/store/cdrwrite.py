@@ -24,6 +24,9 @@ Where the child rows' ``cdr_ID`` comes from:
 On MySQL the statements go through a ``Pipeline`` when PyMySQL allows it: the first CDRs
 are converted while the server looks their keys up, and each chunk of CDRs is converted
 and rendered while the server inserts the previous one.
+
+Given a list as ``inserted``, the writers append the ``cdr`` row of each CDR they
+inserted (the store counts them into the dashboard's per-minute table, voipmon.store.rollup).
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ _NEXT_ID = ("SELECT max(coalesce((SELECT `seq` FROM sqlite_sequence WHERE `name`
             " coalesce((SELECT max(`ID`) FROM `cdr`), 0)) + 1")
 
 
-def write_sqlite(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str) -> int:
+def write_sqlite(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str,
+                 inserted: list[Sequence[Any]] | None = None) -> int:
     stored = stored_ids(cur, "?", [new[0] for new in candidates])
     todo = [new for new in candidates if new[0] not in stored]
     if not todo:
@@ -127,6 +131,8 @@ def write_sqlite(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: 
         raise
     dialect.insert(cur, "cdr_next", NEXT_COLUMNS, next_rows)
     dialect.insert(cur, "cdr_rtp", RTP_COLUMNS, rtp_rows)
+    if inserted is not None:
+        inserted.extend(cdr_rows)
     return len(todo)
 
 
@@ -169,7 +175,8 @@ def has_returning(conn: Any) -> bool:
     return (major, minor) >= (10, 5)
 
 
-def write_mysql(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str) -> int:
+def write_mysql(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str,
+                inserted: list[Sequence[Any]] | None = None) -> int:
     """Insert those of ``candidates`` not stored yet. The IDs come from LAST_INSERT_ID
     when they are consecutive (``id_step``), else from RETURNING (MariaDB 10.5+), else
     from a look-up by key. Pipelined when the dialect wants it and the driver allows it
@@ -178,8 +185,8 @@ def write_mysql(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: s
     step = id_step(cur, dialect)
     returning = step is None and has_returning(conn)
     if dialect.pipelining and usable(conn) and (step is not None or returning):
-        return _write_pipelined(conn, dialect, candidates, pcap_on, step)
-    return _write_plain(cur, dialect, candidates, pcap_on, step)
+        return _write_pipelined(conn, dialect, candidates, pcap_on, step, inserted)
+    return _write_plain(cur, dialect, candidates, pcap_on, step, inserted)
 
 
 class _Chunk:
@@ -229,7 +236,7 @@ def _new_ids(keys: Sequence[tuple[int, str]], answer: Answer, step: int | None
 
 
 def _write_plain(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str,
-                 step: int | None) -> int:
+                 step: int | None, inserted: list[Sequence[Any]] | None = None) -> int:
     stored = stored_ids(cur, "%s", [new[0] for new in candidates])
     todo = [new for new in candidates if new[0] not in stored]
     if not todo:
@@ -252,6 +259,8 @@ def _write_plain(cur: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: 
         found = stored_ids(cur, "%s", chunk.keys)
     for sql, count in chunk.children([found[key] for key in chunk.keys]):
         _check(cur.execute(sql), count)
+    if inserted is not None:
+        inserted.extend(e[0] for e in chunk.encoded)
     return len(todo)
 
 
@@ -262,7 +271,7 @@ def _sizes() -> Iterator[int]:
 
 
 def _write_pipelined(conn: Any, dialect: Any, candidates: Sequence[NewCdr], pcap_on: str,
-                     step: int | None) -> int:
+                     step: int | None, inserted: list[Sequence[Any]] | None = None) -> int:
     """The key look-up is sent, and the first CDRs converted while the server answers it.
     Then chunk by chunk: the chunk's cdr INSERTs are sent; its child rows' tails and the
     next chunk are rendered while the server works; its IDs are read; its cdr_next and
@@ -300,6 +309,8 @@ def _write_pipelined(conn: Any, dialect: Any, candidates: Sequence[NewCdr], pcap
             pipe.send(sql, keys)
         while ahead is not None:
             chunk = ahead
+            if inserted is not None:
+                inserted.extend(e[0] for e in chunk.encoded)
             chunk.render_tails()
             ahead = next(prepared, None)
             found = _answers(pipe, dialect, step, len(chunk.inserts))

@@ -76,8 +76,6 @@ class Dialect:
 
     def column_sql(self, col: Column) -> str:
         text = f"{q(col.name)} {self.column_type(col)}"
-        if col.generated is not None:
-            return f"{text} {self.generated_sql(col.generated)}"
         if col.type == "id":
             return text
         text += " NULL" if col.null else " NOT NULL"
@@ -104,20 +102,6 @@ class Dialect:
     def index_columns(self, index: Index) -> str:
         return qlist(index.columns)
 
-    def generated_sql(self, generated: str) -> str:
-        """The clause making a column VIRTUAL, computed by ``generated`` (see schema.py)."""
-        kind, _, column = generated.partition(":")
-        if kind != "epoch_minute":  # pragma: no cover - a schema without its SQL is a bug
-            raise ValueError(f"no SQL for the generated column {generated!r}")
-        return self.epoch_minute_sql(q(column))
-
-    def epoch_minute_sql(self, column: str) -> str:
-        raise NotImplementedError
-
-    def index_hint(self, index: str) -> str:
-        """What follows a table's name in FROM to make a query read it through ``index``."""
-        raise NotImplementedError
-
     def add_column_sql(self, table: str, col: Column) -> str:
         return f"ALTER TABLE {q(table)} ADD COLUMN {self.column_sql(col)}"
 
@@ -136,6 +120,22 @@ class Dialect:
         sets = ", ".join(f"{q(col)} = {expr}" for col, expr in updates.items())
         return (f"INSERT INTO {q(table)} ({qlist(columns)}) VALUES ({self.params(len(columns))})"
                 f" {self.upsert_clause.format(key=q(key))} {sets}")
+
+    def add_sql(self, table: str, key: Sequence[str], counters: Sequence[str],
+                rows: Iterable[Sequence[int]]) -> str:
+        """Add rows of integers (``key`` then ``counters``) to the rows with the same key,
+        inserting those that are new: one statement, integers written in as literals."""
+        values = ",".join("(" + ",".join(str(int(v)) for v in row) + ")" for row in rows)
+        sets = ", ".join(f"{q(col)} = {q(col)} + {self.excluded(col)}" for col in counters)
+        return (f"INSERT INTO {q(table)} ({qlist((*key, *counters))}) VALUES {values} "
+                f"{self.upsert_clause.format(key=qlist(key))} {sets}")
+
+    #: a locking read's suffix: rows read are the rows this transaction will change
+    for_update = ""
+
+    def epoch_minute_sql(self, column: str) -> str:
+        """Whole minutes since 1970-01-01 00:00 UTC of a stored datetime column."""
+        raise NotImplementedError
 
 
 # -- MySQL / MariaDB ---------------------------------------------------------------------
@@ -177,6 +177,7 @@ class MySQLDialect(Dialect):
     placeholder = "%s"
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
     upsert_clause = "ON DUPLICATE KEY UPDATE"   # whichever unique key the row hits
+    for_update = " FOR UPDATE"
     # How CDR batches go in (voipmon.store.cdrwrite): statements pipelined where PyMySQL
     # allows it; new IDs from LAST_INSERT_ID where they are consecutive (InnoDB lock mode
     # 0/1), else from RETURNING (MariaDB 10.5+) or a look-up. Tests turn these off to run
@@ -225,11 +226,7 @@ class MySQLDialect(Dialect):
         return conn
 
     def epoch_minute_sql(self, column: str) -> str:
-        # deterministic (no session time zone), as a generated column must be
-        return f"AS (TIMESTAMPDIFF(MINUTE, '1970-01-01 00:00:00', {column})) VIRTUAL"
-
-    def index_hint(self, index: str) -> str:
-        return f" FORCE INDEX ({q(index)})"
+        return f"TIMESTAMPDIFF(MINUTE, '1970-01-01 00:00:00', {column})"
 
     def create_database(self, conn: Any) -> bool:
         """Create the configured database if missing; True if it was created."""
@@ -403,20 +400,15 @@ class SQLiteDialect(Dialect):
         return _SQLITE_TYPES.get(kind, "INTEGER")
 
     def epoch_minute_sql(self, column: str) -> str:
-        # calldate is stored as 'YYYY-MM-DD HH:MM:SS.mmm' UTC; strftime without 'now' is
-        # deterministic, as an indexed generated column must be (SQLite 3.31+)
-        return f"GENERATED ALWAYS AS (CAST(strftime('%s', {column}) AS INTEGER) / 60) VIRTUAL"
-
-    def index_hint(self, index: str) -> str:
-        return f" INDEXED BY {q(index)}"
+        # stored as 'YYYY-MM-DD HH:MM:SS.mmm' UTC; %s truncates to the second
+        return f"CAST(strftime('%s', {column}) AS INTEGER) / 60"
 
     def has_table(self, cur: Any, table: str) -> bool:
         cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
         return cur.fetchone() is not None
 
     def has_column(self, cur: Any, table: str, column: str) -> bool:
-        # table_xinfo: table_info leaves generated columns out
-        cur.execute(f"PRAGMA table_xinfo({q(table)})")
+        cur.execute(f"PRAGMA table_info({q(table)})")
         return any(row[1] == column for row in cur.fetchall())
 
     def has_index(self, cur: Any, table: str, index: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from voipmon.store import rollup
 from voipmon.store.dialect import q
 from voipmon.store.fields import datetime_text
 from voipmon.store.interfaces import SchemaError
@@ -17,10 +18,14 @@ from voipmon.store.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     AddColumn,
+    Backfill,
     CreateIndex,
     CreateTable,
     Step,
 )
+
+# How each derived table is filled from the tables it is derived from (a Backfill step).
+BACKFILLS = {rollup.TABLE: rollup.backfill}
 
 
 def current_version(dialect: Any, cur: Any) -> int:
@@ -46,6 +51,8 @@ def apply(dialect: Any, cur: Any, step: Step) -> bool:
         if dialect.has_index(cur, step.table, step.index.name):
             return False
         cur.execute(dialect.create_index_sql(step.table, step.index))
+    elif isinstance(step, Backfill):
+        return bool(BACKFILLS[step.table](dialect, cur))
     else:  # pragma: no cover
         raise TypeError(step)
     return True
@@ -108,8 +115,8 @@ def drop_all(dialect: Any, conn: Any) -> None:
     """Drop every voipmon table (tests and benchmarks only)."""
     cur = conn.cursor()
     try:
-        for name in ("cdr_rtp", "cdr_next", "cdr", "cdr_ua", "cdr_sip_response", "sensors",
-                     "schema_version"):
+        for name in ("cdr_minute", "cdr_rtp", "cdr_next", "cdr", "cdr_ua", "cdr_sip_response",
+                     "sensors", "schema_version"):
             cur.execute(f"DROP TABLE IF EXISTS {q(name)}")
         conn.commit()
     finally:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from voipmon.store.figures import JITTER_EDGES, LOSS_EDGES
+
 # Portable column types; voipmon.store.dialect maps each to DDL.
 #   id            auto-increment 64-bit primary key
 #   u8 u16 u32    unsigned integers; i32 i64 signed
@@ -40,10 +42,6 @@ from dataclasses import dataclass, field, replace
 #   longtext      unbounded text (JSON)
 #   blob          bytes as they are, up to 16 MiB
 #   enum:a,b      one of the listed words or NULL
-# A column with ``generated`` is computed by the database from other columns of its row
-# (VIRTUAL: nothing stored, nothing for a writer to fill; indexable on both back ends).
-# ``generated`` names a portable expression, ``voipmon.store.dialect`` writes it:
-#   epoch_minute:COL   whole minutes since 1970-01-01 00:00 UTC of the datetime COL
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,6 @@ class Column:
     type: str
     null: bool = True
     default: int | None = None
-    generated: str | None = None
 
     @property
     def length(self) -> int | None:
@@ -232,11 +229,25 @@ CDR_RTP = Table(
     foreign_keys=(ForeignKey(("cdr_ID",), "cdr", ("ID",)),),
 )
 
-# Version 5: what the dashboard's statistics read (voipmon.store.stats).
-CDR_CALLDATE_MINUTE = Column("calldate_minute", "u32", generated="epoch_minute:calldate")
-CDR_STATS_INDEX = Index("cdr_stats", (
-    "calldate_minute", "id_sensor", "lastSIPresponseNum", "connect_duration", "mos_min_mult10",
-    "packet_loss_perc_mult1000", "jitter_mult10"))
+# Version 5: the dashboard's per-minute pre-aggregation (voipmon.store.rollup): per minute
+# of calldate (UTC) and sensor, the counts the figures of voipmon.store.stats are made of.
+# The counts "below L" are cumulative: mos_lt_L counts calls whose mos_min_mult10 < L
+# (the MOS share for any threshold 0.1..5.0), loss_lt_E / jitter_lt_E those whose
+# packet_loss_perc_mult1000 / jitter_mult10 < E (the distributions' buckets are their
+# differences). Changing an edge means a new table version.
+MOS_LIMITS = tuple(range(1, 51))
+CDR_MINUTE_COUNTERS = (
+    "calls", "answered", "user_failures", "connected_ms", "mos_known",
+    *(f"mos_lt_{limit}" for limit in MOS_LIMITS),
+    "loss_known", *(f"loss_lt_{edge}" for edge in LOSS_EDGES),
+    "jitter_known", *(f"jitter_lt_{edge}" for edge in JITTER_EDGES),
+)
+CDR_MINUTE = Table(
+    "cdr_minute",
+    (Column("minute", "u32", null=False), Column("id_sensor", "u16", null=False),
+     *(Column(name, "i64", null=False, default=0) for name in CDR_MINUTE_COUNTERS)),
+    ("minute", "id_sensor"),
+)
 
 SENSORS_V1 = Table(
     "sensors",
@@ -286,7 +297,14 @@ class CreateIndex:
     index: Index
 
 
-Step = CreateTable | AddColumn | CreateIndex
+@dataclass(frozen=True)
+class Backfill:
+    """Fill a derived table from the tables it is derived from, if it is empty (the SQL
+    comes from the module that maintains it: ``voipmon.store.migrate.BACKFILLS``)."""
+    table: str
+
+
+Step = CreateTable | AddColumn | CreateIndex | Backfill
 
 
 @dataclass(frozen=True)
@@ -323,13 +341,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "cdr_next: callid_raw, the exact bytes of a Call-ID its text cannot hold", (
         AddColumn("cdr_next", Column("callid_raw", "blob")),
     )),
-    # The dashboard (voipmon.store.stats) reads one day of a million calls from this index
-    # alone, grouped by its leading column in index order: no table rows, no temporary
-    # table. calldate_minute is derived (nothing to write), so it can never disagree with
-    # calldate.
-    Migration(5, "cdr: calldate_minute and the dashboard's covering index", (
-        AddColumn("cdr", CDR_CALLDATE_MINUTE),
-        CreateIndex("cdr", CDR_STATS_INDEX),
+    # The dashboard reads a day of a million calls as 1440 rows per sensor: the writer
+    # adds each new CDR to its minute in the same transaction, retention takes it away;
+    # the calls stored before are counted once here (Backfill, in the same transaction
+    # as on SQLite; on MySQL it runs again if the table is empty).
+    Migration(5, "cdr_minute: the dashboard's per-minute counts, filled from cdr", (
+        CreateTable(CDR_MINUTE),
+        Backfill("cdr_minute"),
     )),
 )
 
@@ -357,6 +375,8 @@ def apply_step(tables: dict[str, Table], step: Step) -> None:
     elif isinstance(step, CreateIndex):
         old = tables[step.table]
         tables[step.table] = replace(old, indexes=(*old.indexes, step.index))
+    elif isinstance(step, Backfill):
+        pass   # data only
     else:  # pragma: no cover - a new Step kind without handling is a programming error
         raise TypeError(step)
 

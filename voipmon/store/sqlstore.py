@@ -23,12 +23,12 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from voipmon.analysis.cdr import Cdr
+from voipmon.store import rollup
 from voipmon.store.cdrwrite import write_mysql, write_sqlite
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, dialect_for, q, qlist
 from voipmon.store.fields import datetime_text, text
@@ -44,16 +44,9 @@ from voipmon.store.rows import (
     decode_cdr,
     lookup_keys,
 )
-from voipmon.store.schema import CDR_STATS_INDEX, SCHEMA_VERSION
+from voipmon.store.schema import SCHEMA_VERSION
 from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
-from voipmon.store.stats import (
-    StatsQuery,
-    as_stats_query,
-    assemble,
-    distribution_sql,
-    ints,
-    series_sql,
-)
+from voipmon.store.stats import StatsQuery, as_stats_query, assemble, ints, stats_sql
 
 _CHUNK = 500            # keys per IN (...) list
 _CACHE_LIMIT = 20000    # lookup texts remembered per table
@@ -229,9 +222,12 @@ class SqlStore:
         uas = self._resolve(txn, "ua", {t for lk in batch.lookups for t in lk[1:]})
         candidates = [(key, cdr, responses.get(r), uas.get(a), uas.get(b))
                       for (key, cdr), (r, a, b) in zip(batch.items, batch.lookups, strict=True)]
-        if isinstance(txn.dialect, MySQLDialect):
-            return write_mysql(txn.cursor, txn.dialect, candidates, batch.pcap_on)
-        return write_sqlite(txn.cursor, txn.dialect, candidates, batch.pcap_on)
+        inserted: list[Sequence[Any]] = []
+        write = write_mysql if isinstance(txn.dialect, MySQLDialect) else write_sqlite
+        count = write(txn.cursor, txn.dialect, candidates, batch.pcap_on, inserted)
+        if inserted:   # the dashboard's per-minute counts, in the same transaction
+            rollup.apply(txn.cursor, txn.dialect, rollup.tallies(map(rollup.source, inserted)))
+        return count
 
     def _insert_new(self, txn: Txn, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:
@@ -337,13 +333,8 @@ class SqlStore:
             return fail(exc)
         if self._reader is None:
             return self._not_started()
-        # two index scans, side by side on two connections (voipmon.store.stats)
-        hint = self.dialect.index_hint(CDR_STATS_INDEX.name)
-        d = gatherResults([self._reader.run(self._fetch, series_sql(parsed, hint), write=False),
-                           self._reader.run(self._fetch, distribution_sql(parsed, hint),
-                                            write=False)], consumeErrors=True)
-        d.addErrback(_first_error)
-        d.addCallback(lambda rows: assemble(parsed, map(ints, rows[0]), ints(rows[1][0])))
+        d = self._reader.run(self._fetch, stats_sql(parsed), write=False)
+        d.addCallback(lambda rows: assemble(parsed, map(ints, rows)))
         return self._watch(d)
 
     def _fetch(self, txn: Txn, sql: str) -> list[Sequence[Any]]:
@@ -365,14 +356,22 @@ class SqlStore:
         # The calldate index finds the oldest; the foreign keys take their cdr_next and
         # cdr_rtp rows along. By ID, so a central running the same pass meanwhile only
         # makes this one delete fewer.
+        # The rows are read with a locking read, so that what is taken off the dashboard's
+        # per-minute counts is exactly what this transaction deletes.
         ph = self.dialect.placeholder
-        txn.cursor.execute(f"SELECT `ID` FROM `cdr` WHERE `calldate` < {ph} "
-                           f"ORDER BY `calldate`, `ID` LIMIT {ph}", (stamp, limit))
+        txn.cursor.execute(f"SELECT `ID`, {qlist(rollup.SOURCE)} FROM `cdr` WHERE "
+                           f"`calldate` < {ph} ORDER BY `calldate`, `ID` LIMIT {ph}"
+                           f"{self.dialect.for_update}", (stamp, limit))
+        rows = txn.cursor.fetchall()
         deleted = 0
-        for chunk in _chunks([row[0] for row in txn.cursor.fetchall()]):
+        for chunk in _chunks([row[0] for row in rows]):
             txn.cursor.execute(f"DELETE FROM `cdr` WHERE `ID` IN "
                                f"({self.dialect.params(len(chunk))})", tuple(chunk))
             deleted += max(txn.cursor.rowcount, 0)
+        if deleted != len(rows):   # cannot happen under the lock; never count wrong
+            raise StoreError(f"{self.where}: retention deleted {deleted} of {len(rows)} "
+                             "rows it had locked")
+        rollup.apply(txn.cursor, txn.dialect, rollup.tallies(row[1:] for row in rows), -1)
         return deleted
 
     # sensors ----------------------------------------------------------------------------
@@ -439,12 +438,6 @@ class SqlStore:
         txn.cursor.execute(f"SELECT {qlist(SENSOR_JSON_FIELDS)} FROM `sensors` "
                            "ORDER BY `id_sensor`")
         return [sensor_json(row) for row in txn.cursor.fetchall()]
-
-
-def _first_error(failure: Failure) -> Failure:
-    if failure.check(FirstError):
-        return failure.value.subFailure
-    return failure
 
 
 __all__ = ["SCHEMA_VERSION", "SqlStore"]

@@ -21,16 +21,12 @@ that lists exactly the calls it counts: a scope (the range, a bucket, a sensor) 
 (answered: ``answered=yes``, NER: ``ner=effective``...); each distribution bucket has its
 whole query.
 
-How it stays fast (one day of a million calls in well under a second on MariaDB): from and
-to are whole minutes and the step a whole number of minutes, so a bucket is a set of
-whole minutes, and everything is read from the covering index ``cdr_stats`` on
-(calldate_minute, id_sensor, code, connect_duration, MOS, loss, jitter), ``calldate_minute``
-being a virtual column (schema version 5). For ranges up to ``STREAM_MINUTES`` the series
-query groups by (minute, sensor), the index's own order, so the database streams it
-without a temporary table and Python folds minutes into buckets; longer ranges group by
-bucket in SQL. The distributions are a second query without grouping, run beside the first
-on another connection. Both are plain SQL on one table, the same on MySQL and SQLite.
-``tally`` is the same in Python, for the FakeStore.
+How it stays fast (one day of a million calls in milliseconds, any back end): every call
+is counted once, when it is stored, into its minute of ``cdr_minute`` (schema version 5,
+``voipmon.store.rollup``), so from and to are whole minutes and the step a whole number
+of minutes, and the figures are one range read of that table's primary key, summed per
+bucket and sensor in SQL: 1440 rows a day per sensor, however many calls. ``select`` is
+the same in Python, for the FakeStore.
 """
 
 from __future__ import annotations
@@ -43,9 +39,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from voipmon.analysis.cdr import iso_ms
-from voipmon.store import figures
 from voipmon.store.figures import JITTER_EDGES, JITTER_SCALE, LOSS_EDGES, LOSS_SCALE
 from voipmon.store.query import parse_time
+from voipmon.store.schema import CDR_MINUTE_COUNTERS as COUNTERS
 
 DEFAULT_MOS_BELOW = 3.1
 DEFAULT_RANGE = 86400
@@ -53,15 +49,14 @@ MAX_RANGE = 366 * 86400
 MAX_BUCKETS = 1440
 AUTO_STEPS = (60, 300, 900, 1800, 3600, 7200, 21600, 43200, 86400, 604800)
 AUTO_BUCKETS = 300       # the automatic step is the smallest giving at most this many
-STREAM_MINUTES = 2880    # up to two days, the series query groups by minute
 
 _ARGS = ("from", "to", "id_sensor", "step", "mos_below")
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
-# What the series query counts per group, in order (after the group's minute and sensor).
+# What the query counts per group, in order (after the group's minute and sensor): the
+# series' counts, then calls with a loss, with loss under each edge, the same for jitter
+# (cumulative counts: a bucket is the difference of two).
 SERIES = ("calls", "answered", "user_failures", "connected_ms", "mos_known", "mos_below")
-# What the distribution query counts: calls with a loss, with loss under each edge, the
-# same for jitter (cumulative counts: a bucket is the difference of two).
 DISTRIBUTION = ("loss_known", *(f"loss_lt_{e}" for e in LOSS_EDGES),
                 "jitter_known", *(f"jitter_lt_{e}" for e in JITTER_EDGES))
 
@@ -150,11 +145,6 @@ class StatsQuery:
         """``mos_min_mult10 < this``: as ``CdrQuery.mos_limit_mult10`` (the same link)."""
         return math.ceil(round(self.mos_below * 10, 6))
 
-    @property
-    def by_minute(self) -> bool:
-        """Whether the series query groups by minute (in index order) or by bucket."""
-        return self.end_minute - self.first_minute <= STREAM_MINUTES
-
 
 def _shown(value: Any) -> str:
     if isinstance(value, int):
@@ -190,91 +180,45 @@ def auto_step(span: int) -> int:
 # -- SQL ----------------------------------------------------------------------------------
 
 
-def _where(query: StatsQuery) -> str:
-    # Integers from a validated StatsQuery only, written in as literals (the same text on
-    # both back ends, and the statement EXPLAIN shows is the one that runs).
-    where = (f" WHERE `calldate_minute` >= {int(query.first_minute)} "
-             f"AND `calldate_minute` < {int(query.end_minute)}")
+def stats_sql(query: StatsQuery) -> str:
+    """Per (bucket's first minute, sensor): ``SERIES`` then ``DISTRIBUTION`` counts, from
+    the per-minute table (its primary key is (minute, id_sensor): one range)."""
+    counts = ["calls", "answered", "user_failures", "connected_ms", "mos_known",
+              f"mos_lt_{int(query.mos_limit_mult10)}", *DISTRIBUTION]
+    # Integers from a validated StatsQuery only, written in as literals (the statement
+    # EXPLAIN shows is the one that runs). % is MOD on both back ends.
+    first, end, minutes = int(query.first_minute), int(query.end_minute), query.step // 60
+    where = f" WHERE `minute` >= {first} AND `minute` < {end}"
     if query.id_sensor is not None:
         where += f" AND `id_sensor` = {int(query.id_sensor)}"
-    return where
-
-
-def series_sql(query: StatsQuery, hint: str = "") -> str:
-    """Per (minute or bucket start minute, sensor): the ``SERIES`` counts. ``hint``: the
-    dialect's ``index_hint("cdr_stats")`` (without it, a planner without statistics may
-    take the id_sensor index for one sensor's figures and sort)."""
-    answered = figures.answered_sql()
-    if query.by_minute:
-        key = "`calldate_minute`"
-    else:   # the bucket's first minute; % is MOD on both back ends
-        key = (f"`calldate_minute` - (`calldate_minute` - {int(query.first_minute)}) "
-               f"% {int(query.step // 60)}")
-    return (
-        f"SELECT {key} AS `m`, `id_sensor`, COUNT(*), "
-        f"COUNT(CASE WHEN {answered} THEN 1 END), "
-        f"COUNT(CASE WHEN {figures.user_failure_sql()} THEN 1 END), "
-        f"SUM(CASE WHEN {answered} THEN ROUND(`connect_duration` * 1000) END), "
-        f"COUNT(`mos_min_mult10`), "
-        f"COUNT(CASE WHEN `mos_min_mult10` < {int(query.mos_limit_mult10)} THEN 1 END) "
-        f"FROM `cdr`{hint}{_where(query)} GROUP BY `m`, `id_sensor`"
-    )
-
-
-def distribution_sql(query: StatsQuery, hint: str = "") -> str:
-    """The ``DISTRIBUTION`` counts over the whole range."""
-    parts = []
-    for column, edges in (("packet_loss_perc_mult1000", LOSS_EDGES),
-                          ("jitter_mult10", JITTER_EDGES)):
-        parts.append(f"COUNT(`{column}`)")
-        parts.extend(f"COUNT(CASE WHEN `{column}` < {int(e)} THEN 1 END)" for e in edges)
-    return f"SELECT {', '.join(parts)} FROM `cdr`{hint}{_where(query)}"
+    return (f"SELECT `minute` - (`minute` - {first}) % {int(minutes)} AS `m`, `id_sensor`, "
+            + ", ".join(f"SUM(`{name}`)" for name in counts)
+            + f" FROM `cdr_minute`{where} GROUP BY `m`, `id_sensor`")
 
 
 def ints(row: Sequence[Any]) -> list[int]:
-    """A result row as ints (SUM gives Decimal on MySQL, float on SQLite, NULL for none)."""
-    return [0 if v is None else round(v) for v in row]
+    """A result row as ints (SUM gives Decimal on MySQL)."""
+    return [0 if v is None else int(v) for v in row]
 
 
-# -- the same in Python (the FakeStore) --------------------------------------------------------
-
-
-def tally(query: StatsQuery, rows: Iterable[tuple[int, Mapping[str, Any]]]
-          ) -> tuple[list[list[int]], list[int]]:
-    """``series_sql`` and ``distribution_sql`` over stored ``cdr`` rows (calldate in
-    epoch ms, the row's columns), as ``ints`` of their result rows."""
+def select(query: StatsQuery, minutes: Mapping[tuple[int, int], Sequence[int]]
+           ) -> list[list[int]]:
+    """``stats_sql`` in Python, over per-minute counts ({(minute, sensor): COUNTERS})."""
+    wanted = [COUNTERS.index(name) for name in (
+        "calls", "answered", "user_failures", "connected_ms", "mos_known",
+        f"mos_lt_{query.mos_limit_mult10}", *DISTRIBUTION)]
+    step = query.step // 60
     groups: dict[tuple[int, int], list[int]] = {}
-    dist = [0] * len(DISTRIBUTION)
-    limit = query.mos_limit_mult10
-    for calldate_ms, row in rows:
-        minute = calldate_ms // 60000
+    for (minute, sensor), counters in minutes.items():
         if not query.first_minute <= minute < query.end_minute:
             continue
-        sensor = row["id_sensor"]
         if query.id_sensor is not None and sensor != query.id_sensor:
             continue
-        if not query.by_minute:
-            minute -= (minute - query.first_minute) % (query.step // 60)
-        counts = groups.setdefault((minute, sensor), [0] * len(SERIES))
-        code, mos = row.get("lastSIPresponseNum"), row.get("mos_min_mult10")
-        answered = figures.is_answered(code)
-        counts[0] += 1
-        counts[1] += answered
-        counts[2] += figures.is_user_failure(code)
-        counts[3] += round((row.get("connect_duration") or 0) * 1000) if answered else 0
-        counts[4] += mos is not None
-        counts[5] += mos is not None and mos < limit
-        at = 0
-        for column, edges in (("packet_loss_perc_mult1000", LOSS_EDGES),
-                              ("jitter_mult10", JITTER_EDGES)):
-            value = row.get(column)
-            if value is not None:
-                dist[at] += 1
-                for i, edge in enumerate(edges, at + 1):
-                    dist[i] += value < edge
-            at += 1 + len(edges)
-    series = [[minute, sensor, *counts] for (minute, sensor), counts in sorted(groups.items())]
-    return series, dist
+        key = (minute - (minute - query.first_minute) % step, sensor)
+        total = groups.setdefault(key, [0] * len(wanted))
+        for i, at in enumerate(wanted):
+            total[i] += counters[at]
+    return [[*key, *counts] for key, counts in sorted(groups.items())]
 
 
 # -- the answer ---------------------------------------------------------------------------
@@ -330,21 +274,24 @@ def _distribution(query: StatsQuery, name: str, counts: Sequence[int], edges: Se
     return {"unit": unit, "buckets": buckets, "known": known}
 
 
-def assemble(query: StatsQuery, series: Iterable[Sequence[int]],
-             distribution: Sequence[int]) -> dict[str, Any]:
-    """The JSON answer from the two queries' rows (``ints``)."""
+def assemble(query: StatsQuery, rows: Iterable[Sequence[int]]) -> dict[str, Any]:
+    """The JSON answer from ``stats_sql``'s rows (``ints``)."""
     width = len(SERIES)
     buckets = [[0] * width for _ in range(query.buckets)]
     sensors: dict[int, list[int]] = {}
     total = [0] * width
+    distribution = [0] * len(DISTRIBUTION)
     step_minutes = query.step // 60
-    for minute, sensor, *counts in series:
+    for minute, sensor, *counts in rows:
         bucket = buckets[(minute - query.first_minute) // step_minutes]
         per_sensor = sensors.setdefault(sensor, [0] * width)
-        for i, value in enumerate(counts):
+        for i in range(width):
+            value = counts[i]
             bucket[i] += value
             per_sensor[i] += value
             total[i] += value
+        for i, value in enumerate(counts[width:]):
+            distribution[i] += value
     range_minutes = (query.end - query.start) / 60
     series_out = []
     for i, counts in enumerate(buckets):

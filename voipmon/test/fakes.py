@@ -19,6 +19,7 @@ from voipmon.store.interfaces import (
     StoreUnavailable,
 )
 from voipmon.store.query import CdrQuery, as_query, delete_args, matches
+from voipmon.store.rollup import SOURCE, tallies
 from voipmon.store.rows import (
     CDR_COLUMNS,
     NEXT_COLUMNS,
@@ -28,7 +29,7 @@ from voipmon.store.rows import (
     stored_form,
 )
 from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
-from voipmon.store.stats import StatsQuery, as_stats_query, assemble, tally
+from voipmon.store.stats import StatsQuery, as_stats_query, assemble, select
 
 # ======================================================================================
 # Store: FakeStore (owner: voipmon/store). An in-memory IStore with SqlStore's results.
@@ -185,9 +186,10 @@ class FakeStore:
         down = self._call("cdr_stats")
         if down:
             return down
-        series, distribution = tally(parsed, ((ms, row) for _c, _p, row, ms in
-                                              self._cdrs.values()))
-        return defer.succeed(assemble(parsed, series, distribution))
+        counts = tallies([row[name] for name in SOURCE] for _c, _p, row, _ms in
+                         self._cdrs.values())
+        minutes = {key: tally.counters() for key, tally in counts.items()}
+        return defer.succeed(assemble(parsed, select(parsed, minutes)))
 
     def get_cdr(self, cdr_id: int) -> defer.Deferred:
         if not isinstance(cdr_id, int) or isinstance(cdr_id, bool) or cdr_id < 0:

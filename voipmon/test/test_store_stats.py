@@ -26,7 +26,6 @@ from twisted.trial import unittest
 
 from voipmon.analysis.cdr import Cdr
 from voipmon.store import testing
-from voipmon.store.stats import StatsQuery
 from voipmon.test.test_store import FakeBackend, MySQLBackend, SQLiteBackend, SqlStores
 
 DAY = 1_714_521_600          # 2024-05-01T00:00:00Z
@@ -266,13 +265,37 @@ class StatsContract:
         yield self.check(start - 3600, end + 3600, 300, id_sensor=3, mos_below=0.5, links=False)
 
     @defer.inlineCallbacks
-    def test_a_long_range_groups_by_bucket_in_sql(self) -> Any:
+    def test_a_long_range_in_large_steps(self) -> Any:
         rng = random.Random(5)
         start, end = DAY, DAY + 4 * 86400
-        self.assertFalse(StatsQuery(start, end, 21600).by_minute)
         yield self.store.store_cdrs(random_calls(rng, 200, start, end, 21600))
         yield self.check(start, end, 21600)
         yield self.check(start, end, 86400 * 3, id_sensor=1, links=False)
+
+    @defer.inlineCallbacks
+    def test_replayed_and_concurrent_batches_count_once(self) -> Any:
+        """Overlapping batches of several sensors in the same minutes, all in flight at
+        once, then replayed: every call counted once."""
+        start, end = DAY, DAY + 1800
+        cdrs = random_calls(random.Random(8), 240, start, end, 300, sensors=4)
+        batches = [cdrs[k:k + 50] for k in range(0, 240, 30)]
+        yield defer.gatherResults([self.store.store_cdrs(b) for b in reversed(batches)],
+                                  consumeErrors=True)
+        yield self.store.store_cdrs(cdrs[::-1])
+        yield self.check(start, end, 300, links=False)
+
+    @defer.inlineCallbacks
+    def test_retention_takes_its_calls_off(self) -> Any:
+        start, end = DAY, DAY + 7200
+        yield self.store.store_cdrs(random_calls(random.Random(9), 200, start, end, 600))
+        cutoff = DAY + 3000.5
+        while (yield self.store.delete_cdrs_before(cutoff, limit=37)) == 37:
+            pass
+        answer = yield self.check(start - 3600, end + 3600, 600, links=False)
+        # buckets of 10 minutes from an hour before DAY: the 11th holds the cutoff
+        self.assertEqual(sum(b["calls"] for b in answer["series"][:11]), 0)
+        self.assertGreater(answer["series"][11]["calls"], 0)
+        yield self.check(start, end, 600)
 
     @defer.inlineCallbacks
     def test_no_calls(self) -> Any:
