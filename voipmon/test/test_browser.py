@@ -40,12 +40,29 @@ def _selenium():
     return webdriver, Service, By, expected_conditions, WebDriverWait
 
 
+def start_chromium(profile: str, downloads: str):
+    """A headless Chromium driven by Selenium (blocking: call it in a thread), its
+    downloads going to ``downloads``."""
+    webdriver, Service, _By, _EC, _Wait = _selenium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_experimental_option("prefs", {
+        "download.default_directory": downloads, "download.prompt_for_download": False})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.execute_cdp_cmd("Page.setDownloadBehavior",
+                           {"behavior": "allow", "downloadPath": downloads})
+    return driver
+
+
 class BrowserTests(WebBase):
     timeout = 120
 
     @defer.inlineCallbacks
     def test_calls_call_ladder_download_sensors(self):
-        webdriver, Service, By, EC, Wait = _selenium()
+        _webdriver, _Service, By, EC, Wait = _selenium()
         shutil.copyfile(data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
                         os.path.join(self.sensor_spool, self.local.sip_pcap))
         want = merged(self.sensor_spool, self.local)
@@ -55,20 +72,7 @@ class BrowserTests(WebBase):
         profile = tempfile.mkdtemp(prefix="voipmon-chromium-")
         self.addCleanup(shutil.rmtree, profile, True)
 
-        def start():
-            options = webdriver.ChromeOptions()
-            options.binary_location = CHROMIUM
-            for flag in FLAGS:
-                options.add_argument(flag)
-            options.add_argument(f"--user-data-dir={profile}")
-            options.add_experimental_option("prefs", {
-                "download.default_directory": downloads, "download.prompt_for_download": False})
-            driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-            driver.execute_cdp_cmd("Page.setDownloadBehavior",
-                                   {"behavior": "allow", "downloadPath": downloads})
-            return driver
-
-        driver = yield threads.deferToThread(start)
+        driver = yield threads.deferToThread(start_chromium, profile, downloads)
         self.addCleanup(lambda: threads.deferToThread(driver.quit))
         wait = Wait(driver, 20)
         rows = (By.CSS_SELECTOR, "#calls tbody tr.call")

@@ -379,13 +379,25 @@ class StatsContract:
         self.assertEqual((answer["step"], len(answer["series"])), (3600, 168))
 
 
+def stored_rows(dialect: Any) -> list[Row]:
+    """The stored calls' rows, read on a connection of the test's own."""
+    conn = dialect.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT `ID`, `calldate`, `id_sensor`, `lastSIPresponseNum`, "
+                    "`connect_duration`, `mos_min_mult10`, `packet_loss_perc_mult1000`, "
+                    "`jitter_mult10` FROM `cdr`")
+        rows = list(cur.fetchall())
+        conn.commit()
+    finally:
+        conn.close()
+    return [Row(i, epoch_ms(when), sensor, code, to_ms(connect or 0), mos, loss, jitter)
+            for i, when, sensor, code, connect, mos, loss, jitter in rows]
+
+
 class SqlRows(SqlStores):
     def stored_rows(self) -> list[Row]:
-        rows = self.query("SELECT `ID`, `calldate`, `id_sensor`, `lastSIPresponseNum`, "
-                          "`connect_duration`, `mos_min_mult10`, `packet_loss_perc_mult1000`, "
-                          "`jitter_mult10` FROM `cdr`")
-        return [Row(i, epoch_ms(when), sensor, code, to_ms(connect or 0), mos, loss, jitter)
-                for i, when, sensor, code, connect, mos, loss, jitter in rows]
+        return stored_rows(self.make_dialect())
 
 
 class FakeRows(FakeBackend):

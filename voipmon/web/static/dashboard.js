@@ -7,6 +7,8 @@ const DASH_FIELDS = ["from", "to", "step", "id_sensor", "mos_below"];
 const pct = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(1)} %`);
 const secs = (v) => (v === null || v === undefined ? "–" : fmt.secs(v));
 const perMin = (v) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+const count = (v) => fmt.int(Math.round(v));
+let dashRequest = 0;   // only the latest request's answer is shown
 
 function callsLink(scope, filter) {
   const query = new URLSearchParams(scope);
@@ -56,10 +58,13 @@ async function showDashboard(params) {
   for (const name of DASH_FIELDS) if (params.get(name)) query.set(name, params.get(name));
   status.textContent = "Loading…";
   status.className = "status";
+  const request = ++dashRequest;
   let stats;
   try {
     stats = await api(`api/stats?${query}`);
+    if (request !== dashRequest) return;
   } catch (error) {
+    if (request !== dashRequest) return;
     status.textContent = error.message;
     status.className = "status error";
     for (const id of ["#tiles", "#dash-charts", "#dash-sensors tbody"]) $(id).replaceChildren();
@@ -117,7 +122,8 @@ function renderCharts(stats) {
   }));
   const histogram = (d) => d.buckets.map((b) => ({
     value: b.calls, href: `#/calls?${b.cdrs}`,
-    label: b.to === null ? `≥ ${b.from}` : b.from === 0 && b.to < 0.01 ? "0" : `${b.from}–${b.to}`,
+    label: b.to === null ? `≥ ${b.from}` : b.from === 0 && b.to < 0.01 ? "0"
+      : b.from > 0 && b.from < 0.01 ? `< ${b.to}` : `${b.from}–${b.to}`,
     title: `${b.to === null ? `${b.from} ${d.unit} or more` : `${b.from} to under ${b.to} ${d.unit}`}: ` +
            `${fmt.int(b.calls)} calls`,
   }));
@@ -129,9 +135,9 @@ function renderCharts(stats) {
     ["mos", `Calls with MOS below ${stats.mos_below}`,
      series((b) => b.mos_below_share, f.mos_below, pct), pct, 1],
     ["loss", `Packet loss (%), ${fmt.int(stats.loss.known)} calls with media`,
-     histogram(stats.loss), fmt.int],
+     histogram(stats.loss), count],
     ["jitter", `Jitter (ms), ${fmt.int(stats.jitter.known)} calls with media`,
-     histogram(stats.jitter), fmt.int],
+     histogram(stats.jitter), count],
   ];
   $("#dash-charts").replaceChildren(...charts.map(([id, title, items, format, max]) =>
     el("figure", { class: "chart", id: `chart-${id}` }, el("figcaption", {}, title),
