@@ -30,6 +30,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from voipmon.analysis.cdr import parse_iso_ms
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "voipmon", "test", "data")
 PASSWORD = "demo-password-change-me"
@@ -78,6 +80,28 @@ def api_cdrs(http_port: int, query: str) -> list[dict[str, Any]]:
                                 timeout=30) as answer:
         body = json.load(answer)
     return body["cdrs"] if isinstance(body, dict) else body
+
+
+def show_dashboard(http_port: int, cdrs: list[dict[str, Any]]) -> str:
+    """Print the dashboard's figures over the 24 hours up to the newest call (the captures
+    keep their own dates); return the page's address for that range."""
+    if not cdrs:
+        return "#/dashboard"
+    newest = max(parse_iso_ms(c["calldate"]) or 0 for c in cdrs)
+    end = (int(newest) // 60 + 1) * 60
+    query = f"from={end - 86400}&to={end}&step=1h"
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/stats?{query}",
+                                timeout=30) as response:
+        totals = json.loads(response.read())["totals"]
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f} %"
+
+    acd = "-" if totals["acd"] is None else f"{totals['acd']:.1f} s"
+    print(f"\ndashboard, the 24 hours up to the newest call: {totals['calls']} calls, "
+          f"ASR {pct(totals['asr'])}, NER {pct(totals['ner'])}, ACD {acd}, MOS below 3.1: "
+          f"{pct(totals['mos_below_share'])} of {totals['mos_known']} calls with a MOS")
+    return f"#/dashboard?{query}"
 
 
 def wait_for_mirrored_cdrs(http_port: int, id_sensor: int, log: str,
@@ -210,9 +234,11 @@ managerport = {free_port()}
             raw = cdr["callid"].encode("utf-8", "surrogateescape")
             found = api_cdrs(http_port, f"callid={urllib.parse.quote_from_bytes(raw)}")
             print(f"  {raw!r}  (?callid= with these bytes finds {len(found)} call)")
+        dashboard = show_dashboard(http_port, cdrs)
         print("\nlogs, configs, spools and the database: .demo/")
         if serve:
             print(f"web page and API: http://127.0.0.1:{http_port}/  (Ctrl-C stops the central)")
+            print(f"the dashboard of the calls above: http://127.0.0.1:{http_port}/{dashboard}")
             try:
                 central.wait()
             except KeyboardInterrupt:

@@ -33,12 +33,13 @@ function applyDashboard(event) {
   if (location.hash === target) route(); else location.hash = target;
 }
 
+const isoMinute = (s) => new Date(s * 1000).toISOString().replace(/\.\d+Z$/, "Z");
+
 function quickRange(seconds) {
   const to = Math.ceil(Date.now() / 60000) * 60;
-  const iso = (s) => new Date(s * 1000).toISOString().replace(/\.\d+Z$/, "Z");
   const params = dashParams();
-  params.set("from", iso(to - seconds));
-  params.set("to", iso(to));
+  params.set("from", isoMinute(to - seconds));
+  params.set("to", isoMinute(to));
   params.delete("step");
   location.hash = `#/dashboard?${params}`;
 }
@@ -60,7 +61,19 @@ async function showDashboard(params) {
   status.className = "status";
   const request = ++dashRequest;
   let stats;
+  let note = "";
   try {
+    if (!query.get("from") && !query.get("to")) {
+      // a quiet network (or a replayed capture): the day up to the latest call instead
+      const { cdrs } = await api("api/cdrs?limit=1");
+      const latest = cdrs.length ? Date.parse(cdrs[0].calldate) : NaN;
+      if (latest < Date.now() - 86400000) {
+        const to = Math.floor(latest / 60000) * 60 + 60;
+        query.set("from", isoMinute(to - 86400));
+        query.set("to", isoMinute(to));
+        note = "No calls in the last 24 hours; these are the 24 hours up to the latest call. ";
+      }
+    }
     stats = await api(`api/stats?${query}`);
     if (request !== dashRequest) return;
   } catch (error) {
@@ -73,7 +86,7 @@ async function showDashboard(params) {
   form.elements.from.value = fromApiTime(stats.from);
   form.elements.to.value = fromApiTime(stats.to);
   const t = stats.totals;
-  status.textContent = t.calls ? `${fmt.time(stats.from)} – ${fmt.time(stats.to)} UTC, ` +
+  status.textContent = t.calls ? `${note}${fmt.time(stats.from)} – ${fmt.time(stats.to)} UTC, ` +
     `step ${stats.step >= 3600 ? `${stats.step / 3600} h` : `${stats.step / 60} min`}`
     : "No calls in this range.";
   renderTiles(stats);
