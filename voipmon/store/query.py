@@ -99,20 +99,7 @@ class CdrQuery:
     @classmethod
     def from_args(cls, args: Mapping[Any, Any]) -> CdrQuery:
         """From HTTP arguments (str or bytes keys, a value or a list of values: last wins)."""
-        values: dict[str, str] = {}
-        for key, value in args.items():
-            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-            if isinstance(value, list | tuple):
-                if not value:
-                    continue
-                value = value[-1]
-            if isinstance(value, bytes):
-                # A Call-ID is matched byte for byte; other texts never keep such bytes.
-                value = value.decode("utf-8", "surrogateescape" if name == "callid"
-                                     else "replace")
-            if name not in _ARGS:
-                raise ValueError(f"unknown argument {name!r}; allowed: {', '.join(_ARGS)}")
-            values[name] = str(value).strip(_SIP_BLANKS if name == "callid" else None)
+        values = http_args(args, _ARGS, exact="callid")
         fields: dict[str, Any] = {}
         for name in ("limit", "offset", "id_sensor"):
             if values.get(name):
@@ -144,6 +131,27 @@ class CdrQuery:
         if self.mos_below is None:
             return None
         return math.ceil(round(self.mos_below * 10, 6))
+
+
+def http_args(args: Mapping[Any, Any], allowed: tuple[str, ...], exact: str = ""
+              ) -> dict[str, str]:
+    """HTTP arguments as {name: text}: str or bytes keys, a value or a list of values (the
+    last wins), blanks around it stripped; ValueError naming one not ``allowed``. Bytes
+    that are not UTF-8 become U+FFFD, except in the argument ``exact`` (the Call-ID, matched
+    byte for byte: kept as surrogates, only the blanks the SIP parser strips stripped)."""
+    values: dict[str, str] = {}
+    for key, value in args.items():
+        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        if isinstance(value, list | tuple):
+            if not value:
+                continue
+            value = value[-1]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "surrogateescape" if name == exact else "replace")
+        if name not in allowed:
+            raise ValueError(f"unknown argument {name!r}; allowed: {', '.join(allowed)}")
+        values[name] = str(value).strip(_SIP_BLANKS if name == exact else None)
+    return values
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:

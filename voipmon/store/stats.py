@@ -40,7 +40,7 @@ from urllib.parse import urlencode
 
 from voipmon.analysis.cdr import iso_ms
 from voipmon.store.figures import JITTER_EDGES, JITTER_SCALE, LOSS_EDGES, LOSS_SCALE
-from voipmon.store.query import parse_time
+from voipmon.store.query import http_args, parse_time
 from voipmon.store.schema import CDR_MINUTE_COUNTERS as COUNTERS
 
 DEFAULT_MOS_BELOW = 3.1
@@ -98,18 +98,7 @@ class StatsQuery:
         """From HTTP arguments (str or bytes, last value wins). Without ``to``: the current
         minute's end; without ``from``: a day before ``to``; without ``step``: the
         smallest of ``AUTO_STEPS`` that makes at most ``AUTO_BUCKETS`` buckets."""
-        values: dict[str, str] = {}
-        for key, value in args.items():
-            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-            if isinstance(value, list | tuple):
-                if not value:
-                    continue
-                value = value[-1]
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
-            if name not in _ARGS:
-                raise ValueError(f"unknown argument {name!r}; allowed: {', '.join(_ARGS)}")
-            values[name] = str(value).strip()
+        values = http_args(args, _ARGS)
         end = _whole("to", values["to"]) if values.get("to") else math.ceil(now / 60) * 60
         start = _whole("from", values["from"]) if values.get("from") else end - DEFAULT_RANGE
         fields: dict[str, Any] = {"start": start, "end": end}

@@ -10,7 +10,7 @@ import os
 import random
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from voipmon.store import testing
@@ -19,7 +19,6 @@ from voipmon.store.migrate import current_version, migrate
 from voipmon.store.rollup import COUNTERS, KEY, backfill_sql
 from voipmon.store.rows import CDR_COLUMNS, encode
 from voipmon.store.schema import SCHEMA_VERSION
-from voipmon.store.sqlstore import SqlStore
 from voipmon.store.stats import StatsQuery, stats_sql
 from voipmon.test.test_store import MySQLBackend, SQLiteBackend
 from voipmon.test.test_store_stats import (
@@ -43,13 +42,6 @@ class StatsSchemaTests(SqlRows):
         return conn
 
     @defer.inlineCallbacks
-    def start_store(self) -> Any:
-        store = SqlStore(self.make_dialect(), reactor, central_id="central-a")
-        self.addCleanup(store.close)
-        yield store.start()
-        return store
-
-    @defer.inlineCallbacks
     def assert_figures(self, store: Any, start: int, end: int, step: int) -> Any:
         answer = yield store.cdr_stats({"from": iso(start), "to": iso(end), "step": str(step)})
         expected, _lists = reference(self.stored_rows(), start, end, step, None, 3.1)
@@ -69,7 +61,7 @@ class StatsSchemaTests(SqlRows):
                        [encode(c, None, None, None, "sensor")[0] for c in old])
         conn.commit()
 
-        store = yield self.start_store()
+        store = yield self.make_store()
         conn.commit()   # a fresh snapshot
         cur = conn.cursor()
         self.assertEqual(current_version(dialect, cur), SCHEMA_VERSION)
@@ -83,7 +75,7 @@ class StatsSchemaTests(SqlRows):
 
     @defer.inlineCallbacks
     def test_the_table_equals_a_fresh_count_after_writes_and_retention(self) -> Any:
-        store = yield self.start_store()
+        store = yield self.make_store()
         cdrs = random_calls(random.Random(11), 300, DAY, DAY + 7200, 600, sensors=4)
         yield store.store_cdrs(cdrs[:200])
         yield store.store_cdrs(cdrs[100:])          # half replayed
@@ -97,7 +89,7 @@ class StatsSchemaTests(SqlRows):
 
     @defer.inlineCallbacks
     def test_the_statistics_read_a_range_of_the_primary_key(self) -> Any:
-        store = yield self.start_store()
+        store = yield self.make_store()
         yield store.store_cdrs(random_calls(random.Random(7), 300, DAY, DAY + 86400, 3600))
         conn = self.connect()
         for query in (StatsQuery(DAY, DAY + 86400, 3600),
