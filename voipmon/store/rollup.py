@@ -41,6 +41,8 @@ SOURCE = ("calldate", "id_sensor", "lastSIPresponseNum", "connect_duration", "mo
           "packet_loss_perc_mult1000", "jitter_mult10")
 _SOURCE_AT = tuple(CDR_COLUMNS.index(name) for name in SOURCE)
 _TOP = MOS_LIMITS[-1]        # MOS (x10) at or above this is below no threshold
+_ANSWERED_LO, _ANSWERED_HI = figures.ANSWERED
+_USER_CODES = frozenset(figures.NER_USER_CODES)
 ROWS_PER_STATEMENT = 500
 
 
@@ -58,10 +60,10 @@ class Tally:
     def add(self, code: int | None, connect: Any, mos: int | None, loss: int | None,
             jitter: int | None) -> None:
         self.calls += 1
-        if figures.is_answered(code):
+        if code is not None and _ANSWERED_LO <= code <= _ANSWERED_HI:   # figures.is_answered
             self.answered += 1
             self.connected_ms += round((connect or 0) * 1000)
-        elif figures.is_user_failure(code):
+        elif code in _USER_CODES:                                     # is_user_failure
             self.user_failures += 1
         if mos is not None:
             self.mos[min(mos, _TOP)] += 1
@@ -86,7 +88,7 @@ class Tally:
         return out
 
 
-_DAYS: dict[str, int] = {}
+_MINUTES: dict[str, int] = {}     # 'YYYY-MM-DD HH:MM' -> minute (a batch shares a few)
 
 
 def minute_of(calldate: Any) -> int:
@@ -94,12 +96,13 @@ def minute_of(calldate: Any) -> int:
     datetime from MySQL), as the database's ``epoch_minute_sql`` computes it."""
     if isinstance(calldate, datetime):
         return timegm(calldate.timetuple()) // 60
-    day = _DAYS.get(calldate[:10])
-    if day is None:
-        if len(_DAYS) > 4096:
-            _DAYS.clear()
-        day = _DAYS[calldate[:10]] = timegm(time.strptime(calldate[:10], "%Y-%m-%d")) // 60
-    return day + int(calldate[11:13]) * 60 + int(calldate[14:16])
+    prefix = calldate[:16]
+    minute = _MINUTES.get(prefix)
+    if minute is None:
+        if len(_MINUTES) > 65536:
+            _MINUTES.clear()
+        minute = _MINUTES[prefix] = timegm(time.strptime(prefix, "%Y-%m-%d %H:%M")) // 60
+    return minute
 
 
 def tallies(rows: Iterable[Sequence[Any]]) -> dict[tuple[int, int], Tally]:
