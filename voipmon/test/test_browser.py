@@ -74,7 +74,11 @@ class BrowserTests(WebBase):
 
         driver = yield threads.deferToThread(start_chromium, profile, downloads)
         self.addCleanup(lambda: threads.deferToThread(driver.quit))
-        wait = Wait(driver, 20)
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        # the page replaces the table when an answer arrives: an element read meanwhile
+        # is stale, and is read again
+        wait = Wait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
         rows = (By.CSS_SELECTOR, "#calls tbody tr.call")
 
         def calls_page():
@@ -94,7 +98,7 @@ class BrowserTests(WebBase):
             driver.find_element(By.ID, "apply").click()
             wait.until(lambda d: "callid=" in d.current_url
                        and len(d.find_elements(*rows)) == 1)
-            return by_caller, driver.find_element(*rows).get_attribute("data-id")
+            return by_caller, wait.until(lambda d: d.find_element(*rows).get_attribute("data-id"))
 
         (row_id, row_text, url), by_callid = yield threads.deferToThread(calls_page)
         self.assertEqual(row_id, str(self.ids[self.local.callid]))
