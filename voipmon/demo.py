@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from voipmon.analysis.cdr import parse_iso_ms
+from voipmon.analysis.cdr import iso_ms, parse_iso_ms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "voipmon", "test", "data")
@@ -89,7 +89,7 @@ def show_dashboard(http_port: int, cdrs: list[dict[str, Any]]) -> str:
         return "#/dashboard"
     newest = max(parse_iso_ms(c["calldate"]) or 0 for c in cdrs)
     end = (int(newest) // 60 + 1) * 60
-    query = f"from={end - 86400}&to={end}&step=1h"
+    query = f"from={iso_ms(end - 86400)}&to={iso_ms(end)}&step=1h"
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/stats?{query}",
                                 timeout=30) as response:
         totals = json.loads(response.read())["totals"]
