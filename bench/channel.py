@@ -42,7 +42,6 @@ from voipmon.config import load_sensor_config
 from voipmon.packet.readers import CaptureReader
 from voipmon.queue import DurableQueue
 from voipmon.sensor.service import SensorService
-from voipmon.sensor.uplink import cdr_bytes
 from voipmon.store import testing
 from voipmon.store.sqlstore import SqlStore
 from voipmon.test.channel_support import (
@@ -137,7 +136,7 @@ class Bench:
     def prefill(self, name: str, first: int, count: int, id_sensor: int) -> None:
         queue = DurableQueue(os.path.join(self.base, name, "queue"))
         for n in range(first, first + count):
-            queue.append(cdr_bytes(testing.make_cdr(n, id_sensor=id_sensor)))
+            queue.append(testing.make_cdr(n, id_sensor=id_sensor).to_wire())
             if queue.buffered >= 1000:
                 queue.flush()
         queue.close()

@@ -27,9 +27,10 @@ from typing import IO, Any
 
 from twisted.python import usage
 
-from voipmon.analysis.cdr import Cdr, RtpStream, iso_ms
 from voipmon.analysis.engine import Engine
 from voipmon.packet.readers import CaptureFormatError, CaptureReader
+from voipmon.records.cdr import Cdr, RtpStream
+from voipmon.records.times import iso_ms
 from voipmon.spool.writer import SpoolWriter
 
 #: Files at least this big get a progress line on a terminal.

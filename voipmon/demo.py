@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from voipmon.analysis.cdr import iso_ms, parse_iso_ms
+from voipmon.records.times import iso_ms, parse_iso_ms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "voipmon", "test", "data")

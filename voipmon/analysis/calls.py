@@ -23,10 +23,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from voipmon.analysis import cdr as cdrmod
-from voipmon.analysis.cdr import Cdr, RtpStream, make_cdr_uid
 from voipmon.analysis.rtcp import RtcpTracker
 from voipmon.analysis.sip import SipMessage, split_uri
+from voipmon.records import cdr as cdrmod
+from voipmon.records.cdr import Cdr, RtpStream
+from voipmon.records.keys import make_cdr_uid
 
 if TYPE_CHECKING:
     from voipmon.analysis.rtp import RtpFlow

@@ -37,7 +37,6 @@ from typing import Any
 from twisted.logger import Logger
 
 from voipmon.analysis.calls import END, Call, ip_text
-from voipmon.analysis.cdr import Cdr, RtpStream, iso_ms
 from voipmon.analysis.hotpath import HotPath
 from voipmon.analysis.media import MediaTable, stream_records
 from voipmon.analysis.rtp import CHUNK, RtpFlow
@@ -45,6 +44,8 @@ from voipmon.analysis.sdp import parse_sdp
 from voipmon.analysis.sip import looks_like_sip, parse_sip
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
+from voipmon.records.cdr import Cdr, RtpStream
+from voipmon.records.times import iso_ms
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.spool.layout import fbasename, pcap_relpath
 from voipmon.spool.writer import SpoolWriter

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voipmon.analysis.calls import CALLEE, Call, StreamRecord, ip_text
-from voipmon.analysis.cdr import RtpStream
 from voipmon.analysis.rtcp import is_rtcp
 from voipmon.analysis.rtp import CHUNK, PayloadMap, RtpFlow
 from voipmon.analysis.sdp import Sdp
 from voipmon.packet.datagram import Datagram
+from voipmon.records.cdr import RtpStream
 
 PORT = struct.Struct("!H").pack
 RTP, RTCP, T38 = 1, 2, 3

@@ -36,9 +36,9 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from voipmon.analysis.cdr import iso_ms
 from voipmon.records.alert import BRUTE_FORCE, POSSIBLE_COMPROMISE, SCAN, Alert
 from voipmon.records.keys import stable_uid
+from voipmon.records.times import iso_ms
 
 log = Logger()
 

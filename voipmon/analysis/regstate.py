@@ -15,11 +15,11 @@ from typing import Any
 
 from voipmon.analysis import sipfields as sf
 from voipmon.analysis.calls import ip_text
-from voipmon.analysis.cdr import iso_ms
 from voipmon.analysis.regalerts import AlertSettings
 from voipmon.analysis.sip import SipMessage, split_uri
 from voipmon.records import register as rec
 from voipmon.records.keys import stable_uid
+from voipmon.records.times import iso_ms
 
 #: States in which a registration is active (it expires unless refreshed).
 ACTIVE = frozenset({rec.STATE_OK, rec.STATE_UNKNOWN_MESSAGE_OK})

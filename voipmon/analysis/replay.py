@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
-from voipmon.analysis.cdr import Cdr
 from voipmon.analysis.engine import Engine
 from voipmon.packet.readers import CaptureReader
+from voipmon.records.cdr import Cdr
 
 Source = str | BinaryIO | Iterable[tuple[float, int, bytes]]
 

@@ -33,12 +33,12 @@ from zope.interface import implementer
 
 from voipmon.analysis import sipfields as sf
 from voipmon.analysis.calls import ip_text
-from voipmon.analysis.cdr import iso_ms
 from voipmon.analysis.noncall import INonCallAnalyser
 from voipmon.analysis.sip import SipMessage, split_uri
 from voipmon.packet.datagram import Datagram
 from voipmon.records.keys import stable_uid
 from voipmon.records.sipmsg import METHOD_TYPES, InstantMessage, SipMsg
+from voipmon.records.times import iso_ms
 
 log = Logger()
 

@@ -35,10 +35,12 @@ import numpy as np
 
 from voipmon.analysis import mos
 from voipmon.analysis.calls import Call, ip_text
-from voipmon.analysis.cdr import Cdr, RtpStream, iso_ms, make_cdr_uid
 from voipmon.analysis.marks import CallMarks
 from voipmon.analysis.replay import Source, replay, select_call
 from voipmon.analysis.rtp import PayloadMap, RtpFlow, StreamAnalyzer
+from voipmon.records.cdr import Cdr, RtpStream
+from voipmon.records.keys import make_cdr_uid
+from voipmon.records.times import iso_ms
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_MOS_WINDOW = 10.0

@@ -23,13 +23,15 @@ from functools import partial
 from typing import Any, BinaryIO
 
 from voipmon.analysis.calls import Call, ip_text
-from voipmon.analysis.cdr import Cdr, iso_ms, make_cdr_uid
 from voipmon.analysis.replay import CallNotFound, Source, replay, select_call
 from voipmon.analysis.rtp import PayloadMap, RtpFlow
 from voipmon.analysis.rtptap import RtpTap
 from voipmon.audio.codecs import Codec, Unsupported, codec_for
 from voipmon.audio.mixer import AudioWriter, StereoMixer
 from voipmon.audio.stream import REORDER_HOLD, StreamDecoder
+from voipmon.records.cdr import Cdr
+from voipmon.records.keys import make_cdr_uid
+from voipmon.records.times import iso_ms
 
 #: Seconds of capture time behind the newest packet before the audio is final.
 EMIT_LAG = 2.5

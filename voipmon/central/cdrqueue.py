@@ -31,10 +31,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from voipmon.analysis.cdr import Cdr
-from voipmon.protocols.cdrcodec import cdr_from_wire, cdr_to_wire
 from voipmon.protocols.failover import describe_failure
 from voipmon.queue import DurableQueue, QueueError
+from voipmon.records.cdr import Cdr
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters, RecordRefused
 from voipmon.store.interfaces import StoreUnavailable
 
@@ -104,7 +103,7 @@ class CentralCdrQueue:
         the engine keeps it as a dead letter."""
         if self.stopped:
             raise RecordRefused("the CDR was made after the CDR queue closed")
-        record = cdr_to_wire(cdr)
+        record = cdr.to_wire()
         try:
             self.queue.append(record)
         except ValueError as exc:
@@ -211,7 +210,7 @@ class CentralCdrQueue:
 
     def _decode(self, seq: int, data: bytes) -> Cdr | None:
         try:
-            return cdr_from_wire(json.loads(data))
+            return Cdr.from_wire(json.loads(data))
         except ValueError as exc:
             # The CRC vouches for the bytes, so this is a record no retry can store
             # (written by another version?): holding it would block everything behind it.

@@ -22,8 +22,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from voipmon.analysis.cdr import iso_ms
 from voipmon.protocols.failover import describe_failure
+from voipmon.records.times import iso_ms
 
 log = Logger()
 

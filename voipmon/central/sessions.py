@@ -25,9 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from voipmon.analysis.cdr import Cdr
 from voipmon.manager.service import resolve_manager
-from voipmon.protocols.cdrcodec import cdr_from_wire
 from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello
 from voipmon.protocols.server import ISession, ISessionHandler
@@ -41,6 +39,7 @@ from voipmon.protocols.wire import (
     is_number,
     number_field,
 )
+from voipmon.records.cdr import Cdr
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.store.interfaces import StoreUnavailable
 
@@ -232,7 +231,7 @@ class CdrSession:
 
     def _parse(self, seq: int, item: Any) -> Cdr | None:
         try:
-            cdr = cdr_from_wire(item)
+            cdr = Cdr.from_wire(item)
         except ValueError as exc:
             # Resending cannot repair it, and holding it would block every CDR behind it:
             # it is kept as a dead letter (acknowledged, so the sensor moves on).

@@ -13,14 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from voipmon.records.codec import Record, record_type
+
 BRUTE_FORCE = "brute-force"
 SCAN = "scan"
 POSSIBLE_COMPROMISE = "possible-compromise"
 KINDS = (BRUTE_FORCE, SCAN, POSSIBLE_COMPROMISE)
 
 
+@record_type("alert")
 @dataclass(frozen=True, slots=True)
-class Alert:
+class Alert(Record):
     """One incident from one source IP against one SIP server."""
 
     TABLE: ClassVar[str] = "alert"

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from voipmon.records.codec import Record, record_type
+
 # VoIPmonitor's register states (register.h) and their names in its GUI.
 STATE_OK = 1
 STATE_FAILED = 2
@@ -40,8 +42,9 @@ TIME_INFO_FAILED = "failed"
 TIME_INFO_ACTIVE = "active"
 
 
+@record_type("register_state")
 @dataclass(frozen=True, slots=True)
-class RegisterState:
+class RegisterState(Record):
     """A ``register_state`` row: a registration (one binding of a user to a contact)
     entered a state, or stayed in it for ``sip-register-state-timeout``."""
 
@@ -69,8 +72,9 @@ class RegisterState:
     rrd: float | None = None      # ours: registration request delay, ms (REGISTER to 200)
 
 
+@record_type("register_failed")
 @dataclass(frozen=True, slots=True)
-class RegisterFailed:
+class RegisterFailed(Record):
     """A ``register_failed`` row: ``counter`` failed REGISTER attempts (one per transaction
     that ended in failure, not per response) of one user from one client with one answer,
     folded together from ``created_at`` to ``last_at``."""
@@ -100,8 +104,9 @@ class RegisterFailed:
     callid: str = ""              # ours: the first failed attempt's Call-ID
 
 
+@record_type("register_time_info")
 @dataclass(frozen=True, slots=True)
-class RegisterTimeInfo:
+class RegisterTimeInfo(Record):
     """A ``register_time_info`` row for one minute.
 
     ``failed``: failed attempts from ``sipcallerip`` to ``sipcalledip`` in the minute;

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from voipmon.records.codec import Record, record_type
+
 # VoIPmonitor's method codes (calltable.h), the ``type`` column of sip_msg.
 TYPE_REGISTER = 4
 TYPE_MESSAGE = 5
@@ -24,8 +26,9 @@ TYPE_NOTIFY = 9
 METHOD_TYPES = {"OPTIONS": TYPE_OPTIONS, "SUBSCRIBE": TYPE_SUBSCRIBE, "NOTIFY": TYPE_NOTIFY}
 
 
+@record_type("sip_msg")
 @dataclass(frozen=True, slots=True)
-class SipMsg:
+class SipMsg(Record):
     """A ``sip_msg`` row: one OPTIONS, SUBSCRIBE or NOTIFY and its final answer."""
 
     TABLE: ClassVar[str] = "sip_msg"
@@ -62,8 +65,9 @@ class SipMsg:
     response_content: str = ""
 
 
+@record_type("message")
 @dataclass(frozen=True, slots=True)
-class InstantMessage:
+class InstantMessage(Record):
     """A ``message`` row: one SIP MESSAGE (instant message) and its final answer."""
 
     TABLE: ClassVar[str] = "message"

@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from voipmon.protocols.cdrcodec import cdr_to_wire
 from voipmon.protocols.wire import (
     MAX_INT,
     MessageType,
@@ -33,6 +32,7 @@ from voipmon.protocols.wire import (
     is_number,
 )
 from voipmon.queue import DurableQueue, QueueError
+from voipmon.records.cdr import Cdr
 from voipmon.spool.deadletter import RecordRefused
 
 log = Logger()
@@ -96,11 +96,6 @@ def negotiated_window(transport: Any, own: int) -> int:
     return own
 
 
-def cdr_bytes(cdr: Any) -> bytes:
-    """A CDR as the compact JSON text the queue keeps and the wire carries."""
-    return cdr_to_wire(cdr)
-
-
 @implementer(IUplink)
 class CdrUplink:
     """CDRs from the engine -> durable queue -> batches -> acks -> deleted."""
@@ -132,10 +127,11 @@ class CdrUplink:
 
     # -- input ---------------------------------------------------------------------
 
-    def add(self, cdr: Any) -> None:
-        """Queue one CDR (the engine's on_cdr callback); it is sent once flushed. One that
-        can never be delivered raises (the engine keeps it as a dead letter)."""
-        record = cdr_bytes(cdr)
+    def add(self, cdr: Cdr) -> None:
+        """Queue one CDR (the engine's on_cdr callback) in its wire form; it is sent once
+        flushed. One that can never be delivered raises (the engine keeps it as a dead
+        letter)."""
+        record = cdr.to_wire()
         if len(record) > MAX_CDR_BYTES:
             self.oversized += 1
             raise RecordRefused(f"the CDR is {len(record)} bytes, over the {MAX_CDR_BYTES} "

@@ -9,7 +9,7 @@ queue that it cannot decode. ``DeadLetters``
 - keeps it: one JSON line appended and fsync'd to ``<spooldir>/deadletter/YYYY-MM-DD.jsonl``
   (the UTC day), saying when, what, why (the reason and its traceback) and holding the
   record in full: a dataclass (a CDR) as the object of its fields, which for a CDR is its
-  wire form (``voipmon.protocols.cdrcodec.cdr_from_wire`` reads it back), bytes as base64,
+  wire form (``voipmon.records.cdr.Cdr.from_wire`` reads it back), bytes as base64,
   anything else as JSON. The JSON is ASCII, so every string is exact, even one holding
   bytes that were not UTF-8 (lone surrogates, written ``\\udc80``..``\\udcff``).
   ``read`` gives the entries back, for an operator or a tool to inspect or replay;

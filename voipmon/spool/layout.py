@@ -17,7 +17,7 @@ import os
 import re
 import time
 
-from voipmon.analysis.cdr import callid_bytes
+from voipmon.records.keys import callid_bytes
 
 #: Longest base name (before ".pcap"); well under every filesystem's 255-byte limit.
 MAX_NAME = 120

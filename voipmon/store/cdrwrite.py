@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from voipmon.analysis.cdr import Cdr
+from voipmon.records.cdr import Cdr
 from voipmon.store.dialect import FATAL, qlist
 from voipmon.store.literals import quote, renderer, statements
 from voipmon.store.pipeline import Answer, Pipeline, usable

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from voipmon.analysis.cdr import callid_bytes
+from voipmon.records.keys import callid_bytes
 
 U8, U16, U32 = 0xFF, 0xFFFF, 0xFFFFFFFF
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -46,7 +46,7 @@ def exact_text(value: Any, limit: int) -> tuple[str | None, bytes | None]:
     column's value and, only when that cannot hold ``value`` exactly, its exact bytes.
 
     The text is ``value`` as valid UTF-8, each byte that was not UTF-8 (a lone surrogate
-    in memory, see ``voipmon.analysis.cdr.callid_bytes``) shown as U+FFFD, cut to
+    in memory, see ``voipmon.records.keys.callid_bytes``) shown as U+FFFD, cut to
     ``limit`` characters: readable, indexed and searchable. The bytes (for a ``blob``
     column beside it) are None for the usual value, which the text holds exactly.
     """

@@ -11,7 +11,7 @@ Shapes handed back (plain JSON-ready values):
   the API addresses it by) and ``"pcap_on"``: ``"sensor"`` (the call's pcap is in that
   sensor's spool: fetch it through its management port), ``"central"`` (in the central's
   spool, a mirroring sensor) or ``None`` (no pcap). ``sip_pcap``/``rtp_pcap`` are the
-  spool-relative paths. ``voipmon.analysis.cdr.Cdr.from_json`` reads it back.
+  spool-relative paths. ``voipmon.records.cdr.Cdr.from_json`` reads it back.
 - a sensor: ``SENSOR_JSON_FIELDS`` below; times are ISO 8601 UTC with milliseconds.
 """
 
@@ -64,7 +64,7 @@ class IStore(Interface):
         """Close the connection pools (waits for calls in progress). Fires None."""
 
     def store_cdrs(cdrs, pcap_on="sensor"):
-        """Insert a batch of ``voipmon.analysis.cdr.Cdr`` in one transaction.
+        """Insert a batch of ``voipmon.records.cdr.Cdr`` in one transaction.
 
         Fires with the number of CDRs newly inserted, only after commit. A CDR already
         stored under the same (id_sensor, sensor_cdr_uid) is skipped, not an error, so a

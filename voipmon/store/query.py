@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from voipmon.analysis.cdr import parse_iso_ms
+from voipmon.records.times import parse_iso_ms
 from voipmon.store import figures
 from voipmon.store.fields import U32, datetime_text, epoch_ms, exact_text
 from voipmon.store.schema import TABLES

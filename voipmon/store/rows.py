@@ -27,7 +27,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from voipmon.analysis.cdr import Cdr, RtpStream
+from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.store.fields import (
     MAX_DEC3,
     MAX_EPOCH,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from voipmon.analysis.cdr import RtpStream
+from voipmon.records.cdr import RtpStream
 from voipmon.store.fields import (
     I32_MAX,
     I32_MIN,

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from voipmon.analysis.cdr import iso_ms
+from voipmon.records.times import iso_ms
 from voipmon.store.fields import I64_MAX, ascii_text, datetime_text, epoch, text
 from voipmon.store.interfaces import SENSOR_FIELDS, SENSOR_JSON_FIELDS, SENSOR_STATS_FIELDS
 

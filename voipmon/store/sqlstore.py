@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from voipmon.analysis.cdr import Cdr
+from voipmon.records.cdr import Cdr
 from voipmon.store import rollup
 from voipmon.store.cdrwrite import write_mysql, write_sqlite
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, dialect_for, q, qlist

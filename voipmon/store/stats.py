@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from voipmon.analysis.cdr import iso_ms
+from voipmon.records.times import iso_ms
 from voipmon.store.figures import JITTER_EDGES, JITTER_SCALE, LOSS_EDGES, LOSS_SCALE
 from voipmon.store.query import http_args, parse_time
 from voipmon.store.schema import CDR_MINUTE_COUNTERS as COUNTERS

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from voipmon.analysis.cdr import Cdr, RtpStream, make_cdr_uid
+from voipmon.records.cdr import Cdr, RtpStream
+from voipmon.records.keys import make_cdr_uid
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, q
 
 BASE_TIME = 1_700_000_000.0     # 2023-11-14T22:13:20Z

@@ -7,8 +7,8 @@ import struct
 
 import dpkt
 
-from voipmon.analysis.cdr import Cdr, RtpStream
 from voipmon.analysis.engine import Engine
+from voipmon.records.cdr import Cdr, RtpStream
 
 CRLF = "\r\n"
 

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
-from voipmon.analysis.cdr import Cdr
+from voipmon.records.cdr import Cdr
 from voipmon.store.fields import datetime_text, epoch_ms
 from voipmon.store.interfaces import (
     SENSOR_JSON_FIELDS,

@@ -15,12 +15,12 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from voipmon.analysis.cdr import Cdr
 from voipmon.protocols.channel import IMessageTransport
 from voipmon.protocols.client import AuthenticatingEndpoint
 from voipmon.protocols.handshake import ClientHandshake, derive_key
 from voipmon.protocols.server import CentralFactory, ISession, ISessionHandler
 from voipmon.protocols.wire import encode_json
+from voipmon.records.cdr import Cdr
 from voipmon.store.interfaces import StoreUnavailable
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis import cdr as cdrmod
 from voipmon.analysis.calls import (
     ABSOLUTE,
     CALLEE,
@@ -16,6 +15,7 @@ from voipmon.analysis.calls import (
 )
 from voipmon.analysis.sip import parse_sip
 from voipmon.packet.datagram import Datagram
+from voipmon.records import cdr as cdrmod
 from voipmon.test.callsupport import packed, sip_message
 
 A = (packed("10.0.0.1"), 5060)

@@ -8,8 +8,9 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis import cdr as cdrmod
 from voipmon.packet.readers import CaptureReader
+from voipmon.records import cdr as cdrmod
+from voipmon.records.keys import make_cdr_uid
 from voipmon.spool.writer import SpoolWriter
 from voipmon.test.callsupport import Harness, rtcp_rr, rtcp_sr, rtp, sdp, sip_message
 
@@ -41,7 +42,7 @@ class BasicCallTests(SynchronousTestCase):
         self.h.engine.advance(end + 5.0)
         (cdr,) = self.h.cdrs
         self.assertEqual(cdr.callid, "call-1@test")
-        self.assertEqual(cdr.sensor_cdr_uid, cdrmod.make_cdr_uid("call-1@test", 1700000000.0))
+        self.assertEqual(cdr.sensor_cdr_uid, make_cdr_uid("call-1@test", 1700000000.0))
         self.assertEqual((cdr.caller, cdr.called, cdr.callername), ("alice", "bob", "Alice"))
         self.assertEqual((cdr.sipcallerip, cdr.sipcallerport), A)
         self.assertEqual((cdr.sipcalledip, cdr.sipcalledport), B)

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import Cdr
 from voipmon.analysis.engine import Engine
 from voipmon.packet.readers import CaptureReader
+from voipmon.records.cdr import Cdr
 from voipmon.test.callsupport import Harness, packed, rtcp_rr, rtcp_sr, rtp, sdp, sip_message
 from voipmon.test.common import data_path
 from voipmon.test.test_tshark_reference import parse_reference

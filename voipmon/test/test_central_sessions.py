@@ -16,7 +16,7 @@ from voipmon.protocols.handshake import Hello
 from voipmon.protocols.server import SessionRegistry
 from voipmon.protocols.wire import MessageType, ProtocolError, encode_cdr_batch, encode_json
 from voipmon.queue import DurableQueue
-from voipmon.sensor.uplink import CdrUplink, UplinkFactory, cdr_bytes
+from voipmon.sensor.uplink import CdrUplink, UplinkFactory
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport, MemoryStore
 
@@ -28,7 +28,7 @@ def hello(id_sensor: int = 7, mode: str = "local", manager: str = "",
 
 
 def batch(first: int, numbers: list[int], id_sensor: int = 7) -> bytes:
-    return encode_cdr_batch(first, [cdr_bytes(make_cdr(n, id_sensor=id_sensor))
+    return encode_cdr_batch(first, [make_cdr(n, id_sensor=id_sensor).to_wire()
                                     for n in numbers])
 
 
@@ -113,7 +113,7 @@ class CdrSessionTests(Base):
     def test_malformed_cdr_skipped_and_logged(self) -> None:
         """A CDR that cannot be read is logged and skipped; its batch still completes."""
         session = self.open()
-        good = cdr_bytes(make_cdr(0, id_sensor=7))
+        good = make_cdr(0, id_sensor=7).to_wire()
         session.messageReceived(MessageType.CDRS,
                                 encode_cdr_batch(5, [good, b'{"callid":"x"}', b"[1]"]))
         self.assertEqual(self.acks(), [{"upto": 7, "stored": 1}])

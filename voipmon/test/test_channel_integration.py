@@ -23,12 +23,13 @@ import urllib.request
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from voipmon.analysis.cdr import Cdr, callid_bytes
 from voipmon.analysis.engine import Engine
 from voipmon.central.service import CentralService
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.readers import read_capture
 from voipmon.protocols.wire import HEADER, FrameDecoder, MessageType, decode_json
+from voipmon.records.cdr import Cdr
+from voipmon.records.keys import callid_bytes
 from voipmon.sensor.service import SensorService
 from voipmon.store.rows import stored_form
 from voipmon.test.channel_support import (

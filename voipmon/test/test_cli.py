@@ -15,8 +15,8 @@ import dpkt
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon import cli
-from voipmon.analysis.cdr import Cdr
 from voipmon.packet import readers
+from voipmon.records.cdr import Cdr
 from voipmon.test.callsupport import rtp, sdp, sip_message, udp_frame
 
 A, B = ("10.0.0.1", 5060), ("10.0.0.2", 5060)

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import Cdr, RtpStream
 from voipmon.analysis.engine import Engine
 from voipmon.packet.hep import HepMessage, decode_hep
 from voipmon.packet.readers import CaptureReader
 from voipmon.packet.synth import HepFrames
 from voipmon.packet.writers import pcap_global_header, pcap_record
+from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.spool.writer import SpoolWriter
 from voipmon.test.callsupport import rtcp_rr, rtcp_sr, rtp, sdp, sip_message
 from voipmon.test.common import public_pcaps, require_tshark

@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, example, given, settings
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import Cdr, callid_bytes
+from voipmon.records.cdr import Cdr
+from voipmon.records.keys import callid_bytes
 from voipmon.spool.layout import fbasename
 from voipmon.store import testing
 from voipmon.store.sqlstore import SqlStore

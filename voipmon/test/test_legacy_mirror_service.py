@@ -13,7 +13,6 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from voipmon.analysis.cdr import Cdr
 from voipmon.analysis.engine import Engine
 from voipmon.config import Destination, load_central_config, load_sensor_config
 from voipmon.protocols.legacy_mirror_service import (
@@ -21,6 +20,7 @@ from voipmon.protocols.legacy_mirror_service import (
     LegacyMirrorReceiver,
     LegacyMirrorSender,
 )
+from voipmon.records.cdr import Cdr
 from voipmon.test.common import data_path
 from voipmon.test.mirror_fakes import PASSWORD, Engines, RecordingEngine, make_pair
 

@@ -8,7 +8,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from voipmon.analysis.cdr import Cdr, RtpStream
 from voipmon.metrics import bindings
 from voipmon.metrics.calls import CallOutcomes, call_loss, call_mos
 from voipmon.metrics.catalog import FAMILIES, Kind, Scope, method_label
@@ -26,6 +25,7 @@ from voipmon.metrics.sources import (
 )
 from voipmon.packet.decode import Decoder
 from voipmon.packet.layers import LINKTYPE_ETHERNET
+from voipmon.records.cdr import Cdr, RtpStream
 
 
 def read(source: Any, scope: Scope = Scope.SENSOR) -> Collection:

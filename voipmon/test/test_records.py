@@ -73,6 +73,7 @@ class RecordsFromCapturesTests(SynchronousTestCase):
             for record in records:
                 data = json.loads(json.dumps(dataclasses.asdict(record)))
                 self.assertEqual(type(record)(**data), record)
+                self.assertEqual(type(record).from_wire(json.loads(record.to_wire())), record)
             # a key names one row: every emission of it is a revision of the same row
             by_uid: dict[str, list] = {}
             for record in records:

@@ -17,7 +17,6 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import BYE_CONFIRMED, Cdr, callid_bytes
 from voipmon.analysis.engine import Engine
 from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.central.mirror import MirrorAnalyses
@@ -25,8 +24,9 @@ from voipmon.central.service import mirror_engine_factory
 from voipmon.central.sessions import CentralSessions
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.readers import read_capture
-from voipmon.protocols.cdrcodec import cdr_from_wire, cdr_to_wire
 from voipmon.queue import DurableQueue
+from voipmon.records.cdr import BYE_CONFIRMED, Cdr
+from voipmon.records.keys import callid_bytes
 from voipmon.sensor.service import SensorService
 from voipmon.spool.deadletter import DeadLetters, RecordRefused
 from voipmon.spool.deadletter import read as read_dead_letters
@@ -283,14 +283,14 @@ class LocalTests(HostileCases, Base):
         """Issue 13: a CDR its consumer cannot take is not dropped: it is kept in
         spooldir/deadletter with its record in full, counted (sniffer_stat, STATS), logged,
         and --exit-when-done exits 3 saying so; the other calls are delivered."""
-        from voipmon.sensor import uplink
+        to_wire = Cdr.to_wire
 
         def refuse(cdr: Cdr) -> bytes:
             if cdr.callid.startswith("refused"):
                 raise OSError("disk on fire")
-            return cdr_to_wire(cdr)
+            return to_wire(cdr)
 
-        self.patch(uplink, "cdr_bytes", refuse)
+        self.patch(Cdr, "to_wire", refuse)
         svc = self.sensor(read_pcap=self.hostile_capture(), exit_when_done=True)
         svc.startService()
         self.advance(10.5)
@@ -302,7 +302,7 @@ class LocalTests(HostileCases, Base):
         self.assertEqual((entry["kind"], entry["id_sensor"]), ("cdr", 7))
         self.assertEqual(entry["reason"], "OSError: disk on fire")
         self.assertIn("refuse", entry["traceback"])
-        kept = cdr_from_wire(entry["record"])
+        kept = Cdr.from_wire(entry["record"])
         [made] = [c for c in expected_cdrs(svc.read_pcap) if c.callid.startswith("refused")]
         self.assertEqual(kept, dataclasses.replace(made, sip_pcap=kept.sip_pcap,
                                                    rtp_pcap=kept.rtp_pcap))
@@ -362,7 +362,7 @@ class MirrorTests(HostileCases, Base):
         self.assertEqual(central.dead_letters.count, 1)
         [entry] = list(read_dead_letters(os.path.join(self.base, "primary", "deadletter")))
         self.assertEqual((entry["kind"], entry["id_sensor"]), ("cdr", 7))
-        self.assertEqual(callid_bytes(cdr_from_wire(entry["record"]).callid), b"refused-\xff")
+        self.assertEqual(callid_bytes(Cdr.from_wire(entry["record"]).callid), b"refused-\xff")
         self.assertEqual(len(central.store.stored_cdrs()), len(HOSTILE) - 1)
 
     def test_sensor_settings_reach_central_engine(self) -> None:

@@ -9,14 +9,13 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import Cdr
-from voipmon.protocols.cdrcodec import cdr_from_wire
 from voipmon.protocols.wire import (
     MessageType,
     ProtocolError,
 )
 from voipmon.queue import DurableQueue, QueueError
-from voipmon.sensor.uplink import CdrUplink, UplinkFactory, cdr_bytes
+from voipmon.records.cdr import Cdr
+from voipmon.sensor.uplink import CdrUplink, UplinkFactory
 from voipmon.spool.deadletter import RecordRefused
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes_channel import FakeMessageTransport, ack
@@ -54,7 +53,7 @@ class CdrUplinkTests(SynchronousTestCase):
         self.assertEqual(kind, MessageType.CDRS)
         first, last, cdrs = batch_range(body)
         self.assertEqual((first, last), (1, 2))
-        self.assertEqual(cdr_from_wire(cdrs[0]), make_cdr(0, id_sensor=7))
+        self.assertEqual(Cdr.from_wire(cdrs[0]), make_cdr(0, id_sensor=7))
 
     def test_window_and_acks(self) -> None:
         """At most ``window`` batches are unacknowledged; each ack lets the next one go."""
@@ -134,7 +133,7 @@ class CdrUplinkTests(SynchronousTestCase):
         [(_, body)] = transport.sent
         first, last, cdrs = batch_range(body)
         self.assertEqual((first, last), (4, 5))
-        self.assertEqual([cdr_from_wire(c) for c in cdrs],
+        self.assertEqual([Cdr.from_wire(c) for c in cdrs],
                          [make_cdr(3, id_sensor=7), make_cdr(4, id_sensor=7)])
 
     def test_queue_write_failure_retries(self) -> None:
@@ -202,9 +201,14 @@ class CdrUplinkTests(SynchronousTestCase):
         self.assertEqual((stats["cdrs"], stats["queue_depth"], stats["inflight_batches"]),
                          (4, 4, 2))
 
-    def test_cdr_bytes_round_trip(self) -> None:
+    def test_queued_bytes_round_trip(self) -> None:
+        """What add() queues is the CDR's wire form, which reads back as the same CDR."""
         cdr = make_cdr(3, id_sensor=9)
-        self.assertEqual(cdr_from_wire(json.loads(cdr_bytes(cdr))), cdr)
+        self.uplink.add(cdr)
+        self.queue.flush()
+        [(_seq, record)] = self.queue.read(0)
+        self.assertEqual(record, cdr.to_wire())
+        self.assertEqual(Cdr.from_wire(json.loads(record)), cdr)
 
 
 class ProtocolTests(SynchronousTestCase):

@@ -18,13 +18,13 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from voipmon.analysis.cdr import BYE_CONFIRMED, BYE_NOT_ANSWERED, Cdr
 from voipmon.analysis.engine import Engine
 from voipmon.central.service import CentralService
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.packet.live import LiveCapture
+from voipmon.records.cdr import BYE_CONFIRMED, BYE_NOT_ANSWERED, Cdr
 from voipmon.sensor.service import SensorService
 from voipmon.store.sqlstore import SqlStore
 from voipmon.test.live_support import require_root, require_tool

@@ -13,9 +13,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from voipmon.analysis.cdr import callid_bytes
 from voipmon.analysis.engine import Engine
-from voipmon.protocols.cdrcodec import cdr_from_wire
+from voipmon.records.cdr import Cdr
+from voipmon.records.keys import callid_bytes
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters, read
 from voipmon.store.testing import make_cdr
 
@@ -59,7 +59,7 @@ class DeadLettersTests(SynchronousTestCase):
                          ("cdr", 9, "RuntimeError: the queue is gone"))
         self.assertIn("in failure", entry["traceback"])
         self.assertEqual(callid_bytes(entry["callid"]), b"id-\xff\xfe\x00\xf0\x9f\x98\x80\"'\\")
-        kept = cdr_from_wire(entry["record"])
+        kept = Cdr.from_wire(entry["record"])
         self.assertEqual(kept.callid, cdr.callid)
         self.assertEqual(kept.caller, "\udc80")
         self.assertEqual(kept.rtp, cdr.rtp)

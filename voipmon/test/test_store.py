@@ -15,7 +15,8 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from voipmon.analysis.cdr import Cdr, iso_ms
+from voipmon.records.cdr import Cdr
+from voipmon.records.times import iso_ms
 from voipmon.store import testing
 from voipmon.store.interfaces import IStore, StoreError
 from voipmon.store.query import CdrQuery

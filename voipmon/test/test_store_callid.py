@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from voipmon.analysis.cdr import callid_bytes
+from voipmon.records.keys import callid_bytes
 from voipmon.store import testing
 from voipmon.test.test_store import (
     FakeBackend,

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from voipmon.analysis.cdr import Cdr
+from voipmon.records.cdr import Cdr
 from voipmon.store import cdrwrite, testing
 from voipmon.store.cdrwrite import has_returning, stored_ids
 from voipmon.store.fields import uid

@@ -17,7 +17,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.protocols import portforward
 from twisted.trial import unittest
 
-from voipmon.analysis.cdr import Cdr
+from voipmon.records.cdr import Cdr
 from voipmon.store import testing
 from voipmon.store.dialect import FATAL, LOST, RETRY, UNAVAILABLE, MySQLDialect, q
 from voipmon.store.interfaces import SchemaError, StoreError, StoreUnavailable

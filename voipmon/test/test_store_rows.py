@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from voipmon.analysis.cdr import Cdr, RtpStream
+from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.store import testing
 from voipmon.store.fields import (
     I32_MAX,

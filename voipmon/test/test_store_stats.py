@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from voipmon.analysis.cdr import Cdr
+from voipmon.records.cdr import Cdr
 from voipmon.store import testing
 from voipmon.test.test_store import FakeBackend, MySQLBackend, SQLiteBackend, SqlStores
 

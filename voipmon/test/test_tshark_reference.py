@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.cdr import Cdr, RtpStream
 from voipmon.analysis.engine import Engine
 from voipmon.packet.readers import CaptureReader
+from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.test.common import shared_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -15,13 +15,13 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from voipmon.analysis.cdr import callid_bytes
 from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.pcapmerge import plan_merge
 from voipmon.manager.server import ManagerServerFactory
 from voipmon.manager.service import ManagerConnector
 from voipmon.protocols import tls
 from voipmon.protocols.handshake import derive_key
+from voipmon.records.keys import callid_bytes
 from voipmon.spool.layout import minute_dir
 from voipmon.store.sqlstore import SqlStore
 from voipmon.store.testing import make_cdr, sqlite_dialect

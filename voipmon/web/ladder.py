@@ -14,9 +14,9 @@ import ipaddress
 import re
 from typing import Any
 
-from voipmon.analysis.cdr import iso_ms
 from voipmon.packet.decode import Decoder
 from voipmon.packet.readers import CaptureReader
+from voipmon.records.times import iso_ms
 
 MAX_SIP_PCAP = 16 * 1024 * 1024   # bytes of SIP pcap a ladder reads at most
 MAX_MESSAGES = 2000

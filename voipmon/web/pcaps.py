@@ -18,7 +18,6 @@ from twisted.internet import defer, error, interfaces
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from voipmon.analysis.cdr import parse_iso_ms
 from voipmon.manager.client import ManagerError
 from voipmon.manager.commands import (
     E_NOT_FOUND,
@@ -26,6 +25,7 @@ from voipmon.manager.commands import (
     Reply,
     merged_call_pcap,
 )
+from voipmon.records.times import parse_iso_ms
 from voipmon.spool.layout import minute_dir
 
 log = Logger()

@@ -5,18 +5,24 @@ existing SQL reports keep working. Times are UTC epoch seconds (float) in memory
 ISO 8601 with milliseconds in JSON; jitter is in milliseconds; MOS is 1.0..4.5.
 
 ``sensor_cdr_uid`` identifies a call on its sensor. It is derived from the call itself
-(Call-ID and first packet time), so replaying a capture, restarting a sensor, or analysing
-the same packets on the central (mirroring) gives the same uid and the store can insert
-idempotently on (id_sensor, sensor_cdr_uid).
+(Call-ID and first packet time, ``voipmon.records.keys.make_cdr_uid``), so replaying a
+capture, restarting a sensor, or analysing the same packets on the central (mirroring)
+gives the same uid and the store can insert idempotently on (id_sensor, sensor_cdr_uid).
+
+Two JSON forms: ``to_json``/``from_json`` is the design's record for people and tools (ISO
+times, a_*/b_* summaries: the API and the CLI); ``to_wire``/``from_wire`` (IRecordType,
+``voipmon.records.codec``) is the compact checked form the queue keeps and the channel
+carries, which also reads the older ``to_json`` form.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
+
+from voipmon.records.codec import Record, RecordCodec, record_type
+from voipmon.records.times import iso_ms, parse_iso_ms
 
 # VoIPmonitor's ``bye`` codes (calltable.cpp).
 BYE_NOT_ANSWERED = 0
@@ -29,48 +35,6 @@ BYE_TIMEOUT = 103
 BYE_RTP_TIMEOUT = 104
 BYE_ONEWAY_TIMEOUT = 105
 BYE_SIP_WITHOUT_RTP_TIMEOUT = 108
-
-
-def iso_ms(ts: float | None) -> str | None:
-    """Epoch seconds to ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC)."""
-    if ts is None:
-        return None
-    ms = round(ts * 1000)
-    moment = datetime.fromtimestamp(ms // 1000, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
-
-
-def parse_iso_ms(text: str | None) -> float | None:
-    """Inverse of :func:`iso_ms`; accepts a trailing ``Z`` or an explicit offset."""
-    if text is None:
-        return None
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return round(moment.timestamp() * 1000) / 1000
-
-
-def callid_bytes(callid: str) -> bytes:
-    """The exact bytes of a Call-ID (or any header text) as it came off the wire.
-
-    The SIP parser keeps a Call-ID's bytes that are not UTF-8 as lone surrogates
-    U+DC80..U+DCFF (PEP 383 ``surrogateescape``); this turns them back into those bytes.
-    Valid text never holds a surrogate, so the mapping is exact and unambiguous. A
-    surrogate no parser here produces (one that did not come from a byte) is written
-    as its UTF-8-style bytes rather than refused: a value never makes this raise.
-    """
-    try:
-        return callid.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return callid.encode("utf-8", "surrogatepass")
-
-
-def make_cdr_uid(callid: str, first_packet_ts: float) -> str:
-    """Deterministic per-sensor id of a call: same packets, same uid."""
-    key = callid_bytes(f"{callid}\x00{round(first_packet_ts * 1_000_000)}")
-    return hashlib.sha256(key).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -128,11 +92,15 @@ class RtpStream:
 
 
 _SIDE_FIELDS = ("received", "lost", "avgjitter", "maxjitter", "mos_f1", "mos_f2", "mos_adapt")
+_STREAMS = RecordCodec(RtpStream, "rtp")
 
 
+@record_type("cdr", uid="sensor_cdr_uid", nested={"rtp": _STREAMS})
 @dataclass(frozen=True)
-class Cdr:
+class Cdr(Record):
     """One call detail record (design section 2.3)."""
+
+    TABLE: ClassVar[str] = "cdr"
 
     sensor_cdr_uid: str
     callid: str
@@ -174,14 +142,15 @@ class Cdr:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON record of design 2.3, with a_*/b_* summaries flattened in."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rtp"}
+        data = dict(self.__dict__)
+        del data["rtp"]
         data["calldate"] = iso_ms(self.calldate)
         data["callend"] = iso_ms(self.callend)
         data["connect_time"] = iso_ms(self.connect_time)
         for which in ("a", "b"):
             stream = self.side(which)
             for name in _SIDE_FIELDS:
-                data[f"{which}_{name}"] = getattr(stream, name) if stream else None
+                data[f"{which}_{name}"] = stream.__dict__[name] if stream else None
         data["rtp"] = [stream.to_json() for stream in self.rtp]
         return data
 
@@ -195,3 +164,21 @@ class Cdr:
         values["rtp"] = tuple(RtpStream.from_json(s) for s in values.get("rtp", ()))
         values["extra"] = dict(values.get("extra") or {})
         return cls(**values)
+
+    @classmethod
+    def from_wire(cls, data: object) -> Cdr:
+        """The CDR from its decoded wire object (or from the older ``to_json`` form, ISO
+        times); ValueError naming the bad field."""
+        if isinstance(data, dict) and isinstance(data.get("calldate"), str):
+            try:
+                data = cls.CODEC.fields_of(cls.from_json(data))
+            except (TypeError, KeyError, ValueError, AttributeError) as exc:
+                raise ValueError(f"cdr: not a CDR record ({exc})")
+        return cls.CODEC.build(data)
+
+
+__all__ = [
+    "BYE_ABSOLUTE_TIMEOUT", "BYE_ANSWERED_NO_BYE", "BYE_CONFIRMED", "BYE_NOT_ANSWERED",
+    "BYE_ONEWAY_TIMEOUT", "BYE_ONE_WAY", "BYE_RTP_TIMEOUT", "BYE_SEEN",
+    "BYE_SIP_WITHOUT_RTP_TIMEOUT", "BYE_TIMEOUT", "Cdr", "RtpStream",
+]
