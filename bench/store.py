@@ -31,7 +31,7 @@ from voipmon.store import testing
 from voipmon.store.cdrwrite import id_step
 from voipmon.store.dialect import qlist
 from voipmon.store.fields import uid
-from voipmon.store.literals import renderer, statements
+from voipmon.store.literals import quote, renderer, statements
 from voipmon.store.migrate import migrate
 from voipmon.store.rows import (
     CDR_COLUMNS,
@@ -39,6 +39,7 @@ from voipmon.store.rows import (
     RTP_COLUMNS,
     encode,
 )
+from voipmon.store.schema import TABLES
 from voipmon.store.sqlstore import SqlStore
 
 TARGET_RATIO = 0.70
@@ -170,6 +171,49 @@ def encode_rate(cdrs: list[Any]) -> float:
     return len(cdrs) / (time.perf_counter() - began)
 
 
+def _plain_literal(kind: str, value: Any) -> str:
+    """One value as store.literals renders it, written as a plain function (the reference
+    for the compiled renderers: what a call per value costs)."""
+    if value is None:
+        return "NULL"
+    if kind in ("double", "dec3"):
+        return repr(float(value))
+    if kind in ("ip", "blob"):
+        return "X'" + value.hex() + "'"
+    if kind in ("text", "bintext", "longtext", "ascii", "enum", "datetime"):
+        return quote(value)
+    return str(int(value))
+
+
+def render_rates(cdrs: list[Any]) -> tuple[float, float]:
+    """CDR/s of rendering the cdr, cdr_next and cdr_rtp rows of ``cdrs`` as SQL literals:
+    by the compiled renderers, and by a plain loop calling ``_plain_literal`` per value."""
+    rows = [encode(c, 1, 1, 2, "sensor") for c in cdrs]
+    tables = [(table, columns, [r[0] for r in rows] if table == "cdr" else
+               [r[1] for r in rows] if table == "cdr_next" else [x for r in rows for x in r[2]])
+              for table, columns in (("cdr", CDR_COLUMNS), ("cdr_next", NEXT_COLUMNS),
+                                     ("cdr_rtp", RTP_COLUMNS))]
+
+    def plain(table: str, columns: tuple[str, ...]) -> Any:
+        kinds = {col.name: col.type.partition(":")[0] for col in TABLES[table].columns}
+        order = [kinds[c] for c in columns]
+        return lambda row: "(" + ",".join([_plain_literal(k, v) for k, v in
+                                           zip(order, row, strict=True)]) + ")"
+
+    rates = []
+    for make in (renderer, plain):
+        best = float("inf")
+        for _ in range(5):
+            began = time.perf_counter()
+            for table, columns, sample in tables:
+                render = make(table, columns)
+                texts = [render(row) for row in sample]
+            best = min(best, time.perf_counter() - began)
+        del texts
+        rates.append(len(cdrs) / best)
+    return rates[0], rates[1]
+
+
 def line(backend: str, label: str, store: float, raw: float | None) -> None:
     ratio = f"{store / raw:6.0%}" if raw else "     -"
     raw_text = f"{raw:10,.0f}" if raw else "         -"
@@ -275,6 +319,9 @@ def main(reactor: Any, argv: list[str]) -> Any:
     print(f"{os.cpu_count()} CPUs, load average {load}; best of {args.rounds} runs per case")
     print(f"Cdr -> rows encoding alone: {encode_rate(numbers.cdrs(5000)):,.0f} CDR/s "
           "(2 RTP streams per CDR)")
+    compiled, plain = render_rates(numbers.cdrs(5000))
+    print(f"rows -> SQL literals alone: {compiled:,.0f} CDR/s by the compiled renderers, "
+          f"{plain:,.0f} CDR/s by a plain call per value (the reference)")
     print(f"{'backend':8} {'batch':>16} {'store CDR/s':>12} {'raw CDR/s':>10} {'ratio':>6}")
     mysql = None
     if not args.sqlite_only:

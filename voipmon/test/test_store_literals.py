@@ -1,11 +1,15 @@
 """SQL literals for MySQL (voipmon.store.literals): formats by column type, refusals of
 wrong types, statement splitting, and on the real MariaDB: any text reads back as written,
-in the default sql_mode and under NO_BACKSLASH_ESCAPES, the same as PyMySQL's escaping."""
+in the default sql_mode and under NO_BACKSLASH_ESCAPES, the same as PyMySQL's escaping;
+the compiled row renderers are held to the same properties, with any row that fits the
+table's columns."""
 
 from __future__ import annotations
 
 import random
+import re
 import struct
+from datetime import UTC
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,9 +17,11 @@ from twisted.trial import unittest
 
 from voipmon.store import testing
 from voipmon.store.dialect import q
-from voipmon.store.literals import quote, row_renderer, statements
+from voipmon.store.fields import MAX_EPOCH, ms_text
+from voipmon.store.literals import quote, renderer, row_renderer, row_source, statements
 from voipmon.store.migrate import migrate
-from voipmon.store.rows import CDR_COLUMNS, RTP_COLUMNS, encode
+from voipmon.store.rows import CDR_COLUMNS, NEXT_COLUMNS, RTP_COLUMNS, encode
+from voipmon.store.schema import TABLES
 from voipmon.test.common import mysql_test_session
 
 HOSTILE = ["O'Brien", 'say "hi"', "back\\slash", "nul\x00byte", "ctrl-z\x1a", "new\nline",
@@ -29,6 +35,64 @@ texts = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",))),
     st.text(st.sampled_from(list("'\\\x00\x1a\n\r\"%_`;") + ["a", "é", "😀"])),
 )
+
+
+_INTS = {"id": 64, "u64": 64, "u32": 32, "u16": 16, "u8": 8}
+_SIGNED = {"i32": 32, "i64": 64}
+
+
+def fitted(kind: str, arg: str) -> st.SearchStrategy:
+    """Values the row codec can give a column of this kind (the invariants of
+    voipmon.store.literals: text without lone surrogates and within its length, integers
+    in range, finite floats), or NULL."""
+    if kind in _INTS:
+        values = st.integers(0, 2 ** _INTS[kind] - 1)
+    elif kind in _SIGNED:
+        values = st.integers(-2 ** (_SIGNED[kind] - 1), 2 ** (_SIGNED[kind] - 1) - 1)
+    elif kind == "bool":
+        values = st.booleans()
+    elif kind in ("double", "dec3"):
+        values = st.floats(allow_nan=False, allow_infinity=False)
+    elif kind == "ip":
+        values = st.binary(min_size=4, max_size=4) | st.binary(min_size=16, max_size=16)
+    elif kind == "blob":
+        values = st.binary(max_size=300)
+    elif kind == "ascii":
+        values = st.text(st.characters(max_codepoint=127), max_size=int(arg))
+    elif kind == "enum":
+        values = st.sampled_from(arg.split(","))
+    elif kind == "datetime":
+        values = st.integers(0, MAX_EPOCH * 1000).map(ms_text)
+    else:   # text, bintext, longtext
+        values = texts.map(lambda text: text[:int(arg)] if arg else text)
+    return st.none() | values
+
+
+def table_rows(table: str, columns: tuple[str, ...]) -> st.SearchStrategy:
+    types = {col.name: col.type.partition(":") for col in TABLES[table].columns}
+    return st.tuples(*(fitted(types[c][0], types[c][2]) for c in columns))
+
+
+def literal(kind: str, value: object) -> str:
+    """What one value of a ``kind`` column must be rendered as (the specification the
+    compiled renderers are held to)."""
+    if value is None:
+        return "NULL"
+    if kind in _INTS or kind in _SIGNED or kind == "bool":
+        return str(int(value))
+    if kind in ("double", "dec3"):
+        return repr(float(value))
+    if kind in ("ip", "blob"):
+        return "X'" + value.hex() + "'"
+    return quote(value)
+
+
+@st.composite
+def any_table_row(draw: st.DrawFn) -> tuple[str, tuple[str, ...], tuple]:
+    table = draw(st.sampled_from(sorted(TABLES)))
+    names = [col.name for col in TABLES[table].columns]
+    columns = tuple(draw(st.permutations(names))[:draw(st.integers(1, len(names)))])
+    return table, columns, draw(table_rows(table, columns))
 
 
 class QuoteTests(unittest.SynchronousTestCase):
@@ -76,6 +140,31 @@ class RendererTests(unittest.SynchronousTestCase):
                     (1, b"", "1); --", "x"), (1, b"", 1.0, b"bytes"), (1, b"", 1.0, 5),
                     (1, b"", 1.0), (1, b"", 1.0, "x", "extra")):
             self.assertRaises((ValueError, TypeError, AttributeError), render, row)
+
+    @SETTINGS
+    @given(any_table_row(), st.booleans())
+    def test_any_row_of_any_table_renders_value_by_value(
+            self, drawn: tuple[str, tuple[str, ...], tuple], tail: bool) -> None:
+        """The compiled renderer of any column list of any table writes each value as its
+        column's kind says (text by ``quote``), in column order."""
+        table, columns, row = drawn
+        kinds = {col.name: col.type.partition(":")[0] for col in TABLES[table].columns}
+        expected = [literal(kinds[c], v) for c, v in zip(columns, row, strict=True)]
+        if tail:
+            self.assertEqual(renderer(table, columns, tail=True)(row),
+                             "".join("," + text for text in expected[1:]) + ")")
+        else:
+            self.assertEqual(renderer(table, columns)(row), "(" + ",".join(expected) + ")")
+
+    def test_the_source_holds_positions_only(self) -> None:
+        """No column name and no value is in the compiled text: only v0..vN, the names of
+        the scope's functions and constants, and punctuation."""
+        source = row_source("cdr", CDR_COLUMNS)
+        self.assertNotIn("caller", source)
+        words = set(re.findall(r"[A-Za-z_]\w*", source))
+        self.assertEqual({w for w in words if not re.fullmatch(r"v\d+", w)},
+                         {"def", "render", "row", "return", "f", "N", "if", "is", "None",
+                          "else", "int", "repr", "float", "X", "hex", "Q", "T"})
 
     def test_statements_stay_under_the_limit(self) -> None:
         rows = [f"({i},'{'x' * (i % 7)}')" for i in range(100)]
@@ -175,3 +264,67 @@ class MySQLLiteralTests(unittest.TestCase):
     def test_under_no_backslash_escapes(self) -> None:
         self.no_backslash_escapes()
         self.round_trip(HOSTILE, self.exact_doubles())
+
+
+class MySQLRowPropertyTests(unittest.TestCase):
+    """The compiled renderers, with any rows that fit, on the real server in both modes."""
+
+    def setUp(self) -> None:
+        self.dialect, self.conn = mysql_test_session(self)
+        migrate(self.dialect, self.conn, testing.BASE_TIME)
+
+    def no_backslash_escapes(self) -> None:
+        cur = self.conn.cursor()
+        cur.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+
+    def rows_read_back(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """``rows`` (cdr_next or cdr_rtp columns without cdr_ID) inserted as production
+        does (a fresh cdr row's ID in front of each compiled tail) read back as written."""
+        cur = self.conn.cursor()
+        cdr_row = encode(testing.make_cdr(1), None, None, None, "sensor")[0]
+        cur.execute(f"INSERT INTO cdr ({', '.join(q(c) for c in CDR_COLUMNS)}) VALUES "
+                    + renderer("cdr", CDR_COLUMNS)(cdr_row))
+        cdr_id = cur.lastrowid
+        tail = renderer(table, ("cdr_ID", *columns), tail=True)
+        head = f"INSERT INTO {table} ({', '.join(q(c) for c in ('cdr_ID', *columns))}) VALUES "
+        for sql, count in statements(head, [f"({cdr_id}{tail((None, *row))}" for row in rows],
+                                     limit=20000):
+            self.assertEqual(cur.execute(sql), count)
+        order = " ORDER BY `index`" if table == "cdr_rtp" else ""
+        cur.execute(f"SELECT {', '.join(q(c) for c in columns)} FROM {table} "
+                    f"WHERE cdr_ID = {cdr_id}{order}")
+        found = cur.fetchall()
+        self.conn.rollback()
+        kinds = {col.name: col.type.partition(":")[0] for col in TABLES[table].columns}
+        self.assertEqual(len(found), len(rows))
+        for got, row in zip(found, rows, strict=True):
+            for column, back, value in zip(columns, got, row, strict=True):
+                kind = kinds[column]
+                if kind == "datetime" and back is not None:   # the server gives datetimes
+                    back = ms_text(round(back.replace(tzinfo=UTC).timestamp() * 1000))
+                elif kind == "bool" and value is not None:
+                    value = int(value)
+                self.assertEqual(back, value, f"{table}.{column}")
+
+    def rtp_rows(self) -> st.SearchStrategy:
+        columns = RTP_COLUMNS[1:]
+        index = columns.index("index")
+        return st.lists(table_rows("cdr_rtp", columns), min_size=1, max_size=5).map(
+            lambda rows: [(*r[:index], n, *r[index + 1:]) for n, r in enumerate(rows)])
+
+    @SETTINGS
+    @given(st.data())
+    def test_any_rows_read_back(self, data: st.DataObject) -> None:
+        """The compiled renderers, with any values that fit: cdr_next (text, long text,
+        enum, datetime, blob) and cdr_rtp (integers, doubles, addresses, ascii, bool)."""
+        self.rows_read_back("cdr_next", NEXT_COLUMNS[1:],
+                            [data.draw(table_rows("cdr_next", NEXT_COLUMNS[1:]))])
+        self.rows_read_back("cdr_rtp", RTP_COLUMNS[1:], data.draw(self.rtp_rows()))
+
+    @SETTINGS
+    @given(st.data())
+    def test_any_rows_read_back_without_backslash_escapes(self, data: st.DataObject) -> None:
+        self.no_backslash_escapes()
+        self.rows_read_back("cdr_next", NEXT_COLUMNS[1:],
+                            [data.draw(table_rows("cdr_next", NEXT_COLUMNS[1:]))])
+        self.rows_read_back("cdr_rtp", RTP_COLUMNS[1:], data.draw(self.rtp_rows()))
