@@ -262,7 +262,7 @@ class ReportTests(GateCase):
                       lines[0])
         events = [e for e in self.observer if "evicted" in e]
         self.assertEqual(sum(e["evicted"] for e in events), 996)
-        self.assertAlmostEqual(events[1]["seconds"], 10.0, delta=0.03)
+        self.assertApproximates(events[1]["seconds"], 10.0, 0.03)   # within a step
         self.assertIn("203.0.113.7:40000 (opened): evicted to make room", lines[1])
         self.assertEqual(len(self.observer), 4)
         for ticket in tickets:
