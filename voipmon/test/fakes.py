@@ -1,10 +1,18 @@
-"""Test doubles shared by several test modules. Each owner keeps to a clearly named section.
+"""The test doubles of the store and the engine, one of each, shared by every test module:
+
+- ``FakeStore``: the one in-memory ``IStore`` (test_store.py runs the store's contract suite
+  against it, SQLite and MariaDB), and ``CommitCounter``, which tells when a real store has
+  committed so many CDRs;
+- ``RecordingEngine``: the one stand-in for the analysis engine (a central's analyser of
+  mirrored packets, the legacy mirror receiver's engines), made by an ``Engines`` factory.
+
+Test doubles of the channel (endpoints, in-memory pairs) are in fakes_channel.py.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -30,12 +38,7 @@ from voipmon.store.rows import (
 )
 from voipmon.store.sensors import check_id_sensor, check_name, sensor_json, sensor_upsert
 from voipmon.store.stats import StatsQuery, as_stats_query, assemble, select
-
-# ======================================================================================
-# Store: FakeStore (owner: voipmon/store). An in-memory IStore with SqlStore's results.
-# voipmon/test/test_store.py runs the same contract suite against it, SQLite and MariaDB,
-# so what a test sees from the fake is what it would see from the real store.
-# ======================================================================================
+from voipmon.store.testing import make_cdr
 
 
 class _SecondsClock:
@@ -51,8 +54,13 @@ class FakeStore:
     Test controls:
     - ``down = True``: every call errbacks StoreUnavailable (the database is away);
     - ``hold = True``: store_cdrs calls wait in ``held`` (not committed, not visible) until
-      ``release()`` commits them in order, or ``fail_held()`` fails them unavailable;
-    - ``calls``: every call's method name, in order; ``batches``: every store_cdrs batch.
+      ``release()`` commits them in order (``release_one(i)`` only the i-th, as
+      transactions finishing out of order), or ``fail_held()`` fails them unavailable;
+    - ``calls``: every call's method name, in order; ``batches``: every store_cdrs batch;
+      ``upserts``: every upsert_sensor dict and ``offline``: every (id_sensor, when) of
+      mark_sensor_offline that reached the store (it was not down);
+    - ``cdrs``: the stored CDRs (in their stored form) by (id_sensor, sensor_cdr_uid), in
+      the order they were committed; ``sensors``: the sensors' rows by id.
 
     Unlike SqlStore it needs no ``start()`` (it accepts one). ``clock`` (anything with
     ``seconds()``, e.g. task.Clock) times upserts that give no ``when``.
@@ -68,18 +76,25 @@ class FakeStore:
         self.held: list[tuple[defer.Deferred, list[tuple[tuple[int, str], Cdr]], str]] = []
         self.calls: list[str] = []
         self.batches: list[tuple[list[Cdr], str]] = []
+        self.upserts: list[Mapping[str, Any]] = []
+        self.offline: list[tuple[int, float]] = []
+        self.sensors: dict[int, dict[str, Any]] = {}
         self.started = False
         self.closed = False
         self._next_id = 1
         self._ids: dict[tuple[int, str], int] = {}
         self._cdrs: dict[int, tuple[Cdr, str | None, dict[str, Any], int]] = {}
-        self._sensors: dict[int, dict[str, Any]] = {}
 
     # helpers for tests
 
     @property
     def cdr_count(self) -> int:
         return len(self._cdrs)
+
+    @property
+    def cdrs(self) -> dict[tuple[int, str], Cdr]:
+        """The stored CDRs by key, in the order they were committed."""
+        return {key: self._cdrs[i][0] for key, i in self._ids.items()}
 
     def stored_cdrs(self) -> list[Cdr]:
         """Every stored Cdr (in its stored form), by id."""
@@ -90,6 +105,11 @@ class FakeStore:
         held, self.held = self.held, []
         for d, items, pcap_on in held:
             d.callback(self._commit(items, pcap_on))
+
+    def release_one(self, index: int) -> None:
+        """Commit the held store_cdrs call at ``index`` only."""
+        d, items, pcap_on = self.held.pop(index)
+        d.callback(self._commit(items, pcap_on))
 
     def fail_held(self, reason: str = "the database went away") -> None:
         held, self.held = self.held, []
@@ -106,7 +126,7 @@ class FakeStore:
 
     def start(self) -> defer.Deferred:
         self.started = True
-        for row in self._sensors.values():
+        for row in self.sensors.values():
             if row["central"] == self.central_id:
                 row["connected"] = 0
         return self._call("start") or defer.succeed(None)
@@ -211,13 +231,14 @@ class FakeStore:
         down = self._call("upsert_sensor")
         if down:
             return down
+        self.upserts.append(dict(sensor))
         ident = upsert.values["id_sensor"]
-        row = self._sensors.get(ident)
+        row = self.sensors.get(ident)
         if row is None:
             row = {name: None for name in SENSOR_JSON_FIELDS}
             row.update(packets=0, drops=0, queue_depth=0, name_locked=0)
             row.update(upsert.values)
-            self._sensors[ident] = row
+            self.sensors[ident] = row
         else:
             for column in upsert.updates:
                 row[column] = upsert.values[column]
@@ -234,7 +255,8 @@ class FakeStore:
         down = self._call("mark_sensor_offline")
         if down:
             return down
-        row = self._sensors.get(ident)
+        self.offline.append((ident, float(when)))
+        row = self.sensors.get(ident)
         if row is None or not row["connected"] or row["central"] != self.central_id:
             return defer.succeed(False)
         row["connected"] = 0
@@ -250,7 +272,7 @@ class FakeStore:
         down = self._call("rename_sensor")
         if down:
             return down
-        row = self._sensors.get(ident)
+        row = self.sensors.get(ident)
         if row is None:
             return defer.succeed(False)
         row["name"] = fitted
@@ -261,49 +283,76 @@ class FakeStore:
         down = self._call("list_sensors")
         if down:
             return down
-        rows = [self._sensors[i] for i in sorted(self._sensors)]
+        rows = [self.sensors[i] for i in sorted(self.sensors)]
         return defer.succeed([sensor_json([row[f] for f in SENSOR_JSON_FIELDS]) for row in rows])
 
 
-# ======================================================================================
-# Central mirroring: FakeAnalyzer (owner: voipmon/central). Stands in for a mirroring
-# sensor's decoder + engine on the central (an AnalyzerFactory).
-# ======================================================================================
+@implementer(IStore)
+class CommitCounter:
+    """A real store, passed every call, that fires ``done`` once ``expect`` CDRs are
+    committed (``stored`` counts them): what a test with real processes waits for."""
+
+    def __init__(self, inner: Any, expect: int) -> None:
+        self.inner = inner
+        self.expect = expect
+        self.stored = 0
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self.where = inner.where
+        # the rest of IStore, passed on as it is
+        self.start, self.close, self.list_cdrs = inner.start, inner.close, inner.list_cdrs
+        self.delete_cdrs_before, self.get_cdr = inner.delete_cdrs_before, inner.get_cdr
+        self.upsert_sensor, self.list_sensors = inner.upsert_sensor, inner.list_sensors
+        self.mark_sensor_offline = inner.mark_sensor_offline
+        self.rename_sensor = inner.rename_sensor
+
+    def store_cdrs(self, cdrs: Sequence[Cdr], pcap_on: str = "sensor") -> defer.Deferred:
+        def count(inserted: int) -> int:
+            self.stored += inserted
+            if self.stored >= self.expect and not self.done.called:
+                self.done.callback(None)
+            return inserted
+
+        return self.inner.store_cdrs(cdrs, pcap_on).addCallback(count)
 
 
-class FakeAnalyzer:
-    """Records frames; every distinct first byte is a 'call', closed (a CDR) at finish().
+class RecordingEngine:
+    """Stands in for the analysis engine: records the frames it is fed (``frames``: (ts,
+    linktype, frame)), the capture clock (``advanced``) and ``finished``.
 
-    A frame ``b"crash"`` raises (an engine bug); a frame starting ``b"end:"`` closes the
-    calls seen so far at once (a call that ends mid-capture)."""
+    Every distinct first byte of a frame is a 'call', closed at finish() as a CDR handed to
+    ``on_cdr`` (when there is one); a frame starting ``b"end:"`` closes the calls seen so
+    far at once (a call that ends mid-capture); the frame ``fail_on`` raises (an engine
+    bug)."""
 
-    made: list[FakeAnalyzer] = []
-
-    def __init__(self, hello: Any, on_cdr: Any) -> None:
-        self.id_sensor = hello.id_sensor
+    def __init__(self, id_sensor: int, name: str = "",
+                 on_cdr: Callable[[Cdr], object] | None = None) -> None:
+        self.id_sensor = id_sensor
+        self.name = name
         self.on_cdr = on_cdr
-        self.records: list[tuple[float, int, bytes]] = []
+        self.frames: list[tuple[float, int, bytes]] = []
         self.closed: set[bytes] = set()
-        self.finished = False
         self.advanced: list[float] = []
-        FakeAnalyzer.made.append(self)
+        self.finished = False
+        self.fail_on: bytes | None = b"crash"
 
-    def feed_all(self, records: Any) -> None:
-        for record in records:
-            if record[2] == b"crash":
-                raise RuntimeError("engine bug")
-            if record[2].startswith(b"end:"):
-                self._close()
-                continue
-            self.records.append(record)
+    def feed(self, ts: float, linktype: int, frame: bytes) -> None:
+        if frame == self.fail_on:
+            raise RuntimeError("engine bug")
+        if frame.startswith(b"end:"):
+            self._close()
+            return
+        self.frames.append((ts, linktype, frame))
+
+    def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> None:
+        for ts, linktype, frame in records:
+            self.feed(ts, linktype, frame)
 
     def _close(self) -> None:
-        from voipmon.store.testing import make_cdr
-
-        calls = sorted({frame[:1] for _, _, frame in self.records} - self.closed)
+        calls = sorted({frame[:1] for _, _, frame in self.frames} - self.closed)
         for call in calls:
             self.closed.add(call)
-            self.on_cdr(make_cdr(call[0], id_sensor=self.id_sensor))
+            if self.on_cdr is not None:
+                self.on_cdr(make_cdr(call[0], id_sensor=self.id_sensor))
 
     def advance(self, now: float) -> None:
         self.advanced.append(now)
@@ -313,4 +362,25 @@ class FakeAnalyzer:
         self._close()
 
 
-__all__ = ["FakeAnalyzer", "FakeStore", "StoreError", "StoreUnavailable"]
+class Engines:
+    """Makes RecordingEngines and keeps them: ``all`` in the order made, ``made`` the last
+    one of each sensor. Called as the legacy mirror's engine factory (id_sensor, name);
+    ``analyzer`` is a central's AnalyzerFactory (hello, on_cdr)."""
+
+    def __init__(self) -> None:
+        self.all: list[RecordingEngine] = []
+        self.made: dict[int, RecordingEngine] = {}
+
+    def __call__(self, id_sensor: int, name: str,
+                 on_cdr: Callable[[Cdr], object] | None = None) -> RecordingEngine:
+        engine = RecordingEngine(id_sensor, name, on_cdr)
+        self.all.append(engine)
+        self.made[id_sensor] = engine
+        return engine
+
+    def analyzer(self, hello: Any, on_cdr: Callable[[Cdr], object]) -> RecordingEngine:
+        return self(hello.id_sensor, hello.name, on_cdr)
+
+
+__all__ = ["CommitCounter", "Engines", "FakeStore", "RecordingEngine", "StoreError",
+           "StoreUnavailable"]

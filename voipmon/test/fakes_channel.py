@@ -20,8 +20,6 @@ from voipmon.protocols.client import AuthenticatingEndpoint
 from voipmon.protocols.handshake import ClientHandshake, derive_key
 from voipmon.protocols.server import CentralFactory, ISession, ISessionHandler
 from voipmon.protocols.wire import encode_json
-from voipmon.records.cdr import Cdr
-from voipmon.store.interfaces import StoreUnavailable
 
 
 @implementer(IStreamClientEndpoint)
@@ -148,76 +146,6 @@ class RecordingHandler:
         session = RecordingSession(channel, hello)
         self.sessions.append(session)
         return session
-
-
-class MemoryStore:
-    """A small IStore stand-in: idempotent CDR batches, sensor rows, and an on/off switch.
-
-    ``down = True`` makes every call fail with StoreUnavailable; ``hold = True`` keeps
-    store_cdrs calls pending in ``held`` until the test fires them.
-    """
-
-    def __init__(self) -> None:
-        self.cdrs: dict[tuple[int, str], Cdr] = {}
-        self.order: list[tuple[int, str]] = []
-        self.batches: list[tuple[list[Cdr], str]] = []
-        self.sensors: dict[int, dict[str, Any]] = {}
-        self.offline: list[tuple[int, float]] = []
-        self.down = False
-        self.hold = False
-        self.held: list[tuple[defer.Deferred, list[Cdr], str]] = []
-        self.calls = 0
-
-    def _unavailable(self) -> defer.Deferred:
-        return defer.fail(StoreUnavailable("MySQL root@127.0.0.1:3306/test is down"))
-
-    def store_cdrs(self, cdrs: list[Cdr], pcap_on: str = "sensor") -> defer.Deferred:
-        self.calls += 1
-        if self.down:
-            return self._unavailable()
-        if self.hold:
-            d: defer.Deferred = defer.Deferred()
-            self.held.append((d, list(cdrs), pcap_on))
-            return d
-        return defer.succeed(self.commit(cdrs, pcap_on))
-
-    def commit(self, cdrs: list[Cdr], pcap_on: str = "sensor") -> int:
-        self.batches.append((list(cdrs), pcap_on))
-        new = 0
-        for cdr in cdrs:
-            key = (cdr.id_sensor, cdr.sensor_cdr_uid)
-            if key not in self.cdrs:
-                self.cdrs[key] = cdr
-                self.order.append(key)
-                new += 1
-        return new
-
-    def release(self) -> None:
-        """Commit every held batch, in order."""
-        held, self.held = self.held, []
-        for d, cdrs, pcap_on in held:
-            d.callback(self.commit(cdrs, pcap_on))
-
-    def release_one(self, index: int) -> None:
-        """Commit the held batch at ``index`` only (transactions finishing out of order)."""
-        d, cdrs, pcap_on = self.held.pop(index)
-        d.callback(self.commit(cdrs, pcap_on))
-
-    def upsert_sensor(self, sensor: dict[str, Any]) -> defer.Deferred:
-        if self.down:
-            return self._unavailable()
-        row = self.sensors.setdefault(sensor["id_sensor"], {})
-        row.update(sensor)
-        row["connected"] = True
-        return defer.succeed(None)
-
-    def mark_sensor_offline(self, id_sensor: int, when: float) -> defer.Deferred:
-        if self.down:
-            return self._unavailable()
-        self.offline.append((id_sensor, when))
-        if id_sensor in self.sensors:
-            self.sensors[id_sensor]["connected"] = False
-        return defer.succeed(True)
 
 
 class SessionRecorder(protocol.Protocol):

@@ -1,4 +1,5 @@
-"""Test doubles for the legacy mirror: a recording engine and an in-memory connector."""
+"""Test doubles for the legacy mirror: an in-memory connector and a sender/receiver pair
+(their engines are fakes.RecordingEngine, made by fakes.Engines)."""
 
 from __future__ import annotations
 
@@ -12,42 +13,9 @@ from zope.interface import implementer
 from voipmon.config import Destination
 from voipmon.protocols.legacy_mirror import ReceiverProtocol
 from voipmon.protocols.legacy_mirror_service import LegacyMirrorReceiver, LegacyMirrorSender
+from voipmon.test.fakes import Engines
 
 PASSWORD = "mirror-secret"
-
-
-class RecordingEngine:
-    """Stands in for the analysis engine: records what the receiver hands it."""
-
-    def __init__(self, id_sensor: int, name: str) -> None:
-        self.id_sensor = id_sensor
-        self.name = name
-        self.frames: list[tuple[float, int, bytes]] = []
-        self.advanced: list[float] = []
-        self.finished = False
-        self.fail_on: bytes | None = None
-
-    def feed(self, ts: float, linktype: int, frame: bytes) -> None:
-        if frame == self.fail_on:
-            raise ValueError("engine cannot take this frame")
-        self.frames.append((ts, linktype, frame))
-
-    def advance(self, now: float) -> None:
-        self.advanced.append(now)
-
-    def finish(self) -> None:
-        self.finished = True
-
-
-class Engines:
-    """An engine_factory that keeps every engine it made, by sensor id."""
-
-    def __init__(self) -> None:
-        self.made: dict[int, RecordingEngine] = {}
-
-    def __call__(self, id_sensor: int, name: str) -> RecordingEngine:
-        engine = self.made[id_sensor] = RecordingEngine(id_sensor, name)
-        return engine
 
 
 @implementer(IStreamClientEndpoint)

@@ -15,8 +15,8 @@ from voipmon.protocols.wire import MessageType, PacketBatch, ProtocolError
 from voipmon.queue import DurableQueue
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.uplink import UplinkFactory
-from voipmon.test.fakes import FakeAnalyzer
-from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport, MemoryStore
+from voipmon.test.fakes import Engines, FakeStore
+from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport
 
 
 def hello(instance: str = "aa" * 8, replay: bool = False, id_sensor: int = 3) -> Hello:
@@ -41,11 +41,12 @@ def cdr_queue(test: SynchronousTestCase, store, clock, **options) -> CentralCdrQ
 
 class Base(SynchronousTestCase):
     def setUp(self) -> None:
-        FakeAnalyzer.made = []
+        self.engines = Engines()
         self.clock = Clock()
-        self.store = MemoryStore()
+        self.store = FakeStore(self.clock)
         self.writer = cdr_queue(self, self.store, self.clock, batch=2)
-        self.mirrors = MirrorAnalyses(FakeAnalyzer, self.writer, self.clock, idle_finish=300)
+        self.mirrors = MirrorAnalyses(self.engines.analyzer, self.writer, self.clock,
+                                      idle_finish=300)
         self.sessions = CentralSessions(self.store, self.clock, mirrors=self.mirrors)
         self.channel = FakeMessageTransport()
 
@@ -59,16 +60,16 @@ class MirrorSessionTests(Base):
         session = self.open()
         session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a1", b"b1"], 113))
         self.assertEqual(self.channel.take(), [(MessageType.PACKETS_ACK, {"upto": 1})])
-        [analyzer] = FakeAnalyzer.made
+        [analyzer] = self.engines.all
         self.assertEqual(analyzer.id_sensor, 3)
-        self.assertEqual(analyzer.records, [(100.0, 113, b"a1"), (101.0, 113, b"b1")])
+        self.assertEqual(analyzer.frames, [(100.0, 113, b"a1"), (101.0, 113, b"b1")])
 
     def test_duplicate_batch_ignored_but_acked(self) -> None:
         """A batch resent after a lost ack is acknowledged again but not analysed twice."""
         session = self.open()
         session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
         session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
-        self.assertEqual(len(FakeAnalyzer.made[0].records), 1)
+        self.assertEqual(len(self.engines.all[0].frames), 1)
         self.assertEqual(len(self.channel.take()), 2)
         self.assertEqual(self.mirrors.analyses[3].duplicate_batches, 1)
 
@@ -154,8 +155,8 @@ class AnalysisLifeTests(Base):
         session.connectionLost(Failure(Exception("lost")))
         again = self.open()
         again.messageReceived(MessageType.PACKETS, packets_payload(2, [b"b"]))
-        self.assertEqual(len(FakeAnalyzer.made), 1)
-        self.assertEqual(len(FakeAnalyzer.made[0].records), 2)
+        self.assertEqual(len(self.engines.all), 1)
+        self.assertEqual(len(self.engines.all[0].frames), 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_restarted_live_sensor_closes_old_calls(self) -> None:
@@ -163,7 +164,7 @@ class AnalysisLifeTests(Base):
         self.open().messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
         self.open(instance="bb" * 8)
         self.clock.advance(0)
-        self.assertTrue(FakeAnalyzer.made[0].finished)
+        self.assertTrue(self.engines.all[0].finished)
         self.assertEqual(len(self.store.cdrs), 1)
 
     def test_restarted_replay_drops_old_state(self) -> None:
@@ -171,10 +172,10 @@ class AnalysisLifeTests(Base):
         self.open(replay=True).messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
         session = self.open(instance="bb" * 8, replay=True)
         self.clock.advance(0)
-        self.assertFalse(FakeAnalyzer.made[0].finished)
+        self.assertFalse(self.engines.all[0].finished)
         self.assertEqual(len(self.store.cdrs), 0)
         session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
-        self.assertEqual(len(FakeAnalyzer.made), 2)
+        self.assertEqual(len(self.engines.all), 2)
 
     def test_idle_sensor_closed_after_timeout(self) -> None:
         """A sensor away for idle_finish seconds has its calls closed."""
@@ -182,9 +183,9 @@ class AnalysisLifeTests(Base):
         session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
         session.connectionLost(Failure(Exception("lost")))
         self.clock.advance(299)
-        self.assertFalse(FakeAnalyzer.made[0].finished)
+        self.assertFalse(self.engines.all[0].finished)
         self.clock.advance(1)
-        self.assertTrue(FakeAnalyzer.made[0].finished)
+        self.assertTrue(self.engines.all[0].finished)
         self.clock.advance(0)
         self.assertEqual(len(self.store.cdrs), 1)
         self.assertNotIn(3, self.mirrors.analyses)
@@ -206,11 +207,11 @@ class EndToEndTests(SynchronousTestCase):
 
     def test_replay_mirrored_to_cdrs(self) -> None:
         """Packets go through, END closes the calls, the sensor learns it is done."""
-        FakeAnalyzer.made = []
-        store = MemoryStore()
+        engines = Engines()
         pair = ChannelPair(handler=None)
+        store = FakeStore(pair.clock)
         writer = cdr_queue(self, store, pair.clock)
-        mirrors = MirrorAnalyses(FakeAnalyzer, writer, pair.clock)
+        mirrors = MirrorAnalyses(engines.analyzer, writer, pair.clock)
         sessions = CentralSessions(store, pair.clock, pair.factory.registry, mirrors)
         pair.factory.handler = sessions
         uplink = MirrorUplink(pair.clock, max_buffer_bytes=1 << 20, batch_packets=10, window=2)
@@ -225,7 +226,7 @@ class EndToEndTests(SynchronousTestCase):
         pair.clock.advance(0)
         pair.flush()
         self.successResultOf(uplink.when_done())
-        self.assertEqual(len(FakeAnalyzer.made[0].records), 95)
+        self.assertEqual(len(engines.all[0].frames), 95)
         self.assertEqual(uplink.central_cdrs, 4)
         self.assertEqual(len(store.cdrs), 4)
         self.assertEqual(uplink.dropped, 0)
@@ -245,7 +246,7 @@ class CaptureClockTests(Base):
         session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
         session.messageReceived(MessageType.CLOCK, b'{"t":105.25}')
         session.messageReceived(MessageType.CLOCK, b'{"t":106}')
-        self.assertEqual(FakeAnalyzer.made[0].advanced, [105.25, 106.0])
+        self.assertEqual(self.engines.all[0].advanced, [105.25, 106.0])
 
     def test_bad_clock_refused(self) -> None:
         """A CLOCK without a finite time is a protocol error (the channel closes)."""
@@ -255,7 +256,7 @@ class CaptureClockTests(Base):
             with self.assertRaises(ProtocolError) as caught:
                 session.messageReceived(MessageType.CLOCK, payload)
             self.assertIn("CLOCK", str(caught.exception))
-        self.assertEqual(FakeAnalyzer.made[0].advanced, [])
+        self.assertEqual(self.engines.all[0].advanced, [])
 
     def test_analyser_error_on_advance_logged(self) -> None:
         """An analyser that fails while advancing is logged; the session goes on."""
@@ -265,7 +266,7 @@ class CaptureClockTests(Base):
         def broken(now: float) -> None:
             raise RuntimeError("engine bug")
 
-        FakeAnalyzer.made[0].advance = broken
+        self.engines.all[0].advance = broken
         session.messageReceived(MessageType.CLOCK, b'{"t":200}')
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 

@@ -33,7 +33,7 @@ from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.service import SensorService
 from voipmon.sensor.uplink import UplinkFactory
 from voipmon.store.testing import make_cdr
-from voipmon.test.fakes import FakeAnalyzer, FakeStore
+from voipmon.test.fakes import Engines, FakeStore
 from voipmon.test.fakes_channel import (
     ChannelPair,
     PumpEndpoint,
@@ -226,8 +226,8 @@ class LifeTests(CentralCase):
         self.failureResultOf(pair.connect(instance="02" * 8), Rejection)
         first.transport.send_message(MessageType.STATS, {"packets": 1})
         pair.flush()
-        self.assertEqual(self.store._sensors[7]["packets"], 1)
-        self.assertTrue(self.store._sensors[7]["connected"])
+        self.assertEqual(self.store.sensors[7]["packets"], 1)
+        self.assertTrue(self.store.sensors[7]["connected"])
         self.central.stopService()
         pair.flush()
         self.assertIsInstance(first, SessionRecorder)
@@ -237,11 +237,11 @@ class MirrorRestartTests(CentralCase):
     """CDRs made from mirrored packets during a database outage survive a restart."""
 
     def setUp(self) -> None:
-        FakeAnalyzer.made = []
+        self.engines = Engines()
         super().setUp()
 
     def central(self) -> CentralService:
-        central = self.make_central(analyzer_factory=FakeAnalyzer)
+        central = self.make_central(analyzer_factory=self.engines.analyzer)
         central.startService()
         return central
 

@@ -18,7 +18,8 @@ from voipmon.protocols.wire import MessageType, ProtocolError, encode_cdr_batch,
 from voipmon.queue import DurableQueue
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory
 from voipmon.store.testing import make_cdr
-from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport, MemoryStore
+from voipmon.test.fakes import FakeStore
+from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport
 
 
 def hello(id_sensor: int = 7, mode: str = "local", manager: str = "",
@@ -35,7 +36,7 @@ def batch(first: int, numbers: list[int], id_sensor: int = 7) -> bytes:
 class Base(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.store = MemoryStore()
+        self.store = FakeStore(self.clock)
         self.registry = SessionRegistry(self.clock)
         self.sessions = CentralSessions(self.store, self.clock, self.registry)
         self.channel = FakeMessageTransport()
@@ -87,11 +88,11 @@ class CdrSessionTests(Base):
         session.messageReceived(MessageType.CDRS, batch(1, [0, 1]))
         calls = []
         for step in (0.5, 1, 2, 4, 5, 5):
-            calls.append(self.store.calls)
+            calls.append(self.store.calls.count("store_cdrs"))
             self.clock.advance(step - 0.01)
-            self.assertEqual(self.store.calls, calls[-1])
+            self.assertEqual(self.store.calls.count("store_cdrs"), calls[-1])
             self.clock.advance(0.01)
-        self.assertEqual(self.store.calls, 7)
+        self.assertEqual(self.store.calls.count("store_cdrs"), 7)
         self.assertEqual(self.acks(), [])
         self.store.down = False
         self.clock.advance(5)
@@ -250,8 +251,8 @@ class EndToEndTests(SynchronousTestCase):
     """A real CdrUplink and real CentralSessions, over the real channel, in memory."""
 
     def setUp(self) -> None:
-        self.store = MemoryStore()
         self.pair = ChannelPair(handler=None)
+        self.store = FakeStore(self.pair.clock)
         self.sessions = CentralSessions(self.store, self.pair.clock, self.pair.factory.registry)
         self.pair.factory.handler = self.sessions
         self.queue = DurableQueue(os.path.abspath(self.mktemp()))
@@ -292,8 +293,10 @@ class EndToEndTests(SynchronousTestCase):
             self.pair.clock.advance(5)
             self.pair.flush()
         self.assertEqual(self.queue.depth, 0)
-        self.assertEqual([uid for _, uid in self.store.order],
+        arrived = [cdr.sensor_cdr_uid for batch, _ in self.store.batches for cdr in batch]
+        self.assertEqual(list(dict.fromkeys(arrived)),     # in order, the first time each
                          [make_cdr(n, id_sensor=7).sensor_cdr_uid for n in range(420)])
+        self.assertEqual(len(self.store.cdrs), 420)
         self.assertEqual(self.uplink.delivered, 420)
         self.assertEqual(self.store.sensors[7]["mode"], "local")
 

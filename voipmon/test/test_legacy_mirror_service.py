@@ -22,7 +22,8 @@ from voipmon.protocols.legacy_mirror_service import (
 )
 from voipmon.records.cdr import Cdr
 from voipmon.test.common import data_path
-from voipmon.test.mirror_fakes import PASSWORD, Engines, RecordingEngine, make_pair
+from voipmon.test.fakes import Engines, RecordingEngine
+from voipmon.test.mirror_fakes import PASSWORD, make_pair
 
 EN10MB = 1
 T0 = 1_700_000_000.0

@@ -34,7 +34,7 @@ from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.uplink import CdrUplink
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes import FakeStore
-from voipmon.test.fakes_channel import ChannelPairCase, FakeMessageTransport, MemoryStore, ack
+from voipmon.test.fakes_channel import ChannelPairCase, FakeMessageTransport, ack
 from voipmon.test.test_central_sessions import batch, hello
 from voipmon.test.test_manager_service import LoopbackBase, raw_exchange
 from voipmon.test.test_protocols_channel import Echo
@@ -221,7 +221,7 @@ class MessageNumberTests(SynchronousTestCase):
 
     def central_session(self):
         clock = Clock()
-        store = MemoryStore()
+        store = FakeStore(clock)
         sessions = CentralSessions(store, clock, SessionRegistry(clock))
         return store, sessions, sessions.open_session(FakeMessageTransport(), hello())
 
@@ -230,10 +230,12 @@ class MessageNumberTests(SynchronousTestCase):
         store, _sessions, session = self.central_session()
         session.messageReceived(MessageType.STATS, encode_json(
             {"packets": 10 ** 30, "dropped": True, "queue_depth": 4}))
+        upsert = store.upserts[-1]
+        self.assertEqual(upsert.get("queue_depth"), 4)
+        self.assertNotIn("packets", upsert)
+        self.assertNotIn("drops", upsert)
         row = store.sensors[7]
-        self.assertEqual(row.get("queue_depth"), 4)
-        self.assertNotIn("packets", row)
-        self.assertNotIn("drops", row)
+        self.assertEqual((row["queue_depth"], row["packets"], row["drops"]), (4, 0, 0))
         for raw in (b'{"packets":NaN}', b'{"packets":1e999}', nested(100)):
             self.assertRaises(ProtocolError, session.messageReceived, MessageType.STATS, raw)
 

@@ -27,6 +27,7 @@ from voipmon.packet.live import LiveCapture
 from voipmon.records.cdr import BYE_CONFIRMED, BYE_NOT_ANSWERED, Cdr
 from voipmon.sensor.service import SensorService
 from voipmon.store.sqlstore import SqlStore
+from voipmon.test.fakes import CommitCounter
 from voipmon.test.live_support import require_root, require_tool
 from voipmon.test.sipp_calls import SippCalls, media_source, rtp_key
 
@@ -122,28 +123,6 @@ class SippLiveTests(TestCase):
         self.assertEqual(finals, [200, 200, 200, 486])
 
 
-class CountingStore:
-    """Passes everything to a real store; ``done`` fires once ``expect`` CDRs are committed."""
-
-    def __init__(self, inner: SqlStore, expect: int) -> None:
-        self.inner = inner
-        self.expect = expect
-        self.stored = 0
-        self.done: defer.Deferred[None] = defer.Deferred()
-
-    def store_cdrs(self, cdrs: list[Cdr], pcap_on: str = "sensor") -> defer.Deferred:
-        def count(inserted: int) -> int:
-            self.stored += inserted
-            if self.stored >= self.expect and not self.done.called:
-                self.done.callback(None)
-            return inserted
-
-        return self.inner.store_cdrs(cdrs, pcap_on).addCallback(count)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-
 class SensorToCentralTests(TestCase):
     """SIPp calls captured live by a sensor, stored by a central: one row per call."""
 
@@ -173,7 +152,7 @@ class SensorToCentralTests(TestCase):
             f"server_bind = 127.0.0.1\nserver_password = {self.password}\n"
             f"spooldir = {self.base}/central\nsqlite_path = {self.base}/central.sqlite\n"
             "http_port = 0\n"))
-        store = CountingStore(SqlStore.from_config(central_settings, reactor), expect=4)
+        store = CommitCounter(SqlStore.from_config(central_settings, reactor), expect=4)
         central = CentralService(central_settings, reactor, store=store, port=0)
         central.startService()
         self.addCleanup(central.stopService)
