@@ -146,7 +146,7 @@ def child(mode: str, users: int) -> dict:
         others.finish()
         elapsed = time.perf_counter() - start
         if tracker.stats.errors:
-            raise SystemExit(f"tracker errors: {tracker.stats_dict()}")
+            raise SystemExit(f"tracker errors: {tracker.counters()}")
     kinds: dict[str, int] = {}
     for record in records:
         kinds[type(record).__name__] = kinds.get(type(record).__name__, 0) + 1
@@ -183,7 +183,7 @@ def hold(users: int) -> dict:
     tracker.advance(T0 + users * 0.001 + 60)     # transactions and their memory expire
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
-    stats = tracker.stats_dict()
+    stats = tracker.counters()
     return {"users": users, "active": stats["active"], "pending": stats["pending"],
             "bytes": held}
 

@@ -28,6 +28,7 @@ from typing import IO, Any
 from twisted.python import usage
 
 from voipmon.analysis.engine import Engine
+from voipmon.counters import nested
 from voipmon.packet.readers import CaptureFormatError, CaptureReader
 from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.records.times import iso_ms
@@ -218,7 +219,7 @@ def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
         raw.close()
     if options["stats"]:
         err.write(f"{path}: {reader.frames} frames; " +
-                  json.dumps(engine.stats_dict(), sort_keys=True) + "\n")
+                  json.dumps(nested(engine.counters()), sort_keys=True) + "\n")
     if not problem and reader.truncated:
         problem = "; ".join(reader.notes)  # each names the file and the byte offset
     elif problem:

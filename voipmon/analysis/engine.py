@@ -42,6 +42,7 @@ from voipmon.analysis.media import MediaTable, stream_records
 from voipmon.analysis.rtp import CHUNK, RtpFlow
 from voipmon.analysis.sdp import parse_sdp
 from voipmon.analysis.sip import looks_like_sip, parse_sip
+from voipmon.counters import Counters, Counts, prefixed
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.records.cdr import Cdr, RtpStream
@@ -56,8 +57,8 @@ _PORTS = struct.Struct("!HH").pack
 _NO_CALL_METHODS = frozenset({"REGISTER", "OPTIONS", "SUBSCRIBE", "PUBLISH"})
 
 
-class EngineStats:
-    """Counters of the engine (``as_dict`` for sniffer_stat and the CLI)."""
+class EngineStats(Counts):
+    """Counters of the engine (in ``Engine.counters``)."""
 
     def __init__(self) -> None:
         self.slow_frames = 0       # frames that took the decoder (not the RTP fast path)
@@ -74,9 +75,6 @@ class EngineStats:
         self.orphan_streams = 0
         self.orphan_flows_refused = 0
         self.errors = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 class Engine(HotPath):
@@ -316,15 +314,15 @@ class Engine(HotPath):
             })
         return out
 
-    def stats_dict(self) -> dict[str, Any]:
-        """Engine, decoder and spool counters together."""
-        data: dict[str, Any] = self.stats.as_dict()
+    def counters(self) -> Counters:
+        """Engine, decoder (``decoder.``) and spool (``spool.``) counters together."""
+        data = self.stats.counters()
         data["active_calls"] = len(self._calls)
         data["active_flows"] = len(self.media.flows)
         data["orphan_flows_active"] = len(self.media.orphans)
-        data["decoder"] = self._decoder.stats.as_dict()
+        data.update(prefixed("decoder", self._decoder.counters()))
         if self._spool is not None:
-            data["spool"] = self._spool.stats.as_dict()
+            data.update(prefixed("spool", self._spool.counters()))
         return data
 
 

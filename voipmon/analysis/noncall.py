@@ -26,8 +26,8 @@ class INonCallAnalyser(Interface):
     def finish():
         """End of input: write what is still folding; leave undecided what is."""
 
-    def stats_dict():
-        """Counters, for sniffer_stat and the CLI."""
+    def counters():
+        """Its counters (``voipmon.counters.ICounters``)."""
 
 
 __all__ = ["INonCallAnalyser"]

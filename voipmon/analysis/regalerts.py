@@ -36,6 +36,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from voipmon.counters import Counts
 from voipmon.records.alert import BRUTE_FORCE, POSSIBLE_COMPROMISE, SCAN, Alert
 from voipmon.records.keys import stable_uid
 from voipmon.records.times import iso_ms
@@ -145,16 +146,13 @@ class _Incident:
                      revision=self.revision, closed=self.closed)
 
 
-class AlertStats:
+class AlertStats(Counts):
     def __init__(self) -> None:
         self.failures = 0
         self.successes = 0
         self.alerts = 0               # incidents opened (or reopened)
         self.records = 0              # Alert records emitted, updates included
         self.sources_dropped = 0      # sources forgotten early because of max_sources
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 class RegisterAlerts:

@@ -62,6 +62,7 @@ from voipmon.analysis.regalerts import RegisterAlerts
 from voipmon.analysis.regfailed import FailureBook
 from voipmon.analysis.regstate import ACTIVE, Binding, Dialog, Ends, Info, RegisterSettings
 from voipmon.analysis.sip import SipMessage
+from voipmon.counters import Counters, prefixed
 from voipmon.packet.datagram import Datagram
 from voipmon.records import register as rec
 
@@ -467,11 +468,12 @@ class RegisterTracker:
         out = [b.view() for b in self._bindings if not active_only or b.state in ACTIVE]
         return sorted(out, key=lambda row: row["created_at"])
 
-    def stats_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.stats.as_dict()
+    def counters(self) -> Counters:
+        data = self.stats.counters()
         data.update(registrations=self._bindings.count, active=self._active,
                     pending=len(self._dialogs), completed=len(self._finished_txns),
-                    failure_runs=len(self._failures), alerts=self.alerts.stats.as_dict())
+                    failure_runs=len(self._failures))
+        data.update(prefixed("alerts", self.alerts.stats.counters()))
         return data
 
 

@@ -17,6 +17,7 @@ from voipmon.analysis import sipfields as sf
 from voipmon.analysis.calls import ip_text
 from voipmon.analysis.regalerts import AlertSettings
 from voipmon.analysis.sip import SipMessage, split_uri
+from voipmon.counters import Counts
 from voipmon.records import register as rec
 from voipmon.records.keys import stable_uid
 from voipmon.records.times import iso_ms
@@ -333,7 +334,7 @@ def state_row(id_sensor: int, b: Binding, created_at: float,
         rrd=rrd)
 
 
-class RegisterStats:
+class RegisterStats(Counts):
     """Counters of the tracker (every refusal and drop is one of them)."""
 
     def __init__(self) -> None:
@@ -364,9 +365,6 @@ class RegisterStats:
         self.unresolved = 0
         self.records = 0
         self.errors = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 __all__ = ["ACTIVE", "Binding", "Bindings", "Dialog", "Ends", "Info", "RegisterSettings",

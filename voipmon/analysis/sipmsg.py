@@ -35,6 +35,7 @@ from voipmon.analysis import sipfields as sf
 from voipmon.analysis.calls import ip_text
 from voipmon.analysis.noncall import INonCallAnalyser
 from voipmon.analysis.sip import SipMessage, split_uri
+from voipmon.counters import Counters, Counts
 from voipmon.packet.datagram import Datagram
 from voipmon.records.keys import stable_uid
 from voipmon.records.sipmsg import METHOD_TYPES, InstantMessage, SipMsg
@@ -101,7 +102,7 @@ class _Request:
         self.body = _text(msg.body, max_content) if store else ""
 
 
-class SipMsgStats:
+class SipMsgStats(Counts):
     def __init__(self) -> None:
         self.requests = 0
         self.repetitions = 0
@@ -114,9 +115,6 @@ class SipMsgStats:
         self.unresolved = 0           # still waiting at finish
         self.records = 0
         self.errors = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 @implementer(INonCallAnalyser)
@@ -291,8 +289,8 @@ class SipMsgTracker:
                 "last": len(history)})
         return out
 
-    def stats_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.stats.as_dict()
+    def counters(self) -> Counters:
+        data = self.stats.counters()
         data.update(pending=len(self._pending), relations=len(self._relations),
                     completed=len(self._finished_txns))
         return data

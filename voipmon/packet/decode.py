@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Collection, Iterable
 
+from voipmon.counters import Counters
 from voipmon.packet.datagram import Datagram
 from voipmon.packet.ipfrag import Defragmenter
 from voipmon.packet.layers import (
@@ -90,6 +91,9 @@ class Decoder(LayerWalker):
         s.frames = self._nframes
         s.datagrams = self._nframes - self._nslow + self._nemitted
         return s
+
+    def counters(self) -> Counters:
+        return self.stats.counters()
 
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         """Decode one captured frame. Never raises because of the frame's content."""

@@ -1,10 +1,11 @@
-"""Decoder counters: plain integers on one object, plus two counters keyed by reason, so a
+"""Decoder counters: plain integers on one object, plus counters keyed by reason, so a
 management command can show why frames were not turned into datagrams."""
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+
+from voipmon.counters import Counters, family
 
 
 class DecodeStats:
@@ -26,13 +27,18 @@ class DecodeStats:
         self.frag: Counter[str] = Counter()
         self.tcp: Counter[str] = Counter()
 
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly snapshot."""
-        d: dict[str, Any] = {
-            k: v for k, v in vars(self).items() if isinstance(v, int)}
-        for k in ("undecodable", "ignored", "frag", "tcp"):
-            d[k] = dict(sorted(getattr(self, k).items()))
-        return d
+    def counters(self) -> Counters:
+        """The integers, and each family by reason (``undecodable{reason="llc"}``)."""
+        return {
+            "frames": self.frames, "datagrams": self.datagrams, "fragments": self.fragments,
+            "reassembled": self.reassembled, "tcp_segments": self.tcp_segments,
+            "tcp_messages": self.tcp_messages, "websocket_messages": self.websocket_messages,
+            "sctp_messages": self.sctp_messages,
+            **family("undecodable", "reason", dict(sorted(self.undecodable.items()))),
+            **family("ignored", "reason", dict(sorted(self.ignored.items()))),
+            **family("frag", "reason", dict(sorted(self.frag.items()))),
+            **family("tcp", "reason", dict(sorted(self.tcp.items()))),
+        }
 
     def __repr__(self) -> str:
-        return f"DecodeStats({self.as_dict()!r})"
+        return f"DecodeStats({self.counters()!r})"

@@ -37,6 +37,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 
+from voipmon.counters import Counters, family
 from voipmon.packet.hep import LOG, RTCP_JSON, RTP, SIP, HepError, HepMessage
 from voipmon.packet.rtcpjson import rtcp_from_json
 
@@ -169,10 +170,11 @@ class SynthStats:
         self.tcp_connections = 0
         self.sctp_associations = 0
 
-    def as_dict(self) -> dict[str, object]:
-        return {"by_type": dict(self.by_type), "dropped": dict(self.dropped),
-                "frames": self.frames, "tcp_connections": self.tcp_connections,
-                "sctp_associations": self.sctp_associations}
+    def counters(self) -> Counters:
+        return {"frames": self.frames, "tcp_connections": self.tcp_connections,
+                "sctp_associations": self.sctp_associations,
+                **family("by_type", "type", self.by_type), **family("dropped", "reason",
+                                                                    self.dropped)}
 
 
 class HepFrames:
@@ -192,6 +194,9 @@ class HepFrames:
     def __len__(self) -> int:
         """Connections and associations held."""
         return len(self._dirs) // 2
+
+    def counters(self) -> Counters:
+        return {**self.stats.counters(), "connections": len(self)}
 
     def feed(self, msg: HepMessage, ts: float) -> int:
         """Frame ``msg`` at capture time ``ts`` (its own time, or the caller's choice when

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from twisted.logger import Logger
 
+from voipmon.counters import Counters, Counts
 from voipmon.packet.writers import pcap_global_header
 from voipmon.spool.layout import resolve
 
@@ -31,8 +32,8 @@ FLUSH_FRAMES = 256
 _RECORD = struct.Struct("<IIII")
 
 
-class SpoolStats:
-    """Counters of a ``SpoolWriter`` (exposed by the engine's stats)."""
+class SpoolStats(Counts):
+    """Counters of a ``SpoolWriter`` (``SpoolWriter.counters``)."""
 
     def __init__(self) -> None:
         self.files = 0             # files created
@@ -40,9 +41,6 @@ class SpoolStats:
         self.bytes = 0             # bytes written, headers included
         self.write_errors = 0
         self.linktype_mismatch = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 class PcapSink:
@@ -134,6 +132,9 @@ class SpoolWriter:
         self._open: OrderedDict[str, BinaryIO] = OrderedDict()
         self._failed: set[str] = set()
         self._dirs: set[str] = set()
+
+    def counters(self) -> Counters:
+        return self.stats.counters()
 
     def open(self, relpath: str, header_only: bool = False) -> PcapSink:
         """A sink for the pcap at spool-relative ``relpath`` (created on first write)."""

@@ -12,6 +12,7 @@ import struct
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.analysis.engine import Engine
+from voipmon.counters import nested
 from voipmon.packet.readers import CaptureFormatError, CaptureReader, read_capture
 from voipmon.spool.writer import SpoolWriter
 from voipmon.test.callsupport import Harness, sdp, sip_message
@@ -101,7 +102,7 @@ def analyse(source: str | list[Record], how: str, spooldir: str | None = None,
                 files[os.path.relpath(os.path.join(root, name), spooldir)] = \
                     hashlib.sha256(f.read()).hexdigest()
     return (n, [c.to_json() for c in cdrs], [o.to_json() for o in orphans],
-            engine.stats_dict(), files)
+            nested(engine.counters()), files)
 
 
 class HotPathTests(SynchronousTestCase):
@@ -172,7 +173,7 @@ class HotPathTests(SynchronousTestCase):
                 e = self.assertRaises(CaptureFormatError, engine.feed_all, records)
                 self.assertEqual(reader.frames, 400)
             engine.finish()
-            got.append((e.offset, [c.to_json() for c in cdrs], engine.stats_dict()))
+            got.append((e.offset, [c.to_json() for c in cdrs], nested(engine.counters())))
         self.assertEqual(got[0], got[1])
         # the call begun before the corruption
         self.assertIn("call-0@hot", [c["callid"] for c in got[0][1]])

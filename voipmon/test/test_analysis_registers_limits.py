@@ -154,10 +154,10 @@ class FloodTests(SynchronousTestCase):
         for k in range(5000):          # spoofed REGISTERs, each its own Call-ID, no answer
             wire.send(T0 + k * 0.0005, f"10.1.{k // 250}.{k % 250}:5060", REGISTRAR,
                       register(f"flood{k}", 1, user=f"{1000 + k}"))
-        self.assertLessEqual(t.stats_dict()["pending"], 100)
+        self.assertLessEqual(t.counters()["pending"], 100)
         self.assertEqual(t.stats.refused_transactions, 4900)
         wire.advance(T0 + 60)
-        self.assertEqual(t.stats_dict()["pending"], 0)
+        self.assertEqual(t.counters()["pending"], 0)
         self.assertEqual(t.stats.timeouts, 100)
 
     def test_registrations_are_capped(self) -> None:
@@ -173,11 +173,11 @@ class FloodTests(SynchronousTestCase):
             request = register(f"x{k}", 1, user=f"u{k}")
             wire.send(T0 + k * 0.01, PHONE, REGISTRAR, request)
             wire.send(T0 + k * 0.01 + 0.001, REGISTRAR, PHONE, reply(request, 404))
-        self.assertEqual(t.stats_dict()["failure_runs"], 10)
+        self.assertEqual(t.counters()["failure_runs"], 10)
         self.assertEqual(t.stats.failed_runs_evicted, 20)
         self.assertEqual(len(latest(records, rec.RegisterFailed)), 30)   # none lost
         wire.advance(T0 + 120)
-        self.assertEqual(t.stats_dict()["failure_runs"], 0)
+        self.assertEqual(t.counters()["failure_runs"], 0)
 
     def test_everything_is_forgotten_in_time(self) -> None:
         t, _records, wire = tracker()
@@ -189,7 +189,7 @@ class FloodTests(SynchronousTestCase):
             wire.send(T0 + k * 0.01 + 0.001, REGISTRAR, PHONE2, reply(request, 401,
                                                                        challenge="x"))
         wire.advance(T0 + 60 + 30 + 600 + 5)      # expiry, grace, state timeout
-        stats = t.stats_dict()
+        stats = t.counters()
         self.assertEqual((stats["registrations"], stats["active"], stats["pending"],
                           stats["failure_runs"]), (0, 0, 0, 0))
         self.assertEqual(t.stats.expired, 200)

@@ -148,11 +148,11 @@ class SipMsgTests(SynchronousTestCase):
         wire = Wire(tracker)
         for k in range(500):
             wire.send(T0 + k * 0.001, PBX, f"192.0.2.{k % 200}:5060", ping(f"f{k}"))
-        self.assertEqual(tracker.stats_dict()["pending"], 50)
+        self.assertEqual(tracker.counters()["pending"], 50)
         self.assertEqual(tracker.stats.refused, 450)
         wire.advance(T0 + 40)
         self.assertEqual(len(records), 50)
-        self.assertEqual(tracker.stats_dict()["relations"], 20)
+        self.assertEqual(tracker.counters()["relations"], 20)
         self.assertEqual(tracker.stats.relations_evicted, 30)
 
     def test_unanswered_at_the_end_is_left_undecided(self) -> None:

@@ -231,4 +231,4 @@ class TypeTests(SynchronousTestCase):
         p.synth.feed(message(V4[0], 5061, V4[1], 5061, sip(1), 22), 1.0)
         [d] = p.datagrams
         self.assertEqual((d.proto, d.payload), (IPPROTO_UDP, sip(1)))
-        self.assertEqual(p.synth.stats.as_dict()["frames"], 1)
+        self.assertEqual(p.synth.counters()["frames"], 1)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from voipmon.counters import nested
 from voipmon.packet.decode import Decoder
 from voipmon.packet.readers import read_capture
 from voipmon.packet.tcpclassify import SIP, WS, WS_HTTP, NotSipFlows, classify, sniff
@@ -204,7 +205,7 @@ class DecoderCacheTests(SynchronousTestCase):
                         d.expire(ts)
             self.assertEqual(len(d.not_sip) > 0, limit > 0)
             d.flush()
-            return [tuple(x) for x in out], d.stats.as_dict()
+            return [tuple(x) for x in out], nested(d.counters())
 
         for batch in (False, True):
             without = run(0, batch)
@@ -228,7 +229,7 @@ class DecoderCacheTests(SynchronousTestCase):
                     d = Decoder(out.append, sip_ports=ports, tcp_not_sip_max=limit)
                     d.feed_all(frames)
                     d.flush()
-                    got.append(([tuple(x) for x in out], d.stats.as_dict()))
+                    got.append(([tuple(x) for x in out], d.counters()))
                 self.assertEqual(got[0], got[1], path)
 
 
