@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from voipmon.counters import Counters
+
 log = Logger()
 
 RECORD = struct.Struct("<IQI")
@@ -394,6 +396,12 @@ class DurableQueue:
     @property
     def disk_bytes(self) -> int:
         return sum(segment.size for segment in self._segments)
+
+    def counters(self) -> Counters:
+        """Records waiting (durable, not acknowledged), buffered, on disk; the highest
+        durable and acknowledged sequence numbers."""
+        return {"depth": self.depth, "buffered": self._buffered, "disk_bytes": self.disk_bytes,
+                "durable": self.durable, "acked": self.acked}
 
     def close(self) -> None:
         """Flush what is buffered, close the files and give the queue up."""

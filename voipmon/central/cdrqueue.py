@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from voipmon.counters import Counters
 from voipmon.protocols.failover import describe_failure
 from voipmon.queue import DurableQueue, QueueError
 from voipmon.records.cdr import Cdr
@@ -287,13 +288,19 @@ class CentralCdrQueue:
                  directory=self.queue.directory, mb=self.queue.disk_bytes / 1048576)
         self._arm_report()
 
-    def stats(self) -> dict[str, Any]:
+    @property
+    def database(self) -> str:
+        """The store as this queue sees it: "up", "down" or "not started"."""
+        if self.outage_since is not None:
+            return "down"
+        return "up" if self.started else "not started"
+
+    def counters(self) -> Counters:
         return {"queued": self.depth, "queue_bytes": self.queue.disk_bytes,
                 "accepted": self.accepted, "written": self.written, "stored": self.stored,
                 "rejected": self.rejected, "oversized": self.oversized,
                 "dead_letters": self.dead_letters.count,
-                "database": "down" if self.outage_since is not None else (
-                    "up" if self.started else "not started")}
+                "database_up": int(self.database == "up")}
 
     # -- life --------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from voipmon.counters import Counters
 from voipmon.manager.service import resolve_manager
 from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello
@@ -198,6 +199,11 @@ class CdrSession:
         self.received = self.stored = self.duplicates = self.rejected = 0
         self._warned_foreign_id = False
 
+    def counters(self) -> Counters:
+        return {"received": self.received, "stored": self.stored,
+                "duplicates": self.duplicates, "rejected": self.rejected,
+                "pending_batches": len(self.pending)}
+
     @property
     def retry(self) -> StoreRetry | None:
         """The oldest write in progress (tests look at it)."""
@@ -330,6 +336,9 @@ class MirrorSession:
         self._ending = False
         self._lost = False
 
+    def counters(self) -> Counters:
+        return {"batches": self.batches}
+
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         if kind == MessageType.PACKETS:
             seq, linktype, packets = decode_packets(payload)
@@ -392,7 +401,7 @@ class CentralSessions:
         self.registry = registry          # set by the assembly (the channel factory's)
         self.mirrors = mirrors            # voipmon.central.mirror.MirrorAnalyses
         self.sessions: dict[int, Any] = {}
-        self.stats: dict[int, dict[str, Any]] = {}
+        self.reported: dict[int, dict[str, Any]] = {}   # the last STATS of each sensor
         self.writers: dict[int, RegistryWriter] = {}
 
     def open_session(self, channel: Any, hello: Hello) -> Any:
@@ -435,7 +444,7 @@ class CentralSessions:
             writer.cancel()
 
     def record_stats(self, hello: Hello, body: dict[str, Any]) -> None:
-        self.stats[hello.id_sensor] = body
+        self.reported[hello.id_sensor] = body
         update = {"id_sensor": hello.id_sensor}
         for key, column in STATS_FIELDS.items():
             value = body.get(key)

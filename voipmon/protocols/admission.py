@@ -56,6 +56,8 @@ from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from voipmon.counters import Counters
+
 log = Logger()
 
 CLOSING, OPENED, SPOKE, SECURED, GREETED = range(5)
@@ -231,7 +233,7 @@ class AdmissionGate:
         ranked = self._sources.get(source_key(peer))
         return ranked.count if ranked is not None else 0
 
-    def stats(self) -> dict[str, Any]:
+    def counters(self) -> Counters:
         return {"pending": self._all.count, "sources": len(self._sources),
                 "idle_limit": self.policy.idle_limit(self._all.count), **self.totals}
 

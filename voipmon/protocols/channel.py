@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from voipmon.counters import Counters
 from voipmon.protocols.compression import DecompressionError, ICodec
 from voipmon.protocols.wire import (
     COMPRESS_MIN,
@@ -102,6 +103,12 @@ class ChannelProtocol(protocol.Protocol):
 
     # -- connection life ---------------------------------------------------------
 
+
+    def counters(self) -> Counters:
+        return {"frames_sent": self.frames_sent, "frames_received": self.frames_received,
+                "payload_bytes_sent": self.payload_bytes_sent,
+                "wire_bytes_sent": self.wire_bytes_sent,
+                "wire_bytes_received": self.wire_bytes_received}
     def connectionMade(self) -> None:
         self.peer = describe_peer(self.transport)
         self.last_received = self.clock.seconds()

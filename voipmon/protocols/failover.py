@@ -23,6 +23,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from voipmon.counters import Counters
+
 log = Logger()
 
 
@@ -71,6 +73,10 @@ class FailoverEndpoint:
         self._connected_at: float | None = None
         self._failback_reason: str | None = None
         self._last_round_errors: list[tuple[str, Failure]] = []
+
+    def counters(self) -> Counters:
+        return {"failed_rounds": self.failed_rounds, "switches": self.switches,
+                "connected": int(self.connected_index is not None)}
 
     @property
     def names(self) -> list[str]:
@@ -226,6 +232,9 @@ class FailbackProber(Service):
         self.probes = 0
         self._loop: task.LoopingCall | None = None
         self._probing: defer.Deferred | None = None
+
+    def counters(self) -> Counters:
+        return {"probes": self.probes}
 
     def startService(self) -> None:
         super().startService()

@@ -30,6 +30,7 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import Interface, implementer
 
+from voipmon.counters import Counters, family
 from voipmon.protocols.wire import MessageType
 
 #: Sent at once, paused or not (small, bounded by the windows they serve).
@@ -192,7 +193,8 @@ class OutputScheduler:
         self._sources.clear()
         self._scheduled.clear()
 
-    def stats(self) -> dict[str, Any]:
-        return {"paused": self.paused, "queued_records": len(self.records),
+    def counters(self) -> Counters:
+        return {"paused": int(self.paused), "queued_records": len(self.records),
                 "queued_bytes": self.queued_bytes, "max_queued_bytes": self.max_queued_bytes,
-                "answer_sources": len(self._sources), "frames": dict(self.frames)}
+                "answer_sources": len(self._sources),
+                **family("frames", "kind", self.frames)}

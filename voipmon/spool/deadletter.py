@@ -40,6 +40,8 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from voipmon.counters import Counters, family
+
 log = Logger()
 
 DIRECTORY = "deadletter"          # under a spooldir
@@ -64,8 +66,8 @@ class IDeadLetters(Interface):
     def for_sensor(id_sensor):
         """Records of sensor ``id_sensor`` not delivered since start."""
 
-    def stats():
-        """Counters for sniffer_stat and the logs."""
+    def counters():
+        """Its counters (``voipmon.counters``): kept, written, not written, by kind."""
 
 
 def raw_form(record: Any) -> tuple[str, Any]:
@@ -193,10 +195,9 @@ class DeadLetters:
     def for_sensor(self, id_sensor: int) -> int:
         return self.by_sensor[id_sensor]
 
-    def stats(self) -> dict[str, Any]:
+    def counters(self) -> Counters:
         return {"dead_letters": self.count, "written": self.written,
-                "unwritten": self.unwritten, "by_kind": dict(self.by_kind),
-                "directory": self.directory}
+                "unwritten": self.unwritten, **family("by_kind", "kind", self.by_kind)}
 
 
 def _size(directory: str) -> int:

@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from voipmon.counters import Counters
 from voipmon.store.dialect import FATAL, LOST, RETRY, UNAVAILABLE
 from voipmon.store.interfaces import StoreError, StoreUnavailable
 
@@ -80,6 +81,11 @@ class Pool(adbapi.ConnectionPool):
         # Counted in pool threads (a lost update under contention is harmless here).
         self.stats = {"transactions": 0, "lost": 0, "retried": 0, "unavailable": 0,
                       "failed": 0}
+
+    def counters(self) -> Counters:
+        """Committed transactions, lost connections, retried transactions (deadlocks,
+        busy), calls failed unavailable or with an error; connections open."""
+        return {**self.stats, "connections": len(self.connections)}
 
     # connections (pool threads) -----------------------------------------------------
 

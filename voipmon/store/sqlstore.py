@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from voipmon.counters import Counters
 from voipmon.records.cdr import Cdr
 from voipmon.store import rollup
 from voipmon.store.cdrwrite import write_mysql, write_sqlite
@@ -109,12 +110,12 @@ class SqlStore:
         pools = [p for p in (self._writer, self._reader) if p is not None]
         return tuple(dict.fromkeys(pools))
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for monitoring: committed transactions, lost connections, retried
-        transactions (deadlocks, busy), calls failed unavailable or with an error."""
-        totals: dict[str, Any] = {"where": self.where, "up": self.availability.up}
+    def counters(self) -> Counters:
+        """The pools' counters added up (``Pool.counters``), and whether the database is
+        reachable (``up``, 1 or 0)."""
+        totals: Counters = {"up": int(self.availability.up)}
         for pool in self.pools():
-            for key, value in pool.stats.items():
+            for key, value in pool.counters().items():
                 totals[key] = totals.get(key, 0) + value
         return totals
 

@@ -146,7 +146,7 @@ class DurabilityTests(Base):
         self.assertEqual(len(self.logged("record #2 is not a CDR")), 1)
         [entry] = read(directory)
         self.assertEqual(base64.b64decode(entry["record_base64"]), b'{"callid": 5, "x": "\xff"}')
-        self.assertEqual(writer.stats()["dead_letters"], 1)
+        self.assertEqual(writer.counters()["dead_letters"], 1)
 
     def test_add_after_stop_is_refused(self) -> None:
         """A CDR made after the queue closed is refused (its engine keeps it as a dead
@@ -177,11 +177,11 @@ class OutageTests(Base):
         self.assertEqual(gaps, [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0])
         self.assertEqual(self.store.calls.count("store_cdrs"), 8)
         self.assertEqual((writer.queue.acked, writer.depth), (0, 5))
-        self.assertEqual(writer.stats()["database"], "down")
+        self.assertEqual(writer.database, "down")
         self.store.down = False
         self.clock.advance(5)
         self.assertEqual(self.stored_order(), [make_cdr(n).callid for n in range(5)])
-        self.assertEqual((writer.depth, writer.stats()["database"]), (0, "up"))
+        self.assertEqual((writer.depth, writer.database), (0, "up"))
         self.assertEqual(len(self.logged("cannot store CDRs from mirrored packets")), 1)
         [line] = self.logged("database reachable again")
         self.assertIn("after 28 s: stored 2 CDRs from mirrored packets; 3 more", line)

@@ -62,6 +62,8 @@ class CdrSessionTests(Base):
         self.store.release()
         self.assertEqual(self.acks(), [{"upto": 3, "stored": 3}])
         self.assertEqual(len(self.store.cdrs), 3)
+        self.assertEqual(session.counters(), {"received": 3, "stored": 3, "duplicates": 0,
+                                              "rejected": 0, "pending_batches": 0})
 
     def test_concurrent_writes_acked_in_order(self) -> None:
         """Up to four batches are written at once; acks still go out in order, each after
@@ -168,7 +170,7 @@ class CdrSessionTests(Base):
                                              "other": "x"}))
         row = self.store.sensors[7]
         self.assertEqual((row["packets"], row["drops"], row["queue_depth"]), (10, 2, 5))
-        self.assertEqual(self.sessions.stats[7]["other"], "x")
+        self.assertEqual(self.sessions.reported[7]["other"], "x")
 
 
 class RegistryTests(Base):

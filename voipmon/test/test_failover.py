@@ -227,6 +227,8 @@ class LogTests(SynchronousTestCase):
         self.assertIn("from central c0:60024 to c1:60024 (backup 1)", switch[0])
         self.assertIn("Connection was refused", switch[0])
         self.assertEqual(h.endpoint.switches, 1)
+        self.assertEqual(h.endpoint.counters(),
+                         {"failed_rounds": 0, "switches": 1, "connected": 1})
 
     def test_failed_round_logged_with_delay(self) -> None:
         """A failed round is logged once with every reason and the wait."""
@@ -290,6 +292,7 @@ class FailbackTests(SynchronousTestCase):
         self.probe.fail()
         self.assertEqual(self.disconnects, [])
         self.assertEqual(self.h.endpoint.connected_index, 1)
+        self.assertEqual(self.prober.counters(), {"probes": 2})
 
     def test_probes_do_not_overlap(self) -> None:
         """A probe still in flight at the next tick is not duplicated."""

@@ -242,7 +242,7 @@ class DeadlineTests(GateCase):
         ticket.done()
         ticket.release()
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(gate.stats()["pending"], 0)
+        self.assertEqual(gate.counters()["pending"], 0)
 
 
 class ReportTests(GateCase):

@@ -185,6 +185,11 @@ class SendTests(Base):
         self.assertEqual(self.proto.payload_bytes_sent, 1000)
         self.assertEqual(self.proto.wire_bytes_sent, len(self.transport.value()))
         self.assertLess(self.proto.wire_bytes_sent, 100)
+        self.assertEqual(self.proto.counters(), {
+            "frames_sent": self.proto.frames_sent, "frames_received": 0,
+            "payload_bytes_sent": 1000, "wire_bytes_sent": len(self.transport.value()),
+            "wire_bytes_received": self.proto.wire_bytes_received})
+        self.assertGreater(self.proto.frames_sent, 0)
 
 
 class KeepaliveTests(Base):

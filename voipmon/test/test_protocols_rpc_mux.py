@@ -218,7 +218,7 @@ class FlowControlTests(MuxCase):
         self.assertEqual(consumer.consumed, size)
         self.assertLessEqual(consumer.max_buffered, consumer.high + WINDOW)
         self.assertLessEqual(self.channel.up.max_buffered, self.channel.up.high + CHUNK + 100)
-        self.assertEqual(self.channel.sensor_out.stats()["max_queued_bytes"], 0)
+        self.assertEqual(self.channel.sensor_out.counters()["max_queued_bytes"], 0)
         self.assertGreater(worst, WINDOW // 2)        # the window was actually used
         self.assertClean()
 
@@ -246,7 +246,7 @@ class EndingTests(MuxCase):
         self.assertEqual(self.failure().code, "cancelled")
         self.assertTrue(self.file.closed)
         self.assertLess(self.file.read, self.file.size)
-        self.assertEqual(self.channel.responder.stats()["cancelled"], 1)
+        self.assertEqual(self.channel.responder.counters()["cancelled"], 1)
         self.assertClean()
 
     def test_no_first_answer(self) -> None:

@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from voipmon.counters import nested
 from voipmon.protocols.rpc.messages import (
     Request,
     answer_data_head,
@@ -285,7 +286,7 @@ class LimitCancelLossTests(RequesterCase):
         self.requester.on_answer(first(2, 0, last=True))
         self.start()
         self.assertEqual([r.id for r in self.sent.take(M.REQUEST)], [4])
-        self.assertEqual(self.requester.stats()["failed"], {"too_many_requests": 1})
+        self.assertEqual(nested(self.requester.counters())["failed"], {"too_many_requests": 1})
         self.requester.connection_lost("test over")
 
     def test_the_client_goes_away(self) -> None:

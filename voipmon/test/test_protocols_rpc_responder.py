@@ -112,7 +112,7 @@ class RegistryTests(ResponderCase):
             self.assertIn(answer.code, ("refused", "not_found", "usage", "unknown_command",
                                         "too_long"))
         self.assertEqual(self.responder.streams, {})
-        self.assertEqual(self.responder.stats()["refused"], len(cases))
+        self.assertEqual(self.responder.counters()["refused"], len(cases))
 
     def test_a_request_of_several_lines(self) -> None:
         (answer,) = self.ask(1, "getfile", "d/big.bin\ngetversion")
@@ -181,7 +181,7 @@ class StreamingTests(ResponderCase):
         self.responder.on_cancel(Cancel(1, "again"))
         self.responder.on_cancel(Cancel(77, "never asked"))
         self.assertEqual(self.out.take(), [])
-        self.assertEqual(self.responder.stats()["cancelled"], 1)
+        self.assertEqual(self.responder.counters()["cancelled"], 1)
 
     def test_the_channel_closes(self) -> None:
         self.ask(1, "big", window=20_000)

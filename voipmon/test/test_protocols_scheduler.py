@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from voipmon.counters import nested
 from voipmon.protocols.scheduler import IFrameOutput, IFrameSource, OutputScheduler
 from voipmon.protocols.wire import MessageType
 
@@ -87,7 +88,7 @@ class SchedulerTests(SynchronousTestCase):
         scheduler.wake(source)
         self.assertEqual(transport.names(), ["c1", "p", "a:1", "a:2", "a:3"])
         self.assertEqual(scheduler.sources, 0)
-        self.assertEqual(scheduler.stats()["frames"], {"control": 1, "records": 1,
+        self.assertEqual(nested(scheduler.counters())["frames"], {"control": 1, "records": 1,
                                                         "answers": 3})
 
     def test_control_goes_while_paused_records_wait_in_order(self) -> None:
@@ -100,7 +101,7 @@ class SchedulerTests(SynchronousTestCase):
             scheduler.send(kind, kind.name.encode())
         self.assertEqual(transport.names(), ["PONG", "CDR_ACK", "PACKETS_ACK", "END_ACK",
                                              "REQUEST", "CREDIT", "CANCEL"])
-        self.assertEqual(scheduler.stats()["queued_records"], 3)
+        self.assertEqual(scheduler.counters()["queued_records"], 3)
         self.assertEqual(scheduler.queued_bytes, 6)
         scheduler.resumeProducing()
         self.assertEqual(transport.names()[-3:], ["c1", "c2", "c3"])
@@ -215,7 +216,7 @@ class SchedulerTests(SynchronousTestCase):
         scheduler.send(M.CDRS, b"c1")
         scheduler.wake(Source("a", 1))
         scheduler.stopProducing()
-        self.assertEqual(scheduler.stats()["queued_records"], 0)
+        self.assertEqual(scheduler.counters()["queued_records"], 0)
         self.assertEqual(scheduler.sources, 0)
         scheduler.resumeProducing()
         self.assertEqual(transport.frames, [])
@@ -227,4 +228,4 @@ class SchedulerTests(SynchronousTestCase):
         scheduler.send(M.STATS, b"s")
         scheduler.flush()
         self.assertEqual(transport.names(), ["c1", "s"])
-        self.assertEqual(scheduler.stats()["max_queued_bytes"], 3)
+        self.assertEqual(scheduler.counters()["max_queued_bytes"], 3)

@@ -53,6 +53,10 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(queue.ack(3), 3)
         self.assertEqual(queue.depth, 2)
         self.assertEqual(queue.read(0), [(4, payload(3)), (5, payload(4))])
+        queue.append(payload(5))
+        self.assertEqual(queue.counters(), {"depth": 2, "buffered": 1, "durable": 5,
+                                            "acked": 3, "disk_bytes": queue.disk_bytes})
+        self.assertGreater(queue.disk_bytes, 5 * 16)
 
     def test_read_limits(self) -> None:
         """read() honours the record and byte limits, but always returns one record."""

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from voipmon.analysis.engine import Engine
+from voipmon.counters import nested
 from voipmon.records.cdr import Cdr
 from voipmon.records.keys import callid_bytes
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters, read
@@ -94,7 +95,7 @@ class DeadLettersTests(SynchronousTestCase):
         self.assertIn("OSError: disk", lines[1])
         self.assertEqual(self.dead.count, 7)
         self.assertEqual(len(list(read(self.directory))), 7)
-        self.assertEqual(self.dead.stats()["by_kind"], {"cdr": 6, "rtp_stream": 1})
+        self.assertEqual(nested(self.dead.counters())["by_kind"], {"cdr": 6, "rtp_stream": 1})
 
     def test_bounded(self) -> None:
         """Past max_bytes records are counted (and the full directory logged once), not kept."""

@@ -357,7 +357,7 @@ class MySQLOutageTests(unittest.TestCase):
         killed = self.kill_before(b"INSERT INTO `cdr_rtp`")  # cdr and cdr_next rows went in
         self.assertEqual((yield store.store_cdrs(cdrs)), 200)
         self.assertEqual(len(killed), 1)
-        self.assertEqual(store.stats()["lost"], 1)
+        self.assertEqual(store.counters()["lost"], 1)
         self.assertExactlyOnce(cdrs)
 
     def test_killed_in_the_middle_of_a_transaction(self) -> Any:
@@ -411,7 +411,7 @@ class MySQLOutageTests(unittest.TestCase):
             yield store.store_cdrs(batch)
         everything = {(c.id_sensor, c.sensor_cdr_uid): c for b in batches for c in b}
         self.assertExactlyOnce(list(everything.values()))
-        self.assertGreater(store.stats()["lost"], 0)
+        self.assertGreater(store.counters()["lost"], 0)
 
     @defer.inlineCallbacks
     def test_database_down_and_back(self) -> Any:

@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from voipmon.counters import Counters, family
 from voipmon.protocols.rpc.messages import (
     CHUNK,
     ID_MAX,
@@ -385,7 +386,8 @@ class Requester:
     def in_flight(self) -> int:
         return len(self.pending)
 
-    def stats(self) -> dict[str, Any]:
+    def counters(self) -> Counters:
         return {"requests": self.requests, "completed": self.completed,
-                "failed": dict(self.failed), "in_flight": len(self.pending),
-                "late_frames": self.late_frames, "bytes_received": self.bytes_received}
+                "in_flight": len(self.pending), "late_frames": self.late_frames,
+                "bytes_received": self.bytes_received,
+                **family("failed", "code", self.failed)}

@@ -18,11 +18,11 @@ CANCEL, or the channel going away, closes the reply's reader (its file) at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from voipmon.counters import Counters
 from voipmon.manager.commands import (
     E_INTERNAL,
     E_TOO_LONG,
@@ -241,7 +241,7 @@ class Responder:
         for stream in list(self.streams.values()):
             stream.close()
 
-    def stats(self) -> dict[str, Any]:
+    def counters(self) -> Counters:
         return {"requests": self.requests, "refused": self.refused,
                 "cancelled": self.cancelled, "in_progress": len(self.streams),
                 "bytes_sent": self.bytes_sent}
