@@ -43,6 +43,10 @@ class IPacketAnalyzer(Interface):
     def finish():
         """End of input: close every open call (emitting its CDR)."""
 
+    def counters():
+        """Its counters (``voipmon.counters``); ``undelivered``: records its consumer could
+        not take (kept as dead letters)."""
+
 
 #: factory(hello, on_cdr) -> an IPacketAnalyzer for the sensor that said ``hello``.
 AnalyzerFactory = Callable[[Hello, Callable[[Any], None]], Any]
@@ -104,7 +108,7 @@ class SensorAnalysis:
                 analyzer.finish()
             except Exception:
                 log.failure("closing the calls of sensor {id_sensor}", id_sensor=self.id_sensor)
-            self.undelivered += getattr(getattr(analyzer, "stats", None), "undelivered", 0)
+            self.undelivered += analyzer.counters().get("undelivered", 0)
 
     def end_of_input(self) -> defer.Deferred:
         """The sensor's replay ended: close its calls. Fires with the number of CDRs made

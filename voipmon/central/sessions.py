@@ -357,7 +357,7 @@ class MirrorSession:
                 self._ending = False
                 # ``undelivered``: CDRs of this sensor's packets kept as dead letters here
                 # (a sensor with --exit-when-done then exits non-zero).
-                return {"cdrs": cdrs, "undelivered": getattr(self.analysis, "undelivered", 0)}
+                return {"cdrs": cdrs, "undelivered": self.analysis.undelivered}
 
             self._reply_when_durable(self.analysis.end_of_input(), MessageType.END_ACK, ended)
         elif kind == MessageType.CLOCK:

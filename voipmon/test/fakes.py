@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
+from voipmon.counters import Counters
 from voipmon.records.cdr import Cdr
 from voipmon.store.fields import datetime_text, epoch_ms
 from voipmon.store.interfaces import (
@@ -334,6 +335,7 @@ class RecordingEngine:
         self.advanced: list[float] = []
         self.finished = False
         self.fail_on: bytes | None = b"crash"
+        self.undelivered = 0
 
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         if frame == self.fail_on:
@@ -360,6 +362,9 @@ class RecordingEngine:
     def finish(self) -> None:
         self.finished = True
         self._close()
+
+    def counters(self) -> Counters:
+        return {"frames": len(self.frames), "undelivered": self.undelivered}
 
 
 class Engines:

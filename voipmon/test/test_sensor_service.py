@@ -246,7 +246,7 @@ class LocalTests(HostileCases, Base):
         svc = self.sensor(exit_when_done=False)
         svc.startService()
         self.advance(10.5)
-        stats = self.centrals["primary"].sessions.stats[7]
+        stats = self.centrals["primary"].sessions.reported[7]
         self.assertEqual(stats["packets"], 1494)
         self.assertEqual(stats["cdrs"], 3)
         self.assertEqual(svc.sniffer_stat()["central"], "primary:60024")
@@ -309,7 +309,7 @@ class LocalTests(HostileCases, Base):
         self.assertEqual(callid_bytes(entry["callid"]), b"refused-\xff")
         self.assertEqual(svc.sniffer_stat()["dead_letters"], 1)
         self.assertEqual(svc.engine.stats.undelivered, 1)
-        self.assertEqual(self.centrals["primary"].sessions.stats[7]["dead_letters"], 1)
+        self.assertEqual(self.centrals["primary"].sessions.reported[7]["dead_letters"], 1)
         stored = self.centrals["primary"].store.stored_cdrs()
         self.assertEqual(len(stored), len(HOSTILE) - 1)
 
