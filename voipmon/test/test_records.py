@@ -3,14 +3,17 @@ frozen, and keys that are stable and distinct."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import os
 import types
 import typing
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+import voipmon
 from voipmon.analysis.noncall import INonCallAnalyser
 from voipmon.analysis.registers import RegisterSettings, RegisterTracker
 from voipmon.analysis.sipmsg import SipMsgSettings, SipMsgTracker
@@ -83,3 +86,33 @@ class RecordsFromCapturesTests(SynchronousTestCase):
                 if len(versions) > 1:
                     revisions = [v.revision for v in versions]
                     self.assertEqual(revisions, list(range(len(versions))), uid)
+
+
+class LayeringTests(SynchronousTestCase):
+    """The records are the bottom layer: the engine, the queue, the channel and the store
+    depend on them, not on each other for a record type."""
+
+    def imports(self, package: str) -> dict[str, set[str]]:
+        folder = os.path.join(os.path.dirname(voipmon.__file__), package)
+        found: dict[str, set[str]] = {}
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+                found[name] = {node.module for node in ast.walk(tree)
+                               if isinstance(node, ast.ImportFrom) and node.module
+                               and node.module.startswith("voipmon")}
+        return found
+
+    def test_records_import_only_records(self) -> None:
+        found = self.imports("records")
+        self.assertIn("cdr.py", found)
+        for name, modules in found.items():
+            self.assertEqual({m for m in modules if not m.startswith("voipmon.records")},
+                             set(), name)
+
+    def test_the_store_does_not_import_the_engine_or_the_protocols(self) -> None:
+        for name, modules in self.imports("store").items():
+            self.assertEqual({m for m in modules if m.startswith(("voipmon.analysis",
+                                                                  "voipmon.protocols"))},
+                             set(), name)
