@@ -242,7 +242,7 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual([f for _, _, f in engines.made[7].frames], [b"ok", b"ok2"])
         self.assertEqual(receiver.stats()["sensors"][7]["engine_errors"], 1)
         self.assertEqual(sender.stats()["unacknowledged"], 0)
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 def _factory_of(sender):
     """A factory building SenderProtocols for ``sender``, as its ClientService uses."""

@@ -10,8 +10,8 @@ from twisted.trial import unittest
 
 from voipmon.records.keys import callid_bytes
 from voipmon.store import testing
+from voipmon.test.test_fakes import FakeBackend
 from voipmon.test.test_store import (
-    FakeBackend,
     MySQLBackend,
     SQLiteBackend,
     SqlStores,

@@ -9,8 +9,8 @@ from twisted.trial import unittest
 
 from voipmon.store import testing
 from voipmon.store.query import CdrQuery
+from voipmon.test.test_fakes import FakeBackend
 from voipmon.test.test_store import (
-    FakeBackend,
     MySQLBackend,
     SQLiteBackend,
     SqlStores,
