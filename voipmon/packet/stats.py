@@ -34,10 +34,10 @@ class DecodeStats:
             "reassembled": self.reassembled, "tcp_segments": self.tcp_segments,
             "tcp_messages": self.tcp_messages, "websocket_messages": self.websocket_messages,
             "sctp_messages": self.sctp_messages,
-            **family("undecodable", "reason", dict(sorted(self.undecodable.items()))),
-            **family("ignored", "reason", dict(sorted(self.ignored.items()))),
-            **family("frag", "reason", dict(sorted(self.frag.items()))),
-            **family("tcp", "reason", dict(sorted(self.tcp.items()))),
+            **family("undecodable", dict(sorted(self.undecodable.items()))),
+            **family("ignored", dict(sorted(self.ignored.items()))),
+            **family("frag", dict(sorted(self.frag.items()))),
+            **family("tcp", dict(sorted(self.tcp.items()))),
         }
 
     def __repr__(self) -> str:

@@ -173,8 +173,7 @@ class SynthStats:
     def counters(self) -> Counters:
         return {"frames": self.frames, "tcp_connections": self.tcp_connections,
                 "sctp_associations": self.sctp_associations,
-                **family("by_type", "type", self.by_type), **family("dropped", "reason",
-                                                                    self.dropped)}
+                **family("by_type", self.by_type), **family("dropped", self.dropped)}
 
 
 class HepFrames:

@@ -197,4 +197,4 @@ class OutputScheduler:
         return {"paused": int(self.paused), "queued_records": len(self.records),
                 "queued_bytes": self.queued_bytes, "max_queued_bytes": self.max_queued_bytes,
                 "answer_sources": len(self._sources),
-                **family("frames", "kind", self.frames)}
+                **family("frames", self.frames)}

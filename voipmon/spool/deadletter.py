@@ -197,7 +197,7 @@ class DeadLetters:
 
     def counters(self) -> Counters:
         return {"dead_letters": self.count, "written": self.written,
-                "unwritten": self.unwritten, **family("by_kind", "kind", self.by_kind)}
+                "unwritten": self.unwritten, **family("by_kind", self.by_kind)}
 
 
 def _size(directory: str) -> int:

@@ -272,4 +272,4 @@ class RobustnessTests(SynchronousTestCase):
         self.assertEqual(snap["frames"], 2)
         self.assertEqual(snap["datagrams"], 1)
         self.assertEqual({k: v for k, v in snap.items() if k.startswith("undecodable")},
-                         {'undecodable{reason="ethernet_short"}': 1})
+                         {"undecodable.ethernet_short": 1})

@@ -390,4 +390,4 @@ class Requester:
         return {"requests": self.requests, "completed": self.completed,
                 "in_flight": len(self.pending), "late_frames": self.late_frames,
                 "bytes_received": self.bytes_received,
-                **family("failed", "code", self.failed)}
+                **family("failed", self.failed)}
