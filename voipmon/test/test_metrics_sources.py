@@ -276,7 +276,7 @@ class BindingsTests(SynchronousTestCase):
         decoder = Decoder(lambda datagram: None)
         decoder.feed(0.0, LINKTYPE_ETHERNET, b"\x00" * 12 + b"\x08\x00" + b"\x45\x00")
         decoder.feed(0.0, LINKTYPE_ETHERNET, b"\x00" * 12 + b"\x08\x06" + b"\x00" * 28)
-        source = CountersSource(decoder.stats.as_dict, bindings.DECODER)
+        source = CountersSource(decoder.counters, bindings.DECODER)
         figures = read(source).own
         undecoded = figures.series.get("voipmon_sensor_undecoded_packets_total", {})
         ignored = figures.series.get("voipmon_sensor_ignored_packets_total", {})
