@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from voipmon.counters import Counters
 from voipmon.protocols import capabilities
 from voipmon.protocols.wire import (
     MAX_INT,
@@ -297,8 +298,8 @@ class MirrorUplink:
     def when_done(self) -> defer.Deferred:
         return self._done.wait()
 
-    def stats(self) -> dict[str, Any]:
-        return {"mode": self.mode, "packets": self.packets, "dropped": self.dropped,
+    def counters(self) -> Counters:
+        return {"packets": self.packets, "dropped": self.dropped,
                 "capture_clock": self.clock_sent,
                 "packets_acked": self.packets_acked, "buffer_bytes": self.used,
                 "inflight_batches": len(self.inflight), "ready_batches": len(self.ready)}

@@ -275,7 +275,7 @@ class SensorService(service.MultiService):
         central = self.failover.current or (self.failover.endpoints[self.failover.last_index
                                                                     or 0][0])
         if self.mode == "local":
-            stats = self.uplink.stats()
+            stats = self.uplink.counters()
             undelivered = self.dead_letters.count
             message = (f"every CDR {'queued ' if undelivered else ''}acknowledged by the "
                        f"central ({stats['delivered']} delivered by this run, "
@@ -380,7 +380,7 @@ class SensorService(service.MultiService):
 
     def sniffer_stat(self) -> dict[str, Any]:
         source = self.source.stats() if hasattr(self.source, "stats") else {}
-        uplink = self.uplink.stats()
+        uplink = self.uplink.counters()
         dropped = int(source.get("dropped", 0)) + int(uplink.get("dropped", 0))
         stats: dict[str, Any] = {
             "version": voipmon.__version__, "id_sensor": self.settings.id_sensor,
@@ -389,7 +389,7 @@ class SensorService(service.MultiService):
             "central": self.failover.current, "failover_switches": self.failover.switches,
             "uptime": round(time.time() - self.started_at, 1),
             "queue_depth": int(uplink.get("queue_depth", uplink.get("ready_batches", 0))),
-            "cdrs": int(uplink.get("cdrs", 0)), "uplink": uplink,
+            "cdrs": int(uplink.get("cdrs", 0)), "uplink": {"mode": self.uplink.mode, **uplink},
             "dead_letters": self.dead_letters.count,
         }
         if self.engine is not None:

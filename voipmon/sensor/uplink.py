@@ -20,8 +20,9 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
+from voipmon.counters import Counters
 from voipmon.protocols.wire import (
     MAX_INT,
     MessageType,
@@ -49,6 +50,8 @@ MAX_CDR_BYTES = 8 * 1024 * 1024
 class IUplink(Interface):
     """Long-lived sending logic; the channel of the moment is attached and detached."""
 
+    mode = Attribute("'local' (CDRs) or 'mirror' (packets).")
+
     def attach(transport):
         """A channel to a central is up (an IMessageTransport)."""
 
@@ -61,8 +64,9 @@ class IUplink(Interface):
     def when_done():
         """A Deferred that fires once the source has ended and everything is acknowledged."""
 
-    def stats():
-        """Counters for logs, STATS messages and the management port."""
+    def counters():
+        """Its counters (``voipmon.counters``), for logs, STATS messages, the management
+        port and the metrics."""
 
 
 class Done:
@@ -233,8 +237,8 @@ class CdrUplink:
     def when_done(self) -> defer.Deferred:
         return self._done.wait()
 
-    def stats(self) -> dict[str, Any]:
-        return {"mode": self.mode, "cdrs": self.produced, "delivered": self.delivered,
+    def counters(self) -> Counters:
+        return {"cdrs": self.produced, "delivered": self.delivered,
                 "stored": self.stored, "oversized": self.oversized,
                 "queue_depth": self.queue.depth + self.queue.buffered,
                 "queue_bytes": self.queue.disk_bytes, "inflight_batches": len(self.inflight)}

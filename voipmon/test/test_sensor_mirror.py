@@ -117,7 +117,7 @@ class MirrorUplinkTests(SynchronousTestCase):
         uplink.attach(transport)
         uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=1))
         self.assertTrue(uplink.add_packet(100.0, 1, b"x" * 100))
-        self.assertEqual(uplink.stats()["dropped"], 5)
+        self.assertEqual(uplink.counters()["dropped"], 5)
         uplink.seal()
 
     def test_resend_after_reconnect(self) -> None:
@@ -222,7 +222,7 @@ class CaptureClockTests(SynchronousTestCase):
         self.assertEqual(self.transport.kinds(),
                          [MessageType.PACKETS, MessageType.PACKETS, MessageType.CLOCK])
         self.assertEqual(self.transport.sent[-1][1], {"t": 21.0})
-        self.assertEqual(self.uplink.stats()["capture_clock"], 21.0)
+        self.assertEqual(self.uplink.counters()["capture_clock"], 21.0)
 
     def test_clock_moves_with_time_and_only_forward(self) -> None:
         """Each tick sends the clock once it has moved; nothing before the first packet."""

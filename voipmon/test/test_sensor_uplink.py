@@ -197,7 +197,7 @@ class CdrUplinkTests(SynchronousTestCase):
         self.uplink.attach(self.transport)
         self.add(4)
         self.clock.advance(0)
-        stats = self.uplink.stats()
+        stats = self.uplink.counters()
         self.assertEqual((stats["cdrs"], stats["queue_depth"], stats["inflight_batches"]),
                          (4, 4, 2))
 
