@@ -21,12 +21,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, task
 
+from voipmon.records.cdr import Cdr
 from voipmon.store import testing
 from voipmon.store.cdrwrite import id_step
 from voipmon.store.dialect import qlist
@@ -52,12 +54,12 @@ class Numbers:
     def __init__(self) -> None:
         self.next = 0
 
-    def cdrs(self, count: int, sensors: int = 4) -> list[Any]:
+    def cdrs(self, count: int, sensors: int = 4) -> list[Cdr]:
         start, self.next = self.next, self.next + count
         return [testing.make_cdr(n, id_sensor=1 + n % sensors) for n in range(start, start + count)]
 
 
-def encoded(cdrs: list[Any]) -> tuple[list[tuple], list[tuple], list[list[tuple]]]:
+def encoded(cdrs: list[Cdr]) -> tuple[list[tuple], list[tuple], list[list[tuple]]]:
     """The rows store_cdrs would write (lookup ids as the store would have them cached),
     without their ID columns (the reference takes the IDs from the database)."""
     rows = [encode(c, 1, 1, 2, "sensor") for c in cdrs]
@@ -65,7 +67,7 @@ def encoded(cdrs: list[Any]) -> tuple[list[tuple], list[tuple], list[list[tuple]
             [[x[1:] for x in r[2]] for r in rows])
 
 
-def raw_insert(conn: Any, placeholder: str, cdrs: list[Any], batch: int, mysql: bool) -> float:
+def raw_insert(conn: Any, placeholder: str, cdrs: list[Cdr], batch: int, mysql: bool) -> float:
     """The reference: executemany of pre-encoded rows, one commit per batch; CDR/s."""
     cdr_rows, next_rows, rtp_rows = encoded(cdrs)
 
@@ -102,7 +104,7 @@ def raw_insert(conn: Any, placeholder: str, cdrs: list[Any], batch: int, mysql: 
     return len(cdrs) / elapsed
 
 
-def text_insert(conn: Any, cdrs: list[Any], batch: int, step: int | None) -> float:
+def text_insert(conn: Any, cdrs: list[Cdr], batch: int, step: int | None) -> float:
     """A second reference (MySQL): the statements store_cdrs sends for these CDRs,
     rendered beforehand, sent one after the other with PyMySQL's execute (IDs as the
     store takes them: from LAST_INSERT_ID and ``step``, or by RETURNING), the child rows
@@ -150,7 +152,7 @@ def text_insert(conn: Any, cdrs: list[Any], batch: int, step: int | None) -> flo
 
 
 @defer.inlineCallbacks
-def store_rate(store: SqlStore, cdrs: list[Any], batch: int, in_flight: int = 1,
+def store_rate(store: SqlStore, cdrs: list[Cdr], batch: int, in_flight: int = 1,
                expect_new: bool = True) -> Any:
     batches = [cdrs[i:i + batch] for i in range(0, len(cdrs), batch)]
     began = time.perf_counter()
@@ -165,7 +167,7 @@ def store_rate(store: SqlStore, cdrs: list[Any], batch: int, in_flight: int = 1,
     return len(cdrs) / elapsed
 
 
-def encode_rate(cdrs: list[Any]) -> float:
+def encode_rate(cdrs: list[Cdr]) -> float:
     began = time.perf_counter()
     encoded(cdrs)
     return len(cdrs) / (time.perf_counter() - began)
@@ -185,7 +187,7 @@ def _plain_literal(kind: str, value: Any) -> str:
     return str(int(value))
 
 
-def render_rates(cdrs: list[Any]) -> tuple[float, float]:
+def render_rates(cdrs: list[Cdr]) -> tuple[float, float]:
     """CDR/s of rendering the cdr, cdr_next and cdr_rtp rows of ``cdrs`` as SQL literals:
     by the compiled renderers, and by a plain loop calling ``_plain_literal`` per value."""
     rows = [encode(c, 1, 1, 2, "sensor") for c in cdrs]
@@ -194,7 +196,7 @@ def render_rates(cdrs: list[Any]) -> tuple[float, float]:
               for table, columns in (("cdr", CDR_COLUMNS), ("cdr_next", NEXT_COLUMNS),
                                      ("cdr_rtp", RTP_COLUMNS))]
 
-    def plain(table: str, columns: tuple[str, ...]) -> Any:
+    def plain(table: str, columns: tuple[str, ...]) -> Callable[[Sequence[Any]], str]:
         kinds = {col.name: col.type.partition(":")[0] for col in TABLES[table].columns}
         order = [kinds[c] for c in columns]
         return lambda row: "(" + ",".join([_plain_literal(k, v) for k, v in

@@ -29,7 +29,7 @@ import dataclasses
 import json
 import operator
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from zope.interface import provider
 
@@ -113,7 +113,10 @@ def _int_list(value: list[Any]) -> tuple[int, ...]:
     return items
 
 
-class RecordCodec:
+T = TypeVar("T", covariant=True)
+
+
+class RecordCodec(Generic[T]):
     """Writes one record dataclass as its wire object and builds it back, checked.
 
     ``name`` is the record's name in error messages (its KIND); ``uid`` the field of its
@@ -125,8 +128,8 @@ class RecordCodec:
     a new signature goes through the field-by-field check. Lists are always checked.
     """
 
-    def __init__(self, cls: type, name: str, uid: str = "uid",
-                 nested: dict[str, RecordCodec] | None = None) -> None:
+    def __init__(self, cls: type[T], name: str, uid: str = "uid",
+                 nested: dict[str, RecordCodec[object]] | None = None) -> None:
         self.cls = cls
         self.name = name
         self.nested = dict(nested or {})
@@ -152,7 +155,7 @@ class RecordCodec:
         return _CHECKS.get(str(f.type), lambda value: value)
 
     @staticmethod
-    def _items(codec: RecordCodec) -> Callable[[object], tuple[object, ...]]:
+    def _items(codec: RecordCodec[object]) -> Callable[[object], tuple[object, ...]]:
         def items(value: object) -> tuple[object, ...]:
             if not isinstance(value, (list, tuple)) or len(value) > _MAX_ITEMS:
                 raise TypeError(f"a list of {codec.name} records")
@@ -187,7 +190,7 @@ class RecordCodec:
 
     # -- in ----------------------------------------------------------------------------
 
-    def build(self, data: object) -> Any:
+    def build(self, data: object) -> T:
         """The record from its decoded wire object; ValueError naming the bad field."""
         if type(data) is not dict:
             raise ValueError(f"{self.name}: not an object")
@@ -202,7 +205,7 @@ class RecordCodec:
                 raise ValueError(f"{self.name}.{self.names[index]}: expected {exc}")
         return self.cls(*values)
 
-    def _checked(self, data: dict[str, Any], signature: tuple[type, ...]) -> Any:
+    def _checked(self, data: dict[str, Any], signature: tuple[type, ...]) -> T:
         values = {}
         for name, check, required in self.plan:
             if name in data:
@@ -231,7 +234,7 @@ class Record:
     KIND: ClassVar[str]
     TABLE: ClassVar[str]
     VERSION: ClassVar[int] = 1
-    CODEC: ClassVar[RecordCodec]
+    CODEC: ClassVar[RecordCodec[object]]
 
     def key(self) -> tuple[int, str]:
         """``(id_sensor, uid)``: the store inserts on it idempotently."""
@@ -247,7 +250,8 @@ class Record:
         return cls.CODEC.build(data)
 
 
-def record_type(kind: str, uid: str = "uid", nested: dict[str, RecordCodec] | None = None
+def record_type(kind: str, uid: str = "uid",
+                nested: dict[str, RecordCodec[object]] | None = None
                 ) -> Callable[[type[R]], type[R]]:
     """Class decorator (above ``@dataclass``): ``kind`` is the record's KIND, ``uid`` the
     field of its key, ``nested`` the codecs of fields holding records; the class then
