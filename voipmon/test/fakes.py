@@ -345,9 +345,12 @@ class RecordingEngine:
             return
         self.frames.append((ts, linktype, frame))
 
-    def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> None:
+    def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> int:
+        count = 0
         for ts, linktype, frame in records:
             self.feed(ts, linktype, frame)
+            count += 1
+        return count
 
     def _close(self) -> None:
         calls = sorted({frame[:1] for _, _, frame in self.frames} - self.closed)
