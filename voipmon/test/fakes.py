@@ -302,6 +302,7 @@ class CommitCounter:
         # the rest of IStore, passed on as it is
         self.start, self.close, self.list_cdrs = inner.start, inner.close, inner.list_cdrs
         self.delete_cdrs_before, self.get_cdr = inner.delete_cdrs_before, inner.get_cdr
+        self.cdr_stats = inner.cdr_stats
         self.upsert_sensor, self.list_sensors = inner.upsert_sensor, inner.list_sensors
         self.mark_sensor_offline = inner.mark_sensor_offline
         self.rename_sensor = inner.rename_sensor

@@ -26,7 +26,8 @@ from twisted.trial import unittest
 
 from voipmon.records.cdr import Cdr
 from voipmon.store import testing
-from voipmon.test.test_store import FakeBackend, MySQLBackend, SQLiteBackend, SqlStores
+from voipmon.test.test_fakes import FakeBackend
+from voipmon.test.test_store import MySQLBackend, SQLiteBackend, SqlStores
 
 DAY = 1_714_521_600          # 2024-05-01T00:00:00Z
 ANSWERED = range(200, 300)
