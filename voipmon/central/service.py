@@ -25,10 +25,12 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from voipmon.analysis.settings import analysis_from_hello, engine_for
 from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
 from voipmon.central.dbretention import DatabaseRetention
 from voipmon.central.mirror import MirrorAnalyses
 from voipmon.central.sessions import CentralSessions
+from voipmon.config import CentralSettings
 from voipmon.protocols import tls
 from voipmon.protocols.admission import AdmissionGate
 from voipmon.protocols.failover import describe_failure
@@ -39,6 +41,8 @@ from voipmon.queue import DurableQueue, QueueError
 from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.spool.retention import Minute, Retention, scan
+from voipmon.store.dialect import dialect_for
+from voipmon.store.sqlstore import SqlStore
 
 log = Logger()
 
@@ -52,12 +56,10 @@ def sensor_spool(spooldir: str, id_sensor: int) -> str:
     return os.path.join(spooldir, str(int(id_sensor)))
 
 
-def mirror_engine_factory(settings: Any, dead_letters: IDeadLetters | None = None
+def mirror_engine_factory(spooldir: str, dead_letters: IDeadLetters | None = None
                           ) -> Callable[[Hello, Callable[[Any], None]], Any]:
-    """Engines for mirroring sensors: the sensor's own analysis settings, per-sensor pcaps,
-    and the central's dead letters for a CDR the CDR queue cannot take."""
-    from voipmon.analysis.engine import Engine
-    from voipmon.spool.writer import SpoolWriter
+    """Engines for mirroring sensors: the sensor's own analysis settings, per-sensor pcaps
+    under ``spooldir``, and the central's dead letters for a CDR the CDR queue cannot take."""
 
     def make(hello: Hello, on_cdr: Callable[[Any], None]) -> Any:
         prefix = str(int(hello.id_sensor))
@@ -69,11 +71,9 @@ def mirror_engine_factory(settings: Any, dead_letters: IDeadLetters | None = Non
                 cdr, sip_pcap=f"{prefix}/{cdr.sip_pcap}" if cdr.sip_pcap else "",
                 rtp_pcap=f"{prefix}/{cdr.rtp_pcap}" if cdr.rtp_pcap else ""))
 
-        options = dict(hello.analysis)
-        return Engine(id_sensor=hello.id_sensor, on_cdr=relative_to_central,
-                      sip_ports=options.pop("sipport", (5060,)),
-                      spool=SpoolWriter(sensor_spool(settings.spooldir, hello.id_sensor)),
-                      dead_letters=dead_letters, **options)
+        return engine_for(analysis_from_hello(hello.analysis), id_sensor=hello.id_sensor,
+                          spooldir=sensor_spool(spooldir, hello.id_sensor),
+                          on_cdr=relative_to_central, dead_letters=dead_letters)
 
     return make
 
@@ -219,8 +219,8 @@ class ChannelService(internet.StreamServerEndpointService):
 class CentralService(service.MultiService):
     """Everything one central process runs."""
 
-    def __init__(self, settings: Any, reactor: Any, *, store: Any = None, clock: Any = None,
-                 port: int | None = None, http_port: int | None = None,
+    def __init__(self, settings: CentralSettings, reactor: Any, *, store: Any = None,
+                 clock: Any = None, port: int | None = None, http_port: int | None = None,
                  binding: Callable[[Any], bytes] = tls.exporter_binding,
                  analyzer_factory: Callable[..., Any] | None = None,
                  certificate: tls.ServerCertificate | None = None,
@@ -230,11 +230,12 @@ class CentralService(service.MultiService):
         self.settings = settings
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        bind_port = settings.server_bind_port if port is None else port
-        self.central_id = f"{socket.gethostname()}:{settings.server_bind_port}"
+        channel = settings.channel
+        bind_port = channel.server_bind_port if port is None else port
+        self.central_id = f"{socket.gethostname()}:{channel.server_bind_port}"
         try:
             self.certificate = certificate or tls.load_or_create(
-                settings.spooldir, settings.tls_certificate, settings.tls_private_key)
+                settings.spool.spooldir, channel.tls_certificate, channel.tls_private_key)
         except (tls.CertificateError, OSError) as exc:
             raise usage.UsageError(f"{settings.path}: {exc}")
         log.info("channel TLS certificate SHA-256 {fingerprint} ({source}{generated}); "
@@ -242,35 +243,34 @@ class CentralService(service.MultiService):
                  fingerprint=self.certificate.fingerprint, source=self.certificate.source,
                  generated=", generated now" if self.certificate.generated else "")
         if store is None:
-            from voipmon.store.sqlstore import SqlStore
-
-            store = SqlStore.from_config(settings, reactor, central_id=self.central_id)
+            store = SqlStore(dialect_for(settings.store), reactor, central_id=self.central_id)
         self.store = store
         self.store_service = StoreService(store, self.clock)
         self.store_service.setServiceParent(self)
 
         # Records that cannot be taken (queued, decoded) are kept in spooldir/deadletter.
-        self.dead_letters = DeadLetters(os.path.join(settings.spooldir, DEAD_LETTERS),
+        self.dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS),
                                         self.clock)
         self.writer = CentralCdrQueue(self._open_queue(), store, self.clock,
                                       dead_letters=self.dead_letters)
         self.store_service.started.addCallback(lambda _: self.writer.start())
-        if settings.cleandatabase:
-            cleaner = DatabaseRetention(store, settings.cleandatabase, self.clock)
+        if settings.store.cleandatabase:
+            cleaner = DatabaseRetention(store, settings.store.cleandatabase, self.clock)
             cleaner.setServiceParent(self)
             self.store_service.started.addCallback(lambda _: cleaner.ready())
         self.mirrors = MirrorAnalyses(
-            analyzer_factory or mirror_engine_factory(settings, self.dead_letters),
+            analyzer_factory or mirror_engine_factory(settings.spool.spooldir,
+                                                      self.dead_letters),
             self.writer, self.clock)
         self.sessions = CentralSessions(store, self.clock, mirrors=self.mirrors,
                                         dead_letters=self.dead_letters)
-        self.factory = CentralFactory(derive_key(settings.server_password),
-                                      settings.client_server_connect_maximum_time_diff_s,
+        self.factory = CentralFactory(derive_key(channel.server_password),
+                                      channel.client_server_connect_maximum_time_diff_s,
                                       self.sessions, self.clock, binding,
                                       central_name=self.central_id)
         self.sessions.registry = self.factory.registry
         if endpoint is None:
-            endpoint = tls.server_endpoint(reactor, bind_port, settings.server_bind)
+            endpoint = tls.server_endpoint(reactor, bind_port, channel.server_bind)
         self.admission = AdmissionGate(f"sensor port {bind_port}", self.clock)
         self.channel = ChannelService(endpoint, self.factory, self.sessions, self.mirrors,
                                       self.writer, self.clock, self.admission,
@@ -280,38 +280,42 @@ class CentralService(service.MultiService):
 
     def _open_queue(self) -> DurableQueue:
         settings = self.settings
-        path = os.path.join(settings.spooldir, QUEUE_DIRECTORY)
+        path = os.path.join(settings.spool.spooldir, QUEUE_DIRECTORY)
         try:
             return DurableQueue(path)
         except (QueueError, OSError) as exc:
             raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = "
-                                   f"{settings.spooldir}: cannot use the CDR queue: {exc}")
+                                   f"{settings.spool.spooldir}: cannot use the CDR queue: "
+                                   f"{exc}")
 
     def _optional_services(self, http_port: int | None) -> None:
         settings, reactor = self.settings, self.reactor
         from voipmon.manager.service import ManagerConnector
         from voipmon.web.site import make_web_service
 
-        self.connector = ManagerConnector(reactor, settings.server_password,
+        self.connector = ManagerConnector(reactor, settings.channel.server_password,
                                           name=self.central_id)
-        web = make_web_service(settings, reactor, self.store, self.connector, port=http_port,
-                               certificate=self.certificate)
+        web = make_web_service(settings.http, settings.spool.spooldir, reactor, self.store,
+                               self.connector, port=http_port, certificate=self.certificate)
         if web is not None:
             web.setServiceParent(self)
-        if getattr(settings, "mirror_bind", None):
+        if settings.legacy_mirror.mirror_bind is not None:
             from voipmon.protocols.legacy_mirror_service import LegacyMirrorReceiver
 
-            make = mirror_engine_factory(settings, self.dead_letters)
+            make = mirror_engine_factory(settings.spool.spooldir, self.dead_letters)
 
             def legacy_engine(id_sensor: int, name: str) -> Any:
                 hello = Hello(id_sensor, name, "", "mirror", "none", 0.0, b"", "")
                 return make(hello, self.writer.add)
 
-            receiver = LegacyMirrorReceiver.from_config(settings, legacy_engine, reactor)
+            receiver = LegacyMirrorReceiver.from_config(settings.legacy_mirror,
+                                                        settings.channel.server_password,
+                                                        legacy_engine, reactor)
             receiver.setServiceParent(self)
-        if settings.maxpoolsize or settings.maxpooldays:
+        spool = settings.spool
+        if spool.maxpoolsize or spool.maxpooldays:
             retention = CentralRetention(
-                settings.spooldir, settings.maxpoolsize, settings.maxpooldays, self.clock,
+                spool.spooldir, spool.maxpoolsize, spool.maxpooldays, self.clock,
                 blocking=lambda f: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f))
             retention.setServiceParent(self)
 

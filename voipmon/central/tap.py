@@ -28,21 +28,23 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         settings = load_central_config(self["config"])
-        if settings.http_port and not is_loopback(settings.http_bind):
-            for key in ("http_user", "http_password"):
-                if not getattr(settings, key):
+        http, channel = settings.http, settings.channel
+        if http.http_port and not is_loopback(http.http_bind):
+            for key, value in (("http_user", http.http_user),
+                               ("http_password", http.http_password)):
+                if not value:
                     raise settings.error(
                         key,
-                        f"is required because http_bind = {settings.http_bind} is not loopback",
+                        f"is required because http_bind = {http.http_bind} is not loopback",
                         "a non-empty text",
                     )
-        if settings.tls_certificate:
+        if channel.tls_certificate:
             try:
-                tls.load_certificate(settings.tls_certificate, settings.tls_private_key)
+                tls.load_certificate(channel.tls_certificate, channel.tls_private_key)
             except tls.CertificateError as exc:
                 raise settings.error("tls_certificate", str(exc),
                                      "a readable PEM certificate whose key matches")
-        elif settings.tls_private_key:
+        elif channel.tls_private_key:
             raise settings.error("tls_private_key", "is set but tls_certificate is not",
                                  "both, or neither (a self-signed certificate is made)")
         self["central"] = settings

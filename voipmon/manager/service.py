@@ -13,6 +13,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from voipmon.config import is_loopback
+from voipmon.config.settings import ManagerSettings
 from voipmon.manager.auth import ManagerAuthClient
 from voipmon.manager.client import DEFAULT_TIMEOUT, ManagerClientProtocol, ReplyStream
 from voipmon.manager.commands import ManagerCommands
@@ -28,9 +29,9 @@ log = Logger()
 MANAGER_ADMISSION = AdmissionPolicy(capacity=64, per_source=32, hard_limit=256)
 
 
-def is_plaintext(settings: Any) -> bool:
+def is_plaintext(manager: ManagerSettings) -> bool:
     """Plain text only when bound to loopback *and* explicitly allowed."""
-    return bool(settings.manager_enable_unencrypted) and is_loopback(settings.managerip)
+    return manager.manager_enable_unencrypted and is_loopback(manager.managerip)
 
 
 def is_wildcard(host: str) -> bool:
@@ -40,49 +41,52 @@ def is_wildcard(host: str) -> bool:
         return host in ("", "*")
 
 
-def make_manager_service(settings: Any, reactor: Any, stats: Any = None, calls: Any = None,
+def make_manager_service(manager: ManagerSettings, reactor: Any, *, spooldir: str,
+                         password: str, id_sensor: int, stats: Any = None, calls: Any = None,
                          certificate: tls.ServerCertificate | None = None,
                          port: int | None = None) -> Any:
     """The sensor's management port as a service, or None when ``managerport = 0``.
 
-    ``stats`` provides IStatsProvider, ``calls`` ICallLister. Over TLS (always, unless
-    :func:`is_plaintext`) the certificate is ``certificate`` or the one kept in the spool.
-    ``port`` overrides ``managerport`` (0: an ephemeral port, for tests and benchmarks).
+    It serves the pcaps under ``spooldir``; ``stats`` provides IStatsProvider, ``calls``
+    ICallLister. Over TLS (always, unless :func:`is_plaintext`) the certificate is
+    ``certificate`` or the one kept in the spool, and the central proves ``password`` for
+    ``id_sensor``. ``port`` overrides ``managerport`` (0: an ephemeral port, for tests
+    and benchmarks).
     """
-    if not settings.managerport:
+    if not manager.managerport:
         return None
-    port = settings.managerport if port is None else port
-    commands = ManagerCommands(settings.spooldir, stats, calls)
-    host = settings.managerip
+    port = manager.managerport if port is None else port
+    commands = ManagerCommands(spooldir, stats, calls)
+    host = manager.managerip
     gate = AdmissionGate(f"management port {port}", reactor, MANAGER_ADMISSION)
     endpoint = tls.server_endpoint(reactor, port, host)
-    if is_plaintext(settings):
+    if is_plaintext(manager):
         listening = gated(gate, ManagerServerFactory(commands, reactor))
         log.warn("management port {host}:{port} is plain text (manager_enable_unencrypted)",
                  host=host, port=port)
     else:
-        if settings.manager_enable_unencrypted:
+        if manager.manager_enable_unencrypted:
             log.warn("manager_enable_unencrypted ignored: managerip {host} is not loopback",
                      host=host)
-        certificate = certificate or tls.load_or_create(settings.spooldir)
-        factory = ManagerServerFactory(commands, reactor, key=derive_key(settings.server_password),
-                                       id_sensor=settings.id_sensor, binding=tls.exporter_binding)
+        certificate = certificate or tls.load_or_create(spooldir)
+        factory = ManagerServerFactory(commands, reactor, key=derive_key(password),
+                                       id_sensor=id_sensor, binding=tls.exporter_binding)
         listening = gated(gate, factory, certificate.options())
     svc = internet.StreamServerEndpointService(endpoint, listening)
     svc.setName("manager")
     return svc
 
 
-def advertised_manager(settings: Any) -> str:
+def advertised_manager(manager: ManagerSettings) -> str:
     """What the sensor puts in the hello's ``manager``: ``host:port``, ``*:port`` when it
     listens on every address (the central then uses the channel's peer address), or ""
     when the central cannot use it (disabled, or plain-text loopback only)."""
-    if not settings.managerport or is_plaintext(settings):
+    if not manager.managerport or is_plaintext(manager):
         return ""
-    host = "*" if is_wildcard(settings.managerip) else settings.managerip
+    host = "*" if is_wildcard(manager.managerip) else manager.managerip
     if ":" in host:
         host = f"[{host}]"
-    return f"{host}:{settings.managerport}"
+    return f"{host}:{manager.managerport}"
 
 
 def resolve_manager(advertised: str, channel_peer: str) -> tuple[str, int] | None:

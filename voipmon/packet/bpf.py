@@ -29,7 +29,10 @@ import ctypes
 import ctypes.util
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from voipmon.config import SensorSettings
 
 DLT_NULL = 0
 DLT_EN10MB = 1
@@ -113,12 +116,13 @@ def build_filter(sipports: Iterable[int], user_filter: str = "",
     return expression
 
 
-def filter_for_config(config: Any, linktype: int = DLT_EN10MB) -> str:
-    """``build_filter`` from a SensorConfig; a bad ``filter`` becomes a ConfigError naming it."""
+def filter_for_config(settings: SensorSettings, linktype: int = DLT_EN10MB) -> str:
+    """``build_filter`` from a sensor's settings; a bad ``filter`` becomes a ConfigError
+    naming it."""
     try:
-        return build_filter(config.sipport, config.filter, linktype)
+        return build_filter(settings.analysis.sipport, settings.capture.filter, linktype)
     except FilterError as exc:
-        raise config.error("filter", f"libpcap cannot compile it: {exc.reason}",
+        raise settings.error("filter", f"libpcap cannot compile it: {exc.reason}",
                            "a BPF expression as tcpdump takes it (man pcap-filter)")
 
 

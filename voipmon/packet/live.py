@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 from zope.interface import implementer
 
+from voipmon.config import SensorSettings
 from voipmon.packet.bpf import FilterError, build_filter, filter_for_config
 from voipmon.packet.source import IPacketSource, Sink
 
@@ -266,20 +267,21 @@ class LiveCapture(service.Service):
         self._retries: dict[str, Any] = {}
 
     @classmethod
-    def from_config(cls, config: Any, sink: Sink, *, reactor: Any,
+    def from_config(cls, settings: SensorSettings, sink: Sink, *, reactor: Any,
                     clock: IReactorTime | None = None, **kwargs: Any) -> LiveCapture:
-        """Build from a SensorConfig: interface, sipport, filter, ringbuffer, snaplen.
+        """Build from the sensor's capture settings (interface, filter, ringbuffer,
+        snaplen) and its SIP ports.
 
         A ``filter`` libpcap cannot compile is a ConfigError naming its file and line,
         here rather than when the interface opens."""
-        filter_for_config(config)
+        filter_for_config(settings)
+        capture = settings.capture
         try:
-            return cls(config.interface, config.sipport, sink, reactor=reactor, clock=clock,
-                       user_filter=config.filter,
-                       ringbuffer_mb=getattr(config, "ringbuffer", DEFAULT_RINGBUFFER_MB),
-                       snaplen=getattr(config, "snaplen", DEFAULT_SNAPLEN), **kwargs)
+            return cls(capture.interface, settings.analysis.sipport, sink, reactor=reactor,
+                       clock=clock, user_filter=capture.filter,
+                       ringbuffer_mb=capture.ringbuffer, snaplen=capture.snaplen, **kwargs)
         except CaptureError as exc:
-            raise config.error("interface", str(exc), "interface names, or 'any'")
+            raise settings.error("interface", str(exc), "interface names, or 'any'")
 
     # -- opening and closing ---------------------------------------------------------------
 

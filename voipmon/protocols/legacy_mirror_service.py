@@ -19,6 +19,11 @@ from twisted.logger import Logger
 from twisted.python import failure, usage
 
 from voipmon.config import Destination
+from voipmon.config.settings import (
+    ChannelClientSettings,
+    MirroringSettings,
+    MirrorReceiverSettings,
+)
 from voipmon.protocols import handshake, wire
 from voipmon.protocols.admission import AdmissionGate
 from voipmon.protocols.gated import gated
@@ -90,10 +95,13 @@ class LegacyMirrorSender(service.Service):
         self._drained: list[Any] = []
 
     @classmethod
-    def from_config(cls, config: Any, reactor: Any, **kwargs: Any) -> LegacyMirrorSender:
-        return cls(config.mirror_destination, id_sensor=config.id_sensor,
-                   name=config.name_sensor, password=config.server_password,
-                   max_buffer_mb=config.max_buffer_mem, reactor=reactor, **kwargs)
+    def from_config(cls, channel: ChannelClientSettings, mirroring: MirroringSettings,
+                    reactor: Any, **kwargs: Any) -> LegacyMirrorSender:
+        if mirroring.mirror_destination is None:
+            raise ValueError("a legacy mirror sender needs mirror_destination")
+        return cls(mirroring.mirror_destination, id_sensor=channel.id_sensor,
+                   name=channel.name_sensor, password=channel.server_password,
+                   max_buffer_mb=mirroring.max_buffer_mem, reactor=reactor, **kwargs)
 
     # -- the sink -------------------------------------------------------------------------
 
@@ -217,10 +225,13 @@ class LegacyMirrorReceiver(service.Service):
         self.advance_interval = advance_interval
 
     @classmethod
-    def from_config(cls, config: Any, engine_factory: EngineFactory, reactor: Any,
+    def from_config(cls, settings: MirrorReceiverSettings, password: str,
+                    engine_factory: EngineFactory, reactor: Any,
                     **kwargs: Any) -> LegacyMirrorReceiver:
-        return cls(config.mirror_bind, password=config.server_password,
-                   max_time_diff=config.mirror_connect_maximum_time_diff_s,
+        if settings.mirror_bind is None:
+            raise ValueError("a legacy mirror receiver needs mirror_bind")
+        return cls(settings.mirror_bind, password=password,
+                   max_time_diff=settings.mirror_connect_maximum_time_diff_s,
                    engine_factory=engine_factory, reactor=reactor, **kwargs)
 
     # -- sessions ---------------------------------------------------------------------------

@@ -29,7 +29,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import voipmon
-from voipmon.config import Destination, destinations
+from voipmon.analysis.settings import analysis_to_hello, engine_for
+from voipmon.config import Destination, SensorSettings, destinations
+from voipmon.config.settings import ChannelClientSettings
 from voipmon.manager.commands import ICallLister, IStatsProvider
 from voipmon.manager.service import advertised_manager, make_manager_service
 from voipmon.protocols import tls
@@ -59,31 +61,19 @@ ADVANCE_INTERVAL = 1.0
 UNDELIVERED = 3           # --exit-when-done: done, but some records are dead letters
 
 
-def default_engine(settings: Any, on_cdr: Callable[[Any], None],
+def default_engine(settings: SensorSettings, on_cdr: Callable[[Any], None],
                    dead_letters: IDeadLetters | None = None) -> Any:
     """The analysis engine of a local-processing sensor, writing pcaps to its spool."""
-    from voipmon.analysis.engine import Engine
-    from voipmon.spool.writer import SpoolWriter
-
-    return Engine(id_sensor=settings.id_sensor, on_cdr=on_cdr, sip_ports=settings.sipport,
-                  spool=SpoolWriter(settings.spooldir), rtptimeout=settings.rtptimeout,
-                  sipwithoutrtptimeout=settings.sipwithoutrtptimeout,
-                  absolute_timeout=settings.absolute_timeout, savesip=settings.savesip,
-                  savertp=settings.savertp, dead_letters=dead_letters)
+    return engine_for(settings.analysis, id_sensor=settings.channel.id_sensor,
+                      spooldir=settings.spool.spooldir, on_cdr=on_cdr,
+                      dead_letters=dead_letters)
 
 
-def analysis_settings(settings: Any) -> dict[str, Any]:
-    """What the central's engine needs to analyse a mirroring sensor's packets as it would."""
-    return {"sipport": list(settings.sipport), "rtptimeout": settings.rtptimeout,
-            "sipwithoutrtptimeout": settings.sipwithoutrtptimeout,
-            "absolute_timeout": settings.absolute_timeout, "savesip": settings.savesip,
-            "savertp": settings.savertp}
-
-
-def tls_endpoint(settings: Any, reactor: Any, destination: Destination) -> tuple[Any, Any]:
+def tls_endpoint(channel: ChannelClientSettings, reactor: Any,
+                 destination: Destination) -> tuple[Any, Any]:
     """(TLS client endpoint, its connection creator) for one central."""
-    creator = tls.client_creator(destination.host, pin=settings.server_certificate_sha256,
-                                 ca_file=settings.server_ca_file)
+    creator = tls.client_creator(destination.host, pin=channel.server_certificate_sha256,
+                                 ca_file=channel.server_ca_file)
     tcp = endpoints.HostnameEndpoint(reactor, destination.host, destination.port,
                                      timeout=CONNECT_TIMEOUT)
     return endpoints.wrapClientTLS(creator, tcp), creator
@@ -100,7 +90,7 @@ class _Probe(protocol.Protocol):
 class SensorService(service.MultiService):
     """Everything one sensor process runs."""
 
-    def __init__(self, settings: Any, reactor: Any, *, read_pcap: str | None = None,
+    def __init__(self, settings: SensorSettings, reactor: Any, *, read_pcap: str | None = None,
                  exit_when_done: bool = False, clock: Any = None,
                  connect_via: Callable[[Destination], Any] | None = None,
                  binding: Callable[[Any], bytes] = tls.exporter_binding,
@@ -117,13 +107,13 @@ class SensorService(service.MultiService):
         self.exit_when_done = exit_when_done
         self.on_exit = on_exit
         self.give_up_after = give_up_after
-        self.mode = "mirror" if settings.packetbuffer_sender else "local"
+        self.mode = "mirror" if settings.channel.packetbuffer_sender else "local"
         self.instance = secrets.token_hex(16)
         self.started_at = time.time()
         self.engine: Any = None
         self.queue: DurableQueue | None = None
         self.exit_status: int | None = None
-        self.dead_letters = DeadLetters(os.path.join(settings.spooldir, DEAD_LETTERS),
+        self.dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS),
                                         self.clock)
         self._last_connected = self.clock.seconds()
         self._ticks = 0
@@ -133,8 +123,11 @@ class SensorService(service.MultiService):
         self._make_channel(connect_via, binding)
         self._make_source(source)
         self._make_timers()
-        manager = make_manager_service(settings, reactor, stats=self, calls=self,
-                                       port=manager_port)
+        manager = make_manager_service(settings.manager, reactor,
+                                       spooldir=settings.spool.spooldir,
+                                       password=settings.channel.server_password,
+                                       id_sensor=settings.channel.id_sensor,
+                                       stats=self, calls=self, port=manager_port)
         if manager is not None:
             manager.setServiceParent(self)
 
@@ -142,13 +135,14 @@ class SensorService(service.MultiService):
 
     def _make_uplink(self, engine_factory: Callable[..., Any]) -> Any:
         if self.mode == "mirror":
-            return MirrorUplink(self.clock, self.settings.max_buffer_mem * 1024 * 1024)
-        path = os.path.join(self.settings.spooldir, "queue")
+            return MirrorUplink(self.clock, self.settings.mirroring.max_buffer_mem * 1024 * 1024)
+        path = os.path.join(self.settings.spool.spooldir, "queue")
         try:
             self.queue = DurableQueue(path)
         except (QueueError, OSError) as exc:
             raise usage.UsageError(f"{self.settings.where('spooldir')}: spooldir = "
-                                   f"{self.settings.spooldir}: cannot use the CDR queue: {exc}")
+                                   f"{self.settings.spool.spooldir}: cannot use the CDR "
+                                   f"queue: {exc}")
         uplink = CdrUplink(self.queue, self.clock)
         self.engine = engine_factory(self.settings, uplink.add,
                                      dead_letters=self.dead_letters)
@@ -157,13 +151,15 @@ class SensorService(service.MultiService):
     def _hello_factory(self, probe: bool = False) -> Callable[[], ClientHandshake]:
         from voipmon.protocols.handshake import derive_key
 
-        key = derive_key(self.settings.server_password)
-        params = dict(id_sensor=self.settings.id_sensor, name=self.settings.name_sensor,
+        channel = self.settings.channel
+        key = derive_key(channel.server_password)
+        params = dict(id_sensor=channel.id_sensor, name=channel.name_sensor,
                       version=voipmon.__version__, mode=self.mode,
-                      compression=self.settings.server_type_compress, instance=self.instance,
-                      manager=advertised_manager(self.settings),
+                      compression=channel.server_type_compress, instance=self.instance,
+                      manager=advertised_manager(self.settings.manager),
                       replay=self.read_pcap is not None, probe=probe,
-                      analysis=analysis_settings(self.settings) if self.mode == "mirror" else {})
+                      analysis=analysis_to_hello(self.settings.analysis)
+                      if self.mode == "mirror" else {})
         seconds = self.clock.seconds  # the reactor's: wall-clock UTC epoch seconds
 
         def make() -> ClientHandshake:
@@ -173,17 +169,18 @@ class SensorService(service.MultiService):
 
     def _make_channel(self, connect_via: Callable[[Destination], Any] | None,
                       binding: Callable[[Any], bytes]) -> None:
-        self.destinations = destinations(self.settings)
+        self.destinations = destinations(self.settings.channel)
         self.creators: list[Any] = []
         children = []
         probe = None
         for index, destination in enumerate(self.destinations):
             if connect_via is None:
-                transport, creator = tls_endpoint(self.settings, self.reactor, destination)
+                transport, creator = tls_endpoint(self.settings.channel, self.reactor,
+                                                  destination)
             else:
                 transport, creator = connect_via(destination), None
             self.creators.append(creator)
-            compression = self.settings.server_type_compress
+            compression = self.settings.channel.server_type_compress
             children.append((str(destination), AuthenticatingEndpoint(
                 transport, self._hello_factory(), compression, self.clock, binding)))
             if index == 0:
@@ -200,7 +197,8 @@ class SensorService(service.MultiService):
         if len(children) > 1:
             self.prober = FailbackProber(self.failover, probe,
                                          protocol.Factory.forProtocol(_Probe),
-                                         self.settings.failback_probe_interval, self.clock,
+                                         self.settings.channel.failback_probe_interval,
+                                         self.clock,
                                          self._fail_back)
             self.prober.setName("failback")
             self.prober.setServiceParent(self)
@@ -239,13 +237,14 @@ class SensorService(service.MultiService):
             advance.clock = self.clock
             advance.setName("advance")
             advance.setServiceParent(self)
-        if self.mode == "local" and (self.settings.maxpoolsize or self.settings.maxpooldays):
+        spool = self.settings.spool
+        if self.mode == "local" and (spool.maxpoolsize or spool.maxpooldays):
             from twisted.internet import threads
 
             from voipmon.spool.retention import Retention
 
-            retention = Retention(self.settings.spooldir, self.settings.maxpoolsize,
-                                  self.settings.maxpooldays, self.clock,
+            retention = Retention(spool.spooldir, spool.maxpoolsize, spool.maxpooldays,
+                                  self.clock,
                                   blocking=lambda f: threads.deferToThreadPool(
                                       self.reactor, self.reactor.getThreadPool(), f))
             retention.setServiceParent(self)
@@ -303,7 +302,8 @@ class SensorService(service.MultiService):
 
     def _made(self, channel: Any) -> None:
         self._last_connected = self.clock.seconds()
-        if self.settings.server_certificate_sha256 or self.settings.server_ca_file:
+        channel_settings = self.settings.channel
+        if channel_settings.server_certificate_sha256 or channel_settings.server_ca_file:
             return
         fingerprint = tls.peer_fingerprint(getattr(channel, "transport", None))
         if fingerprint and (channel.peer, fingerprint) not in self._announced:
@@ -383,7 +383,7 @@ class SensorService(service.MultiService):
         uplink = self.uplink.counters()
         dropped = int(source.get("dropped", 0)) + int(uplink.get("dropped", 0))
         stats: dict[str, Any] = {
-            "version": voipmon.__version__, "id_sensor": self.settings.id_sensor,
+            "version": voipmon.__version__, "id_sensor": self.settings.channel.id_sensor,
             "mode": self.mode, "source": getattr(self.source, "name", ""),
             "packets": int(source.get("packets", 0)), "dropped": dropped,
             "central": self.failover.current, "failover_switches": self.failover.switches,

@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from voipmon.config import load_sensor_config
+from voipmon.config import SensorSettings, load_sensor_config
 from voipmon.protocols import tls
 from voipmon.sensor.service import SensorService
 
@@ -42,15 +42,16 @@ class Options(usage.Options):
         if pcap is not None and not os.path.isfile(pcap):
             raise usage.UsageError(f"--read-pcap {pcap}: no such file")
         settings = load_sensor_config(self["config"])
-        if settings.server_certificate_sha256:
+        channel = settings.channel
+        if channel.server_certificate_sha256:
             try:
-                tls.parse_fingerprint(settings.server_certificate_sha256)
+                tls.parse_fingerprint(channel.server_certificate_sha256)
             except ValueError as exc:
                 raise settings.error("server_certificate_sha256", str(exc),
                                      "64 hex digits, colons optional")
-        if settings.server_ca_file:
+        if channel.server_ca_file:
             try:
-                tls.load_ca(settings.server_ca_file)
+                tls.load_ca(channel.server_ca_file)
             except tls.CertificateError as exc:
                 raise settings.error("server_ca_file", str(exc), "a readable PEM CA file")
         self["sensor"] = settings
@@ -63,7 +64,7 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     settings = config["sensor"]
     for warning in settings.warnings:
         log.warn("config: {warning}", warning=warning)
-    if settings.mirror_destination and not settings.server_destination:
+    if settings.mirroring.mirror_destination and not settings.channel.server_destination:
         try:
             return _legacy_mirror(settings, reactor, config["read-pcap"],
                                   config["exit-when-done"])
@@ -109,7 +110,7 @@ class ExitCode:
         os._exit(status)
 
 
-def _legacy_mirror(settings: Any, reactor: Any, read_pcap: str | None,
+def _legacy_mirror(settings: SensorSettings, reactor: Any, read_pcap: str | None,
                    exit_when_done: bool) -> service.MultiService:
     """The deprecated legacy mirror sender (mirror_destination, no server_destination)."""
     from voipmon.packet.live import LiveCapture
@@ -122,7 +123,7 @@ def _legacy_mirror(settings: Any, reactor: Any, read_pcap: str | None,
                                "packetbuffer_sender = yes")
     top = service.MultiService()
     top.setName("voipmon-sensor")
-    sender = LegacyMirrorSender.from_config(settings, reactor)
+    sender = LegacyMirrorSender.from_config(settings.channel, settings.mirroring, reactor)
     sender.setServiceParent(top)
     if read_pcap:
         source: Any = ReplaySource(read_pcap, sender.feed, reactor)

@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.enterprise import adbapi
 
+from voipmon.config.settings import StoreSettings
 from voipmon.store.literals import renderer, statements
 from voipmon.store.schema import Column, Index, Table
 
@@ -466,9 +467,10 @@ class SQLiteDialect(Dialect):
         return False
 
 
-def dialect_for(config: Any) -> MySQLDialect | SQLiteDialect:
-    """The dialect a CentralConfig asks for: MySQL when ``mysqlhost`` is set, else SQLite."""
-    if config.mysqlhost:
-        return MySQLDialect(config.mysqlhost, config.mysqlport, config.mysqluser,
-                            config.mysqlpassword, config.mysqldb)
-    return SQLiteDialect(config.sqlite_path)
+def dialect_for(store: StoreSettings) -> MySQLDialect | SQLiteDialect:
+    """The dialect the central's store settings ask for: MySQL when ``mysqlhost`` is set,
+    else SQLite."""
+    if store.mysqlhost:
+        return MySQLDialect(store.mysqlhost, store.mysqlport, store.mysqluser,
+                            store.mysqlpassword, store.mysqldb)
+    return SQLiteDialect(store.sqlite_path)

@@ -31,7 +31,7 @@ from voipmon.counters import Counters
 from voipmon.records.cdr import Cdr
 from voipmon.store import rollup
 from voipmon.store.cdrwrite import write_mysql, write_sqlite
-from voipmon.store.dialect import MySQLDialect, SQLiteDialect, dialect_for, q, qlist
+from voipmon.store.dialect import MySQLDialect, SQLiteDialect, q, qlist
 from voipmon.store.fields import datetime_text, text
 from voipmon.store.interfaces import SENSOR_JSON_FIELDS, IStore, StoreError, StoreUnavailable
 from voipmon.store.migrate import migrate
@@ -93,11 +93,6 @@ class SqlStore:
         self._writer: Pool | None = None
         self._reader: Pool | None = None
         self._cache: dict[str, dict[str, int]] = {"response": {}, "ua": {}}
-
-    @classmethod
-    def from_config(cls, config: Any, reactor: Any, central_id: str | None = None) -> SqlStore:
-        """The store a CentralConfig describes (MySQL when ``mysqlhost`` is set)."""
-        return cls(dialect_for(config), reactor, central_id)
 
     def __repr__(self) -> str:
         return f"<SqlStore {self.where}>"

@@ -155,7 +155,7 @@ class AssembledTests(CentralCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_off_by_default(self) -> None:
-        self.assertEqual(self.settings.cleandatabase, 0)
+        self.assertEqual(self.settings.store.cleandatabase, 0)
         names = [child.name for child in self.make_central()]
         self.assertNotIn(DatabaseRetention.name, names)
 

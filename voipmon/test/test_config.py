@@ -15,9 +15,13 @@ from voipmon import config
 from voipmon.config import (
     ConfigError,
     Destination,
+    generate,
+    load,
     load_central_config,
     load_sensor_config,
+    options,
     parse_text,
+    settings,
 )
 
 GOOD_SENSOR = """\
@@ -66,16 +70,16 @@ class ParserTests(SynchronousTestCase):
     def test_good_sensor(self) -> None:
         """A minimal sensor config parses, with defaults for the rest."""
         cfg = sensor(GOOD_SENSOR)
-        self.assertEqual(cfg.id_sensor, 7)
-        self.assertEqual(cfg.server_password, "s3cr#t")
-        self.assertEqual(cfg.server_destination, (
+        self.assertEqual(cfg.channel.id_sensor, 7)
+        self.assertEqual(cfg.channel.server_password, "s3cr#t")
+        self.assertEqual(cfg.channel.server_destination, (
             Destination("c1.example"), Destination("192.0.2.5", 6000),
             Destination("2001:db8::1", 7000)))
-        self.assertEqual([str(d) for d in config.destinations(cfg)],
+        self.assertEqual([str(d) for d in config.destinations(cfg.channel)],
                          ["c1.example:60024", "192.0.2.5:6000", "[2001:db8::1]:7000"])
-        self.assertEqual(cfg.server_type_compress, "zstd")
-        self.assertEqual(cfg.sipport, (5060,))
-        self.assertIs(cfg.packetbuffer_sender, False)
+        self.assertEqual(cfg.channel.server_type_compress, "zstd")
+        self.assertEqual(cfg.analysis.sipport, (5060,))
+        self.assertIs(cfg.channel.packetbuffer_sender, False)
         self.assertEqual(cfg.warnings, ())
         self.assertEqual(cfg.where("id_sensor"), "test.conf:4")
         self.assertEqual(cfg.where("savertp"), "test.conf")
@@ -84,26 +88,28 @@ class ParserTests(SynchronousTestCase):
         """Config objects cannot be changed after validation."""
         cfg = sensor(GOOD_SENSOR)
         with self.assertRaises(AttributeError):
-            cfg.id_sensor = 9
+            cfg.channel.id_sensor = 9
+        with self.assertRaises(AttributeError):
+            cfg.channel = cfg.channel
 
     def test_booleans(self) -> None:
         """yes/no/true/false/1/0/on/off are all understood."""
         for text, value in [("yes", True), ("TRUE", True), ("1", True), ("on", True),
                             ("no", False), ("False", False), ("0", False), ("off", False)]:
             cfg = sensor(GOOD_SENSOR + f"packetbuffer_sender = {text}\n")
-            self.assertIs(cfg.packetbuffer_sender, value, text)
+            self.assertIs(cfg.channel.packetbuffer_sender, value, text)
 
     def test_repeated_list_keys_accumulate(self) -> None:
         """sipport and interface add up over repeated lines, with ranges and de-duplication."""
         cfg = sensor(GOOD_SENSOR + "sipport = 5060\nsipport = 5070-5072, 5060\n"
                      "interface = eth0\ninterface = eth1,eth2\n")
-        self.assertEqual(cfg.sipport, (5060, 5070, 5071, 5072))
-        self.assertEqual(cfg.interface, ("eth0", "eth1", "eth2"))
+        self.assertEqual(cfg.analysis.sipport, (5060, 5070, 5071, 5072))
+        self.assertEqual(cfg.capture.interface, ("eth0", "eth1", "eth2"))
 
     def test_repeated_scalar_key_last_wins_with_warning(self) -> None:
         """A repeated scalar keeps the last value and says which line it overrode."""
         cfg = sensor(GOOD_SENSOR + "name_sensor = a\nname_sensor = b\n")
-        self.assertEqual(cfg.name_sensor, "b")
+        self.assertEqual(cfg.channel.name_sensor, "b")
         self.assertEqual(cfg.warnings,
                          ("test.conf:8: name_sensor repeated; this value overrides line 7",))
 
@@ -125,22 +131,22 @@ class ParserTests(SynchronousTestCase):
     def test_compression_aliases(self) -> None:
         """VoIPmonitor's 'no' and 'zip' spellings map to none and gzip."""
         self.assertEqual(sensor(GOOD_SENSOR + "server_type_compress = no\n")
-                         .server_type_compress, "none")
+                         .channel.server_type_compress, "none")
         self.assertEqual(sensor(GOOD_SENSOR + "server_type_compress = ZIP\n")
-                         .server_type_compress, "gzip")
+                         .channel.server_type_compress, "gzip")
 
     def test_good_central(self) -> None:
         """A minimal central config uses SQLite by default."""
         cfg = central(GOOD_CENTRAL)
-        self.assertEqual(cfg.server_bind_port, 60024)
-        self.assertEqual(cfg.mysqlhost, "")
-        self.assertEqual(cfg.client_server_connect_maximum_time_diff_s, 2.0)
-        self.assertEqual(cfg.http_bind, "127.0.0.1")
+        self.assertEqual(cfg.channel.server_bind_port, 60024)
+        self.assertEqual(cfg.store.mysqlhost, "")
+        self.assertEqual(cfg.channel.client_server_connect_maximum_time_diff_s, 2.0)
+        self.assertEqual(cfg.http.http_bind, "127.0.0.1")
 
     def test_overrides(self) -> None:
         """Overrides given in code win over the file and are reported as the command line."""
         cfg = sensor(GOOD_SENSOR, overrides=[("id_sensor", "9")])
-        self.assertEqual(cfg.id_sensor, 9)
+        self.assertEqual(cfg.channel.id_sensor, 9)
         self.assertEqual(cfg.where("id_sensor"), "command line")
 
 
@@ -217,7 +223,7 @@ class ValidationTests(SynchronousTestCase):
     def test_bare_ipv6_destination(self) -> None:
         """A bare IPv6 address without brackets is accepted as a host without port."""
         text = GOOD_SENSOR.replace("c1.example, 192.0.2.5:6000; [2001:db8::1]:7000", "::1")
-        self.assertEqual(sensor(text).server_destination, (Destination("::1"),))
+        self.assertEqual(sensor(text).channel.server_destination, (Destination("::1"),))
 
     def test_both_server_and_client(self) -> None:
         """server_bind with server_destination is refused in either role."""
@@ -256,8 +262,8 @@ class ValidationTests(SynchronousTestCase):
             def denied(name, *args, **kwargs):
                 raise PermissionError(13, "Permission denied", name)
 
-            config.open = denied  # shadows the builtin inside voipmon.config only
-            self.addCleanup(delattr, config, "open")
+            load.open = denied  # shadows the builtin inside voipmon.config.load only
+            self.addCleanup(delattr, load, "open")
         with self.assertRaises(ConfigError) as cm:
             load_sensor_config(path)
         self.assertEqual(str(cm.exception), f"{path}: cannot read config file: permission denied")
@@ -294,7 +300,7 @@ class ExampleConfTests(SynchronousTestCase):
         path = os.path.join(ROOT, "conf", filename)
         with open(path) as handle:
             text = handle.read()
-        for opt in config.options_for(role):
+        for opt in options.options_for(role):
             self.assertTrue(re.search(rf"^#?\s*{re.escape(opt.name)}\s*=", text, re.M),
                             f"{filename} does not document {opt.name}")
 
@@ -312,6 +318,41 @@ class ExampleConfTests(SynchronousTestCase):
                                  ("voipmon-central.conf", load_central_config)):
             cfg = loader(os.path.join(ROOT, "conf", filename))
             self.assertEqual(cfg.warnings, (), filename)
+
+
+class GeneratedFilesTests(SynchronousTestCase):
+    """The option table is the one source of settings.py, conf/ and the reference page."""
+
+    def test_generated_files_are_current(self) -> None:
+        """Each file in the tree is what ``python -m voipmon.config --write`` writes."""
+        for relpath, text in generate.generated().items():
+            with open(os.path.join(ROOT, relpath), encoding="utf-8") as handle:
+                self.assertEqual(handle.read(), text,
+                                 f"{relpath} is stale: run python -m voipmon.config --write")
+
+    def test_groups_hold_every_option_once(self) -> None:
+        """Each role's settings hold every option of the role in exactly one group, with
+        the table's default, and nothing else."""
+        for role, cls in (("sensor", config.SensorSettings),
+                          ("central", config.CentralSettings)):
+            seen: list[str] = []
+            for group in options.groups_for(role):
+                group_type = cls.__dataclass_fields__[group.attr].type
+                self.assertEqual(group_type, group.name)
+                fields = settings.GROUP_CLASSES[group.name].__dataclass_fields__
+                self.assertEqual(list(fields), [o.name for o in options.members(group)])
+                for opt in options.members(group):
+                    if not opt.required:
+                        self.assertEqual(fields[opt.name].default, opt.default, opt.name)
+                seen += list(fields)
+            self.assertEqual(sorted(seen), sorted(o.name for o in options.options_for(role)))
+
+    def test_main_prints_each_file(self) -> None:
+        """``python -m voipmon.config --conf sensor`` prints conf/voipmon-sensor.conf."""
+        result = subprocess.run([sys.executable, "-m", "voipmon.config", "--conf", "sensor"],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, generate.conf_text("sensor"))
 
 
 class TwistdCommandTests(SynchronousTestCase):

@@ -190,15 +190,18 @@ class ServiceTests(SynchronousTestCase):
         sensor = load_sensor_config("s.conf", text=(
             "id_sensor = 9\nname_sensor = edge\nserver_password = pw\n"
             "mirror_destination = 127.0.0.1:6001\nmax_buffer_mem = 3\n"))
-        self.assertEqual(sensor.server_destination, ())  # a mirror sender needs no central
-        sender = LegacyMirrorSender.from_config(sensor, reactor=self.clock, clock=self.clock)
+        self.assertEqual(sensor.channel.server_destination, ())  # a mirror sender needs no central
+        sender = LegacyMirrorSender.from_config(sensor.channel, sensor.mirroring,
+                                                reactor=self.clock, clock=self.clock)
         self.assertEqual((sender.destination, sender.id_sensor, sender.name),
                          (Destination("127.0.0.1", 6001), 9, "edge"))
         self.assertEqual(sender.buffer.max_bytes, 3 << 20)
         central = load_central_config("c.conf", text=(
             "server_bind = 0.0.0.0\nserver_password = pw\nmirror_bind = 127.0.0.1:6001\n"
             "mirror_connect_maximum_time_diff_s = 5\n"))
-        receiver = LegacyMirrorReceiver.from_config(central, Engines(), reactor=self.clock)
+        receiver = LegacyMirrorReceiver.from_config(central.legacy_mirror,
+                                                    central.channel.server_password, Engines(),
+                                                    reactor=self.clock)
         self.assertEqual((receiver.bind, receiver.max_time_diff),
                          (Destination("127.0.0.1", 6001), 5.0))
 

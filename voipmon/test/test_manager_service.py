@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import tracemalloc
+from typing import Any
 
 from twisted.internet import defer, endpoints, interfaces, protocol, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from voipmon.config import load_sensor_config
+from voipmon.config import SensorSettings, load_sensor_config
 from voipmon.manager.client import FileConsumer, ManagerError
 from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.server import ManagerServerFactory
@@ -238,23 +239,32 @@ def raw_exchange(port: int, lines: list[bytes]) -> defer.Deferred:
     return d.addCallback(lambda _: b"".join(proto.received))
 
 
+def manager_service(settings: SensorSettings, reactor: Any, stats: Any = None,
+                    calls: Any = None, port: int | None = None) -> Any:
+    """The sensor's management port as its tap builds it from ``settings``."""
+    return make_manager_service(settings.manager, reactor, spooldir=settings.spool.spooldir,
+                                password=settings.channel.server_password,
+                                id_sensor=settings.channel.id_sensor, stats=stats,
+                                calls=calls, port=port)
+
+
 class ServiceTests(TestCase):
     def test_disabled(self) -> None:
         settings = sensor_settings(self.mktemp())
-        self.assertIsNone(make_manager_service(settings, reactor))
-        self.assertEqual(advertised_manager(settings), "")
+        self.assertIsNone(manager_service(settings, reactor))
+        self.assertEqual(advertised_manager(settings.manager), "")
 
     def test_plaintext_only_on_loopback(self) -> None:
         spool = self.mktemp()
         yes = sensor_settings(spool, managerport="5029", manager_enable_unencrypted="yes")
-        self.assertTrue(is_plaintext(yes))
-        self.assertEqual(advertised_manager(yes), "")  # the central cannot use plain text
+        self.assertTrue(is_plaintext(yes.manager))
+        self.assertEqual(advertised_manager(yes.manager), "")  # the central cannot use plain text
         wide = sensor_settings(spool, managerport="5029", manager_enable_unencrypted="yes",
                                managerip="0.0.0.0")
-        self.assertFalse(is_plaintext(wide))
-        self.assertEqual(advertised_manager(wide), "*:5029")
+        self.assertFalse(is_plaintext(wide.manager))
+        self.assertEqual(advertised_manager(wide.manager), "*:5029")
         v6 = sensor_settings(spool, managerport="5029", managerip="::1")
-        self.assertEqual(advertised_manager(v6), "[::1]:5029")
+        self.assertEqual(advertised_manager(v6.manager), "[::1]:5029")
 
     @defer.inlineCallbacks
     def test_service_over_tls(self) -> None:
@@ -264,7 +274,7 @@ class ServiceTests(TestCase):
         with open(os.path.join(spool, "x", "f.pcap"), "wb") as handle:
             handle.write(b"hello")
         settings = sensor_settings(spool, managerport="5029")
-        svc = make_manager_service(settings, reactor, FakeSensor(), FakeSensor(), port=0)
+        svc = manager_service(settings, reactor, FakeSensor(), FakeSensor(), port=0)
         svc.factory = tracking = TrackingFactory(svc.factory)
         svc.startService()
         listening: defer.Deferred = defer.Deferred()

@@ -79,7 +79,8 @@ class Central:
         self.writer = CentralCdrQueue(DurableQueue(os.path.join(spool, "central-queue")),
                                       self.store, clock, dead_letters=self.dead_letters)
         self.writer.start()
-        self.mirrors = MirrorAnalyses(mirror_engine_factory(settings, self.dead_letters),
+        self.mirrors = MirrorAnalyses(mirror_engine_factory(settings.spool.spooldir,
+                                                            self.dead_letters),
                                       self.writer, clock)
         self.sessions = CentralSessions(self.store, clock, self.pair.factory.registry,
                                         self.mirrors, dead_letters=self.dead_letters)

@@ -26,6 +26,7 @@ from voipmon.packet.decode import Decoder
 from voipmon.packet.live import LiveCapture
 from voipmon.records.cdr import BYE_CONFIRMED, BYE_NOT_ANSWERED, Cdr
 from voipmon.sensor.service import SensorService
+from voipmon.store.dialect import dialect_for
 from voipmon.store.sqlstore import SqlStore
 from voipmon.test.fakes import CommitCounter
 from voipmon.test.live_support import require_root, require_tool
@@ -152,7 +153,7 @@ class SensorToCentralTests(TestCase):
             f"server_bind = 127.0.0.1\nserver_password = {self.password}\n"
             f"spooldir = {self.base}/central\nsqlite_path = {self.base}/central.sqlite\n"
             "http_port = 0\n"))
-        store = CommitCounter(SqlStore.from_config(central_settings, reactor), expect=4)
+        store = CommitCounter(SqlStore(dialect_for(central_settings.store), reactor), expect=4)
         central = CentralService(central_settings, reactor, store=store, port=0)
         central.startService()
         self.addCleanup(central.stopService)

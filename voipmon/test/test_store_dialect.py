@@ -34,7 +34,7 @@ CENTRAL = "server_bind = 0.0.0.0\nserver_password = pw\n"
 class ConfigTests(unittest.SynchronousTestCase):
     def test_sqlite_unless_mysqlhost(self) -> None:
         config = load_central_config("c.conf", CENTRAL + "sqlite_path = /var/x/v.sqlite\n")
-        dialect = dialect_for(config)
+        dialect = dialect_for(config.store)
         self.assertIsInstance(dialect, SQLiteDialect)
         self.assertEqual(dialect.where, "SQLite /var/x/v.sqlite")
 
@@ -42,7 +42,7 @@ class ConfigTests(unittest.SynchronousTestCase):
         config = load_central_config("c.conf", CENTRAL + "mysqlhost = 2001:db8::3\n"
                                      "mysqlport = 3307\nmysqluser = voip\nmysqldb = cdrs\n"
                                      "mysqlpassword = hunter2\n")
-        dialect = dialect_for(config)
+        dialect = dialect_for(config.store)
         self.assertIsInstance(dialect, MySQLDialect)
         self.assertEqual(dialect.where, "MySQL voip@[2001:db8::3]:3307/cdrs")
         self.assertNotIn("hunter2", repr(dialect))

@@ -16,13 +16,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from voipmon.config import load_central_config
+from voipmon.config import CentralSettings, load_central_config
 from voipmon.protocols import tls
 from voipmon.test.fakes import FakeStore
 from voipmon.web.site import make_web_service, uses_tls
 
 
-def settings(spool: str, **keys: str) -> Any:
+def settings(spool: str, **keys: str) -> CentralSettings:
     text = f"server_bind = 127.0.0.1\nserver_password = pw\nspooldir = {spool}\n"
     text += "".join(f"{key} = {value}\n" for key, value in keys.items())
     return load_central_config("c.conf", text=text)
@@ -50,7 +50,7 @@ class ChoiceTests(SynchronousTestCase):
             ({"http_bind": "0.0.0.0", "http_user": "u", "http_password": "p",
               "http_tls": "no"}, False),
         ):
-            self.assertEqual(uses_tls(settings(spool, **keys)), expected, keys)
+            self.assertEqual(uses_tls(settings(spool, **keys).http), expected, keys)
 
     def test_bad_value_names_what_is_allowed(self) -> None:
         with self.assertRaises(Exception) as caught:
@@ -62,15 +62,15 @@ class ChoiceTests(SynchronousTestCase):
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         config = settings(self.mktemp(), http_bind="0.0.0.0", http_user="u",
                           http_password="p", http_tls="no")
-        make_web_service(config, MemoryReactor(), FakeStore(), None)
+        make_web_service(config.http, config.spool.spooldir, MemoryReactor(), FakeStore(), None)
         lines = [formatEvent(e) for e in observer]
         self.assertTrue(any("clear text" in line for line in lines), lines)
         self.assertIn("web page and API on http://0.0.0.0:8080/", lines)
 
     def test_https_needs_the_certificate(self) -> None:
         config = settings(self.mktemp(), http_tls="yes")
-        self.assertRaises(ValueError, make_web_service, config, MemoryReactor(), FakeStore(),
-                          None)
+        self.assertRaises(ValueError, make_web_service, config.http, config.spool.spooldir,
+                          MemoryReactor(), FakeStore(), None)
 
 
 class HttpsTests(TestCase):
@@ -84,7 +84,7 @@ class HttpsTests(TestCase):
         store = FakeStore()
         yield store.upsert_sensor({"id_sensor": 4, "name": "edge-4"})
         config = settings(spool, http_tls="yes", http_port="8080")
-        self.service = make_web_service(config, reactor, store, None, port=0,
+        self.service = make_web_service(config.http, spool, reactor, store, None, port=0,
                                         certificate=self.certificate)
         listening: defer.Deferred = defer.Deferred()
         self.service.startService()

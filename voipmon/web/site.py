@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server, static
 
 from voipmon.config import is_loopback
+from voipmon.config.settings import HttpSettings
 from voipmon.web.api import ApiResource, find_sensor, write_json
 from voipmon.web.pcaps import CallPcaps
 
@@ -123,30 +124,30 @@ def make_site(store: Any, pcaps: CallPcaps, user: str = "", password: str = "",
     return site
 
 
-def uses_tls(settings: Any) -> bool:
+def uses_tls(http: HttpSettings) -> bool:
     """HTTPS or not: ``http_tls`` yes/no, or auto (HTTPS unless bound to loopback)."""
-    if settings.http_tls == "auto":
-        return not is_loopback(settings.http_bind)
-    return settings.http_tls == "yes"
+    if http.http_tls == "auto":
+        return not is_loopback(http.http_bind)
+    return http.http_tls == "yes"
 
 
-def make_web_service(settings: Any, reactor: Any, store: Any, connector: Any,
-                     port: int | None = None, certificate: Any = None) -> Any:
+def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any,
+                     connector: Any, port: int | None = None, certificate: Any = None) -> Any:
     """The central's web service on ``http_bind:http_port`` (None when http_port = 0).
 
-    ``connector`` is a voipmon.manager.service.ManagerConnector; ``port`` overrides
-    http_port (0: ephemeral, for tests); ``certificate`` (a tls.ServerCertificate, the
-    channel's) serves HTTPS when :func:`uses_tls` says so.
+    Pcaps are served from ``spooldir`` (or fetched from the sensor through ``connector``,
+    a voipmon.manager.service.ManagerConnector); ``port`` overrides http_port (0:
+    ephemeral, for tests); ``certificate`` (a tls.ServerCertificate, the channel's) serves
+    HTTPS when :func:`uses_tls` says so.
     """
-    if not settings.http_port:
+    if not http.http_port:
         return None
 
-    pcaps = CallPcaps(settings.spooldir, connector, lambda id_sensor: find_sensor(store, id_sensor))
-    site = make_site(store, pcaps, settings.http_user, settings.http_password,
-                     settings.http_bind)
-    host = settings.http_bind
-    number = settings.http_port if port is None else port
-    secure = uses_tls(settings)
+    pcaps = CallPcaps(spooldir, connector, lambda id_sensor: find_sensor(store, id_sensor))
+    site = make_site(store, pcaps, http.http_user, http.http_password, http.http_bind)
+    host = http.http_bind
+    number = http.http_port if port is None else port
+    secure = uses_tls(http)
     if secure:
         if certificate is None:
             raise ValueError("http_tls: HTTPS needs the central's certificate")
