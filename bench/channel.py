@@ -35,7 +35,6 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.application import service
 from twisted.internet import defer, task, threads
 
 from voipmon.config import load_sensor_config
@@ -53,6 +52,7 @@ from voipmon.test.channel_support import (
     twistd,
     write_conf,
 )
+from voipmon.test.live_support import IdleSource
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -62,15 +62,6 @@ PASSWORD = "bench-secret"
 TARGET_CDRS = 5_000
 TARGET_PACKETS = 150_000
 TARGET_FAILOVER = 2.0
-
-
-class Idle(service.Service):
-    """A packet source that captures nothing: the CDRs come from the prefilled queue."""
-
-    name = "idle"
-
-    def stats(self) -> dict[str, Any]:
-        return {"packets": 0, "dropped": 0}
 
 
 def bench_pcap() -> str:
@@ -131,7 +122,7 @@ class Bench:
             f"{k} = {v}\n" for k, v in keys.items()))
         return SensorService(settings, self.reactor, read_pcap=read_pcap,
                              exit_when_done=read_pcap is not None, on_exit=on_exit,
-                             source=None if read_pcap else Idle())
+                             source=None if read_pcap else IdleSource())
 
     def prefill(self, name: str, first: int, count: int, id_sensor: int) -> None:
         queue = DurableQueue(os.path.join(self.base, name, "queue"))

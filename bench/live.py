@@ -39,8 +39,9 @@ from twisted.internet import defer, protocol, task  # noqa: E402
 
 from voipmon.analysis.engine import Engine  # noqa: E402
 from voipmon.packet.bpf import DLT_EN10MB, build_filter  # noqa: E402
-from voipmon.packet.live import LiveCapture  # noqa: E402
 from voipmon.packet.readers import CaptureReader  # noqa: E402
+from voipmon.sources.live import LiveCapture  # noqa: E402
+from voipmon.test.live_support import FunctionSink  # noqa: E402
 
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "pcaps"))
 PAIR = (f"vmlive{os.getpid() % 10000}a", f"vmlive{os.getpid() % 10000}b")
@@ -149,7 +150,7 @@ def run_ours(reactor: Any, path: str, args: argparse.Namespace, mode: str,
     cdrs: list[Any] = []
     engine = Engine(id_sensor=1, on_cdr=cdrs.append, sip_ports=[5060]) \
         if mode != "noop" else None
-    sink = engine.feed if engine is not None else (lambda ts, linktype, frame: None)
+    sink = engine if engine is not None else FunctionSink(lambda ts, linktype, frame: None)
     capture = LiveCapture([PAIR[1]], [5060], sink, reactor=reactor, status_interval=0,
                           ringbuffer_mb=args.ringbuffer, immediate=immediate,
                           snaplen=args.snaplen)

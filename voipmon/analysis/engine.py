@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from voipmon.analysis.calls import END, Call, ip_text
 from voipmon.analysis.hotpath import HotPath
@@ -47,6 +48,7 @@ from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.records.times import iso_ms
+from voipmon.sources.interfaces import IFrameSink
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.spool.layout import fbasename, pcap_relpath
 from voipmon.spool.writer import SpoolWriter
@@ -77,6 +79,7 @@ class EngineStats(Counts):
         self.errors = 0
 
 
+@implementer(IFrameSink)
 class Engine(HotPath):
     """Turns captured frames into CDRs; see the module docstring."""
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from voipmon.config.kinds import ConfigError
+from voipmon.config.options import OPTIONS_BY_NAME
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class LoadedSettings:
         return str(origin) if origin else self.path
 
     def error(self, key: str, problem: str, allowed: str | None = None) -> ConfigError:
-        """A ConfigError about ``key`` for checks made after loading (e.g. a missing file)."""
-        return ConfigError(message(self.where(key), key, self.values.get(key), problem,
-                                   allowed))
+        """A ConfigError about ``key`` for checks made after loading (e.g. a missing file);
+        the value is shown as the config file writes it."""
+        value = self.values.get(key)
+        option = OPTIONS_BY_NAME.get(key)
+        shown = option.kind.render(value) if option is not None else value
+        return ConfigError(message(self.where(key), key, shown, problem, allowed))

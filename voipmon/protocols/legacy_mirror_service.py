@@ -9,7 +9,7 @@ central's ``mirror_bind`` and keeps one analysis engine per sending sensor.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application import service
@@ -119,6 +119,12 @@ class LegacyMirrorSender(service.Service):
                      dropped=self.buffer.dropped)
         if self.buffer.unsent < len(self.buffer.batches):
             self._pump()
+
+    def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> int:
+        before = self.buffer.packets
+        for ts, linktype, frame in records:
+            self.feed(ts, linktype, frame)
+        return self.buffer.packets - before
 
     def flush(self) -> None:
         """Send the batch being filled now (runs every FLUSH_INTERVAL seconds)."""

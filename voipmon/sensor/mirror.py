@@ -19,10 +19,11 @@ held back while any packet is still in the buffer: it must not overtake them.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -40,6 +41,7 @@ from voipmon.protocols.wire import (
     is_number,
 )
 from voipmon.sensor.uplink import Done, IUplink, negotiated_window
+from voipmon.sources.interfaces import IFlowControlledSink, Record
 
 log = Logger()
 
@@ -50,7 +52,7 @@ MIRROR_WINDOW = 16
 DROP_REPORT_INTERVAL = 10.0
 
 
-@implementer(IUplink)
+@implementer(IUplink, IFlowControlledSink)
 class MirrorUplink:
     """Raw packets -> bounded in-memory batches -> window -> acks; drops counted."""
 
@@ -88,7 +90,8 @@ class MirrorUplink:
         self._last_report = -1e18
         self._reported_drops = 0
         self._done = Done()
-        self._room_waiters: list[defer.Deferred] = []
+        self.producer: IPushProducer | None = None   # a replay held back while full
+        self._producer_paused = False
         self.latest_ts: float | None = None    # the newest capture time buffered so far
         self._latest_at = 0.0                  # our clock when it was buffered
         self.clock_sent: float | None = None   # the last CLOCK value sent
@@ -96,11 +99,11 @@ class MirrorUplink:
 
     # -- input (the hot path) ------------------------------------------------------
 
-    def add_packet(self, ts: float, linktype: int, data: bytes) -> bool:
+    def feed(self, ts: float, linktype: int, data: bytes) -> bool:
         """Buffer one packet (a live capture's sink); False (and counted) when full."""
-        return self.add_packets(((ts, linktype, data),)) == 1
+        return self.feed_all(((ts, linktype, data),)) == 1
 
-    def add_packets(self, records: Any) -> int:
+    def feed_all(self, records: Iterable[Record]) -> int:
         """Buffer ``(ts, linktype, frame)`` records; returns how many fitted.
 
         The hot path of mirroring: one loop, no call per packet. Beyond
@@ -154,6 +157,9 @@ class MirrorUplink:
                 self.report_drops(now)
         if self.current is not None and self._flush_call is None:
             self._flush_call = self.clock.callLater(self.flush_interval, self._flush_timer)
+        if self.producer is not None and not self._producer_paused and not self.has_room():
+            self._producer_paused = True
+            self.producer.pauseProducing()
         return added
 
     def report_drops(self, now: float | None = None) -> None:
@@ -190,12 +196,14 @@ class MirrorUplink:
         return (self.used < self.max_buffer_bytes // 2
                 and len(self.ready) < 2 * max(self.window, 1))
 
-    def when_room(self) -> defer.Deferred:
-        if self.has_room():
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._room_waiters.append(d)
-        return d
+    # -- IFlowControlledSink: a source that can wait (a file) waits while we are full ---
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self.producer = producer
+        self._producer_paused = False
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
 
     def close(self) -> None:
         """Shutdown: cancel the batch timer (what is buffered in memory is lost)."""
@@ -265,10 +273,9 @@ class MirrorUplink:
         self._wake_room()
 
     def _wake_room(self) -> None:
-        if self._room_waiters and self.has_room():
-            waiters, self._room_waiters = self._room_waiters, []
-            for d in waiters:
-                d.callback(None)
+        if self.producer is not None and self._producer_paused and self.has_room():
+            self._producer_paused = False
+            self.producer.resumeProducing()
 
     def message_received(self, kind: MessageType, payload: bytes) -> None:
         if kind == MessageType.PACKETS_ACK:

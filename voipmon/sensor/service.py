@@ -46,8 +46,9 @@ from voipmon.protocols.handshake import PERMANENT, CentralProofFailed, ClientHan
 from voipmon.protocols.wire import MessageType
 from voipmon.queue import DurableQueue, QueueError
 from voipmon.sensor.mirror import MirrorUplink
-from voipmon.sensor.replay import ReplaySource
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory
+from voipmon.sources import registry as sources
+from voipmon.sources.interfaces import IFrameSink
 from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 
@@ -204,25 +205,13 @@ class SensorService(service.MultiService):
             self.prober.setServiceParent(self)
 
     def _make_source(self, source: Any) -> None:
-        if source is not None:
-            self.source = source
-        elif self.read_pcap is not None:
-            if self.mode == "mirror":
-                self.source = ReplaySource(self.read_pcap, self._mirror_packet, self.clock,
-                                           on_end=self._source_ended,
-                                           sink_many=self.uplink.add_packets,
-                                           has_room=self.uplink.has_room,
-                                           when_room=self.uplink.when_room)
-            else:
-                self.source = ReplaySource(self.read_pcap, self.engine.feed, self.clock,
-                                           on_end=self._source_ended,
-                                           sink_many=self.engine.feed_all)
-        else:
-            from voipmon.packet.live import LiveCapture
-
-            sink = self._mirror_packet if self.mode == "mirror" else self.engine.feed
-            self.source = LiveCapture.from_config(self.settings, sink, reactor=self.reactor,
-                                                  clock=self.clock)
+        sink: IFrameSink = self.uplink if self.mode == "mirror" else self.engine
+        if source is None:
+            source = sources.from_config(self.settings, sink, self.reactor,
+                                         read_pcap=self.read_pcap, clock=self.clock)
+        self.source = source
+        self.source.done.addCallback(self._source_ended).addErrback(
+            lambda f: log.failure("closing the calls at the end of the capture", f))
         self.source.setServiceParent(self)  # added last: stopped first
 
     def _make_timers(self) -> None:
@@ -251,9 +240,6 @@ class SensorService(service.MultiService):
 
     # -- running -------------------------------------------------------------------
 
-    def _mirror_packet(self, ts: float, linktype: int, frame: bytes) -> None:
-        self.uplink.add_packet(ts, linktype, frame)
-
     def _advance(self) -> None:
         try:
             if self.engine is not None:
@@ -263,7 +249,7 @@ class SensorService(service.MultiService):
         except Exception:
             log.failure("engine housekeeping failed")
 
-    def _source_ended(self) -> None:
+    def _source_ended(self, _: object = None) -> None:
         if self.engine is not None:
             self.engine.finish()
         self.uplink.finish_source()
@@ -294,7 +280,7 @@ class SensorService(service.MultiService):
                        f"letters, {where}; the log says why); {message}")
         else:
             message = f"done: {message}"
-        error = getattr(self.source, "error", None)
+        error = self.source.error
         if error:  # a damaged capture: what it held is delivered, yet the run failed
             self._exit(1, f"{message}; but the capture stopped early: {error}")
             return
@@ -379,12 +365,12 @@ class SensorService(service.MultiService):
     # -- management port -------------------------------------------------------------
 
     def sniffer_stat(self) -> dict[str, Any]:
-        source = self.source.stats() if hasattr(self.source, "stats") else {}
+        source = self.source.stats()
         uplink = self.uplink.counters()
         dropped = int(source.get("dropped", 0)) + int(uplink.get("dropped", 0))
         stats: dict[str, Any] = {
             "version": voipmon.__version__, "id_sensor": self.settings.channel.id_sensor,
-            "mode": self.mode, "source": getattr(self.source, "name", ""),
+            "mode": self.mode, "source": self.source.name,
             "packets": int(source.get("packets", 0)), "dropped": dropped,
             "central": self.failover.current, "failover_switches": self.failover.switches,
             "uptime": round(time.time() - self.started_at, 1),
@@ -407,7 +393,7 @@ class SensorService(service.MultiService):
     def stopService(self) -> defer.Deferred:
         if not self.running:
             return defer.succeed(None)
-        finished = getattr(self.source, "finished", False)
+        finished = self.source.done.called
         d = defer.maybeDeferred(super().stopService)
         if self.engine is not None and self.read_pcap is None and not finished:
             # Live capture: calls in progress are closed and their CDRs kept on disk.

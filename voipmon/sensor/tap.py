@@ -14,6 +14,7 @@ from twisted.python import usage
 from voipmon.config import SensorSettings, load_sensor_config
 from voipmon.protocols import tls
 from voipmon.sensor.service import SensorService
+from voipmon.sources import registry as sources
 
 log = Logger()
 
@@ -113,9 +114,7 @@ class ExitCode:
 def _legacy_mirror(settings: SensorSettings, reactor: Any, read_pcap: str | None,
                    exit_when_done: bool) -> service.MultiService:
     """The deprecated legacy mirror sender (mirror_destination, no server_destination)."""
-    from voipmon.packet.live import LiveCapture
     from voipmon.protocols.legacy_mirror_service import LegacyMirrorSender
-    from voipmon.sensor.replay import ReplaySource
 
     if exit_when_done:
         raise usage.UsageError("--exit-when-done is not available with mirror_destination "
@@ -125,9 +124,6 @@ def _legacy_mirror(settings: SensorSettings, reactor: Any, read_pcap: str | None
     top.setName("voipmon-sensor")
     sender = LegacyMirrorSender.from_config(settings.channel, settings.mirroring, reactor)
     sender.setServiceParent(top)
-    if read_pcap:
-        source: Any = ReplaySource(read_pcap, sender.feed, reactor)
-    else:
-        source = LiveCapture.from_config(settings, sender.feed, reactor=reactor)
+    source = sources.from_config(settings, sender, reactor, read_pcap=read_pcap)
     source.setServiceParent(top)
     return top

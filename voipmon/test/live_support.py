@@ -9,11 +9,50 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Callable, Iterable
 
+from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.trial.unittest import FailTest, SkipTest
+from zope.interface import implementer
+
+from voipmon.sources.interfaces import IFrameSink, ISource, Record
 
 REQUIRE = "VOIPMON_REQUIRE_LIVE"
+
+
+@implementer(IFrameSink)
+class FunctionSink:
+    """An IFrameSink that calls ``function(ts, linktype, frame)`` for every frame."""
+
+    def __init__(self, function: Callable[[float, int, bytes], object]) -> None:
+        self.function = function
+
+    def feed(self, ts: float, linktype: int, frame: bytes) -> None:
+        self.function(ts, linktype, frame)
+
+    def feed_all(self, records: Iterable[Record]) -> int:
+        count = 0
+        for ts, linktype, frame in records:
+            self.function(ts, linktype, frame)
+            count += 1
+        return count
+
+
+@implementer(ISource)
+class IdleSource(service.Service):
+    """A live source that never captures anything (for tests of everything after it)."""
+
+    name = "idle"
+    live = True
+    error = None
+    sink = None
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred[int] = defer.Deferred()
+
+    def stats(self) -> dict[str, object]:
+        return {"packets": 0, "dropped": 0}
 
 
 def live_unavailable(reason: str) -> Exception:

@@ -219,7 +219,7 @@ class EndToEndTests(SynchronousTestCase):
         pair.flush()
         self.successResultOf(d)
         for i in range(95):
-            uplink.add_packet(1000.0 + i, 1, bytes([i % 4]) + b"rtp" * 50)
+            uplink.feed(1000.0 + i, 1, bytes([i % 4]) + b"rtp" * 50)
             pair.flush()
         uplink.finish_source()
         pair.flush()

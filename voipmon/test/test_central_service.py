@@ -269,7 +269,7 @@ class MirrorRestartTests(CentralCase):
         uplink = MirrorUplink(self.clock, max_buffer_bytes=1 << 20, batch_packets=10, window=2)
         self.successResultOf(pair.connect(UplinkFactory(uplink), mode="mirror", replay=True))
         for i in range(40):
-            uplink.add_packet(1000.0 + i, 1, bytes([i % 4]) + b"rtp" * 20)
+            uplink.feed(1000.0 + i, 1, bytes([i % 4]) + b"rtp" * 20)
             pair.flush()
         uplink.finish_source()
         self.settle(pair, 1)

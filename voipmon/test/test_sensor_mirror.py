@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from voipmon.protocols.wire import PACKET_RECORD, MessageType, ProtocolError, decode_packets
 from voipmon.sensor.mirror import MirrorUplink
+from voipmon.sources.interfaces import IFlowControlledSink
 from voipmon.test.fakes_channel import FakeMessageTransport, ack
 
 
@@ -27,7 +31,7 @@ class MirrorUplinkTests(SynchronousTestCase):
 
     def add(self, count: int, size: int = 100, linktype: int = 1, ts: float = 1.0) -> None:
         for i in range(count):
-            self.assertTrue(self.uplink.add_packet(ts + i, linktype, bytes([i % 256]) * size))
+            self.assertTrue(self.uplink.feed(ts + i, linktype, bytes([i % 256]) * size))
 
     def seqs(self, transport: FakeMessageTransport | None = None) -> list[int]:
         transport = transport or self.transport
@@ -53,13 +57,13 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.assertEqual(self.seqs(), [1])
 
     def test_bulk_records(self) -> None:
-        """add_packets takes a whole slice of records: batches, link types and drops as
+        """feed_all takes a whole slice of records: batches, link types and drops as
         packet by packet."""
         uplink = MirrorUplink(self.clock, max_buffer_bytes=12 * (PACKET_RECORD.size + 10),
                               batch_packets=5, window=8)
         uplink.attach(self.transport)
         records = [(float(i), 1 if i < 7 else 113, bytes([i]) * 10) for i in range(14)]
-        self.assertEqual(uplink.add_packets(records), 12)
+        self.assertEqual(uplink.feed_all(records), 12)
         self.assertEqual((uplink.packets, uplink.dropped), (12, 2))
         self.clock.advance(0.05)
         batches = [decode_packets(b) for _, b in self.transport.take()]
@@ -104,19 +108,19 @@ class MirrorUplinkTests(SynchronousTestCase):
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         uplink = MirrorUplink(self.clock, max_buffer_bytes=10 * (PACKET_RECORD.size + 100),
                               batch_packets=5, window=1)
-        accepted = [uplink.add_packet(float(i), 1, b"x" * 100) for i in range(14)]
+        accepted = [uplink.feed(float(i), 1, b"x" * 100) for i in range(14)]
         self.assertEqual(accepted, [True] * 10 + [False] * 4)
         self.assertEqual(uplink.dropped, 4)
         lines = [formatEvent(e) for e in observer if "dropped" in formatEvent(e)]
         self.assertEqual(lines, ["mirroring buffer full (max_buffer_mem 0 MB): dropped 1 packets,"
                                  " 1 in all"])
         self.clock.advance(10)
-        uplink.add_packet(99.0, 1, b"x" * 100)
+        uplink.feed(99.0, 1, b"x" * 100)
         self.assertIn("dropped 4 packets, 5 in all", formatEvent(list(observer)[-1]))
         transport = FakeMessageTransport()
         uplink.attach(transport)
         uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=1))
-        self.assertTrue(uplink.add_packet(100.0, 1, b"x" * 100))
+        self.assertTrue(uplink.feed(100.0, 1, b"x" * 100))
         self.assertEqual(uplink.counters()["dropped"], 5)
         uplink.seal()
 
@@ -159,20 +163,48 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.assertEqual(again.kinds(), [MessageType.END])
 
     def test_room_for_replay(self) -> None:
-        """A replay is paused while the buffer is half full and resumed by acks."""
+        """A replay (a push producer) is paused while the buffer is half full and resumed
+        by acks; a live source, which registers no producer, just has its drops counted."""
         uplink = MirrorUplink(self.clock, max_buffer_bytes=20 * (PACKET_RECORD.size + 100),
                               batch_packets=5, window=1)
-        for i in range(10):
-            uplink.add_packet(float(i), 1, b"x" * 100)
+        self.assertTrue(verifyObject(IFlowControlledSink, uplink))
+        replay = RecordingProducer()
+        uplink.registerProducer(replay, True)
+        for i in range(9):
+            uplink.feed(float(i), 1, b"x" * 100)
+        self.assertEqual(replay.calls, [])
+        uplink.feed(9.0, 1, b"x" * 100)
         self.assertFalse(uplink.has_room())
-        waiting = uplink.when_room()
-        self.assertNoResult(waiting)
+        self.assertEqual(replay.calls, ["pause"])
+        uplink.feed(10.0, 1, b"x" * 100)  # what a slice still holds goes in; no second pause
+        self.assertEqual(replay.calls, ["pause"])
         transport = FakeMessageTransport()
         uplink.attach(transport)
+        self.assertEqual(replay.calls, ["pause"])  # still half full: the batch is in flight
         uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=1))
-        self.successResultOf(waiting)
         self.assertTrue(uplink.has_room())
-        self.successResultOf(uplink.when_room())
+        self.assertEqual(replay.calls, ["pause", "resume"])
+        uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=2))
+        self.assertEqual(replay.calls, ["pause", "resume"])
+        uplink.unregisterProducer()
+        uplink.seal()
+
+
+@implementer(IPushProducer)
+class RecordingProducer:
+    """A push producer that records what its consumer asks of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
 
 
 class CaptureClockTests(SynchronousTestCase):
@@ -192,7 +224,7 @@ class CaptureClockTests(SynchronousTestCase):
 
     def add(self, count: int, first_ts: float = 1.0) -> None:
         for i in range(count):
-            self.uplink.add_packet(first_ts + i, 1, b"x" * 20)
+            self.uplink.feed(first_ts + i, 1, b"x" * 20)
 
     def test_clock_goes_after_every_packet_seen(self) -> None:
         """The batch being filled is sealed and sent first; CLOCK follows it with the

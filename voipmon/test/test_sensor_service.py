@@ -12,7 +12,6 @@ import dataclasses
 import os
 from typing import Any
 
-from twisted.application import service
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -36,6 +35,7 @@ from voipmon.test.common import data_path
 from voipmon.test.fakes import FakeStore
 from voipmon.test.fakes_channel import ChannelPair, fixed_binding
 from voipmon.test.hostile_calls import HostileCall, write_capture
+from voipmon.test.live_support import IdleSource
 
 CAPTURE = data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap")
 # Calls whose Call-IDs (and other headers) hold bytes that are not UTF-8, and more.
@@ -208,7 +208,7 @@ class LocalTests(HostileCases, Base):
     def test_fail_back_to_primary(self) -> None:
         """While on the backup the primary is probed; when it answers the sensor returns."""
         self.centrals["primary"].pair.network.fail_with = ConnectionRefusedError("down")
-        svc = self.sensor(read_pcap=None, exit_when_done=False, source=_NoSource(),
+        svc = self.sensor(read_pcap=None, exit_when_done=False, source=IdleSource(),
                           failback_probe_interval="30", interface="lo")
         svc.startService()
         self.advance(5)
@@ -379,14 +379,14 @@ class MirrorTests(HostileCases, Base):
         its capture clock (CLOCK, every second) lets the central's engine close the call as
         a local-processing sensor's engine would (BYE answered, then the linger), and store
         it, without waiting for the next packet."""
-        svc = self.sensor(read_pcap=None, exit_when_done=False, source=_NoSource(),
+        svc = self.sensor(read_pcap=None, exit_when_done=False, source=IdleSource(),
                           packetbuffer_sender="yes", interface="lo")
         svc.startService()
         self.advance(1)
         pcap = write_calls_pcap(os.path.join(self.base, "call.pcap"), 1,
                                 start=self.clock.seconds(), rtp_packets=10)
         for ts, linktype, frame in read_capture(pcap):
-            svc.uplink.add_packet(ts, linktype, frame)
+            svc.uplink.feed(ts, linktype, frame)
         self.advance(2)
         store = self.centrals["primary"].store
         self.assertEqual(store.cdr_count, 0)  # the call is over, but lingers (5 s)
@@ -398,12 +398,3 @@ class MirrorTests(HostileCases, Base):
         self.assertEqual(comparable(cdr), comparable(expected_cdrs(pcap)[0]))
         self.assertEqual(len(self.centrals["primary"].sessions.sessions), 1)
         self.assertEqual(svc.uplink.end_state, None)
-
-
-class _NoSource(service.Service):
-    """A live source that never captures anything (the failback test needs no packets)."""
-
-    name = "none"
-
-    def stats(self) -> dict:
-        return {"packets": 0, "dropped": 0}

@@ -23,13 +23,13 @@ from voipmon.central.service import CentralService
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
-from voipmon.packet.live import LiveCapture
 from voipmon.records.cdr import BYE_CONFIRMED, BYE_NOT_ANSWERED, Cdr
 from voipmon.sensor.service import SensorService
+from voipmon.sources.live import LiveCapture
 from voipmon.store.dialect import dialect_for
 from voipmon.store.sqlstore import SqlStore
 from voipmon.test.fakes import CommitCounter
-from voipmon.test.live_support import require_root, require_tool
+from voipmon.test.live_support import FunctionSink, require_root, require_tool
 from voipmon.test.sipp_calls import SippCalls, media_source, rtp_key
 
 _CALLID = re.compile(rb"^(?:Call-ID|i)\s*:\s*(\S+)", re.M | re.I)
@@ -62,8 +62,8 @@ class SippLiveTests(TestCase):
             engine.feed(ts, linktype, frame)
             decoder.feed(ts, linktype, frame)
 
-        capture = LiveCapture(["lo"], sip_ports, sink, reactor=reactor, status_interval=0,
-                              user_filter=ports.capture_filter())
+        capture = LiveCapture(["lo"], sip_ports, FunctionSink(sink), reactor=reactor,
+                              status_interval=0, user_filter=ports.capture_filter())
         capture.startService()
         self.addCleanup(lambda: capture.stopService() if capture.running else None)
         calls.tcpdump_filter = capture.interfaces[0].expression  # the very same filter

@@ -1,4 +1,4 @@
-"""Tests for voipmon.packet.live: reactor integration, bounded reads, counters, errors.
+"""Tests for voipmon.sources.live: reactor integration, bounded reads, counters, errors.
 
 Timing and failure logic run against a fake pcap handle on MemoryReactorClock; the same
 path is then run for real on ``lo`` (root only) with datagrams sent through the reactor.
@@ -18,9 +18,10 @@ from zope.interface.verify import verifyObject
 
 from voipmon.config import ConfigError, load_sensor_config
 from voipmon.packet import bpf
-from voipmon.packet.live import CaptureError, LiveCapture, open_handle
-from voipmon.packet.source import IPacketSource
-from voipmon.test.live_support import free_udp_port, require_root
+from voipmon.sources import live
+from voipmon.sources.interfaces import ISource
+from voipmon.sources.live import CaptureError, LiveCapture, open_handle
+from voipmon.test.live_support import FunctionSink, free_udp_port, require_root
 
 
 class FakeHandle:
@@ -99,15 +100,16 @@ class LiveCaptureTests(SynchronousTestCase):
     def make(self, interfaces=("eth0",), **kwargs) -> LiveCapture:
         kwargs.setdefault("max_per_read", 3)
         kwargs.setdefault("status_interval", 10.0)
-        return LiveCapture(list(interfaces), [5060], self.sink, reactor=self.reactor,
-                           opener=self.opener, **kwargs)
+        return LiveCapture(list(interfaces), [5060], FunctionSink(self.sink),
+                           reactor=self.reactor, opener=self.opener, **kwargs)
 
     def sink(self, ts: float, linktype: int, frame: bytes) -> None:
         self.got.append((ts, linktype, frame))
 
     def test_provides_the_interface(self) -> None:
         capture = self.make()
-        self.assertTrue(verifyObject(IPacketSource, capture))
+        self.assertTrue(verifyObject(ISource, capture))
+        self.assertTrue(capture.live)
         self.assertEqual(capture.name, "live eth0")
 
     def test_open_sets_filter_ring_and_mode(self) -> None:
@@ -169,7 +171,7 @@ class LiveCaptureTests(SynchronousTestCase):
             if frame == b"stop":
                 capture.stopService()
 
-        capture.sink = sink
+        capture.sink = FunctionSink(sink)
         capture.startService()
         handle = self.opener.current("eth0")
         handle.queue = [(1.0, b"a"), (2.0, b"stop"), (3.0, b"b")]
@@ -217,7 +219,7 @@ class LiveCaptureTests(SynchronousTestCase):
                 raise ValueError("garbage")
             self.got.append((ts, linktype, frame))
 
-        capture = LiveCapture(["eth0"], [5060], sink, reactor=self.reactor,
+        capture = LiveCapture(["eth0"], [5060], FunctionSink(sink), reactor=self.reactor,
                               opener=self.opener, max_per_read=10)
         capture.startService()
         self.opener.current("eth0").queue = [(1.0, b"ok1"), (2.0, b"bad"), (3.0, b"ok2")]
@@ -316,8 +318,8 @@ class LiveCaptureTests(SynchronousTestCase):
             "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
                                 "server_password = x\ninterface = eth0,eth1\n"
                                 "sipport = 5080\nfilter = host 10.0.0.1\n")
-        capture = LiveCapture.from_config(config, self.sink, reactor=self.reactor,
-                                          opener=self.opener)
+        capture = live.from_settings(config, FunctionSink(self.sink), reactor=self.reactor,
+                                     opener=self.opener, available=lambda: ["eth0", "eth1"])
         capture.open()
         self.assertIn("host 10.0.0.1", self.opener.current("eth1").filter)
         self.assertIn("port 5080", self.opener.current("eth0").filter)
@@ -326,8 +328,9 @@ class LiveCaptureTests(SynchronousTestCase):
         config = load_sensor_config(
             "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
                                 "server_password = x\ninterface = eth0\nfilter = udp prt 5\n")
-        error = self.assertRaises(ConfigError, LiveCapture.from_config, config, self.sink,
-                                  reactor=self.reactor, opener=self.opener)
+        error = self.assertRaises(ConfigError, live.from_settings, config,
+                                  FunctionSink(self.sink), reactor=self.reactor,
+                                  opener=self.opener, available=lambda: ["eth0"])
         self.assertIn("sensor.conf:5: filter = 'udp prt 5': libpcap cannot compile it",
                       str(error))
         self.assertEqual(self.opener.handles, {})
@@ -336,9 +339,23 @@ class LiveCaptureTests(SynchronousTestCase):
         config = load_sensor_config(
             "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
                                 "server_password = x\ninterface = any, lo\n")
-        error = self.assertRaises(ConfigError, LiveCapture.from_config, config, self.sink,
-                                  reactor=self.reactor, opener=self.opener)
+        error = self.assertRaises(ConfigError, live.from_settings, config,
+                                  FunctionSink(self.sink), reactor=self.reactor,
+                                  opener=self.opener, available=lambda: ["any", "lo"])
         self.assertIn("sensor.conf:4: interface", str(error))
+
+    def test_from_settings_refuses_an_interface_this_host_lacks(self) -> None:
+        """An interface libpcap does not list is a config error before anything starts."""
+        config = load_sensor_config(
+            "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
+                                "server_password = x\ninterface = eth0, nosuch0\n")
+        error = self.assertRaises(ConfigError, live.from_settings, config,
+                                  FunctionSink(self.sink), reactor=self.reactor,
+                                  opener=self.opener, available=lambda: ["eth0", "lo"])
+        self.assertEqual(str(error), "sensor.conf:4: interface = 'eth0, nosuch0': "
+                         "interface 'nosuch0': no such interface (available: eth0, lo); "
+                         "allowed: interface names, or 'any'")
+        self.assertEqual(self.opener.handles, {})
 
 
 class OpenHandleTests(SynchronousTestCase):
@@ -363,7 +380,7 @@ class OpenHandleTests(SynchronousTestCase):
         self.assertIn("a file of that name exists", str(error))
 
     def test_permission_denied(self) -> None:
-        script = ("import sys\nfrom voipmon.packet.live import CaptureError, open_handle\n"
+        script = ("import sys\nfrom voipmon.sources.live import CaptureError, open_handle\n"
                   "try:\n    open_handle('lo', 65535, 1 << 20, True)\n"
                   "except CaptureError as exc:\n    print(exc)\n    sys.exit(3)\n")
         command = [sys.executable, "-c", script]
@@ -414,7 +431,8 @@ class LoopbackTests(TestCase):
                 if len(seen) == count and not done.called:
                     done.callback(None)
 
-        capture = LiveCapture(["lo"], [5060], sink, reactor=reactor, max_per_read=7,
+        capture = LiveCapture(["lo"], [5060], FunctionSink(sink), reactor=reactor,
+                              max_per_read=7,
                               status_interval=0, user_filter=f"udp port {port}",
                               immediate=immediate)
         capture.startService()

@@ -29,7 +29,7 @@ from typing import Any
 
 import pcap
 from twisted.application import service
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python import failure, usage
@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from voipmon.config import SensorSettings
 from voipmon.packet.bpf import FilterError, build_filter, filter_for_config
-from voipmon.packet.source import IPacketSource, Sink
+from voipmon.sources.interfaces import IFrameSink, ISource, SourceFactory, SourceRequest
 
 log = Logger()
 
@@ -69,20 +69,32 @@ def _pcap_reason(exc: Exception) -> str:
     return text
 
 
+def list_interfaces() -> list[str]:
+    """The interfaces libpcap can capture on ([] when it cannot list them)."""
+    try:
+        return list(pcap.findalldevs())
+    except OSError as exc:
+        log.warn("cannot list interfaces: {reason}", reason=_pcap_reason(exc))
+        return []
+
+
+def check_interfaces(names: Sequence[str], available: Sequence[str]) -> None:
+    """Raise CaptureError for a name not among the ``available`` interfaces (when libpcap
+    could list them), or one pypcap would take for a capture file."""
+    for name in names:
+        if available and name not in available:
+            raise CaptureError(f"interface {name!r}: no such interface "
+                               f"(available: {', '.join(available)})")
+        if os.path.exists(name):
+            # pypcap tries the name as a capture file before trying it as an interface.
+            raise CaptureError(f"interface {name!r}: a file of that name exists in the "
+                               f"working directory {os.getcwd()!r}, and pypcap would read it "
+                               f"instead")
+
+
 def open_handle(name: str, snaplen: int, buffer_bytes: int, immediate: bool) -> Any:
     """Open ``name`` with pypcap; raise CaptureError with a clear one-line reason."""
-    try:
-        available = pcap.findalldevs()
-    except OSError as exc:
-        available = []
-        log.warn("cannot list interfaces: {reason}", reason=_pcap_reason(exc))
-    if available and name not in available:
-        raise CaptureError(f"interface {name!r}: no such interface "
-                           f"(available: {', '.join(available)})")
-    if os.path.exists(name):
-        # pypcap tries the name as a capture file before trying it as an interface.
-        raise CaptureError(f"interface {name!r}: a file of that name exists in the working "
-                           f"directory {os.getcwd()!r}, and pypcap would read it instead")
+    check_interfaces([name], list_interfaces())
     try:
         handle = pcap.pcap(name=name, snaplen=snaplen, promisc=(name != ANY),
                            immediate=immediate,
@@ -157,10 +169,12 @@ class _Interface:
         self.handle.close()
         self.handle = None
 
-    def _make_deliver(self, sink: Sink, linktype: int) -> Callable[[float, bytes], None]:
+    def _make_deliver(self, sink: IFrameSink, linktype: int) -> Callable[[float, bytes], None]:
+        feed = sink.feed
+
         def deliver(ts: float, frame: bytes) -> None:
             try:
-                sink(ts, linktype, frame)
+                feed(ts, linktype, frame)
             except Exception:
                 self.sink_errors += 1
                 if self.sink_errors == 1 or self.sink_errors % 10000 == 0:
@@ -225,7 +239,7 @@ class _Interface:
         }
 
 
-@implementer(IPacketSource)
+@implementer(ISource)
 class LiveCapture(service.Service):
     """Capture on one or several interfaces (or ``any``) and feed every frame to ``sink``.
 
@@ -234,7 +248,10 @@ class LiveCapture(service.Service):
     before twistd drops privileges. ``drain()`` reads whatever the kernel rings hold.
     """
 
-    def __init__(self, interfaces: Sequence[str], sipports: Sequence[int], sink: Sink, *,
+    live = True
+    error = None
+
+    def __init__(self, interfaces: Sequence[str], sipports: Sequence[int], sink: IFrameSink, *,
                  reactor: Any, clock: IReactorTime | None = None, user_filter: str = "",
                  ringbuffer_mb: int = DEFAULT_RINGBUFFER_MB, snaplen: int = DEFAULT_SNAPLEN,
                  immediate: bool = False, max_per_read: int = DEFAULT_MAX_PER_READ,
@@ -262,26 +279,10 @@ class LiveCapture(service.Service):
         self.opener = opener
         self.interfaces = [_Interface(self, n) for n in names]
         self.name = "live " + ",".join(names)
+        self.done: defer.Deferred[int] = defer.Deferred()   # a wire has no end
         self._status_loop: task.LoopingCall | None = None
         self._last_status: dict[str, Any] | None = None
         self._retries: dict[str, Any] = {}
-
-    @classmethod
-    def from_config(cls, settings: SensorSettings, sink: Sink, *, reactor: Any,
-                    clock: IReactorTime | None = None, **kwargs: Any) -> LiveCapture:
-        """Build from the sensor's capture settings (interface, filter, ringbuffer,
-        snaplen) and its SIP ports.
-
-        A ``filter`` libpcap cannot compile is a ConfigError naming its file and line,
-        here rather than when the interface opens."""
-        filter_for_config(settings)
-        capture = settings.capture
-        try:
-            return cls(capture.interface, settings.analysis.sipport, sink, reactor=reactor,
-                       clock=clock, user_filter=capture.filter,
-                       ringbuffer_mb=capture.ringbuffer, snaplen=capture.snaplen, **kwargs)
-        except CaptureError as exc:
-            raise settings.error("interface", str(exc), "interface names, or 'any'")
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -422,3 +423,41 @@ class LiveCapture(service.Service):
                 log.info("{line}", line=line)
         except Exception:
             log.failure("capture status line failed")
+
+
+def _wanted(request: SourceRequest) -> bool:
+    return request.read_pcap is None and bool(request.settings.capture.interface)
+
+
+def from_settings(settings: SensorSettings, sink: IFrameSink, *, reactor: Any,
+                  clock: IReactorTime | None = None,
+                  available: Callable[[], Sequence[str]] = list_interfaces,
+                  **kwargs: Any) -> LiveCapture:
+    """The interfaces of the sensor's capture settings, filtered by its SIP ports.
+
+    A ``filter`` libpcap cannot compile, or an interface this host does not have, is a
+    ConfigError naming its key, file and line, here rather than when the capture opens.
+    ``kwargs`` go to LiveCapture (an ``opener`` in tests)."""
+    filter_for_config(settings)
+    capture = settings.capture
+    try:
+        source = LiveCapture(capture.interface, settings.analysis.sipport, sink,
+                             reactor=reactor, clock=clock, user_filter=capture.filter,
+                             ringbuffer_mb=capture.ringbuffer, snaplen=capture.snaplen,
+                             **kwargs)
+        check_interfaces(capture.interface, available())
+    except CaptureError as exc:
+        raise settings.error("interface", str(exc), "interface names, or 'any'")
+    return source
+
+
+def _wanted(request: SourceRequest) -> bool:
+    return request.read_pcap is None and bool(request.settings.capture.interface)
+
+
+def _build(request: SourceRequest, sink: IFrameSink) -> ISource:
+    return from_settings(request.settings, sink, reactor=request.reactor, clock=request.clock)
+
+
+#: ``interface = ...``: capture on this host's interfaces.
+FACTORY = SourceFactory("live", _wanted, _build)
