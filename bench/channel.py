@@ -53,6 +53,7 @@ from voipmon.test.channel_support import (
     write_conf,
 )
 from voipmon.test.live_support import IdleSource
+from voipmon.test.services import build_sensor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -120,9 +121,9 @@ class Bench:
                 "spooldir": f"{self.base}/{name}", "managerport": "0", **extra}
         settings = load_sensor_config(f"{name}.conf", text="".join(
             f"{k} = {v}\n" for k, v in keys.items()))
-        return SensorService(settings, self.reactor, read_pcap=read_pcap,
-                             exit_when_done=read_pcap is not None, on_exit=on_exit,
-                             source=None if read_pcap else IdleSource())
+        return build_sensor(settings, self.reactor, read_pcap=read_pcap,
+                            on_exit=on_exit if read_pcap is not None else None,
+                            source=None if read_pcap else IdleSource())
 
     def prefill(self, name: str, first: int, count: int, id_sensor: int) -> None:
         queue = DurableQueue(os.path.join(self.base, name, "queue"))

@@ -1,6 +1,7 @@
 """The central's service tree: TLS listener for sensors, store, mirroring engines, HTTP.
 
-Start order: the store (retried until the database answers: sensors may connect meanwhile,
+Built by the tap (voipmon.central.tap). Start order: the store (retried until the database
+answers: sensors may connect meanwhile,
 their CDRs wait on their own disks, and CDRs made here from mirrored packets wait in the
 central's CDR queue), then the channel listener, the HTTP API and the legacy mirror
 receiver. Once the store has started, the CDR queue stores what it holds, beginning with
@@ -15,34 +16,28 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import internet, service
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python import usage
 
 from voipmon.analysis.settings import analysis_from_hello, engine_for
-from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
-from voipmon.central.dbretention import DatabaseRetention
+from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.central.mirror import MirrorAnalyses
 from voipmon.central.sessions import CentralSessions
-from voipmon.config import CentralSettings
 from voipmon.protocols import tls
 from voipmon.protocols.admission import AdmissionGate
 from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.gated import gated
-from voipmon.protocols.handshake import Hello, derive_key
+from voipmon.protocols.handshake import Hello
 from voipmon.protocols.server import CentralFactory
-from voipmon.queue import DurableQueue, QueueError
-from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
-from voipmon.spool.deadletter import DeadLetters, IDeadLetters
+from voipmon.spool.deadletter import IDeadLetters
 from voipmon.spool.retention import Minute, Retention, scan
-from voipmon.store.dialect import dialect_for
-from voipmon.store.sqlstore import SqlStore
+from voipmon.store.interfaces import IStore
 
 log = Logger()
 
@@ -99,7 +94,7 @@ class StoreService(service.Service):
 
     name = "store"
 
-    def __init__(self, store: Any, clock: Any) -> None:
+    def __init__(self, store: IStore, clock: IReactorTime) -> None:
         self.store = store
         self.clock = clock
         self.started: defer.Deferred = defer.Deferred()
@@ -116,7 +111,7 @@ class StoreService(service.Service):
         d = defer.maybeDeferred(self.store.start)
 
         def ok(_: Any) -> None:
-            log.info("store ready: {where}", where=getattr(self.store, "where", self.store))
+            log.info("store ready: {where}", where=self.store.where)
             if not self.started.called:
                 self.started.callback(None)
 
@@ -126,7 +121,7 @@ class StoreService(service.Service):
             if self._attempts == 1:
                 log.error("store {where} unavailable: {error}; retrying every {delay:g} s "
                           "(sensors keep their CDRs until it is back)",
-                          where=getattr(self.store, "where", "?"),
+                          where=self.store.where,
                           error=describe_failure(failure), delay=STORE_RETRY)
             self._retry = self.clock.callLater(STORE_RETRY, self._start)
 
@@ -149,14 +144,14 @@ class ChannelService(internet.StreamServerEndpointService):
     """
 
     def __init__(self, endpoint: Any, factory: CentralFactory, sessions: CentralSessions,
-                 mirrors: MirrorAnalyses, writer: CentralCdrQueue, clock: Any,
+                 mirrors: MirrorAnalyses, cdr_queue: CentralCdrQueue, clock: Any,
                  gate: AdmissionGate, tls_options: Any) -> None:
         super().__init__(endpoint, gated(gate, factory, tls_options))
         self.central = factory
         self.gate = gate
         self.sessions = sessions
         self.mirrors = mirrors
-        self.writer = writer
+        self.cdr_queue = cdr_queue
         self.clock = clock
         self.listening: defer.Deferred = defer.Deferred()
         self.setName("channel")
@@ -195,12 +190,12 @@ class ChannelService(internet.StreamServerEndpointService):
         yield self._bounded(self.mirrors.stop())
         # A database that is up gets a moment to take the queue (so a central retired for
         # good leaves nothing behind); one that is down does not hold the shutdown up.
-        yield self._bounded(self.writer.settled())
+        yield self._bounded(self.cdr_queue.settled())
         for _ in range(int(STOP_WAIT / 0.1)):
             if self.sessions.idle():
                 break
             yield task.deferLater(self.clock, 0.1, lambda: None)
-        self.writer.stop()
+        self.cdr_queue.stop()
         self.sessions.stop()
 
     def _bounded(self, d: defer.Deferred) -> defer.Deferred:
@@ -217,107 +212,30 @@ class ChannelService(internet.StreamServerEndpointService):
 
 
 class CentralService(service.MultiService):
-    """Everything one central process runs."""
+    """Everything one central process runs, from parts its tap built.
 
-    def __init__(self, settings: CentralSettings, reactor: Any, *, store: Any = None,
-                 clock: Any = None, port: int | None = None, http_port: int | None = None,
-                 binding: Callable[[Any], bytes] = tls.exporter_binding,
-                 analyzer_factory: Callable[..., Any] | None = None,
-                 certificate: tls.ServerCertificate | None = None,
-                 endpoint: Any = None) -> None:
+    The store starts first (retried until the database answers); once it has, the CDR
+    queue stores what it holds. ``channel`` is the listener for sensors. Other services
+    (HTTP, retention, the legacy mirror receiver) are added by the tap. The store stops
+    last, once nothing writes to it any more.
+    """
+
+    def __init__(self, store: StoreService, cdr_queue: CentralCdrQueue,
+                 channel: ChannelService, certificate: tls.ServerCertificate) -> None:
         super().__init__()
         self.setName("voipmon-central")
-        self.settings = settings
-        self.reactor = reactor
-        self.clock = clock if clock is not None else reactor
-        channel = settings.channel
-        bind_port = channel.server_bind_port if port is None else port
-        self.central_id = f"{socket.gethostname()}:{channel.server_bind_port}"
-        try:
-            self.certificate = certificate or tls.load_or_create(
-                settings.spool.spooldir, channel.tls_certificate, channel.tls_private_key)
-        except (tls.CertificateError, OSError) as exc:
-            raise usage.UsageError(f"{settings.path}: {exc}")
+        self.store_service = store
+        self.store = store.store
+        self.cdr_queue = cdr_queue
+        self.channel = channel
+        self.certificate = certificate
+        store.setServiceParent(self)
+        store.started.addCallback(lambda _: cdr_queue.start())
+        channel.setServiceParent(self)
         log.info("channel TLS certificate SHA-256 {fingerprint} ({source}{generated}); "
                  "sensors may pin it with server_certificate_sha256",
-                 fingerprint=self.certificate.fingerprint, source=self.certificate.source,
-                 generated=", generated now" if self.certificate.generated else "")
-        if store is None:
-            store = SqlStore(dialect_for(settings.store), reactor, central_id=self.central_id)
-        self.store = store
-        self.store_service = StoreService(store, self.clock)
-        self.store_service.setServiceParent(self)
-
-        # Records that cannot be taken (queued, decoded) are kept in spooldir/deadletter.
-        self.dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS),
-                                        self.clock)
-        self.writer = CentralCdrQueue(self._open_queue(), store, self.clock,
-                                      dead_letters=self.dead_letters)
-        self.store_service.started.addCallback(lambda _: self.writer.start())
-        if settings.store.cleandatabase:
-            cleaner = DatabaseRetention(store, settings.store.cleandatabase, self.clock)
-            cleaner.setServiceParent(self)
-            self.store_service.started.addCallback(lambda _: cleaner.ready())
-        self.mirrors = MirrorAnalyses(
-            analyzer_factory or mirror_engine_factory(settings.spool.spooldir,
-                                                      self.dead_letters),
-            self.writer, self.clock)
-        self.sessions = CentralSessions(store, self.clock, mirrors=self.mirrors,
-                                        dead_letters=self.dead_letters)
-        self.factory = CentralFactory(derive_key(channel.server_password),
-                                      channel.client_server_connect_maximum_time_diff_s,
-                                      self.sessions, self.clock, binding,
-                                      central_name=self.central_id)
-        self.sessions.registry = self.factory.registry
-        if endpoint is None:
-            endpoint = tls.server_endpoint(reactor, bind_port, channel.server_bind)
-        self.admission = AdmissionGate(f"sensor port {bind_port}", self.clock)
-        self.channel = ChannelService(endpoint, self.factory, self.sessions, self.mirrors,
-                                      self.writer, self.clock, self.admission,
-                                      self.certificate.options())
-        self.channel.setServiceParent(self)
-        self._optional_services(http_port)
-
-    def _open_queue(self) -> DurableQueue:
-        settings = self.settings
-        path = os.path.join(settings.spool.spooldir, QUEUE_DIRECTORY)
-        try:
-            return DurableQueue(path)
-        except (QueueError, OSError) as exc:
-            raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = "
-                                   f"{settings.spool.spooldir}: cannot use the CDR queue: "
-                                   f"{exc}")
-
-    def _optional_services(self, http_port: int | None) -> None:
-        settings, reactor = self.settings, self.reactor
-        from voipmon.manager.service import ManagerConnector
-        from voipmon.web.site import make_web_service
-
-        self.connector = ManagerConnector(reactor, settings.channel.server_password,
-                                          name=self.central_id)
-        web = make_web_service(settings.http, settings.spool.spooldir, reactor, self.store,
-                               self.connector, port=http_port, certificate=self.certificate)
-        if web is not None:
-            web.setServiceParent(self)
-        if settings.legacy_mirror.mirror_bind is not None:
-            from voipmon.protocols.legacy_mirror_service import LegacyMirrorReceiver
-
-            make = mirror_engine_factory(settings.spool.spooldir, self.dead_letters)
-
-            def legacy_engine(id_sensor: int, name: str) -> Any:
-                hello = Hello(id_sensor, name, "", "mirror", "none", 0.0, b"", "")
-                return make(hello, self.writer.add)
-
-            receiver = LegacyMirrorReceiver.from_config(settings.legacy_mirror,
-                                                        settings.channel.server_password,
-                                                        legacy_engine, reactor)
-            receiver.setServiceParent(self)
-        spool = settings.spool
-        if spool.maxpoolsize or spool.maxpooldays:
-            retention = CentralRetention(
-                spool.spooldir, spool.maxpoolsize, spool.maxpooldays, self.clock,
-                blocking=lambda f: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f))
-            retention.setServiceParent(self)
+                 fingerprint=certificate.fingerprint, source=certificate.source,
+                 generated=", generated now" if certificate.generated else "")
 
     def stopService(self) -> defer.Deferred:
         """Stop everything else first; close the store once nothing writes to it any more."""

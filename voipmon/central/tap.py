@@ -1,16 +1,50 @@
-"""``twistd voipmon-central``: command-line options and service assembly."""
+"""``twistd voipmon-central``: command-line options and the central's wiring diagram.
+
+``Options`` reads and checks the config; ``makeService`` builds every part from the
+settings (certificate, store, CDR queue, the listener for sensors and what serves them,
+the HTTP API...) and hands them to ``CentralService``. A config problem found while
+building (a spool the CDR queue cannot use, a certificate that cannot be made) is a
+``UsageError``, raised before anything starts; the plugin prints it as one line.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import threads
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
-from voipmon.central.service import CentralService
-from voipmon.config import is_loopback, load_central_config
+from voipmon.central import legacy_mirror
+from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
+from voipmon.central.dbretention import DatabaseRetention
+from voipmon.central.mirror import AnalyzerFactory, MirrorAnalyses
+from voipmon.central.service import (
+    CentralRetention,
+    CentralService,
+    ChannelService,
+    StoreService,
+    mirror_engine_factory,
+)
+from voipmon.central.sessions import CentralSessions
+from voipmon.config import CentralSettings, is_loopback, load_central_config
+from voipmon.manager.service import ManagerConnector
 from voipmon.protocols import tls
+from voipmon.protocols.admission import AdmissionGate
+from voipmon.protocols.handshake import derive_key
+from voipmon.protocols.server import CentralFactory
+from voipmon.queue import DurableQueue, QueueError
+from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
+from voipmon.spool.deadletter import DeadLetters
+from voipmon.store.dialect import dialect_for
+from voipmon.store.interfaces import IStore
+from voipmon.store.sqlstore import SqlStore
+from voipmon.web.site import make_web_service
 
 log = Logger()
 
@@ -51,14 +85,96 @@ class Options(usage.Options):
 
 
 def makeService(config: Options, reactor: Any = None) -> service.MultiService:
-    """Build the central's service tree from parsed Options."""
+    """The central: sensors -> channel -> sessions -> (mirroring engines -> CDR queue ->)
+    store; the HTTP API and the legacy mirror receiver beside them."""
     if reactor is None:
         from twisted.internet import reactor
-    settings = config["central"]
+    settings: CentralSettings = config["central"]
     for warning in settings.warnings:
-        log.warn("config: {warning}", warning=warning)
+        log.warn("config: {problem}", problem=warning)
+    channel, spooldir = settings.channel, settings.spool.spooldir
+    certificate = channel_certificate(settings)
+    central_id = f"{socket.gethostname()}:{channel.server_bind_port}"
+    store = SqlStore(dialect_for(settings.store), reactor, central_id=central_id)
+    dead_letters = DeadLetters(os.path.join(spooldir, DEAD_LETTERS), reactor)
+    cdr_queue = CentralCdrQueue(open_queue(settings), store, reactor, dead_letters=dead_letters)
+    engines = mirror_engine_factory(spooldir, dead_letters)
+    listener = sensor_listener(settings, store, cdr_queue, engines, dead_letters, certificate,
+                               reactor, name=central_id, endpoint=tls.server_endpoint(
+                                   reactor, channel.server_bind_port, channel.server_bind))
+    central = CentralService(StoreService(store, reactor), cdr_queue, listener, certificate)
+    connector = ManagerConnector(reactor, channel.server_password, name=central_id)
+    optional = [
+        database_retention(settings, central.store_service, reactor),
+        make_web_service(settings.http, spooldir, reactor, store, connector,
+                         certificate=certificate),
+        legacy_mirror.receiver_service(settings, cdr_queue, dead_letters, reactor),
+        spool_retention(settings, reactor),
+    ]
+    for extra in optional:
+        if extra is not None:
+            extra.setServiceParent(central)
+    return central
+
+
+def channel_certificate(settings: CentralSettings) -> tls.ServerCertificate:
+    """The channel's certificate: configured, or self-signed and kept in the spool."""
+    channel, spooldir = settings.channel, settings.spool.spooldir
     try:
-        return CentralService(settings, reactor)
-    except usage.UsageError as exc:
-        # makeService runs outside twistd's option handling: exit with one clear line.
-        raise SystemExit(f"voipmon-central: {exc}")
+        return tls.load_or_create(spooldir, channel.tls_certificate, channel.tls_private_key)
+    except (tls.CertificateError, OSError) as exc:
+        if channel.tls_certificate:
+            raise settings.error("tls_certificate", str(exc),
+                                 "a readable PEM certificate whose key matches")
+        raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = {spooldir}: cannot "
+                               f"keep the channel certificate in it: {exc}")
+
+
+def open_queue(settings: CentralSettings) -> DurableQueue:
+    """The CDR queue in ``spooldir``; a spool it cannot live in is a config error."""
+    spooldir = settings.spool.spooldir
+    try:
+        return DurableQueue(os.path.join(spooldir, QUEUE_DIRECTORY))
+    except (QueueError, OSError) as exc:
+        raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = {spooldir}: cannot "
+                               f"use the CDR queue: {exc}")
+
+
+def sensor_listener(settings: CentralSettings, store: IStore, cdr_queue: CentralCdrQueue,
+                    engines: AnalyzerFactory, dead_letters: DeadLetters,
+                    certificate: tls.ServerCertificate, clock: IReactorTime, *, name: str,
+                    endpoint: IStreamServerEndpoint,
+                    binding: Callable[[Any], bytes] = tls.exporter_binding) -> ChannelService:
+    """The sensors' channel: TLS under an admission gate on ``endpoint``, the handshake,
+    and a session per sensor (its CDRs to the store; its mirrored packets to an engine of
+    ``engines``, whose CDRs go to the CDR queue)."""
+    channel = settings.channel
+    mirrors = MirrorAnalyses(engines, cdr_queue, clock)
+    sessions = CentralSessions(store, clock, mirrors=mirrors, dead_letters=dead_letters)
+    factory = CentralFactory(derive_key(channel.server_password),
+                             channel.client_server_connect_maximum_time_diff_s, sessions, clock,
+                             binding, central_name=name)
+    sessions.registry = factory.registry
+    gate = AdmissionGate(f"sensor port {channel.server_bind_port}", clock)
+    return ChannelService(endpoint, factory, sessions, mirrors, cdr_queue, clock, gate,
+                          certificate.options())
+
+
+def database_retention(settings: CentralSettings, store: StoreService,
+                       clock: IReactorTime) -> DatabaseRetention | None:
+    """``cleandatabase``: old calls deleted hourly, once the store has started."""
+    if not settings.store.cleandatabase:
+        return None
+    cleaner = DatabaseRetention(store.store, settings.store.cleandatabase, clock)
+    store.started.addCallback(lambda _: cleaner.ready())
+    return cleaner
+
+
+def spool_retention(settings: CentralSettings, reactor: Any) -> CentralRetention | None:
+    """``maxpoolsize``/``maxpooldays`` over the spool and every per-sensor directory."""
+    spool = settings.spool
+    if not (spool.maxpoolsize or spool.maxpooldays):
+        return None
+    return CentralRetention(spool.spooldir, spool.maxpoolsize, spool.maxpooldays, reactor,
+                            blocking=lambda f: threads.deferToThreadPool(
+                                reactor, reactor.getThreadPool(), f))

@@ -15,46 +15,39 @@ everything it made reached the database.
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import voipmon
-from voipmon.analysis.settings import analysis_to_hello, engine_for
-from voipmon.config import Destination, SensorSettings, destinations
-from voipmon.config.settings import ChannelClientSettings
+from voipmon.analysis.engine import Engine
 from voipmon.manager.commands import ICallLister, IStatsProvider
-from voipmon.manager.service import advertised_manager, make_manager_service
 from voipmon.protocols import tls
-from voipmon.protocols.client import AuthenticatingEndpoint
+from voipmon.protocols.channel import ChannelProtocol
 from voipmon.protocols.failover import (
     FailbackProber,
     FailoverEndpoint,
     FailoverRoundFailed,
     describe_failure,
 )
-from voipmon.protocols.handshake import PERMANENT, CentralProofFailed, ClientHandshake, Rejection
+from voipmon.protocols.handshake import PERMANENT, CentralProofFailed, Rejection
 from voipmon.protocols.wire import MessageType
 from voipmon.queue import DurableQueue, QueueError
+from voipmon.sensor.centrals import Central, ProbeSession
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory
-from voipmon.sources import registry as sources
-from voipmon.sources.interfaces import IFrameSink
-from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
-from voipmon.spool.deadletter import DeadLetters, IDeadLetters
+from voipmon.sources.interfaces import ISource
+from voipmon.spool.deadletter import DeadLetters
 
 log = Logger()
 
-CONNECT_TIMEOUT = 5.0
 STATS_INTERVAL = 10.0
 STATUS_EVERY = 6          # a status line every 6 stats intervals (a minute)
 GIVE_UP_AFTER = 300.0     # --exit-when-done: no central for this long = cannot deliver
@@ -62,181 +55,73 @@ ADVANCE_INTERVAL = 1.0
 UNDELIVERED = 3           # --exit-when-done: done, but some records are dead letters
 
 
-def default_engine(settings: SensorSettings, on_cdr: Callable[[Any], None],
-                   dead_letters: IDeadLetters | None = None) -> Any:
-    """The analysis engine of a local-processing sensor, writing pcaps to its spool."""
-    return engine_for(settings.analysis, id_sensor=settings.channel.id_sensor,
-                      spooldir=settings.spool.spooldir, on_cdr=on_cdr,
-                      dead_letters=dead_letters)
-
-
-def tls_endpoint(channel: ChannelClientSettings, reactor: Any,
-                 destination: Destination) -> tuple[Any, Any]:
-    """(TLS client endpoint, its connection creator) for one central."""
-    creator = tls.client_creator(destination.host, pin=channel.server_certificate_sha256,
-                                 ca_file=channel.server_ca_file)
-    tcp = endpoints.HostnameEndpoint(reactor, destination.host, destination.port,
-                                     timeout=CONNECT_TIMEOUT)
-    return endpoints.wrapClientTLS(creator, tcp), creator
-
-
-class _Probe(protocol.Protocol):
-    """The session of a failback probe: it only proves the primary answers."""
-
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        pass
-
-
 @implementer(IStatsProvider, ICallLister)
 class SensorService(service.MultiService):
-    """Everything one sensor process runs."""
+    """Everything one sensor process runs, from parts its tap built.
 
-    def __init__(self, settings: SensorSettings, reactor: Any, *, read_pcap: str | None = None,
-                 exit_when_done: bool = False, clock: Any = None,
-                 connect_via: Callable[[Destination], Any] | None = None,
-                 binding: Callable[[Any], bytes] = tls.exporter_binding,
-                 engine_factory: Callable[..., Any] = default_engine,
-                 on_exit: Callable[[int, str], None] | None = None,
-                 give_up_after: float = GIVE_UP_AFTER, manager_port: int | None = None,
-                 source: Any = None) -> None:
+    ``uplink`` sends what the sensor makes (CDRs from ``engine`` and ``queue``, or the
+    frames themselves when mirroring) over a ``ClientService`` that fails over across
+    ``centrals`` in order (and probes the first every ``failback_interval`` seconds while
+    on another). ``source`` is started last and stopped first. ``on_exit(status, message)``
+    is given for ``--exit-when-done``: it is called once the replay is delivered, or
+    cannot be.
+    """
+
+    def __init__(self, uplink: CdrUplink | MirrorUplink, source: ISource,
+                 centrals: Sequence[Central], *, id_sensor: int, clock: IReactorTime,
+                 dead_letters: DeadLetters, engine: Engine | None = None,
+                 queue: DurableQueue | None = None, failback_interval: float = 30.0,
+                 verified: bool = False, on_exit: Callable[[int, str], None] | None = None,
+                 give_up_after: float = GIVE_UP_AFTER) -> None:
         super().__init__()
         self.setName("voipmon-sensor")
-        self.settings = settings
-        self.reactor = reactor
-        self.clock = clock if clock is not None else reactor
-        self.read_pcap = read_pcap
-        self.exit_when_done = exit_when_done
+        self.uplink = uplink
+        self.source = source
+        self.centrals = list(centrals)
+        self.id_sensor = id_sensor
+        self.clock = clock
+        self.dead_letters = dead_letters
+        self.engine = engine
+        self.queue = queue
+        self.verified = verified            # a pinned or CA-checked central: nothing to log
         self.on_exit = on_exit
+        self.exit_when_done = on_exit is not None
         self.give_up_after = give_up_after
-        self.mode = "mirror" if settings.channel.packetbuffer_sender else "local"
-        self.instance = secrets.token_hex(16)
+        self.mode = uplink.mode
         self.started_at = time.time()
-        self.engine: Any = None
-        self.queue: DurableQueue | None = None
         self.exit_status: int | None = None
-        self.dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS),
-                                        self.clock)
         self._last_connected = self.clock.seconds()
         self._ticks = 0
         self._announced: set[tuple[str, str]] = set()
 
-        self.uplink = self._make_uplink(engine_factory)
-        self._make_channel(connect_via, binding)
-        self._make_source(source)
-        self._make_timers()
-        manager = make_manager_service(settings.manager, reactor,
-                                       spooldir=settings.spool.spooldir,
-                                       password=settings.channel.server_password,
-                                       id_sensor=settings.channel.id_sensor,
-                                       stats=self, calls=self, port=manager_port)
-        if manager is not None:
-            manager.setServiceParent(self)
-
-    # -- building ------------------------------------------------------------------
-
-    def _make_uplink(self, engine_factory: Callable[..., Any]) -> Any:
-        if self.mode == "mirror":
-            return MirrorUplink(self.clock, self.settings.mirroring.max_buffer_mem * 1024 * 1024)
-        path = os.path.join(self.settings.spool.spooldir, "queue")
-        try:
-            self.queue = DurableQueue(path)
-        except (QueueError, OSError) as exc:
-            raise usage.UsageError(f"{self.settings.where('spooldir')}: spooldir = "
-                                   f"{self.settings.spool.spooldir}: cannot use the CDR "
-                                   f"queue: {exc}")
-        uplink = CdrUplink(self.queue, self.clock)
-        self.engine = engine_factory(self.settings, uplink.add,
-                                     dead_letters=self.dead_letters)
-        return uplink
-
-    def _hello_factory(self, probe: bool = False) -> Callable[[], ClientHandshake]:
-        from voipmon.protocols.handshake import derive_key
-
-        channel = self.settings.channel
-        key = derive_key(channel.server_password)
-        params = dict(id_sensor=channel.id_sensor, name=channel.name_sensor,
-                      version=voipmon.__version__, mode=self.mode,
-                      compression=channel.server_type_compress, instance=self.instance,
-                      manager=advertised_manager(self.settings.manager),
-                      replay=self.read_pcap is not None, probe=probe,
-                      analysis=analysis_to_hello(self.settings.analysis)
-                      if self.mode == "mirror" else {})
-        seconds = self.clock.seconds  # the reactor's: wall-clock UTC epoch seconds
-
-        def make() -> ClientHandshake:
-            return ClientHandshake(key, seconds=seconds, **params)
-
-        return make
-
-    def _make_channel(self, connect_via: Callable[[Destination], Any] | None,
-                      binding: Callable[[Any], bytes]) -> None:
-        self.destinations = destinations(self.settings.channel)
-        self.creators: list[Any] = []
-        children = []
-        probe = None
-        for index, destination in enumerate(self.destinations):
-            if connect_via is None:
-                transport, creator = tls_endpoint(self.settings.channel, self.reactor,
-                                                  destination)
-            else:
-                transport, creator = connect_via(destination), None
-            self.creators.append(creator)
-            compression = self.settings.channel.server_type_compress
-            children.append((str(destination), AuthenticatingEndpoint(
-                transport, self._hello_factory(), compression, self.clock, binding)))
-            if index == 0:
-                probe = AuthenticatingEndpoint(transport, self._hello_factory(probe=True),
-                                               compression, self.clock, binding)
-        self.failover = FailoverEndpoint(children, self.clock,
-                                         on_round_failed=self._round_failed)
-        factory = UplinkFactory(self.uplink, on_lost=self._lost, on_made=self._made)
+        self.failover = FailoverEndpoint([(c.name, c.endpoint) for c in self.centrals],
+                                         clock, on_round_failed=self._round_failed)
+        factory = UplinkFactory(uplink, on_lost=self._lost, on_made=self._made)
         self.client = internet.ClientService(self.failover, factory,
-                                             retryPolicy=self.failover.retry_delay,
-                                             clock=self.clock)
-        self.client.setName("channel")
-        self.client.setServiceParent(self)
-        if len(children) > 1:
-            self.prober = FailbackProber(self.failover, probe,
-                                         protocol.Factory.forProtocol(_Probe),
-                                         self.settings.channel.failback_probe_interval,
-                                         self.clock,
-                                         self._fail_back)
-            self.prober.setName("failback")
-            self.prober.setServiceParent(self)
-
-    def _make_source(self, source: Any) -> None:
-        sink: IFrameSink = self.uplink if self.mode == "mirror" else self.engine
-        if source is None:
-            source = sources.from_config(self.settings, sink, self.reactor,
-                                         read_pcap=self.read_pcap, clock=self.clock)
-        self.source = source
-        self.source.done.addCallback(self._source_ended).addErrback(
+                                             retryPolicy=self.failover.retry_delay, clock=clock)
+        self._child("channel", self.client)
+        if len(self.centrals) > 1:
+            self.prober = FailbackProber(self.failover, self.centrals[0].probe,
+                                         protocol.Factory.forProtocol(ProbeSession),
+                                         failback_interval, clock, self._fail_back)
+            self._child("failback", self.prober)
+        self._timer("stats", STATS_INTERVAL, self._report)
+        if source.live:
+            # The engine's clock must move even when no packet comes; in mirroring the
+            # engine is the central's, and the uplink carries the clock there.
+            self._timer("advance", ADVANCE_INTERVAL, self._advance)
+        source.done.addCallback(self._source_ended).addErrback(
             lambda f: log.failure("closing the calls at the end of the capture", f))
-        self.source.setServiceParent(self)  # added last: stopped first
+        source.setServiceParent(self)
 
-    def _make_timers(self) -> None:
-        stats = internet.TimerService(STATS_INTERVAL, self._report)
-        stats.clock = self.clock
-        stats.setName("stats")
-        stats.setServiceParent(self)
-        if self.read_pcap is None:
-            # Live capture: the engine's clock must move even when no packet comes; in
-            # mirroring the engine is the central's, and the uplink carries the clock there.
-            advance = internet.TimerService(ADVANCE_INTERVAL, self._advance)
-            advance.clock = self.clock
-            advance.setName("advance")
-            advance.setServiceParent(self)
-        spool = self.settings.spool
-        if self.mode == "local" and (spool.maxpoolsize or spool.maxpooldays):
-            from twisted.internet import threads
+    def _child(self, name: str, child: service.Service) -> None:
+        child.setName(name)
+        child.setServiceParent(self)
 
-            from voipmon.spool.retention import Retention
-
-            retention = Retention(spool.spooldir, spool.maxpoolsize, spool.maxpooldays,
-                                  self.clock,
-                                  blocking=lambda f: threads.deferToThreadPool(
-                                      self.reactor, self.reactor.getThreadPool(), f))
-            retention.setServiceParent(self)
+    def _timer(self, name: str, interval: float, call: Callable[[], None]) -> None:
+        timer = internet.TimerService(interval, call)
+        timer.clock = self.clock
+        self._child(name, timer)
 
     # -- running -------------------------------------------------------------------
 
@@ -286,12 +171,11 @@ class SensorService(service.MultiService):
             return
         self._exit(UNDELIVERED if undelivered else 0, message)
 
-    def _made(self, channel: Any) -> None:
+    def _made(self, channel: ChannelProtocol) -> None:
         self._last_connected = self.clock.seconds()
-        channel_settings = self.settings.channel
-        if channel_settings.server_certificate_sha256 or channel_settings.server_ca_file:
+        if self.verified:
             return
-        fingerprint = tls.peer_fingerprint(getattr(channel, "transport", None))
+        fingerprint = tls.peer_fingerprint(channel.transport)
         if fingerprint and (channel.peer, fingerprint) not in self._announced:
             self._announced.add((channel.peer, fingerprint))
             log.warn("central {central}: TLS certificate SHA-256 {fingerprint} is not verified "
@@ -306,15 +190,14 @@ class SensorService(service.MultiService):
              central=self.failover.current or "?", reason=describe_failure(reason))
 
     def _fail_back(self, reason: str) -> None:
-        transport = getattr(self.uplink, "transport", None)
+        transport = self.uplink.transport
         if transport is not None:
             transport.close(reason)
 
     def _round_failed(self, error: FailoverRoundFailed) -> None:
         if not self.exit_when_done:
             return
-        pins = {name: getattr(creator, "mismatch", None)
-                for (name, _), creator in zip(self.failover.endpoints, self.creators, strict=True)}
+        pins = {central.name: central.pin_mismatch() for central in self.centrals}
         permanent = [
             (name, f) for name, f in error.attempts
             if (f.check(Rejection) and f.value.code in PERMANENT) or f.check(CentralProofFailed)
@@ -328,7 +211,7 @@ class SensorService(service.MultiService):
     def _report(self) -> None:
         try:
             stats = self.sniffer_stat()
-            transport = getattr(self.uplink, "transport", None)
+            transport = self.uplink.transport
             if transport is not None:
                 transport.send_message(MessageType.STATS, {
                     k: stats[k] for k in ("packets", "dropped", "queue_depth", "cdrs",
@@ -369,7 +252,7 @@ class SensorService(service.MultiService):
         uplink = self.uplink.counters()
         dropped = int(source.get("dropped", 0)) + int(uplink.get("dropped", 0))
         stats: dict[str, Any] = {
-            "version": voipmon.__version__, "id_sensor": self.settings.channel.id_sensor,
+            "version": voipmon.__version__, "id_sensor": self.id_sensor,
             "mode": self.mode, "source": self.source.name,
             "packets": int(source.get("packets", 0)), "dropped": dropped,
             "central": self.failover.current, "failover_switches": self.failover.switches,
@@ -395,7 +278,7 @@ class SensorService(service.MultiService):
             return defer.succeed(None)
         finished = self.source.done.called
         d = defer.maybeDeferred(super().stopService)
-        if self.engine is not None and self.read_pcap is None and not finished:
+        if self.engine is not None and self.source.live and not finished:
             # Live capture: calls in progress are closed and their CDRs kept on disk.
             try:
                 self.engine.finish()

@@ -1,4 +1,11 @@
-"""``twistd voipmon-sensor``: command-line options and service assembly."""
+"""``twistd voipmon-sensor``: command-line options and the sensor's wiring diagram.
+
+``Options`` reads and checks the config; ``makeService`` builds every part from the
+settings (the durable queue, the engine or the mirroring buffer, the source, the route to
+each central) and hands them to ``SensorService``. A config problem found while building
+(a spool the queue cannot use, an interface this host lacks...) is a ``UsageError``,
+raised before anything starts; the plugin prints it as one line.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,29 @@ import sys
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import threads
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
+from voipmon.analysis.engine import Engine
+from voipmon.analysis.settings import engine_for
 from voipmon.config import SensorSettings, load_sensor_config
+from voipmon.manager.service import make_manager_service
 from voipmon.protocols import tls
+from voipmon.queue import DurableQueue, QueueError
+from voipmon.sensor.centrals import centrals, tls_route
+from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.service import SensorService
+from voipmon.sensor.uplink import CdrUplink
 from voipmon.sources import registry as sources
+from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
+from voipmon.spool.deadletter import DeadLetters
+from voipmon.spool.retention import Retention
 
 log = Logger()
+
+QUEUE = "queue"
 
 
 class Options(usage.Options):
@@ -55,29 +76,80 @@ class Options(usage.Options):
                 tls.load_ca(channel.server_ca_file)
             except tls.CertificateError as exc:
                 raise settings.error("server_ca_file", str(exc), "a readable PEM CA file")
+        if legacy_mirror_only(settings) and self["exit-when-done"]:
+            raise usage.UsageError("--exit-when-done is not available with mirror_destination "
+                                   "(the legacy mirror); use server_destination with "
+                                   "packetbuffer_sender = yes")
         self["sensor"] = settings
 
 
 def makeService(config: Options, reactor: Any = None) -> service.MultiService:
-    """Build the sensor's service tree from parsed Options."""
+    """The sensor: source -> (engine -> CDR queue ->) uplink -> channel to its centrals."""
     if reactor is None:
         from twisted.internet import reactor
-    settings = config["sensor"]
+    settings: SensorSettings = config["sensor"]
     for warning in settings.warnings:
-        log.warn("config: {warning}", warning=warning)
-    if settings.mirroring.mirror_destination and not settings.channel.server_destination:
-        try:
-            return _legacy_mirror(settings, reactor, config["read-pcap"],
-                                  config["exit-when-done"])
-        except usage.UsageError as exc:
-            raise SystemExit(f"voipmon-sensor: {exc}")
-    exits = ExitCode(reactor)
+        log.warn("config: {problem}", problem=warning)
+    if legacy_mirror_only(settings):
+        from voipmon.sensor.legacy_mirror import sender_service
+
+        return sender_service(settings, reactor, read_pcap=config["read-pcap"])
+    dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS), reactor)
+    uplink, engine, queue = uplink_for(settings, reactor, dead_letters)
+    source = sources.from_config(settings, uplink if engine is None else engine, reactor,
+                                 read_pcap=config["read-pcap"])
+    route = centrals(settings, lambda destination: tls_route(settings, reactor, destination),
+                     mode=uplink.mode, replay=not source.live, clock=reactor)
+    exits = ExitCode(reactor) if config["exit-when-done"] else None
+    channel = settings.channel
+    sensor = SensorService(uplink, source, route, id_sensor=channel.id_sensor, clock=reactor,
+                           dead_letters=dead_letters, engine=engine, queue=queue,
+                           failback_interval=channel.failback_probe_interval,
+                           verified=bool(channel.server_certificate_sha256
+                                         or channel.server_ca_file),
+                           on_exit=exits.exit if exits is not None else None)
+    manager = make_manager_service(settings.manager, reactor, spooldir=settings.spool.spooldir,
+                                   password=channel.server_password,
+                                   id_sensor=channel.id_sensor, stats=sensor, calls=sensor)
+    spool = settings.spool
+    if engine is not None and (spool.maxpoolsize or spool.maxpooldays):
+        retention = Retention(spool.spooldir, spool.maxpoolsize, spool.maxpooldays, reactor,
+                              blocking=lambda f: threads.deferToThreadPool(
+                                  reactor, reactor.getThreadPool(), f))
+        retention.setServiceParent(sensor)
+    if manager is not None:
+        manager.setServiceParent(sensor)
+    return sensor
+
+
+def legacy_mirror_only(settings: SensorSettings) -> bool:
+    """A deprecated legacy mirror sender: mirror_destination and no central."""
+    return (settings.mirroring.mirror_destination is not None
+            and not settings.channel.server_destination)
+
+
+def open_queue(settings: SensorSettings, name: str) -> DurableQueue:
+    """The durable queue ``spooldir/name``; a spool it cannot live in is a config error."""
+    spooldir = settings.spool.spooldir
     try:
-        return SensorService(settings, reactor, read_pcap=config["read-pcap"],
-                             exit_when_done=config["exit-when-done"], on_exit=exits.exit)
-    except usage.UsageError as exc:
-        # makeService runs outside twistd's option handling: exit with one clear line.
-        raise SystemExit(f"voipmon-sensor: {exc}")
+        return DurableQueue(os.path.join(spooldir, name))
+    except (QueueError, OSError) as exc:
+        raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = {spooldir}: cannot "
+                               f"use the CDR queue: {exc}")
+
+
+def uplink_for(settings: SensorSettings, clock: IReactorTime, dead_letters: DeadLetters
+               ) -> tuple[CdrUplink | MirrorUplink, Engine | None, DurableQueue | None]:
+    """What the frames go through: the engine, whose CDRs the durable queue keeps until a
+    central has them (local processing), or the mirroring buffer (packet mirroring)."""
+    if settings.channel.packetbuffer_sender:
+        return MirrorUplink(clock, settings.mirroring.max_buffer_mem << 20), None, None
+    queue = open_queue(settings, QUEUE)
+    uplink = CdrUplink(queue, clock)
+    engine = engine_for(settings.analysis, id_sensor=settings.channel.id_sensor,
+                        spooldir=settings.spool.spooldir, on_cdr=uplink.add,
+                        dead_letters=dead_letters)
+    return uplink, engine, queue
 
 
 class ExitCode:
@@ -109,21 +181,3 @@ class ExitCode:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
-
-
-def _legacy_mirror(settings: SensorSettings, reactor: Any, read_pcap: str | None,
-                   exit_when_done: bool) -> service.MultiService:
-    """The deprecated legacy mirror sender (mirror_destination, no server_destination)."""
-    from voipmon.protocols.legacy_mirror_service import LegacyMirrorSender
-
-    if exit_when_done:
-        raise usage.UsageError("--exit-when-done is not available with mirror_destination "
-                               "(the legacy mirror); use server_destination with "
-                               "packetbuffer_sender = yes")
-    top = service.MultiService()
-    top.setName("voipmon-sensor")
-    sender = LegacyMirrorSender.from_config(settings.channel, settings.mirroring, reactor)
-    sender.setServiceParent(top)
-    source = sources.from_config(settings, sender, reactor, read_pcap=read_pcap)
-    source.setServiceParent(top)
-    return top

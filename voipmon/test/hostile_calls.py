@@ -25,10 +25,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from voipmon.config import load_sensor_config
-from voipmon.sensor.service import SensorService
 from voipmon.test.callsupport import udp_frame
 from voipmon.test.channel_support import write_frames
 from voipmon.test.fakes_channel import fixed_binding
+from voipmon.test.services import build_sensor
 
 CRLF = b"\r\n"
 
@@ -167,12 +167,12 @@ class WholePath:
         text = (f"id_sensor = {id_sensor}\nserver_destination = central\n"
                 f"server_password = pw\nspooldir = {spooldir}\nmanagerport = 0\n"
                 f"packetbuffer_sender = {'yes' if mode == 'mirror' else 'no'}\n")
-        self.sensor = SensorService(load_sensor_config("sensor.conf", text=text), None,
-                                    read_pcap=capture, exit_when_done=True, clock=clock,
-                                    connect_via=lambda _d: central.pair.network,
-                                    binding=fixed_binding,
-                                    on_exit=lambda status, message: self.exits.append(
-                                        (status, message)))
+        self.sensor = build_sensor(load_sensor_config("sensor.conf", text=text), None,
+                                   read_pcap=capture, clock=clock,
+                                   connect=lambda _d: central.pair.network,
+                                   binding=fixed_binding,
+                                   on_exit=lambda status, message: self.exits.append(
+                                       (status, message)))
 
     def run(self, seconds: float = 10.0, step: float = 0.05) -> tuple[int, str]:
         """Start the sensor and move time until it exits; (status, message)."""

@@ -40,6 +40,7 @@ from voipmon.test.fakes_channel import (
     SessionRecorder,
     fixed_binding,
 )
+from voipmon.test.services import build_central
 from voipmon.test.test_tls import make_ca_and_leaf, pem_cert, pem_key
 
 
@@ -95,9 +96,9 @@ class TapTests(SynchronousTestCase):
         self.assertEqual((port, interface, backlog), (60024, "127.0.0.1", 511))
         # TLS under the admission gate, the channel under TLS
         self.assertIsInstance(factory, GatedFactory)
-        self.assertIs(factory.gate, top.admission)
+        self.assertIs(factory.gate, top.channel.gate)
         self.assertIsInstance(factory.wrappedFactory, TLSMemoryBIOFactory)
-        self.assertIs(factory.wrappedFactory.wrappedFactory, top.factory)
+        self.assertIs(factory.wrappedFactory.wrappedFactory, top.channel.central)
 
     def test_central_certificate_errors(self) -> None:
         """A configured certificate that cannot be used is refused naming the key."""
@@ -130,6 +131,25 @@ class TapTests(SynchronousTestCase):
         self.assertIsInstance(top, SensorService)
         self.assertEqual({"channel", "stats", "advance"} - {s.name for s in top}, set())
         self.assertEqual(top.mode, "local")
+
+    def test_problems_found_while_building_are_usage_errors(self) -> None:
+        """A spool the CDR queue cannot use, or an interface this host lacks, makes
+        makeService raise UsageError naming the key, before any service exists."""
+        blocker = write(os.path.join(self.base, "blocker"), "a file, not a directory")
+        for tap, make_conf, needle in (
+                (sensor_tap, lambda: self.sensor_conf(f"spooldir = {blocker}\n"),
+                 f"spooldir = {blocker}: cannot use the CDR queue"),
+                (sensor_tap, lambda: self.sensor_conf("interface = nosuch0\n"),
+                 "interface 'nosuch0': no such interface"),
+                (central_tap, lambda: self.central_conf(f"spooldir = {blocker}\n"),
+                 f"spooldir = {blocker}: cannot keep the channel certificate")):
+            conf = make_conf()
+            options = tap.Options()
+            options.parseOptions(["--config", conf])
+            with self.assertRaises(usage.UsageError) as caught:
+                tap.makeService(options, MemoryReactorClock())
+            self.assertIn(needle, str(caught.exception))
+            self.assertIn(conf, str(caught.exception))
 
     def test_sensor_option_errors(self) -> None:
         """Bad pins, CA files and --exit-when-done without --read-pcap are refused."""
@@ -174,9 +194,9 @@ class CentralCase(SynchronousTestCase):
         self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
     def make_central(self, **extra: Any) -> CentralService:
-        return CentralService(self.settings, MemoryReactorClock(), store=self.store,
-                              clock=self.clock, binding=fixed_binding, endpoint=NoListen(),
-                              **extra)
+        return build_central(self.settings, MemoryReactorClock(), store=self.store,
+                             clock=self.clock, binding=fixed_binding, endpoint=NoListen(),
+                             **extra)
 
 
 class LifeTests(CentralCase):
@@ -203,7 +223,7 @@ class LifeTests(CentralCase):
     def test_stop_closes_sensors_then_store(self) -> None:
         """Stopping tells every sensor why, closes mirroring calls, then closes the store."""
         self.central.startService()
-        network = PumpEndpoint(self.central.factory, self.clock)
+        network = PumpEndpoint(self.central.channel.central, self.clock)
         pair = ChannelPair(clock=self.clock)
         pair.network = network
         session = self.successResultOf(pair.connect())
@@ -221,7 +241,7 @@ class LifeTests(CentralCase):
         """The assembled central refuses a duplicate id while serving the first sensor."""
         self.central.startService()
         pair = ChannelPair(clock=self.clock)
-        pair.network = PumpEndpoint(self.central.factory, self.clock)
+        pair.network = PumpEndpoint(self.central.channel.central, self.clock)
         first = self.successResultOf(pair.connect(instance="01" * 8))
         self.failureResultOf(pair.connect(instance="02" * 8), Rejection)
         first.transport.send_message(MessageType.STATS, {"packets": 1})
@@ -241,7 +261,7 @@ class MirrorRestartTests(CentralCase):
         super().setUp()
 
     def central(self) -> CentralService:
-        central = self.make_central(analyzer_factory=self.engines.analyzer)
+        central = self.make_central(engines=self.engines.analyzer)
         central.startService()
         return central
 
@@ -265,7 +285,7 @@ class MirrorRestartTests(CentralCase):
         self.successResultOf(central.store_service.started)
         self.store.down = True
         pair = ChannelPair(clock=self.clock)
-        pair.network = PumpEndpoint(central.factory, self.clock)
+        pair.network = PumpEndpoint(central.channel.central, self.clock)
         uplink = MirrorUplink(self.clock, max_buffer_bytes=1 << 20, batch_packets=10, window=2)
         self.successResultOf(pair.connect(UplinkFactory(uplink), mode="mirror", replay=True))
         for i in range(40):
@@ -276,11 +296,11 @@ class MirrorRestartTests(CentralCase):
         self.successResultOf(uplink.when_done())
         self.assertEqual(uplink.central_cdrs, 4)
         self.assertEqual(self.store.cdr_count, 0)
-        self.assertEqual(central.writer.depth, 4)
+        self.assertEqual(central.cdr_queue.depth, 4)
         self.stop(central, pair)
 
         again = self.central()
-        self.assertEqual(again.writer.depth, 4)
+        self.assertEqual(again.cdr_queue.depth, 4)
         self.clock.advance(5)
         self.clock.advance(5)
         self.assertEqual(self.store.cdr_count, 0)
@@ -291,11 +311,11 @@ class MirrorRestartTests(CentralCase):
                          sorted(make_cdr(n, id_sensor=7).callid for n in range(4)))
         self.assertEqual(sum(len(batch) for batch, _ in self.store.batches), 4)
         self.assertEqual({pcap_on for _, pcap_on in self.store.batches}, {"central"})
-        self.assertEqual(again.writer.depth, 0)
+        self.assertEqual(again.cdr_queue.depth, 0)
         self.stop(again, pair)
 
         third = self.central()
-        self.assertEqual(third.writer.depth, 0)
+        self.assertEqual(third.cdr_queue.depth, 0)
         self.clock.advance(1)
         self.assertEqual(sum(len(batch) for batch, _ in self.store.batches), 4)
         self.stop(third, pair)
@@ -304,8 +324,7 @@ class MirrorRestartTests(CentralCase):
         """A spooldir where the CDR queue cannot live is refused naming the key."""
         write(os.path.join(self.base, "central-queue"), "a file, not a directory")
         with self.assertRaises(usage.UsageError) as caught:
-            CentralService(self.settings, MemoryReactorClock(), store=self.store,
-                           clock=self.clock, binding=fixed_binding, endpoint=NoListen())
+            self.make_central()
         self.assertIn("spooldir", str(caught.exception))
         self.assertIn("cannot use the CDR queue", str(caught.exception))
 

@@ -24,7 +24,6 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from voipmon.analysis.engine import Engine
-from voipmon.central.service import CentralService
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.readers import read_capture
 from voipmon.protocols.wire import HEADER, FrameDecoder, MessageType, decode_json
@@ -48,6 +47,7 @@ from voipmon.test.channel_support import (
 from voipmon.test.common import data_path, missing_tool, mysql_test_database, mysql_unavailable
 from voipmon.test.fakes import FakeStore
 from voipmon.test.hostile_calls import HostileCall, write_capture
+from voipmon.test.services import build_central, build_sensor
 
 CAPTURES = [data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
             data_path("sipp_tcp_2calls_udp_486_2calls_lo.pcap")]
@@ -84,7 +84,7 @@ class LoopbackTests(TestCase):
         text = (f"server_bind = 127.0.0.1\nserver_password = {PASSWORD}\n"
                 f"spooldir = {self.base}/central\nhttp_port = 0\n")
         settings = load_central_config("central.conf", text=text)
-        self.central = CentralService(settings, reactor, store=self.store, port=0)
+        self.central = build_central(settings, reactor, store=self.store, port=0)
         self.central.startService()
         self.addCleanup(self.central.stopService)
         port = yield self.central.channel.listening
@@ -97,8 +97,8 @@ class LoopbackTests(TestCase):
         settings = load_sensor_config(
             "sensor.conf", text="".join(f"{k} = {v}\n" for k, v in keys.items()))
         done: defer.Deferred = defer.Deferred()
-        svc = SensorService(settings, reactor, read_pcap=CAPTURES[0], exit_when_done=True,
-                            on_exit=lambda status, message: done.callback((status, message)))
+        svc = build_sensor(settings, reactor, read_pcap=CAPTURES[0],
+                           on_exit=lambda status, message: done.callback((status, message)))
         svc.startService()
         self.addCleanup(svc.stopService)
         return svc, done

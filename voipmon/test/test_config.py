@@ -382,6 +382,20 @@ class TwistdCommandTests(SynchronousTestCase):
             self.assertIn(expected.format(path=path), result.stderr + result.stdout)
             self.assertNotIn("Traceback", result.stderr)
 
+    def test_problem_found_while_building_exits_with_one_line(self) -> None:
+        """A config problem makeService finds (a spool the CDR queue cannot use) is one
+        line and a non-zero exit too, before anything starts."""
+        blocker = os.path.abspath(self.mktemp())
+        with open(blocker, "w") as handle:
+            handle.write("a file, not a directory")
+        for tapname, text in (("voipmon-sensor", GOOD_SENSOR + "interface = lo\n"),
+                              ("voipmon-central", GOOD_CENTRAL)):
+            result, path = self.run_twistd(tapname, text + f"spooldir = {blocker}\n")
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn(f"{tapname}: {path}:", result.stderr)
+            self.assertIn(f"spooldir = {blocker}: cannot", result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+
     def test_plugins_listed(self) -> None:
         """``twistd --help`` lists both tapnames."""
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

@@ -15,7 +15,6 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from voipmon.central.service import CentralService
 from voipmon.central.sessions import CentralSessions
 from voipmon.config import load_central_config
 from voipmon.protocols.handshake import MALFORMED, ClientHandshake, derive_key
@@ -35,6 +34,7 @@ from voipmon.sensor.uplink import CdrUplink
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes import FakeStore
 from voipmon.test.fakes_channel import ChannelPairCase, FakeMessageTransport, ack
+from voipmon.test.services import build_central
 from voipmon.test.test_central_sessions import batch, hello
 from voipmon.test.test_manager_service import LoopbackBase, raw_exchange
 from voipmon.test.test_protocols_channel import Echo
@@ -272,8 +272,8 @@ class CentralLoopbackTests(TestCase):
         base = os.path.abspath(self.mktemp())
         text = (f"server_bind = 127.0.0.1\nserver_password = pw\nspooldir = {base}\n"
                 "http_port = 0\n")
-        central = CentralService(load_central_config("central.conf", text=text), reactor,
-                                 store=FakeStore(), port=0)
+        central = build_central(load_central_config("central.conf", text=text), reactor,
+                                store=FakeStore(), port=0)
         central.startService()
         self.addCleanup(central.stopService)
         port = (yield central.channel.listening).getHost().port

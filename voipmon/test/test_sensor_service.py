@@ -36,6 +36,7 @@ from voipmon.test.fakes import FakeStore
 from voipmon.test.fakes_channel import ChannelPair, fixed_binding
 from voipmon.test.hostile_calls import HostileCall, write_capture
 from voipmon.test.live_support import IdleSource
+from voipmon.test.services import build_sensor
 
 CAPTURE = data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap")
 # Calls whose Call-IDs (and other headers) hold bytes that are not UTF-8, and more.
@@ -126,12 +127,12 @@ class Base(SynchronousTestCase):
 
     def sensor(self, read_pcap: str | None = CAPTURE, exit_when_done: bool = True,
                source: object = None, **extra: str) -> SensorService:
-        svc = SensorService(self.settings(**extra), None, read_pcap=read_pcap, source=source,
-                            exit_when_done=exit_when_done, clock=self.clock,
-                            connect_via=lambda d: self.centrals[d.host].pair.network,
-                            binding=fixed_binding,
-                            on_exit=lambda status, message: self.exits.append((status,
-                                                                               message)))
+        svc = build_sensor(self.settings(**extra), None, read_pcap=read_pcap, source=source,
+                           clock=self.clock,
+                           connect=lambda d: self.centrals[d.host].pair.network,
+                           binding=fixed_binding,
+                           on_exit=(lambda status, message: self.exits.append((status, message)))
+                           if exit_when_done else None)
         self.services.append(svc)
         return svc
 
@@ -304,7 +305,8 @@ class LocalTests(HostileCases, Base):
         self.assertEqual(entry["reason"], "OSError: disk on fire")
         self.assertIn("refuse", entry["traceback"])
         kept = Cdr.from_wire(entry["record"])
-        [made] = [c for c in expected_cdrs(svc.read_pcap) if c.callid.startswith("refused")]
+        [made] = [c for c in expected_cdrs(self.hostile_capture())
+                  if c.callid.startswith("refused")]
         self.assertEqual(kept, dataclasses.replace(made, sip_pcap=kept.sip_pcap,
                                                    rtp_pcap=kept.rtp_pcap))
         self.assertEqual(callid_bytes(entry["callid"]), b"refused-\xff")

@@ -19,17 +19,16 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from voipmon.analysis.engine import Engine
-from voipmon.central.service import CentralService
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.records.cdr import BYE_CONFIRMED, BYE_NOT_ANSWERED, Cdr
-from voipmon.sensor.service import SensorService
 from voipmon.sources.live import LiveCapture
 from voipmon.store.dialect import dialect_for
 from voipmon.store.sqlstore import SqlStore
 from voipmon.test.fakes import CommitCounter
 from voipmon.test.live_support import FunctionSink, require_root, require_tool
+from voipmon.test.services import build_central, build_sensor
 from voipmon.test.sipp_calls import SippCalls, media_source, rtp_key
 
 _CALLID = re.compile(rb"^(?:Call-ID|i)\s*:\s*(\S+)", re.M | re.I)
@@ -154,7 +153,7 @@ class SensorToCentralTests(TestCase):
             f"spooldir = {self.base}/central\nsqlite_path = {self.base}/central.sqlite\n"
             "http_port = 0\n"))
         store = CommitCounter(SqlStore(dialect_for(central_settings.store), reactor), expect=4)
-        central = CentralService(central_settings, reactor, store=store, port=0)
+        central = build_central(central_settings, reactor, store=store, port=0)
         central.startService()
         self.addCleanup(central.stopService)
         port = (yield central.channel.listening).getHost().port
@@ -168,7 +167,7 @@ class SensorToCentralTests(TestCase):
             f"managerport = 0\ninterface = lo\npacketbuffer_sender = {mirroring}\n"
             f"sipport = {', '.join(str(p) for p in calls.ports.sip)}\n"
             f"filter = {calls.ports.capture_filter()}\n"))
-        sensor = SensorService(sensor_settings, reactor)
+        sensor = build_sensor(sensor_settings, reactor)
         sensor.startService()
         self.addCleanup(lambda: sensor.stopService() if sensor.running else None)
         self.assertIsInstance(sensor.source, LiveCapture)
@@ -203,6 +202,6 @@ class SensorToCentralTests(TestCase):
             if row["lastSIPresponseNum"] == 200:
                 self.assertEqual((row["a_received"], row["b_received"]), (236, 236))
         if mirroring == "yes":
-            self.assertEqual(len(central.sessions.sessions), 1)  # still connected
+            self.assertEqual(len(central.channel.sessions.sessions), 1)  # still connected
             self.assertIsNone(sensor.uplink.end_state)
         yield sensor.stopService()
