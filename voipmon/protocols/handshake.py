@@ -226,9 +226,11 @@ class ServerHandshake:
 
     def __init__(self, key: bytes, max_time_diff: float, seconds: Callable[[], float],
                  codecs: frozenset[str] | set[str],
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 skew_key: str = "client_server_connect_maximum_time_diff_s") -> None:
         self._key = key
         self._max_time_diff = max_time_diff
+        self._skew_key = skew_key      # the setting a clock-skew refusal names
         self._seconds = seconds
         self._codecs = codecs
         self._random = random_bytes
@@ -261,9 +263,8 @@ class ServerHandshake:
         self.skew = now - hello.time
         if abs(self.skew) > self._max_time_diff:
             raise Rejection(CLOCK_SKEW,
-                            f"clock skew of {abs(self.skew):.1f} s exceeds "
-                            f"client_server_connect_maximum_time_diff_s = "
-                            f"{self._max_time_diff:g} s ({describe_skew(self.skew)})")
+                            f"clock skew of {abs(self.skew):.1f} s exceeds {self._skew_key} "
+                            f"= {self._max_time_diff:g} s ({describe_skew(self.skew)})")
         self.hello = hello
         self._nonce = self._random(NONCE_BYTES)
         return {"nonce": self._nonce.hex(), "time": now}

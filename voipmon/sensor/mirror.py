@@ -90,6 +90,7 @@ class MirrorUplink:
         self._last_report = -1e18
         self._reported_drops = 0
         self._done = Done()
+        self._acknowledged: list[defer.Deferred[None]] = []
         self.producer: IPushProducer | None = None   # a replay held back while full
         self._producer_paused = False
         self.latest_ts: float | None = None    # the newest capture time buffered so far
@@ -223,7 +224,7 @@ class MirrorUplink:
     def attach(self, transport: Any) -> None:
         self.transport = transport
         self.window = negotiated_window(transport, self.own_window)
-        info = getattr(transport, "accept_info", None) or {}
+        info = transport.accept_info or {}
         try:
             self.capture_clock = "capture_clock" in capabilities.parse(info, "ACCEPT")
         except ProtocolError:
@@ -271,6 +272,10 @@ class MirrorUplink:
             transport.send_message(MessageType.END, {"packets": self.packets,
                                                      "dropped": self.dropped})
         self._wake_room()
+        if self._acknowledged and self._all_acknowledged():
+            waiters, self._acknowledged = self._acknowledged, []
+            for d in waiters:
+                d.callback(None)
 
     def _wake_room(self) -> None:
         if self.producer is not None and self._producer_paused and self.has_room():
@@ -301,6 +306,18 @@ class MirrorUplink:
             self._done.fire()
         else:
             raise ProtocolError(f"unexpected {kind.name} from the central")
+
+    def when_acknowledged(self) -> defer.Deferred[None]:
+        """Fires once every packet buffered so far is acknowledged (at once if so now)."""
+        if self._all_acknowledged():
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred(self._acknowledged.remove)
+        self._acknowledged.append(d)
+        return d
+
+    def _all_acknowledged(self) -> bool:
+        return not self.ready and not self.inflight and (
+            self.current is None or not self.current.count)
 
     def when_done(self) -> defer.Deferred:
         return self._done.wait()

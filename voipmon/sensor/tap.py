@@ -26,6 +26,7 @@ from voipmon.config import SensorSettings, load_sensor_config
 from voipmon.manager.service import make_manager_service
 from voipmon.protocols import tls
 from voipmon.queue import DurableQueue, QueueError
+from voipmon.sensor import legacy_mirror
 from voipmon.sensor.centrals import centrals, tls_route
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.service import SensorService
@@ -91,9 +92,7 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     for warning in settings.warnings:
         log.warn("config: {problem}", problem=warning)
     if legacy_mirror_only(settings):
-        from voipmon.sensor.legacy_mirror import sender_service
-
-        return sender_service(settings, reactor, read_pcap=config["read-pcap"])
+        return legacy_mirror.sender_service(settings, reactor, read_pcap=config["read-pcap"])
     dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS), reactor)
     uplink, engine, queue = uplink_for(settings, reactor, dead_letters)
     source = sources.from_config(settings, uplink if engine is None else engine, reactor,

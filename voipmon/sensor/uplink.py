@@ -93,7 +93,7 @@ class Done:
 
 
 def negotiated_window(transport: Any, own: int) -> int:
-    info = getattr(transport, "accept_info", None) or {}
+    info = transport.accept_info or {}
     theirs = info.get("window")
     if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > 0:
         return min(own, theirs)

@@ -10,9 +10,10 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.test import iosim
 from zope.interface import implementer
 
+from voipmon.central.legacy_mirror import LegacyMirrorReceiver
 from voipmon.config import Destination
 from voipmon.protocols.legacy_mirror import ReceiverProtocol
-from voipmon.protocols.legacy_mirror_service import LegacyMirrorReceiver, LegacyMirrorSender
+from voipmon.sensor.legacy_mirror import LegacyMirrorSender
 from voipmon.test.fakes import Engines
 
 PASSWORD = "mirror-secret"

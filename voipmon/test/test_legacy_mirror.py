@@ -1,23 +1,25 @@
-"""Tests for voipmon.protocols.legacy_mirror: the sender's buffer and both protocols.
+"""Tests for voipmon.protocols.legacy_mirror: the receiver's protocol against the sender.
 
-The protocols run against each other in memory (iosim) on a task.Clock; the services
-they belong to are built but their network parts are never started here.
+The sender (the channel's sensor side over plain TCP) and the receiver's protocol run
+against each other in memory (iosim) on a task.Clock; the services they belong to are
+built but their network parts are never started here. The sender's buffer is the
+channel's mirroring buffer (voipmon.sensor.mirror.MirrorUplink), tested with it
+(test_sensor_mirror: batches by size and count, link types, drops, window, acks, resends).
 """
 
 from __future__ import annotations
 
-from twisted.internet import task
+from twisted.internet import protocol, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from voipmon.config import Destination
 from voipmon.protocols import wire
-from voipmon.protocols.legacy_mirror import (
-    HANDSHAKE_TIMEOUT,
-    MirrorBuffer,
-    ReceiverProtocol,
-)
-from voipmon.test.mirror_fakes import make_pair
+from voipmon.protocols.legacy_mirror import HANDSHAKE_TIMEOUT, ReceiverProtocol
+from voipmon.sensor.centrals import ProbeSession
+from voipmon.sensor.legacy_mirror import LegacyMirrorSender
+from voipmon.test.mirror_fakes import PASSWORD, make_pair
 
 EN10MB = 1
 SLL = 113
@@ -34,73 +36,6 @@ def connect_raw(receiver) -> tuple[ReceiverProtocol, StringTransport]:
     transport = StringTransport()
     proto.makeConnection(transport)
     return proto, transport
-
-
-class MirrorBufferTests(SynchronousTestCase):
-    def test_batches_by_size(self) -> None:
-        buffer = MirrorBuffer(1 << 20, batch_bytes=100)
-        for i in range(10):
-            buffer.add(1000.0 + i, EN10MB, b"%040d" % i)
-        # each record is 16 + 40 bytes: a batch is sealed once it reaches 100 bytes
-        self.assertEqual([seq for seq, _p, _c in buffer.batches], [1, 2, 3, 4, 5])
-        self.assertIsNone(buffer.current)
-        sent = buffer.take(1 << 20)
-        self.assertEqual(len(sent), 5)
-        got = [frame for payload in sent for _ts, frame in frames_of(payload)]
-        self.assertEqual(got, [b"%040d" % i for i in range(10)])
-        self.assertEqual(frames_of(sent[0])[1][0], 1001.0)
-
-    def test_link_type_change_seals(self) -> None:
-        buffer = MirrorBuffer(1 << 20)
-        buffer.add(1.0, EN10MB, b"a")
-        buffer.add(2.0, SLL, b"b")
-        buffer.seal()
-        linktypes = [wire.decode_packets(p)[1] for _s, p, _c in buffer.batches]
-        self.assertEqual(linktypes, [EN10MB, SLL])
-
-    def test_full_buffer_drops_and_counts(self) -> None:
-        buffer = MirrorBuffer(200, batch_bytes=10_000)
-        accepted = [buffer.add(1.0, EN10MB, bytes(50)) for _ in range(5)]
-        self.assertEqual(accepted, [True, True, False, False, False])
-        self.assertEqual((buffer.packets, buffer.dropped), (2, 3))
-        self.assertLessEqual(buffer.bytes, 200)
-
-    def test_ack_frees_and_rewind_resends(self) -> None:
-        buffer = MirrorBuffer(1 << 20, batch_bytes=1)
-        for i in range(3):
-            buffer.add(float(i), EN10MB, b"x%d" % i)
-        first = buffer.take(1 << 20)
-        self.assertEqual(len(first), 3)
-        self.assertEqual(buffer.take(1 << 20), [])
-        buffer.ack(1)
-        self.assertEqual(buffer.acked_packets, 1)
-        self.assertEqual(buffer.unacknowledged, 2)
-        buffer.rewind()
-        again = buffer.take(1 << 20)
-        self.assertEqual(again, first[1:])
-        buffer.ack(3)
-        self.assertEqual((len(buffer.batches), buffer.bytes, buffer.in_flight), (0, 0, 0))
-
-    def test_window_limits_bytes_in_flight(self) -> None:
-        buffer = MirrorBuffer(1 << 20, batch_bytes=1)
-        for i in range(4):
-            buffer.add(float(i), EN10MB, bytes(100))
-        size = len(buffer.batches[0][1])
-        self.assertEqual(len(buffer.take(2 * size)), 2)
-        self.assertEqual(buffer.take(2 * size), [])
-        buffer.ack(1)
-        self.assertEqual(len(buffer.take(2 * size)), 1)
-
-    def test_a_batch_bigger_than_the_window_still_goes(self) -> None:
-        buffer = MirrorBuffer(1 << 20, batch_bytes=1)
-        buffer.add(1.0, EN10MB, bytes(1000))
-        self.assertEqual(len(buffer.take(10)), 1)
-
-    def test_ack_of_unsent_batches_is_ignored(self) -> None:
-        buffer = MirrorBuffer(1 << 20, batch_bytes=1)
-        buffer.add(1.0, EN10MB, b"a")
-        buffer.ack(5)
-        self.assertEqual(len(buffer.batches), 1)
 
 
 class ProtocolTests(SynchronousTestCase):
@@ -161,18 +96,20 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_id_in_use_by_another_sensor(self) -> None:
         _sender, receiver, endpoint, _engines = self.connect()
-        other, _r, _e, _m = make_pair(self.clock)
+        other = LegacyMirrorSender(Destination("127.0.0.1", 1), id_sensor=7, name="other",
+                                   password=PASSWORD, max_buffer_mb=1, reactor=self.clock,
+                                   endpoint=endpoint, retry_policy=lambda attempt: 1.0)
         other.startService()
-        self.addCleanup(other.stopService)
-        endpoint.connect(_factory_of(other))
         endpoint.flush()
         self.assertIn("id_sensor 7 is already connected", other.last_error)
         self.assertTrue(receiver.stats()["sensors"][7]["connected"])
+        self.assertEqual(receiver.stats()["sensors"][7]["name"], "edge-7")
+        other.client.stopService()
 
     def test_same_instance_takes_over_its_stale_connection(self) -> None:
         sender, receiver, endpoint, _engines = self.connect()
         old = endpoint.servers[0]
-        endpoint.connect(_factory_of(sender))
+        sender.endpoint.connect(protocol.Factory.forProtocol(ProbeSession))
         endpoint.flush()
         endpoint.flush()  # the abort of the first connection happened during the second's
         self.assertTrue(endpoint.pumps[0].serverIO.disconnected)
@@ -243,10 +180,3 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(receiver.stats()["sensors"][7]["engine_errors"], 1)
         self.assertEqual(sender.stats()["unacknowledged"], 0)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-
-def _factory_of(sender):
-    """A factory building SenderProtocols for ``sender``, as its ClientService uses."""
-    from voipmon.protocols.legacy_mirror import SenderProtocol
-    from voipmon.protocols.legacy_mirror_service import _Factory
-
-    return _Factory(lambda: SenderProtocol(sender))

@@ -1,4 +1,5 @@
-"""Tests for voipmon.protocols.legacy_mirror_service: reconnects, buffering, stopping.
+"""Tests for the legacy mirror's services (voipmon.sensor.legacy_mirror and
+voipmon.central.legacy_mirror): reconnects, buffering, stopping.
 
 Timing runs on task.Clock with the protocols joined in memory; then the same path runs
 over real TCP on 127.0.0.1 with a bundled SIPp capture.
@@ -6,23 +7,25 @@ over real TCP on 127.0.0.1 with a bundled SIPp capture.
 
 from __future__ import annotations
 
+import os
 import socket
 
 import dpkt
 from twisted.internet import defer, reactor, task
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from voipmon.analysis.engine import Engine
+from voipmon.central.cdrqueue import CentralCdrQueue
+from voipmon.central.legacy_mirror import CannotListen, LegacyMirrorReceiver, receiver_service
 from voipmon.config import Destination, load_central_config, load_sensor_config
-from voipmon.protocols.legacy_mirror_service import (
-    CannotListen,
-    LegacyMirrorReceiver,
-    LegacyMirrorSender,
-)
+from voipmon.queue import DurableQueue
 from voipmon.records.cdr import Cdr
+from voipmon.sensor.legacy_mirror import LegacyMirrorSender, sender_service
+from voipmon.spool.deadletter import DeadLetters
 from voipmon.test.common import data_path
-from voipmon.test.fakes import Engines, RecordingEngine
+from voipmon.test.fakes import Engines, FakeStore, RecordingEngine
 from voipmon.test.mirror_fakes import PASSWORD, make_pair
 
 EN10MB = 1
@@ -115,7 +118,7 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(len(full), 1)
         self.assertEqual(full[0]["log_level"].name, "warn")
         self.assertLessEqual(stats["buffer_bytes"], 1 << 20)
-        sender._client.stopService()
+        sender.client.stopService()
         receiver.stopService()
 
     def test_stop_waits_for_the_acknowledgement(self) -> None:
@@ -187,23 +190,32 @@ class ServiceTests(SynchronousTestCase):
         receiver.stopService()
 
     def test_from_config(self) -> None:
+        """Both services from their settings: the sender fed by the sensor's source, the
+        receiver on mirror_bind (absent without it)."""
+        spool = self.mktemp()
         sensor = load_sensor_config("s.conf", text=(
-            "id_sensor = 9\nname_sensor = edge\nserver_password = pw\n"
+            "id_sensor = 9\nname_sensor = edge\nserver_password = pw\ninterface = lo\n"
             "mirror_destination = 127.0.0.1:6001\nmax_buffer_mem = 3\n"))
         self.assertEqual(sensor.channel.server_destination, ())  # a mirror sender needs no central
-        sender = LegacyMirrorSender.from_config(sensor.channel, sensor.mirroring,
-                                                reactor=self.clock, clock=self.clock)
-        self.assertEqual((sender.destination, sender.id_sensor, sender.name),
-                         (Destination("127.0.0.1", 6001), 9, "edge"))
-        self.assertEqual(sender.buffer.max_bytes, 3 << 20)
-        central = load_central_config("c.conf", text=(
-            "server_bind = 0.0.0.0\nserver_password = pw\nmirror_bind = 127.0.0.1:6001\n"
-            "mirror_connect_maximum_time_diff_s = 5\n"))
-        receiver = LegacyMirrorReceiver.from_config(central.legacy_mirror,
-                                                    central.channel.server_password, Engines(),
-                                                    reactor=self.clock)
+        top = sender_service(sensor, MemoryReactorClock())
+        sender, source = list(top)
+        self.assertIsInstance(sender, LegacyMirrorSender)
+        self.assertIs(source.sink, sender)
+        self.assertEqual(sender.destination, Destination("127.0.0.1", 6001))
+        self.assertEqual(sender.uplink.max_buffer_bytes, 3 << 20)
+        text = (f"server_bind = 0.0.0.0\nserver_password = pw\nspooldir = {spool}\n"
+                f"mirror_connect_maximum_time_diff_s = 5\n")
+        queue = CentralCdrQueue(DurableQueue(os.path.join(spool, "q")), FakeStore(),
+                                self.clock)
+        central = load_central_config("c.conf", text=text)
+        self.assertIsNone(receiver_service(central, queue, DeadLetters(None), self.clock))
+        central = load_central_config("c.conf", text=text + "mirror_bind = 127.0.0.1:6001\n")
+        receiver = receiver_service(central, queue, DeadLetters(None), self.clock)
         self.assertEqual((receiver.bind, receiver.max_time_diff),
                          (Destination("127.0.0.1", 6001), 5.0))
+        engine = receiver.engine_factory(9, "edge")
+        self.assertEqual((engine.id_sensor, engine.sip_ports), (9, frozenset({5060})))
+        queue.stop()
 
 
 class CountingEngine(RecordingEngine):

@@ -137,6 +137,23 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=3))
         self.assertEqual(self.seqs(again), [4])
 
+    def test_when_acknowledged(self) -> None:
+        """Fires once nothing buffered waits for an acknowledgement (the legacy mirror
+        sender's stop waits for it); a cancelled wait is forgotten."""
+        self.successResultOf(self.uplink.when_acknowledged())
+        self.add(7, size=10)
+        waiting = self.uplink.when_acknowledged()
+        given_up = self.uplink.when_acknowledged()
+        given_up.cancel()
+        self.failureResultOf(given_up)
+        self.uplink.attach(self.transport)
+        self.clock.advance(0.05)
+        self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=1))
+        self.assertNoResult(waiting)
+        self.uplink.message_received(*ack(MessageType.PACKETS_ACK, upto=2))
+        self.successResultOf(waiting)
+        self.assertEqual(self.uplink._acknowledged, [])
+
     def test_end_after_everything_acked(self) -> None:
         """END goes only after the last batch is acknowledged; END_ACK finishes."""
         self.uplink.attach(self.transport)
