@@ -333,11 +333,10 @@ class CentralCdrQueue:
         else:
             self._wake_durable()
         self.stopped = True
-        for name in ("_flush_call", "_retry_call", "_report_call"):
-            call = getattr(self, name)
+        for call in (self._flush_call, self._retry_call, self._report_call):
             if call is not None and call.active():
                 call.cancel()
-            setattr(self, name, None)
+        self._flush_call = self._retry_call = self._report_call = None
         if self.depth:
             log.info("{count} CDRs from mirrored packets stay in {directory}; they are stored "
                      "at the next start", count=self.queue.depth,

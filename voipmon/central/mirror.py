@@ -56,12 +56,12 @@ class SensorAnalysis:
     """One mirroring sensor's packets on their way through decoder and engine."""
 
     def __init__(self, hello: Hello, factory: AnalyzerFactory,
-                 writer: CentralCdrQueue) -> None:
+                 cdr_queue: CentralCdrQueue) -> None:
         self.hello = hello
         self.id_sensor = hello.id_sensor
         self.instance = hello.instance
         self.factory = factory
-        self.writer = writer
+        self.cdr_queue = cdr_queue
         self.analyzer: Any = None
         self.last_seq = 0
         self.packets = 0
@@ -70,7 +70,7 @@ class SensorAnalysis:
         self.undelivered = 0       # CDRs its engines kept as dead letters (not stored)
 
     def _on_cdr(self, cdr: Any) -> None:
-        if self.writer.add(cdr):
+        if self.cdr_queue.add(cdr):
             self.cdrs += 1
 
     def feed_batch(self, seq: int, linktype: int,
@@ -115,16 +115,16 @@ class SensorAnalysis:
         from this sensor's packets (by this analysis) once every one of them is on disk."""
         self.finish()
         cdrs = self.cdrs
-        return self.writer.when_durable().addCallback(lambda _: cdrs)
+        return self.cdr_queue.when_durable().addCallback(lambda _: cdrs)
 
 
 class MirrorAnalyses:
     """The central's per-sensor analyses."""
 
-    def __init__(self, factory: AnalyzerFactory, writer: CentralCdrQueue, clock: IReactorTime,
+    def __init__(self, factory: AnalyzerFactory, cdr_queue: CentralCdrQueue, clock: IReactorTime,
                  idle_finish: float = IDLE_FINISH) -> None:
         self.factory = factory
-        self.writer = writer
+        self.cdr_queue = cdr_queue
         self.clock = clock
         self.idle_finish = idle_finish
         self.analyses: dict[int, SensorAnalysis] = {}
@@ -146,7 +146,7 @@ class MirrorAnalyses:
             current = None
         if current is None:
             current = self.analyses[hello.id_sensor] = SensorAnalysis(hello, self.factory,
-                                                                      self.writer)
+                                                                      self.cdr_queue)
         return current
 
     def detach(self, hello: Hello) -> None:
@@ -176,4 +176,4 @@ class MirrorAnalyses:
         for analysis in self.analyses.values():
             analysis.finish()
         self.analyses.clear()
-        return self.writer.when_durable()
+        return self.cdr_queue.when_durable()

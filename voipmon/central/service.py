@@ -147,7 +147,7 @@ class ChannelService(internet.StreamServerEndpointService):
                  mirrors: MirrorAnalyses, cdr_queue: CentralCdrQueue, clock: Any,
                  gate: AdmissionGate, tls_options: Any) -> None:
         super().__init__(endpoint, gated(gate, factory, tls_options))
-        self.central = factory
+        self.central_factory = factory
         self.gate = gate
         self.sessions = sessions
         self.mirrors = mirrors
@@ -183,7 +183,7 @@ class ChannelService(internet.StreamServerEndpointService):
     @defer.inlineCallbacks
     def _wind_down(self) -> Any:
         """Close every sensor, then wait (bounded) for what they leave to be written."""
-        channels = list(self.central.registry.channels())
+        channels = list(self.central_factory.registry.channels())
         for channel in channels:
             channel.close("the central is shutting down")
         yield self._bounded(defer.DeferredList([c.lost for c in channels]))

@@ -344,7 +344,7 @@ class MirrorSession:
             seq, linktype, packets = decode_packets(payload)
             self.analysis.feed_batch(seq, linktype, packets)
             self.batches += 1
-            self._reply_when_durable(self.analysis.writer.when_durable(),
+            self._reply_when_durable(self.analysis.cdr_queue.when_durable(),
                                      MessageType.PACKETS_ACK, lambda _: {"upto": seq})
         elif kind == MessageType.END:
             if self._ending:
@@ -416,7 +416,7 @@ class CentralSessions:
         return session
 
     def _upsert(self, hello: Hello, channel: Any) -> None:
-        host = getattr(channel.getPeer(), "host", "") if hasattr(channel, "getPeer") else ""
+        host = getattr(channel.getPeer(), "host", "")   # a Twisted address; UNIX ones have none
         sensor: dict[str, Any] = {
             "id_sensor": hello.id_sensor, "name": hello.name or f"sensor {hello.id_sensor}",
             "host": host or "", "mode": hello.mode, "version": hello.version,

@@ -56,6 +56,9 @@ class IMessageTransport(Interface):
     def loseConnection():
         """Close the channel after what was sent is flushed."""
 
+    def getPeer():
+        """The other end's address (a Twisted IAddress)."""
+
 
 def describe_peer(transport: Any) -> str:
     try:

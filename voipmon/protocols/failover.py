@@ -264,9 +264,8 @@ class FailbackProber(Service):
 
         def answered(protocol: Any) -> None:
             self._probing = None
-            transport = getattr(protocol, "transport", None)
-            if transport is not None:
-                transport.loseConnection()
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
             if self.failover.connected_index in (None, 0):
                 return  # things changed while probing
             reason = f"failing back: primary {primary} answered the probe"

@@ -86,7 +86,7 @@ class SessionRegistry:
 
     def release(self, channel: Any) -> bool:
         """Forget ``channel`` if it still holds its id; True if it did."""
-        hello = getattr(channel, "hello", None)
+        hello = channel.hello
         if hello is not None and self._channels.get(hello.id_sensor) is channel:
             del self._channels[hello.id_sensor]
             return True

@@ -282,7 +282,7 @@ class MirrorUplink:
             self._producer_paused = False
             self.producer.resumeProducing()
 
-    def message_received(self, kind: MessageType, payload: bytes) -> None:
+    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         if kind == MessageType.PACKETS_ACK:
             upto = field(decode_json(kind, payload), "upto", int, "PACKETS_ACK")
             if not self.inflight or upto < self.inflight[0][0] or upto > self.inflight[-1][0]:

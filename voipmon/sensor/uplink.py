@@ -58,7 +58,7 @@ class IUplink(Interface):
     def detach(reason):
         """That channel is gone."""
 
-    def message_received(kind, payload):
+    def messageReceived(kind, payload):
         """A message from the central; raise ProtocolError if it makes no sense."""
 
     def when_done():
@@ -209,7 +209,7 @@ class CdrUplink:
             self.sent_upto = last
             self.batches_sent += 1
 
-    def message_received(self, kind: MessageType, payload: bytes) -> None:
+    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         if kind == MessageType.CDR_ACK:
             body = decode_json(kind, payload)
             upto = field(body, "upto", int, "CDR_ACK")
@@ -259,7 +259,7 @@ class UplinkProtocol(protocol.Protocol):
         self.uplink.attach(self.transport)
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        self.uplink.message_received(kind, payload)
+        self.uplink.messageReceived(kind, payload)
 
     def dataReceived(self, data: bytes) -> None:
         raise ProtocolError("the channel delivers messages, not bytes")

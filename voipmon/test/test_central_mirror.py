@@ -33,10 +33,10 @@ def packets_payload(seq: int, frames: list[bytes], linktype: int = 1) -> bytes:
 
 def cdr_queue(test: SynchronousTestCase, store, clock, **options) -> CentralCdrQueue:
     """A started CentralCdrQueue on a fresh directory, stopped at cleanup."""
-    writer = CentralCdrQueue(DurableQueue(test.mktemp()), store, clock, **options)
-    test.addCleanup(writer.stop)
-    writer.start()
-    return writer
+    queue = CentralCdrQueue(DurableQueue(test.mktemp()), store, clock, **options)
+    test.addCleanup(queue.stop)
+    queue.start()
+    return queue
 
 
 class Base(SynchronousTestCase):
@@ -44,8 +44,8 @@ class Base(SynchronousTestCase):
         self.engines = Engines()
         self.clock = Clock()
         self.store = FakeStore(self.clock)
-        self.writer = cdr_queue(self, self.store, self.clock, batch=2)
-        self.mirrors = MirrorAnalyses(self.engines.analyzer, self.writer, self.clock,
+        self.cdr_queue = cdr_queue(self, self.store, self.clock, batch=2)
+        self.mirrors = MirrorAnalyses(self.engines.analyzer, self.cdr_queue, self.clock,
                                       idle_finish=300)
         self.sessions = CentralSessions(self.store, self.clock, mirrors=self.mirrors)
         self.channel = FakeMessageTransport()
@@ -91,9 +91,9 @@ class MirrorSessionTests(Base):
         self.store.down = True
         session.messageReceived(MessageType.END, b'{"packets":3,"dropped":0}')
         self.assertEqual(self.channel.take(), [])
-        self.assertEqual(self.writer.queue.buffered, 3)
+        self.assertEqual(self.cdr_queue.queue.buffered, 3)
         self.clock.advance(0)
-        self.assertEqual(self.writer.queue.durable, 3)
+        self.assertEqual(self.cdr_queue.queue.durable, 3)
         self.assertEqual(self.channel.take(),
                          [(MessageType.END_ACK, {"cdrs": 3, "undelivered": 0})])
         self.assertEqual(len(self.store.cdrs), 0)
@@ -102,7 +102,7 @@ class MirrorSessionTests(Base):
         self.assertEqual(len(self.store.cdrs), 3)
         self.assertEqual({on for _, on in self.store.batches}, {"central"})
         self.assertEqual({cdr.id_sensor for cdr in self.store.cdrs.values()}, {3})
-        self.assertEqual(self.writer.depth, 0)
+        self.assertEqual(self.cdr_queue.depth, 0)
 
     def test_batch_closing_calls_acked_once_their_cdrs_are_durable(self) -> None:
         """A batch that completes calls is acknowledged only after the CDR queue's flush;
@@ -113,9 +113,9 @@ class MirrorSessionTests(Base):
         session.messageReceived(MessageType.PACKETS, packets_payload(2, [b"end:"]))
         session.messageReceived(MessageType.PACKETS, packets_payload(3, [b"c"]))
         self.assertEqual(self.channel.take(), [])
-        self.assertEqual(self.writer.queue.durable, 0)
+        self.assertEqual(self.cdr_queue.queue.durable, 0)
         self.clock.advance(0)
-        self.assertEqual(self.writer.queue.durable, 2)
+        self.assertEqual(self.cdr_queue.queue.durable, 2)
         self.assertEqual(self.channel.take(), [(MessageType.PACKETS_ACK, {"upto": 2}),
                                                (MessageType.PACKETS_ACK, {"upto": 3})])
 
@@ -125,7 +125,7 @@ class MirrorSessionTests(Base):
         from voipmon.queue import QueueError
 
         session = self.open()
-        real_flush = self.writer.queue.flush
+        real_flush = self.cdr_queue.queue.flush
         failures = [QueueError("disk full")]
 
         def flaky_flush() -> int:
@@ -133,7 +133,7 @@ class MirrorSessionTests(Base):
                 raise failures.pop()
             return real_flush()
 
-        self.writer.queue.flush = flaky_flush
+        self.cdr_queue.queue.flush = flaky_flush
         session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"end:"]))
         self.clock.advance(0)
         self.assertEqual(self.channel.take(), [])
@@ -210,8 +210,8 @@ class EndToEndTests(SynchronousTestCase):
         engines = Engines()
         pair = ChannelPair(handler=None)
         store = FakeStore(pair.clock)
-        writer = cdr_queue(self, store, pair.clock)
-        mirrors = MirrorAnalyses(engines.analyzer, writer, pair.clock)
+        queue = cdr_queue(self, store, pair.clock)
+        mirrors = MirrorAnalyses(engines.analyzer, queue, pair.clock)
         sessions = CentralSessions(store, pair.clock, pair.factory.registry, mirrors)
         pair.factory.handler = sessions
         uplink = MirrorUplink(pair.clock, max_buffer_bytes=1 << 20, batch_packets=10, window=2)
@@ -233,7 +233,7 @@ class EndToEndTests(SynchronousTestCase):
         pair.close_all()
         mirrors.stop()
         sessions.stop()
-        writer.stop()
+        queue.stop()
         self.assertEqual(pair.clock.getDelayedCalls(), [])
 
 

@@ -98,7 +98,7 @@ class TapTests(SynchronousTestCase):
         self.assertIsInstance(factory, GatedFactory)
         self.assertIs(factory.gate, top.channel.gate)
         self.assertIsInstance(factory.wrappedFactory, TLSMemoryBIOFactory)
-        self.assertIs(factory.wrappedFactory.wrappedFactory, top.channel.central)
+        self.assertIs(factory.wrappedFactory.wrappedFactory, top.channel.central_factory)
 
     def test_central_certificate_errors(self) -> None:
         """A configured certificate that cannot be used is refused naming the key."""
@@ -223,7 +223,7 @@ class LifeTests(CentralCase):
     def test_stop_closes_sensors_then_store(self) -> None:
         """Stopping tells every sensor why, closes mirroring calls, then closes the store."""
         self.central.startService()
-        network = PumpEndpoint(self.central.channel.central, self.clock)
+        network = PumpEndpoint(self.central.channel.central_factory, self.clock)
         pair = ChannelPair(clock=self.clock)
         pair.network = network
         session = self.successResultOf(pair.connect())
@@ -241,7 +241,7 @@ class LifeTests(CentralCase):
         """The assembled central refuses a duplicate id while serving the first sensor."""
         self.central.startService()
         pair = ChannelPair(clock=self.clock)
-        pair.network = PumpEndpoint(self.central.channel.central, self.clock)
+        pair.network = PumpEndpoint(self.central.channel.central_factory, self.clock)
         first = self.successResultOf(pair.connect(instance="01" * 8))
         self.failureResultOf(pair.connect(instance="02" * 8), Rejection)
         first.transport.send_message(MessageType.STATS, {"packets": 1})
@@ -285,7 +285,7 @@ class MirrorRestartTests(CentralCase):
         self.successResultOf(central.store_service.started)
         self.store.down = True
         pair = ChannelPair(clock=self.clock)
-        pair.network = PumpEndpoint(central.channel.central, self.clock)
+        pair.network = PumpEndpoint(central.channel.central_factory, self.clock)
         uplink = MirrorUplink(self.clock, max_buffer_bytes=1 << 20, batch_packets=10, window=2)
         self.successResultOf(pair.connect(UplinkFactory(uplink), mode="mirror", replay=True))
         for i in range(40):

@@ -205,9 +205,9 @@ class MessageNumberTests(SynchronousTestCase):
         for n in range(3):
             uplink.add(make_cdr(n, id_sensor=7))
         clock.advance(0)
-        uplink.message_received(*ack(MessageType.CDR_ACK, upto=1, stored=True))
-        uplink.message_received(*ack(MessageType.CDR_ACK, upto=2, stored=10 ** 30))
-        uplink.message_received(*ack(MessageType.CDR_ACK, upto=3, stored=-4))
+        uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=1, stored=True))
+        uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=2, stored=10 ** 30))
+        uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=3, stored=-4))
         self.assertEqual((uplink.delivered, uplink.stored), (3, 0))
 
     def test_end_ack_cdrs(self) -> None:
@@ -215,7 +215,7 @@ class MessageNumberTests(SynchronousTestCase):
         uplink = MirrorUplink(Clock(), max_buffer_bytes=10_000)
         uplink.attach(FakeMessageTransport({"window": 8}))
         uplink.finish_source()
-        uplink.message_received(*ack(MessageType.END_ACK, cdrs=True))
+        uplink.messageReceived(*ack(MessageType.END_ACK, cdrs=True))
         self.assertIsNone(uplink.central_cdrs)
         uplink.seal()
 

@@ -77,12 +77,12 @@ class Central:
                 f"spooldir = {spool}\nhttp_port = 0\n")
         settings = load_central_config("central.conf", text=text)
         self.dead_letters = DeadLetters(os.path.join(spool, "deadletter"), clock)
-        self.writer = CentralCdrQueue(DurableQueue(os.path.join(spool, "central-queue")),
+        self.cdr_queue = CentralCdrQueue(DurableQueue(os.path.join(spool, "central-queue")),
                                       self.store, clock, dead_letters=self.dead_letters)
-        self.writer.start()
+        self.cdr_queue.start()
         self.mirrors = MirrorAnalyses(mirror_engine_factory(settings.spool.spooldir,
                                                             self.dead_letters),
-                                      self.writer, clock)
+                                      self.cdr_queue, clock)
         self.sessions = CentralSessions(self.store, clock, self.pair.factory.registry,
                                         self.mirrors, dead_letters=self.dead_letters)
         self.pair.factory.handler = self.sessions
@@ -90,7 +90,7 @@ class Central:
     def stop(self) -> None:
         self.pair.close_all()
         self.mirrors.stop()
-        self.writer.stop()
+        self.cdr_queue.stop()
         self.sessions.stop()
 
 
@@ -346,14 +346,14 @@ class MirrorTests(HostileCases, Base):
         central's spooldir/deadletter and counted there; END_ACK says so and the sensor's
         --exit-when-done exits 3."""
         central = self.centrals["primary"]
-        add = central.writer.add
+        add = central.cdr_queue.add
 
         def refuse(cdr: Cdr) -> bool:
             if cdr.callid.startswith("refused"):
                 raise RecordRefused("the queue is closed (test)")
             return add(cdr)
 
-        self.patch(central.writer, "add", refuse)
+        self.patch(central.cdr_queue, "add", refuse)
         svc = self.sensor(read_pcap=self.hostile_capture(), **self.mode)
         svc.startService()
         self.advance()
