@@ -16,18 +16,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
 
 from twisted.application import internet, service
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from voipmon.analysis.cdr import Cdr
+from voipmon.analysis.engine import Engine
 from voipmon.analysis.settings import analysis_from_hello, engine_for
 from voipmon.central.cdrqueue import CentralCdrQueue
-from voipmon.central.mirror import MirrorAnalyses
+from voipmon.central.mirror import AnalyzerFactory, MirrorAnalyses
 from voipmon.central.sessions import CentralSessions
 from voipmon.protocols import tls
 from voipmon.protocols.admission import AdmissionGate
@@ -52,14 +60,14 @@ def sensor_spool(spooldir: str, id_sensor: int) -> str:
 
 
 def mirror_engine_factory(spooldir: str, dead_letters: IDeadLetters | None = None
-                          ) -> Callable[[Hello, Callable[[Any], None]], Any]:
+                          ) -> AnalyzerFactory:
     """Engines for mirroring sensors: the sensor's own analysis settings, per-sensor pcaps
     under ``spooldir``, and the central's dead letters for a CDR the CDR queue cannot take."""
 
-    def make(hello: Hello, on_cdr: Callable[[Any], None]) -> Any:
+    def make(hello: Hello, on_cdr: Callable[[Cdr], object]) -> Engine:
         prefix = str(int(hello.id_sensor))
 
-        def relative_to_central(cdr: Any) -> None:
+        def relative_to_central(cdr: Cdr) -> None:
             # The engine writes relative to the sensor's directory; the store and the
             # HTTP API resolve pcaps relative to the central's spool.
             on_cdr(dataclasses.replace(
@@ -98,7 +106,7 @@ class StoreService(service.Service):
         self.store = store
         self.clock = clock
         self.started: defer.Deferred = defer.Deferred()
-        self._retry: Any = None
+        self._retry: IDelayedCall | None = None
         self._attempts = 0
 
     def startService(self) -> None:
@@ -110,12 +118,12 @@ class StoreService(service.Service):
         self._attempts += 1
         d = defer.maybeDeferred(self.store.start)
 
-        def ok(_: Any) -> None:
+        def ok(_: object) -> None:
             log.info("store ready: {where}", where=self.store.where)
             if not self.started.called:
                 self.started.callback(None)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if not self.running:
                 return
             if self._attempts == 1:
@@ -143,9 +151,10 @@ class ChannelService(internet.StreamServerEndpointService):
     of connections in their handshake).
     """
 
-    def __init__(self, endpoint: Any, factory: CentralFactory, sessions: CentralSessions,
-                 mirrors: MirrorAnalyses, cdr_queue: CentralCdrQueue, clock: Any,
-                 gate: AdmissionGate, tls_options: Any) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: CentralFactory,
+                 sessions: CentralSessions, mirrors: MirrorAnalyses, cdr_queue: CentralCdrQueue,
+                 clock: IReactorTime, gate: AdmissionGate,
+                 tls_options: IOpenSSLServerConnectionCreator) -> None:
         super().__init__(endpoint, gated(gate, factory, tls_options))
         self.central_factory = factory
         self.gate = gate
@@ -165,7 +174,7 @@ class ChannelService(internet.StreamServerEndpointService):
             # A central that cannot listen is useless: exit with one clear line.
             raise SystemExit(f"voipmon-central: cannot listen for sensors: {exc}")
 
-        def listening(port: Any) -> Any:
+        def listening(port: IListeningPort) -> IListeningPort:
             address = port.getHost()
             if address is not None:
                 log.info("listening for sensors on {host}:{port} (TLS 1.2+)",
@@ -181,7 +190,7 @@ class ChannelService(internet.StreamServerEndpointService):
         return defer.gatherResults([listening, self._wind_down()], consumeErrors=True)
 
     @defer.inlineCallbacks
-    def _wind_down(self) -> Any:
+    def _wind_down(self) -> Generator[defer.Deferred, object, None]:
         """Close every sensor, then wait (bounded) for what they leave to be written."""
         channels = list(self.central_factory.registry.channels())
         for channel in channels:
@@ -203,7 +212,7 @@ class ChannelService(internet.StreamServerEndpointService):
         timeout = task.deferLater(self.clock, STOP_WAIT, lambda: None)
         first = defer.DeferredList([d, timeout], fireOnOneCallback=True, consumeErrors=True)
 
-        def done(result: Any) -> Any:
+        def done(result: object) -> object:
             if not timeout.called:
                 timeout.cancel()
             return result

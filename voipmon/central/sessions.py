@@ -20,16 +20,18 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from voipmon.central.mirror import MirrorAnalyses, SensorAnalysis
 from voipmon.counters import Counters
 from voipmon.manager.service import resolve_manager
+from voipmon.protocols.channel import IMessageTransport
 from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.handshake import Hello
-from voipmon.protocols.server import ISession, ISessionHandler
+from voipmon.protocols.server import ISession, ISessionHandler, SessionRegistry
 from voipmon.protocols.wire import (
     MAX_INT,
     MessageType,
@@ -42,7 +44,7 @@ from voipmon.protocols.wire import (
 )
 from voipmon.records.cdr import Cdr
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
-from voipmon.store.interfaces import StoreUnavailable
+from voipmon.store.interfaces import IStore, StoreUnavailable
 
 log = Logger()
 
@@ -58,7 +60,7 @@ class StoreRetry:
     """
 
     def __init__(self, clock: IReactorTime, attempt: Callable[[], defer.Deferred], what: str,
-                 on_success: Callable[[Any], None], initial: float = 0.5,
+                 on_success: Callable[[object], None], initial: float = 0.5,
                  maximum: float = 5.0) -> None:
         self.clock = clock
         self.attempt = attempt
@@ -67,7 +69,7 @@ class StoreRetry:
         self.initial = initial
         self.maximum = maximum
         self.tries = 0
-        self._call: Any = None
+        self._call: IDelayedCall | None = None
         self._running: defer.Deferred | None = None
         self.cancelled = False
 
@@ -81,7 +83,7 @@ class StoreRetry:
         self._running = d
         d.addCallbacks(self._succeeded, self._failed)
 
-    def _succeeded(self, result: Any) -> None:
+    def _succeeded(self, result: object) -> None:
         self._running = None
         if self.cancelled:
             return
@@ -125,7 +127,7 @@ class RegistryWriter:
         self._version = 0
         self._busy = False
         self._tries = 0
-        self._call: Any = None
+        self._call: IDelayedCall | None = None
 
     def set(self, call: Callable[[], defer.Deferred], what: str) -> None:
         self._op = (call, what)
@@ -152,7 +154,7 @@ class RegistryWriter:
         self._tries += 1
         d = defer.maybeDeferred(call)
 
-        def done(_: Any) -> None:
+        def done(_: object) -> None:
             self._busy = False
             if self._version != version:
                 self._run()
@@ -188,7 +190,7 @@ class CdrSession:
     in order, each only once its batch and every batch before it have committed.
     """
 
-    def __init__(self, sessions: CentralSessions, channel: Any, hello: Hello,
+    def __init__(self, sessions: CentralSessions, channel: IMessageTransport, hello: Hello,
                  concurrency: int = STORE_CONCURRENCY) -> None:
         self.sessions = sessions
         self.channel = channel
@@ -271,7 +273,7 @@ class CdrSession:
         batch.writing = True
         cdrs = batch.cdrs
 
-        def stored(count: Any) -> None:
+        def stored(count: object) -> None:
             self.retries.remove(retry)
             batch.writing = False
             batch.stored = count if isinstance(count, int) else 0
@@ -326,8 +328,8 @@ class MirrorSession:
     now or once it is reachable. Acknowledgements keep their order.
     """
 
-    def __init__(self, sessions: CentralSessions, channel: Any, hello: Hello,
-                 analysis: Any) -> None:
+    def __init__(self, sessions: CentralSessions, channel: IMessageTransport, hello: Hello,
+                 analysis: SensorAnalysis) -> None:
         self.sessions = sessions
         self.channel = channel
         self.hello = hello
@@ -373,10 +375,10 @@ class MirrorSession:
             raise ProtocolError(f"unexpected {kind.name} from a mirroring sensor")
 
     def _reply_when_durable(self, durable: defer.Deferred, kind: MessageType,
-                            body: Callable[[Any], dict[str, Any]]) -> None:
+                            body: Callable[[Any], dict[str, object]]) -> None:
         # Each ``durable`` fires after the CDR queue's flush that covers it, and the
         # queue fires its waiters in the order they asked: replies keep their order.
-        def send(result: Any) -> None:
+        def send(result: object) -> None:
             if not self._lost:
                 self.channel.send_message(kind, body(result))
 
@@ -393,29 +395,33 @@ class MirrorSession:
 class CentralSessions:
     """Opens sessions, keeps the sensor registry in the store up to date."""
 
-    def __init__(self, store: Any, clock: IReactorTime, registry: Any = None,
-                 mirrors: Any = None, dead_letters: IDeadLetters | None = None) -> None:
+    def __init__(self, store: IStore, clock: IReactorTime,
+                 registry: SessionRegistry | None = None,
+                 mirrors: MirrorAnalyses | None = None,
+                 dead_letters: IDeadLetters | None = None) -> None:
         self.store = store
         self.clock = clock
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)
         self.registry = registry          # set by the assembly (the channel factory's)
-        self.mirrors = mirrors            # voipmon.central.mirror.MirrorAnalyses
-        self.sessions: dict[int, Any] = {}
+        self.mirrors = mirrors
+        self.sessions: dict[int, CdrSession | MirrorSession] = {}
         self.reported: dict[int, dict[str, Any]] = {}   # the last STATS of each sensor
         self.writers: dict[int, RegistryWriter] = {}
 
-    def open_session(self, channel: Any, hello: Hello) -> Any:
+    def open_session(self, channel: IMessageTransport, hello: Hello
+                     ) -> CdrSession | MirrorSession:
         self._upsert(hello, channel)
         if hello.mode == "mirror":
             if self.mirrors is None:
                 raise ProtocolError("this central does not accept packet mirroring")
-            session: Any = MirrorSession(self, channel, hello, self.mirrors.attach(hello))
+            session: CdrSession | MirrorSession = MirrorSession(self, channel, hello,
+                                                               self.mirrors.attach(hello))
         else:
             session = CdrSession(self, channel, hello)
         self.sessions[hello.id_sensor] = session
         return session
 
-    def _upsert(self, hello: Hello, channel: Any) -> None:
+    def _upsert(self, hello: Hello, channel: IMessageTransport) -> None:
         host = getattr(channel.getPeer(), "host", "")   # a Twisted address; UNIX ones have none
         sensor: dict[str, Any] = {
             "id_sensor": hello.id_sensor, "name": hello.name or f"sensor {hello.id_sensor}",
@@ -459,7 +465,7 @@ class CentralSessions:
             d.addErrback(lambda f: log.debug("sensor stats not stored: {e}",
                                              e=describe_failure(f)))
 
-    def closed(self, session: Any) -> None:
+    def closed(self, session: CdrSession | MirrorSession) -> None:
         hello = session.hello
         if self.sessions.get(hello.id_sensor) is session:
             del self.sessions[hello.id_sensor]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -79,7 +79,7 @@ class ChannelProtocol(protocol.Protocol):
     log = Logger()
     side = "channel"
 
-    def __init__(self, clock: IReactorTime, binding: Callable[[Any], bytes],
+    def __init__(self, clock: IReactorTime, binding: Callable[[object], bytes],
                  ping_interval: float = PING_INTERVAL, ping_timeout: float = PING_TIMEOUT,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.clock = clock
@@ -101,8 +101,8 @@ class ChannelProtocol(protocol.Protocol):
         self.wire_bytes_received = 0
         self._keepalive: task.LoopingCall | None = None
         self.lost: defer.Deferred = defer.Deferred()   # fires when the connection is gone
-        self._handshake_timer: Any = None
-        self._abort_timer: Any = None
+        self._handshake_timer: IDelayedCall | None = None
+        self._abort_timer: IDelayedCall | None = None
 
     # -- connection life ---------------------------------------------------------
 

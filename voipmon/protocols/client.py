@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -37,7 +37,7 @@ class SensorChannel(ChannelProtocol):
 
     def __init__(self, handshake: ClientHandshake, compression: str, session_factory: Any,
                  ready: defer.Deferred, clock: IReactorTime,
-                 binding: Callable[[Any], bytes], **timeouts: float) -> None:
+                 binding: Callable[[object], bytes], **timeouts: float) -> None:
         super().__init__(clock, binding, **timeouts)
         self.handshake = handshake
         self.compression = compression
@@ -113,7 +113,7 @@ class _ChannelFactory(protocol.Factory):
     def __init__(self, build: Callable[[], SensorChannel]) -> None:
         self.build = build
 
-    def buildProtocol(self, addr: Any) -> SensorChannel:
+    def buildProtocol(self, addr: object) -> SensorChannel:
         channel = self.build()
         channel.factory = self
         return channel
@@ -125,7 +125,7 @@ class AuthenticatingEndpoint:
 
     def __init__(self, endpoint: IStreamClientEndpoint,
                  make_handshake: Callable[[], ClientHandshake], compression: str,
-                 clock: IReactorTime, binding: Callable[[Any], bytes],
+                 clock: IReactorTime, binding: Callable[[object], bytes],
                  **timeouts: float) -> None:
         self.endpoint = endpoint
         self.make_handshake = make_handshake
@@ -134,7 +134,7 @@ class AuthenticatingEndpoint:
         self.binding = binding
         self.timeouts = timeouts
 
-    def connect(self, protocolFactory: Any) -> defer.Deferred:
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred:
         channels: list[SensorChannel] = []
         connecting: list[defer.Deferred | None] = [None]
 
@@ -157,7 +157,7 @@ class AuthenticatingEndpoint:
         d = self.endpoint.connect(_ChannelFactory(build))
         connecting[0] = d
 
-        def connected(_channel: Any) -> None:
+        def connected(_channel: object) -> None:
             connecting[0] = None
 
         def not_connected(failure: Failure) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -90,7 +91,7 @@ class FailoverEndpoint:
     def role(self, index: int) -> str:
         return "primary" if index == 0 else f"backup {index}"
 
-    def connect(self, protocolFactory: Any) -> defer.Deferred:
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred:
         """One round over every central in order; fires with the first that accepts."""
         attempts: list[tuple[str, Failure]] = []
         pending: list[defer.Deferred | None] = [None]
@@ -114,7 +115,7 @@ class FailoverEndpoint:
                 d = defer.fail()
             pending[0] = d
 
-            def succeeded(protocol: Any) -> None:
+            def succeeded(protocol: object) -> None:
                 pending[0] = None
                 self._connected(index, attempts)
                 result.callback(protocol)
@@ -262,7 +263,7 @@ class FailbackProber(Service):
             d = defer.fail()
         self._probing = d
 
-        def answered(protocol: Any) -> None:
+        def answered(protocol: Protocol) -> None:
             self._probing = None
             if protocol.transport is not None:
                 protocol.transport.loseConnection()

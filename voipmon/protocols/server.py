@@ -68,9 +68,9 @@ class SessionRegistry:
     def __init__(self, clock: IReactorTime, stale_after: float = 2 * PING_INTERVAL + 1) -> None:
         self.clock = clock
         self.stale_after = stale_after
-        self._channels: dict[int, Any] = {}
+        self._channels: dict[int, CentralChannel] = {}
 
-    def claim(self, hello: Hello, channel: Any) -> Any:
+    def claim(self, hello: Hello, channel: CentralChannel) -> CentralChannel | None:
         """Register ``channel`` for ``hello.id_sensor``; returns the channel it replaces."""
         current = self._channels.get(hello.id_sensor)
         if current is not None and current.hello.instance != hello.instance:
@@ -84,7 +84,7 @@ class SessionRegistry:
         self._channels[hello.id_sensor] = channel
         return current
 
-    def release(self, channel: Any) -> bool:
+    def release(self, channel: CentralChannel) -> bool:
         """Forget ``channel`` if it still holds its id; True if it did."""
         hello = channel.hello
         if hello is not None and self._channels.get(hello.id_sensor) is channel:
@@ -92,10 +92,10 @@ class SessionRegistry:
             return True
         return False
 
-    def get(self, id_sensor: int) -> Any:
+    def get(self, id_sensor: int) -> CentralChannel | None:
         return self._channels.get(id_sensor)
 
-    def channels(self) -> list[Any]:
+    def channels(self) -> list[CentralChannel]:
         return list(self._channels.values())
 
     def __len__(self) -> int:
@@ -110,15 +110,16 @@ class CentralChannel(ChannelProtocol):
     admission: Ticket | None = None   # set by the listener's gate before connectionMade
 
     def __init__(self, handshake: ServerHandshake, registry: SessionRegistry,
-                 handler: Any, clock: IReactorTime, binding: Callable[[Any], bytes],
-                 accept_extra: dict[str, Any], **timeouts: float) -> None:
+                 handler: ISessionHandler, clock: IReactorTime,
+                 binding: Callable[[object], bytes], accept_extra: dict[str, object],
+                 **timeouts: float) -> None:
         super().__init__(clock, binding, **timeouts)
         self.handshake = handshake
         self.registry = registry
         self.handler = handler
         self.accept_extra = accept_extra
         self.hello: Hello | None = None
-        self.session: Any = None
+        self.session: ISession | None = None
         self.probe = False
         self.rejection: Rejection | None = None
         self.connected_at: float | None = None
@@ -157,7 +158,7 @@ class CentralChannel(ChannelProtocol):
             raise ProtocolError(f"unexpected {kind.name} before authentication")
 
     @staticmethod
-    def handshake_hello_id(payload: bytes) -> Any:
+    def handshake_hello_id(payload: bytes) -> object:
         try:
             return decode_json(MessageType.HELLO, payload).get("id_sensor")
         except ProtocolError:
@@ -200,7 +201,7 @@ class CentralChannel(ChannelProtocol):
         self.factory.accepted += 1
         self.session = self.handler.open_session(self, hello)
 
-    def reject(self, rejection: Rejection, id_sensor: Any = None) -> None:
+    def reject(self, rejection: Rejection, id_sensor: object = None) -> None:
         self.rejection = rejection
         self.factory.refusals[rejection.code] += 1
         self.log.warn("refused sensor {id_sensor} from {peer}: {reason}",
@@ -231,8 +232,8 @@ class CentralFactory(protocol.Factory):
 
     noisy = False
 
-    def __init__(self, key: bytes, max_time_diff: float, handler: Any, clock: IReactorTime,
-                 binding: Callable[[Any], bytes], central_name: str = "",
+    def __init__(self, key: bytes, max_time_diff: float, handler: ISessionHandler,
+                 clock: IReactorTime, binding: Callable[[object], bytes], central_name: str = "",
                  registry: SessionRegistry | None = None, window: int = WINDOW,
                  **timeouts: float) -> None:
         self.key = key
@@ -247,7 +248,7 @@ class CentralFactory(protocol.Factory):
         self.accepted = 0
         self.refusals: Counter[str] = Counter()
 
-    def buildProtocol(self, addr: Any) -> CentralChannel:
+    def buildProtocol(self, addr: object) -> CentralChannel:
         handshake = ServerHandshake(self.key, self.max_time_diff, self.clock.seconds,
                                     frozenset(CODECS))
         # capture_clock: this central takes CLOCK from live mirroring sensors (the flag

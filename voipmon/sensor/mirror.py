@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -86,7 +86,7 @@ class MirrorUplink:
         self.end_state: str | None = None    # None, "pending", "sent", "acked"
         self.central_cdrs: int | None = None
         self.central_undelivered = 0
-        self._flush_call: Any = None
+        self._flush_call: IDelayedCall | None = None
         self._last_report = -1e18
         self._reported_drops = 0
         self._done = Done()

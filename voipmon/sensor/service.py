@@ -141,7 +141,7 @@ class SensorService(service.MultiService):
         if self.exit_when_done:
             self.uplink.when_done().addCallback(self._delivered)
 
-    def _delivered(self, _: Any) -> None:
+    def _delivered(self, _: object) -> None:
         central = self.failover.current or (self.failover.endpoints[self.failover.last_index
                                                                     or 0][0])
         if self.mode == "local":
@@ -286,7 +286,7 @@ class SensorService(service.MultiService):
                 log.failure("closing the calls in progress at shutdown")
         uplink, queue = self.uplink, self.queue
 
-        def close(result: Any) -> Any:
+        def close(result: object) -> object:
             try:
                 uplink.close()
                 if queue is not None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -126,7 +126,7 @@ class CdrUplink:
         self.batches_sent = 0
         self.oversized = 0       # CDRs too big to ever deliver (dead letters, not queued)
         self.source_done = False
-        self._flush_call: Any = None
+        self._flush_call: IDelayedCall | None = None
         self._done = Done()
 
     # -- input ---------------------------------------------------------------------
@@ -277,7 +277,7 @@ class UplinkFactory(protocol.Factory):
         self.on_lost = on_lost
         self.on_made = on_made
 
-    def buildProtocol(self, addr: Any) -> UplinkProtocol:
+    def buildProtocol(self, addr: object) -> UplinkProtocol:
         proto = UplinkProtocol(self.uplink, self.on_lost, self.on_made)
         proto.factory = self
         return proto
