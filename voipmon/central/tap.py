@@ -38,9 +38,9 @@ from voipmon.protocols import tls
 from voipmon.protocols.admission import AdmissionGate
 from voipmon.protocols.handshake import derive_key
 from voipmon.protocols.server import CentralFactory
-from voipmon.queue import DurableQueue, QueueError
 from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
 from voipmon.spool.deadletter import DeadLetters
+from voipmon.spool.queues import spool_queue
 from voipmon.store.dialect import dialect_for
 from voipmon.store.interfaces import IStore
 from voipmon.store.sqlstore import SqlStore
@@ -97,7 +97,8 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     central_id = f"{socket.gethostname()}:{channel.server_bind_port}"
     store = SqlStore(dialect_for(settings.store), reactor, central_id=central_id)
     dead_letters = DeadLetters(os.path.join(spooldir, DEAD_LETTERS), reactor)
-    cdr_queue = CentralCdrQueue(open_queue(settings), store, reactor, dead_letters=dead_letters)
+    cdr_queue = CentralCdrQueue(spool_queue(settings, QUEUE_DIRECTORY), store, reactor,
+                                dead_letters=dead_letters)
     engines = mirror_engine_factory(spooldir, dead_letters)
     listener = sensor_listener(settings, store, cdr_queue, engines, dead_letters, certificate,
                                reactor, name=central_id, endpoint=tls.server_endpoint(
@@ -128,16 +129,6 @@ def channel_certificate(settings: CentralSettings) -> tls.ServerCertificate:
                                  "a readable PEM certificate whose key matches")
         raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = {spooldir}: cannot "
                                f"keep the channel certificate in it: {exc}")
-
-
-def open_queue(settings: CentralSettings) -> DurableQueue:
-    """The CDR queue in ``spooldir``; a spool it cannot live in is a config error."""
-    spooldir = settings.spool.spooldir
-    try:
-        return DurableQueue(os.path.join(spooldir, QUEUE_DIRECTORY))
-    except (QueueError, OSError) as exc:
-        raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = {spooldir}: cannot "
-                               f"use the CDR queue: {exc}")
 
 
 def sensor_listener(settings: CentralSettings, store: IStore, cdr_queue: CentralCdrQueue,

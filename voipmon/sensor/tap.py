@@ -25,7 +25,7 @@ from voipmon.analysis.settings import engine_for
 from voipmon.config import SensorSettings, load_sensor_config
 from voipmon.manager.service import make_manager_service
 from voipmon.protocols import tls
-from voipmon.queue import DurableQueue, QueueError
+from voipmon.queue import DurableQueue
 from voipmon.sensor import legacy_mirror
 from voipmon.sensor.centrals import centrals, tls_route
 from voipmon.sensor.mirror import MirrorUplink
@@ -34,6 +34,7 @@ from voipmon.sensor.uplink import CdrUplink
 from voipmon.sources import registry as sources
 from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
 from voipmon.spool.deadletter import DeadLetters
+from voipmon.spool.queues import spool_queue
 from voipmon.spool.retention import Retention
 
 log = Logger()
@@ -127,23 +128,13 @@ def legacy_mirror_only(settings: SensorSettings) -> bool:
             and not settings.channel.server_destination)
 
 
-def open_queue(settings: SensorSettings, name: str) -> DurableQueue:
-    """The durable queue ``spooldir/name``; a spool it cannot live in is a config error."""
-    spooldir = settings.spool.spooldir
-    try:
-        return DurableQueue(os.path.join(spooldir, name))
-    except (QueueError, OSError) as exc:
-        raise usage.UsageError(f"{settings.where('spooldir')}: spooldir = {spooldir}: cannot "
-                               f"use the CDR queue: {exc}")
-
-
 def uplink_for(settings: SensorSettings, clock: IReactorTime, dead_letters: DeadLetters
                ) -> tuple[CdrUplink | MirrorUplink, Engine | None, DurableQueue | None]:
     """What the frames go through: the engine, whose CDRs the durable queue keeps until a
     central has them (local processing), or the mirroring buffer (packet mirroring)."""
     if settings.channel.packetbuffer_sender:
         return MirrorUplink(clock, settings.mirroring.max_buffer_mem << 20), None, None
-    queue = open_queue(settings, QUEUE)
+    queue = spool_queue(settings, QUEUE)
     uplink = CdrUplink(queue, clock)
     engine = engine_for(settings.analysis, id_sensor=settings.channel.id_sensor,
                         spooldir=settings.spool.spooldir, on_cdr=uplink.add,

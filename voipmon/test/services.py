@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from voipmon.central import legacy_mirror
 from voipmon.central import tap as central_tap
-from voipmon.central.cdrqueue import CentralCdrQueue
+from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
 from voipmon.central.mirror import AnalyzerFactory
 from voipmon.central.service import CentralService, StoreService, mirror_engine_factory
 from voipmon.config import CentralSettings, Destination, SensorSettings
@@ -29,6 +29,7 @@ from voipmon.sources import registry as sources
 from voipmon.sources.interfaces import ISource
 from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
 from voipmon.spool.deadletter import DeadLetters
+from voipmon.spool.queues import spool_queue
 from voipmon.store.dialect import dialect_for
 from voipmon.store.interfaces import IStore
 from voipmon.store.sqlstore import SqlStore
@@ -79,7 +80,7 @@ def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | No
     if store is None:
         store = SqlStore(dialect_for(settings.store), reactor, central_id=central_id)
     dead_letters = DeadLetters(os.path.join(spooldir, DEAD_LETTERS), clock)
-    cdr_queue = CentralCdrQueue(central_tap.open_queue(settings), store, clock,
+    cdr_queue = CentralCdrQueue(spool_queue(settings, QUEUE_DIRECTORY), store, clock,
                                 dead_letters=dead_letters)
     if engines is None:
         engines = mirror_engine_factory(spooldir, dead_letters)

@@ -313,45 +313,38 @@ class LiveCaptureTests(SynchronousTestCase):
         error = self.assertRaises(CaptureError, self.make, ["any", "eth0"])
         self.assertIn("'any' already captures every interface", str(error))
 
-    def test_from_config(self) -> None:
+    def from_settings(self, lines: str, available: list[str]) -> LiveCapture:
+        """``live.from_settings`` for a sensor config with ``lines`` added (from line 4),
+        on a host with the ``available`` interfaces."""
         config = load_sensor_config(
             "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
-                                "server_password = x\ninterface = eth0,eth1\n"
-                                "sipport = 5080\nfilter = host 10.0.0.1\n")
-        capture = live.from_settings(config, FunctionSink(self.sink), reactor=self.reactor,
-                                     opener=self.opener, available=lambda: ["eth0", "eth1"])
+                                f"server_password = x\n{lines}")
+        return live.from_settings(config, FunctionSink(self.sink), reactor=self.reactor,
+                                  opener=self.opener, available=lambda: available)
+
+    def test_from_config(self) -> None:
+        capture = self.from_settings("interface = eth0,eth1\nsipport = 5080\n"
+                                     "filter = host 10.0.0.1\n", ["eth0", "eth1"])
         capture.open()
         self.assertIn("host 10.0.0.1", self.opener.current("eth1").filter)
         self.assertIn("port 5080", self.opener.current("eth0").filter)
 
     def test_from_config_checks_the_filter(self) -> None:
-        config = load_sensor_config(
-            "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
-                                "server_password = x\ninterface = eth0\nfilter = udp prt 5\n")
-        error = self.assertRaises(ConfigError, live.from_settings, config,
-                                  FunctionSink(self.sink), reactor=self.reactor,
-                                  opener=self.opener, available=lambda: ["eth0"])
+        error = self.assertRaises(ConfigError, self.from_settings,
+                                  "interface = eth0\nfilter = udp prt 5\n", ["eth0"])
         self.assertIn("sensor.conf:5: filter = 'udp prt 5': libpcap cannot compile it",
                       str(error))
         self.assertEqual(self.opener.handles, {})
 
     def test_from_config_names_the_key(self) -> None:
-        config = load_sensor_config(
-            "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
-                                "server_password = x\ninterface = any, lo\n")
-        error = self.assertRaises(ConfigError, live.from_settings, config,
-                                  FunctionSink(self.sink), reactor=self.reactor,
-                                  opener=self.opener, available=lambda: ["any", "lo"])
+        error = self.assertRaises(ConfigError, self.from_settings, "interface = any, lo\n",
+                                  ["any", "lo"])
         self.assertIn("sensor.conf:4: interface", str(error))
 
     def test_from_settings_refuses_an_interface_this_host_lacks(self) -> None:
         """An interface libpcap does not list is a config error before anything starts."""
-        config = load_sensor_config(
-            "sensor.conf", text="id_sensor = 1\nserver_destination = 127.0.0.1\n"
-                                "server_password = x\ninterface = eth0, nosuch0\n")
-        error = self.assertRaises(ConfigError, live.from_settings, config,
-                                  FunctionSink(self.sink), reactor=self.reactor,
-                                  opener=self.opener, available=lambda: ["eth0", "lo"])
+        error = self.assertRaises(ConfigError, self.from_settings,
+                                  "interface = eth0, nosuch0\n", ["eth0", "lo"])
         self.assertEqual(str(error), "sensor.conf:4: interface = 'eth0, nosuch0': "
                          "interface 'nosuch0': no such interface (available: eth0, lo); "
                          "allowed: interface names, or 'any'")
