@@ -11,6 +11,7 @@ from typing import Any
 from twisted.application import internet
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
+from twisted.python import usage
 
 from voipmon.config import is_loopback
 from voipmon.config.settings import ManagerSettings
@@ -68,7 +69,12 @@ def make_manager_service(manager: ManagerSettings, reactor: Any, *, spooldir: st
         if manager.manager_enable_unencrypted:
             log.warn("manager_enable_unencrypted ignored: managerip {host} is not loopback",
                      host=host)
-        certificate = certificate or tls.load_or_create(spooldir)
+        if certificate is None:
+            try:
+                certificate = tls.load_or_create(spooldir)
+            except (tls.CertificateError, OSError) as exc:
+                raise usage.UsageError(f"spooldir = {spooldir}: cannot keep the management "
+                                       f"port's certificate in it: {exc}")
         factory = ManagerServerFactory(commands, reactor, key=derive_key(password),
                                        id_sensor=id_sensor, binding=tls.exporter_binding)
         listening = gated(gate, factory, certificate.options())
