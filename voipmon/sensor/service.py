@@ -1,5 +1,7 @@
 """The sensor's service tree: source -> (engine ->) uplink -> channel, with failover.
 
+Its parts are built by the tap (voipmon.sensor.tap); this module runs them.
+
 Local processing (``packetbuffer_sender = no``): frames go through the analysis engine;
 its CDRs go to the durable queue (``spooldir/queue``) and up the channel. Packet
 mirroring (``packetbuffer_sender = yes``): frames go to the bounded mirroring buffer, and a
@@ -62,9 +64,10 @@ class SensorService(service.MultiService):
     ``uplink`` sends what the sensor makes (CDRs from ``engine`` and ``queue``, or the
     frames themselves when mirroring) over a ``ClientService`` that fails over across
     ``centrals`` in order (and probes the first every ``failback_interval`` seconds while
-    on another). ``source`` is started last and stopped first. ``on_exit(status, message)``
-    is given for ``--exit-when-done``: it is called once the replay is delivered, or
-    cannot be.
+    on another). ``source`` starts after the channel and the timers and stops before
+    them, so nothing comes in while they shut down (the tap adds the management port and
+    retention, which do not depend on it, after it). ``on_exit(status, message)`` is given
+    for ``--exit-when-done``: it is called once the replay is delivered, or cannot be.
     """
 
     def __init__(self, uplink: CdrUplink | MirrorUplink, source: ISource,
