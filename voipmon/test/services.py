@@ -20,7 +20,7 @@ from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
 from voipmon.central.mirror import AnalyzerFactory
 from voipmon.central.service import CentralService, StoreService, mirror_engine_factory
 from voipmon.config import CentralSettings, Destination, SensorSettings
-from voipmon.manager.service import ManagerConnector
+from voipmon.manager.service import ManagerConnector, make_manager_service
 from voipmon.protocols import tls
 from voipmon.sensor import tap as sensor_tap
 from voipmon.sensor.centrals import Route, centrals, tls_route
@@ -64,6 +64,16 @@ def build_sensor(settings: SensorSettings, reactor: Any, *, clock: IReactorTime 
                          verified=bool(channel.server_certificate_sha256
                                        or channel.server_ca_file),
                          on_exit=on_exit, give_up_after=give_up_after)
+
+
+def manager_service(settings: SensorSettings, reactor: Any, stats: Any = None,
+                    calls: Any = None, port: int | None = None) -> Any:
+    """The sensor's management port as its tap builds it from ``settings`` (``port``
+    overrides managerport; 0: ephemeral)."""
+    channel = settings.channel
+    return make_manager_service(settings.manager, reactor, spooldir=settings.spool.spooldir,
+                                password=channel.server_password, id_sensor=channel.id_sensor,
+                                stats=stats, calls=calls, port=port)
 
 
 def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | None = None,

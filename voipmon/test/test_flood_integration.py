@@ -26,8 +26,9 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 
-from voipmon.manager.service import ManagerConnector, make_manager_service
+from voipmon.manager.service import ManagerConnector
 from voipmon.test.channel_support import Process, free_port
+from voipmon.test.services import manager_service
 from voipmon.test.test_channel_integration import CAPTURES, ProcessBase, engine_uids
 from voipmon.test.test_manager_commands import FakeSensor
 from voipmon.test.test_manager_service import PASSWORD, sensor_settings
@@ -141,7 +142,7 @@ class ManagerFloodTests(TestCase):
         with open(os.path.join(spool, "x", "f.pcap"), "wb") as handle:
             handle.write(b"pcap bytes")
         settings = sensor_settings(spool, managerport="5029")
-        svc = make_manager_service(settings, reactor, FakeSensor(), FakeSensor(), port=0)
+        svc = manager_service(settings, reactor, FakeSensor(), FakeSensor(), port=0)
         svc.factory = counting = CountingFactory(svc.factory)
         svc.startService()
         listening: defer.Deferred = defer.Deferred()

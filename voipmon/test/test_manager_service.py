@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import tracemalloc
-from typing import Any
 
 from twisted.internet import defer, endpoints, interfaces, protocol, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from voipmon.config import SensorSettings, load_sensor_config
+from voipmon.config import load_sensor_config
 from voipmon.manager.client import FileConsumer, ManagerError
 from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.server import ManagerServerFactory
@@ -23,11 +22,11 @@ from voipmon.manager.service import (
     ManagerConnector,
     advertised_manager,
     is_plaintext,
-    make_manager_service,
     resolve_manager,
 )
 from voipmon.protocols import tls
 from voipmon.protocols.handshake import Rejection, derive_key
+from voipmon.test.services import manager_service
 from voipmon.test.test_manager_commands import FakeSensor
 from voipmon.test.test_manager_pcapmerge import read_records, write_pcap
 
@@ -237,15 +236,6 @@ def raw_exchange(port: int, lines: list[bytes]) -> defer.Deferred:
                                   proto)
     d.addCallback(lambda _: proto.done)
     return d.addCallback(lambda _: b"".join(proto.received))
-
-
-def manager_service(settings: SensorSettings, reactor: Any, stats: Any = None,
-                    calls: Any = None, port: int | None = None) -> Any:
-    """The sensor's management port as its tap builds it from ``settings``."""
-    return make_manager_service(settings.manager, reactor, spooldir=settings.spool.spooldir,
-                                password=settings.channel.server_password,
-                                id_sensor=settings.channel.id_sensor, stats=stats,
-                                calls=calls, port=port)
 
 
 class ServiceTests(TestCase):
