@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol, task
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -60,7 +60,7 @@ class IMessageTransport(Interface):
         """The other end's address (a Twisted IAddress)."""
 
 
-def describe_peer(transport: Any) -> str:
+def describe_peer(transport: ITransport) -> str:
     try:
         address = transport.getPeer()
     except Exception:
@@ -259,8 +259,8 @@ class ChannelProtocol(protocol.Protocol):
         """IMessageTransport: a normal close (shutdown, end of a probe)."""
         self.close(f"closed by the {self.side}")
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IAddress:
         return self.transport.getPeer()
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IAddress:
         return self.transport.getHost()

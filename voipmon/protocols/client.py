@@ -16,7 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,7 +40,8 @@ class SensorChannel(ChannelProtocol):
 
     side = "sensor"
 
-    def __init__(self, handshake: ClientHandshake, compression: str, session_factory: Any,
+    def __init__(self, handshake: ClientHandshake, compression: str,
+                 session_factory: IProtocolFactory,
                  ready: defer.Deferred, clock: IReactorTime,
                  binding: Callable[[object], bytes], **timeouts: float) -> None:
         super().__init__(clock, binding, **timeouts)
@@ -43,7 +49,7 @@ class SensorChannel(ChannelProtocol):
         self.compression = compression
         self.session_factory = session_factory
         self.ready = ready
-        self.session: Any = None
+        self.session: IProtocol | None = None
         self._error: Failure | None = None
 
     def connectionMade(self) -> None:

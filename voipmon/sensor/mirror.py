@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -30,6 +29,7 @@ from zope.interface import implementer
 
 from voipmon.counters import Counters
 from voipmon.protocols import capabilities
+from voipmon.protocols.channel import IMessageTransport
 from voipmon.protocols.wire import (
     MAX_INT,
     PACKET_RECORD,
@@ -71,7 +71,7 @@ class MirrorUplink:
         self.own_window = window
         self.window = window
         self.report_interval = report_interval
-        self.transport: Any = None
+        self.transport: IMessageTransport | None = None
         self.current: PacketBatch | None = None
         self._current_bytes = 0
         self.ready: deque[tuple[int, bytes, int, int]] = deque()     # seq, payload, bytes, count
@@ -221,7 +221,7 @@ class MirrorUplink:
 
     # -- channel -------------------------------------------------------------------
 
-    def attach(self, transport: Any) -> None:
+    def attach(self, transport: IMessageTransport) -> None:
         self.transport = transport
         self.window = negotiated_window(transport, self.own_window)
         info = transport.accept_info or {}

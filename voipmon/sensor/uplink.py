@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -23,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from voipmon.counters import Counters
+from voipmon.protocols.channel import ChannelProtocol, IMessageTransport
 from voipmon.protocols.wire import (
     MAX_INT,
     MessageType,
@@ -92,7 +92,7 @@ class Done:
             d.callback(None)
 
 
-def negotiated_window(transport: Any, own: int) -> int:
+def negotiated_window(transport: IMessageTransport, own: int) -> int:
     info = transport.accept_info or {}
     theirs = info.get("window")
     if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > 0:
@@ -117,7 +117,7 @@ class CdrUplink:
         self.batch_bytes = batch_bytes
         self.own_window = window
         self.window = window
-        self.transport: Any = None
+        self.transport: IMessageTransport | None = None
         self.inflight: deque[tuple[int, int]] = deque()
         self.sent_upto = 0
         self.produced = 0        # CDRs added by this process
@@ -179,7 +179,7 @@ class CdrUplink:
 
     # -- channel -------------------------------------------------------------------
 
-    def attach(self, transport: Any) -> None:
+    def attach(self, transport: IMessageTransport) -> None:
         self.transport = transport
         self.window = negotiated_window(transport, self.own_window)
         self.inflight.clear()
@@ -248,7 +248,7 @@ class UplinkProtocol(protocol.Protocol):
     """The session protocol ClientService sees: hands the channel's messages to the uplink."""
 
     def __init__(self, uplink: IUplink, on_lost: Callable[[Failure], None] | None = None,
-                 on_made: Callable[[Any], None] | None = None):
+                 on_made: Callable[[ChannelProtocol], None] | None = None):
         self.uplink = uplink
         self.on_lost = on_lost
         self.on_made = on_made
@@ -272,7 +272,7 @@ class UplinkProtocol(protocol.Protocol):
 
 class UplinkFactory(protocol.Factory):
     def __init__(self, uplink: IUplink, on_lost: Callable[[Failure], None] | None = None,
-                 on_made: Callable[[Any], None] | None = None) -> None:
+                 on_made: Callable[[ChannelProtocol], None] | None = None) -> None:
         self.uplink = uplink
         self.on_lost = on_lost
         self.on_made = on_made

@@ -30,7 +30,7 @@ from typing import Any
 import pcap
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime, IReadDescriptor
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python import failure, usage
 from zope.interface import implementer
@@ -52,7 +52,7 @@ class CaptureError(usage.UsageError):
     """An interface cannot be captured on; the message is one line saying why and what to do."""
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
@@ -282,7 +282,7 @@ class LiveCapture(service.Service):
         self.done: defer.Deferred[int] = defer.Deferred()   # a wire has no end
         self._status_loop: task.LoopingCall | None = None
         self._last_status: dict[str, Any] | None = None
-        self._retries: dict[str, Any] = {}
+        self._retries: dict[str, IDelayedCall] = {}
 
     # -- opening and closing ---------------------------------------------------------------
 
