@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 
-from voipmon.analysis.cdr import Cdr
 from voipmon.analysis.engine import Engine
 from voipmon.config.settings import AnalysisSettings
+from voipmon.records.cdr import Cdr
 from voipmon.spool.deadletter import IDeadLetters
 from voipmon.spool.writer import SpoolWriter
 

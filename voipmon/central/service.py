@@ -31,7 +31,6 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from voipmon.analysis.cdr import Cdr
 from voipmon.analysis.engine import Engine
 from voipmon.analysis.settings import analysis_from_hello, engine_for
 from voipmon.central.cdrqueue import CentralCdrQueue
@@ -43,6 +42,7 @@ from voipmon.protocols.failover import describe_failure
 from voipmon.protocols.gated import gated
 from voipmon.protocols.handshake import Hello
 from voipmon.protocols.server import CentralFactory
+from voipmon.records.cdr import Cdr
 from voipmon.spool.deadletter import IDeadLetters
 from voipmon.spool.retention import Minute, Retention, scan
 from voipmon.store.interfaces import IStore
