@@ -208,6 +208,12 @@ class Engine(HotPath):
 
     # -- time --------------------------------------------------------------------------
 
+    @property
+    def now(self) -> float:
+        """The capture clock: where frames (in one-second steps) or ``advance`` last moved
+        it; -inf before any."""
+        return self._now
+
     def _on_tick(self, ts: float) -> None:
         self._tick = ts + 1.0
         self.advance(ts)

@@ -83,6 +83,8 @@ GROUPS: tuple[Group, ...] = (
           "Raw packets held for a central (the mirroring uplink, the legacy mirror sender)."),
     Group(SENSOR, "capture", "CaptureSettings",
           "Live capture on interfaces (the live packet source)."),
+    Group(SENSOR, "hep", "HepSettings",
+          "HEP3 input from SIP proxies, SBCs and capture agents (the HEP packet source)."),
     Group(SENSOR, "analysis", "AnalysisSettings",
           "The call engine: SIP ports, what goes into each call's pcap, call timeouts. A "
           "mirroring sensor sends them to the central's engine in its hello."),
@@ -234,6 +236,39 @@ TABLE: tuple[Entry, ...] = (
                 "large TCP segments a NIC with GRO hands over (SIP over TCP needs them "
                 "whole). The ring stores packets by their real size, so a smaller snaplen "
                 "saves little."),
+
+    Heading({"sensor": "HEP input (Kamailio, OpenSIPS, FreeSWITCH, Asterisk, heplify)"}),
+    Option("hep_bind_port", Integer(0, 65535), 0, SENSOR, "hep",
+           "Port for HEP input, UDP and TCP both (9060 is usual); 0 = no HEP input.",
+           note="Accept SIP, RTP and RTCP encapsulated in HEP (v3, and v2 over UDP) from "
+                "proxies, SBCs and capture agents, on UDP and TCP of this port (9060 is the "
+                "usual one; 0 = off). HEP is analysed like sniffed packets: the same CDRs, "
+                "quality figures and per-call pcaps. A sensor with HEP input needs no "
+                "interface and no root. See README, \"HEP input\"."),
+    Option("hep_bind_ip", Text(allow_empty=False), "127.0.0.1", SENSOR, "hep",
+           "Address the HEP port listens on (0.0.0.0 or :: for every interface).",
+           note="Address to listen on. Beyond loopback, set hep_password or hep_allow: an open "
+                "HEP port lets anyone inject calls (a warning is logged otherwise)."),
+    Option("hep_tls_port", Integer(0, 65535), 0, SENSOR, "hep",
+           "Port for HEP over TLS (TCP), with the sensor's certificate; 0 = off.",
+           note="HEP over TLS on this second port (0 = off), with the sensor's certificate "
+                "(the management port's, kept in spooldir/state)."),
+    Option("hep_password", Text(), "", SENSOR, "hep",
+           "When set, only HEP messages whose auth key (chunk 0x000e) equals it are taken.",
+           note="When set, a HEP message is taken only if its auth key (chunk 0x000e) is this "
+                "password (Kamailio siptrace auth_key, heplify -hs password, sngrep "
+                "eep.send.pass); others are counted and dropped. Never logged. It crosses the "
+                "network in clear unless the sender uses hep_tls_port."),
+    Option("hep_allow", TextList(), (), SENSOR, "hep",
+           "Sender addresses or networks (CIDR) allowed to send HEP; empty = any.",
+           note="Addresses or networks (CIDR) allowed to send HEP, a list; empty = any "
+                "sender. Datagrams from others are counted and dropped, their TCP "
+                "connections closed."),
+    Option("hep_capture_id", TextList(), (), SENSOR, "hep",
+           "Capture agent ids (chunk 0x000c) to take; empty = every id.",
+           note="Capture agent ids (chunk 0x000c) to take, a list; empty = every id. sngrep "
+                "and sipgrep send their id N shifted (as N * 65536); listing N accepts both "
+                "forms."),
 
     Heading({"sensor": "management port (pcap retrieval by the central, sniffer_stat, "
                        "listcalls)"}),

@@ -83,6 +83,29 @@ class CaptureSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HepSettings:
+    """HEP3 input from SIP proxies, SBCs and capture agents (the HEP packet source)."""
+
+    #: Port for HEP input, UDP and TCP both (9060 is usual); 0 = no HEP input.
+    hep_bind_port: int = 0
+
+    #: Address the HEP port listens on (0.0.0.0 or :: for every interface).
+    hep_bind_ip: str = "127.0.0.1"
+
+    #: Port for HEP over TLS (TCP), with the sensor's certificate; 0 = off.
+    hep_tls_port: int = 0
+
+    #: When set, only HEP messages whose auth key (chunk 0x000e) equals it are taken.
+    hep_password: str = ""
+
+    #: Sender addresses or networks (CIDR) allowed to send HEP; empty = any.
+    hep_allow: tuple[str, ...] = ()
+
+    #: Capture agent ids (chunk 0x000c) to take; empty = every id.
+    hep_capture_id: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class AnalysisSettings:
     """The call engine: SIP ports, what goes into each call's pcap, call timeouts. A
     mirroring sensor sends them to the central's engine in its hello.
@@ -229,6 +252,8 @@ class SensorSettings(LoadedSettings):
 
     capture: CaptureSettings
 
+    hep: HepSettings
+
     analysis: AnalysisSettings
 
     manager: ManagerSettings
@@ -256,6 +281,7 @@ GROUP_CLASSES: dict[str, type] = {
     "ChannelClientSettings": ChannelClientSettings,
     "MirroringSettings": MirroringSettings,
     "CaptureSettings": CaptureSettings,
+    "HepSettings": HepSettings,
     "AnalysisSettings": AnalysisSettings,
     "ManagerSettings": ManagerSettings,
     "SpoolSettings": SpoolSettings,

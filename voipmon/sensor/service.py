@@ -17,6 +17,7 @@ everything it made reached the database.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -95,6 +96,8 @@ class SensorService(service.MultiService):
         self.exit_status: int | None = None
         self._last_connected = self.clock.seconds()
         self._ticks = 0
+        self._clock_anchor = (-math.inf, 0.0)   # (capture time, wall time) of the last move
+        self._clock_set = -math.inf             # what _advance last set the engine to
         self._announced: set[tuple[str, str]] = set()
 
         self.failover = FailoverEndpoint([(c.name, c.endpoint) for c in self.centrals],
@@ -131,11 +134,26 @@ class SensorService(service.MultiService):
     def _advance(self) -> None:
         try:
             if self.engine is not None:
-                self.engine.advance(self.clock.seconds())
+                self._advance_engine(self.engine)
             else:
                 self.uplink.advance_clock()
         except Exception:
             log.failure("engine housekeeping failed")
+
+    def _advance_engine(self, engine: Engine) -> None:
+        """Move the engine's capture clock on by the wall time elapsed since frames last
+        moved it, as the mirroring uplink moves the central's: never to the wall clock
+        itself, so frames with old times (HEP from a replay or a delayed agent, a host whose
+        clock is behind) are analysed in their own time and their last calls still close."""
+        wall = self.clock.seconds()
+        latest = engine.now
+        if latest == -math.inf:
+            return  # nothing captured yet: nothing to time out
+        if latest != self._clock_set:
+            self._clock_anchor = (latest, wall)
+        ts, at = self._clock_anchor
+        engine.advance(ts + max(0.0, wall - at))
+        self._clock_set = engine.now
 
     def _source_ended(self, _: object = None) -> None:
         if self.engine is not None:

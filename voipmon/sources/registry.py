@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorFDSet, IReactorTi
 from zope.interface import implementer
 
 from voipmon.config import SensorSettings
-from voipmon.sources import capture_file, live
+from voipmon.sources import capture_file, hep, live
 from voipmon.sources.interfaces import (
     IFlowControlledSink,
     IFrameSink,
@@ -27,6 +27,7 @@ from voipmon.sources.interfaces import (
 SOURCES: dict[str, SourceFactory] = {
     "file": capture_file.FACTORY,
     "live": live.FACTORY,
+    "hep": hep.FACTORY,
 }
 
 
@@ -42,8 +43,9 @@ def from_config(settings: SensorSettings, sink: IFrameSink, reactor: IReactorFDS
                             clock if clock is not None else IReactorTime(reactor))
     wanted = [factory for factory in registry.values() if factory.wanted(request)]
     if not wanted:
-        raise settings.error("interface", "no interface to capture on: set interface (a "
-                             "list, or 'any')", "interface names, or 'any'")
+        raise settings.error("interface", "no packet source: set interface (a list, or "
+                             "'any'), or hep_bind_port for HEP input",
+                             "interface names, or 'any'")
     sources = [factory.build(request, sink) for factory in wanted]
     source = sources[0] if len(sources) == 1 else SourceSet(sources)
     if IPushProducer.providedBy(source) and IFlowControlledSink.providedBy(sink):

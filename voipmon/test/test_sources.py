@@ -143,8 +143,9 @@ class FromConfigTests(SynchronousTestCase):
     def test_no_source_is_a_config_error(self) -> None:
         error = self.assertRaises(ConfigError, registry.from_config, settings(), Slices(),
                                   self.reactor)
-        self.assertEqual(str(error), "sensor.conf: interface: no interface to capture on: "
-                         "set interface (a list, or 'any'); allowed: interface names, or 'any'")
+        self.assertEqual(str(error), "sensor.conf: interface: no packet source: set interface "
+                         "(a list, or 'any'), or hep_bind_port for HEP input; allowed: "
+                         "interface names, or 'any'")
 
     def test_a_bounded_sink_holds_a_replay_back(self) -> None:
         """The mirroring buffer is registered as the replay's consumer: when half full it
