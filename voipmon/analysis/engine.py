@@ -43,7 +43,8 @@ from voipmon.analysis.media import MediaTable, stream_records
 from voipmon.analysis.rtp import CHUNK, RtpFlow
 from voipmon.analysis.sdp import parse_sdp
 from voipmon.analysis.sip import looks_like_sip, parse_sip
-from voipmon.counters import Counters, Counts, prefixed
+from voipmon.counters import Counters, Counts, family, prefixed
+from voipmon.metrics.catalog import method_label, status_class
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.records.cdr import Cdr, RtpStream
@@ -111,6 +112,8 @@ class Engine(HotPath):
         self._max_calls = max_calls
         self._orphan_min = orphan_min_packets
         self.stats = EngineStats()
+        self.sip_requests: dict[str, int] = {}     # by method_label
+        self.sip_responses: dict[str, int] = {}    # by "method.class" (INVITE.2xx)
         self._decoder = Decoder(self._datagram, self.sip_ports, **decoder_limits)
         self.media = MediaTable(self.stats, max_orphan_flows, self._emit_orphan)
         # an IAnalysisObserver (voipmon.analysis.observe): quality over time, audio
@@ -163,6 +166,12 @@ class Engine(HotPath):
             self.stats.sip_unparsed += 1
             return
         self.stats.sip_messages += 1
+        if msg.is_request:    # by method (and class): one dict increment, bounded keys
+            label = method_label(msg.method)
+            self.sip_requests[label] = self.sip_requests.get(label, 0) + 1
+        else:
+            label = f"{method_label(msg.cseq_method)}.{status_class(msg.status)}"
+            self.sip_responses[label] = self.sip_responses.get(label, 0) + 1
         callid = msg.call_id
         if not callid:
             return
@@ -329,6 +338,8 @@ class Engine(HotPath):
         data["active_calls"] = len(self._calls)
         data["active_flows"] = len(self.media.flows)
         data["orphan_flows_active"] = len(self.media.orphans)
+        data.update(family("sip_requests", self.sip_requests))
+        data.update(family("sip_responses", self.sip_responses))
         data.update(prefixed("decoder", self._decoder.counters()))
         if self._spool is not None:
             data.update(prefixed("spool", self._spool.counters()))

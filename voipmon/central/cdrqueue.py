@@ -72,6 +72,8 @@ class CentralCdrQueue:
         self.stored = 0             # of those, newly inserted
         self.rejected = 0           # records that are no CDR this version can store
         self.oversized = 0          # CDRs too big for a queue record
+        self.waiting: dict[int, int] = {}   # CDRs added by this process and not stored, by
+        #                                     id_sensor (the queue depth each sensor sees)
         self.tries = 0              # attempts at the current batch
         self.started = False
         self.stopped = False
@@ -111,6 +113,7 @@ class CentralCdrQueue:
             self.oversized += 1
             raise RecordRefused(f"the CDR queue cannot hold it: {exc}")
         self.accepted += 1
+        self.waiting[cdr.id_sensor] = self.waiting.get(cdr.id_sensor, 0) + 1
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
         elif self.queue.buffered >= FLUSH_RECORDS and not self._flush_failing:
@@ -226,6 +229,11 @@ class CentralCdrQueue:
         if self.stopped:
             return  # committed, not acknowledged: the next start stores it again, harmlessly
         self._sent = last
+        if self._batch is not None:
+            for cdr in self._batch[1]:
+                left = self.waiting.get(cdr.id_sensor, 0)
+                if left:    # (a record a previous run queued was not counted)
+                    self.waiting[cdr.id_sensor] = left - 1
         self._batch = None
         self.written += count
         self.stored += new if isinstance(new, int) else 0

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from voipmon.central.metrics import CentralMetrics
 from voipmon.central.mirror import MirrorAnalyses, SensorAnalysis
 from voipmon.counters import Counters
 from voipmon.manager.service import resolve_manager
@@ -212,6 +213,7 @@ class CdrSession:
         return self.retries[0] if self.retries else None
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+        self.sessions.heard(self.hello)
         if kind == MessageType.CDRS:
             self._batch(decode_json(kind, payload))
         elif kind == MessageType.STATS:
@@ -342,6 +344,7 @@ class MirrorSession:
         return {"batches": self.batches}
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+        self.sessions.heard(self.hello)
         if kind == MessageType.PACKETS:
             seq, linktype, packets = decode_packets(payload)
             self.analysis.feed_batch(seq, linktype, packets)
@@ -398,8 +401,10 @@ class CentralSessions:
     def __init__(self, store: IStore, clock: IReactorTime,
                  registry: SessionRegistry | None = None,
                  mirrors: MirrorAnalyses | None = None,
-                 dead_letters: IDeadLetters | None = None) -> None:
+                 dead_letters: IDeadLetters | None = None,
+                 metrics: CentralMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics if metrics is not None else CentralMetrics(clock)
         self.clock = clock
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)
         self.registry = registry          # set by the assembly (the channel factory's)
@@ -419,6 +424,8 @@ class CentralSessions:
         else:
             session = CdrSession(self, channel, hello)
         self.sessions[hello.id_sensor] = session
+        self.metrics.connected(hello.id_sensor, hello.name or f"sensor {hello.id_sensor}",
+                               hello.mode)
         return session
 
     def _upsert(self, hello: Hello, channel: IMessageTransport) -> None:
@@ -449,8 +456,12 @@ class CentralSessions:
         for writer in self.writers.values():
             writer.cancel()
 
+    def heard(self, hello: Hello) -> None:
+        self.metrics.heard(hello.id_sensor)
+
     def record_stats(self, hello: Hello, body: dict[str, Any]) -> None:
         self.reported[hello.id_sensor] = body
+        self.metrics.stats(hello.id_sensor, body)
         update = {"id_sensor": hello.id_sensor}
         for key, column in STATS_FIELDS.items():
             value = body.get(key)
@@ -473,6 +484,7 @@ class CentralSessions:
             self.mirrors.detach(hello)
         if self.registry is not None and self.registry.get(hello.id_sensor) is not None:
             return  # the same sensor is connected again (took its session over)
+        self.metrics.disconnected(hello.id_sensor)
         when = self.clock.seconds()
         self._writer(hello.id_sensor).set(
             lambda: self.store.mark_sensor_offline(hello.id_sensor, when),

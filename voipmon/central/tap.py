@@ -23,6 +23,7 @@ from twisted.python import usage
 from voipmon.central import legacy_mirror
 from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
 from voipmon.central.dbretention import DatabaseRetention
+from voipmon.central.metrics import CentralMetrics
 from voipmon.central.mirror import AnalyzerFactory, MirrorAnalyses
 from voipmon.central.service import (
     CentralRetention,
@@ -100,15 +101,18 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     cdr_queue = CentralCdrQueue(spool_queue(settings, QUEUE_DIRECTORY), store, reactor,
                                 dead_letters=dead_letters)
     engines = mirror_engine_factory(spooldir, dead_letters)
+    metrics = CentralMetrics(reactor)
+    metrics.bind_store_errors(store.counters)
     listener = sensor_listener(settings, store, cdr_queue, engines, dead_letters, certificate,
                                reactor, name=central_id, endpoint=tls.server_endpoint(
-                                   reactor, channel.server_bind_port, channel.server_bind))
+                                   reactor, channel.server_bind_port, channel.server_bind),
+                               metrics=metrics)
     central = CentralService(StoreService(store, reactor), cdr_queue, listener, certificate)
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
     optional = [
         database_retention(settings, central.store_service, reactor),
         make_web_service(settings.http, spooldir, reactor, store, connector,
-                         certificate=certificate),
+                         certificate=certificate, metrics=metrics),
         legacy_mirror.receiver_service(settings, cdr_queue, dead_letters, reactor),
         spool_retention(settings, reactor),
     ]
@@ -135,17 +139,23 @@ def sensor_listener(settings: CentralSettings, store: IStore, cdr_queue: Central
                     engines: AnalyzerFactory, dead_letters: DeadLetters,
                     certificate: tls.ServerCertificate, clock: IReactorTime, *, name: str,
                     endpoint: IStreamServerEndpoint,
-                    binding: Callable[[Any], bytes] = tls.exporter_binding) -> ChannelService:
+                    binding: Callable[[Any], bytes] = tls.exporter_binding,
+                    metrics: CentralMetrics | None = None) -> ChannelService:
     """The sensors' channel: TLS under an admission gate on ``endpoint``, the handshake,
     and a session per sensor (its CDRs to the store; its mirrored packets to an engine of
-    ``engines``, whose CDRs go to the CDR queue)."""
+    ``engines``, whose CDRs go to the CDR queue). ``metrics`` is told of every sensor and
+    counts what the mirroring engines make."""
     channel = settings.channel
-    mirrors = MirrorAnalyses(engines, cdr_queue, clock)
-    sessions = CentralSessions(store, clock, mirrors=mirrors, dead_letters=dead_letters)
+    if metrics is None:
+        metrics = CentralMetrics(clock)
+    mirrors = MirrorAnalyses(metrics.analyzers(engines), cdr_queue, clock)
+    sessions = CentralSessions(store, clock, mirrors=mirrors, dead_letters=dead_letters,
+                               metrics=metrics)
     factory = CentralFactory(derive_key(channel.server_password),
                              channel.client_server_connect_maximum_time_diff_s, sessions, clock,
                              binding, central_name=name)
     sessions.registry = factory.registry
+    metrics.bind(cdr_queue=cdr_queue, store=store, channels=factory.registry.channels)
     gate = AdmissionGate(f"sensor port {channel.server_bind_port}", clock)
     return ChannelService(endpoint, factory, sessions, mirrors, cdr_queue, clock, gate,
                           certificate.options())

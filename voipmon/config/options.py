@@ -282,6 +282,13 @@ TABLE: tuple[Entry, ...] = (
            "Allow plain-text management commands; honoured only when managerip is loopback.",
            note="Allow plain-text management commands (like VoIPmonitor's `echo listcalls | "
                 "nc`). Honoured only when managerip is a loopback address."),
+    Option("metrics_port", Integer(0, 65535), 0, SENSOR, "manager",
+           "Port of the sensor's own Prometheus /metrics (plain HTTP); 0 = none.",
+           note="The sensor's own Prometheus /metrics (for a sensor used without a central; "
+                "a central serves every sensor's figures already): plain HTTP on "
+                "metrics_bind:metrics_port, no call data. 0 disables it."),
+    Option("metrics_bind", Text(allow_empty=False), "127.0.0.1", SENSOR, "manager",
+           "Address of the sensor's own /metrics."),
 
     Heading({"central": "database"}),
     Option("mysqlhost", Text(), "", CENTRAL, "store",
@@ -315,6 +322,15 @@ TABLE: tuple[Entry, ...] = (
                 "unless http_bind is loopback, so that credentials, phone numbers and pcaps "
                 "never cross a network in clear text. Set no only behind a reverse proxy that "
                 "terminates TLS."),
+    Option("http_metrics_port", Integer(0, 65535), 0, CENTRAL, "http",
+           "Port of /metrics if not http_port (0: on the page's port).",
+           note="Prometheus /metrics: every sensor's figures and the central's own. 0 serves "
+                "it on http_port beside the page; another port serves only /metrics there, "
+                "on http_bind, with the page's TLS setting."),
+    Option("http_metrics_auth", Boolean(), True, CENTRAL, "http",
+           "no: /metrics answers without http_user/http_password (it holds no call data).",
+           note="/metrics carries no call data (no numbers, addresses or Call-IDs): with no, "
+                "Prometheus scrapes it without the page's Basic credentials."),
 
     Heading({"sensor": "spool", "central": "spool (pcaps of mirroring sensors, state)"}),
     Option("spooldir", Text(allow_empty=False), "/var/spool/voipmon", BOTH, "spool",

@@ -143,6 +143,12 @@ class ManagerSettings:
     #: Allow plain-text management commands; honoured only when managerip is loopback.
     manager_enable_unencrypted: bool = False
 
+    #: Port of the sensor's own Prometheus /metrics (plain HTTP); 0 = none.
+    metrics_port: int = 0
+
+    #: Address of the sensor's own /metrics.
+    metrics_bind: str = "127.0.0.1"
+
 
 @dataclass(frozen=True, kw_only=True)
 class SpoolSettings:
@@ -240,6 +246,12 @@ class HttpSettings:
 
     #: HTTPS with the channel's certificate; auto = unless http_bind is loopback.
     http_tls: Literal["auto", "yes", "no"] = "auto"
+
+    #: Port of /metrics if not http_port (0: on the page's port).
+    http_metrics_port: int = 0
+
+    #: no: /metrics answers without http_user/http_password (it holds no call data).
+    http_metrics_auth: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -82,6 +82,7 @@ class MirrorUplink:
         self.dropped = 0
         self.packets_acked = 0
         self.batches_acked = 0
+        self.batches_sent = 0        # a resend after a reconnect counts again
         self.source_done = False
         self.end_state: str | None = None    # None, "pending", "sent", "acked"
         self.central_cdrs: int | None = None
@@ -266,6 +267,7 @@ class MirrorUplink:
             batch = self.ready.popleft()
             self.inflight.append(batch)
             transport.send_message(MessageType.PACKETS, batch[1])
+            self.batches_sent += 1
         if (transport is not None and self.end_state == "pending" and not self.ready
                 and not self.inflight and self.current is None):
             self.end_state = "sent"
@@ -326,4 +328,5 @@ class MirrorUplink:
         return {"packets": self.packets, "dropped": self.dropped,
                 "capture_clock": self.clock_sent,
                 "packets_acked": self.packets_acked, "buffer_bytes": self.used,
+                "batches_sent": self.batches_sent, "batches_acked": self.batches_acked,
                 "inflight_batches": len(self.inflight), "ready_batches": len(self.ready)}

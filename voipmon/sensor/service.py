@@ -32,6 +32,7 @@ from zope.interface import implementer
 import voipmon
 from voipmon.analysis.engine import Engine
 from voipmon.manager.commands import ICallLister, IStatsProvider
+from voipmon.metrics.snapshot import Figures
 from voipmon.protocols import tls
 from voipmon.protocols.channel import ChannelProtocol
 from voipmon.protocols.failover import (
@@ -44,6 +45,7 @@ from voipmon.protocols.handshake import PERMANENT, CentralProofFailed, Rejection
 from voipmon.protocols.wire import MessageType
 from voipmon.queue import DurableQueue, QueueError
 from voipmon.sensor.centrals import Central, ProbeSession
+from voipmon.sensor.metrics import SensorMetrics
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory
 from voipmon.sources.interfaces import ISource
@@ -51,8 +53,8 @@ from voipmon.spool.deadletter import DeadLetters
 
 log = Logger()
 
-STATS_INTERVAL = 10.0
-STATUS_EVERY = 6          # a status line every 6 stats intervals (a minute)
+STATS_INTERVAL = 5.0
+STATUS_EVERY = 12         # a status line every 12 stats intervals (a minute)
 GIVE_UP_AFTER = 300.0     # --exit-when-done: no central for this long = cannot deliver
 ADVANCE_INTERVAL = 1.0
 UNDELIVERED = 3           # --exit-when-done: done, but some records are dead letters
@@ -76,7 +78,8 @@ class SensorService(service.MultiService):
                  dead_letters: DeadLetters, engine: Engine | None = None,
                  queue: DurableQueue | None = None, failback_interval: float = 30.0,
                  verified: bool = False, on_exit: Callable[[int, str], None] | None = None,
-                 give_up_after: float = GIVE_UP_AFTER) -> None:
+                 give_up_after: float = GIVE_UP_AFTER,
+                 metrics: SensorMetrics | None = None) -> None:
         super().__init__()
         self.setName("voipmon-sensor")
         self.uplink = uplink
@@ -106,6 +109,12 @@ class SensorService(service.MultiService):
         self.client = internet.ClientService(self.failover, factory,
                                              retryPolicy=self.failover.retry_delay, clock=clock)
         self._child("channel", self.client)
+        # The one registry every view of the sensor's figures reads (STATS, sniffer_stat,
+        # the status line, a sensor's own /metrics); the tap made it before the engine.
+        self.metrics = metrics if metrics is not None else SensorMetrics(id_sensor, clock,
+                                                                         self.mode)
+        self.metrics.bind(source=source, uplink=uplink, engine=engine,
+                          dead_letters=dead_letters, failover=self.failover)
         if len(self.centrals) > 1:
             self.prober = FailbackProber(self.failover, self.centrals[0].probe,
                                          protocol.Factory.forProtocol(ProbeSession),
@@ -194,6 +203,8 @@ class SensorService(service.MultiService):
 
     def _made(self, channel: ChannelProtocol) -> None:
         self._last_connected = self.clock.seconds()
+        self.metrics.session_made(channel)
+        self._push_stats(channel)     # the central knows the sensor's figures at once
         if self.verified:
             return
         fingerprint = tls.peer_fingerprint(channel.transport)
@@ -206,6 +217,7 @@ class SensorService(service.MultiService):
 
     def _lost(self, reason: Failure) -> None:
         self._last_connected = self.clock.seconds()
+        self.metrics.session_lost()
         emit = log.info if not self.running or self.exit_status is not None else log.warn
         emit("connection to central {central} closed: {reason}",
              central=self.failover.current or "?", reason=describe_failure(reason))
@@ -229,15 +241,19 @@ class SensorService(service.MultiService):
                                 for name, f in permanent)
             self._exit(2, f"cannot deliver: every central refused this sensor ({reasons})")
 
+    def _push_stats(self, transport: Any) -> None:
+        """STATS: the registry's next snapshot (``metrics``, docs/metrics.md), with the
+        summary the sensors table keeps (packets, dropped, queue depth ...)."""
+        snapshot = self.metrics.taker.take()
+        summary = summarize(snapshot.figures)
+        transport.send_message(MessageType.STATS, {**summary, "metrics": snapshot.to_json()})
+
     def _report(self) -> None:
         try:
             stats = self.sniffer_stat()
             transport = self.uplink.transport
             if transport is not None:
-                transport.send_message(MessageType.STATS, {
-                    k: stats[k] for k in ("packets", "dropped", "queue_depth", "cdrs",
-                                          "dead_letters")
-                    if isinstance(stats.get(k), int)})
+                self._push_stats(transport)
             if self.mode == "mirror":
                 self.uplink.report_drops()
             self._ticks += 1
@@ -269,24 +285,19 @@ class SensorService(service.MultiService):
     # -- management port -------------------------------------------------------------
 
     def sniffer_stat(self) -> dict[str, Any]:
-        source = self.source.stats()
+        """The management port's view of the metrics registry (plus who and where)."""
+        figures = self.metrics.figures()
         uplink = self.uplink.counters()
-        dropped = int(source.get("dropped", 0)) + int(uplink.get("dropped", 0))
         stats: dict[str, Any] = {
             "version": voipmon.__version__, "id_sensor": self.id_sensor,
-            "mode": self.mode, "source": self.source.name,
-            "packets": int(source.get("packets", 0)), "dropped": dropped,
+            "mode": self.mode, "source": self.source.name, **summarize(figures),
             "central": self.failover.current, "failover_switches": self.failover.switches,
             "uptime": round(time.time() - self.started_at, 1),
-            "queue_depth": int(uplink.get("queue_depth", uplink.get("ready_batches", 0))),
-            "cdrs": int(uplink.get("cdrs", 0)), "uplink": {"mode": self.uplink.mode, **uplink},
-            "dead_letters": self.dead_letters.count,
+            "uplink": {"mode": self.uplink.mode, **uplink},
+            "metrics": figures.to_json(),
         }
-        if self.engine is not None:
-            try:
-                stats["active_calls"] = len(self.engine.active_calls())
-            except Exception:
-                stats["active_calls"] = None
+        if self.engine is None:
+            stats["queue_depth"] = int(uplink.get("ready_batches", 0))
         return stats
 
     def list_active_calls(self) -> list[dict[str, Any]]:
@@ -318,3 +329,19 @@ class SensorService(service.MultiService):
 
         d.addBoth(close)
         return d
+
+
+def summarize(figures: Figures) -> dict[str, int]:
+    """The few figures the sensors table, sniffer_stat and the status line show."""
+    def whole(*names: str) -> int:
+        return int(sum(figures.total(name) or 0 for name in names))
+
+    out = {"packets": whole("voipmon_sensor_packets_total"),
+           "dropped": whole("voipmon_sensor_dropped_packets_total",
+                            "voipmon_mirror_dropped_packets_total"),
+           "queue_depth": whole("voipmon_sensor_queue_records"),
+           "cdrs": whole("voipmon_cdrs_made_total"),
+           "dead_letters": whole("voipmon_dead_letters_total")}
+    if figures.total("voipmon_calls_active") is not None:
+        out["active_calls"] = whole("voipmon_calls_active")
+    return out

@@ -24,10 +24,12 @@ from voipmon.analysis.engine import Engine
 from voipmon.analysis.settings import engine_for
 from voipmon.config import SensorSettings, load_sensor_config
 from voipmon.manager.service import make_manager_service
+from voipmon.metrics.calls import CallOutcomes
 from voipmon.protocols import tls
 from voipmon.queue import DurableQueue
 from voipmon.sensor import legacy_mirror
 from voipmon.sensor.centrals import centrals, tls_route
+from voipmon.sensor.metrics import SensorMetrics
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.service import SensorService
 from voipmon.sensor.uplink import CdrUplink
@@ -95,7 +97,8 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     if legacy_mirror_only(settings):
         return legacy_mirror.sender_service(settings, reactor, read_pcap=config["read-pcap"])
     dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS), reactor)
-    uplink, engine, queue = uplink_for(settings, reactor, dead_letters)
+    metrics = SensorMetrics(settings.channel.id_sensor, reactor, mode_of(settings))
+    uplink, engine, queue = uplink_for(settings, reactor, dead_letters, metrics.outcomes)
     source = sources.from_config(settings, uplink if engine is None else engine, reactor,
                                  read_pcap=config["read-pcap"])
     route = centrals(settings, lambda destination: tls_route(settings, reactor, destination),
@@ -107,7 +110,8 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
                            failback_interval=channel.failback_probe_interval,
                            verified=bool(channel.server_certificate_sha256
                                          or channel.server_ca_file),
-                           on_exit=exits.exit if exits is not None else None)
+                           on_exit=exits.exit if exits is not None else None,
+                           metrics=metrics)
     manager = make_manager_service(settings.manager, reactor, spooldir=settings.spool.spooldir,
                                    password=channel.server_password,
                                    id_sensor=channel.id_sensor, stats=sensor, calls=sensor)
@@ -128,16 +132,23 @@ def legacy_mirror_only(settings: SensorSettings) -> bool:
             and not settings.channel.server_destination)
 
 
-def uplink_for(settings: SensorSettings, clock: IReactorTime, dead_letters: DeadLetters
+def mode_of(settings: SensorSettings) -> str:
+    return "mirror" if settings.channel.packetbuffer_sender else "local"
+
+
+def uplink_for(settings: SensorSettings, clock: IReactorTime, dead_letters: DeadLetters,
+               outcomes: CallOutcomes | None = None
                ) -> tuple[CdrUplink | MirrorUplink, Engine | None, DurableQueue | None]:
     """What the frames go through: the engine, whose CDRs the durable queue keeps until a
-    central has them (local processing), or the mirroring buffer (packet mirroring)."""
+    central has them (local processing), or the mirroring buffer (packet mirroring).
+    ``outcomes`` counts each CDR the engine makes (the sensor's metrics)."""
     if settings.channel.packetbuffer_sender:
         return MirrorUplink(clock, settings.mirroring.max_buffer_mem << 20), None, None
     queue = spool_queue(settings, QUEUE)
     uplink = CdrUplink(queue, clock)
     engine = engine_for(settings.analysis, id_sensor=settings.channel.id_sensor,
-                        spooldir=settings.spool.spooldir, on_cdr=uplink.add,
+                        spooldir=settings.spool.spooldir,
+                        on_cdr=outcomes.wrap(uplink.add) if outcomes else uplink.add,
                         dead_letters=dead_letters)
     return uplink, engine, queue
 

@@ -124,6 +124,7 @@ class CdrUplink:
         self.delivered = 0       # CDRs acknowledged in this process
         self.stored = 0          # of those, newly inserted by the central (not duplicates)
         self.batches_sent = 0
+        self.cdrs_sent = 0           # a resend after a reconnect counts again
         self.oversized = 0       # CDRs too big to ever deliver (dead letters, not queued)
         self.source_done = False
         self._flush_call: IDelayedCall | None = None
@@ -208,6 +209,7 @@ class CdrUplink:
             self.inflight.append((first, last))
             self.sent_upto = last
             self.batches_sent += 1
+            self.cdrs_sent += len(records)
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         if kind == MessageType.CDR_ACK:
@@ -238,7 +240,7 @@ class CdrUplink:
         return self._done.wait()
 
     def counters(self) -> Counters:
-        return {"cdrs": self.produced, "delivered": self.delivered,
+        return {"cdrs": self.produced, "sent": self.cdrs_sent, "delivered": self.delivered,
                 "stored": self.stored, "oversized": self.oversized,
                 "queue_depth": self.queue.depth + self.queue.buffered,
                 "queue_bytes": self.queue.disk_bytes, "inflight_batches": len(self.inflight)}

@@ -53,6 +53,8 @@ class IStore(Interface):
     """Where the central keeps CDRs and the sensor list. Every method returns a Deferred."""
 
     where = Attribute("The database, for messages: 'MySQL user@host:port/db' or 'SQLite PATH'.")
+    measures = Attribute("A voipmon.store.measures.StoreMeasures: each store_cdrs batch's "
+                         "commit time and the new CDRs by id_sensor (the central's metrics).")
 
     def start():
         """Connect, create the database (MySQL, if missing and allowed), create the schema on

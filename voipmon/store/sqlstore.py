@@ -34,10 +34,12 @@ from voipmon.store.cdrwrite import write_mysql, write_sqlite
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, q, qlist
 from voipmon.store.fields import datetime_text, text
 from voipmon.store.interfaces import SENSOR_JSON_FIELDS, IStore, StoreError, StoreUnavailable
+from voipmon.store.measures import StoreMeasures
 from voipmon.store.migrate import migrate
 from voipmon.store.pool import Availability, Pool, Retry, Txn
 from voipmon.store.query import CdrQuery, as_query, delete_args, where_sql
 from voipmon.store.rows import (
+    CDR_COLUMNS,
     READ_COLUMNS,
     READ_RTP_COLUMNS,
     batch_items,
@@ -60,6 +62,7 @@ _SELECT_CDR = "SELECT " + ", ".join(
     " LEFT JOIN `cdr_ua` ua ON ua.`id` = c.`a_ua_id`"
     " LEFT JOIN `cdr_ua` ub ON ub.`id` = c.`b_ua_id`"
 )
+_ID_SENSOR_AT = CDR_COLUMNS.index("id_sensor")
 _LOOKUPS = {"response": ("cdr_sip_response", "lastSIPresponse"), "ua": ("cdr_ua", "ua")}
 
 
@@ -74,6 +77,7 @@ class _Batch:
         self.items = batch_items(cdrs, pcap_on)
         self.pcap_on = pcap_on
         self.lookups: list[tuple[str | None, str | None, str | None]] | None = None
+        self.new_sensors: list[int] = []     # the id_sensor of each CDR newly inserted
 
 
 @implementer(IStore)
@@ -93,6 +97,7 @@ class SqlStore:
         self._writer: Pool | None = None
         self._reader: Pool | None = None
         self._cache: dict[str, dict[str, int]] = {"response": {}, "ua": {}}
+        self.measures = StoreMeasures()
 
     def __repr__(self) -> str:
         return f"<SqlStore {self.where}>"
@@ -209,7 +214,13 @@ class SqlStore:
             return self._not_started()
         if not batch.items:
             return succeed(0)
-        return self._watch(self._writer.run(self._write, batch))
+        started = self._reactor.seconds()
+
+        def measured(count: int) -> int:
+            self.measures.committed(self._reactor.seconds() - started, batch.new_sensors)
+            return count
+
+        return self._watch(self._writer.run(self._write, batch)).addCallback(measured)
 
     def _write(self, txn: Txn, batch: _Batch) -> int:
         if batch.lookups is None:
@@ -221,6 +232,7 @@ class SqlStore:
         inserted: list[Sequence[Any]] = []
         write = write_mysql if isinstance(txn.dialect, MySQLDialect) else write_sqlite
         count = write(txn.cursor, txn.dialect, candidates, batch.pcap_on, inserted)
+        batch.new_sensors = [row[_ID_SENSOR_AT] for row in inserted]
         if inserted:   # the dashboard's per-minute counts, in the same transaction
             rollup.apply(txn.cursor, txn.dialect, rollup.tallies(map(rollup.source, inserted)))
         return count

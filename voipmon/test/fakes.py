@@ -27,6 +27,7 @@ from voipmon.store.interfaces import (
     StoreError,
     StoreUnavailable,
 )
+from voipmon.store.measures import StoreMeasures
 from voipmon.store.query import CdrQuery, as_query, delete_args, matches
 from voipmon.store.rollup import SOURCE, tallies
 from voipmon.store.rows import (
@@ -72,6 +73,7 @@ class FakeStore:
     def __init__(self, clock: Any = None, central_id: str = "fake-central") -> None:
         self.clock = clock or _SecondsClock()
         self.central_id = central_id
+        self.measures = StoreMeasures()
         self.down = False
         self.hold = False
         self.held: list[tuple[defer.Deferred, list[tuple[tuple[int, str], Cdr]], str]] = []
@@ -154,6 +156,7 @@ class FakeStore:
 
     def _commit(self, items: list[tuple[tuple[int, str], Cdr]], pcap_on: str) -> int:
         new = 0
+        sensors: list[int] = []
         for key, cdr in items:
             if key in self._ids:
                 continue
@@ -166,6 +169,8 @@ class FakeStore:
             self._cdrs[self._next_id] = (stored, stored_pcap_on, row, calldate_ms)
             self._next_id += 1
             new += 1
+            sensors.append(key[0])
+        self.measures.committed(0.0, sensors)
         return new
 
     def list_cdrs(self, query: CdrQuery | Mapping[Any, Any] | None = None) -> defer.Deferred:
@@ -299,6 +304,7 @@ class CommitCounter:
         self.stored = 0
         self.done: defer.Deferred[None] = defer.Deferred()
         self.where = inner.where
+        self.measures = inner.measures
         # the rest of IStore, passed on as it is
         self.start, self.close, self.list_cdrs = inner.start, inner.close, inner.list_cdrs
         self.delete_cdrs_before, self.get_cdr = inner.delete_cdrs_before, inner.get_cdr

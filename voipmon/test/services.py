@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from voipmon.central import legacy_mirror
 from voipmon.central import tap as central_tap
 from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
+from voipmon.central.metrics import CentralMetrics
 from voipmon.central.mirror import AnalyzerFactory
 from voipmon.central.service import CentralService, StoreService, mirror_engine_factory
 from voipmon.config import CentralSettings, Destination, SensorSettings
@@ -24,6 +25,7 @@ from voipmon.manager.service import ManagerConnector, make_manager_service
 from voipmon.protocols import tls
 from voipmon.sensor import tap as sensor_tap
 from voipmon.sensor.centrals import Route, centrals, tls_route
+from voipmon.sensor.metrics import SensorMetrics
 from voipmon.sensor.service import GIVE_UP_AFTER, SensorService
 from voipmon.sources import registry as sources
 from voipmon.sources.interfaces import ISource
@@ -45,7 +47,9 @@ def build_sensor(settings: SensorSettings, reactor: Any, *, clock: IReactorTime 
     """A sensor as voipmon.sensor.tap builds it (no management port, no retention)."""
     clock = clock if clock is not None else reactor
     dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS), clock)
-    uplink, engine, queue = sensor_tap.uplink_for(settings, clock, dead_letters)
+    metrics = SensorMetrics(settings.channel.id_sensor, clock, sensor_tap.mode_of(settings))
+    uplink, engine, queue = sensor_tap.uplink_for(settings, clock, dead_letters,
+                                                  metrics.outcomes)
     if source is None:
         source = sources.from_config(settings, uplink if engine is None else engine, reactor,
                                      read_pcap=read_pcap, clock=clock)
@@ -63,7 +67,7 @@ def build_sensor(settings: SensorSettings, reactor: Any, *, clock: IReactorTime 
                          failback_interval=channel.failback_probe_interval,
                          verified=bool(channel.server_certificate_sha256
                                        or channel.server_ca_file),
-                         on_exit=on_exit, give_up_after=give_up_after)
+                         on_exit=on_exit, give_up_after=give_up_after, metrics=metrics)
 
 
 def manager_service(settings: SensorSettings, reactor: Any, stats: Any = None,
@@ -97,14 +101,15 @@ def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | No
     if endpoint is None:
         endpoint = tls.server_endpoint(
             reactor, channel.server_bind_port if port is None else port, channel.server_bind)
+    metrics = CentralMetrics(clock)
     listener = central_tap.sensor_listener(settings, store, cdr_queue, engines, dead_letters,
                                            certificate, clock, name=central_id,
-                                           endpoint=endpoint, binding=binding)
+                                           endpoint=endpoint, binding=binding, metrics=metrics)
     central = CentralService(StoreService(store, clock), cdr_queue, listener, certificate)
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
     for extra in (central_tap.database_retention(settings, central.store_service, clock),
                   make_web_service(settings.http, spooldir, reactor, store, connector,
-                                   port=http_port, certificate=certificate),
+                                   port=http_port, certificate=certificate, metrics=metrics),
                   legacy_mirror.receiver_service(settings, cdr_queue, dead_letters, reactor)):
         if extra is not None:
             extra.setServiceParent(central)

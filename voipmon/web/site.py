@@ -15,17 +15,22 @@ import base64
 import hmac
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application import internet
+from twisted.application import internet, service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
 from voipmon.config import is_loopback
 from voipmon.config.settings import HttpSettings
+from voipmon.counters import Counters, family
+from voipmon.metrics.resource import metrics_resource
 from voipmon.web.api import ApiResource, find_sensor, write_json
 from voipmon.web.pcaps import CallPcaps
+
+if TYPE_CHECKING:
+    from voipmon.central.metrics import CentralMetrics
 
 log = Logger()
 
@@ -49,17 +54,21 @@ class StaticFiles(static.File):
 
 class Guard(resource.Resource):
     """The site's root: adds the security headers and, with credentials, requires HTTP
-    Basic before handing the request to ``inner``."""
+    Basic before handing the request to ``inner`` (except for the top-level names in
+    ``open_paths``: /metrics when the operator says it needs none)."""
 
-    def __init__(self, inner: resource.Resource, user: str = "", password: str = "") -> None:
+    def __init__(self, inner: resource.Resource, user: str = "", password: str = "",
+                 open_paths: frozenset[bytes] = frozenset()) -> None:
         super().__init__()
         self.inner = inner
         self.credentials = (user.encode(), password.encode()) if user or password else None
+        self.open_paths = open_paths
 
     def getChildWithDefault(self, path: bytes, request: Any) -> resource.Resource:
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
-        if self.credentials is not None and not self._authorized(request):
+        if (self.credentials is not None and path not in self.open_paths
+                and not self._authorized(request)):
             return _Unauthorized()
         segments = [path, *request.postpath]  # percent-decoded already
         if any(_CONTROL.search(segment) for segment in segments):
@@ -111,17 +120,50 @@ class _Unauthorized(_Refused):
         return super().render(request)
 
 
+class CountingSite(server.Site):
+    """A site that counts its responses by status code (the central's metrics)."""
+
+    displayTracebacks = False
+
+    def __init__(self, root: resource.Resource) -> None:
+        super().__init__(root)
+        self.responses: dict[int, int] = {}
+
+    def log(self, request: Any) -> None:
+        super().log(request)
+        code = request.code if isinstance(request.code, int) else 0
+        self.responses[code] = self.responses.get(code, 0) + 1
+
+    def counters(self) -> Counters:
+        return family("responses", dict(sorted(self.responses.items())))
+
+
 def make_site(store: Any, pcaps: CallPcaps, user: str = "", password: str = "",
-              bind: str = "127.0.0.1", static_dir: str = STATIC_DIR) -> server.Site:
-    """The site; refuses to serve beyond loopback without credentials."""
+              bind: str = "127.0.0.1", static_dir: str = STATIC_DIR,
+              metrics: resource.Resource | None = None,
+              metrics_auth: bool = True) -> CountingSite:
+    """The site; refuses to serve beyond loopback without credentials. ``metrics``: the
+    /metrics resource, behind the page's credentials unless ``metrics_auth`` is False."""
     if not is_loopback(bind) and not (user and password):
         raise ValueError(f"http_bind = {bind} is not loopback: http_user and http_password "
                          "are required")
     files = StaticFiles(static_dir)
     files.putChild(b"api", ApiResource(store, pcaps))
-    site = server.Site(Guard(files, user, password))
-    site.displayTracebacks = False
-    return site
+    if metrics is not None:
+        files.putChild(b"metrics", metrics)
+    open_paths = frozenset({b"metrics"}) if metrics is not None and not metrics_auth else (
+        frozenset())
+    return CountingSite(Guard(files, user, password, open_paths))
+
+
+def metrics_only_site(metrics: resource.Resource, user: str = "", password: str = "",
+                      auth: bool = True) -> CountingSite:
+    """A site of its own for /metrics (``http_metrics_port``), 404 elsewhere."""
+    root = resource.Resource()
+    root.putChild(b"metrics", metrics)
+    if auth:
+        return CountingSite(Guard(root, user, password))
+    return CountingSite(Guard(root))
 
 
 def uses_tls(http: HttpSettings) -> bool:
@@ -132,21 +174,48 @@ def uses_tls(http: HttpSettings) -> bool:
 
 
 def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any,
-                     connector: Any, port: int | None = None, certificate: Any = None) -> Any:
+                     connector: Any, port: int | None = None, certificate: Any = None,
+                     metrics: CentralMetrics | None = None,
+                     metrics_port: int | None = None) -> Any:
     """The central's web service on ``http_bind:http_port`` (None when http_port = 0).
 
     Pcaps are served from ``spooldir`` (or fetched from the sensor through ``connector``,
     a voipmon.manager.service.ManagerConnector); ``port`` overrides http_port (0:
     ephemeral, for tests); ``certificate`` (a tls.ServerCertificate, the channel's) serves
-    HTTPS when :func:`uses_tls` says so.
+    HTTPS when :func:`uses_tls` says so. With ``metrics`` (the central's), /metrics is
+    served there, or on ``http_metrics_port`` (``metrics_port`` overrides it) alone, and
+    the site's responses are counted.
     """
     if not http.http_port:
         return None
 
     pcaps = CallPcaps(spooldir, connector, lambda id_sensor: find_sensor(store, id_sensor))
-    site = make_site(store, pcaps, http.http_user, http.http_password, http.http_bind)
+    exposition = None if metrics is None else metrics_resource(metrics.prometheus())
+    apart = http.http_metrics_port if metrics_port is None else metrics_port
+    site = make_site(store, pcaps, http.http_user, http.http_password, http.http_bind,
+                     metrics=exposition if not apart else None,
+                     metrics_auth=http.http_metrics_auth)
+    svc = _listen(http, reactor, site, http.http_port if port is None else port, certificate,
+                  "web page and API")
+    if metrics is None or exposition is None:
+        return svc
+    metrics.bind_http(site.counters)
+    if not apart:
+        return svc
+    both = service.MultiService()
+    svc.setServiceParent(both)
+    alone = metrics_only_site(exposition, http.http_user, http.http_password,
+                              auth=http.http_metrics_auth)
+    metrics.bind_http(alone.counters)
+    _listen(http, reactor, alone, apart, certificate, "Prometheus metrics",
+            "metrics").setServiceParent(both)
+    both.setName("http")
+    return both
+
+
+def _listen(http: HttpSettings, reactor: Any, site: server.Site, number: int,
+            certificate: Any, what: str, path: str = "") -> Any:
     host = http.http_bind
-    number = http.http_port if port is None else port
     secure = uses_tls(http)
     if secure:
         if certificate is None:
@@ -161,8 +230,8 @@ def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any
         kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
         endpoint = kind(reactor, number, interface=host)
     shown = f"[{host}]" if ":" in host else host
-    log.info("web page and API on {url}",
-             url=f"{'https' if secure else 'http'}://{shown}:{number}/")
+    log.info("{what} on {url}", what=what,
+             url=f"{'https' if secure else 'http'}://{shown}:{number}/{path}")
     svc = internet.StreamServerEndpointService(endpoint, site)
-    svc.setName("http")
+    svc.setName("http" if not path else "metrics")
     return svc
