@@ -12,12 +12,12 @@ from __future__ import annotations
 from voipmon.metrics.catalog import method_label
 from voipmon.metrics.sources import Bind
 
-# A packet source (live capture over every interface; a capture file; HEP).
+# A packet source (live capture over every interface; a capture file; HEP): ISource.stats,
+# whose ``dropped`` every source gives (a live capture's kernel and interface drops).
 CAPTURE = {
     "packets": "voipmon_sensor_packets_total",
     "bytes": "voipmon_sensor_bytes_total",                      # to count
-    "kernel_dropped": "voipmon_sensor_dropped_packets_total",
-    "interface_dropped": "voipmon_sensor_dropped_packets_total",
+    "dropped": "voipmon_sensor_dropped_packets_total",          # kernel + interface
 }
 
 # The decoder (DecodeStats): why frames did not become datagrams.

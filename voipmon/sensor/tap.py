@@ -14,8 +14,8 @@ import os
 import sys
 from typing import Any
 
-from twisted.application import service
-from twisted.internet import threads
+from twisted.application import internet, service
+from twisted.internet import endpoints, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -25,6 +25,8 @@ from voipmon.analysis.settings import engine_for
 from voipmon.config import SensorSettings, load_sensor_config
 from voipmon.manager.service import make_manager_service
 from voipmon.metrics.calls import CallOutcomes
+from voipmon.metrics.collectors import sensor_registry
+from voipmon.metrics.resource import metrics_site
 from voipmon.protocols import tls
 from voipmon.queue import DurableQueue
 from voipmon.sensor import legacy_mirror
@@ -123,7 +125,27 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
         retention.setServiceParent(sensor)
     if manager is not None:
         manager.setServiceParent(sensor)
+    own = metrics_service(settings, reactor, metrics)
+    if own is not None:
+        own.setServiceParent(sensor)
     return sensor
+
+
+def metrics_service(settings: SensorSettings, reactor: Any, metrics: SensorMetrics,
+                    port: int | None = None) -> service.Service | None:
+    """The sensor's own /metrics on metrics_bind:metrics_port (None when 0; ``port``
+    overrides it, 0 there: ephemeral), plain HTTP: figures, no call data."""
+    manager = settings.manager
+    number = manager.metrics_port if port is None else port
+    if port is None and not number:
+        return None
+    host = manager.metrics_bind
+    kind = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
+    site = metrics_site(sensor_registry(metrics.taker, settings.channel.name_sensor))
+    own = internet.StreamServerEndpointService(kind(reactor, number, interface=host), site)
+    own.setName("metrics")
+    log.info("Prometheus metrics on http://{host}:{port}/metrics", host=host, port=number)
+    return own
 
 
 def legacy_mirror_only(settings: SensorSettings) -> bool:

@@ -54,8 +54,7 @@ class FakeSensor:
                  centrals: tuple[str, ...] = ("central-a:60024", "central-b:60024")) -> None:
         self.id_sensor = id_sensor
         self.mode = mode
-        self.capture: dict[str, Any] = {"packets": 0, "bytes": 0, "kernel_dropped": 0,
-                                        "interface_dropped": 0}
+        self.capture: dict[str, Any] = {"packets": 0, "bytes": 0, "dropped": 0}
         self.decoder: dict[str, Any] = {"undecodable": {"truncated ip": 0, "bad udp length": 0},
                                         "ignored": {"arp": 0, "tcp other port": 0, "icmp": 0}}
         self.engine: dict[str, Any] = {
@@ -94,7 +93,7 @@ class FakeSensor:
         packets = int(rate * seconds)
         self.capture["packets"] += packets
         self.capture["bytes"] += packets * 214
-        self.capture["kernel_dropped"] += self.id_sensor % 7 == 0
+        self.capture["dropped"] += self.id_sensor % 7 == 0
         self.decoder["undecodable"]["truncated ip"] += 1
         self.decoder["ignored"]["arp"] += int(seconds)
         self.engine["rtp_packets"] += packets - 12 * calls

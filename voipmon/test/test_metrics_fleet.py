@@ -224,7 +224,7 @@ class HealthTests(SynchronousTestCase):
             for sensor in (ok, dropping, lagging):
                 sensor.advance(5, calls=3)
                 if sensor is dropping:
-                    sensor.capture["kernel_dropped"] += 50
+                    sensor.capture["dropped"] += 50
                 if sensor is lagging:
                     sensor.uplink["queue_depth"] = 150
                 sensor.push(self.fleet)
