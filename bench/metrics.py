@@ -1,5 +1,16 @@
-"""What a scrape of the central's /metrics costs with 100 sensors, beside generate_latest
+"""What the metrics cost: the analysis rate with metrics on beside off (target: at most 3 %
+slower), and a scrape of the central's /metrics with 100 sensors, beside generate_latest
 of an empty registry and of Python's process collectors alone.
+
+Analysis: the same frames (a SIP-heavy mix of the bundled captures, REGISTER floods
+included; and an RTP-heavy one, the bundled 3-call G.711 capture) through a fresh engine,
+rounds interleaved, the median of ``--runs``. Off: the engine alone. On: as a sensor runs
+it, its CDR callback through ``CallOutcomes``, its counters in a ``MetricsRegistry`` with
+the process's, a snapshot taken and serialized as STATS every ``--interval`` seconds of
+wall time (5 s on a sensor; every 0.1 s by default here, 50 times as often, so that the
+runs see some). The SIP counting by method and class is part of the engine in both (plain
+dict increments in its SIP path, like its other counters); its share is measured apart,
+the same statements timed alone for as many SIP messages as the mix holds.
 
 The fleet is voipmon.test.metrics_fakes's: realistic figures for each sensor (capture,
 SIP by method and class, calls by bye code, MOS and loss histograms, delivery, channel;
@@ -8,7 +19,7 @@ snapshot through JSON. Also printed: the exposition's size (plain and gzip), wha
 central spends on one sensor's STATS (JSON parse + check + fleet) and what a sensor spends
 making one (read its sources + JSON). All on the thread that renders: the reactor's.
 
-    .venv/bin/python bench/metrics.py [--sensors 100] [--seconds 2]
+    .venv/bin/python bench/metrics.py [--sensors 100] [--seconds 2] [--runs 5]
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import argparse
 import gzip
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -26,13 +38,110 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.task import Clock
 
+from voipmon.analysis.engine import Engine
+from voipmon.metrics import bindings
+from voipmon.metrics.calls import CallOutcomes
+from voipmon.metrics.catalog import Scope, method_label, status_class
 from voipmon.metrics.collectors import (
     FleetCollector,
+    ProcessSource,
     add_process_collectors,
     central_registry,
 )
+from voipmon.metrics.sources import CountersSource, MetricsRegistry, SnapshotTaker
+from voipmon.packet.readers import read_capture
 from voipmon.protocols.wire import parse_json
+from voipmon.sensor.metrics import under
+from voipmon.test.common import data_path
 from voipmon.test.metrics_fakes import fake_fleet
+
+TARGET = 3.0          # % slower with metrics on, at most
+SIP_MIX = ("register_sipvicious_lo.pcap", "register_kamailio_sipp_lo.pcap",
+           "sipmsg_kamailio_sipp_lo.pcap", "sipp_tcp_2calls_udp_486_2calls_lo.pcap",
+           "hostile_callids.pcap")
+RTP_MIX = ("sipp_uac_pcap_rtp_echo_lo_3calls.pcap",)
+Record = tuple[float, int, bytes]
+
+
+def workload(names: tuple[str, ...], copies: int) -> list[Record]:
+    """The captures' frames ``copies`` times over, each copy later than the one before."""
+    base: list[Record] = []
+    for name in names:
+        records = list(read_capture(data_path(name)))
+        shift = (base[-1][0] + 60 - records[0][0]) if base else 0.0
+        base += [(ts + shift, linktype, frame) for ts, linktype, frame in records]
+    span = base[-1][0] - base[0][0] + 60
+    return [(ts + copy * span, linktype, frame) for copy in range(copies)
+            for ts, linktype, frame in base]
+
+
+def analyse(records: list[Record], metrics: bool, interval: float) -> tuple[float, int, int]:
+    """Seconds to analyse ``records`` (metrics on or off); CDRs made; snapshots taken."""
+    cdrs: list[object] = []
+    snapshots = 0
+    if metrics:
+        outcomes = CallOutcomes()
+        engine = Engine(id_sensor=1, on_cdr=outcomes.wrap(cdrs.append))
+        registry = MetricsRegistry(Scope.SENSOR)
+        registry.add(CountersSource(engine.counters, {
+            **bindings.ENGINE, **under("decoder", bindings.DECODER)}))
+        registry.add(outcomes)
+        registry.add(ProcessSource())
+        taker = SnapshotTaker(registry, 1, Clock())
+    else:
+        engine = Engine(id_sensor=1, on_cdr=cdrs.append)
+    started = time.perf_counter()
+    due = started + interval
+    for at in range(0, len(records), 2000):
+        engine.feed_all(records[at:at + 2000])
+        if metrics and time.perf_counter() >= due:
+            json.dumps(taker.take().to_json()).encode("ascii")
+            snapshots += 1
+            due = time.perf_counter() + interval
+    engine.finish()
+    if metrics:
+        json.dumps(taker.take().to_json()).encode("ascii")
+        snapshots += 1
+    return time.perf_counter() - started, len(cdrs), snapshots
+
+
+def sip_counting(messages: int) -> float:
+    """Seconds that the engine's SIP counting takes for ``messages`` SIP messages (the
+    statements of Engine._sip, alone), half requests, half responses."""
+    requests: dict[str, int] = {}
+    responses: dict[str, int] = {}
+    methods = ("INVITE", "REGISTER", "BYE", "ACK")
+    started = time.perf_counter()
+    for n in range(messages // 2):
+        label = method_label(methods[n & 3])
+        requests[label] = requests.get(label, 0) + 1
+        label = f"{method_label(methods[n & 3])}.{status_class(200)}"
+        responses[label] = responses.get(label, 0) + 1
+    return time.perf_counter() - started
+
+
+def analysis_overhead(runs: int, interval: float) -> None:
+    for title, names, copies in (("SIP-heavy", SIP_MIX, 40), ("RTP-heavy", RTP_MIX, 20)):
+        records = workload(names, copies)
+        probe = Engine(id_sensor=1, on_cdr=lambda cdr: None)
+        probe.feed_all(records)
+        messages = probe.stats.sip_messages
+        timings: dict[bool, list[float]] = {False: [], True: []}
+        snapshots = 0
+        for _ in range(runs):
+            for on in (False, True):
+                elapsed, _cdrs, taken = analyse(records, on, interval)
+                timings[on].append(elapsed)
+                snapshots += taken if on else 0
+        off, on = (statistics.median(timings[flag]) for flag in (False, True))
+        slower = (on / off - 1) * 100
+        counting = sip_counting(messages) / off * 100
+        print(f"analysis, {title} ({len(records)} frames, {messages} SIP messages), median "
+              f"of {runs}: metrics off {len(records) / off:,.0f} packets/s, on "
+              f"{len(records) / on:,.0f} packets/s: {slower:+.1f} % (target <= {TARGET:g} % "
+              f"slower: {'met' if slower <= TARGET else 'NOT met'}; {snapshots // runs} "
+              f"snapshots a run); the SIP counting in the engine (on in both) "
+              f"{counting:.2f} % of the run")
 
 
 def per_call(work: Callable[[], object], seconds: float) -> float:
@@ -51,7 +160,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sensors", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--interval", type=float, default=0.1,
+                        help="seconds between snapshots while analysing (5 on a sensor)")
     options = parser.parse_args()
+    analysis_overhead(options.runs, options.interval)
     clock = Clock()
     clock.advance(1_700_000_000)
     fleet, central, sensors = fake_fleet(clock, options.sensors)

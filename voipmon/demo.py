@@ -8,7 +8,8 @@ Call-IDs are not UTF-8 (shown coming back byte for byte) — waits until each ha
 CDR or packet acknowledged (``--exit-when-done``), replays the first capture once more
 through a flood of 300 idle connections on the sensor port (voipmon.test.flood, in its own
 process: the sensor still gets in, and the central logs the flood once per 10 s), prints
-the CDRs the central's HTTP API returns (a mirroring sensor's CDRs are safe on the
+the CDRs the central's HTTP API returns and a few fleet figures from its Prometheus
+/metrics (a mirroring sensor's CDRs are safe on the
 central's disk when it exits and reach the database a moment later: the demo waits for
 them), and stops the central cleanly.
 Everything it starts, it stops. With ``--serve`` the central keeps running (web page and
@@ -29,6 +30,8 @@ import time
 import urllib.parse
 import urllib.request
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from voipmon.records.times import iso_ms, parse_iso_ms
 
@@ -118,6 +121,28 @@ def wait_for_mirrored_cdrs(http_port: int, id_sensor: int, log: str,
                   f"{timeout:.0f} s", file=sys.stderr)
             return
         time.sleep(0.1)
+
+
+def show_metrics(http_port: int) -> None:
+    """A few fleet figures from the central's Prometheus /metrics."""
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    wanted = {"voipmon_sensor_up": "up", "voipmon_sensor_packets_total": "packets",
+              "voipmon_cdrs_made_total": "calls", "voipmon_cdrs_stored_total": "CDRs stored",
+              "voipmon_sensor_queue_records": "queue"}
+    per: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted and "id_sensor" in sample.labels:
+                per.setdefault(sample.labels["id_sensor"], {})[wanted[sample.name]] = (
+                    sample.value)
+    print(f"\nPrometheus metrics of the whole fleet: {url}")
+    for id_sensor, figures in sorted(per.items(), key=lambda item: int(item[0])):
+        shown = ", ".join(f"{label} {figures[label]:g}" for label in wanted.values()
+                          if label in figures)
+        print(f"  sensor {id_sensor}: {shown}")
+    print("  (up 0: each sensor exited after its replay; its figures stay)")
 
 
 def table(cdrs: list[dict[str, Any]]) -> str:
@@ -235,6 +260,7 @@ managerport = {free_port()}
             found = api_cdrs(http_port, f"callid={urllib.parse.quote_from_bytes(raw)}")
             print(f"  {raw!r}  (?callid= with these bytes finds {len(found)} call)")
         dashboard = show_dashboard(http_port, cdrs)
+        show_metrics(http_port)
         print("\nlogs, configs, spools and the database: .demo/")
         if serve:
             print(f"web page and API: http://127.0.0.1:{http_port}/  (Ctrl-C stops the central)")

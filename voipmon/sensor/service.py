@@ -195,6 +195,9 @@ class SensorService(service.MultiService):
                        f"letters, {where}; the log says why); {message}")
         else:
             message = f"done: {message}"
+        transport = self.uplink.transport
+        if transport is not None:       # the replay's final figures, before the exit
+            self._push_stats(transport)
         error = self.source.error
         if error:  # a damaged capture: what it held is delivered, yet the run failed
             self._exit(1, f"{message}; but the capture stopped early: {error}")

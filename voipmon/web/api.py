@@ -1,6 +1,8 @@
 """The central's HTTP API (design 2.4), as one twisted.web resource over IStore.
 
-``GET /api/sensors``, ``PATCH /api/sensors/<id>`` (``{"name": ...}``), ``GET /api/cdrs``
+``GET /api/sensors`` (each with ``health``: the central's live view of it, from its metrics,
+or null for a sensor this central has not seen since it started), ``PATCH
+/api/sensors/<id>`` (``{"name": ...}``), ``GET /api/cdrs``
 (filters parsed and validated by the store's query: a bad one is a 400 naming it),
 ``GET /api/cdrs/<id>``, ``GET /api/cdrs/<id>/pcap`` and ``GET /api/cdrs/<id>/sip`` (the
 call's SIP messages for the ladder diagram), ``GET /api/stats`` (the dashboard's figures:
@@ -11,12 +13,14 @@ error is JSON ``{"error": message}``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from voipmon.metrics.fleet import Health
 from voipmon.protocols.wire import parse_json
 from voipmon.web.ladder import MAX_SIP_PCAP, sip_messages
 from voipmon.web.pcaps import CallPcaps, PcapUnavailable
@@ -85,10 +89,12 @@ class ApiResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, store: Any, pcaps: CallPcaps) -> None:
+    def __init__(self, store: Any, pcaps: CallPcaps,
+                 health: Callable[[], list[Health]] | None = None) -> None:
         super().__init__()
         self.store = store
         self.pcaps = pcaps
+        self.health = health
 
     def render(self, request: Any) -> Any:
         d = defer.maybeDeferred(self._route, request)
@@ -122,7 +128,7 @@ class ApiResource(resource.Resource):
         if path == [b"sensors"]:
             self._allow(method, b"GET")
             sensors = yield self.store.list_sensors()
-            write_json(request, 200, {"sensors": sensors})
+            write_json(request, 200, {"sensors": self._with_health(sensors)})
         elif len(path) == 2 and path[0] == b"sensors":
             self._allow(method, b"PATCH", b"GET")
             id_sensor = _id(path[1], "a sensor id")
@@ -157,6 +163,11 @@ class ApiResource(resource.Resource):
                 raise ApiError(404, f"no such resource {request.path.decode('utf-8', 'replace')}")
         else:
             raise ApiError(404, f"no such resource {request.path.decode('utf-8', 'replace')}")
+
+    def _with_health(self, sensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The store's sensors, each with this central's view of its health."""
+        seen = {h.id_sensor: h.to_json() for h in self.health()} if self.health else {}
+        return [{**sensor, "health": seen.get(sensor.get("id_sensor"))} for sensor in sensors]
 
     @staticmethod
     def _allow(method: bytes, *allowed: bytes) -> None:

@@ -15,6 +15,7 @@ import base64
 import hmac
 import os
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import internet, service
@@ -25,6 +26,7 @@ from twisted.web import resource, server, static
 from voipmon.config import is_loopback
 from voipmon.config.settings import HttpSettings
 from voipmon.counters import Counters, family
+from voipmon.metrics.fleet import Health
 from voipmon.metrics.resource import metrics_resource
 from voipmon.web.api import ApiResource, find_sensor, write_json
 from voipmon.web.pcaps import CallPcaps
@@ -141,14 +143,16 @@ class CountingSite(server.Site):
 def make_site(store: Any, pcaps: CallPcaps, user: str = "", password: str = "",
               bind: str = "127.0.0.1", static_dir: str = STATIC_DIR,
               metrics: resource.Resource | None = None,
-              metrics_auth: bool = True) -> CountingSite:
+              metrics_auth: bool = True,
+              health: Callable[[], list[Health]] | None = None) -> CountingSite:
     """The site; refuses to serve beyond loopback without credentials. ``metrics``: the
-    /metrics resource, behind the page's credentials unless ``metrics_auth`` is False."""
+    /metrics resource, behind the page's credentials unless ``metrics_auth`` is False;
+    ``health``: the sensors' health for /api/sensors (CentralMetrics.health)."""
     if not is_loopback(bind) and not (user and password):
         raise ValueError(f"http_bind = {bind} is not loopback: http_user and http_password "
                          "are required")
     files = StaticFiles(static_dir)
-    files.putChild(b"api", ApiResource(store, pcaps))
+    files.putChild(b"api", ApiResource(store, pcaps, health))
     if metrics is not None:
         files.putChild(b"metrics", metrics)
     open_paths = frozenset({b"metrics"}) if metrics is not None and not metrics_auth else (
@@ -194,7 +198,8 @@ def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any
     apart = http.http_metrics_port if metrics_port is None else metrics_port
     site = make_site(store, pcaps, http.http_user, http.http_password, http.http_bind,
                      metrics=exposition if not apart else None,
-                     metrics_auth=http.http_metrics_auth)
+                     metrics_auth=http.http_metrics_auth,
+                     health=metrics.health if metrics is not None else None)
     svc = _listen(http, reactor, site, http.http_port if port is None else port, certificate,
                   "web page and API")
     if metrics is None or exposition is None:

@@ -313,9 +313,16 @@ function ladder(messages) {
 
 // -- sensors ------------------------------------------------------------------------
 
+// The view refreshes itself every few seconds while it is shown (not while a name is
+// being edited); each sensor's health is the central's live view of it (its metrics).
+const SENSORS_REFRESH_MS = 3000;
+let sensorsTimer = null;
+
 async function showSensors() {
   const status = $("#sensors-status");
   const tbody = $("#sensors tbody");
+  clearTimeout(sensorsTimer);
+  sensorsTimer = setTimeout(refreshSensors, SENSORS_REFRESH_MS);
   let sensors;
   try {
     ({ sensors } = await api("api/sensors"));
@@ -327,6 +334,28 @@ async function showSensors() {
   status.textContent = sensors.length ? "" : "No sensor has connected yet.";
   status.className = "status";
   tbody.replaceChildren(...sensors.map(sensorRow));
+}
+
+function refreshSensors() {
+  if ($("#view-sensors").hidden) return;
+  if ($("#sensors .rename-form")) {
+    sensorsTimer = setTimeout(refreshSensors, SENSORS_REFRESH_MS);
+    return;
+  }
+  showSensors();
+}
+
+const perSecond = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(v < 10 ? 1 : 0));
+const epochTime = (t) => (t === null || t === undefined ? "" : fmt.time(new Date(t * 1000).toISOString()));
+
+function sensorState(s) {
+  const h = s.health;
+  // A sensor this central has not seen since it started: what the database says.
+  const state = h ? h.state : (s.connected ? "online" : "offline");
+  const title = h ? { ok: "connected, no drops, queue short", dropping: "dropping packets",
+                      lagging: "its queue is long", offline: "not connected to this central" }[state]
+                  : "not seen by this central since it started";
+  return el("span", { class: `state ${state === "online" ? "ok" : state}`, title }, state);
 }
 
 function sensorRow(s) {
@@ -350,13 +379,20 @@ function sensorRow(s) {
     cell.replaceChildren(form);
     input.focus();
   } }, "Rename");
-  return el("tr", { "data-id": s.id_sensor },
+  const h = s.health || {};
+  return el("tr", { "data-id": s.id_sensor, "data-state": s.health ? h.state : "" },
     el("td", { class: "num" }, s.id_sensor), cell,
-    el("td", {}, el("span", { class: s.connected ? "online" : "offline" }, s.connected ? "online" : "offline")),
+    el("td", { class: "sensor-state" }, sensorState(s)),
     el("td", {}, s.mode === "mirror" ? "packet mirroring" : s.mode === "local" ? "local processing" : s.mode || ""),
-    el("td", {}, fmt.time(s.last_seen)),
+    el("td", {}, s.health ? epochTime(h.last_seen) : fmt.time(s.last_seen)),
+    el("td", { class: "num" }, perSecond(h.packets_per_second)),
+    el("td", { class: "num" }, perSecond(h.drops_per_second)),
+    el("td", { class: "num" }, fmt.int(h.calls_active)),
+    el("td", { class: "num" }, fmt.int(s.health ? h.queue_records : s.queue_depth)),
+    el("td", { class: "num" }, h.clock_skew_seconds === null || h.clock_skew_seconds === undefined
+      ? "" : `${h.clock_skew_seconds.toFixed(2)} s`),
     el("td", { class: "num" }, fmt.int(s.packets)), el("td", { class: "num" }, fmt.int(s.drops)),
-    el("td", { class: "num" }, fmt.int(s.queue_depth)), el("td", {}, s.version || ""),
+    el("td", {}, s.version || ""),
     el("td", {}, rename));
 }
 
