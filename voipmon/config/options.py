@@ -331,6 +331,12 @@ TABLE: tuple[Entry, ...] = (
            "no: /metrics answers without http_user/http_password (it holds no call data).",
            note="/metrics carries no call data (no numbers, addresses or Call-IDs): with no, "
                 "Prometheus scrapes it without the page's Basic credentials."),
+    Option("http_media_cache", Integer(0), 512, CENTRAL, "http",
+           "MB of calls' quality and audio (and the pcaps they came from) kept in "
+           "spooldir/media; 0 = keep nothing.",
+           note="The quality charts and audio of calls are computed on demand from their "
+                "pcaps; the fetched pcap and the results are kept in spooldir/media for the "
+                "next request, the least recently used going first beyond this many MB."),
 
     Heading({"sensor": "spool", "central": "spool (pcaps of mirroring sensors, state)"}),
     Option("spooldir", Text(allow_empty=False), "/var/spool/voipmon", BOTH, "spool",

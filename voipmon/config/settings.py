@@ -253,6 +253,10 @@ class HttpSettings:
     #: no: /metrics answers without http_user/http_password (it holds no call data).
     http_metrics_auth: bool = True
 
+    #: MB of calls' quality and audio (and the pcaps they came from) kept in
+    #: spooldir/media; 0 = keep nothing.
+    http_media_cache: int = 512
+
 
 @dataclass(frozen=True, kw_only=True)
 class SensorSettings(LoadedSettings):

@@ -29,6 +29,7 @@ from voipmon.test.common import data_path, require_tshark
 from voipmon.test.test_manager_pcapmerge import write_pcap
 from voipmon.test.test_manager_service import TrackingFactory
 from voipmon.web.api import find_sensor
+from voipmon.web.callmedia import CallMedia, MediaCache
 from voipmon.web.pcaps import CallPcaps
 from voipmon.web.site import make_site
 
@@ -89,9 +90,11 @@ class WebBase(TestCase):
         for cdr in (yield self.store.list_cdrs({})):
             self.ids[cdr["callid"]] = cdr["id"]
         connector = ManagerConnector(reactor, PASSWORD, timeout=10, connect_timeout=5)
-        pcaps = CallPcaps(self.central_spool, connector,
-                          lambda id_sensor: find_sensor(self.store, id_sensor))
-        site = make_site(self.store, pcaps, self.user, self.password)
+        self.pcaps = pcaps = CallPcaps(self.central_spool, connector,
+                                       lambda id_sensor: find_sensor(self.store, id_sensor))
+        media = CallMedia(pcaps, MediaCache(os.path.join(self.central_spool, "media"),
+                                            64 << 20), reactor)
+        site = make_site(self.store, pcaps, self.user, self.password, media=media)
         port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
         self.base = f"http://127.0.0.1:{port.getHost().port}"

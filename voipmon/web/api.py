@@ -5,20 +5,22 @@ or null for a sensor this central has not seen since it started), ``PATCH
 /api/sensors/<id>`` (``{"name": ...}``), ``GET /api/cdrs``
 (filters parsed and validated by the store's query: a bad one is a 400 naming it),
 ``GET /api/cdrs/<id>``, ``GET /api/cdrs/<id>/pcap`` and ``GET /api/cdrs/<id>/sip`` (the
-call's SIP messages for the ladder diagram), ``GET /api/stats`` (the dashboard's figures:
-``voipmon.store.stats``; each names the ``/api/cdrs`` query that lists its calls). Every
-error is JSON ``{"error": message}``.
+call's SIP messages for the ladder diagram), the call views given to it (``views``: e.g.
+``/api/cdrs/<id>/quality`` and ``/audio``, ``voipmon.web.quality`` and ``.audio``),
+``GET /api/stats`` (the dashboard's figures: ``voipmon.store.stats``; each names the
+``/api/cdrs`` query that lists its calls). Every error is JSON ``{"error": message}``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
+from zope.interface import Interface
 
 from voipmon.metrics.fleet import Health
 from voipmon.protocols.wire import parse_json
@@ -84,17 +86,29 @@ class _Bounded:
         self.parts.append(data)
 
 
+class ICallView(Interface):
+    """A resource of one call, ``/api/cdrs/<id>/<name>`` (GET)."""
+
+    def render(request, cdr):
+        """Answer ``request`` about the stored call ``cdr`` (the API's dict of it); a
+        Deferred that fires once the answer is under way or done. Raise ``ApiError`` or
+        ``PcapUnavailable`` for an answer the user should see."""
+
+
 class ApiResource(resource.Resource):
-    """Everything under /api. ``pcaps`` is a CallPcaps."""
+    """Everything under /api. ``pcaps`` is a CallPcaps; ``views`` maps a name to the
+    ``ICallView`` serving ``/api/cdrs/<id>/<name>``."""
 
     isLeaf = True
 
     def __init__(self, store: Any, pcaps: CallPcaps,
-                 health: Callable[[], list[Health]] | None = None) -> None:
+                 health: Callable[[], list[Health]] | None = None,
+                 views: Mapping[bytes, ICallView] | None = None) -> None:
         super().__init__()
         self.store = store
         self.pcaps = pcaps
         self.health = health
+        self.views = dict(views or {})
 
     def render(self, request: Any) -> Any:
         d = defer.maybeDeferred(self._route, request)
@@ -159,6 +173,8 @@ class ApiResource(resource.Resource):
             elif path[2] == b"sip":
                 messages = yield self._sip(cdr)
                 write_json(request, 200, {"messages": messages})
+            elif path[2] in self.views:
+                yield self.views[path[2]].render(request, cdr)
             else:
                 raise ApiError(404, f"no such resource {request.path.decode('utf-8', 'replace')}")
         else:

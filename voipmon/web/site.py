@@ -28,8 +28,11 @@ from voipmon.config.settings import HttpSettings
 from voipmon.counters import Counters, family
 from voipmon.metrics.fleet import Health
 from voipmon.metrics.resource import metrics_resource
-from voipmon.web.api import ApiResource, find_sensor, write_json
+from voipmon.web.api import ApiResource, ICallView, find_sensor, write_json
+from voipmon.web.audio import AudioView
+from voipmon.web.callmedia import CACHE_DIRECTORY, CallMedia, MediaCache
 from voipmon.web.pcaps import CallPcaps
+from voipmon.web.quality import QualityView
 
 if TYPE_CHECKING:
     from voipmon.central.metrics import CentralMetrics
@@ -140,19 +143,27 @@ class CountingSite(server.Site):
         return family("responses", dict(sorted(self.responses.items())))
 
 
+def call_views(media: CallMedia) -> dict[bytes, ICallView]:
+    """The resources of one call computed from its pcap: quality over time and audio."""
+    return {b"quality": QualityView(media), b"audio": AudioView(media)}
+
+
 def make_site(store: Any, pcaps: CallPcaps, user: str = "", password: str = "",
               bind: str = "127.0.0.1", static_dir: str = STATIC_DIR,
               metrics: resource.Resource | None = None,
               metrics_auth: bool = True,
-              health: Callable[[], list[Health]] | None = None) -> CountingSite:
+              health: Callable[[], list[Health]] | None = None,
+              media: CallMedia | None = None) -> CountingSite:
     """The site; refuses to serve beyond loopback without credentials. ``metrics``: the
     /metrics resource, behind the page's credentials unless ``metrics_auth`` is False;
-    ``health``: the sensors' health for /api/sensors (CentralMetrics.health)."""
+    ``health``: the sensors' health for /api/sensors (CentralMetrics.health); ``media``
+    serves the calls' quality and audio (absent: those are 404s)."""
     if not is_loopback(bind) and not (user and password):
         raise ValueError(f"http_bind = {bind} is not loopback: http_user and http_password "
                          "are required")
     files = StaticFiles(static_dir)
-    files.putChild(b"api", ApiResource(store, pcaps, health))
+    files.putChild(b"api", ApiResource(store, pcaps, health,
+                                       call_views(media) if media is not None else None))
     if metrics is not None:
         files.putChild(b"metrics", metrics)
     open_paths = frozenset({b"metrics"}) if metrics is not None and not metrics_auth else (
@@ -184,7 +195,8 @@ def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any
     """The central's web service on ``http_bind:http_port`` (None when http_port = 0).
 
     Pcaps are served from ``spooldir`` (or fetched from the sensor through ``connector``,
-    a voipmon.manager.service.ManagerConnector); ``port`` overrides http_port (0:
+    a voipmon.manager.service.ManagerConnector), and so are the calls' quality and audio
+    (cached in ``spooldir/media``); ``port`` overrides http_port (0:
     ephemeral, for tests); ``certificate`` (a tls.ServerCertificate, the channel's) serves
     HTTPS when :func:`uses_tls` says so. With ``metrics`` (the central's), /metrics is
     served there, or on ``http_metrics_port`` (``metrics_port`` overrides it) alone, and
@@ -196,7 +208,10 @@ def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any
     pcaps = CallPcaps(spooldir, connector, lambda id_sensor: find_sensor(store, id_sensor))
     exposition = None if metrics is None else metrics_resource(metrics.prometheus())
     apart = http.http_metrics_port if metrics_port is None else metrics_port
+    media = CallMedia(pcaps, MediaCache(os.path.join(spooldir, CACHE_DIRECTORY),
+                                        http.http_media_cache << 20), reactor)
     site = make_site(store, pcaps, http.http_user, http.http_password, http.http_bind,
+                     media=media,
                      metrics=exposition if not apart else None,
                      metrics_auth=http.http_metrics_auth,
                      health=metrics.health if metrics is not None else None)
