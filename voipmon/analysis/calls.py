@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from voipmon.analysis.rtcp import RtcpTracker
 from voipmon.analysis.sip import SipMessage, split_uri
+from voipmon.packet.hep import capture_agent
 from voipmon.records import cdr as cdrmod
 from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.records.keys import make_cdr_uid
@@ -114,6 +115,7 @@ class Call:
     rtp_pcap: PcapSink | None = None
     recent_frames: deque = field(default_factory=lambda: deque(maxlen=8))
     messages: int = 0
+    hep_capture_id: int | None = None   # HEP: the capture agent of the first INVITE
 
     @classmethod
     def from_invite(cls, d: Datagram, msg: SipMessage) -> Call:
@@ -124,7 +126,9 @@ class Call:
                    callername=msg.from_.display, called=called,
                    called_domain=msg.to.host or split_uri(msg.request_uri)[1],
                    from_tag=msg.from_.tag, invite_cseq=msg.cseq,
-                   a_ua=msg.header("user-agent"), last_ts=d.ts, last_sip_ts=d.ts)
+                   a_ua=msg.header("user-agent"), last_ts=d.ts, last_sip_ts=d.ts,
+                   hep_capture_id=capture_agent(d.linktype, d.frames[0][1])
+                   if d.frames else None)
         return call
 
     # -- SIP ---------------------------------------------------------------------------
@@ -312,4 +316,5 @@ class Call:
             whohanged=self.whohanged, connect_time=self.connect_time, a_ua=self.a_ua,
             b_ua=self.b_ua, a_index=index["a"], b_index=index["b"],
             rtp=tuple(record.stream for record in streams), fbasename=self.fbasename,
-            sip_pcap=sip_pcap, rtp_pcap=rtp_pcap, extra=extra)
+            sip_pcap=sip_pcap, rtp_pcap=rtp_pcap, extra=extra,
+            hep_capture_id=self.hep_capture_id)

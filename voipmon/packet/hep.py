@@ -55,6 +55,19 @@ SIP, RTP, RTCP_JSON, LOG = 1, 4, 5, 100
 MAX_PAYLOAD = 65535
 
 
+#: The Ethernet destination address of every frame synthesised from HEP
+#: (``voipmon.packet.synth``): 02:48:45:50:33:00, "HEP3", locally administered. The source
+#: address is 02:00 and the capture agent id (chunk 0x000c) in 32 bits.
+HEP_MAC = b"\x02HEP3\x00"
+
+
+def capture_agent(linktype: int, frame: bytes) -> int | None:
+    """The capture agent id of a frame synthesised from HEP; None for any other frame."""
+    if linktype == 1 and frame[:6] == HEP_MAC and len(frame) >= 14:
+        return int.from_bytes(frame[8:12], "big")
+    return None
+
+
 class HepError(ValueError):
     """A malformed HEP message; ``reason`` (one of ``REASONS``) says how."""
 

@@ -5,7 +5,12 @@ with the original addresses, UDP, TCP or SCTP with the original ports, and the p
 The frames go to ``emit(ts, linktype, frame)``, which is ``Engine.feed`` or
 ``Decoder.feed``: decoding, TCP reassembly, call analysis, per-call pcaps and mirroring
 work unchanged. Checksums are real (IPv4 header, UDP over IPv6, TCP), so tools that check
-them agree; UDP over IPv4 carries none, which IPv4 allows. Ethernet addresses are zero.
+them agree; UDP over IPv4 carries none, which IPv4 allows. The Ethernet header says where
+a frame came from: the destination address is ``HEP_MAC`` (02:48:45:50:33:00, locally
+administered: "HEP3"), the source address 02:00 and the message's capture agent id (chunk
+0x000c, 0 without one) in 32 bits, so the engine keeps the agent on the call
+(``voipmon.packet.hep.capture_agent``), the per-call pcap shows it (``eth.src``), and a
+mirroring sensor carries it to the central's engine inside the frames.
 
 Per HEP protocol type: SIP (1) and RTP (4) are framed as they are, RTCP as JSON (5) is
 rebuilt into binary RTCP first (``rtcpjson``); LOG (100) and every other type are counted
@@ -38,14 +43,14 @@ from collections import Counter
 from collections.abc import Callable
 
 from voipmon.counters import Counters, family
-from voipmon.packet.hep import LOG, RTCP_JSON, RTP, SIP, HepError, HepMessage
+from voipmon.packet.hep import HEP_MAC, LOG, RTCP_JSON, RTP, SIP, HepError, HepMessage
 from voipmon.packet.rtcpjson import rtcp_from_json
 
 Emit = Callable[[float, int, bytes], object]
 
 LINKTYPE_ETHERNET = 1
-_ETH4 = b"\0" * 12 + b"\x08\x00"
-_ETH6 = b"\0" * 12 + b"\x86\xdd"
+_ZERO_MACS = b"\0" * 12
+_IPV4, _IPV6 = b"\x08\x00", b"\x86\xdd"
 _IP4 = struct.Struct("!14sBBHHHBBH4s4s")      # Ethernet + IPv4 header
 _IP6 = struct.Struct("!14sIHBB16s16s")        # Ethernet + IPv6 header
 _UDP = struct.Struct("!HHHH").pack
@@ -70,18 +75,25 @@ def _data_sum(payload: bytes) -> int:
     return _from(payload, "big") << 8 if len(payload) & 1 else _from(payload, "big")
 
 
-def ip_frame(src: bytes, dst: bytes, proto: int, l4: bytes) -> bytes:
+def hep_macs(capture_id: int) -> bytes:
+    """The Ethernet destination and source addresses of a frame from agent ``capture_id``."""
+    return HEP_MAC + b"\x02\x00" + (capture_id & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+def ip_frame(src: bytes, dst: bytes, proto: int, l4: bytes, macs: bytes = _ZERO_MACS
+             ) -> bytes:
     """Ethernet + IPv4 (4-byte addresses) or IPv6 (16) around the transport bytes ``l4``."""
     n = len(l4)
     if len(src) == 4:
         tot = 20 + n
         c = _csum(0x4500 + tot + 0x4000 + 0x4000 + proto + _from(src, "big")
                   + _from(dst, "big"))
-        return _IP4.pack(_ETH4, 0x45, 0, tot, 0, 0x4000, 64, proto, c, src, dst) + l4
-    return _IP6.pack(_ETH6, 0x60000000, n, proto, 64, src, dst) + l4
+        return _IP4.pack(macs + _IPV4, 0x45, 0, tot, 0, 0x4000, 64, proto, c, src, dst) + l4
+    return _IP6.pack(macs + _IPV6, 0x60000000, n, proto, 64, src, dst) + l4
 
 
-def udp_frame(src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> bytes:
+def udp_frame(src: bytes, sport: int, dst: bytes, dport: int, payload: bytes,
+              macs: bytes = _ZERO_MACS) -> bytes:
     """One UDP datagram in an Ethernet frame; ``HepError("too_large")`` if it cannot be."""
     ulen = 8 + len(payload)
     if len(src) == 4:
@@ -89,35 +101,36 @@ def udp_frame(src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) ->
             raise HepError("too_large", f"{len(payload)} bytes of UDP over IPv4")
         tot = 20 + ulen
         c = _csum(0x4500 + tot + 0x4000 + 0x4000 + 17 + _from(src, "big") + _from(dst, "big"))
-        return _IP4.pack(_ETH4, 0x45, 0, tot, 0, 0x4000, 64, 17, c, src, dst) \
+        return _IP4.pack(macs + _IPV4, 0x45, 0, tot, 0, 0x4000, 64, 17, c, src, dst) \
             + _UDP(sport, dport, ulen, 0) + payload
     if ulen > _MAX_UDP6 + 8:
         raise HepError("too_large", f"{len(payload)} bytes of UDP over IPv6")
     c = _csum(_from(src, "big") + _from(dst, "big") + ulen + 17 + sport + dport + ulen
               + _data_sum(payload)) or 0xFFFF
-    return _IP6.pack(_ETH6, 0x60000000, ulen, 17, 64, src, dst) \
+    return _IP6.pack(macs + _IPV6, 0x60000000, ulen, 17, 64, src, dst) \
         + _UDP(sport, dport, ulen, c) + payload
 
 
 def tcp_frame(src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int,
-              flags: int, payload: bytes = b"") -> bytes:
+              flags: int, payload: bytes = b"", macs: bytes = _ZERO_MACS) -> bytes:
     """One TCP segment (20-byte header, window 65535) with its checksum."""
     tlen = 20 + len(payload)
     ackno = ack if flags & _ACK else 0
     c = _csum(_from(src, "big") + _from(dst, "big") + 6 + tlen + sport + dport + seq + ackno
               + (0x5000 | flags) + 0xFFFF + _data_sum(payload))
     return ip_frame(src, dst, 6, _TCP(sport, dport, seq, ackno, 0x50, flags, 0xFFFF, c, 0)
-                    + payload)
+                    + payload, macs)
 
 
 def sctp_frame(src: bytes, sport: int, dst: bytes, dport: int, tsn: int, ssn: int,
-               flags: int, data: bytes) -> bytes:
+               flags: int, data: bytes, macs: bytes = _ZERO_MACS) -> bytes:
     """One SCTP packet holding one DATA chunk (stream 0, PPID 0, verification tag 0)."""
     clen = 16 + len(data)
     packet = _SCTP(sport, dport, 0, 0, 0, flags, clen, tsn, 0, ssn, 0) + data \
         + b"\0" * (-clen & 3)
     crc = crc32c(packet)
-    return ip_frame(src, dst, 132, packet[:8] + crc.to_bytes(4, "little") + packet[12:])
+    return ip_frame(src, dst, 132, packet[:8] + crc.to_bytes(4, "little") + packet[12:],
+                    macs)
 
 
 def _crc_table() -> tuple[int, ...]:
@@ -189,6 +202,7 @@ class HepFrames:
         self._dirs: dict[tuple, _Dir] = {}
         self._expired_at = 0.0
         self._created = 0
+        self._macs: dict[int, bytes] = {}   # capture id -> hep_macs(capture id)
 
     def __len__(self) -> int:
         """Connections and associations held."""
@@ -218,18 +232,23 @@ class HepFrames:
             stats.dropped["empty"] += 1
             return 0
         proto = msg[2]
+        macs = self._macs.get(msg[8])
+        if macs is None:
+            if len(self._macs) >= 4096:
+                self._macs.clear()
+            macs = self._macs[msg[8]] = hep_macs(msg[8])
         try:
             if proto in (17, 22):
                 self._emit(ts, LINKTYPE_ETHERNET, udp_frame(msg[3], msg[4], msg[5], msg[6],
-                                                            payload))
+                                                            payload, macs))
                 stats.frames += 1
                 return 1
             if ts - self._expired_at > 1.0 or ts < self._expired_at - 3600.0:
                 self.expire(ts)
             if proto == 6:
-                return self._tcp(msg, ts, payload)
+                return self._tcp(msg, ts, payload, macs)
             if proto == 132:
-                return self._sctp(msg, ts, payload)
+                return self._sctp(msg, ts, payload, macs)
         except HepError as e:
             stats.dropped[e.reason] += 1
             return 0
@@ -254,7 +273,7 @@ class HepFrames:
         self._dirs[rkey] = r
         return d, True
 
-    def _tcp(self, msg: HepMessage, ts: float, payload: bytes) -> int:
+    def _tcp(self, msg: HepMessage, ts: float, payload: bytes, macs: bytes) -> int:
         src, sport, dst, dport = msg[3], msg[4], msg[5], msg[6]
         d, new = self._direction(msg, ts, 6)
         emit = self._emit
@@ -262,9 +281,11 @@ class HepFrames:
         if new:
             self.stats.tcp_connections += 1
             r = d.peer
-            emit(ts, LINKTYPE_ETHERNET, tcp_frame(src, sport, dst, dport, d.next, 0, _SYN))
+            emit(ts, LINKTYPE_ETHERNET, tcp_frame(src, sport, dst, dport, d.next, 0, _SYN,
+                                                  b"", macs))
             emit(ts, LINKTYPE_ETHERNET, tcp_frame(dst, dport, src, sport, r.next,
-                                                  (d.next + 1) & 0xFFFFFFFF, _SYN | _ACK))
+                                                  (d.next + 1) & 0xFFFFFFFF, _SYN | _ACK,
+                                                  b"", macs))
             d.next = (d.next + 1) & 0xFFFFFFFF
             r.next = (r.next + 1) & 0xFFFFFFFF
             n = 2
@@ -272,13 +293,13 @@ class HepFrames:
         for i in range(0, len(payload), _MAX_SEG):
             part = payload[i:i + _MAX_SEG] if len(payload) > _MAX_SEG else payload
             emit(ts, LINKTYPE_ETHERNET, tcp_frame(src, sport, dst, dport, d.next, ack,
-                                                  _PSH | _ACK, part))
+                                                  _PSH | _ACK, part, macs))
             d.next = (d.next + len(part)) & 0xFFFFFFFF
             n += 1
         self.stats.frames += n
         return n
 
-    def _sctp(self, msg: HepMessage, ts: float, payload: bytes) -> int:
+    def _sctp(self, msg: HepMessage, ts: float, payload: bytes, macs: bytes) -> int:
         src, sport, dst, dport = msg[3], msg[4], msg[5], msg[6]
         d, new = self._direction(msg, ts, 132)
         if new:
@@ -288,7 +309,7 @@ class HepFrames:
         for i in parts:
             flags = (2 if i == 0 else 0) | (1 if i == last else 0)
             self._emit(ts, LINKTYPE_ETHERNET, sctp_frame(
-                src, sport, dst, dport, d.next, d.ssn, flags, payload[i:i + _MAX_SCTP]))
+                src, sport, dst, dport, d.next, d.ssn, flags, payload[i:i + _MAX_SCTP], macs))
             d.next = (d.next + 1) & 0xFFFFFFFF
         d.ssn = (d.ssn + 1) & 0xFFFF
         self.stats.frames += len(parts)

@@ -95,7 +95,8 @@ _SIDE_FIELDS = ("received", "lost", "avgjitter", "maxjitter", "mos_f1", "mos_f2"
 _STREAMS = RecordCodec(RtpStream, "rtp")
 
 
-@record_type("cdr", uid="sensor_cdr_uid", nested={"rtp": _STREAMS})
+@record_type("cdr", uid="sensor_cdr_uid", nested={"rtp": _STREAMS},
+             omit_none=("hep_capture_id",))
 @dataclass(frozen=True)
 class Cdr(Record):
     """One call detail record (design section 2.3)."""
@@ -132,6 +133,9 @@ class Cdr(Record):
     sip_pcap: str = ""                # spool-relative path of the SIP pcap, "" if none
     rtp_pcap: str = ""                # spool-relative path of the RTP pcap, "" if none
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, e.g. rtcp summaries
+    # ours: the capture agent id (HEP chunk 0x000c) of a call received as HEP, None if
+    # sniffed; the agent that sent its first INVITE
+    hep_capture_id: int | None = None
 
     def side(self, which: str) -> RtpStream | None:
         """The caller's ("a") or callee's ("b") main stream, if any."""

@@ -20,7 +20,9 @@ no valid text can produce a lone surrogate, so the escape never collides with a 
 character, and ``json.loads`` gives back the same string, hence the same bytes. (With
 ``ensure_ascii=False`` such a Call-ID could not be encoded at all, and its call was lost.)
 The keys are the fields in their declared order, so a record's bytes depend on nothing
-but its values (the CDR's are the bytes sensors have always written).
+but its values (the CDR's are the bytes sensors have always written). A field added later
+with the default None may be declared ``omit_none``: it is left out while None, so a
+record that does not use it keeps its bytes (a missing key takes its default on reading).
 """
 
 from __future__ import annotations
@@ -129,10 +131,12 @@ class RecordCodec(Generic[T]):
     """
 
     def __init__(self, cls: type[T], name: str, uid: str = "uid",
-                 nested: dict[str, RecordCodec[object]] | None = None) -> None:
+                 nested: dict[str, RecordCodec[object]] | None = None,
+                 omit_none: tuple[str, ...] = ()) -> None:
         self.cls = cls
         self.name = name
         self.nested = dict(nested or {})
+        self.omit_none = omit_none
         fields = dataclasses.fields(cls)
         self.names = tuple(f.name for f in fields)
         self.values = operator.attrgetter(*self.names)
@@ -182,6 +186,9 @@ class RecordCodec(Generic[T]):
             data = dict(zip(self.names, self.values(record), strict=True))
         for name, codec in self.nested.items():
             data[name] = [codec.fields_of(item) for item in data[name]]
+        for name in self.omit_none:
+            if data[name] is None:
+                del data[name]
         return data
 
     def encode(self, record: object) -> bytes:
@@ -251,15 +258,15 @@ class Record:
 
 
 def record_type(kind: str, uid: str = "uid",
-                nested: dict[str, RecordCodec[object]] | None = None
-                ) -> Callable[[type[R]], type[R]]:
+                nested: dict[str, RecordCodec[object]] | None = None,
+                omit_none: tuple[str, ...] = ()) -> Callable[[type[R]], type[R]]:
     """Class decorator (above ``@dataclass``): ``kind`` is the record's KIND, ``uid`` the
-    field of its key, ``nested`` the codecs of fields holding records; the class then
-    provides ``IRecordType``."""
+    field of its key, ``nested`` the codecs of fields holding records, ``omit_none`` the
+    fields left out of the wire while None; the class then provides ``IRecordType``."""
 
     def declare(cls: type[R]) -> type[R]:
         cls.KIND = kind
-        cls.CODEC = RecordCodec(cls, kind, uid, nested)
+        cls.CODEC = RecordCodec(cls, kind, uid, nested, omit_none)
         return provider(IRecordType)(cls)
 
     return declare

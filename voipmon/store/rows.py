@@ -74,7 +74,7 @@ CDR_COLUMNS: tuple[str, ...] = (
 )
 NEXT_COLUMNS: tuple[str, ...] = (
     "cdr_ID", "callid", "fbasename", "connect_time", "sip_pcap", "rtp_pcap", "pcap_on", "extra",
-    "callid_raw",
+    "callid_raw", "hep_capture_id",
 )
 RTP_COLUMNS: tuple[str, ...] = (
     "cdr_ID", "index", "saddr", "sport", "daddr", "dport", "ssrc", "payload", "received",
@@ -235,7 +235,7 @@ def encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any, pcap_on: str 
         rtp_pcap[:_PATH_LEN] if type(rtp_pcap) is str and rtp_pcap.isascii()
         else text(rtp_pcap, _PATH_LEN),
         pcap_on if (sip_pcap or rtp_pcap) and pcap_on in PCAP_ON else None,
-        _extra_json(cdr.extra), callid_raw,
+        _extra_json(cdr.extra), callid_raw, clamp(cdr.hep_capture_id, 0, U32),
     )
     return row, next_row, [row for row, _side in encoded]
 
@@ -269,7 +269,7 @@ READ_COLUMNS: tuple[str, ...] = (
     "c.caller_domain", "c.called_domain", "c.callername", "c.whohanged",
     "c.a_index", "c.b_index", "r.lastSIPresponse", "ua.ua", "ub.ua",
     "n.callid", "n.fbasename", "n.connect_time", "n.sip_pcap", "n.rtp_pcap", "n.pcap_on",
-    "n.extra", "n.callid_raw",
+    "n.extra", "n.callid_raw", "n.hep_capture_id",
 )
 READ_RTP_COLUMNS: tuple[str, ...] = tuple(c for c in RTP_COLUMNS if c != "cdr_ID")
 
@@ -301,7 +301,7 @@ def decode_cdr(row: Sequence[Any], rtp_rows: Sequence[Sequence[Any]]) -> tuple[i
      caller, called, sipcallerip, sipcalledip, sipcallerport, sipcalledport,
      response_num, bye, caller_domain, called_domain, callername, whohanged, a_index,
      b_index, response, a_ua, b_ua, callid, fbasename, connect_time, sip_pcap, rtp_pcap,
-     pcap_on, extra, callid_raw) = row
+     pcap_on, extra, callid_raw, hep_capture_id) = row
     start = epoch(calldate)
     cdr = Cdr(
         sensor_cdr_uid=sensor_cdr_uid, callid=exact_value(callid, callid_raw),
@@ -318,7 +318,7 @@ def decode_cdr(row: Sequence[Any], rtp_rows: Sequence[Sequence[Any]]) -> tuple[i
         b_ua=b_ua or "", a_index=a_index, b_index=b_index,
         rtp=tuple(decode_rtp(r, start) for r in rtp_rows),
         fbasename=fbasename or "", sip_pcap=sip_pcap or "", rtp_pcap=rtp_pcap or "",
-        extra=_extra_data(extra),
+        extra=_extra_data(extra), hep_capture_id=hep_capture_id,
     )
     return cdr_id, cdr, pcap_on
 

@@ -16,6 +16,7 @@ reports written for VoIPmonitor keep working: ``cdr.calldate``, ``caller``, ``ca
 Columns of our own: ``cdr.sensor_cdr_uid`` (the idempotency key), ``cdr_next.callid``
 (and ``callid_raw``, its exact bytes when the text cannot hold them),
 ``connect_time``, ``sip_pcap``/``rtp_pcap``/``pcap_on`` (where the call's pcap lives),
+``hep_capture_id`` (the HEP capture agent id of a call received as HEP, NULL if sniffed),
 ``extra`` (JSON), and full-precision stream values in ``cdr_rtp`` (``avgjitter``, ``mos_f1``...)
 beside VoIPmonitor's ``maxjitter_mult10``. ``cdr``'s summaries are VoIPmonitor-style:
 ``payload`` (caller's main codec, else callee's), ``jitter_mult10`` (the larger side's
@@ -348,6 +349,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "cdr_minute: the dashboard's per-minute counts, filled from cdr", (
         CreateTable(CDR_MINUTE),
         Backfill("cdr_minute"),
+    )),
+    # HEP input: which capture agent (a proxy node, an SBC) reported the call.
+    Migration(6, "cdr_next: hep_capture_id, the HEP capture agent id of the call", (
+        AddColumn("cdr_next", Column("hep_capture_id", "u32")),
     )),
 )
 

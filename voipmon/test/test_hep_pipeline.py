@@ -76,7 +76,12 @@ class PublicCaptureTests(SynchronousTestCase):
                     compared["messages"] += 1
                 via_hep.finish()
                 self.assertEqual((direct.stats.errors, via_hep.stats.errors), (0, 0))
-                self.assertEqual(as_dicts((hep_cdrs, hep_orphans)),
+                # the capture agent is kept on the HEP calls (chunk 0x000c), none sniffed
+                self.assertEqual({c.hep_capture_id for c in hep_cdrs},
+                                 {2002} if hep_cdrs else set())
+                self.assertEqual({c.hep_capture_id for c in cdrs}, {None} if cdrs else set())
+                self.assertEqual(as_dicts(([dataclasses.replace(c, hep_capture_id=None)
+                                            for c in hep_cdrs], hep_orphans)),
                                  as_dicts((cdrs, orphans)))
                 compared["cdrs"] += len(cdrs)
                 compared["streams"] += sum(len(c.rtp) for c in cdrs) + len(orphans)

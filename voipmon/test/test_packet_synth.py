@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from voipmon.analysis.rtcp import parse_rtcp
 from voipmon.packet.datagram import IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
-from voipmon.packet.hep import LOG, HepMessage, decode_hep
+from voipmon.packet.hep import HEP_MAC, LOG, HepMessage, capture_agent, decode_hep
 from voipmon.packet.synth import (
     HepFrames,
     crc32c,
@@ -232,3 +232,27 @@ class TypeTests(SynchronousTestCase):
         [d] = p.datagrams
         self.assertEqual((d.proto, d.payload), (IPPROTO_UDP, sip(1)))
         self.assertEqual(p.synth.counters()["frames"], 1)
+
+
+class CaptureAgentTests(SynchronousTestCase):
+    """The capture agent id rides in the Ethernet header of every synthesised frame."""
+
+    def test_every_frame_names_its_agent(self) -> None:
+        p = Pipeline()
+        for n, (proto, agent) in enumerate(((17, 4242), (6, 77 << 16), (132, 0),
+                                            (6, 0xFFFFFFFF))):
+            msg = message(V4[0], 5060 + n, V4[1], 5060, sip(n), ip_proto=proto)
+            before = len(p.frames)
+            p.synth.feed(msg._replace(capture_id=agent), 1000.0)
+            for frame in p.frames[before:]:   # the TCP handshake's too
+                self.assertEqual(frame[:6], HEP_MAC)
+                self.assertEqual(frame[6:8], b"\x02\x00")
+                self.assertEqual(capture_agent(1, frame), agent)
+        self.assertEqual(len(p.datagrams), 4)
+
+    def test_other_frames_have_no_agent(self) -> None:
+        frame = udp_frame(packed(V4[0]), 5060, packed(V4[1]), 5060, sip(1))
+        self.assertEqual(frame[:12], bytes(12))
+        self.assertIsNone(capture_agent(1, frame))
+        self.assertIsNone(capture_agent(113, HEP_MAC + bytes(20)))   # Linux cooked capture
+        self.assertIsNone(capture_agent(1, HEP_MAC + b"\x02\x00\x01"))  # cut short

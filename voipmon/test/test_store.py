@@ -111,7 +111,9 @@ class StoreContract:
     @defer.inlineCallbacks
     def test_round_trip(self) -> Any:
         """What goes in comes out as Cdr.to_json() plus id and pcap_on, via list and get."""
-        cdrs = [testing.make_cdr(n, id_sensor=1 + n % 3, streams=n % 4) for n in range(30)]
+        cdrs = [testing.make_cdr(n, id_sensor=1 + n % 3, streams=n % 4,
+                                 hep_capture_id=(None, 0, 4242, 0xFFFFFFFF)[n % 4])
+                for n in range(30)]
         self.assertEqual((yield self.store.store_cdrs(cdrs)), 30)
         listed = yield self.all_cdrs()
         self.assertEqual(len(listed), 30)
@@ -121,6 +123,7 @@ class StoreContract:
             self.assertEqual((yield self.store.get_cdr(row["id"])), row)
             self.assertEqual(Cdr.from_json(row), cdr)   # exact for data at stored precision
             self.assertEqual(len(row["rtp"]), len(cdr.rtp))
+            self.assertEqual(row["hep_capture_id"], cdr.hep_capture_id)
 
     @defer.inlineCallbacks
     def test_replayed_batch_stores_nothing_new(self) -> Any:

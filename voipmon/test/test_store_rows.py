@@ -114,6 +114,7 @@ def cdrs(draw: Any) -> Cdr:
         lastSIPresponse=draw(st.text(max_size=20)), a_ua=draw(st.text(max_size=20)),
         extra=draw(st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text()),
                                    max_size=3)),
+        hep_capture_id=draw(st.one_of(st.none(), st.integers(-5, 1 << 33))),
     )
 
 
@@ -211,6 +212,7 @@ def reference_encode(cdr: Cdr, response_id: Any, a_ua_id: Any, b_ua_id: Any,
         datetime_text(cdr.connect_time), fit(cdr.sip_pcap, "sip_pcap"),
         fit(cdr.rtp_pcap, "rtp_pcap"), pcap_on if cdr.sip_pcap or cdr.rtp_pcap else None,
         extra, callid_raw,
+        unsigned(cdr.hep_capture_id, U32),
     )
     return row, next_row, [row for row, _side in encoded]
 
