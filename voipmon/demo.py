@@ -7,7 +7,9 @@ CDRs, one mirroring raw packets for the central to analyse, one sending calls wh
 Call-IDs are not UTF-8 (shown coming back byte for byte) — waits until each has every
 CDR or packet acknowledged (``--exit-when-done``), replays the first capture once more
 through a flood of 300 idle connections on the sensor port (voipmon.test.flood, in its own
-process: the sensor still gets in, and the central logs the flood once per 10 s), prints
+process: the sensor still gets in, and the central logs the flood once per 10 s), runs a
+fourth sensor that captures nothing but takes HEP (the SIP, RTP and RTCP of a bundled
+capture, sent over TCP by the test suite's HEP encoder as a proxy or agent would), prints
 the CDRs the central's HTTP API returns and a few fleet figures from its Prometheus
 /metrics (a mirroring sensor's CDRs are safe on the
 central's disk when it exits and reach the database a moment later: the demo waits for
@@ -204,6 +206,51 @@ def through_a_flood(workdir: str, channel_port: int, conf: str) -> None:
         print("  " + line.split("] ", 1)[-1].strip())
 
 
+def through_hep(workdir: str, channel_port: int, http_port: int) -> None:
+    """Sensor 4 listens for HEP (no interface, no root): a HEP agent sends it a bundled
+    capture's SIP, RTP and RTCP over TCP with the password; the calls close once the
+    line is quiet (in the HEP's own time) and reach the central like sniffed ones."""
+    from voipmon.test.hepsupport import capture_as_hep  # an agent, for the demo
+    hep_port = free_port()
+    conf = write(os.path.join(workdir, "sensor4.conf"), f"""\
+id_sensor = 4
+name_sensor = hep-input
+server_destination = 127.0.0.1:{channel_port}
+server_password = {PASSWORD}
+spooldir = {os.path.join(workdir, "sensor4-spool")}
+managerport = {free_port()}
+hep_bind_port = {hep_port}
+hep_password = demo-hep-secret
+""")
+    capture = SENSORS[0][3]
+    log = os.path.join(workdir, "sensor4.log")
+    sensor = subprocess.Popen(twistd("sensor4", workdir, "voipmon-sensor", "--config", conf),
+                              cwd=workdir)
+    try:
+        wait_for_port(hep_port, sensor, log)
+        records = capture_as_hep(os.path.join(DATA, capture), capture_id=4242,
+                                 auth_key=b"demo-hep-secret")
+        print(f"sensor 4 (hep-input) takes HEP on 127.0.0.1:{hep_port} (UDP and TCP): "
+              f"{len(records)} HEP messages of {capture} ...", flush=True)
+        with socket.create_connection(("127.0.0.1", hep_port)) as sock:
+            sock.sendall(b"".join(record.message for record in records))
+        deadline = time.monotonic() + 90
+        while len(api_cdrs(http_port, "id_sensor=4")) < 3:
+            if time.monotonic() > deadline or sensor.poll() is not None:
+                raise SystemExit(f"sensor 4: its HEP calls did not reach the central; see {log}")
+            time.sleep(0.5)
+        agents = {cdr.get("hep_capture_id") for cdr in api_cdrs(http_port, "id_sensor=4")}
+        print(f"  its 3 calls are stored, with the capture agent id: hep_capture_id = "
+              f"{', '.join(map(str, sorted(agents)))}")
+    finally:
+        sensor.send_signal(signal.SIGTERM)
+        try:
+            sensor.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            sensor.kill()
+            sensor.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     serve = "--serve" in args
@@ -250,6 +297,7 @@ managerport = {free_port()}
                 wait_for_mirrored_cdrs(http_port, id_sensor,
                                        os.path.join(workdir, f"sensor{id_sensor}.log"))
         through_a_flood(workdir, channel_port, os.path.join(workdir, "sensor1.conf"))
+        through_hep(workdir, channel_port, http_port)
         cdrs = api_cdrs(http_port, "limit=100")
         cdrs = sorted(cdrs, key=lambda c: (c["id_sensor"], c["calldate"]))
         print(f"\nthe central stored {len(cdrs)} CDRs:\n")

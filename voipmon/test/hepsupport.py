@@ -197,7 +197,8 @@ class HepRecord:
 
 
 def capture_as_hep(path: str, sip_ports: Sequence[int] = (5060,), capture_id: int = 2002,
-                   order: Sequence[str] = KAMAILIO) -> list[HepRecord]:
+                   order: Sequence[str] = KAMAILIO,
+                   auth_key: bytes | None = None) -> list[HepRecord]:
     """The SIP (type 1, one message per SIP message, as Kamailio sends it), RTP (4) and
     RTCP (5, as JSON) of a capture as HEP3 messages, in capture order, with the captured
     times. Other datagrams are left out."""
@@ -223,5 +224,5 @@ def capture_as_hep(path: str, sip_ports: Sequence[int] = (5060,), capture_id: in
             d.sport,
             socket.inet_ntop(socket.AF_INET6 if len(d.dst) == 16 else socket.AF_INET, d.dst),
             d.dport, payload, ts=(usec // 1000000, usec % 1000000), proto_type=kind,
-            ip_proto=d.proto, capture_id=capture_id, order=order)))
+            ip_proto=d.proto, capture_id=capture_id, order=order, auth_key=auth_key)))
     return out
