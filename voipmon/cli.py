@@ -194,8 +194,8 @@ def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
     problem = ""
     try:
         if reader.format == "pcap":
-            # the engine walks a classic pcap's records in the reader's buffers
-            # (hotpath._feed_pcap); the progress line follows the reader's reads
+            # the engine takes a classic pcap in the reader's batches, one per buffer
+            # (readers.batches); the progress line follows the reader's reads
             if progress.enabled:
                 counting.on_read = lambda done: progress.update(done, reader.frames)
             engine.feed_all(reader)

@@ -5,10 +5,11 @@ sensor) and in ``voipmon-analyze``. It is pure: no reactor, no wall clock. Time 
 capture time of the frames, so a file replayed offline gives the same calls as the live
 traffic did.
 
-Frames come in through ``feed`` and ``feed_all`` (``hotpath.HotPath``): nearly all of them
-are RTP of known flows and stop there. Everything else goes through the packet ``Decoder``
-(tunnels, IPv6, defragmentation, TCP/WebSocket/SCTP reassembly), whose datagrams come back
-to ``_datagram``.
+Frames come in through ``feed`` and ``feed_all``, both the engine's one fast path
+(``fastpath.FastPath``, which it composes): nearly all of them are RTP of known flows and
+stop there. Everything else goes through the packet ``Decoder`` (tunnels, IPv6,
+defragmentation, TCP/WebSocket/SCTP reassembly), whose datagrams come back to
+``_datagram``.
 
 Attribution (``media.MediaTable``). SDP in a call's messages binds ``ip:port`` endpoints
 to it; a UDP flow to or from a bound endpoint is that call's RTP, RTCP or T.38, and
@@ -38,7 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from voipmon.analysis.calls import END, Call, ip_text
-from voipmon.analysis.hotpath import HotPath
+from voipmon.analysis.fastpath import FastPath
 from voipmon.analysis.media import MediaTable, stream_records
 from voipmon.analysis.rtp import CHUNK, RtpFlow
 from voipmon.analysis.sdp import parse_sdp
@@ -47,6 +48,7 @@ from voipmon.counters import Counters, Counts, family, prefixed
 from voipmon.metrics.catalog import method_label, status_class
 from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
+from voipmon.packet.readers import Record
 from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.records.times import iso_ms
 from voipmon.sources.interfaces import IFrameSink
@@ -81,7 +83,7 @@ class EngineStats(Counts):
 
 
 @implementer(IFrameSink)
-class Engine(HotPath):
+class Engine:
     """Turns captured frames into CDRs; see the module docstring."""
 
     def __init__(self, *, id_sensor: int, on_cdr: Callable[[Cdr], Any],
@@ -118,21 +120,33 @@ class Engine(HotPath):
         self.media = MediaTable(self.stats, max_orphan_flows, self._emit_orphan)
         # an IAnalysisObserver (voipmon.analysis.observe): quality over time, audio
         self._observer = self.media.observer = observer
-        self._flows = self.media.flows      # read by the hot path
         self._skip = self.media.skip
+        self._fast = FastPath(self.media.flows, self._skip, self._decoder, self.advance,
+                              self.stats)
+        self._run = self._fast.run
         self._calls: dict[str, Call] = {}
         self._closed: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._now = -math.inf
-        self._tick = -math.inf
         self._skip_cleared = 0.0
         self._finished = False
 
     # -- input -----------------------------------------------------------------------
 
+    def feed(self, ts: float, linktype: int, frame: bytes) -> None:
+        """One captured frame (a batch of one). Never raises because of what it contains."""
+        self._run(((ts, linktype, frame),))
+
+    def feed_all(self, records: Iterable[Record]) -> int:
+        """Every ``(ts, linktype, frame)`` of ``records``; returns how many. A
+        ``CaptureReader`` is taken in its batches (a classic pcap: buffer by buffer, no
+        tuple per frame)."""
+        return self._fast.feed_all(records)
+
     def feed_datagram(self, d: Datagram) -> None:
         """A datagram decoded elsewhere (tests, or a source that decodes itself)."""
-        if d.ts >= self._tick:
-            self._on_tick(d.ts)
+        fast = self._fast
+        if d.ts >= fast.due:
+            fast.tick(d.ts)
         self._datagram(d)
 
     def _datagram(self, d: Datagram) -> None:
@@ -222,10 +236,6 @@ class Engine(HotPath):
         """The capture clock: where frames (in one-second steps) or ``advance`` last moved
         it; -inf before any."""
         return self._now
-
-    def _on_tick(self, ts: float) -> None:
-        self._tick = ts + 1.0
-        self.advance(ts)
 
     def advance(self, now: float) -> None:
         """Capture-time clock: analyse full buffers and close what timed out."""

@@ -27,6 +27,7 @@ from voipmon.packet.layers import (
     LINKTYPE_RAW,
     LayerWalker,
 )
+from voipmon.packet.readers import batches
 from voipmon.packet.sctp import SctpReassembler
 from voipmon.packet.stats import DecodeStats
 from voipmon.packet.tcp import TcpReassembler
@@ -117,9 +118,10 @@ class Decoder(LayerWalker):
         self._medium(ts, linktype, frame)
 
     def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> int:
-        """``feed`` every ``(ts, linktype, frame)`` of ``records`` (e.g. a ``CaptureReader``);
-        return how many. The same fast path as ``feed`` inlined in one loop, which saves
-        the per-frame call: about a fifth of the decoding time for a capture file."""
+        """``feed`` every ``(ts, linktype, frame)`` of ``records`` (e.g. a ``CaptureReader``,
+        walked in its batches: ``voipmon.packet.readers.batches``); return how many. The
+        same fast path as ``feed`` inlined in one loop, which saves the per-frame call:
+        about a fifth of the decoding time for a capture file."""
         sink = self._sink
         unpack = _ETH_IP_UDP
         tunnel_ports = self._tunnel_ports
@@ -128,26 +130,27 @@ class Decoder(LayerWalker):
         dgram = Datagram
         n = 0
         try:
-            for ts, linktype, frame in records:
-                n += 1
-                if linktype == 1:
-                    ln = len(frame)
-                    if ln >= 42:
-                        et, vihl, tot, ff, proto, src, dst, sport, dport, ulen = \
-                            unpack(frame, 12)
-                        off = 14
-                        if et == 0x8100 and ln >= 46:
-                            off = 18
+            for batch in batches(records):
+                for ts, linktype, frame in batch:
+                    n += 1
+                    if linktype == 1:
+                        ln = len(frame)
+                        if ln >= 42:
                             et, vihl, tot, ff, proto, src, dst, sport, dport, ulen = \
-                                unpack(frame, 16)
-                        if et == 0x0800 and vihl == 0x45 and proto == 17 and not ff & 0x3FFF \
-                                and 28 <= tot <= ln - off and 8 <= ulen <= tot - 20 \
-                                and dport not in tunnel_ports:
-                            sink(new(dgram, (ts, 17, src, sport, dst, dport,
-                                             frame[off + 28:off + 20 + ulen], 1,
-                                             ((ts, frame),))))
-                            continue
-                medium(ts, linktype, frame)
+                                unpack(frame, 12)
+                            off = 14
+                            if et == 0x8100 and ln >= 46:
+                                off = 18
+                                et, vihl, tot, ff, proto, src, dst, sport, dport, ulen = \
+                                    unpack(frame, 16)
+                            if et == 0x0800 and vihl == 0x45 and proto == 17 \
+                                    and not ff & 0x3FFF and 28 <= tot <= ln - off \
+                                    and 8 <= ulen <= tot - 20 and dport not in tunnel_ports:
+                                sink(new(dgram, (ts, 17, src, sport, dst, dport,
+                                                 frame[off + 28:off + 20 + ulen], 1,
+                                                 ((ts, frame),))))
+                                continue
+                    medium(ts, linktype, frame)
         finally:
             self._nframes += n
         return n

@@ -16,8 +16,9 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from collections.abc import Callable, Generator, Iterator
-from typing import BinaryIO, NamedTuple
+from collections.abc import Generator, Iterable, Iterator
+from itertools import repeat
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 #: libpcap refuses records longer than this (MAXIMUM_SNAPLEN) unless the snaplen is larger.
@@ -45,25 +46,6 @@ class CaptureFormatError(ValueError):
         self.name = name
         self.offset = offset
         self.reason = reason
-
-
-class PcapWalk(NamedTuple):
-    """How to walk the records of a classic pcap file (``CaptureReader.pcap_walk``).
-
-    ``chunks`` yields buffers that each start with a record; walk them with ``unpack``
-    (the header at an offset: seconds, fraction, captured length), ``hlen`` (16, or 24 in
-    the "modified" format) and ``scale`` (seconds per fraction unit), exactly as
-    ``CaptureReader._iter_pcap`` does, then send ``(offset, frames)``: where the first
-    record not complete in the buffer starts, and how many records were taken. The next
-    buffer starts with that record; at the end of the file the generator stops, having
-    noted a truncated last record, or raises ``CaptureFormatError`` where iterating would.
-    """
-
-    chunks: Generator[bytes, tuple[int, int], None]
-    unpack: Callable[[bytes, int], tuple[int, int, int]]
-    hlen: int
-    scale: float
-    linktype: int
 
 
 class CaptureReader:
@@ -194,17 +176,17 @@ class CaptureReader:
             f"{self.name}: {what} at byte offset {offset} is truncated "
             f"({have} of {need} bytes); stopped there")
 
-    def pcap_walk(self) -> PcapWalk | None:
-        """For a consumer that walks the records of a classic pcap file itself, as the
-        engine's ``feed_all`` does to save a generator step and a tuple per frame; None
-        for pcapng or once iteration has begun. See ``PcapWalk``."""
-        if self.format != "pcap" or self._started:
-            return None
-        self._started = True
-        # the captured length is unsigned: a corrupt one can only look too long (caught
-        # where the buffer ends), never negative (which walked a buffer backwards)
-        return PcapWalk(self._pcap_chunks(), struct.Struct(self._order + "III4x").unpack_from,
-                        16 + self._extra, self._scale, self.linktypes[0])
+    def batches(self) -> Iterator[Iterable[Record]]:
+        """The records in batches, for a consumer with a loop of its own (the engine's fast
+        path, the decoder's ``feed_all``). A classic pcap gives one batch per buffer read:
+        the buffer's records walked here, their times and frames in two lists zipped with
+        the link type, so no tuple is made per frame (the consumer's loop reuses zip's);
+        the frames of a batch are counted in ``frames`` when the next one is asked for.
+        A pcapng file is one batch, its records as iteration gives them. Once iteration
+        has begun, a classic pcap gives no more batches."""
+        if self.format == "pcap":
+            return self._pcap_batches()
+        return iter((self._iter_pcapng(),))
 
     def _pcap_chunks(self) -> Generator[bytes, tuple[int, int], None]:
         """The file in buffers that each start with a record. Send back ``(offset, frames)``:
@@ -241,35 +223,48 @@ class CaptureReader:
         finally:
             self.bytes_read = base + pos
 
-    def _iter_pcap(self) -> Iterator[Record]:
-        # hotpath's _feed_pcap repeats this walk for speed (no generator step): keep in step
-        walk = self.pcap_walk()
-        if walk is None:
+    def _pcap_batches(self) -> Iterator[Iterable[Record]]:
+        """The one walk of a classic pcap's records (see ``batches``)."""
+        if self._started:
             return
-        chunks, unpack, hlen, scale, linktype = walk
-        buf = next(chunks)
-        frames = 0
+        self._started = True
+        hlen = 16 + self._extra
+        scale = self._scale
+        linktype = self.linktypes[0]
+        # the captured length is unsigned: a corrupt one can only look too long (caught
+        # where the buffer ends), never negative (which walked a buffer backwards)
+        unpack = struct.Struct(self._order + "III4x").unpack_from
+        chunks = self._pcap_chunks()
         try:
+            buf = next(chunks)
             while True:
+                times: list[float] = []
+                frames: list[bytes] = []
+                add_time = times.append
+                add_frame = frames.append
                 pos = 0
-                n = len(buf)
-                last = n - hlen  # where the last record header can start
+                size = len(buf)
+                last = size - hlen  # where the last record header can start
                 while pos <= last:
                     sec, frac, incl = unpack(buf, pos)
                     p = pos + hlen
                     end = p + incl
-                    if end > n:
+                    if end > size:
                         break
-                    yield (sec + frac * scale, linktype, buf[p:end])
-                    frames += 1
+                    add_time(sec + frac * scale)
+                    add_frame(buf[p:end])
                     pos = end
-                taken, frames = frames, 0
-                buf = chunks.send((pos, taken))
+                if frames:
+                    yield zip(times, repeat(linktype), frames)
+                buf = chunks.send((pos, len(frames)))
         except StopIteration:
             return
         finally:
-            self.frames += frames  # those of a buffer left unfinished
             chunks.close()
+
+    def _iter_pcap(self) -> Iterator[Record]:
+        for batch in self._pcap_batches():
+            yield from batch
 
     def _iter_pcapng(self) -> Iterator[Record]:
         read = self._read
@@ -383,6 +378,14 @@ class CaptureReader:
                 (offset,) = struct.unpack_from(order + "q", buf, val)
             opt = val + ((olen + 3) & ~3)
         return (linktype, div, offset, snaplen)
+
+
+def batches(records: Iterable[Record]) -> Iterator[Iterable[Record]]:
+    """``records`` in batches: a ``CaptureReader``'s own (``CaptureReader.batches``),
+    anything else as one batch."""
+    if isinstance(records, CaptureReader):
+        return records.batches()
+    return iter((records,))
 
 
 def read_capture(path: str) -> Iterator[Record]:

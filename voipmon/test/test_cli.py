@@ -169,13 +169,13 @@ class CliTests(SynchronousTestCase):
 
     def test_classic_pcap_is_walked_with_progress_from_the_reads(self) -> None:
         walked = []
-        real = cli.Engine._feed_pcap
+        real = cli.CaptureReader.batches
 
-        def spy(engine: cli.Engine, walk: object) -> int:
-            walked.append(walk)
-            return real(engine, walk)
+        def spy(reader: cli.CaptureReader) -> object:
+            walked.append(reader)
+            return real(reader)
 
-        self.patch(cli.Engine, "_feed_pcap", spy)
+        self.patch(cli.CaptureReader, "batches", spy)
         self.patch(readers, "CHUNK", 4096)   # many reads from a small file
         self.patch(cli, "PROGRESS_BYTES", 1)
         err = FakeTty()

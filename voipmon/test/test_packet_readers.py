@@ -10,7 +10,7 @@ import struct
 import dpkt
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.packet.readers import CaptureFormatError, CaptureReader, read_capture
+from voipmon.packet.readers import CaptureFormatError, CaptureReader, batches, read_capture
 from voipmon.test.common import shared_path
 
 PCAPS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "pcaps")
@@ -127,33 +127,22 @@ class PcapTests(SynchronousTestCase):
         self.assertEqual(len(got), 3000)
         self.assertEqual([f for _, _, f in got], [f for _, f in frames])
 
-    def test_pcap_walk(self):
-        # what the engine's feed_all does with a classic pcap: walk the buffers itself
+    def test_batches(self):
+        # what the engine's fast path and the decoder's feed_all take: one batch per buffer
         frames = [(1000.0 + i / 8, bytes([i % 256]) * (700 + i % 900)) for i in range(3000)]
         for order, nano in (("<", False), (">", True)):
             data = pcap_bytes(frames, order, nano)[:-10]  # the last record cut short
             reader = CaptureReader(io.BytesIO(data), name="w.pcap")
-            chunks, unpack, hlen, scale, linktype = reader.pcap_walk()
-            self.assertIsNone(reader.pcap_walk())  # only once
             got = []
-            buffers = 0
-            try:
-                buf = next(chunks)
-                while True:
-                    buffers += 1
-                    pos = 0
-                    taken = len(got)
-                    while pos + hlen <= len(buf):
-                        sec, frac, incl = unpack(buf, pos)
-                        end = pos + hlen + incl
-                        if end > len(buf):
-                            break
-                        got.append((sec + frac * scale, linktype, buf[pos + hlen:end]))
-                        pos = end
-                    buf = chunks.send((pos, len(got) - taken))
-            except StopIteration:
-                pass
-            self.assertGreater(buffers, 2)
+            counted = []
+            for batch in reader.batches():
+                counted.append(reader.frames)  # those of the batches before
+                got.extend(batch)
+            self.assertGreater(len(counted), 2)
+            self.assertEqual(counted[:2], [0, counted[1]])
+            self.assertGreater(counted[1], 0)
+            self.assertEqual(counted, sorted(counted))
+            self.assertEqual(list(reader.batches()), [])  # only once
             self.assertEqual(got, list(CaptureReader(io.BytesIO(data))))
             self.assertEqual(len(got), 2999)
             self.assertEqual((reader.frames, reader.truncated), (2999, 1))
@@ -161,7 +150,10 @@ class PcapTests(SynchronousTestCase):
             self.assertEqual(list(reader), [])  # consumed
         started = CaptureReader(io.BytesIO(pcap_bytes(frames)))
         next(iter(started))
-        self.assertIsNone(started.pcap_walk())
+        self.assertEqual(list(started.batches()), [])
+        # anything but a reader is one batch, as it is
+        records = [(1.0, 1, b"x")]
+        self.assertEqual([list(b) for b in batches(records)], [records])
 
     def test_truncated_last_record(self):
         data = pcap_bytes(FRAMES)[:-5]
@@ -284,8 +276,10 @@ class PcapngTests(SynchronousTestCase):
 
     def test_little_endian(self):
         self.check("<")
-        reader, _ = read_all(self.build("<"))
-        self.assertIsNone(reader.pcap_walk())  # classic pcap only
+        reader = CaptureReader(io.BytesIO(self.build("<")))
+        whole = list(reader.batches())  # one batch: the records as iteration gives them
+        self.assertEqual(len(whole), 1)
+        self.assertEqual(list(whole[0]), read_all(self.build("<"))[1])
 
     def test_big_endian(self):
         self.check(">")

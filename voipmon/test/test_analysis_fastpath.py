@@ -1,6 +1,6 @@
-"""Tests for voipmon.analysis.hotpath: the engine's three ways in for frames (``feed``,
-``feed_all`` of any records, the walk of a classic pcap) give the same CDRs, spool files
-and counters, on real captures and on synthetic ones in every pcap flavour."""
+"""Tests for voipmon.analysis.fastpath: the engine's ways in for frames (``feed``,
+``feed_all`` of any records, of a classic pcap in the reader's batches) give the same CDRs,
+spool files and counters, on real captures and on synthetic ones in every pcap flavour."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def analyse(source: str | list[Record], how: str, spooldir: str | None = None,
             nested(engine.counters()), files)
 
 
-class HotPathTests(SynchronousTestCase):
+class FastPathTests(SynchronousTestCase):
     def analyse(self, source: str | list[Record], how: str, **kw: object) -> tuple:
         return analyse(source, how, self.mktemp(), **kw)  # type: ignore[arg-type]
 
@@ -185,7 +185,7 @@ class HotPathTests(SynchronousTestCase):
         with CaptureReader(path) as reader:
             records = iter(reader)
             first = next(records)
-            self.assertIsNone(reader.pcap_walk())
+            self.assertEqual(list(reader.batches()), [])
             engine = Engine(id_sensor=1, on_cdr=lambda c: None)
             engine.feed(*first)
             self.assertEqual(engine.feed_all(records), len(frames) - 1)
@@ -193,7 +193,7 @@ class HotPathTests(SynchronousTestCase):
         self.assertTrue(ng)
         for path in ng:
             with CaptureReader(path) as reader:
-                self.assertIsNone(reader.pcap_walk())
+                self.assertEqual(len(list(reader.batches())), 1)  # the whole file
             self.assertEqual(self.analyse(path, "walk"), self.analyse(path, "records"))
 
 
