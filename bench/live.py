@@ -6,8 +6,9 @@ Needs root, iproute2 (veth), tcpreplay, tcpdump, and editcap/mergecap to build t
 Runs, all on the same replay of the same file:
   1. tcpdump -w /dev/null with our filter: the reference.
   2. LiveCapture with a no-op sink: what capture alone costs.
-  3. LiveCapture feeding the analysis engine (Engine.feed, no per-call pcaps): capture and
-     analysis, with the default TPACKET_V3 ring and, for comparison, in immediate mode.
+  3. LiveCapture feeding the analysis engine (one Engine.feed_all per read, no per-call
+     pcaps): capture and analysis, with the default TPACKET_V3 ring and, for comparison,
+     in immediate mode.
 each first at tcpreplay --topspeed, then at fixed rates (tcpreplay --pps) rising until the
 kernel drops, to find the highest rate captured without a drop. Packets/s of a run is the
 frames handed over divided by the time from the start of the first read that got frames

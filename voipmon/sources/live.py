@@ -2,9 +2,10 @@
 
 Each interface is a non-blocking pcap handle with a large kernel ring, registered with
 the reactor as an ``IReadDescriptor`` on its file descriptor. ``doRead`` hands at most
-``max_per_read`` frames to the sink and returns, so one busy interface cannot starve
-timers, other interfaces or the channel: the reactor comes back to a readable descriptor
-on its next turn. Nothing blocks and no thread is involved.
+``max_per_read`` frames to the sink, in one batch (``feed_all``: the engine's fast path
+takes them in one loop), and returns, so one busy interface cannot starve timers, other
+interfaces or the channel: the reactor comes back to a readable descriptor on its next
+turn. Nothing blocks and no thread is involved.
 
 The ring is TPACKET_V3 (blocks of packets packed by their real size, handed over when
 full or after ``BLOCK_TIMEOUT_MS``) unless ``immediate=True``. Immediate mode makes
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 import pcap
@@ -134,6 +136,10 @@ class _Interface:
         # re-entered and the handle must outlive it, so closing waits until it returns.
         self._reading = False
         self._close_pending = False
+        # the frames of the read in progress (see _collector), handed over after it
+        self._times: list[float] = []
+        self._frames: list[bytes] = []
+        self._collect = self._collector()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -155,7 +161,6 @@ class _Interface:
             raise CaptureError(f"interface {self.name!r}: cannot set the capture filter: "
                                f"{_text(exc.args[0] if exc.args else exc)}")
         self.handle, self.linktype, self.expression = handle, linktype, expression
-        self._deliver = self._make_deliver(owner.sink, linktype)
 
     def close(self) -> None:
         if self.handle is None:
@@ -169,19 +174,46 @@ class _Interface:
         self.handle.close()
         self.handle = None
 
-    def _make_deliver(self, sink: IFrameSink, linktype: int) -> Callable[[float, bytes], None]:
-        feed = sink.feed
+    def _collector(self) -> Callable[[float, bytes], None]:
+        """What ``dispatch`` calls per frame: the time and the frame appended to the batch
+        that ``_deliver`` hands to the sink in one ``feed_all`` once dispatch returns."""
+        add_time = self._times.append
+        add_frame = self._frames.append
 
-        def deliver(ts: float, frame: bytes) -> None:
+        def collect(ts: float, frame: bytes) -> None:
+            add_time(ts)
+            add_frame(frame)
+        return collect
+
+    def _deliver(self) -> None:
+        """The frames of one read to the sink, in one batch (``zip`` makes no tuple per
+        frame); a frame the sink fails on is counted and skipped, the rest still go."""
+        times, frames = self._times, self._frames
+        if not frames:
+            return
+        batch = zip(times, repeat(self.linktype), frames)
+        sink = self.owner.sink
+        try:
             try:
-                feed(ts, linktype, frame)
+                sink.feed_all(batch)
+                return
             except Exception:
-                self.sink_errors += 1
-                if self.sink_errors == 1 or self.sink_errors % 10000 == 0:
-                    log.failure("capture {interface}: the packet sink failed "
-                                "({count} times so far); the frame is skipped",
-                                interface=self.name, count=self.sink_errors)
-        return deliver
+                self._sink_failed()
+            for ts, linktype, frame in batch:  # after a failure: one at a time
+                try:
+                    sink.feed(ts, linktype, frame)
+                except Exception:
+                    self._sink_failed()
+        finally:
+            times.clear()
+            frames.clear()
+
+    def _sink_failed(self) -> None:
+        self.sink_errors += 1
+        if self.sink_errors == 1 or self.sink_errors % 10000 == 0:
+            log.failure("capture {interface}: the packet sink failed "
+                        "({count} times so far); the frame is skipped",
+                        interface=self.name, count=self.sink_errors)
 
     # -- IReadDescriptor -------------------------------------------------------------
 
@@ -193,7 +225,8 @@ class _Interface:
             return None
         self._reading = True
         try:
-            count = self.handle.dispatch(self.owner.max_per_read, self._deliver)
+            count = self.handle.dispatch(self.owner.max_per_read, self._collect)
+            self._deliver()
         finally:
             self._reading = False
         if count < 0:

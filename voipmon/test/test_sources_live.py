@@ -229,6 +229,44 @@ class LiveCaptureTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         capture.stopService()
 
+    def test_a_read_is_one_batch(self) -> None:
+        """The frames of one read reach the sink in one feed_all (the engine's fast path
+        takes them in one loop); after a frame it fails on, the rest go one at a time."""
+        calls: list[str] = []
+        got = self.got
+
+        class Sink(FunctionSink):
+            def feed_all(self, records):  # type: ignore[no-untyped-def]
+                calls.append("feed_all")
+                return super().feed_all(records)
+
+            def feed(self, ts, linktype, frame):  # type: ignore[no-untyped-def]
+                calls.append("feed")
+                super().feed(ts, linktype, frame)
+
+        def sink(ts: float, linktype: int, frame: bytes) -> None:
+            if frame == b"bad":
+                raise ValueError("garbage")
+            got.append((ts, linktype, frame))
+
+        capture = LiveCapture(["eth0"], [5060], Sink(sink), reactor=self.reactor,
+                              opener=self.opener, max_per_read=10)
+        capture.startService()
+        handle = self.opener.current("eth0")
+        handle.queue = [(1.0, b"a"), (2.0, b"b"), (3.0, b"c")]
+        capture.interfaces[0].doRead()
+        self.assertEqual(calls, ["feed_all"])
+        handle.queue = [(4.0, b"bad"), (5.0, b"d"), (6.0, b"e")]
+        capture.interfaces[0].doRead()
+        self.assertEqual(calls, ["feed_all", "feed_all", "feed", "feed"])
+        self.assertEqual(got, [(ts, bpf.DLT_EN10MB, f) for ts, f in (
+            (1.0, b"a"), (2.0, b"b"), (3.0, b"c"), (5.0, b"d"), (6.0, b"e"))])
+        self.assertEqual(capture.stats()["sink_errors"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        capture.interfaces[0].doRead()  # nothing left over from the batch
+        self.assertEqual(len(got), 5)
+        capture.stopService()
+
     def test_read_failure_reopens(self) -> None:
         capture = self.make(retry_interval=5.0)
         capture.startService()
