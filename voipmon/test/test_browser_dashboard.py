@@ -86,9 +86,14 @@ class DashboardBrowserTests(WebBase):
         self.assertEqual(bars, {"calls": 4, "asr": 4, "loss": 6, "jitter": 6})
         self.assertEqual(sensors, ["1", "2"])
 
+        def click(selector):
+            # The page may draw a view again (a refresh, a late answer) between finding an
+            # element and clicking it; a stale element is found again, never skipped.
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector).click() is None)
+
         def click_through(selector, want):
             open_dashboard()
-            driver.find_element(By.CSS_SELECTOR, selector).click()
+            click(selector)
             wait.until(lambda d: "#/calls?" in d.current_url
                        and (len(d.find_elements(*rows)) == want
                             if want else "No calls" in d.find_element(By.ID,
@@ -111,7 +116,7 @@ class DashboardBrowserTests(WebBase):
 
         def one_sensor():
             open_dashboard()
-            driver.find_element(By.CSS_SELECTOR, "#dash-sensors tbody tr[data-id='2'] a").click()
+            click("#dash-sensors tbody tr[data-id='2'] a")
             wait.until(lambda d: "id_sensor=2" in d.current_url and d.find_element(
                 By.CSS_SELECTOR, "#tile-calls .value").text == str(second["calls"]))
             driver.save_screenshot(os.path.join(out, "dashboard-sensor-2.png"))
