@@ -133,13 +133,15 @@ class BrowserTests(WebBase):
             driver.find_element(By.ID, "nav-sensors").click()
             srows = (By.CSS_SELECTOR, "#sensors tbody tr")
             wait.until(lambda d: len(d.find_elements(*srows)) == 2)
-            first = driver.find_elements(*srows)[0]
-            text = first.text
-            first.find_element(By.CSS_SELECTOR, "button.rename").click()
-            box = first.find_element(By.CSS_SELECTOR, "form.rename-form input")
+            text = wait.until(lambda d: d.find_elements(*srows)[0].text)
+            # the view redraws itself every few seconds until a rename form is open: a row
+            # redrawn between finding and clicking is found again
+            wait.until(lambda d: d.find_elements(*srows)[0].find_element(
+                By.CSS_SELECTOR, "button.rename").click() is None)
+            box = driver.find_element(By.CSS_SELECTOR, "#sensors form.rename-form input")
             box.clear()
             box.send_keys("Berlin edge")
-            first.find_element(By.CSS_SELECTOR, "form.rename-form button").click()
+            driver.find_element(By.CSS_SELECTOR, "#sensors form.rename-form button").click()
             wait.until(lambda d: "Berlin edge" in d.find_element(By.ID, "sensors").text)
             driver.save_screenshot(os.path.join(out, "sensors.png"))
             return text
