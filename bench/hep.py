@@ -11,6 +11,9 @@ the pcap of the very frames the HEP source synthesises from it.
                                      a child process writing the stream as fast as it can
   ours       HEP over UDP -> engine  the same, one datagram a message, the child pacing
                                      itself at --udp-rate messages/s; loss is printed
+  ours       ... -> no-op sink       the same without the engine: what the HEP input
+                                     itself (sockets, framing, decoding, checks, frame
+                                     synthesis) takes, apart from the call analysis
 
 The rate is messages handed to the engine per second, from the first message in to the
 last (TCP) or to the last one that arrived (UDP). Target: >= 100,000 HEP messages/s over
@@ -113,14 +116,33 @@ def from_pcap(pcap: str) -> tuple[float, int, int]:
     return time.perf_counter() - start, frames, len(cdrs)
 
 
-def over_socket(kind: str, stream: str, expected: int, rate: float) -> tuple[float, int, int]:
+class NullSink:
+    """An IFrameSink that only counts."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def feed(self, ts: float, linktype: int, frame: bytes) -> None:
+        self.frames += 1
+
+    def feed_all(self, records: list[tuple[float, int, bytes]]) -> int:
+        self.frames += len(records)
+        return len(records)
+
+    def finish(self) -> None:
+        pass
+
+
+def over_socket(kind: str, stream: str, expected: int, rate: float,
+                null: bool = False) -> tuple[float, int, int]:
     """(seconds, messages in, CDRs) with the sensor's HEP source on the real reactor."""
     from twisted.internet import reactor, task
 
     from voipmon.analysis.engine import Engine
     from voipmon.sources.hep import HepSource
     cdrs: list[object] = []
-    engine = Engine(id_sensor=1, on_cdr=cdrs.append)
+    engine: Engine | NullSink = NullSink() if null else Engine(id_sensor=1,
+                                                              on_cdr=cdrs.append)
     source = HepSource(engine, reactor, host="127.0.0.1", port=0, udp=kind == "udp",
                        tcp=kind == "tcp")
     source.startService()
@@ -165,22 +187,21 @@ def main() -> int:
         seconds, frames, cdrs = from_pcap(pcap)
         rows = [("reference", f"pcap -> engine ({frames} frames)", n / seconds, cdrs, "")]
         kinds = [args.only] if args.only else ["tcp", "udp"]
-        results = {}
         for kind in kinds:
-            # each over the real reactor, which runs once per process: a child each
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", kind,
-                                  stream, str(n), str(args.udp_rate)],
-                                 capture_output=True, text=True, check=True)
-            seconds, got, cdrs = (float(x) for x in out.stdout.split())
-            results[kind] = (seconds, int(got), int(cdrs))
-        for kind, (seconds, got, cdrs) in results.items():
-            loss = n - got
-            met = "met" if got / seconds >= TARGET_TCP else "NOT met"
-            note = (f"target >= {TARGET_TCP:,}/s: {met}" if kind == "tcp" else
-                    f"sent at {args.udp_rate:,.0f}/s: {got} of {n} in, loss {loss} "
-                    f"({100.0 * loss / n:.2f} %)")
-            rows.append(("ours", f"HEP over {kind.upper()} -> engine", got / seconds,
-                         int(cdrs), note))
+            for sink in ("engine", "null"):
+                # each over the real reactor, which runs once per process: a child each
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one",
+                                      kind, stream, str(n), str(args.udp_rate), sink],
+                                     capture_output=True, text=True, check=True)
+                seconds, got, cdrs = (float(x) for x in out.stdout.split())
+                loss = n - int(got)
+                met = "met" if got / seconds >= TARGET_TCP else "NOT met"
+                note = (f"target >= {TARGET_TCP:,}/s: {met}" if kind == "tcp" else
+                        f"sent at {args.udp_rate:,.0f}/s: {int(got)} of {n} in, loss {loss} "
+                        f"({100.0 * loss / n:.2f} %)")
+                into = "engine" if sink == "engine" else "no-op sink"
+                name = f"HEP over {kind.upper()} -> {into}"
+                rows.append(("ours", name, got / seconds, int(cdrs), note))
     print(f"HEP input, {args.calls} calls, {n} HEP messages ({n // args.calls} a call)")
     print(f"{'':10} {'':34} {'msgs/s':>10} {'vs ref':>7} {'CDRs':>6}  note")
     reference = rows[0][2]
@@ -192,7 +213,7 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
         s, got, c = over_socket(sys.argv[2], sys.argv[3], int(sys.argv[4]),
-                                float(sys.argv[5]))
+                                float(sys.argv[5]), null=sys.argv[6] == "null")
         print(s, got, c)
         raise SystemExit(0)
     raise SystemExit(main())
