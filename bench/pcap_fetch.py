@@ -28,7 +28,7 @@ from voipmon.spool.layout import minute_dir
 from voipmon.store.sqlstore import SqlStore
 from voipmon.store.testing import make_cdr, sqlite_dialect
 from voipmon.web.api import find_sensor
-from voipmon.web.pcaps import CallPcaps
+from voipmon.web.pcaps import CallPcaps, SensorLink
 from voipmon.web.site import make_site
 
 PASSWORD = "bench"
@@ -85,8 +85,8 @@ def main(reactor, megabytes: str = "50"):
                 make_cdr(2, id_sensor=1, fbasename="only", sip_pcap="", rtp_pcap=paths["only"])]
         yield store.store_cdrs(cdrs)
         ids = {c["fbasename"]: c["id"] for c in (yield store.list_cdrs({}))}
-        pcaps = CallPcaps(work, ManagerConnector(reactor, PASSWORD),
-                          lambda i: find_sensor(store, i))
+        pcaps = CallPcaps(work, SensorLink(None, lambda i: find_sensor(store, i), "",
+                                           ManagerConnector(reactor, PASSWORD)))
         hport = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             make_site(store, pcaps))
         agent = Agent(reactor)

@@ -47,6 +47,9 @@ class IPacketAnalyzer(Interface):
         """Its counters (``voipmon.counters``); ``undelivered``: records its consumer could
         not take (kept as dead letters)."""
 
+    def active_calls():
+        """The calls in progress (JSON-able dicts, as the sensor's listcalls shows them)."""
+
 
 #: factory(hello, on_cdr) -> an IPacketAnalyzer for the sensor that said ``hello``.
 AnalyzerFactory = Callable[[Hello, Callable[[Any], None]], Any]
@@ -110,6 +113,10 @@ class SensorAnalysis:
                 log.failure("closing the calls of sensor {id_sensor}", id_sensor=self.id_sensor)
             self.undelivered += analyzer.counters().get("undelivered", 0)
 
+    def active_calls(self) -> list[dict[str, Any]]:
+        """The calls in progress of this sensor, analysed here."""
+        return self.analyzer.active_calls() if self.analyzer is not None else []
+
     def end_of_input(self) -> defer.Deferred:
         """The sensor's replay ended: close its calls. Fires with the number of CDRs made
         from this sensor's packets (by this analysis) once every one of them is on disk."""
@@ -148,6 +155,12 @@ class MirrorAnalyses:
             current = self.analyses[hello.id_sensor] = SensorAnalysis(hello, self.factory,
                                                                       self.cdr_queue)
         return current
+
+    def active_calls(self, id_sensor: int) -> list[dict[str, Any]] | None:
+        """The calls in progress of mirroring sensor ``id_sensor`` on this central; None
+        if its packets are not analysed here."""
+        analysis = self.analyses.get(id_sensor)
+        return analysis.active_calls() if analysis is not None else None
 
     def detach(self, hello: Hello) -> None:
         analysis = self.analyses.get(hello.id_sensor)

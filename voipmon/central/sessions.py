@@ -37,8 +37,6 @@ from voipmon.protocols.wire import (
     MAX_INT,
     MessageType,
     ProtocolError,
-    decode_json,
-    decode_packets,
     field,
     is_number,
     number_field,
@@ -212,18 +210,16 @@ class CdrSession:
         """The oldest write in progress (tests look at it)."""
         return self.retries[0] if self.retries else None
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+    def on_stats(self, body: dict[str, Any]) -> None:
         self.sessions.heard(self.hello)
-        if kind == MessageType.CDRS:
-            self._batch(decode_json(kind, payload))
-        elif kind == MessageType.STATS:
-            self.sessions.record_stats(self.hello, decode_json(kind, payload))
-        elif kind == MessageType.END:
-            self.channel.send_message(MessageType.END_ACK, {"cdrs": 0})
-        else:
-            raise ProtocolError(f"unexpected {kind.name} from a local-processing sensor")
+        self.sessions.record_stats(self.hello, body)
 
-    def _batch(self, body: dict[str, Any]) -> None:
+    def on_end(self, body: dict[str, Any]) -> None:
+        self.sessions.heard(self.hello)
+        self.channel.send_message(MessageType.END_ACK, {"cdrs": 0})
+
+    def on_cdrs(self, body: dict[str, Any]) -> None:
+        self.sessions.heard(self.hello)
         first = number_field(body, "first", "CDRS", 1, MAX_INT, integer=True)
         items = field(body, "cdrs", list, "CDRS")
         if not items:
@@ -343,39 +339,42 @@ class MirrorSession:
     def counters(self) -> Counters:
         return {"batches": self.batches}
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
+    def on_packets(self, batch: tuple[int, int, list[Any]]) -> None:
         self.sessions.heard(self.hello)
-        if kind == MessageType.PACKETS:
-            seq, linktype, packets = decode_packets(payload)
-            self.analysis.feed_batch(seq, linktype, packets)
-            self.batches += 1
-            self._reply_when_durable(self.analysis.cdr_queue.when_durable(),
-                                     MessageType.PACKETS_ACK, lambda _: {"upto": seq})
-        elif kind == MessageType.END:
-            if self._ending:
-                return
-            self._ending = True
-            log.info("sensor {id_sensor}: end of replay; closing its open calls",
-                     id_sensor=self.hello.id_sensor)
+        seq, linktype, packets = batch
+        self.analysis.feed_batch(seq, linktype, packets)
+        self.batches += 1
+        self._reply_when_durable(self.analysis.cdr_queue.when_durable(),
+                                 MessageType.PACKETS_ACK, lambda _: {"upto": seq})
 
-            def ended(cdrs: int) -> dict[str, Any]:
-                self._ending = False
-                # ``undelivered``: CDRs of this sensor's packets kept as dead letters here
-                # (a sensor with --exit-when-done then exits non-zero).
-                return {"cdrs": cdrs, "undelivered": self.analysis.undelivered}
+    def on_end(self, body: dict[str, Any]) -> None:
+        self.sessions.heard(self.hello)
+        if self._ending:
+            return
+        self._ending = True
+        log.info("sensor {id_sensor}: end of replay; closing its open calls",
+                 id_sensor=self.hello.id_sensor)
 
-            self._reply_when_durable(self.analysis.end_of_input(), MessageType.END_ACK, ended)
-        elif kind == MessageType.CLOCK:
-            # After the packets it follows (the channel keeps their order): close the calls
-            # that timed out on the sensor's capture clock while its line is quiet.
-            now = field(decode_json(kind, payload), "t", (int, float), "CLOCK")
-            if not math.isfinite(now):
-                raise ProtocolError("malformed CLOCK message: 't' is not a finite time")
-            self.analysis.advance(float(now))
-        elif kind == MessageType.STATS:
-            self.sessions.record_stats(self.hello, decode_json(kind, payload))
-        else:
-            raise ProtocolError(f"unexpected {kind.name} from a mirroring sensor")
+        def ended(cdrs: int) -> dict[str, Any]:
+            self._ending = False
+            # ``undelivered``: CDRs of this sensor's packets kept as dead letters here
+            # (a sensor with --exit-when-done then exits non-zero).
+            return {"cdrs": cdrs, "undelivered": self.analysis.undelivered}
+
+        self._reply_when_durable(self.analysis.end_of_input(), MessageType.END_ACK, ended)
+
+    def on_clock(self, body: dict[str, Any]) -> None:
+        self.sessions.heard(self.hello)
+        # After the packets it follows (the channel keeps their order): close the calls
+        # that timed out on the sensor's capture clock while its line is quiet.
+        now = field(body, "t", (int, float), "CLOCK")
+        if not math.isfinite(now):
+            raise ProtocolError("malformed CLOCK message: 't' is not a finite time")
+        self.analysis.advance(float(now))
+
+    def on_stats(self, body: dict[str, Any]) -> None:
+        self.sessions.heard(self.hello)
+        self.sessions.record_stats(self.hello, body)
 
     def _reply_when_durable(self, durable: defer.Deferred, kind: MessageType,
                             body: Callable[[Any], dict[str, object]]) -> None:

@@ -111,7 +111,10 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
     optional = [
         database_retention(settings, central.store_service, reactor),
-        make_web_service(settings.http, spooldir, reactor, store, connector,
+        make_web_service(settings.http, spooldir, reactor, store,
+                         channels=listener.central_factory.registry,
+                         central_name=central_id, connector=connector,
+                         mirror_calls=listener.mirrors.active_calls,
                          certificate=certificate, metrics=metrics),
         legacy_mirror.receiver_service(settings, cdr_queue, dead_letters, reactor),
         spool_retention(settings, reactor),

@@ -270,12 +270,14 @@ TABLE: tuple[Entry, ...] = (
                 "and sipgrep send their id N shifted (as N * 65536); listing N accepts both "
                 "forms."),
 
-    Heading({"sensor": "management port (pcap retrieval by the central, sniffer_stat, "
-                       "listcalls)"}),
+    Heading({"sensor": "management port (local tools: sniffer_stat, listcalls, getfile)"}),
     Option("managerip", Text(allow_empty=False), "127.0.0.1", SENSOR, "manager",
-           "Address of the management port (pcap retrieval, sniffer_stat).",
-           note="Address and port of the management port; managerport = 0 disables it. It "
-                "requires TLS and the same password proof as the channel."),
+           "Address of the management port (local tools: pcaps, sniffer_stat, listcalls).",
+           note="Address and port of the management port; managerport = 0 disables it (no "
+                "listening port at all). The central does not need it: it sends the same "
+                "commands over the channel this sensor opened to it (port 60024), so a "
+                "sensor behind NAT or a firewall needs no inbound port. It requires TLS and "
+                "the same password proof as the channel."),
     Option("managerport", Integer(0, 65535), DEFAULT_MANAGER_PORT, SENSOR, "manager",
            "Management port; 0 disables it."),
     Option("manager_enable_unencrypted", Boolean(), False, SENSOR, "manager",
@@ -315,6 +317,12 @@ TABLE: tuple[Entry, ...] = (
            "HTTP Basic user; required when http_bind is not loopback."),
     Option("http_password", Text(), "", CENTRAL, "http",
            "HTTP Basic password; required when http_bind is not loopback."),
+    Option("sensor_manager_dial", Boolean(), False, CENTRAL, "http",
+           "Also fetch from a sensor not connected here through its management port.",
+           note="Pcaps and live calls of a sensor come over the channel the sensor opened "
+                "to this central (sensors reach the central on 60024; nothing reaches the "
+                "sensors). yes: for a sensor not connected here, also dial the management "
+                "port (managerport, 5029) it advertised, as older versions did."),
     Option("http_tls", Choice("auto", "yes", "no"), "auto", CENTRAL, "http",
            "HTTPS with the channel's certificate; auto = unless http_bind is loopback.",
            note="HTTPS for the page and the API, with the channel's certificate "

@@ -134,7 +134,7 @@ class AnalysisSettings:
 class ManagerSettings:
     """The sensor's management port."""
 
-    #: Address of the management port (pcap retrieval, sniffer_stat).
+    #: Address of the management port (local tools: pcaps, sniffer_stat, listcalls).
     managerip: str = "127.0.0.1"
 
     #: Management port; 0 disables it.
@@ -243,6 +243,9 @@ class HttpSettings:
 
     #: HTTP Basic password; required when http_bind is not loopback.
     http_password: str = ""
+
+    #: Also fetch from a sensor not connected here through its management port.
+    sensor_manager_dial: bool = False
 
     #: HTTPS with the channel's certificate; auto = unless http_bind is loopback.
     http_tls: Literal["auto", "yes", "no"] = "auto"

@@ -17,7 +17,7 @@ from voipmon.config import is_loopback
 from voipmon.config.settings import ManagerSettings
 from voipmon.manager.auth import ManagerAuthClient
 from voipmon.manager.client import DEFAULT_TIMEOUT, ManagerClientProtocol, ReplyStream
-from voipmon.manager.commands import ManagerCommands
+from voipmon.manager.commands import ICommands
 from voipmon.manager.server import ManagerServerFactory
 from voipmon.protocols import tls
 from voipmon.protocols.admission import AdmissionGate, AdmissionPolicy
@@ -42,22 +42,21 @@ def is_wildcard(host: str) -> bool:
         return host in ("", "*")
 
 
-def make_manager_service(manager: ManagerSettings, reactor: Any, *, spooldir: str,
-                         password: str, id_sensor: int, stats: Any = None, calls: Any = None,
+def make_manager_service(manager: ManagerSettings, reactor: Any, *, commands: ICommands,
+                         spooldir: str, password: str, id_sensor: int,
                          certificate: tls.ServerCertificate | None = None,
                          port: int | None = None) -> Any:
     """The sensor's management port as a service, or None when ``managerport = 0``.
 
-    It serves the pcaps under ``spooldir``; ``stats`` provides IStatsProvider, ``calls``
-    ICallLister. Over TLS (always, unless :func:`is_plaintext`) the certificate is
-    ``certificate`` or the one kept in the spool, and the central proves ``password`` for
-    ``id_sensor``. ``port`` overrides ``managerport`` (0: an ephemeral port, for tests
-    and benchmarks).
+    It answers with ``commands``, the registry the channel's requests use too (a
+    ManagerCommands over the spool, the stats and the call table). Over TLS (always,
+    unless :func:`is_plaintext`) the certificate is ``certificate`` or the one kept in
+    the spool, and the central proves ``password`` for ``id_sensor``. ``port`` overrides
+    ``managerport`` (0: an ephemeral port, for tests and benchmarks).
     """
     if not manager.managerport:
         return None
     port = manager.managerport if port is None else port
-    commands = ManagerCommands(spooldir, stats, calls)
     host = manager.managerip
     gate = AdmissionGate(f"management port {port}", reactor, MANAGER_ADMISSION)
     endpoint = tls.server_endpoint(reactor, port, host)

@@ -39,9 +39,9 @@ FRAME_CAPABILITY: dict[str, str] = {
     "REQUEST": "requests", "ANSWER": "requests", "CREDIT": "requests", "CANCEL": "requests",
     "CLOCK": "capture_clock",
 }
-#: What this version can do; the taps offer it (or less, when a feature is switched off).
-#: ``capture_clock`` joins it with the CLOCK message of live mirroring sensors.
-SUPPORTED: dict[str, int] = {"requests": 1}
+#: What this version can do; the channels offer it (the sensor in HELLO, the central in
+#: ACCEPT). ``capture_clock``: the CLOCK message of live mirroring sensors.
+SUPPORTED: dict[str, int] = {"requests": 1, "capture_clock": 1}
 #: Capabilities once offered as top-level booleans of ACCEPT.
 LEGACY_FLAGS = frozenset({"capture_clock"})
 MAX_ENTRIES = 64

@@ -7,6 +7,15 @@ under a size limit, answers pings and drops a peer that stayed silent too long. 
 hand messages to the logic above them. After the handshake the channel is also the
 *message transport* of that logic (``IMessageTransport``): ``send_message`` and
 ``loseConnection``.
+
+Everything sent goes through the channel's ``OutputScheduler`` (voipmon.protocols.
+scheduler), registered as the streaming producer of the transport: control frames at once,
+records and the sensor's answer streams in turn while the transport takes data. Once
+authenticated, the sensor's and the central's channels hand every message to one
+``Dispatcher`` (voipmon.protocols.dispatch): decoded once, to the ``on_<type>`` handler of
+the channel itself (PING, PONG, CLOSE), of the session logic above it, or of the request
+end (the central's requester, the sensor's responder). ANSWER frames are not compressed
+(a pcap does not shrink, and compressing it costs more than sending it: bench/requests_mux).
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from voipmon.counters import Counters
+from voipmon.protocols.capabilities import Capabilities
 from voipmon.protocols.compression import DecompressionError, ICodec
+from voipmon.protocols.dispatch import Dispatcher
+from voipmon.protocols.scheduler import OutputScheduler
 from voipmon.protocols.wire import (
     COMPRESS_MIN,
     FLAG_COMPRESSED,
@@ -103,17 +115,23 @@ class ChannelProtocol(protocol.Protocol):
         self.lost: defer.Deferred = defer.Deferred()   # fires when the connection is gone
         self._handshake_timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
+        self.output = OutputScheduler(self._write_frame)
+        self._producing = False
+        self.dispatcher: Dispatcher | None = None   # set once authenticated (subclasses)
+        self.agreed: Capabilities | None = None     # the capabilities agreed on this channel
 
     # -- connection life ---------------------------------------------------------
-
 
     def counters(self) -> Counters:
         return {"frames_sent": self.frames_sent, "frames_received": self.frames_received,
                 "payload_bytes_sent": self.payload_bytes_sent,
                 "wire_bytes_sent": self.wire_bytes_sent,
                 "wire_bytes_received": self.wire_bytes_received}
+
     def connectionMade(self) -> None:
         self.peer = describe_peer(self.transport)
+        self.transport.registerProducer(self.output, True)
+        self._producing = True
         self.last_received = self.clock.seconds()
         if self.handshake_timeout:   # 0: someone else keeps the deadline (an admission gate)
             self._handshake_timer = self.clock.callLater(self.handshake_timeout,
@@ -154,6 +172,7 @@ class ChannelProtocol(protocol.Protocol):
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         self._keepalive = None
+        self.output.stopProducing()
         try:
             self.channel_lost(reason)
         finally:
@@ -193,17 +212,35 @@ class ChannelProtocol(protocol.Protocol):
             self.fail("internal error while handling a message")
 
     def _dispatch(self, kind: MessageType, payload: bytes) -> None:
-        if kind == MessageType.PING and self.authenticated:
-            self.send_message(MessageType.PONG, payload)
+        if self.dispatcher is not None:
+            self.dispatcher.dispatch(kind, payload)
+        elif kind == MessageType.PING and self.authenticated:
+            self.on_ping(payload)
         elif kind == MessageType.PONG and self.authenticated:
-            sent = decode_json(kind, payload).get("t")
-            if is_number(sent, 0.0, MAX_TIME):
-                self.rtt = max(0.0, self.clock.seconds() - sent)
+            self.on_pong(decode_json(kind, payload))
         elif kind == MessageType.CLOSE:
-            reason = decode_json(kind, payload).get("reason")
-            self.peer_closed(str(reason)[:1000] if reason is not None else "no reason given")
+            self.on_close(decode_json(kind, payload))
         else:
             self.messageReceived(kind, payload)
+
+    def dispatch_to(self, side: str, *owners: object, agreed: Capabilities,
+                    peer: str) -> None:
+        """From now on every message goes, decoded, to the ``on_<type>`` handler of this
+        channel or of one of ``owners``, if ``agreed`` allows its type."""
+        self.agreed = agreed
+        self.dispatcher = Dispatcher(side, self, *owners, agreed=agreed, peer=peer)
+
+    def on_ping(self, payload: bytes) -> None:
+        self.send_message(MessageType.PONG, payload)
+
+    def on_pong(self, body: dict[str, Any]) -> None:
+        sent = body.get("t")
+        if is_number(sent, 0.0, MAX_TIME):
+            self.rtt = max(0.0, self.clock.seconds() - sent)
+
+    def on_close(self, body: dict[str, Any]) -> None:
+        reason = body.get("reason")
+        self.peer_closed(str(reason)[:1000] if reason is not None else "no reason given")
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         raise NotImplementedError
@@ -217,12 +254,20 @@ class ChannelProtocol(protocol.Protocol):
     # -- sending and closing -----------------------------------------------------
 
     def send_message(self, kind: MessageType, body: dict[str, Any] | bytes) -> None:
+        """Send one message through the output scheduler (by its lane)."""
         if self.transport is None or (self.closing and kind != MessageType.CLOSE):
             return
         payload = encode_json(body) if isinstance(body, dict) else body
+        self.output.send(kind, payload)
+
+    def _write_frame(self, kind: MessageType, payload: bytes) -> None:
+        """The scheduler's writer: one frame on the transport, compressed if it pays."""
+        if self.transport is None:
+            return
         self.payload_bytes_sent += len(payload)
         flags = 0
-        if self.codec is not None and len(payload) >= COMPRESS_MIN:
+        if (self.codec is not None and len(payload) >= COMPRESS_MIN
+                and kind != MessageType.ANSWER):
             packed = self.codec.compress(payload)
             if len(packed) < len(payload):
                 payload, flags = packed, FLAG_COMPRESSED
@@ -247,6 +292,11 @@ class ChannelProtocol(protocol.Protocol):
         if tell_peer:
             self.send_message(MessageType.CLOSE, {"reason": reason})
         self.closing = True
+        self.output.stopProducing()
+        if self._producing:
+            # TLS shuts down only once no producer is registered.
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         # A peer that never finishes the TLS close must not keep the connection alive.
         self._abort_timer = self.clock.callLater(ABORT_AFTER, self._abort)

@@ -7,7 +7,11 @@ proof, or hangs counts as a failed connection attempt, so ``FailoverEndpoint`` m
 the next one and ``ClientService`` never sees a half-open channel.
 
 The session protocol is message-level: the channel is its transport (``send_message``,
-``loseConnection``) and calls its ``messageReceived(kind, payload)``.
+``loseConnection``), and its ``handlers()`` (the uplink) get the central's messages from
+the channel's dispatcher, as ``on_<type>``. When both ends agreed on ``requests`` and the
+sensor has a command registry (the management port's, ``ICommands``), a ``Responder``
+answers the central's requests on this channel: only this central, the one that proved
+the password on this very connection, can send them.
 """
 
 from __future__ import annotations
@@ -23,12 +27,23 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
+from voipmon.manager.commands import ICommands
+from voipmon.protocols.capabilities import parse
 from voipmon.protocols.channel import ChannelProtocol
 from voipmon.protocols.compression import get_codec
+from voipmon.protocols.dispatch import SENSOR
 from voipmon.protocols.handshake import CentralProofFailed, ClientHandshake, Rejection
+from voipmon.protocols.rpc.responder import Responder
 from voipmon.protocols.wire import MessageType, ProtocolError, decode_json
+
+
+class ISessionProtocol(Interface):
+    """The sensor's session protocol above an authenticated channel."""
+
+    def handlers():
+        """The objects whose ``on_<type>`` methods take the central's messages."""
 
 
 class HandshakeFailed(Exception):
@@ -43,13 +58,16 @@ class SensorChannel(ChannelProtocol):
     def __init__(self, handshake: ClientHandshake, compression: str,
                  session_factory: IProtocolFactory,
                  ready: defer.Deferred, clock: IReactorTime,
-                 binding: Callable[[object], bytes], **timeouts: float) -> None:
+                 binding: Callable[[object], bytes], commands: ICommands | None = None,
+                 **timeouts: float) -> None:
         super().__init__(clock, binding, **timeouts)
         self.handshake = handshake
         self.compression = compression
         self.session_factory = session_factory
         self.ready = ready
+        self.commands = commands
         self.session: IProtocol | None = None
+        self.responder: Responder | None = None
         self._error: Failure | None = None
 
     def connectionMade(self) -> None:
@@ -83,16 +101,27 @@ class SensorChannel(ChannelProtocol):
             self._error = Failure(exc)
             self.close(str(exc))
             return
+        agreed = self.handshake.capabilities.negotiate(parse(body, "ACCEPT"))
         self.accept_info = body
         self.authenticated_as(get_codec(self.compression))
         session = self.session_factory.buildProtocol(self.transport.getPeer())
         if session is None:
             self.close("no session")
             return
+        owners: list[object] = list(ISessionProtocol(session).handlers())
+        if self.commands is not None and "requests" in agreed:
+            self.responder = Responder(self.commands, self.output, self._authorised)
+            owners.append(self.responder)
+        self.dispatch_to(SENSOR, *owners, agreed=agreed, peer=f"the central {self.peer}")
         self.session = session
         session.makeConnection(self)
         ready, self.ready = self.ready, None
         ready.callback(session)
+
+    def _authorised(self) -> bool:
+        """Requests come only from the central that proved the password on this
+        connection, while it is open."""
+        return self.handshake.accepted and self.authenticated and not self.closing
 
     def fail(self, reason: str) -> None:
         if self.session is None and self._error is None:
@@ -100,6 +129,8 @@ class SensorChannel(ChannelProtocol):
         super().fail(reason)
 
     def channel_lost(self, reason: Failure) -> None:
+        if self.responder is not None:
+            self.responder.connection_lost()
         if self.session is not None:
             session, self.session = self.session, None
             session.connectionLost(reason)
@@ -132,12 +163,13 @@ class AuthenticatingEndpoint:
     def __init__(self, endpoint: IStreamClientEndpoint,
                  make_handshake: Callable[[], ClientHandshake], compression: str,
                  clock: IReactorTime, binding: Callable[[object], bytes],
-                 **timeouts: float) -> None:
+                 commands: ICommands | None = None, **timeouts: float) -> None:
         self.endpoint = endpoint
         self.make_handshake = make_handshake
         self.compression = compression
         self.clock = clock
         self.binding = binding
+        self.commands = commands
         self.timeouts = timeouts
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred:
@@ -156,7 +188,8 @@ class AuthenticatingEndpoint:
 
         def build() -> SensorChannel:
             channel = SensorChannel(self.make_handshake(), self.compression, protocolFactory,
-                                    ready, self.clock, self.binding, **self.timeouts)
+                                    ready, self.clock, self.binding, self.commands,
+                                    **self.timeouts)
             channels.append(channel)
             return channel
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from dataclasses import field as field_
 from typing import Any
 
+from voipmon.protocols import capabilities
 from voipmon.protocols.wire import (
     MAX_INT,
     MAX_TIME,
@@ -141,6 +142,8 @@ class Hello:
     analysis: dict[str, Any] = field_(default_factory=dict)  # mirroring: the sensor's
     #                            sipport/timeouts/savesip/savertp for the central's engine
     protocol: int = PROTOCOL_VERSION
+    capabilities: dict[str, int] = field_(default_factory=dict)  # what it can do
+    #                            (voipmon.protocols.capabilities)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,7 +151,7 @@ class Hello:
             "version": self.version, "mode": self.mode, "compression": self.compression,
             "time": self.time, "nonce": self.nonce.hex(), "instance": self.instance,
             "probe": self.probe, "manager": self.manager, "replay": self.replay,
-            "analysis": self.analysis,
+            "analysis": self.analysis, "capabilities": dict(self.capabilities),
         }
 
     @classmethod
@@ -176,6 +179,7 @@ class Hello:
             replay=replay,
             analysis=_analysis_field(body.get("analysis", {})),
             protocol=body["protocol"],
+            capabilities=capabilities.parse(body, "HELLO").to_json(),
         )
 
 
@@ -297,6 +301,7 @@ class ClientHandshake:
                  compression: str, instance: str, seconds: Callable[[], float],
                  probe: bool = False, manager: str = "", replay: bool = False,
                  analysis: dict[str, Any] | None = None,
+                 capabilities: dict[str, int] | None = None,
                  random_bytes: Callable[[int], bytes] = os.urandom,
                  protocol: int = PROTOCOL_VERSION) -> None:
         self._key = key
@@ -305,11 +310,16 @@ class ClientHandshake:
         self._params = dict(id_sensor=id_sensor, name=name, version=version, mode=mode,
                             compression=compression, instance=instance, probe=probe,
                             manager=manager, replay=replay, analysis=analysis or {},
-                            protocol=protocol)
+                            protocol=protocol, capabilities=dict(capabilities or {}))
         self._hello: Hello | None = None
         self._central_nonce: bytes | None = None
         self.central_time: float | None = None
         self.accepted = False
+
+    @property
+    def capabilities(self) -> capabilities.Capabilities:
+        """What this sensor offers in its hello."""
+        return capabilities.Capabilities(self._params["capabilities"])
 
     def hello(self) -> dict[str, Any]:
         self._hello = Hello(time=self._seconds(), nonce=self._random(NONCE_BYTES),

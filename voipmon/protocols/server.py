@@ -5,7 +5,10 @@ sensor's proof, claims the sensor id in the ``SessionRegistry`` and only then pr
 password itself and opens a session through the ``ISessionHandler`` (the CDR store and the
 mirroring engines live behind it, in voipmon.central). Every refusal is logged here and
 sent to the sensor with the same words. A fault on one connection closes that connection
-only. The listener's admission gate (voipmon.protocols.admission) bounds the connections
+only. Once a sensor is in, its channel carries the central's requests to it (a
+``Requester`` per channel, voipmon.protocols.rpc), and ``SessionRegistry.request`` is how
+the rest of the central (the web API) asks a connected sensor anything. The listener's
+admission gate (voipmon.protocols.admission) bounds the connections
 still in their handshake; the channel reports each one's progress to it (TLS established,
 a well-formed hello, authenticated) and the gate's deadline is its handshake deadline.
 """
@@ -16,15 +19,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 import voipmon
 from voipmon.protocols.admission import GREETED, SECURED, Ticket
+from voipmon.protocols.capabilities import SUPPORTED, Capabilities
 from voipmon.protocols.channel import PING_INTERVAL, ChannelProtocol
 from voipmon.protocols.compression import CODECS, get_codec
+from voipmon.protocols.dispatch import CENTRAL
 from voipmon.protocols.gated import IGated
 from voipmon.protocols.handshake import (
     ID_IN_USE,
@@ -33,16 +38,18 @@ from voipmon.protocols.handshake import (
     Rejection,
     ServerHandshake,
 )
+from voipmon.protocols.rpc.requester import LIMIT, TIMEOUT, Head, Requester, RequestFailed
 from voipmon.protocols.wire import MAX_FRAME, MessageType, ProtocolError, decode_json
+
+OFFLINE = "offline"        # RequestFailed code: the sensor is not connected to this central
 
 WINDOW = 16                # batches a sensor may have unacknowledged
 
 
 class ISession(Interface):
-    """The logic serving one authenticated sensor connection."""
-
-    def messageReceived(kind, payload):
-        """A message from the sensor (raise ProtocolError to close the channel)."""
+    """The logic serving one authenticated sensor connection. Its ``on_<type>`` methods
+    take the sensor's messages, decoded, from the channel's dispatcher (raise
+    ProtocolError to close the channel)."""
 
     def connectionLost(reason):
         """The channel closed."""
@@ -95,6 +102,28 @@ class SessionRegistry:
     def get(self, id_sensor: int) -> CentralChannel | None:
         return self._channels.get(id_sensor)
 
+    def connected(self, id_sensor: int) -> bool:
+        return id_sensor in self._channels
+
+    def request(self, id_sensor: int, command: str, args: str = "", consumer: Any = None,
+                on_head: Callable[[Head], None] | None = None) -> defer.Deferred[int]:
+        """Run ``command args`` on sensor ``id_sensor`` over its channel, streaming the
+        answer into ``consumer`` (see Requester.request). Fails with RequestFailed: code
+        ``offline`` when that sensor is not connected to this central."""
+        channel = self._channels.get(id_sensor)
+        if channel is None or channel.requester is None:
+            return defer.fail(RequestFailed(OFFLINE, f"sensor {id_sensor} is not connected "
+                                                     "to this central"))
+        return channel.requester.request(command, args, consumer, on_head)
+
+    def query(self, id_sensor: int, command: str, args: str = "") -> defer.Deferred[bytes]:
+        """A small answer (JSON, text) of sensor ``id_sensor`` as bytes."""
+        channel = self._channels.get(id_sensor)
+        if channel is None or channel.requester is None:
+            return defer.fail(RequestFailed(OFFLINE, f"sensor {id_sensor} is not connected "
+                                                     "to this central"))
+        return channel.requester.query(command, args)
+
     def channels(self) -> list[CentralChannel]:
         return list(self._channels.values())
 
@@ -123,6 +152,7 @@ class CentralChannel(ChannelProtocol):
         self.probe = False
         self.rejection: Rejection | None = None
         self.connected_at: float | None = None
+        self.requester: Requester | None = None
 
     def connectionMade(self) -> None:
         if self.admission is not None:
@@ -200,6 +230,12 @@ class CentralChannel(ChannelProtocol):
                       skew=self.handshake.skew)
         self.factory.accepted += 1
         self.session = self.handler.open_session(self, hello)
+        agreed = self.factory.capabilities.negotiate(Capabilities(hello.capabilities))
+        label = f"sensor {hello.id_sensor}"
+        self.requester = Requester(self, self.clock, label,
+                                   supported="requests" in agreed, **self.factory.requests)
+        peer = "a mirroring sensor" if hello.mode == "mirror" else "a local-processing sensor"
+        self.dispatch_to(CENTRAL, self.session, self.requester, agreed=agreed, peer=peer)
 
     def reject(self, rejection: Rejection, id_sensor: object = None) -> None:
         self.rejection = rejection
@@ -222,6 +258,8 @@ class CentralChannel(ChannelProtocol):
         why = self.close_reason or (reason.getErrorMessage() if reason else "closed")
         self.log.info("sensor {id_sensor} ({peer}) disconnected: {reason}",
                       id_sensor=self.hello.id_sensor, peer=self.peer, reason=why)
+        if self.requester is not None:
+            self.requester.connection_lost(why)
         if self.session is not None:
             session, self.session = self.session, None
             session.connectionLost(reason)
@@ -235,6 +273,8 @@ class CentralFactory(protocol.Factory):
     def __init__(self, key: bytes, max_time_diff: float, handler: ISessionHandler,
                  clock: IReactorTime, binding: Callable[[object], bytes], central_name: str = "",
                  registry: SessionRegistry | None = None, window: int = WINDOW,
+                 capabilities: Capabilities | None = None,
+                 request_limit: int = LIMIT, request_timeout: float = TIMEOUT,
                  **timeouts: float) -> None:
         self.key = key
         self.max_time_diff = max_time_diff
@@ -244,6 +284,10 @@ class CentralFactory(protocol.Factory):
         self.central_name = central_name
         self.registry = registry or SessionRegistry(clock)
         self.window = window
+        # what this central offers in ACCEPT
+        self.capabilities = capabilities if capabilities is not None else Capabilities(
+            SUPPORTED)
+        self.requests = {"limit": request_limit, "timeout": request_timeout}
         self.timeouts = timeouts
         self.accepted = 0
         self.refusals: Counter[str] = Counter()
@@ -251,11 +295,10 @@ class CentralFactory(protocol.Factory):
     def buildProtocol(self, addr: object) -> CentralChannel:
         handshake = ServerHandshake(self.key, self.max_time_diff, self.clock.seconds,
                                     frozenset(CODECS))
-        # capture_clock: this central takes CLOCK from live mirroring sensors (the flag
-        # form voipmon.protocols.capabilities.parse reads).
+        # capabilities (and capture_clock also in the flag form older sensors read)
         extra = {"window": self.window, "max_frame": MAX_FRAME,
                  "ping_interval": self.timeouts.get("ping_interval", PING_INTERVAL),
-                 "capture_clock": True}
+                 **self.capabilities.advertise()}
         channel = CentralChannel(handshake, self.registry, self.handler, self.clock,
                                  self.binding, extra, **self.timeouts)
         channel.factory = self

@@ -14,15 +14,17 @@ from dataclasses import dataclass
 
 from twisted.internet import endpoints, protocol
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from zope.interface import implementer
 
 import voipmon
 from voipmon.analysis.settings import analysis_to_hello
 from voipmon.config import Destination, SensorSettings, destinations
+from voipmon.manager.commands import ICommands
 from voipmon.manager.service import advertised_manager
 from voipmon.protocols import tls
-from voipmon.protocols.client import AuthenticatingEndpoint
+from voipmon.protocols.capabilities import SUPPORTED
+from voipmon.protocols.client import AuthenticatingEndpoint, ISessionProtocol
 from voipmon.protocols.handshake import ClientHandshake, derive_key
-from voipmon.protocols.wire import MessageType
 
 CONNECT_TIMEOUT = 5.0
 
@@ -59,17 +61,22 @@ def tls_route(settings: SensorSettings, reactor: IReactorTime,
 
 def centrals(settings: SensorSettings, connect: Callable[[Destination], Route], *,
              mode: str, replay: bool, clock: IReactorTime,
-             binding: Callable[[object], bytes] = tls.exporter_binding) -> list[Central]:
+             binding: Callable[[object], bytes] = tls.exporter_binding,
+             commands: ICommands | None = None) -> list[Central]:
     """Every ``server_destination``, in order, reached through ``connect`` and
     authenticated with the hello this sensor says (``mode``: local or mirror; ``replay``:
-    a capture file, not live packets)."""
+    a capture file, not live packets). ``commands`` (the management port's registry)
+    answers the central's requests over the channel; without it the sensor does not
+    offer the ``requests`` capability."""
     channel = settings.channel
     key = derive_key(channel.server_password)
     params = dict(id_sensor=channel.id_sensor, name=channel.name_sensor,
                   version=voipmon.__version__, mode=mode,
                   compression=channel.server_type_compress, instance=secrets.token_hex(16),
                   manager=advertised_manager(settings.manager), replay=replay,
-                  analysis=analysis_to_hello(settings.analysis) if mode == "mirror" else {})
+                  analysis=analysis_to_hello(settings.analysis) if mode == "mirror" else {},
+                  capabilities={name: level for name, level in SUPPORTED.items()
+                                if commands is not None or name != "requests"})
     seconds = clock.seconds  # the reactor's: wall-clock UTC epoch seconds
 
     def hello(probe: bool) -> Callable[[], ClientHandshake]:
@@ -77,7 +84,7 @@ def centrals(settings: SensorSettings, connect: Callable[[Destination], Route], 
 
     def authenticated(transport: IStreamClientEndpoint, probe: bool) -> AuthenticatingEndpoint:
         return AuthenticatingEndpoint(transport, hello(probe), channel.server_type_compress,
-                                      clock, binding)
+                                      clock, binding, None if probe else commands)
 
     found = []
     for destination in destinations(channel):
@@ -91,8 +98,10 @@ def pin_mismatches(found: Sequence[Central]) -> dict[str, str | None]:
     return {central.name: central.pin_mismatch() for central in found}
 
 
+@implementer(ISessionProtocol)
 class ProbeSession(protocol.Protocol):
-    """The session of a failback probe: it only proves the primary answers."""
+    """The session of a failback probe: it only proves the primary answers (the central
+    closes a probe after its ACCEPT; nothing else is handled)."""
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        pass
+    def handlers(self) -> list[object]:
+        return []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -36,7 +37,6 @@ from voipmon.protocols.wire import (
     MessageType,
     PacketBatch,
     ProtocolError,
-    decode_json,
     field,
     is_number,
 )
@@ -284,30 +284,27 @@ class MirrorUplink:
             self._producer_paused = False
             self.producer.resumeProducing()
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        if kind == MessageType.PACKETS_ACK:
-            upto = field(decode_json(kind, payload), "upto", int, "PACKETS_ACK")
-            if not self.inflight or upto < self.inflight[0][0] or upto > self.inflight[-1][0]:
-                raise ProtocolError(f"PACKETS_ACK for {upto} does not match any batch in flight")
-            while self.inflight and self.inflight[0][0] <= upto:
-                _seq, _payload, size, count = self.inflight.popleft()
-                self.used -= size
-                self.packets_acked += count
-                self.batches_acked += 1
-            self.pump()
-        elif kind == MessageType.END_ACK:
-            if self.end_state != "sent":
-                raise ProtocolError("END_ACK without END")
-            self.end_state = "acked"
-            body = decode_json(kind, payload)
-            cdrs, undelivered = body.get("cdrs"), body.get("undelivered")
-            self.central_cdrs = cdrs if is_number(cdrs, 0, MAX_INT, integer=True) else None
-            # CDRs of our packets the central kept as dead letters (not stored).
-            self.central_undelivered = (undelivered if is_number(undelivered, 0, MAX_INT,
-                                                                 integer=True) else 0)
-            self._done.fire()
-        else:
-            raise ProtocolError(f"unexpected {kind.name} from the central")
+    def on_packets_ack(self, body: dict[str, Any]) -> None:
+        upto = field(body, "upto", int, "PACKETS_ACK")
+        if not self.inflight or upto < self.inflight[0][0] or upto > self.inflight[-1][0]:
+            raise ProtocolError(f"PACKETS_ACK for {upto} does not match any batch in flight")
+        while self.inflight and self.inflight[0][0] <= upto:
+            _seq, _payload, size, count = self.inflight.popleft()
+            self.used -= size
+            self.packets_acked += count
+            self.batches_acked += 1
+        self.pump()
+
+    def on_end_ack(self, body: dict[str, Any]) -> None:
+        if self.end_state != "sent":
+            raise ProtocolError("END_ACK without END")
+        self.end_state = "acked"
+        cdrs, undelivered = body.get("cdrs"), body.get("undelivered")
+        self.central_cdrs = cdrs if is_number(cdrs, 0, MAX_INT, integer=True) else None
+        # CDRs of our packets the central kept as dead letters (not stored).
+        self.central_undelivered = (undelivered if is_number(undelivered, 0, MAX_INT,
+                                                             integer=True) else 0)
+        self._done.fire()
 
     def when_acknowledged(self) -> defer.Deferred[None]:
         """Fires once every packet buffered so far is acknowledged (at once if so now)."""

@@ -23,6 +23,7 @@ from twisted.python import usage
 from voipmon.analysis.engine import Engine
 from voipmon.analysis.settings import engine_for
 from voipmon.config import SensorSettings, load_sensor_config
+from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.service import make_manager_service
 from voipmon.metrics.calls import CallOutcomes
 from voipmon.metrics.collectors import sensor_registry
@@ -103,8 +104,12 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     uplink, engine, queue = uplink_for(settings, reactor, dead_letters, metrics.outcomes)
     source = sources.from_config(settings, uplink if engine is None else engine, reactor,
                                  read_pcap=config["read-pcap"])
+    # One command registry for the central's requests over the channel and the
+    # management port; its stats and call table are the sensor service's (set below).
+    commands = ManagerCommands(settings.spool.spooldir)
     route = centrals(settings, lambda destination: tls_route(settings, reactor, destination),
-                     mode=uplink.mode, replay=not source.live, clock=reactor)
+                     mode=uplink.mode, replay=not source.live, clock=reactor,
+                     commands=commands)
     exits = ExitCode(reactor) if config["exit-when-done"] else None
     channel = settings.channel
     sensor = SensorService(uplink, source, route, id_sensor=channel.id_sensor, clock=reactor,
@@ -114,9 +119,11 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
                                          or channel.server_ca_file),
                            on_exit=exits.exit if exits is not None else None,
                            metrics=metrics)
-    manager = make_manager_service(settings.manager, reactor, spooldir=settings.spool.spooldir,
+    commands.stats = commands.calls = sensor
+    manager = make_manager_service(settings.manager, reactor, commands=commands,
+                                   spooldir=settings.spool.spooldir,
                                    password=channel.server_password,
-                                   id_sensor=channel.id_sensor, stats=sensor, calls=sensor)
+                                   id_sensor=channel.id_sensor)
     spool = settings.spool
     if engine is not None and (spool.maxpoolsize or spool.maxpooldays):
         retention = Retention(spool.spooldir, spool.maxpoolsize, spool.maxpooldays, reactor,

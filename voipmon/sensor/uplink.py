@@ -7,7 +7,8 @@ from the queue only when the central acknowledges it, which it does after its da
 committed it. After a reconnect everything unacknowledged is sent again, in order. The
 packet-mirroring uplink is ``voipmon.sensor.mirror.MirrorUplink``.
 
-``UplinkProtocol`` is the thin session protocol the channel hands messages to.
+``UplinkProtocol`` is the thin session protocol above the channel; the channel's dispatcher
+hands the central's messages to the uplink's ``on_<type>`` handlers.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from zope.interface import Attribute, Interface, implementer
 
 from voipmon.counters import Counters
 from voipmon.protocols.channel import ChannelProtocol, IMessageTransport
+from voipmon.protocols.client import ISessionProtocol
 from voipmon.protocols.wire import (
     MAX_INT,
     MessageType,
     ProtocolError,
-    decode_json,
     encode_cdr_batch,
     field,
     is_number,
@@ -57,9 +58,6 @@ class IUplink(Interface):
 
     def detach(reason):
         """That channel is gone."""
-
-    def messageReceived(kind, payload):
-        """A message from the central; raise ProtocolError if it makes no sense."""
 
     def when_done():
         """A Deferred that fires once the source has ended and everything is acknowledged."""
@@ -211,24 +209,21 @@ class CdrUplink:
             self.batches_sent += 1
             self.cdrs_sent += len(records)
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        if kind == MessageType.CDR_ACK:
-            body = decode_json(kind, payload)
-            upto = field(body, "upto", int, "CDR_ACK")
-            if not self.inflight or upto < self.inflight[0][1] or upto > self.sent_upto:
-                raise ProtocolError(f"CDR_ACK for {upto} does not match any batch in flight")
-            while self.inflight and self.inflight[0][1] <= upto:
-                self.inflight.popleft()
-            self.delivered += self.queue.ack(upto)
-            stored = body.get("stored")
-            if is_number(stored, 0, MAX_INT, integer=True):
-                self.stored += stored
-            self.pump()
-            self._check_done()
-        elif kind == MessageType.END_ACK:
-            return
-        else:
-            raise ProtocolError(f"unexpected {kind.name} from the central")
+    def on_cdr_ack(self, body: dict[str, object]) -> None:
+        upto = field(body, "upto", int, "CDR_ACK")
+        if not self.inflight or upto < self.inflight[0][1] or upto > self.sent_upto:
+            raise ProtocolError(f"CDR_ACK for {upto} does not match any batch in flight")
+        while self.inflight and self.inflight[0][1] <= upto:
+            self.inflight.popleft()
+        self.delivered += self.queue.ack(upto)
+        stored = body.get("stored")
+        if is_number(stored, 0, MAX_INT, integer=True):
+            self.stored += stored
+        self.pump()
+        self._check_done()
+
+    def on_end_ack(self, body: dict[str, object]) -> None:
+        """A local-processing sensor sends no END; an END_ACK is ignored."""
 
     # -- completion and stats ------------------------------------------------------
 
@@ -246,8 +241,9 @@ class CdrUplink:
                 "queue_bytes": self.queue.disk_bytes, "inflight_batches": len(self.inflight)}
 
 
+@implementer(ISessionProtocol)
 class UplinkProtocol(protocol.Protocol):
-    """The session protocol ClientService sees: hands the channel's messages to the uplink."""
+    """The session protocol ClientService sees; its uplink handles the central's messages."""
 
     def __init__(self, uplink: IUplink, on_lost: Callable[[Failure], None] | None = None,
                  on_made: Callable[[ChannelProtocol], None] | None = None):
@@ -260,8 +256,8 @@ class UplinkProtocol(protocol.Protocol):
             self.on_made(self.transport)
         self.uplink.attach(self.transport)
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        self.uplink.messageReceived(kind, payload)
+    def handlers(self) -> list[object]:
+        return [self.uplink]
 
     def dataReceived(self, data: bytes) -> None:
         raise ProtocolError("the channel delivers messages, not bytes")

@@ -15,11 +15,12 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from voipmon.protocols.capabilities import SUPPORTED
 from voipmon.protocols.channel import IMessageTransport
-from voipmon.protocols.client import AuthenticatingEndpoint
+from voipmon.protocols.client import AuthenticatingEndpoint, ISessionProtocol
 from voipmon.protocols.handshake import ClientHandshake, derive_key
 from voipmon.protocols.server import CentralFactory, ISession, ISessionHandler
-from voipmon.protocols.wire import encode_json
+from voipmon.protocols.wire import MessageType, encode_json
 
 
 @implementer(IStreamClientEndpoint)
@@ -124,14 +125,25 @@ class PumpEndpoint:
 
 @implementer(ISession)
 class RecordingSession:
+    """Records each message of the sensor (type, decoded body) its handlers get."""
+
     def __init__(self, channel: Any, hello: Any) -> None:
         self.channel = channel
         self.hello = hello
-        self.messages: list[tuple[Any, bytes]] = []
+        self.messages: list[tuple[Any, Any]] = []
         self.lost: Any = None
 
-    def messageReceived(self, kind: Any, payload: bytes) -> None:
-        self.messages.append((kind, payload))
+    def on_cdrs(self, body: Any) -> None:
+        self.messages.append((MessageType.CDRS, body))
+
+    def on_stats(self, body: Any) -> None:
+        self.messages.append((MessageType.STATS, body))
+
+    def on_end(self, body: Any) -> None:
+        self.messages.append((MessageType.END, body))
+
+    def on_packets(self, body: Any) -> None:
+        self.messages.append((MessageType.PACKETS, body))
 
     def connectionLost(self, reason: Any) -> None:
         self.lost = reason
@@ -148,15 +160,26 @@ class RecordingHandler:
         return session
 
 
+@implementer(ISessionProtocol)
 class SessionRecorder(protocol.Protocol):
-    """A sensor-side session protocol that records what the central sends."""
+    """A sensor-side session protocol that records what the central sends (type, decoded
+    body)."""
 
     def __init__(self) -> None:
-        self.messages: list[tuple[Any, bytes]] = []
+        self.messages: list[tuple[Any, Any]] = []
         self.lost: Any = None
 
-    def messageReceived(self, kind: Any, payload: bytes) -> None:
-        self.messages.append((kind, payload))
+    def handlers(self) -> list[object]:
+        return [self]
+
+    def on_cdr_ack(self, body: Any) -> None:
+        self.messages.append((MessageType.CDR_ACK, body))
+
+    def on_packets_ack(self, body: Any) -> None:
+        self.messages.append((MessageType.PACKETS_ACK, body))
+
+    def on_end_ack(self, body: Any) -> None:
+        self.messages.append((MessageType.END_ACK, body))
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = reason
@@ -181,8 +204,11 @@ class ChannelPair:
                  instance: str = "ab" * 8, compression: str = "zstd", skew: float = 0.0,
                  probe: bool = False, protocol_version: int = 1, mode: str = "local",
                  replay: bool = False, binding: Any = fixed_binding,
-                 manager: str = "") -> AuthenticatingEndpoint:
+                 manager: str = "", commands: Any = None) -> AuthenticatingEndpoint:
+        """A sensor's endpoint; with ``commands`` (an ICommands) it offers every
+        capability and answers the central's requests with them."""
         key = derive_key(password)
+        offered = SUPPORTED if commands is not None else None
         clock = self.clock
 
         def make() -> ClientHandshake:
@@ -190,9 +216,10 @@ class ChannelPair:
                                    mode=mode, compression=compression, instance=instance,
                                    seconds=lambda: clock.seconds() + skew, probe=probe,
                                    manager=manager, replay=replay,
-                                   protocol=protocol_version)
+                                   protocol=protocol_version, capabilities=offered)
 
-        return AuthenticatingEndpoint(self.network, make, compression, self.clock, binding)
+        return AuthenticatingEndpoint(self.network, make, compression, self.clock, binding,
+                                      commands)
 
     def connect(self, factory: Any = None, **options: Any) -> defer.Deferred:
         factory = factory or protocol.Factory.forProtocol(SessionRecorder)

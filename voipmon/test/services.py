@@ -21,6 +21,7 @@ from voipmon.central.metrics import CentralMetrics
 from voipmon.central.mirror import AnalyzerFactory
 from voipmon.central.service import CentralService, StoreService, mirror_engine_factory
 from voipmon.config import CentralSettings, Destination, SensorSettings
+from voipmon.manager.commands import ManagerCommands
 from voipmon.manager.service import ManagerConnector, make_manager_service
 from voipmon.protocols import tls
 from voipmon.sensor import tap as sensor_tap
@@ -43,8 +44,11 @@ def build_sensor(settings: SensorSettings, reactor: Any, *, clock: IReactorTime 
                  connect: Callable[[Destination], IStreamClientEndpoint] | None = None,
                  binding: Callable[[Any], bytes] = tls.exporter_binding,
                  on_exit: Callable[[int, str], None] | None = None,
-                 give_up_after: float = GIVE_UP_AFTER) -> SensorService:
-    """A sensor as voipmon.sensor.tap builds it (no management port, no retention)."""
+                 give_up_after: float = GIVE_UP_AFTER,
+                 commands: ManagerCommands | None = None) -> SensorService:
+    """A sensor as voipmon.sensor.tap builds it (no management port, no retention):
+    ``commands`` (a ManagerCommands; one over its spool if not given) answers the
+    central's requests, with the service as its stats and call table."""
     clock = clock if clock is not None else reactor
     dead_letters = DeadLetters(os.path.join(settings.spool.spooldir, DEAD_LETTERS), clock)
     metrics = SensorMetrics(settings.channel.id_sensor, clock, sensor_tap.mode_of(settings))
@@ -59,15 +63,19 @@ def build_sensor(settings: SensorSettings, reactor: Any, *, clock: IReactorTime 
             return tls_route(settings, reactor, destination)
         return connect(destination), None
 
+    if commands is None:
+        commands = ManagerCommands(settings.spool.spooldir)
     found = centrals(settings, route, mode=uplink.mode, replay=not source.live, clock=clock,
-                     binding=binding)
+                     binding=binding, commands=commands)
     channel = settings.channel
-    return SensorService(uplink, source, found, id_sensor=channel.id_sensor, clock=clock,
+    sensor = SensorService(uplink, source, found, id_sensor=channel.id_sensor, clock=clock,
                          dead_letters=dead_letters, engine=engine, queue=queue,
                          failback_interval=channel.failback_probe_interval,
                          verified=bool(channel.server_certificate_sha256
                                        or channel.server_ca_file),
                          on_exit=on_exit, give_up_after=give_up_after, metrics=metrics)
+    commands.stats = commands.calls = sensor
+    return sensor
 
 
 def manager_service(settings: SensorSettings, reactor: Any, stats: Any = None,
@@ -75,9 +83,11 @@ def manager_service(settings: SensorSettings, reactor: Any, stats: Any = None,
     """The sensor's management port as its tap builds it from ``settings`` (``port``
     overrides managerport; 0: ephemeral)."""
     channel = settings.channel
-    return make_manager_service(settings.manager, reactor, spooldir=settings.spool.spooldir,
+    return make_manager_service(settings.manager, reactor,
+                                commands=ManagerCommands(settings.spool.spooldir, stats, calls),
+                                spooldir=settings.spool.spooldir,
                                 password=channel.server_password, id_sensor=channel.id_sensor,
-                                stats=stats, calls=calls, port=port)
+                                port=port)
 
 
 def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | None = None,
@@ -108,7 +118,10 @@ def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | No
     central = CentralService(StoreService(store, clock), cdr_queue, listener, certificate)
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
     for extra in (central_tap.database_retention(settings, central.store_service, clock),
-                  make_web_service(settings.http, spooldir, reactor, store, connector,
+                  make_web_service(settings.http, spooldir, reactor, store,
+                                   channels=listener.central_factory.registry,
+                                   central_name=central_id, connector=connector,
+                                   mirror_calls=listener.mirrors.active_calls,
                                    port=http_port, certificate=certificate, metrics=metrics),
                   legacy_mirror.receiver_service(settings, cdr_queue, dead_letters, reactor)):
         if extra is not None:

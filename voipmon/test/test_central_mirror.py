@@ -15,6 +15,7 @@ from voipmon.protocols.wire import MessageType, PacketBatch, ProtocolError
 from voipmon.queue import DurableQueue
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.uplink import UplinkFactory
+from voipmon.test.dispatching import to_central
 from voipmon.test.fakes import Engines, FakeStore
 from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport
 
@@ -58,7 +59,7 @@ class MirrorSessionTests(Base):
     def test_batch_analysed_and_acked(self) -> None:
         """Packets reach the sensor's analyser in order; the batch is acknowledged."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a1", b"b1"], 113))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a1", b"b1"], 113))
         self.assertEqual(self.channel.take(), [(MessageType.PACKETS_ACK, {"upto": 1})])
         [analyzer] = self.engines.all
         self.assertEqual(analyzer.id_sensor, 3)
@@ -67,8 +68,8 @@ class MirrorSessionTests(Base):
     def test_duplicate_batch_ignored_but_acked(self) -> None:
         """A batch resent after a lost ack is acknowledged again but not analysed twice."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a"]))
         self.assertEqual(len(self.engines.all[0].frames), 1)
         self.assertEqual(len(self.channel.take()), 2)
         self.assertEqual(self.mirrors.analyses[3].duplicate_batches, 1)
@@ -76,9 +77,9 @@ class MirrorSessionTests(Base):
     def test_engine_error_logged_batch_acked(self) -> None:
         """An analyser bug on one batch is logged; the session goes on."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"crash"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"crash"]))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        session.messageReceived(MessageType.PACKETS, packets_payload(2, [b"x"]))
+        to_central(session, MessageType.PACKETS, packets_payload(2, [b"x"]))
         self.assertEqual(len(self.channel.take()), 2)
 
     def test_end_acks_once_durable_even_while_the_database_is_down(self) -> None:
@@ -86,10 +87,10 @@ class MirrorSessionTests(Base):
         central's disk, not before, and without waiting for the database; they are stored
         (for that sensor, pcaps on the central) when it is back."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"b", b"c"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a", b"b", b"c"]))
         self.channel.take()
         self.store.down = True
-        session.messageReceived(MessageType.END, b'{"packets":3,"dropped":0}')
+        to_central(session, MessageType.END, b'{"packets":3,"dropped":0}')
         self.assertEqual(self.channel.take(), [])
         self.assertEqual(self.cdr_queue.queue.buffered, 3)
         self.clock.advance(0)
@@ -108,10 +109,10 @@ class MirrorSessionTests(Base):
         """A batch that completes calls is acknowledged only after the CDR queue's flush;
         a later batch completing none waits behind it: acknowledgements keep their order."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"b"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a", b"b"]))
         self.assertEqual(self.channel.take(), [(MessageType.PACKETS_ACK, {"upto": 1})])
-        session.messageReceived(MessageType.PACKETS, packets_payload(2, [b"end:"]))
-        session.messageReceived(MessageType.PACKETS, packets_payload(3, [b"c"]))
+        to_central(session, MessageType.PACKETS, packets_payload(2, [b"end:"]))
+        to_central(session, MessageType.PACKETS, packets_payload(3, [b"c"]))
         self.assertEqual(self.channel.take(), [])
         self.assertEqual(self.cdr_queue.queue.durable, 0)
         self.clock.advance(0)
@@ -134,7 +135,7 @@ class MirrorSessionTests(Base):
             return real_flush()
 
         self.cdr_queue.queue.flush = flaky_flush
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"end:"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a", b"end:"]))
         self.clock.advance(0)
         self.assertEqual(self.channel.take(), [])
         self.clock.advance(1)
@@ -143,25 +144,25 @@ class MirrorSessionTests(Base):
 
     def test_unexpected_message(self) -> None:
         session = self.open()
-        self.assertRaises(ProtocolError, session.messageReceived, MessageType.CDRS, b"{}")
-        self.assertRaises(ProtocolError, session.messageReceived, MessageType.PACKETS, b"x")
+        self.assertRaises(ProtocolError, to_central, session, MessageType.CDRS, b"{}")
+        self.assertRaises(ProtocolError, to_central, session, MessageType.PACKETS, b"x")
 
 
 class AnalysisLifeTests(Base):
     def test_same_instance_keeps_state(self) -> None:
         """A reconnect of the same process continues its calls."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a"]))
         session.connectionLost(Failure(Exception("lost")))
         again = self.open()
-        again.messageReceived(MessageType.PACKETS, packets_payload(2, [b"b"]))
+        to_central(again, MessageType.PACKETS, packets_payload(2, [b"b"]))
         self.assertEqual(len(self.engines.all), 1)
         self.assertEqual(len(self.engines.all[0].frames), 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_restarted_live_sensor_closes_old_calls(self) -> None:
         """A new process of a live sensor: the old calls are closed and stored."""
-        self.open().messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(self.open(), MessageType.PACKETS, packets_payload(1, [b"a"]))
         self.open(instance="bb" * 8)
         self.clock.advance(0)
         self.assertTrue(self.engines.all[0].finished)
@@ -169,18 +170,18 @@ class AnalysisLifeTests(Base):
 
     def test_restarted_replay_drops_old_state(self) -> None:
         """A restarted replay sends everything again: the old half is dropped, not stored."""
-        self.open(replay=True).messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(self.open(replay=True), MessageType.PACKETS, packets_payload(1, [b"a"]))
         session = self.open(instance="bb" * 8, replay=True)
         self.clock.advance(0)
         self.assertFalse(self.engines.all[0].finished)
         self.assertEqual(len(self.store.cdrs), 0)
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a"]))
         self.assertEqual(len(self.engines.all), 2)
 
     def test_idle_sensor_closed_after_timeout(self) -> None:
         """A sensor away for idle_finish seconds has its calls closed."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a"]))
         session.connectionLost(Failure(Exception("lost")))
         self.clock.advance(299)
         self.assertFalse(self.engines.all[0].finished)
@@ -193,8 +194,8 @@ class AnalysisLifeTests(Base):
     def test_stop_closes_everything(self) -> None:
         """Shutting down closes every sensor's calls and waits until their CDRs are on
         disk (the database up, they are stored too)."""
-        self.open().messageReceived(MessageType.PACKETS, packets_payload(1, [b"a", b"b"]))
-        self.open(id_sensor=4).messageReceived(MessageType.PACKETS, packets_payload(1, [b"c"]))
+        to_central(self.open(), MessageType.PACKETS, packets_payload(1, [b"a", b"b"]))
+        to_central(self.open(id_sensor=4), MessageType.PACKETS, packets_payload(1, [b"c"]))
         d = self.mirrors.stop()
         self.assertNoResult(d)
         self.clock.advance(0)
@@ -242,36 +243,36 @@ class CaptureClockTests(Base):
 
     def test_clock_advances_the_analysis(self) -> None:
         session = self.open()
-        session.messageReceived(MessageType.CLOCK, b'{"t":99.5}')  # nothing to move yet
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
-        session.messageReceived(MessageType.CLOCK, b'{"t":105.25}')
-        session.messageReceived(MessageType.CLOCK, b'{"t":106}')
+        to_central(session, MessageType.CLOCK, b'{"t":99.5}')  # nothing to move yet
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(session, MessageType.CLOCK, b'{"t":105.25}')
+        to_central(session, MessageType.CLOCK, b'{"t":106}')
         self.assertEqual(self.engines.all[0].advanced, [105.25, 106.0])
 
     def test_bad_clock_refused(self) -> None:
         """A CLOCK without a finite time is a protocol error (the channel closes)."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a"]))
         for payload in (b'{"t":NaN}', b'{"t":Infinity}', b'{"t":"1"}', b'{"t":true}', b"{}"):
             with self.assertRaises(ProtocolError) as caught:
-                session.messageReceived(MessageType.CLOCK, payload)
+                to_central(session, MessageType.CLOCK, payload)
             self.assertIn("CLOCK", str(caught.exception))
         self.assertEqual(self.engines.all[0].advanced, [])
 
     def test_analyser_error_on_advance_logged(self) -> None:
         """An analyser that fails while advancing is logged; the session goes on."""
         session = self.open()
-        session.messageReceived(MessageType.PACKETS, packets_payload(1, [b"a"]))
+        to_central(session, MessageType.PACKETS, packets_payload(1, [b"a"]))
 
         def broken(now: float) -> None:
             raise RuntimeError("engine bug")
 
         self.engines.all[0].advance = broken
-        session.messageReceived(MessageType.CLOCK, b'{"t":200}')
+        to_central(session, MessageType.CLOCK, b'{"t":200}')
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_clock_refused_from_a_local_processing_sensor(self) -> None:
         local = Hello(5, "l", "0.1.0", "local", "zstd", 0.0, b"\0" * 32, "bb" * 8)
         session = self.sessions.open_session(self.channel, local)
         with self.assertRaises(ProtocolError):
-            session.messageReceived(MessageType.CLOCK, b'{"t":1}')
+            to_central(session, MessageType.CLOCK, b'{"t":1}')

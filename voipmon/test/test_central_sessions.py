@@ -18,6 +18,7 @@ from voipmon.protocols.wire import MessageType, ProtocolError, encode_cdr_batch,
 from voipmon.queue import DurableQueue
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory
 from voipmon.store.testing import make_cdr
+from voipmon.test.dispatching import to_central
 from voipmon.test.fakes import FakeStore
 from voipmon.test.fakes_channel import ChannelPair, FakeMessageTransport
 
@@ -57,7 +58,7 @@ class CdrSessionTests(Base):
         """A batch is acknowledged with its last number only once the store committed it."""
         self.store.hold = True
         session = self.open()
-        session.messageReceived(MessageType.CDRS, batch(1, [0, 1, 2]))
+        to_central(session, MessageType.CDRS, batch(1, [0, 1, 2]))
         self.assertEqual(self.acks(), [])
         self.store.release()
         self.assertEqual(self.acks(), [{"upto": 3, "stored": 3}])
@@ -71,7 +72,7 @@ class CdrSessionTests(Base):
         self.store.hold = True
         session = self.open()
         for i in range(6):
-            session.messageReceived(MessageType.CDRS, batch(i + 1, [i]))
+            to_central(session, MessageType.CDRS, batch(i + 1, [i]))
         self.assertEqual(len(self.store.held), 4)
         self.store.release_one(1)                 # batch 2 commits before batch 1
         self.assertEqual(self.acks(), [])
@@ -87,7 +88,7 @@ class CdrSessionTests(Base):
         """While the database is down nothing is acked; retries back off to 5 s; then it drains."""
         self.store.down = True
         session = self.open()
-        session.messageReceived(MessageType.CDRS, batch(1, [0, 1]))
+        to_central(session, MessageType.CDRS, batch(1, [0, 1]))
         calls = []
         for step in (0.5, 1, 2, 4, 5, 5):
             calls.append(self.store.calls.count("store_cdrs"))
@@ -107,8 +108,8 @@ class CdrSessionTests(Base):
     def test_resent_batch_is_acked_not_duplicated(self) -> None:
         """A batch sent again after a reconnect is acknowledged with 0 new CDRs."""
         session = self.open()
-        session.messageReceived(MessageType.CDRS, batch(1, [0, 1]))
-        session.messageReceived(MessageType.CDRS, batch(1, [0, 1]))
+        to_central(session, MessageType.CDRS, batch(1, [0, 1]))
+        to_central(session, MessageType.CDRS, batch(1, [0, 1]))
         self.assertEqual(self.acks(), [{"upto": 2, "stored": 2}, {"upto": 2, "stored": 0}])
         self.assertEqual(len(self.store.cdrs), 2)
         self.assertEqual(session.duplicates, 2)
@@ -117,7 +118,7 @@ class CdrSessionTests(Base):
         """A CDR that cannot be read is logged and skipped; its batch still completes."""
         session = self.open()
         good = make_cdr(0, id_sensor=7).to_wire()
-        session.messageReceived(MessageType.CDRS,
+        to_central(session, MessageType.CDRS,
                                 encode_cdr_batch(5, [good, b'{"callid":"x"}', b"[1]"]))
         self.assertEqual(self.acks(), [{"upto": 7, "stored": 1}])
         self.assertEqual(session.rejected, 2)
@@ -127,7 +128,7 @@ class CdrSessionTests(Base):
     def test_foreign_id_sensor_replaced(self) -> None:
         """A sensor can only store CDRs under its own id."""
         session = self.open()
-        session.messageReceived(MessageType.CDRS, batch(1, [0], id_sensor=99))
+        to_central(session, MessageType.CDRS, batch(1, [0], id_sensor=99))
         [(id_sensor, _uid)] = self.store.cdrs
         self.assertEqual(id_sensor, 7)
 
@@ -135,16 +136,16 @@ class CdrSessionTests(Base):
         session = self.open()
         for payload in (b"[]", b'{"first":1,"cdrs":[]}', b'{"first":0,"cdrs":[{}]}',
                         b'{"first":1}'):
-            self.assertRaises(ProtocolError, session.messageReceived, MessageType.CDRS, payload)
-        self.assertRaises(ProtocolError, session.messageReceived, MessageType.PACKETS, b"")
+            self.assertRaises(ProtocolError, to_central, session, MessageType.CDRS, payload)
+        self.assertRaises(ProtocolError, to_central, session, MessageType.PACKETS, b"")
 
     def test_window_overrun(self) -> None:
         """More unacknowledged batches than any window allows close the connection."""
         self.store.hold = True
         session = self.open()
         for i in range(MAX_PENDING_BATCHES):
-            session.messageReceived(MessageType.CDRS, batch(i + 1, [i]))
-        self.assertRaises(ProtocolError, session.messageReceived, MessageType.CDRS,
+            to_central(session, MessageType.CDRS, batch(i + 1, [i]))
+        self.assertRaises(ProtocolError, to_central, session, MessageType.CDRS,
                           batch(99, [99]))
         self.store.release()
 
@@ -152,20 +153,20 @@ class CdrSessionTests(Base):
         """After the sensor goes its pending batch is dropped (it resends it); no timer stays."""
         self.store.down = True
         session = self.open()
-        session.messageReceived(MessageType.CDRS, batch(1, [0]))
+        to_central(session, MessageType.CDRS, batch(1, [0]))
         session.connectionLost(Failure(Exception("gone")))
         self.sessions.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_end_in_local_mode(self) -> None:
         session = self.open()
-        session.messageReceived(MessageType.END, b"{}")
+        to_central(session, MessageType.END, b"{}")
         self.assertEqual(self.channel.take(), [(MessageType.END_ACK, {"cdrs": 0})])
 
     def test_stats_recorded(self) -> None:
         """STATS counters go to the sensor's row."""
         session = self.open()
-        session.messageReceived(MessageType.STATS,
+        to_central(session, MessageType.STATS,
                                 encode_json({"packets": 10, "dropped": 2, "queue_depth": 5,
                                              "other": "x"}))
         row = self.store.sensors[7]

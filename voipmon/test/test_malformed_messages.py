@@ -32,6 +32,7 @@ from voipmon.queue import DurableQueue
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sensor.uplink import CdrUplink
 from voipmon.store.testing import make_cdr
+from voipmon.test.dispatching import to_central, to_sensor
 from voipmon.test.fakes import FakeStore
 from voipmon.test.fakes_channel import ChannelPairCase, FakeMessageTransport, ack
 from voipmon.test.services import build_central
@@ -205,9 +206,9 @@ class MessageNumberTests(SynchronousTestCase):
         for n in range(3):
             uplink.add(make_cdr(n, id_sensor=7))
         clock.advance(0)
-        uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=1, stored=True))
-        uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=2, stored=10 ** 30))
-        uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=3, stored=-4))
+        to_sensor(uplink, *ack(MessageType.CDR_ACK, upto=1, stored=True))
+        to_sensor(uplink, *ack(MessageType.CDR_ACK, upto=2, stored=10 ** 30))
+        to_sensor(uplink, *ack(MessageType.CDR_ACK, upto=3, stored=-4))
         self.assertEqual((uplink.delivered, uplink.stored), (3, 0))
 
     def test_end_ack_cdrs(self) -> None:
@@ -215,7 +216,7 @@ class MessageNumberTests(SynchronousTestCase):
         uplink = MirrorUplink(Clock(), max_buffer_bytes=10_000)
         uplink.attach(FakeMessageTransport({"window": 8}))
         uplink.finish_source()
-        uplink.messageReceived(*ack(MessageType.END_ACK, cdrs=True))
+        to_sensor(uplink, *ack(MessageType.END_ACK, cdrs=True))
         self.assertIsNone(uplink.central_cdrs)
         uplink.seal()
 
@@ -228,7 +229,7 @@ class MessageNumberTests(SynchronousTestCase):
     def test_stats_numbers(self) -> None:
         """STATS: only counters from 0 to 2**63-1 reach the sensor's row; NaN is malformed."""
         store, _sessions, session = self.central_session()
-        session.messageReceived(MessageType.STATS, encode_json(
+        to_central(session, MessageType.STATS, encode_json(
             {"packets": 10 ** 30, "dropped": True, "queue_depth": 4}))
         upsert = store.upserts[-1]
         self.assertEqual(upsert.get("queue_depth"), 4)
@@ -237,7 +238,7 @@ class MessageNumberTests(SynchronousTestCase):
         row = store.sensors[7]
         self.assertEqual((row["queue_depth"], row["packets"], row["drops"]), (4, 0, 0))
         for raw in (b'{"packets":NaN}', b'{"packets":1e999}', nested(100)):
-            self.assertRaises(ProtocolError, session.messageReceived, MessageType.STATS, raw)
+            self.assertRaises(ProtocolError, to_central, session, MessageType.STATS, raw)
 
     def test_cdrs_first(self) -> None:
         """CDRS 'first' beyond a 64-bit sequence, or true, is malformed."""
@@ -246,7 +247,7 @@ class MessageNumberTests(SynchronousTestCase):
         for first in (b"true", b"1" + b"0" * 30, b"1.5", b"NaN"):
             bad = good.replace(b'"first":1', b'"first":' + first, 1)
             self.assertNotEqual(bad, good)
-            self.assertRaises(ProtocolError, session.messageReceived, MessageType.CDRS, bad)
+            self.assertRaises(ProtocolError, to_central, session, MessageType.CDRS, bad)
 
 
 class ManagerPortTests(LoopbackBase):

@@ -14,13 +14,14 @@ it had media, an RTP pcap; the CDR names both (spool-relative ``sip_pcap``, ``rt
   builds that from the raw records of the spool files and compares byte for byte; it also
   checks that the served file holds exactly the frames of both files (the multiset of
   (timestamp, frame) read by CaptureReader), and, for a local-processing sensor, that it
-  equals the sensor's own merge (``getcallpcap``) fetched by this test straight from the
-  sensor's management port, over TLS with the password proof.
+  equals the sensor's own merge: what its command registry's ``getcallpcap`` (the one the
+  management port and the channel run) makes of its spool files.
 
-Local processing: the files are in the sensor's spool, and the central fetches them from
-the sensor's management port (TLS and the password proof: the defaults). The sensor
-replays without ``--exit-when-done`` so it keeps serving; the test waits until the API
-shows its CDRs, fetches, then stops the sensor: the same requests get a 502 naming it.
+Local processing: the files are in the sensor's spool, and the central asks the sensor for
+them over the channel the sensor opened (issue 15: the sensor has ``managerport = 0`` and
+listens on nothing). The sensor replays without ``--exit-when-done`` so it stays
+connected; the test waits until the API shows its CDRs, fetches, then stops the sensor:
+the same requests get a 502 naming it as offline.
 Mirroring: the files are in the central's spool (under the sensor's id), served after the
 sensor has exited.
 
@@ -36,21 +37,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
-import time
 from collections import Counter
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.analysis.engine import Engine
-from voipmon.manager.auth import ManagerAuthClient
+from voipmon.manager.commands import ManagerCommands
 from voipmon.packet.readers import CaptureReader, read_capture
 from voipmon.packet.writers import pcap_global_header, pcap_record
-from voipmon.protocols.handshake import EXPORTER_BYTES, EXPORTER_LABEL, derive_key
 from voipmon.test.channel_support import (
     Process,
     free_port,
@@ -144,6 +141,26 @@ def frames(path: str) -> Counter:
         return Counter((ts, frame) for ts, _linktype, frame in reader)
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (its sockets in LISTEN state)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:   # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def spool_pcaps(root: str) -> set[str]:
     """Every .pcap under ``root``, relative to it."""
     found = set()
@@ -174,77 +191,6 @@ def api_json(port: int, path: str) -> Any:
     if status != 200:
         raise AssertionError(f"GET {path}: HTTP {status}: {body[:500]!r}")
     return json.loads(body)
-
-
-class ManagerSession:
-    """A blocking client of a sensor's management port: TLS, the password proof, then
-    command lines. Independent of the central's client (voipmon.manager.client)."""
-
-    def __init__(self, port: int, id_sensor: int, password: str | None) -> None:
-        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        sock.settimeout(None)  # blocking, bounded by SO_RCVTIMEO/SO_SNDTIMEO instead
-        bound = struct.pack("ll", int(TIMEOUT), 0)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
-        self.conn = SSL.Connection(context, sock)
-        self.conn.set_connect_state()
-        self._call(self.conn.do_handshake)
-        self.buffer = b""
-        if password is None:
-            return
-        auth = ManagerAuthClient(derive_key(password), id_sensor, time.time,
-                                 "pcap-access-test")
-        self.conn.sendall(auth.hello())
-
-        def binding() -> bytes:
-            return self.conn.export_keying_material(EXPORTER_LABEL, EXPORTER_BYTES)
-
-        while not auth.done:
-            answer = auth.feed(self._recv(), binding)
-            if answer:
-                self.conn.sendall(answer)
-
-    def _call(self, func: Any, *args: Any) -> Any:
-        try:
-            return func(*args)
-        except SSL.WantReadError:
-            raise AssertionError(f"management port: no answer within {TIMEOUT:g} s")
-
-    def _recv(self) -> bytes:
-        try:
-            data = self._call(self.conn.recv, 65536)
-        except SSL.ZeroReturnError:
-            data = b""
-        except SSL.SysCallError as exc:
-            if exc.args[0] != -1:  # -1: unexpected EOF, the peer closed
-                raise
-            data = b""
-        if not data:
-            raise EOFError("the management port closed the connection")
-        return data
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buffer:
-            self.buffer += self._recv()
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line
-
-    def command(self, line: str) -> bytes:
-        """The body of an ``OK <length>`` reply; AssertionError on ``ERR``."""
-        self.conn.sendall(line.encode() + b"\n")
-        header = self.line()
-        word, _, size = header.partition(b" ")
-        if word != b"OK" or not size.isdigit():
-            raise AssertionError(f"{line!r}: {header.decode('utf-8', 'replace')}")
-        while len(self.buffer) < int(size):
-            self.buffer += self._recv()
-        body, self.buffer = self.buffer[:int(size)], self.buffer[int(size):]
-        return body
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 # -- the test --------------------------------------------------------------------------
@@ -367,34 +313,25 @@ class PcapAccessTests(SynchronousTestCase):
         self.assertEqual(call_ids, {callid}, f"tshark's SIP Call-IDs in call {callid}'s pcap")
 
     def test_local_processing_sensor(self) -> None:
-        """The central fetches a call's pcap from the sensor's management port (TLS and the
-        password proof): the sensor's file or merge, byte for byte; once the sensor has
-        stopped, a 502 naming it."""
-        manager_port = free_port()
-        sensor = self.sensor(1, "edge-local", manager_port)
+        """A sensor with managerport = 0 (no listening port at all): the central asks it for
+        each call's pcap over the channel the sensor opened, and gets the sensor's own
+        getcallpcap of its spool files, byte for byte; once the sensor has stopped, a 502
+        naming it as offline."""
+        sensor = self.sensor(1, "edge-local", 0)
         cdrs = self.stored_cdrs(1, sensor)
         self.assertEqual({cdr["pcap_on"] for cdr in cdrs}, {"sensor"})
         known = api_json(self.http_port, "/api/sensors/1")["sensor"]
-        self.assertEqual((known["manager_host"], known["manager_port"]),
-                         ("127.0.0.1", manager_port), "the management address in the hello")
-
-        # The port is not plain text: without the proof no command is answered.
-        bare = ManagerSession(manager_port, 1, password=None)
-        try:
-            bare.conn.sendall(b"getversion\n")
-            self.assertTrue(bare.line().startswith(b"ERR auth "))
-        finally:
-            bare.close()
+        self.assertIsNone(known["manager_host"], "a sensor without a management port")
+        self.assertEqual(listening_ports(sensor.proc.pid), set(),
+                         "managerport = 0: the sensor listens on nothing")
+        spool = os.path.join(self.base, "edge-local", "spool")
+        commands = ManagerCommands(spool)
 
         def own_merge(cdr: dict[str, Any]) -> bytes:
-            session = ManagerSession(manager_port, 1, PASSWORD)
-            try:
-                return session.command(f"getcallpcap {cdr['calldate']} {cdr['fbasename']}")
-            finally:
-                session.close()
+            reply = commands.execute("getcallpcap", f"{cdr['calldate']} {cdr['fbasename']}")
+            return b"".join(reply.chunks())
 
-        kinds = self.check_against_spool(os.path.join(self.base, "edge-local", "spool"), cdrs,
-                                         own_merge)
+        kinds = self.check_against_spool(spool, cdrs, own_merge)
         self.assertEqual(spool_pcaps(self.central_spool), set(),
                          "the central kept a local-processing sensor's pcaps")
         self.assertEqual(set(kinds), {"sip only", "sip and rtp"}, kinds)
@@ -403,14 +340,13 @@ class PcapAccessTests(SynchronousTestCase):
         # twistd shuts down cleanly on SIGTERM, then exits by that signal (not by SIGKILL)
         self.assertEqual(sensor.stop(), -signal.SIGTERM, sensor.text()[-3000:])
         sensor.wait_for(r"Server Shut Down\.", 10)
+        self.central.wait_for(r"sensor 1 \(.*\) disconnected", TIMEOUT)
         for cdr in cdrs:
             status, headers, body = http_get(self.http_port, f"/api/cdrs/{cdr['id']}/pcap")
             self.assertEqual(status, 502, body[:500])
             self.assertTrue(headers.get("content-type", "").startswith("application/json"))
             error = json.loads(body)["error"]
-            self.assertIn(f"sensor 1 (edge-local) at 127.0.0.1:{manager_port} is unreachable",
-                          error)
-            self.assertIn("refused", error.lower())  # the reason: connection refused
+            self.assertIn("sensor 1 (edge-local) is offline", error)
 
     def test_mirroring_sensor(self) -> None:
         """A mirroring sensor's calls are analysed on the central, whose spool keeps their

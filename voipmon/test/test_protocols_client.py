@@ -15,7 +15,7 @@ from voipmon.protocols.channel import IMessageTransport
 from voipmon.protocols.client import HandshakeFailed, SensorChannel
 from voipmon.protocols.failover import FailoverEndpoint, FailoverRoundFailed
 from voipmon.protocols.handshake import CentralProofFailed, Rejection
-from voipmon.protocols.wire import FrameDecoder, MessageType, decode_json, encode_frame
+from voipmon.protocols.wire import FrameDecoder, MessageType, encode_frame
 from voipmon.test.fakes_channel import ChannelPair, ChannelPairCase, PumpEndpoint, SessionRecorder
 
 
@@ -72,7 +72,7 @@ class ConnectTests(SensorBase):
         self.pair.clock.advance(5)
         self.pair.flush()
         self.assertEqual([k for k, _ in session.messages], [MessageType.CDR_ACK])
-        self.assertEqual(decode_json(*session.messages[0]), {"upto": 3, "stored": 3})
+        self.assertEqual(session.messages[0][1], {"upto": 3, "stored": 3})
 
     def test_session_told_of_loss(self) -> None:
         session = self.successResultOf(self.pair.connect())

@@ -113,7 +113,7 @@ class InterleavingTests(MuxCase):
 
         class Sensor:
             def on_cdr_ack(self, body: dict[str, Any]) -> None:
-                uplink.messageReceived(M.CDR_ACK, encode_json(body))
+                uplink.on_cdr_ack(body)
 
         class Transport:
             peer = "central"

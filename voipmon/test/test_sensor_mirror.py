@@ -14,6 +14,7 @@ from zope.interface.verify import verifyObject
 from voipmon.protocols.wire import PACKET_RECORD, MessageType, ProtocolError, decode_packets
 from voipmon.sensor.mirror import MirrorUplink
 from voipmon.sources.interfaces import IFlowControlledSink
+from voipmon.test.dispatching import to_sensor
 from voipmon.test.fakes_channel import FakeMessageTransport, ack
 
 
@@ -86,9 +87,9 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.uplink.attach(self.transport)
         self.add(20, size=10)
         self.assertEqual(self.seqs(), [1, 2])
-        self.uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=1))
+        to_sensor(self.uplink, *ack(MessageType.PACKETS_ACK, upto=1))
         self.assertEqual(self.seqs(), [3])
-        self.uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=3))
+        to_sensor(self.uplink, *ack(MessageType.PACKETS_ACK, upto=3))
         self.assertEqual(self.seqs(), [4])
         self.assertEqual(self.uplink.packets_acked, 15)
 
@@ -96,11 +97,11 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.uplink.attach(self.transport)
         self.add(10, size=10)
         for upto in (0, 3):
-            self.assertRaises(ProtocolError, self.uplink.messageReceived,
+            self.assertRaises(ProtocolError, to_sensor, self.uplink,
                               *ack(MessageType.PACKETS_ACK, upto=upto))
-        self.assertRaises(ProtocolError, self.uplink.messageReceived,
+        self.assertRaises(ProtocolError, to_sensor, self.uplink,
                           *ack(MessageType.END_ACK, cdrs=0))
-        self.assertRaises(ProtocolError, self.uplink.messageReceived,
+        self.assertRaises(ProtocolError, to_sensor, self.uplink,
                           *ack(MessageType.CDR_ACK, upto=1))
 
     def test_buffer_full_drops_and_counts(self) -> None:
@@ -119,7 +120,7 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.assertIn("dropped 4 packets, 5 in all", formatEvent(list(observer)[-1]))
         transport = FakeMessageTransport()
         uplink.attach(transport)
-        uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=1))
+        to_sensor(uplink, *ack(MessageType.PACKETS_ACK, upto=1))
         self.assertTrue(uplink.feed(100.0, 1, b"x" * 100))
         self.assertEqual(uplink.counters()["dropped"], 5)
         uplink.seal()
@@ -128,13 +129,13 @@ class MirrorUplinkTests(SynchronousTestCase):
         """Unacknowledged batches are resent, with the same numbers, to the next central."""
         self.uplink.attach(self.transport)
         self.add(20, size=10)
-        self.uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=1))
+        to_sensor(self.uplink, *ack(MessageType.PACKETS_ACK, upto=1))
         self.assertEqual(self.seqs(), [1, 2, 3])
         self.uplink.detach(Failure(Exception("lost")))
         again = FakeMessageTransport()
         self.uplink.attach(again)
         self.assertEqual(self.seqs(again), [2, 3])
-        self.uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=3))
+        to_sensor(self.uplink, *ack(MessageType.PACKETS_ACK, upto=3))
         self.assertEqual(self.seqs(again), [4])
 
     def test_when_acknowledged(self) -> None:
@@ -148,9 +149,9 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.failureResultOf(given_up)
         self.uplink.attach(self.transport)
         self.clock.advance(0.05)
-        self.uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=1))
+        to_sensor(self.uplink, *ack(MessageType.PACKETS_ACK, upto=1))
         self.assertNoResult(waiting)
-        self.uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=2))
+        to_sensor(self.uplink, *ack(MessageType.PACKETS_ACK, upto=2))
         self.successResultOf(waiting)
         self.assertEqual(self.uplink._acknowledged, [])
 
@@ -161,11 +162,11 @@ class MirrorUplinkTests(SynchronousTestCase):
         self.add(7, size=10)
         self.uplink.finish_source()
         self.assertEqual(self.seqs(), [1, 2])
-        self.uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=2))
+        to_sensor(self.uplink, *ack(MessageType.PACKETS_ACK, upto=2))
         [(kind, body)] = self.transport.take()
         self.assertEqual((kind, body), (MessageType.END, {"packets": 7, "dropped": 0}))
         self.assertNoResult(done)
-        self.uplink.messageReceived(*ack(MessageType.END_ACK, cdrs=3))
+        to_sensor(self.uplink, *ack(MessageType.END_ACK, cdrs=3))
         self.successResultOf(done)
         self.assertEqual(self.uplink.central_cdrs, 3)
 
@@ -198,10 +199,10 @@ class MirrorUplinkTests(SynchronousTestCase):
         transport = FakeMessageTransport()
         uplink.attach(transport)
         self.assertEqual(replay.calls, ["pause"])  # still half full: the batch is in flight
-        uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=1))
+        to_sensor(uplink, *ack(MessageType.PACKETS_ACK, upto=1))
         self.assertTrue(uplink.has_room())
         self.assertEqual(replay.calls, ["pause", "resume"])
-        uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=2))
+        to_sensor(uplink, *ack(MessageType.PACKETS_ACK, upto=2))
         self.assertEqual(replay.calls, ["pause", "resume"])
         uplink.unregisterProducer()
         uplink.seal()
@@ -266,7 +267,7 @@ class CaptureClockTests(SynchronousTestCase):
         self.clock.advance(1)
         self.uplink.advance_clock()
         self.assertEqual(self.transport.take(), [])
-        self.uplink.messageReceived(*ack(MessageType.PACKETS_ACK, upto=2))
+        to_sensor(self.uplink, *ack(MessageType.PACKETS_ACK, upto=2))
         self.uplink.advance_clock()
         self.assertEqual(self.transport.kinds(),
                          [MessageType.PACKETS, MessageType.PACKETS, MessageType.CLOCK])

@@ -18,6 +18,7 @@ from voipmon.records.cdr import Cdr
 from voipmon.sensor.uplink import CdrUplink, UplinkFactory
 from voipmon.spool.deadletter import RecordRefused
 from voipmon.store.testing import make_cdr
+from voipmon.test.dispatching import to_sensor
 from voipmon.test.fakes_channel import FakeMessageTransport, ack
 
 
@@ -61,12 +62,12 @@ class CdrUplinkTests(SynchronousTestCase):
         self.add(10)
         self.clock.advance(0)
         self.assertEqual([batch_range(b)[:2] for _, b in self.transport.take()], [(1, 3), (4, 6)])
-        self.uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=3, stored=3))
+        to_sensor(self.uplink, *ack(MessageType.CDR_ACK, upto=3, stored=3))
         self.assertEqual(self.queue.acked, 3)
         self.assertEqual([batch_range(b)[:2] for _, b in self.transport.take()], [(7, 9)])
-        self.uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=9, stored=5))
+        to_sensor(self.uplink, *ack(MessageType.CDR_ACK, upto=9, stored=5))
         self.assertEqual([batch_range(b)[:2] for _, b in self.transport.take()], [(10, 10)])
-        self.uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=10, stored=1))
+        to_sensor(self.uplink, *ack(MessageType.CDR_ACK, upto=10, stored=1))
         self.assertEqual((self.uplink.delivered, self.uplink.stored), (10, 9))
         self.assertEqual(self.queue.depth, 0)
         self.assertEqual(self.transport.sent, [])
@@ -98,10 +99,10 @@ class CdrUplinkTests(SynchronousTestCase):
         self.add(6)
         self.clock.advance(0)
         for upto in (2, 7, 0):
-            self.assertRaises(ProtocolError, self.uplink.messageReceived,
+            self.assertRaises(ProtocolError, to_sensor, self.uplink,
                               *ack(MessageType.CDR_ACK, upto=upto))
-        self.assertRaises(ProtocolError, self.uplink.messageReceived, MessageType.CDR_ACK, b"{}")
-        self.assertRaises(ProtocolError, self.uplink.messageReceived,
+        self.assertRaises(ProtocolError, to_sensor, self.uplink, MessageType.CDR_ACK, b"{}")
+        self.assertRaises(ProtocolError, to_sensor, self.uplink,
                           *ack(MessageType.PACKETS_ACK, upto=1))
         self.assertEqual(self.queue.acked, 0)
 
@@ -110,7 +111,7 @@ class CdrUplinkTests(SynchronousTestCase):
         self.uplink.attach(self.transport)
         self.add(6)
         self.clock.advance(0)
-        self.uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=3))
+        to_sensor(self.uplink, *ack(MessageType.CDR_ACK, upto=3))
         self.uplink.detach(Failure(Exception("lost")))
         self.add(2, start=6)
         self.clock.advance(0)
@@ -123,7 +124,7 @@ class CdrUplinkTests(SynchronousTestCase):
         self.uplink.attach(self.transport)
         self.add(5)
         self.clock.advance(0)
-        self.uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=3))
+        to_sensor(self.uplink, *ack(MessageType.CDR_ACK, upto=3))
         self.queue.close()
         queue = DurableQueue(self.path)
         self.addCleanup(queue.close)
@@ -170,9 +171,9 @@ class CdrUplinkTests(SynchronousTestCase):
         self.add(4)
         self.uplink.finish_source()
         self.assertNoResult(done)
-        self.uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=3))
+        to_sensor(self.uplink, *ack(MessageType.CDR_ACK, upto=3))
         self.assertNoResult(done)
-        self.uplink.messageReceived(*ack(MessageType.CDR_ACK, upto=4))
+        to_sensor(self.uplink, *ack(MessageType.CDR_ACK, upto=4))
         self.successResultOf(done)
         self.successResultOf(self.uplink.when_done())
 
@@ -223,7 +224,7 @@ class ProtocolTests(SynchronousTestCase):
         transport = FakeMessageTransport()
         proto.makeConnection(transport)
         self.assertIs(uplink.transport, transport)
-        self.assertRaises(ProtocolError, proto.messageReceived, MessageType.PING, b"{}")
+        self.assertRaises(ProtocolError, to_sensor, proto, MessageType.PING, b"{}")
         self.assertRaises(ProtocolError, proto.dataReceived, b"raw")
         proto.connectionLost(Failure(Exception("x")))
         self.assertIsNone(uplink.transport)

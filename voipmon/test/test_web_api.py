@@ -30,7 +30,7 @@ from voipmon.test.test_manager_pcapmerge import write_pcap
 from voipmon.test.test_manager_service import TrackingFactory
 from voipmon.web.api import find_sensor
 from voipmon.web.callmedia import CallMedia, MediaCache
-from voipmon.web.pcaps import CallPcaps
+from voipmon.web.pcaps import CallPcaps, SensorLink
 from voipmon.web.site import make_site
 
 PASSWORD = "sensor secret"
@@ -90,8 +90,10 @@ class WebBase(TestCase):
         for cdr in (yield self.store.list_cdrs({})):
             self.ids[cdr["callid"]] = cdr["id"]
         connector = ManagerConnector(reactor, PASSWORD, timeout=10, connect_timeout=5)
-        self.pcaps = pcaps = CallPcaps(self.central_spool, connector,
-                                       lambda id_sensor: find_sensor(self.store, id_sensor))
+        # sensor 1 is not connected to this central: its management port is dialled
+        # (sensor_manager_dial); the channel's way is in test_web_tunnel
+        self.pcaps = pcaps = CallPcaps(self.central_spool, SensorLink(
+            None, lambda id_sensor: find_sensor(self.store, id_sensor), "", connector))
         media = CallMedia(pcaps, MediaCache(os.path.join(self.central_spool, "media"),
                                             64 << 20), reactor)
         site = make_site(self.store, pcaps, self.user, self.password, media=media)

@@ -62,7 +62,8 @@ class ChoiceTests(SynchronousTestCase):
         observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         config = settings(self.mktemp(), http_bind="0.0.0.0", http_user="u",
                           http_password="p", http_tls="no")
-        make_web_service(config.http, config.spool.spooldir, MemoryReactor(), FakeStore(), None)
+        make_web_service(config.http, config.spool.spooldir, MemoryReactor(), FakeStore(),
+                         channels=None)
         lines = [formatEvent(e) for e in observer]
         self.assertTrue(any("clear text" in line for line in lines), lines)
         self.assertIn("web page and API on http://0.0.0.0:8080/", lines)
@@ -70,7 +71,7 @@ class ChoiceTests(SynchronousTestCase):
     def test_https_needs_the_certificate(self) -> None:
         config = settings(self.mktemp(), http_tls="yes")
         self.assertRaises(ValueError, make_web_service, config.http, config.spool.spooldir,
-                          MemoryReactor(), FakeStore(), None)
+                          MemoryReactor(), FakeStore(), channels=None)
 
 
 class HttpsTests(TestCase):
@@ -84,7 +85,7 @@ class HttpsTests(TestCase):
         store = FakeStore()
         yield store.upsert_sensor({"id_sensor": 4, "name": "edge-4"})
         config = settings(spool, http_tls="yes", http_port="8080")
-        self.service = make_web_service(config.http, spool, reactor, store, None, port=0,
+        self.service = make_web_service(config.http, spool, reactor, store, channels=None, port=0,
                                         certificate=self.certificate)
         listening: defer.Deferred = defer.Deferred()
         self.service.startService()

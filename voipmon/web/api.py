@@ -7,6 +7,8 @@ or null for a sensor this central has not seen since it started), ``PATCH
 ``GET /api/cdrs/<id>``, ``GET /api/cdrs/<id>/pcap`` and ``GET /api/cdrs/<id>/sip`` (the
 call's SIP messages for the ladder diagram), the call views given to it (``views``: e.g.
 ``/api/cdrs/<id>/quality`` and ``/audio``, ``voipmon.web.quality`` and ``.audio``),
+``GET /api/sensors/<id>/calls`` (the calls in progress on that sensor: its ``listcalls``,
+asked over its channel; for a mirroring sensor the central's own engine for it answers),
 ``GET /api/stats`` (the dashboard's figures: ``voipmon.store.stats``; each names the
 ``/api/cdrs`` query that lists its calls). Every error is JSON ``{"error": message}``.
 """
@@ -25,7 +27,7 @@ from zope.interface import Interface
 from voipmon.metrics.fleet import Health
 from voipmon.protocols.wire import parse_json
 from voipmon.web.ladder import MAX_SIP_PCAP, sip_messages
-from voipmon.web.pcaps import CallPcaps, PcapUnavailable
+from voipmon.web.pcaps import CallPcaps, PcapUnavailable, sensor_label
 
 log = Logger()
 MAX_BODY = 64 * 1024
@@ -62,30 +64,6 @@ def find_sensor(store: Any, id_sensor: int) -> defer.Deferred:
         (s for s in sensors if s.get("id_sensor") == id_sensor), None))
 
 
-class _Bounded:
-    """Collects a body up to ``limit`` bytes; past it, the fetch is aborted."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.producer: Any = None
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def check(self, size: int) -> None:
-        if size > self.limit:
-            raise PcapUnavailable(413, f"the SIP pcap is {size} bytes, more than the "
-                                       f"{self.limit} a ladder diagram reads")
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(data)
-
-
 class ICallView(Interface):
     """A resource of one call, ``/api/cdrs/<id>/<name>`` (GET)."""
 
@@ -96,19 +74,23 @@ class ICallView(Interface):
 
 
 class ApiResource(resource.Resource):
-    """Everything under /api. ``pcaps`` is a CallPcaps; ``views`` maps a name to the
-    ``ICallView`` serving ``/api/cdrs/<id>/<name>``."""
+    """Everything under /api. ``pcaps`` is a CallPcaps (its ``link`` asks the sensors);
+    ``views`` maps a name to the ``ICallView`` serving ``/api/cdrs/<id>/<name>``;
+    ``mirror_calls(id_sensor)`` lists the calls in progress of a mirroring sensor
+    connected here (None: not connected), from the central's engine for it."""
 
     isLeaf = True
 
     def __init__(self, store: Any, pcaps: CallPcaps,
                  health: Callable[[], list[Health]] | None = None,
-                 views: Mapping[bytes, ICallView] | None = None) -> None:
+                 views: Mapping[bytes, ICallView] | None = None,
+                 mirror_calls: Any = None) -> None:
         super().__init__()
         self.store = store
         self.pcaps = pcaps
         self.health = health
         self.views = dict(views or {})
+        self.mirror_calls = mirror_calls
 
     def render(self, request: Any) -> Any:
         d = defer.maybeDeferred(self._route, request)
@@ -143,6 +125,11 @@ class ApiResource(resource.Resource):
             self._allow(method, b"GET")
             sensors = yield self.store.list_sensors()
             write_json(request, 200, {"sensors": self._with_health(sensors)})
+        elif len(path) == 3 and path[0] == b"sensors" and path[2] == b"calls":
+            self._allow(method, b"GET")
+            id_sensor = _id(path[1], "a sensor id")
+            body = yield self._calls(id_sensor)
+            write_json(request, 200, body)
         elif len(path) == 2 and path[0] == b"sensors":
             self._allow(method, b"PATCH", b"GET")
             id_sensor = _id(path[1], "a sensor id")
@@ -221,6 +208,29 @@ class ApiResource(resource.Resource):
         return cdr
 
     @defer.inlineCallbacks
+    def _calls(self, id_sensor: int) -> Any:
+        """The calls in progress of one sensor, asked where they live."""
+        sensor = yield find_sensor(self.store, id_sensor)
+        if sensor is None:
+            raise ApiError(404, f"no sensor {id_sensor}")
+        label = sensor_label(sensor, id_sensor)
+        if sensor.get("mode") == "mirror":
+            calls = self.mirror_calls(id_sensor) if self.mirror_calls is not None else None
+            if calls is None:
+                raise PcapUnavailable(502, f"{label} mirrors its packets to another central "
+                                           "or is offline: its calls are analysed there")
+            source = "central"
+        else:
+            raw = yield self.pcaps.link.query(id_sensor, "listcalls")
+            try:
+                calls = parse_json(raw)
+            except ValueError as exc:
+                raise PcapUnavailable(502, f"{label} answered listcalls with no JSON: {exc}")
+            source = "sensor"
+        return {"id_sensor": id_sensor, "name": sensor.get("name"), "source": source,
+                "calls": calls}
+
+    @defer.inlineCallbacks
     def _pcap(self, request: Any, cdr: dict[str, Any]) -> Any:
         name = "".join(c if c.isalnum() or c in "-_.@" else "_"
                        for c in (cdr.get("fbasename") or f"call-{cdr.get('id')}"))[:150]
@@ -234,14 +244,24 @@ class ApiResource(resource.Resource):
             request.setHeader(b"cache-control", b"no-store")
 
         gone = []
-        request.notifyFinish().addErrback(lambda f: gone.append(f))
-        yield self.pcaps.send(cdr, request, headers)
+        sending = self.pcaps.send(cdr, request, headers)
+
+        def client_left(failure: Any) -> None:
+            gone.append(failure)
+            sending.cancel()   # the fetch stops (on the sensor too)
+
+        request.notifyFinish().addErrback(client_left)
+        try:
+            yield sending
+        except defer.CancelledError:
+            if gone:
+                return
+            raise
         if not gone and not request.finished:
             request.finish()
 
     @defer.inlineCallbacks
     def _sip(self, cdr: dict[str, Any]) -> Any:
-        sink = _Bounded(MAX_SIP_PCAP)
-        yield self.pcaps.send(cdr, sink, sink.check, sip_only=True)
+        data = yield self.pcaps.fetch(cdr, MAX_SIP_PCAP, sip_only=True)
         ports = tuple({cdr.get("sipcallerport") or 5060, cdr.get("sipcalledport") or 5060, 5060})
-        return sip_messages(b"".join(sink.parts), ports)
+        return sip_messages(data, ports)

@@ -31,7 +31,7 @@ from voipmon.metrics.resource import metrics_resource
 from voipmon.web.api import ApiResource, ICallView, find_sensor, write_json
 from voipmon.web.audio import AudioView
 from voipmon.web.callmedia import CACHE_DIRECTORY, CallMedia, MediaCache
-from voipmon.web.pcaps import CallPcaps
+from voipmon.web.pcaps import CallPcaps, SensorLink
 from voipmon.web.quality import QualityView
 
 if TYPE_CHECKING:
@@ -153,17 +153,20 @@ def make_site(store: Any, pcaps: CallPcaps, user: str = "", password: str = "",
               metrics: resource.Resource | None = None,
               metrics_auth: bool = True,
               health: Callable[[], list[Health]] | None = None,
-              media: CallMedia | None = None) -> CountingSite:
+              media: CallMedia | None = None,
+              mirror_calls: Any = None) -> CountingSite:
     """The site; refuses to serve beyond loopback without credentials. ``metrics``: the
     /metrics resource, behind the page's credentials unless ``metrics_auth`` is False;
     ``health``: the sensors' health for /api/sensors (CentralMetrics.health); ``media``
-    serves the calls' quality and audio (absent: those are 404s)."""
+    serves the calls' quality and audio (absent: those are 404s); ``mirror_calls``: a
+    mirroring sensor's calls in progress (ApiResource)."""
     if not is_loopback(bind) and not (user and password):
         raise ValueError(f"http_bind = {bind} is not loopback: http_user and http_password "
                          "are required")
     files = StaticFiles(static_dir)
     files.putChild(b"api", ApiResource(store, pcaps, health,
-                                       call_views(media) if media is not None else None))
+                                       call_views(media) if media is not None else None,
+                                       mirror_calls))
     if metrics is not None:
         files.putChild(b"metrics", metrics)
     open_paths = frozenset({b"metrics"}) if metrics is not None and not metrics_auth else (
@@ -188,24 +191,31 @@ def uses_tls(http: HttpSettings) -> bool:
     return http.http_tls == "yes"
 
 
-def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any,
-                     connector: Any, port: int | None = None, certificate: Any = None,
-                     metrics: CentralMetrics | None = None,
+def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any, *,
+                     channels: Any, central_name: str = "", connector: Any = None,
+                     mirror_calls: Any = None, port: int | None = None,
+                     certificate: Any = None, metrics: CentralMetrics | None = None,
                      metrics_port: int | None = None) -> Any:
     """The central's web service on ``http_bind:http_port`` (None when http_port = 0).
 
-    Pcaps are served from ``spooldir`` (or fetched from the sensor through ``connector``,
-    a voipmon.manager.service.ManagerConnector), and so are the calls' quality and audio
-    (cached in ``spooldir/media``); ``port`` overrides http_port (0:
-    ephemeral, for tests); ``certificate`` (a tls.ServerCertificate, the channel's) serves
-    HTTPS when :func:`uses_tls` says so. With ``metrics`` (the central's), /metrics is
-    served there, or on ``http_metrics_port`` (``metrics_port`` overrides it) alone, and
-    the site's responses are counted.
+    Pcaps are served from ``spooldir``, or asked of the sensor over its channel
+    (``channels``, the registry of sensors connected here; ``central_name`` is this
+    central as the sensors table names it), or with ``connector`` (a ManagerConnector,
+    only when ``sensor_manager_dial`` is on) through the sensor's management port; so
+    are the calls' quality and audio (cached in ``spooldir/media``);
+    ``mirror_calls(id_sensor)`` lists a mirroring sensor's calls in progress; ``port``
+    overrides http_port (0: ephemeral, for tests); ``certificate`` (a
+    tls.ServerCertificate, the channel's) serves HTTPS when :func:`uses_tls` says so.
+    With ``metrics`` (the central's), /metrics is served there, or on
+    ``http_metrics_port`` (``metrics_port`` overrides it) alone, and the site's responses
+    are counted.
     """
     if not http.http_port:
         return None
 
-    pcaps = CallPcaps(spooldir, connector, lambda id_sensor: find_sensor(store, id_sensor))
+    link = SensorLink(channels, lambda id_sensor: find_sensor(store, id_sensor),
+                      central_name, connector if http.sensor_manager_dial else None)
+    pcaps = CallPcaps(spooldir, link)
     exposition = None if metrics is None else metrics_resource(metrics.prometheus())
     apart = http.http_metrics_port if metrics_port is None else metrics_port
     media = CallMedia(pcaps, MediaCache(os.path.join(spooldir, CACHE_DIRECTORY),
@@ -214,7 +224,8 @@ def make_web_service(http: HttpSettings, spooldir: str, reactor: Any, store: Any
                      media=media,
                      metrics=exposition if not apart else None,
                      metrics_auth=http.http_metrics_auth,
-                     health=metrics.health if metrics is not None else None)
+                     health=metrics.health if metrics is not None else None,
+                     mirror_calls=mirror_calls)
     svc = _listen(http, reactor, site, http.http_port if port is None else port, certificate,
                   "web page and API")
     if metrics is None or exposition is None:
