@@ -13,9 +13,12 @@ capture, sent over TCP by the test suite's HEP encoder as a proxy or agent would
 the CDRs the central's HTTP API returns and a few fleet figures from its Prometheus
 /metrics (a mirroring sensor's CDRs are safe on the
 central's disk when it exits and reach the database a moment later: the demo waits for
-them), and stops the central cleanly.
-Everything it starts, it stops. With ``--serve`` the central keeps running (web page and
-API) until Ctrl-C.
+them). The sensors open no port (``managerport = 0``): the local-processing ones then
+stay connected (replaying an empty capture), and the demo fetches a call's pcap from the
+central's API, which asks the sensor for it over the channel the sensor opened. Then it
+stops everything cleanly. Everything it starts, it stops. With ``--serve`` the central and
+those sensors keep running (web page and API: every call's pcap and ladder open) until
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -173,6 +176,65 @@ def table(cdrs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def stay_connected(workdir: str, http_port: int) -> list[subprocess.Popen]:
+    """Start the local-processing sensors again on an empty capture: they replay nothing,
+    stay connected, and answer the central's requests (pcaps, live calls) over their
+    channel. Returns them once the central's API reaches each."""
+    empty = os.path.join(workdir, "nothing.pcap")
+    with open(empty, "wb") as handle:   # a pcap global header and no packet
+        handle.write(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    serving = []
+    for id_sensor, _name, mirror, _capture in SENSORS:
+        if mirror == "no":
+            serving.append(subprocess.Popen(twistd(
+                f"sensor{id_sensor}-serving", workdir, "voipmon-sensor", "--config",
+                os.path.join(workdir, f"sensor{id_sensor}.conf"), "--read-pcap", empty),
+                cwd=workdir))
+    deadline = time.monotonic() + 60
+    for id_sensor, _name, mirror, _capture in SENSORS:
+        while mirror == "no":
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/sensors/"
+                                            f"{id_sensor}/calls", timeout=30):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"sensor {id_sensor} did not connect again; see "
+                                     f".demo/sensor{id_sensor}-serving.log")
+                time.sleep(0.2)
+    return serving
+
+
+def pcap_through_the_tunnel(http_port: int, cdrs: list[dict[str, Any]]) -> None:
+    """One local-processing call's pcap, asked of the central, which asks the sensor."""
+    calls = [c for c in cdrs if c.get("pcap_on") == "sensor" and c.get("rtp_pcap")]
+    if not calls:
+        return
+    cdr = calls[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/cdrs/{cdr['id']}/pcap",
+                                timeout=60) as answer:
+        data = answer.read()
+    packets, offset = 0, 24
+    while offset + 16 <= len(data):
+        offset += 16 + int.from_bytes(data[offset + 8:offset + 12], "little")
+        packets += 1
+    print(f"\nthe pcap of call {cdr['id']} (sensor {cdr['id_sensor']}, {cdr['caller']} -> "
+          f"{cdr['called']}): {len(data)} bytes, {packets} packets (SIP and RTP merged), "
+          f"fetched by the central over the channel the sensor opened; the sensor listens on "
+          f"no port (managerport = 0)")
+
+
+def stop(process: subprocess.Popen, name: str) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            print(f"{name} did not stop within 60 s; killed it", file=sys.stderr)
+
+
 def through_a_flood(workdir: str, channel_port: int, conf: str) -> None:
     """Sensor 1's replay again (the central stores nothing twice) while 300 idle connections,
     each reopened as soon as it is dropped, try to keep the sensor port busy."""
@@ -272,6 +334,7 @@ http_port = {http_port}
           f"HTTP on 127.0.0.1:{http_port}, SQLite in .demo/central.sqlite")
     central = subprocess.Popen(twistd("central", workdir, "voipmon-central", "--config",
                                       central_conf), cwd=workdir)
+    serving: list[subprocess.Popen] = []
     try:
         wait_for_port(channel_port, central, central_log)
         for id_sensor, name, mirror, capture in SENSORS:
@@ -282,7 +345,7 @@ server_destination = 127.0.0.1:{channel_port}
 server_password = {PASSWORD}
 packetbuffer_sender = {mirror}
 spooldir = {os.path.join(workdir, f"sensor{id_sensor}-spool")}
-managerport = {free_port()}
+managerport = 0
 """)
             print(f"sensor {id_sensor} ({name}) replays {capture} ...", flush=True)
             result = subprocess.run(
@@ -309,9 +372,12 @@ managerport = {free_port()}
             print(f"  {raw!r}  (?callid= with these bytes finds {len(found)} call)")
         dashboard = show_dashboard(http_port, cdrs)
         show_metrics(http_port)
+        serving = stay_connected(workdir, http_port)
+        pcap_through_the_tunnel(http_port, cdrs)
         print("\nlogs, configs, spools and the database: .demo/")
         if serve:
-            print(f"web page and API: http://127.0.0.1:{http_port}/  (Ctrl-C stops the central)")
+            print(f"web page and API: http://127.0.0.1:{http_port}/  (Ctrl-C stops the central "
+                  "and the sensors, which stay connected: every call's pcap opens)")
             print(f"the dashboard of the calls above: http://127.0.0.1:{http_port}/{dashboard}")
             try:
                 central.wait()
@@ -319,6 +385,8 @@ managerport = {free_port()}
                 pass
         return 0 if cdrs else 1
     finally:
+        for process in serving:
+            stop(process, "a sensor")
         if central.poll() is None:
             central.send_signal(signal.SIGTERM)
             try:
