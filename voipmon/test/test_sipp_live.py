@@ -10,12 +10,14 @@ is on a process, capture or store event, bounded by SIPp's own timeouts and the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
+from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
 from voipmon.analysis.engine import Engine
@@ -30,6 +32,8 @@ from voipmon.test.fakes import CommitCounter
 from voipmon.test.live_support import FunctionSink, require_root, require_tool
 from voipmon.test.services import build_central, build_sensor
 from voipmon.test.sipp_calls import SippCalls, media_source, rtp_key
+
+log = Logger()
 
 _CALLID = re.compile(rb"^(?:Call-ID|i)\s*:\s*(\S+)", re.M | re.I)
 _STATUS = re.compile(rb"^SIP/2\.0 (\d{3}) ")
@@ -173,7 +177,28 @@ class SensorToCentralTests(TestCase):
         self.assertIsInstance(sensor.source, LiveCapture)
         calls.tcpdump_filter = sensor.source.interfaces[0].expression
 
+        # While the calls run, the central asks for the sensor's calls in progress: over
+        # the sensor's channel (local processing), or of its own engine for it (mirroring).
+        registry = central.channel.central_factory.registry
+        seen: list[int] = []
+
+        def live() -> None:
+            if mirroring == "yes":
+                listed = central.channel.mirrors.active_calls(21)
+                if listed is not None:
+                    seen.append(len(listed))
+                return
+            if registry.connected(21):
+                registry.query(21, "listcalls").addCallbacks(
+                    lambda raw: seen.append(len(json.loads(raw))),
+                    lambda f: log.failure("listcalls", f))
+
+        poll = task.LoopingCall(live)
+        poll.start(0.2)
         reference = yield calls.run()
+        poll.stop()
+        self.assertGreater(max(seen, default=0), 0,
+                           f"no call in progress was listed during the calls: {seen}")
         # The sensor's engine (or, mirroring, the central's on the sensor's capture clock)
         # closes each call a few seconds after its end, though no packet comes any more;
         # wait until the central has committed all four.

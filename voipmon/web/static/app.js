@@ -1,5 +1,5 @@
 // voipmon web page: dashboard (dashboard.js), calls, one call (streams + SIP ladder),
-// sensors. Plain JS, no build.
+// sensors, one sensor's calls in progress (refreshed every 2 s). Plain JS, no build.
 // Every value from the API reaches the page through textContent or SVG attributes,
 // never as HTML.
 "use strict";
@@ -80,18 +80,22 @@ function parseHash() {
 }
 
 function show(view) {
-  for (const name of ["dashboard", "calls", "call", "sensors"]) {
+  for (const name of ["dashboard", "calls", "call", "sensors", "live"]) {
     $(`#view-${name}`).hidden = name !== view;
   }
   $("#nav-dashboard").classList.toggle("active", view === "dashboard");
   $("#nav-calls").classList.toggle("active", view === "calls" || view === "call");
-  $("#nav-sensors").classList.toggle("active", view === "sensors");
+  $("#nav-sensors").classList.toggle("active", view === "sensors" || view === "live");
+  if (view !== "live") stopLive();
 }
 
 async function route() {
   const { parts, params } = parseHash();
   try {
     if (parts[0] === "call" && parts[1]) { show("call"); await showCall(parts[1]); }
+    else if (parts[0] === "sensors" && parts[1] && parts[2] === "calls") {
+      show("live"); await showLive(parts[1]);
+    }
     else if (parts[0] === "sensors") { show("sensors"); await showSensors(); }
     else if (parts[0] === "calls") { show("calls"); await showCalls(params); }
     else { show("dashboard"); await showDashboard(params); }
@@ -393,7 +397,50 @@ function sensorRow(s) {
       ? "" : `${h.clock_skew_seconds.toFixed(2)} s`),
     el("td", { class: "num" }, fmt.int(s.packets)), el("td", { class: "num" }, fmt.int(s.drops)),
     el("td", {}, s.version || ""),
+    el("td", {}, el("a", { href: `#/sensors/${s.id_sensor}/calls`, class: "live-link",
+                          title: "Calls in progress on this sensor" }, "active calls")),
     el("td", {}, rename));
+}
+
+// -- one sensor's calls in progress ------------------------------------------------
+
+const LIVE_EVERY = 2000;
+let liveTimer = null;
+
+function stopLive() {
+  if (liveTimer !== null) { clearTimeout(liveTimer); liveTimer = null; }
+}
+
+async function showLive(id) {
+  stopLive();
+  const status = $("#live-status");
+  let body;
+  try {
+    body = await api(`api/sensors/${encodeURIComponent(id)}/calls`);
+  } catch (error) {
+    $("#live-title").textContent = `Calls in progress on sensor ${id}`;
+    status.textContent = error.message;
+    status.className = "status error";
+    $("#live tbody").replaceChildren();
+    body = null;
+  }
+  if (body) {
+    const where = body.source === "central" ? "analysed on this central (packet mirroring)"
+      : "asked of the sensor over its channel";
+    $("#live-title").textContent = `Calls in progress on ${body.name || `sensor ${id}`}`;
+    status.textContent = `${body.calls.length} call${body.calls.length === 1 ? "" : "s"} in `
+      + `progress, ${where}; refreshed every ${LIVE_EVERY / 1000} s `
+      + `(${new Date().toISOString().slice(11, 19)} UTC)`;
+    status.className = "status";
+    $("#live tbody").replaceChildren(...body.calls.map((c) => el("tr", {},
+      el("td", {}, fmt.time(c.calldate)), el("td", {}, c.caller || ""),
+      el("td", {}, c.called || ""), el("td", { class: `state ${c.state || ""}` }, c.state || ""),
+      el("td", { class: "num" }, c.lastSIPresponseNum || ""),
+      el("td", { class: "num" }, fmt.int(c.streams)), el("td", { class: "callid" }, c.callid || ""))));
+  }
+  if (parseHash().parts[0] === "sensors" && parseHash().parts[1] === id) {
+    liveTimer = setTimeout(() => showLive(id), LIVE_EVERY);
+  }
 }
 
 // -- start --------------------------------------------------------------------------
