@@ -55,10 +55,14 @@ class LiveBrowserTests(TestCase):
             f"server_bind = 127.0.0.1\nserver_password = {PASSWORD}\n"
             f"spooldir = {base}/central\nsqlite_path = {base}/central.sqlite\n"
             "http_bind = 127.0.0.1\nhttp_port = 8080\n")), reactor, port=0, http_port=0)
+        web: defer.Deferred = defer.Deferred()
         central.startService()
         self.addCleanup(central.stopService)
+        central.getServiceNamed("http")._waitingForPort.addCallback(
+            lambda port: (web.callback(port), port)[1])
         channel_port = (yield central.channel.listening).getHost().port
-        http_port = (yield central.getServiceNamed("http")._waitingForPort).getHost().port
+        http_port = (yield web).getHost().port
+        yield central.store_service.started
 
         spool = os.path.join(base, "sensor")
         commands = ManagerCommands(spool)

@@ -13,13 +13,20 @@ from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IConsumer
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from voipmon.central.sessions import CentralSessions
 from voipmon.manager.commands import CommandError, ManagerCommands
 from voipmon.protocols.rpc.messages import Request, encode_request
 from voipmon.protocols.rpc.requester import RequestFailed
 from voipmon.protocols.wire import MessageType
-from voipmon.test.fakes_channel import ChannelPairCase, SessionRecorder
+from voipmon.queue import DurableQueue
+from voipmon.sensor.uplink import CdrUplink, UplinkFactory
+from voipmon.store.testing import make_cdr
+from voipmon.test.fakes import FakeStore
+from voipmon.test.fakes_channel import ChannelPair, ChannelPairCase, SessionRecorder
+from voipmon.test.rpc_support import PatternFile, TableCommands
 from voipmon.web.pcaps import PcapUnavailable, SensorLink
 
 RELPATH = "2026-01-02/10/20/SIP/call-1.pcap"
@@ -176,3 +183,66 @@ class TunnelTests(ChannelPairCase):
         failed = self.failureResultOf(d, RequestFailed).value
         self.assertEqual(failed.code, "channel_lost")
         self.assertIn("the channel to sensor 7 closed after", failed.message)
+
+
+class CdrsDuringAFetchTests(SynchronousTestCase):
+    """A real sensor channel carrying CDR batches (CdrUplink -> CdrSession) and a 50 MB
+    answer at once: each CDR batch is acknowledged while the answer is still streaming."""
+
+    SIZE = 50 * 1024 * 1024
+    EVERY = 5 * 1024 * 1024   # a CDR is made each time this much more has arrived
+
+    def setUp(self) -> None:
+        self.pair = ChannelPair(handler=None)
+        self.store = FakeStore(self.pair.clock)
+        self.sessions = CentralSessions(self.store, self.pair.clock, self.pair.factory.registry)
+        self.pair.factory.handler = self.sessions
+        self.queue = DurableQueue(os.path.abspath(self.mktemp()), sync=False)
+        self.uplink = CdrUplink(self.queue, self.pair.clock, batch_records=1, first_batch=1)
+        self.file = PatternFile(self.SIZE)
+        commands = TableCommands(getfile=lambda args: self.file.reply())
+        d = self.pair.endpoint(commands=commands).connect(UplinkFactory(self.uplink))
+        self.pair.flush()
+        self.successResultOf(d)
+        self.addCleanup(self.finish)
+
+    def finish(self) -> None:
+        self.pair.close_all()
+        self.sessions.stop()
+        self.queue.close()
+        self.assertEqual(self.pair.clock.getDelayedCalls(), [])
+
+    def test_cdr_batches_are_acked_between_answer_chunks(self) -> None:
+        made: list[int] = []          # the body's bytes received when each CDR was made
+        acked: list[int] = []         # ... and when the sensor learnt each was stored
+        received = [0]
+
+        def arrived(offset: int, data: bytes) -> None:
+            received[0] = offset + len(data)
+            while len(acked) < self.uplink.delivered:
+                acked.append(offset)
+            if received[0] // self.EVERY > len(made) and received[0] < self.SIZE:
+                made.append(received[0])
+                self.uplink.add(make_cdr(len(made), id_sensor=7))
+                self.uplink.flush()   # durable, and sent: between two answer chunks
+
+        class Reader(Client):
+            """Reads at once (an HTTP client on a fast link), checking each byte."""
+
+            def write(reader, data: bytes) -> None:
+                self.file.check(received[0], data)
+                arrived(received[0], data)
+
+        d = self.pair.factory.registry.request(7, "getfile", "big.pcap", Reader())
+        self.pair.flush()
+        self.assertEqual(self.successResultOf(d), self.SIZE)
+        self.assertEqual(self.file.read, self.SIZE)
+        self.assertEqual(len(made), 9)
+        self.assertEqual(len(acked), 9, "every CDR was acknowledged before the answer ended")
+        window = self.pair.factory.registry.get(7).requester.window
+        for when, ack in zip(made, acked, strict=True):
+            self.assertLess(when, ack)
+            self.assertLess(ack - when, 2 * window,
+                            f"a CDR made after {when} bytes was acknowledged only after {ack}")
+        self.assertEqual(self.uplink.delivered, 9)
+        self.assertEqual(len(self.store.cdrs), 9)
