@@ -108,7 +108,9 @@ class SensorChannel(ChannelProtocol):
         if session is None:
             self.close("no session")
             return
-        owners: list[object] = list(ISessionProtocol(session).handlers())
+        # A session protocol that handles nothing (a probe's, a test's) takes no message.
+        owners: list[object] = (list(session.handlers())
+                                if ISessionProtocol.providedBy(session) else [])
         if self.commands is not None and "requests" in agreed:
             self.responder = Responder(self.commands, self.output, self._authorised)
             owners.append(self.responder)
