@@ -16,7 +16,7 @@ from voipmon.metrics.sources import Bind
 # whose ``dropped`` every source gives (a live capture's kernel and interface drops).
 CAPTURE = {
     "packets": "voipmon_sensor_packets_total",
-    "bytes": "voipmon_sensor_bytes_total",                      # to count
+    "bytes": "voipmon_sensor_bytes_total",
     "dropped": "voipmon_sensor_dropped_packets_total",          # kernel + interface
 }
 
@@ -31,9 +31,9 @@ ENGINE = {
     "active_calls": "voipmon_calls_active",
     "rtcp_packets": "voipmon_rtcp_packets_total",
     "rtp_packets": "voipmon_rtp_packets_total",                 # to count
-    "sip_requests.*": Bind("voipmon_sip_requests_total", each=("method",),   # to count
+    "sip_requests.*": Bind("voipmon_sip_requests_total", each=("method",),
                            maps={"method": method_label}),
-    "sip_responses.*.*": Bind("voipmon_sip_responses_total",                 # to count
+    "sip_responses.*.*": Bind("voipmon_sip_responses_total",
                               each=("method", "status_class"),
                               maps={"method": method_label}),
 }
@@ -42,26 +42,26 @@ ENGINE = {
 CDR_UPLINK = {
     "queue_depth": "voipmon_sensor_queue_records",
     "queue_bytes": "voipmon_sensor_queue_bytes",
-    "sent": "voipmon_cdrs_sent_total",                          # to count
+    "sent": "voipmon_cdrs_sent_total",
     "delivered": "voipmon_cdrs_acked_total",
 }
 
 # A mirroring sensor's uplink.
 MIRROR_UPLINK = {
     "dropped": "voipmon_mirror_dropped_packets_total",
-    "batches_sent": "voipmon_mirror_batches_sent_total",        # to count
-    "batches_acked": "voipmon_mirror_batches_acked_total",      # to count
+    "batches_sent": "voipmon_mirror_batches_sent_total",
+    "batches_acked": "voipmon_mirror_batches_acked_total",
 }
 
 # The channel as the sensor sees it (the framing, the failover endpoint, the pings).
 CHANNEL = {
-    "payload_bytes": "voipmon_channel_payload_bytes_total",     # to count
-    "wire_bytes": "voipmon_channel_wire_bytes_total",           # to count
-    "reconnects": "voipmon_channel_reconnects_total",           # to count
+    "payload_bytes": "voipmon_channel_payload_bytes_total",
+    "wire_bytes": "voipmon_channel_wire_bytes_total",
+    "reconnects": "voipmon_channel_reconnects_total",
     "switches": "voipmon_channel_failovers_total",
     "central_in_use.*": Bind("voipmon_channel_central_in_use", each=("central",)),
-    "clock_skew": "voipmon_channel_clock_skew_seconds",         # to count
-    "rtt": "voipmon_channel_rtt_seconds",                       # to count
+    "clock_skew": "voipmon_channel_clock_skew_seconds",         # to count; the central's own measure is exposed
+    "rtt": "voipmon_channel_rtt_seconds",
 }
 
 # Dead letters (DeadLetters), on the sensor.

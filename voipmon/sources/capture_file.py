@@ -44,6 +44,7 @@ class CaptureFileSource(service.Service):
         self.chunk = chunk
         self.name = f"replay {path}"
         self.packets = 0
+        self.bytes = 0          # of the frames as captured
         self.error: str | None = None
         self.paused = False
         self._reader: CaptureReader | None = None
@@ -94,6 +95,7 @@ class CaptureFileSource(service.Service):
         if batch:
             self.sink.feed_all(batch)
             self.packets += len(batch)
+            self.bytes += sum(len(record[2]) for record in batch)
 
     def _end(self, error: str | None) -> None:
         self.error = error
@@ -131,7 +133,8 @@ class CaptureFileSource(service.Service):
             self._reader.close()
 
     def stats(self) -> dict[str, object]:
-        return {"packets": self.packets, "dropped": 0, "finished": self.done.called}
+        return {"packets": self.packets, "bytes": self.bytes, "dropped": 0,
+                "finished": self.done.called}
 
 
 def _wanted(request: SourceRequest) -> bool:

@@ -127,6 +127,7 @@ class _Interface:
         self.linktype = -1
         self.expression = ""
         self.packets = 0
+        self.bytes = 0          # of the frames as captured
         self.sink_errors = 0
         self.read_errors = 0
         # pcap_stats restart from zero on every reopen; totals of closed handles live here.
@@ -191,6 +192,7 @@ class _Interface:
         times, frames = self._times, self._frames
         if not frames:
             return
+        self.bytes += sum(map(len, frames))
         batch = zip(times, repeat(self.linktype), frames)
         sink = self.owner.sink
         try:
@@ -261,6 +263,7 @@ class _Interface:
         recv, drop, ifdrop = self.kernel_stats()
         return {
             "packets": self.packets,
+            "bytes": self.bytes,
             "kernel_received": recv,
             "kernel_dropped": drop,
             "interface_dropped": ifdrop,
@@ -426,7 +429,7 @@ class LiveCapture(service.Service):
         """Totals over every interface, and each interface's own under ``interfaces``."""
         per = {iface.name: iface.stats() for iface in self.interfaces}
         totals = {key: sum(s[key] for s in per.values())
-                  for key in ("packets", "kernel_received", "kernel_dropped",
+                  for key in ("packets", "bytes", "kernel_received", "kernel_dropped",
                               "interface_dropped", "sink_errors", "read_errors")}
         totals["dropped"] = totals["kernel_dropped"] + totals["interface_dropped"]
         return {"name": self.name, **totals, "interfaces": per}

@@ -72,7 +72,7 @@ class SourceSet(service.MultiService):
     def stats(self) -> dict[str, object]:
         each = {source.name: source.stats() for source in self.sources}
         totals = {key: sum(_count(s.get(key)) for s in each.values())
-                  for key in ("packets", "dropped")}
+                  for key in ("packets", "bytes", "dropped")}
         return {"name": self.name, **totals, "sources": each}
 
 

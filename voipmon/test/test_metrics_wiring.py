@@ -27,6 +27,7 @@ from voipmon.web.site import make_site
 
 PACKETS = sum(1 for _ in read_capture(CAPTURE))
 TWO_PACKETS = sum(1 for _ in read_capture(TWO_CAPTURE))
+BYTES = sum(len(frame) for _, _, frame in read_capture(CAPTURE))
 
 
 class WiredBase(Base):
@@ -58,6 +59,7 @@ class PushTests(WiredBase):
         found = self.exposed()
         self.assertEqual(one(found, "voipmon_sensor_up", id_sensor="7"), 1)
         self.assertEqual(one(found, "voipmon_sensor_packets_total", id_sensor="7"), PACKETS)
+        self.assertEqual(one(found, "voipmon_sensor_bytes_total", id_sensor="7"), BYTES)
         self.assertEqual(one(found, "voipmon_cdrs_stored_total", id_sensor="7"), 3)
         self.assertEqual(one(found, "voipmon_cdrs_made_total", id_sensor="7"), 3)
         self.assertEqual(one(found, "voipmon_calls_active", id_sensor="7"), 0)

@@ -77,7 +77,10 @@ class CaptureFileTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(source.done), FRAMES)
         self.assertEqual(self.sink.frames, list(read_capture(CAPTURE)))
         self.assertIsNone(source.error)
-        self.assertEqual(source.stats(), {"packets": FRAMES, "dropped": 0, "finished": True})
+        self.assertEqual(source.stats(), {
+            "packets": FRAMES, "bytes": sum(len(frame) for _, _, frame in self.sink.frames),
+            "dropped": 0, "finished": True})
+        self.assertGreater(source.stats()["bytes"], FRAMES * 42)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_paused_replay_waits(self) -> None:

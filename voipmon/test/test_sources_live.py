@@ -142,6 +142,7 @@ class LiveCaptureTests(SynchronousTestCase):
         self.assertEqual(self.got, [(float(i), bpf.DLT_EN10MB, b"frame%d" % i)
                                     for i in range(7)])
         self.assertEqual(capture.stats()["packets"], 7)
+        self.assertEqual(capture.stats()["bytes"], sum(len(b"frame%d" % i) for i in range(7)))
         capture.stopService()
 
     def test_drain_empties_the_ring(self) -> None:
