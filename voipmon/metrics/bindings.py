@@ -60,7 +60,7 @@ CHANNEL = {
     "reconnects": "voipmon_channel_reconnects_total",
     "switches": "voipmon_channel_failovers_total",
     "central_in_use.*": Bind("voipmon_channel_central_in_use", each=("central",)),
-    "clock_skew": "voipmon_channel_clock_skew_seconds",         # to count; the central's own measure is exposed
+    "clock_skew": "voipmon_channel_clock_skew_seconds",         # to count (central measures it)
     "rtt": "voipmon_channel_rtt_seconds",
 }
 
