@@ -4,7 +4,10 @@ Each FILE (pcap or pcapng) is analysed by its own engine, as if it were a captur
 own: calls still open at its end are closed there. CDRs are printed as they close, as a
 readable table, or with ``--json`` as one JSON object per line (the CDR record of the
 design, ``Cdr.to_json``). ``--spool DIR`` also writes each call's SIP and RTP pcaps
-under DIR. On a terminal, big files show a progress line on stderr.
+under DIR. ``--quality`` prints each call's quality over time instead (per stream and
+``--interval``: packets, lost, jitter, MOS; SIP and DTMF marks), ``--audio DIR`` writes
+each call's audio into DIR (``voipmon.cli_media``). On a terminal, big files show a
+progress line on stderr.
 
 An unreadable file is reported on stderr with the reason and the others are still
 analysed; the exit status is then 1 (2 for bad options). A corrupt or truncated capture
@@ -28,6 +31,7 @@ from typing import IO, Any
 from twisted.python import usage
 
 from voipmon.analysis.engine import Engine
+from voipmon.cli_media import QualityPrinter, audio_files
 from voipmon.counters import nested
 from voipmon.packet.readers import CaptureFormatError, CaptureReader
 from voipmon.records.cdr import Cdr, RtpStream
@@ -41,13 +45,16 @@ _BATCH = 65536
 
 class Options(usage.Options):
     synopsis = ("Usage: voipmon-analyze [--json] [--spool DIR] [--id-sensor N] "
-                "[--sipport P ...] FILE...")
+                "[--sipport P ...] [--quality [--interval S] | --audio DIR "
+                "[--audio-format wav|ogg]] FILE...")
     longdesc = ("Analyse SIP/RTP capture files (pcap or pcapng) and print one CDR per call: "
                 "a table by default, one JSON object per line with --json.")
     optFlags = [
         ["json", "j", "Print one JSON object per line (the CDR record)."],
         ["orphans", None, "With --json, also print RTP streams seen without signalling."],
         ["stats", None, "Print the engine's counters to stderr after each file."],
+        ["quality", "q", "Print each call's quality over time (per stream and interval: "
+                         "packets, lost, jitter, MOS; SIP and DTMF marks) instead of its CDR."],
     ]
     optParameters = [
         ["spool", "s", None, "Write each call's SIP and RTP pcaps under this directory."],
@@ -55,6 +62,10 @@ class Options(usage.Options):
         ["savertp", None, "yes", "With --spool: RTP packets to keep: yes, no or header."],
         ["rtptimeout", None, 300.0, "Close a call after this many seconds without RTP.",
          float],
+        ["interval", None, 1.0, "With --quality: the interval, in seconds.", float],
+        ["audio", "a", None, "Write each call's audio into this directory (stereo, caller "
+                             "left, callee right) instead of printing its CDR."],
+        ["audio-format", None, "wav", "With --audio: wav or ogg (Ogg/Opus)."],
     ]
 
     def __init__(self) -> None:
@@ -88,6 +99,17 @@ class Options(usage.Options):
             raise usage.UsageError(f"--spool {self['spool']}: not a directory")
         if not self["sipport"]:
             self["sipport"] = [5060]
+        if self["quality"] and self["audio"] is not None:
+            raise usage.UsageError("--quality and --audio: one at a time")
+        if not 0.001 <= self["interval"] <= 3600:
+            raise usage.UsageError("--interval: allowed 0.001..3600 seconds")
+        if self["audio-format"] not in ("wav", "ogg"):
+            raise usage.UsageError(f"--audio-format {self['audio-format']}: allowed wav, ogg")
+        if self["audio"] is not None:
+            try:
+                os.makedirs(self["audio"], exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(f"--audio {self['audio']}: {e.strerror or e}")
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
@@ -172,7 +194,8 @@ class Progress:
 
 
 def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
-                 emit_orphan: Callable[[RtpStream], Any], err: IO[str]) -> str:
+                 emit_orphan: Callable[[RtpStream], Any], err: IO[str],
+                 observer: Any = None) -> str:
     """Analyse one file, emitting its CDRs; what went wrong ("" if nothing), naming the file
     and, for a corrupt or truncated capture, the byte offset where the calls stop."""
     try:
@@ -188,7 +211,7 @@ def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
     spool = SpoolWriter(options["spool"]) if options["spool"] else None
     engine = Engine(id_sensor=options["id-sensor"], on_cdr=emit, on_orphan=emit_orphan,
                     sip_ports=options["sipport"], spool=spool, savertp=options["savertp"],
-                    rtptimeout=options["rtptimeout"])
+                    rtptimeout=options["rtptimeout"], observer=observer)
     size = os.fstat(raw.fileno()).st_size
     progress = Progress(err, path, size, err.isatty() and size >= PROGRESS_BYTES)
     problem = ""
@@ -230,6 +253,16 @@ def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
     return problem
 
 
+def media_observer(options: Options, out: IO[str], err: IO[str]) -> tuple[Any, Any]:
+    """The engine observer and CDR handler of ``--quality`` or ``--audio`` (or Nones)."""
+    if options["quality"]:
+        printer = QualityPrinter(out, options["interval"], options["json"])
+        return printer, printer.emit
+    if options["audio"] is not None:
+        return audio_files(options["audio"], options["audio-format"], out, err)
+    return None, None
+
+
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
          err: IO[str] | None = None) -> int:
     """The ``voipmon-analyze`` command; returns the exit status."""
@@ -262,10 +295,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
 
     status = 0
     for path in options["files"]:
+        observer, file_emit = media_observer(options, out, err)
         if not as_json:
-            out.write(f"== {path}\n{table_header()}\n")
+            out.write(f"== {path}\n" + ("" if observer else f"{table_header()}\n"))
         orphans.clear()
-        problem = analyse_file(path, options, emit, emit_orphan, err)
+        problem = analyse_file(path, options, file_emit or emit, emit_orphan, err, observer)
         if orphans:
             out.write("RTP streams without signalling (not tied to a call):\n")
             for stream in orphans:

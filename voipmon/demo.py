@@ -4,7 +4,8 @@
 ``twistd voipmon-central`` (embedded SQLite, TLS with a self-signed certificate), replays
 the bundled captures through three sensors over TLS — one analysing locally and sending
 CDRs, one mirroring raw packets for the central to analyse, one sending calls whose
-Call-IDs are not UTF-8 (shown coming back byte for byte) — waits until each has every
+Call-IDs are not UTF-8 (shown coming back byte for byte), one mirroring calls with RTP
+(their quality over time and audio are then fetched from the API) — waits until each has every
 CDR or packet acknowledged (``--exit-when-done``), replays the first capture once more
 through a flood of 300 idle connections on the sensor port (voipmon.test.flood, in its own
 process: the sensor still gets in, and the central logs the flood once per 10 s), runs a
@@ -23,6 +24,7 @@ Ctrl-C.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -34,6 +36,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import wave
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,6 +52,8 @@ SENSORS = (
     (2, "packet-mirroring", "yes", "sipp_tcp_2calls_udp_486_2calls_lo.pcap"),
     # calls whose Call-IDs hold bytes that are not UTF-8 (Latin-1, garbage): kept exactly
     (3, "odd-call-ids", "no", "hostile_callids.pcap"),
+    # calls with RTP mirrored to the central: their quality and audio come from its spool
+    (4, "mirrored-rtp", "yes", "sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
 )
 
 
@@ -126,6 +131,35 @@ def wait_for_mirrored_cdrs(http_port: int, id_sensor: int, log: str,
                   f"{timeout:.0f} s", file=sys.stderr)
             return
         time.sleep(0.1)
+
+
+def show_call_media(http_port: int, cdrs: list[dict[str, Any]]) -> str:
+    """Fetch the quality over time and the audio of one call with RTP whose pcap is on the
+    central; print what they hold and their URLs. The call's page (``#/call/<id>``)."""
+    calls = [c for c in cdrs if c.get("pcap_on") == "central" and c.get("rtp_pcap")]
+    if not calls:
+        print("\nno mirrored call with RTP: no quality or audio to show")
+        return ""
+    cdr = calls[0]
+    base = f"http://127.0.0.1:{http_port}/api/cdrs/{cdr['id']}"
+    with urllib.request.urlopen(f"{base}/quality", timeout=60) as response:
+        quality = json.load(response)
+    with urllib.request.urlopen(f"{base}/audio", timeout=60) as response:
+        audio = response.read()
+    with wave.open(io.BytesIO(audio)) as wav:
+        seconds, rate, channels = wav.getnframes() / wav.getframerate(), wav.getframerate(), \
+            wav.getnchannels()
+    print(f"\ncall {cdr['id']} ({cdr['callid']}, {cdr['duration']:.2f} s), from its pcap:")
+    for stream, stored in zip(quality["streams"], cdr["rtp"], strict=True):
+        print(f"  {stream['side'] or 'stream'} {stream['saddr']}:{stream['sport']} -> "
+              f"{stream['daddr']}:{stream['dport']}: {len(stream['packets'])} intervals of "
+              f"{quality['interval']:g} s, {sum(stream['packets'])} packets "
+              f"(the CDR: {stored['received']}), {sum(stream['lost'])} lost")
+    print(f"  marks: {', '.join(m['label'] for m in quality['marks'])}")
+    print(f"  audio: {len(audio)} bytes of WAV, {seconds:.2f} s, {rate} Hz, {channels} channels")
+    print(f"  quality: {base}/quality (chart: ?format=svg)\n  audio: {base}/audio "
+          f"(Ogg/Opus: ?format=ogg)")
+    return f"#/call/{cdr['id']}"
 
 
 def show_metrics(http_port: int) -> None:
@@ -371,6 +405,7 @@ managerport = 0
             found = api_cdrs(http_port, f"callid={urllib.parse.quote_from_bytes(raw)}")
             print(f"  {raw!r}  (?callid= with these bytes finds {len(found)} call)")
         dashboard = show_dashboard(http_port, cdrs)
+        call_page = show_call_media(http_port, cdrs)
         show_metrics(http_port)
         serving = stay_connected(workdir, http_port)
         pcap_through_the_tunnel(http_port, cdrs)
@@ -379,6 +414,9 @@ managerport = 0
             print(f"web page and API: http://127.0.0.1:{http_port}/  (Ctrl-C stops the central "
                   "and the sensors, which stay connected: every call's pcap opens)")
             print(f"the dashboard of the calls above: http://127.0.0.1:{http_port}/{dashboard}")
+            if call_page:
+                print(f"a call's ladder, quality chart and audio player: "
+                      f"http://127.0.0.1:{http_port}/{call_page}")
             try:
                 central.wait()
             except KeyboardInterrupt:

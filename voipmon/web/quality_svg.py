@@ -2,8 +2,9 @@
 
 Plain SVG written here from the timeline (``voipmon.analysis.timeline``), no chart library
 anywhere: the page puts it under the SIP ladder, and the same file opens in any browser.
-It keeps the ladder's look (the page's colours and sizes, ``style.css``); its own
-``<style>`` makes a saved file look the same.
+Its look is the page's ``quality.css``: the page styles the chart with it (and drops the
+chart's own ``<style>``, which the page's content security policy would refuse), and the
+same rules inside the SVG make a saved file look the same.
 
 Each lane shows, on the call's time axis (seconds since the first INVITE, as the ladder and
 the audio): packets per interval with the lost ones stacked in red, max and mean jitter,
@@ -15,7 +16,9 @@ MOS the worst.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -26,22 +29,15 @@ MARKS = 44
 LANE = 184
 AXIS = 26
 ROWS = (("packets", 44), ("jitter", 44), ("mos", 44))
-_STYLE = """
-svg.quality text { font: 12px system-ui, sans-serif; fill: #1d232b; }
-svg.quality text.muted, svg.quality text.axis { fill: #6b7480; font-size: 11px; }
-svg.quality text.title { font-weight: 600; }
-svg.quality .frame { fill: #fff; stroke: #d9dde3; }
-svg.quality .grid { stroke: #d9dde3; stroke-width: 1; }
-svg.quality .packets { fill: #b8c4d6; }
-svg.quality .lost { fill: #b3261e; }
-svg.quality .jmax { stroke: #2458b3; fill: none; stroke-width: 1.5; }
-svg.quality .jmean { stroke: #7f9ccf; fill: none; stroke-width: 1; }
-svg.quality .mos { stroke: #1d7a3a; fill: none; stroke-width: 1.5; }
-svg.quality .mark line { stroke: #9a6a00; stroke-dasharray: 3 3; }
-svg.quality .mark.dtmf line { stroke: #2458b3; }
-svg.quality .mark.bye line, svg.quality .mark.failure line { stroke: #b3261e; }
-svg.quality .mark text { font-size: 11px; }
-"""
+_CSS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "quality.css")
+
+
+@functools.lru_cache(maxsize=1)
+def chart_style() -> str:
+    """The chart's rules (``svg.quality ...``) of the page's ``quality.css``: one copy, so
+    the chart in the page and a saved chart look alike."""
+    with open(_CSS, encoding="utf-8") as handle:
+        return "".join(line for line in handle if line.startswith("svg.quality"))
 
 
 def _num(value: float) -> str:
@@ -110,7 +106,7 @@ def quality_svg(timeline: dict[str, Any], width: int = WIDTH) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="quality" width="{width}" '
            f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
            f'aria-label="Quality over time, one lane per RTP stream">',
-           f"<style>{_STYLE}</style>",
+           f"<style>{chart_style()}</style>",
            f'<text x="{LEFT}" y="14" class="muted">{escape(str(timeline.get("callid", "")))}'
            f' · interval {_num(interval)} s · MOS window '
            f'{_num(float(timeline.get("mos_window", 0)))} s</text>']

@@ -1,5 +1,6 @@
-// voipmon web page: dashboard (dashboard.js), calls, one call (streams + SIP ladder),
-// sensors, one sensor's calls in progress (refreshed every 2 s). Plain JS, no build.
+// voipmon web page: dashboard (dashboard.js), calls, one call (streams + SIP ladder; its
+// quality chart and audio in callmedia.js), sensors, one sensor's calls in progress
+// (refreshed every 2 s). Plain JS, no build.
 // Every value from the API reaches the page through textContent or SVG attributes,
 // never as HTML.
 "use strict";
@@ -260,6 +261,7 @@ async function showCall(id) {
     el("td", { class: "num" }, `${fmt.num(s.avgjitter, 1)} / ${fmt.num(s.maxjitter, 1)}`),
     el("td", { class: `num ${mosClass(s.mos_f1)}` },
        `${fmt.num(s.mos_f1, 2)} / ${fmt.num(s.mos_f2, 2)} / ${fmt.num(s.mos_adapt, 2)}`))));
+  showCallMedia(cdr);  // quality chart and audio player (callmedia.js), while the ladder loads
   const status = $("#ladder-status");
   status.textContent = "Loading the SIP messages…";
   status.className = "status";
