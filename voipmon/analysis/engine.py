@@ -16,11 +16,18 @@ to it; a UDP flow to or from a bound endpoint is that call's RTP, RTCP or T.38, 
 RTP-looking flows without SDP become orphan streams (``tied_to_sip=False``, reported
 through ``on_orphan``).
 
-Delivery (``_deliver``): every record goes to its consumer (``on_cdr``, ``on_orphan``)
-through one place; a record the consumer cannot take (it raises) is never dropped: it goes
-to the ``dead_letters`` (``voipmon.spool.deadletter``), which keeps it in the spool (the
-sensor's, or the central's for a mirroring sensor), counts it and logs the reason once per
-cause, and ``stats.undelivered`` counts it here.
+SIP that is not a call (``voipmon.analysis.noncall``). Each analyser added with
+``add_analyser`` (the REGISTER tracker, the OPTIONS/SUBSCRIBE/NOTIFY/MESSAGE tracker, as
+``voipmon.analysis.settings.engine_for`` builds them from the options) gets every parsed
+message whose method (a request's own, a response's CSeq method) it follows, the capture
+clock once a second and the end of input; the records it makes go out through
+``emit_record`` to ``on_record``.
+
+Delivery (``_deliver``): every record goes to its consumer (``on_cdr``, ``on_orphan``,
+``on_record``) through one place; a record the consumer cannot take (it raises) is never
+dropped: it goes to the ``dead_letters`` (``voipmon.spool.deadletter``), which keeps it in
+the spool (the sensor's, or the central's for a mirroring sensor), counts it and logs the
+reason once per cause, and ``stats.undelivered`` counts it here.
 
 Memory stays bounded: flows are analysed in chunks (``RtpFlow.drain``), closed calls and
 finished orphans are freed, calls are capped at ``max_calls`` and the negative cache is
@@ -41,6 +48,7 @@ from zope.interface import implementer
 from voipmon.analysis.calls import END, Call, ip_text
 from voipmon.analysis.fastpath import FastPath
 from voipmon.analysis.media import MediaTable, stream_records
+from voipmon.analysis.noncall import INonCallAnalyser
 from voipmon.analysis.rtp import CHUNK, RtpFlow
 from voipmon.analysis.sdp import parse_sdp
 from voipmon.analysis.sip import looks_like_sip, parse_sip
@@ -50,6 +58,7 @@ from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.packet.readers import Record
 from voipmon.records.cdr import Cdr, RtpStream
+from voipmon.records.codec import Record
 from voipmon.records.times import iso_ms
 from voipmon.sources.interfaces import IFrameSink
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
@@ -73,6 +82,7 @@ class EngineStats(Counts):
         self.calls = 0
         self.calls_refused = 0
         self.cdrs = 0
+        self.records = 0           # records of SIP that is not a call (registrations, ...)
         self.undelivered = 0       # records their consumer could not take (dead letters)
         self.rtp_flows = 0
         self.rtcp_packets = 0
@@ -94,12 +104,18 @@ class Engine:
                  sip_heuristic: bool = True, linger: float = 5.0, bye_wait: float = 32.0,
                  max_calls: int = 100_000, max_orphan_flows: int = 1024,
                  orphan_min_packets: int = 10, dead_letters: IDeadLetters | None = None,
-                 observer: Any = None, **decoder_limits: Any):
+                 observer: Any = None, on_record: Callable[[Record], Any] | None = None,
+                 **decoder_limits: Any):
         if savertp not in ("yes", "no", "header"):
             raise ValueError(f"savertp must be yes, no or header, not {savertp!r}")
         self.id_sensor = id_sensor
         self._on_cdr = on_cdr
         self._on_orphan = on_orphan
+        self._on_record = on_record
+        self._noncall: list[INonCallAnalyser] = []
+        self._noncall_by_method: dict[str, list[INonCallAnalyser]] = {}
+        self.registers: Any = None   # the REGISTER tracker, if any (listregisters)
+        self.sip_messages: Any = None  # the OPTIONS/... tracker, if any
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)
         self.sip_ports = frozenset(int(p) for p in sip_ports)
         self._spool = spool
@@ -186,6 +202,10 @@ class Engine:
         else:
             label = f"{method_label(msg.cseq_method)}.{status_class(msg.status)}"
             self.sip_responses[label] = self.sip_responses.get(label, 0) + 1
+        analysers = self._noncall_by_method.get(msg.transaction_method)
+        if analysers is not None:
+            for analyser in analysers:
+                analyser.on_message(d, msg)
         callid = msg.call_id
         if not callid:
             return
@@ -252,6 +272,8 @@ class Engine:
                 if reason is not None:
                     self._close(call, reason)
             self.media.tend_orphans(now, self.rtptimeout)
+            for analyser in self._noncall:
+                analyser.advance(now)
             if len(self._skip) > 65536 or now - self._skip_cleared > 10.0:
                 self._skip.clear()
                 self._skip_cleared = now
@@ -276,6 +298,12 @@ class Engine:
             self._close(call, END)
         for key in list(self.media.orphans):
             self.media.retire(key)
+        for analyser in self._noncall:
+            try:
+                analyser.finish()
+            except Exception:
+                self.stats.errors += 1
+                log.failure("engine: finishing {analyser} failed", analyser=analyser)
         if self._spool is not None:
             self._spool.close()
 
@@ -306,6 +334,26 @@ class Engine:
         except Exception as exc:
             self.stats.undelivered += 1
             self.dead_letters.keep(kind, record, exc, id_sensor=self.id_sensor, callid=callid)
+
+    # -- SIP that is not a call ----------------------------------------------------------
+
+    def add_analyser(self, analyser: INonCallAnalyser) -> None:
+        """Hand ``analyser`` the messages of its ``methods`` from now on (it emits its
+        records through ``emit_record``)."""
+        self._noncall.append(analyser)
+        for method in analyser.methods:
+            self._noncall_by_method.setdefault(method, []).append(analyser)
+
+    def emit_record(self, record: Record) -> None:
+        """A record of an analyser of SIP that is not a call: to ``on_record`` (or, if it
+        cannot take it, to the dead letters)."""
+        self.stats.records += 1
+        if self._on_record is None:
+            self.stats.undelivered += 1
+            self.dead_letters.keep(record.KIND, record, "this engine has no record consumer",
+                                   id_sensor=self.id_sensor)
+            return
+        self._deliver(self._on_record, record.KIND, record)
 
     def _emit_orphan(self, flow: RtpFlow) -> None:
         for record in stream_records(flow, False, None):
@@ -353,6 +401,10 @@ class Engine:
         data.update(prefixed("decoder", self._decoder.counters()))
         if self._spool is not None:
             data.update(prefixed("spool", self._spool.counters()))
+        if self.registers is not None:
+            data.update(prefixed("register", self.registers.counters()))
+        if self.sip_messages is not None:
+            data.update(prefixed("sip_msg", self.sip_messages.counters()))
         return data
 
 

@@ -1,5 +1,9 @@
 """The central's durable queue of the CDRs it makes itself (packet mirroring, legacy mirror).
 
+It holds every kind of record a central's engine makes (CDRs, registrations, SIP messages,
+alerts: ``voipmon.records.kinds`` items, the same bytes as the sensor's queue); "CDR"
+below stands for any of them.
+
 A CDR made on the central exists nowhere else: the sensor only sent packets, and once
 they are acknowledged it forgets them. So ``CentralCdrQueue.add`` appends each CDR to a
 ``voipmon.queue.DurableQueue`` (``spooldir/central-queue``) and schedules one write and
@@ -23,7 +27,6 @@ directories to find, drain and remove as sensors come and go.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet import defer
@@ -34,7 +37,8 @@ from twisted.python.failure import Failure
 from voipmon.counters import Counters
 from voipmon.protocols.failover import describe_failure
 from voipmon.queue import DurableQueue, QueueError
-from voipmon.records.cdr import Cdr
+from voipmon.records.codec import Record
+from voipmon.records.kinds import from_item_bytes, item_bytes
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters, RecordRefused
 from voipmon.store.interfaces import StoreUnavailable
 
@@ -79,7 +83,7 @@ class CentralCdrQueue:
         self.stopped = False
         self.outage_since: float | None = None
         self._sent = queue.acked    # highest seq committed by the store
-        self._batch: tuple[int, list[Cdr]] | None = None
+        self._batch: tuple[int, list[Record]] | None = None
         self._busy = False
         self._draining = False
         self._flush_call: Any = None
@@ -101,12 +105,12 @@ class CentralCdrQueue:
         """CDRs on disk or about to be, not yet committed by the store."""
         return self.queue.depth + self.queue.buffered
 
-    def add(self, cdr: Cdr) -> bool:
+    def add(self, cdr: Record) -> bool:
         """Queue one CDR (an engine's on_cdr). One it can never take raises RecordRefused:
         the engine keeps it as a dead letter."""
         if self.stopped:
             raise RecordRefused("the CDR was made after the CDR queue closed")
-        record = cdr.to_wire()
+        record = item_bytes(cdr)
         try:
             self.queue.append(record)
         except ValueError as exc:
@@ -200,7 +204,7 @@ class CentralCdrQueue:
         finally:
             self._draining = False
 
-    def _next_batch(self) -> tuple[int, list[Cdr]] | None:
+    def _next_batch(self) -> tuple[int, list[Record]] | None:
         try:
             records = self.queue.read(self._sent, max_records=self.batch)
         except (QueueError, OSError):
@@ -212,9 +216,9 @@ class CentralCdrQueue:
                 if cdr is not None]
         return records[-1][0], cdrs
 
-    def _decode(self, seq: int, data: bytes) -> Cdr | None:
+    def _decode(self, seq: int, data: bytes) -> Record | None:
         try:
-            return Cdr.from_wire(json.loads(data))
+            return from_item_bytes(data)
         except ValueError as exc:
             # The CRC vouches for the bytes, so this is a record no retry can store
             # (written by another version?): holding it would block everything behind it.

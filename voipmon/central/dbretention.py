@@ -2,7 +2,10 @@
 
 As VoIPmonitor's ``cleandatabase``: a call whose ``calldate`` is more than N days old goes,
 with its streams (``cdr_rtp``) and pcap location (``cdr_next``). The sensors list is kept.
-Pcaps in a spool have their own retention (``maxpooldays``, ``maxpoolsize``).
+The records of SIP that is not a call go the same way, table by table (``register_state``,
+``register_failed``, ``register_time_info``, ``sip_msg``, ``message``, ``alert``: by their
+time column, ``IStore.delete_records_before``), as VoIPmonitor's ``cleandatabase`` covers
+them. Pcaps in a spool have their own retention (``maxpooldays``, ``maxpoolsize``).
 
 The pass runs once the store is up, then every hour on an injected clock. It deletes in
 chunks of short transactions (``IStore.delete_cdrs_before``), so it never holds locks long
@@ -24,6 +27,7 @@ from twisted.python.failure import Failure
 
 from voipmon.protocols.failover import describe_failure
 from voipmon.records.times import iso_ms
+from voipmon.store.recordrows import SPECS
 
 log = Logger()
 
@@ -45,6 +49,7 @@ class DatabaseRetention(service.Service):
         self.interval = interval
         self.chunk = chunk
         self.deleted = 0
+        self.records_deleted = 0    # rows of the other record tables
         self.errors = 0
         self._store_ready = False
         self._loop: task.LoopingCall | None = None
@@ -98,6 +103,12 @@ class DatabaseRetention(service.Service):
                 total += count
                 if count < self.chunk:
                     break
+            for kind in SPECS:
+                while self.running:
+                    count = yield self.store.delete_records_before(kind, cutoff, self.chunk)
+                    self.records_deleted += count
+                    if count < self.chunk:
+                        break
         except Exception:
             self.errors += 1
             log.error("database retention: could not delete calls before {cutoff} "

@@ -25,6 +25,7 @@ from zope.interface import Interface
 
 from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.protocols.handshake import Hello
+from voipmon.records.cdr import Cdr
 
 log = Logger()
 
@@ -72,8 +73,10 @@ class SensorAnalysis:
         self.duplicate_batches = 0
         self.undelivered = 0       # CDRs its engines kept as dead letters (not stored)
 
-    def _on_cdr(self, cdr: Any) -> None:
-        if self.cdr_queue.add(cdr):
+    def _on_cdr(self, record: Any) -> None:
+        # Every record of the engine (CDRs, registrations, ...) goes to the queue; the
+        # END_ACK counts the CDRs.
+        if self.cdr_queue.add(record) and isinstance(record, Cdr):
             self.cdrs += 1
 
     def feed_batch(self, seq: int, linktype: int,

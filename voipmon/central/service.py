@@ -76,7 +76,8 @@ def mirror_engine_factory(spooldir: str, dead_letters: IDeadLetters | None = Non
 
         return engine_for(analysis_from_hello(hello.analysis), id_sensor=hello.id_sensor,
                           spooldir=sensor_spool(spooldir, hello.id_sensor),
-                          on_cdr=relative_to_central, dead_letters=dead_letters)
+                          on_cdr=relative_to_central, on_record=on_cdr,
+                          dead_letters=dead_letters)
 
     return make
 

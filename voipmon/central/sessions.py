@@ -41,7 +41,8 @@ from voipmon.protocols.wire import (
     is_number,
     number_field,
 )
-from voipmon.records.cdr import Cdr
+from voipmon.records.codec import Record
+from voipmon.records.kinds import from_item, kind_of_item
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.store.interfaces import IStore, StoreUnavailable
 
@@ -226,36 +227,38 @@ class CdrSession:
             raise ProtocolError("malformed CDRS message: empty batch or bad 'first'")
         if len(self.pending) >= MAX_PENDING_BATCHES:
             raise ProtocolError(f"more than {MAX_PENDING_BATCHES} CDR batches unacknowledged")
-        cdrs = []
+        records = []
         for offset, item in enumerate(items):
-            cdr = self._parse(first + offset, item)
-            if cdr is not None:
-                cdrs.append(cdr)
+            record = self._parse(first + offset, item)
+            if record is not None:
+                records.append(record)
         self.received += len(items)
-        self.pending.append(_Batch(first, first + len(items) - 1, cdrs))
+        self.pending.append(_Batch(first, first + len(items) - 1, records))
         self._start_writes()
 
-    def _parse(self, seq: int, item: Any) -> Cdr | None:
+    def _parse(self, seq: int, item: Any) -> Record | None:
         try:
-            cdr = Cdr.from_wire(item)
+            record = from_item(item)
         except ValueError as exc:
-            # Resending cannot repair it, and holding it would block every CDR behind it:
-            # it is kept as a dead letter (acknowledged, so the sensor moves on).
+            # Resending cannot repair it, and holding it would block every record behind
+            # it: it is kept as a dead letter (acknowledged, so the sensor moves on).
             self.rejected += 1
+            kind = kind_of_item(item)
             callid = item.get("callid") if isinstance(item, dict) else None
             self.sessions.dead_letters.keep(
-                "cdr_from_sensor", item, f"CDR #{seq} is malformed: {exc}",
+                f"{kind}_from_sensor"[:40], item,
+                f"{'CDR' if kind == 'cdr' else kind} #{seq} is malformed: {exc}",
                 id_sensor=self.hello.id_sensor,
                 callid=callid if isinstance(callid, str) else None)
             return None
-        if cdr.id_sensor != self.hello.id_sensor:
+        if record.id_sensor != self.hello.id_sensor:
             if not self._warned_foreign_id:
-                log.warn("sensor {id_sensor} sent CDRs with id_sensor {other}; storing them "
-                         "under {id_sensor}", id_sensor=self.hello.id_sensor,
-                         other=cdr.id_sensor)
+                log.warn("sensor {id_sensor} sent records with id_sensor {other}; storing "
+                         "them under {id_sensor}", id_sensor=self.hello.id_sensor,
+                         other=record.id_sensor)
                 self._warned_foreign_id = True
-            cdr = dataclasses.replace(cdr, id_sensor=self.hello.id_sensor)
-        return cdr
+            record = dataclasses.replace(record, id_sensor=self.hello.id_sensor)
+        return record
 
     def _start_writes(self) -> None:
         # A write may complete at once and acknowledge (popping ``pending``): look again
@@ -307,7 +310,7 @@ class _Batch:
 
     __slots__ = ("cdrs", "first", "last", "stored", "writing")
 
-    def __init__(self, first: int, last: int, cdrs: list[Cdr]) -> None:
+    def __init__(self, first: int, last: int, cdrs: list[Record]) -> None:
         self.first = first
         self.last = last
         self.cdrs = cdrs

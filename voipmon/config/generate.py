@@ -101,7 +101,7 @@ def _literal(value: object) -> str:
 def _field(opt: Option) -> list[str]:
     lines = [f"    #: {line}" for line in textwrap.wrap(opt.doc, WIDTH - 8)]
     default = "" if opt.required else f" = {_literal(opt.default)}"
-    return lines + [f"    {opt.name}: {opt.kind.annotation}{default}"]
+    return lines + [f"    {opt.attr}: {opt.kind.annotation}{default}"]
 
 
 def _doc(text: str, indent: str = "    ") -> list[str]:

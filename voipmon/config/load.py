@@ -170,7 +170,7 @@ def _load(role: str, path: str, text: str | None,
     result = {opt.name: _value(opt, path, values, origins) for opt in options_for(role)}
     groups: dict[str, object] = {
         group.attr: generated.GROUP_CLASSES[group.name](
-            **{opt.name: result[opt.name] for opt in members(group)})
+            **{opt.attr: result[opt.name] for opt in members(group)})
         for group in groups_for(role)
     }
     return {**groups, "path": path, "warnings": tuple(warnings), "origins": origins,

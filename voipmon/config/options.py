@@ -67,6 +67,12 @@ class Option:
     def note_for(self, role: str) -> str:
         return self.note if isinstance(self.note, str) else self.note.get(role, "")
 
+    @property
+    def attr(self) -> str:
+        """The settings field: the name with ``_`` for ``-`` (VoIPmonitor spells many keys
+        with hyphens, ``sip-register``)."""
+        return self.name.replace("-", "_")
+
 
 @dataclass(frozen=True)
 class Heading:
@@ -269,6 +275,34 @@ TABLE: tuple[Entry, ...] = (
            note="Capture agent ids (chunk 0x000c) to take, a list; empty = every id. sngrep "
                 "and sipgrep send their id N shifted (as N * 65536); listing N accepts both "
                 "forms."),
+    Heading({"sensor": "SIP that is not a call (registrations, OPTIONS, SUBSCRIBE, NOTIFY, "
+                       "MESSAGE)"}),
+    Option("sip-register", Choice("no", "yes", "nodb"), "no", SENSOR, "analysis",
+           "Follow REGISTER: yes (register_state/_failed/_time_info rows and alerts), nodb "
+           "(follow, write nothing) or no.",
+           note="REGISTER tracking (VoIPmonitor's keys): yes writes register_state (a row when "
+                "a registration's state changes), register_failed (failed attempts folded, "
+                "with their counter), register_time_info (per-minute counts) and alerts "
+                "(brute force, scans, a success after many failures); nodb follows "
+                "registrations (listregisters) without writing rows. On a mirroring sensor "
+                "the central's engine applies the same settings."),
+    Option("sip-register-timeout", Number(lo=0.1), 5.0, SENSOR, "analysis",
+           "Seconds to wait for the answer to a REGISTER before the attempt is Failed."),
+    Option("sip-register-max-registers", Integer(1), 4, SENSOR, "analysis",
+           "REGISTERs in one Call-ID without a 200 or a challenge before ManyRegMessages."),
+    Option("sip-register-state-timeout", Number(lo=1.0), 600.0, SENSOR, "analysis",
+           "Seconds after which an unchanged registration's state is written again."),
+    Option("sip-options", Choice("no", "yes", "nodb"), "no", SENSOR, "analysis",
+           "OPTIONS: yes (one sip_msg row per request and answer, with qualify_ok), nodb or no.",
+           note="OPTIONS, SUBSCRIBE and NOTIFY: one sip_msg row per request and its answer "
+                "(response time; qualify_ok: a 200 within 2000 ms), yes / nodb (followed, "
+                "not written) / no. MESSAGE goes to the message table."),
+    Option("sip-subscribe", Choice("no", "yes", "nodb"), "no", SENSOR, "analysis",
+           "SUBSCRIBE: yes (sip_msg rows), nodb or no."),
+    Option("sip-notify", Choice("no", "yes", "nodb"), "no", SENSOR, "analysis",
+           "NOTIFY: yes (sip_msg rows), nodb or no."),
+    Option("sip-message", Choice("no", "yes", "nodb"), "no", SENSOR, "analysis",
+           "MESSAGE (instant messages): yes (message table), nodb or no."),
 
     Heading({"sensor": "management port (local tools: sniffer_stat, listcalls, getfile)"}),
     Option("managerip", Text(allow_empty=False), "127.0.0.1", SENSOR, "manager",

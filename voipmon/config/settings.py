@@ -129,6 +129,32 @@ class AnalysisSettings:
     #: Close any call this many seconds after it started (bye=102).
     absolute_timeout: float = 14400.0
 
+    #: Follow REGISTER: yes (register_state/_failed/_time_info rows and alerts), nodb
+    #: (follow, write nothing) or no.
+    sip_register: Literal["no", "yes", "nodb"] = "no"
+
+    #: Seconds to wait for the answer to a REGISTER before the attempt is Failed.
+    sip_register_timeout: float = 5.0
+
+    #: REGISTERs in one Call-ID without a 200 or a challenge before ManyRegMessages.
+    sip_register_max_registers: int = 4
+
+    #: Seconds after which an unchanged registration's state is written again.
+    sip_register_state_timeout: float = 600.0
+
+    #: OPTIONS: yes (one sip_msg row per request and answer, with qualify_ok), nodb or
+    #: no.
+    sip_options: Literal["no", "yes", "nodb"] = "no"
+
+    #: SUBSCRIBE: yes (sip_msg rows), nodb or no.
+    sip_subscribe: Literal["no", "yes", "nodb"] = "no"
+
+    #: NOTIFY: yes (sip_msg rows), nodb or no.
+    sip_notify: Literal["no", "yes", "nodb"] = "no"
+
+    #: MESSAGE (instant messages): yes (message table), nodb or no.
+    sip_message: Literal["no", "yes", "nodb"] = "no"
+
 
 @dataclass(frozen=True, kw_only=True)
 class ManagerSettings:

@@ -178,7 +178,7 @@ def uplink_for(settings: SensorSettings, clock: IReactorTime, dead_letters: Dead
     engine = engine_for(settings.analysis, id_sensor=settings.channel.id_sensor,
                         spooldir=settings.spool.spooldir,
                         on_cdr=outcomes.wrap(uplink.add) if outcomes else uplink.add,
-                        dead_letters=dead_letters)
+                        on_record=uplink.add, dead_letters=dead_letters)
     return uplink, engine, queue
 
 

@@ -1,7 +1,9 @@
 """What the sensor sends over the channel, and what it does with the acknowledgements.
 
 An uplink outlives any one connection (the channel comes and goes with failover).
-``CdrUplink`` (local processing): every CDR goes into the durable queue; once flushed
+``CdrUplink`` (local processing): every record of the engine (CDRs, and the registration,
+SIP message and alert records, as ``voipmon.records.kinds`` items) goes into the durable
+queue; once flushed
 (fsync'd) it is sent in batches, at most ``window`` batches unacknowledged, and deleted
 from the queue only when the central acknowledges it, which it does after its database
 committed it. After a reconnect everything unacknowledged is sent again, in order. The
@@ -34,7 +36,8 @@ from voipmon.protocols.wire import (
     is_number,
 )
 from voipmon.queue import DurableQueue, QueueError
-from voipmon.records.cdr import Cdr
+from voipmon.records.codec import Record
+from voipmon.records.kinds import item_bytes
 from voipmon.spool.deadletter import RecordRefused
 
 log = Logger()
@@ -118,8 +121,9 @@ class CdrUplink:
         self.transport: IMessageTransport | None = None
         self.inflight: deque[tuple[int, int]] = deque()
         self.sent_upto = 0
-        self.produced = 0        # CDRs added by this process
-        self.delivered = 0       # CDRs acknowledged in this process
+        self.produced = 0        # records added by this process
+        self.cdrs = 0            # of those, CDRs
+        self.delivered = 0       # records acknowledged in this process
         self.stored = 0          # of those, newly inserted by the central (not duplicates)
         self.batches_sent = 0
         self.cdrs_sent = 0           # a resend after a reconnect counts again
@@ -130,16 +134,18 @@ class CdrUplink:
 
     # -- input ---------------------------------------------------------------------
 
-    def add(self, cdr: Cdr) -> None:
-        """Queue one CDR (the engine's on_cdr callback) in its wire form; it is sent once
-        flushed. One that can never be delivered raises (the engine keeps it as a dead
-        letter)."""
-        record = cdr.to_wire()
-        if len(record) > MAX_CDR_BYTES:
+    def add(self, record: Record) -> None:
+        """Queue one record (the engine's on_cdr and on_record callback) as its item; it
+        is sent once flushed. One that can never be delivered raises (the engine keeps it
+        as a dead letter)."""
+        item = item_bytes(record)
+        if len(item) > MAX_CDR_BYTES:
             self.oversized += 1
-            raise RecordRefused(f"the CDR is {len(record)} bytes, over the {MAX_CDR_BYTES} "
-                                f"the channel carries")
-        self.add_raw(record)
+            raise RecordRefused(f"the {record.KIND} record is {len(item)} bytes, over the "
+                                f"{MAX_CDR_BYTES} the channel carries")
+        if record.KIND == "cdr":
+            self.cdrs += 1
+        self.add_raw(item)
 
     def add_raw(self, record: bytes) -> None:
         self.queue.append(record)
@@ -235,7 +241,8 @@ class CdrUplink:
         return self._done.wait()
 
     def counters(self) -> Counters:
-        return {"cdrs": self.produced, "sent": self.cdrs_sent, "delivered": self.delivered,
+        return {"cdrs": self.cdrs, "records": self.produced, "sent": self.cdrs_sent,
+                "delivered": self.delivered,
                 "stored": self.stored, "oversized": self.oversized,
                 "queue_depth": self.queue.depth + self.queue.buffered,
                 "queue_bytes": self.queue.disk_bytes, "inflight_batches": len(self.inflight)}

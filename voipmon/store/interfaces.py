@@ -66,7 +66,10 @@ class IStore(Interface):
         """Close the connection pools (waits for calls in progress). Fires None."""
 
     def store_cdrs(cdrs, pcap_on="sensor"):
-        """Insert a batch of ``voipmon.records.cdr.Cdr`` in one transaction.
+        """Insert a batch of records in one transaction: ``voipmon.records.cdr.Cdr`` and any
+        other kind of ``voipmon.records.kinds`` (registrations, SIP messages, alerts, into
+        their tables, ``voipmon.store.recordwrite``). The name is the CDR path's, which
+        carries every kind of record.
 
         Fires with the number of CDRs newly inserted, only after commit. A CDR already
         stored under the same (id_sensor, sensor_cdr_uid) is skipped, not an error, so a
@@ -94,6 +97,15 @@ class IStore(Interface):
         (epoch seconds), with their streams and pcap locations, in one short transaction.
         Fires with the number deleted: fewer than ``limit`` means none older is left.
         ValueError for a cutoff that is not a time or a limit outside 1..10000."""
+
+    def delete_records_before(kind, cutoff, limit=1000):
+        """As ``delete_cdrs_before``, for the table of records of ``kind`` (a KIND of
+        ``voipmon.store.recordrows.SPECS``). ValueError for another kind."""
+
+    def list_records(kind, query):
+        """Rows of the table of ``kind`` as JSON objects (``voipmon.store.recordread``),
+        newest first, for a ``RecordQuery`` or a mapping of HTTP arguments (ValueError
+        naming a bad one)."""
 
     def list_cdrs(query):
         """CDR dicts, newest first (calldate, then id), for a ``voipmon.store.query.CdrQuery``

@@ -115,8 +115,9 @@ def drop_all(dialect: Any, conn: Any) -> None:
     """Drop every voipmon table (tests and benchmarks only)."""
     cur = conn.cursor()
     try:
-        for name in ("cdr_minute", "cdr_rtp", "cdr_next", "cdr", "cdr_ua", "cdr_sip_response",
-                     "sensors", "schema_version"):
+        for name in ("alert", "message", "sip_msg", "register_time_info", "register_failed",
+                     "register_state", "contenttype", "cdr_minute", "cdr_rtp", "cdr_next",
+                     "cdr", "cdr_ua", "cdr_sip_response", "sensors", "schema_version"):
             cur.execute(f"DROP TABLE IF EXISTS {q(name)}")
         conn.commit()
     finally:

@@ -278,6 +278,123 @@ SENSORS_V2_COLUMNS = (
 )
 
 
+# Version 6: SIP that is not a call (voipmon.records: register, sipmsg, alert), with
+# VoIPmonitor's table and column names. Ours in each: ``uid`` (the idempotency key, unique
+# with id_sensor) and the fields the records mark "ours". Times are datetime(3) UTC;
+# user agents, response texts and content types go through the lookup tables
+# (``ua_id``, ``response_id``/``lastSIPresponse_id``, ``*_content_type``/``id_contenttype``).
+CONTENTTYPE = Table(
+    "contenttype",
+    (Column("id", "id"), Column("contenttype", "bintext:255", null=False)),
+    ("id",),
+    (Index("contenttype_text", ("contenttype",), unique=True),),
+)
+
+
+def _key_columns() -> tuple[Column, ...]:
+    return (Column("ID", "id"), Column("id_sensor", "u16", null=False),
+            Column("uid", "ascii:64", null=False))
+
+
+def _register_columns() -> tuple[Column, ...]:
+    return (
+        Column("created_at", "datetime", null=False),
+        Column("sipcallerip", "ip"), Column("sipcallerport", "u16"),
+        Column("sipcalledip", "ip"), Column("sipcalledport", "u16"),
+        *_cols("from_num from_domain to_num to_domain contact_num contact_domain "
+               "digestusername digestrealm", "text:255"),
+        Column("ua_id", "u32"),
+        Column("callid", "text:1024"),
+    )
+
+
+def _record_indexes(table: str, when: str, *more: tuple[str, ...]) -> tuple[Index, ...]:
+    return (Index(f"{table}_sensor_uid", ("id_sensor", "uid"), unique=True),
+            Index(f"{table}_{when}", (when,)),
+            *(Index(f"{table}_{'_'.join(cols)}", cols) for cols in more))
+
+
+REGISTER_STATE = Table(
+    "register_state",
+    (*_key_columns(), *_register_columns(), Column("expires", "u32"),
+     Column("state", "u8", null=False), Column("rrd", "double")),
+    ("ID",),
+    _record_indexes("register_state", "created_at", ("to_num",), ("sipcallerip",)),
+)
+
+REGISTER_FAILED = Table(
+    "register_failed",
+    (*_key_columns(), *_register_columns(), Column("counter", "u32", null=False),
+     Column("response", "u16"), Column("last_at", "datetime"),
+     Column("revision", "u32", null=False, default=0)),
+    ("ID",),
+    _record_indexes("register_failed", "created_at", ("to_num",), ("sipcallerip",)),
+)
+
+REGISTER_TIME_INFO = Table(
+    "register_time_info",
+    (*_key_columns(), Column("created_at", "datetime", null=False),
+     Column("type_info", "enum:failed,active"), Column("sipcallerip", "ip"),
+     Column("sipcalledip", "ip"), Column("counter", "u32"), Column("counter_2", "u32")),
+    ("ID",),
+    _record_indexes("register_time_info", "created_at"),
+)
+
+SIP_MSG = Table(
+    "sip_msg",
+    (*_key_columns(), Column("time", "datetime", null=False), Column("type", "u8"),
+     Column("ip_src", "ip"), Column("port_src", "u16"),
+     Column("ip_dst", "ip"), Column("port_dst", "u16"),
+     *_cols("number_src number_dst domain_src domain_dst callername", "text:255"),
+     Column("ua_src_id", "u32"), Column("ua_dst_id", "u32"),
+     Column("callid", "text:1024"), Column("cseq", "u32"),
+     Column("request_id_content_type", "u32"), Column("request_content_length", "u32"),
+     Column("request_content", "longtext"),
+     Column("response_id_content_type", "u32"), Column("response_content_length", "u32"),
+     Column("response_content", "longtext"),
+     Column("response_number", "u16"), Column("response_id", "u32"),
+     Column("request_repetition", "u32"), Column("request_time", "datetime"),
+     Column("response_time", "datetime"), Column("response_duration_ms", "u32"),
+     Column("qualify_ok", "bool")),
+    ("ID",),
+    _record_indexes("sip_msg", "time", ("ip_dst", "time")),
+)
+
+MESSAGE = Table(
+    "message",
+    (*_key_columns(), Column("calldate", "datetime", null=False),
+     *_cols("caller caller_domain callername called called_domain", "text:255"),
+     Column("sipcallerip", "ip"), Column("sipcallerport", "u16"),
+     Column("sipcalledip", "ip"), Column("sipcalledport", "u16"),
+     Column("lastSIPresponse_id", "u32"), Column("lastSIPresponseNum", "u16"),
+     Column("a_ua_id", "u32"), Column("b_ua_id", "u32"),
+     Column("id_contenttype", "u32"), Column("content_length", "u32"),
+     Column("message", "longtext"), Column("response_time", "u32"),
+     Column("callid", "text:1024"), Column("cseq", "u32")),
+    ("ID",),
+    _record_indexes("message", "calldate"),
+)
+
+ALERT = Table(
+    "alert",
+    (*_key_columns(), Column("kind", "ascii:32", null=False),
+     Column("created_at", "datetime", null=False),
+     Column("sipcallerip", "ip"), Column("sipcalledip", "ip"),
+     Column("window_start", "datetime"), Column("window_end", "datetime"),
+     Column("failures", "u32"), Column("extension_count", "u32"),
+     Column("extensions", "longtext"), Column("successes", "u32"),
+     Column("ua", "text:512"), Column("message", "text:1024"),
+     Column("revision", "u32", null=False, default=0), Column("closed", "bool")),
+    ("ID",),
+    _record_indexes("alert", "created_at", ("sipcallerip",)),
+)
+
+#: The tables of the records that are not CDRs, by the record's KIND.
+RECORD_TABLES = {"register_state": REGISTER_STATE, "register_failed": REGISTER_FAILED,
+                 "register_time_info": REGISTER_TIME_INFO, "sip_msg": SIP_MSG,
+                 "message": MESSAGE, "alert": ALERT}
+
+
 # -- migrations ------------------------------------------------------------------------
 
 
@@ -353,6 +470,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     # HEP input: which capture agent (a proxy node, an SBC) reported the call.
     Migration(6, "cdr_next: hep_capture_id, the HEP capture agent id of the call", (
         AddColumn("cdr_next", Column("hep_capture_id", "u32")),
+    )),
+    Migration(7, "SIP that is not a call: register_state, register_failed, "
+                 "register_time_info, sip_msg, message, alert, contenttype", (
+        *_create(CONTENTTYPE),
+        *(step for table in RECORD_TABLES.values() for step in _create(table)),
     )),
 )
 

@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from voipmon.counters import Counters
 from voipmon.records.cdr import Cdr
-from voipmon.store import rollup
+from voipmon.store import recordread, recordrows, recordwrite, rollup
 from voipmon.store.cdrwrite import write_mysql, write_sqlite
 from voipmon.store.dialect import MySQLDialect, SQLiteDialect, q, qlist
 from voipmon.store.fields import datetime_text, text
@@ -63,7 +63,7 @@ _SELECT_CDR = "SELECT " + ", ".join(
     " LEFT JOIN `cdr_ua` ub ON ub.`id` = c.`b_ua_id`"
 )
 _ID_SENSOR_AT = CDR_COLUMNS.index("id_sensor")
-_LOOKUPS = {"response": ("cdr_sip_response", "lastSIPresponse"), "ua": ("cdr_ua", "ua")}
+_LOOKUPS = {kind: (table, column) for kind, (table, column, _) in recordrows.LOOKUPS.items()}
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
@@ -96,7 +96,7 @@ class SqlStore:
         self.availability = Availability(dialect.where, reactor, self.log)
         self._writer: Pool | None = None
         self._reader: Pool | None = None
-        self._cache: dict[str, dict[str, int]] = {"response": {}, "ua": {}}
+        self._cache: dict[str, dict[str, int]] = {kind: {} for kind in _LOOKUPS}
         self.measures = StoreMeasures()
 
     def __repr__(self) -> str:
@@ -205,23 +205,6 @@ class SqlStore:
 
     # writing CDRs -----------------------------------------------------------------------
 
-    def store_cdrs(self, cdrs: Sequence[Cdr], pcap_on: str = "sensor") -> Deferred:
-        try:
-            batch = _Batch(cdrs, pcap_on)
-        except ValueError as exc:
-            return fail(exc)
-        if self._writer is None:
-            return self._not_started()
-        if not batch.items:
-            return succeed(0)
-        started = self._reactor.seconds()
-
-        def measured(count: int) -> int:
-            self.measures.committed(self._reactor.seconds() - started, batch.new_sensors)
-            return count
-
-        return self._watch(self._writer.run(self._write, batch)).addCallback(measured)
-
     def _write(self, txn: Txn, batch: _Batch) -> int:
         if batch.lookups is None:
             batch.lookups = [lookup_keys(cdr) for _key, cdr in batch.items]
@@ -236,6 +219,87 @@ class SqlStore:
         if inserted:   # the dashboard's per-minute counts, in the same transaction
             rollup.apply(txn.cursor, txn.dialect, rollup.tallies(map(rollup.source, inserted)))
         return count
+
+    def store_cdrs(self, records: Sequence[Any], pcap_on: str = "sensor") -> Deferred:
+        """CDRs and every other kind of record (``voipmon.records.kinds``) in one
+        transaction; fires with the rows newly inserted or brought up to date."""
+        try:
+            cdrs = [r for r in records if isinstance(r, Cdr)]
+            others = [r for r in records if not isinstance(r, Cdr)]
+            for record in others:
+                if record.KIND not in recordrows.SPECS:
+                    raise ValueError(f"no table for records of kind {record.KIND!r}")
+                check_id_sensor(record.id_sensor)
+            batch = _Batch(cdrs, pcap_on)
+            by_kind = recordwrite.latest(others)
+        except (ValueError, AttributeError) as exc:
+            return fail(ValueError(str(exc)))
+        if self._writer is None:
+            return self._not_started()
+        if not batch.items and not by_kind:
+            return succeed(0)
+        started = self._reactor.seconds()
+
+        def measured(count: int) -> int:
+            self.measures.committed(self._reactor.seconds() - started, batch.new_sensors)
+            return count
+
+        return self._watch(self._writer.run(self._write_records, batch, by_kind)).addCallback(
+            measured)
+
+    def _write_records(self, txn: Txn, batch: _Batch, by_kind: dict[str, Any]) -> int:
+        count = self._write(txn, batch) if batch.items else 0
+        if not by_kind:
+            return count
+        texts: dict[str, set[str | None]] = {kind: set() for kind in _LOOKUPS}
+        for kind, records in by_kind.items():
+            for record in records.values():
+                for lookup, value in recordrows.lookups(kind, record):
+                    texts[lookup].add(value)
+        resolved = {kind: self._resolve(txn, kind, found) for kind, found in texts.items()
+                    if found}
+
+        def ids(lookup: str, value: str | None) -> int | None:
+            return None if value is None else resolved.get(lookup, {}).get(value)
+
+        return count + recordwrite.write(txn.cursor, txn.dialect, by_kind, ids)
+
+    def delete_records_before(self, kind: str, cutoff: float, limit: int = 1000) -> Deferred:
+        """Retention of the records that are not CDRs: as ``delete_cdrs_before``, for the
+        table of ``kind``."""
+        try:
+            stamp, limit = delete_args(cutoff, limit)
+            if kind not in recordrows.SPECS:
+                raise ValueError(f"no table for records of kind {kind!r}")
+        except ValueError as exc:
+            return fail(exc)
+        if self._writer is None:
+            return self._not_started()
+        return self._watch(self._writer.run(
+            lambda txn: recordwrite.delete_before(txn.cursor, txn.dialect, kind, stamp, limit)))
+
+    def list_records(self, kind: str, query: Any = None) -> Deferred:
+        try:
+            parsed = recordread.as_record_query(kind, query)
+        except ValueError as exc:
+            return fail(exc)
+        if self._reader is None:
+            return self._not_started()
+        return self._watch(self._reader.run(self._list_records, parsed, write=False))
+
+    def _list_records(self, txn: Txn, query: recordread.RecordQuery) -> list[dict[str, Any]]:
+        sql, params = recordread.select_sql(query, self.dialect.placeholder)
+        txn.cursor.execute(sql, tuple(params))
+        rows = [tuple(row) for row in txn.cursor.fetchall()]
+        texts: dict[str, dict[int, str]] = {}
+        for lookup, ids in recordread.lookup_ids(query.kind, rows).items():
+            table, column = _LOOKUPS[lookup]
+            found = texts[lookup] = {}
+            for chunk in _chunks(sorted(ids)):
+                txn.cursor.execute(f"SELECT `id`, {q(column)} FROM {q(table)} WHERE `id` IN "
+                                   f"({self.dialect.params(len(chunk))})", tuple(chunk))
+                found.update((ident, value) for ident, value in txn.cursor.fetchall())
+        return [recordread.present(query.kind, row, texts) for row in rows]
 
     def _insert_new(self, txn: Txn, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from voipmon.counters import Counters
 from voipmon.records.cdr import Cdr
-from voipmon.store.fields import datetime_text, epoch_ms
+from voipmon.store.fields import datetime_text, epoch_ms, ip_bytes
 from voipmon.store.interfaces import (
     SENSOR_JSON_FIELDS,
     IStore,
@@ -29,6 +29,9 @@ from voipmon.store.interfaces import (
 )
 from voipmon.store.measures import StoreMeasures
 from voipmon.store.query import CdrQuery, as_query, delete_args, matches
+from voipmon.store.recordread import KINDS, as_record_query, present
+from voipmon.store.recordrows import REVISED, SPECS, columns
+from voipmon.store.recordrows import encode as encode_record
 from voipmon.store.rollup import SOURCE, tallies
 from voipmon.store.rows import (
     CDR_COLUMNS,
@@ -76,12 +79,15 @@ class FakeStore:
         self.measures = StoreMeasures()
         self.down = False
         self.hold = False
-        self.held: list[tuple[defer.Deferred, list[tuple[tuple[int, str], Cdr]], str]] = []
+        self.held: list[tuple[defer.Deferred, list[tuple[tuple[int, str], Cdr]], str,
+                              list[Any]]] = []
         self.calls: list[str] = []
         self.batches: list[tuple[list[Cdr], str]] = []
         self.upserts: list[Mapping[str, Any]] = []
         self.offline: list[tuple[int, float]] = []
         self.sensors: dict[int, dict[str, Any]] = {}
+        # records that are not CDRs: kind -> key -> the record (its highest revision)
+        self.records: dict[str, dict[tuple[int, str], Any]] = {}
         self.started = False
         self.closed = False
         self._next_id = 1
@@ -106,17 +112,17 @@ class FakeStore:
     def release(self) -> None:
         """Commit every held store_cdrs call, in order, and fire its Deferred."""
         held, self.held = self.held, []
-        for d, items, pcap_on in held:
-            d.callback(self._commit(items, pcap_on))
+        for d, items, pcap_on, records in held:
+            d.callback(self._commit(items, pcap_on, records))
 
     def release_one(self, index: int) -> None:
         """Commit the held store_cdrs call at ``index`` only."""
-        d, items, pcap_on = self.held.pop(index)
-        d.callback(self._commit(items, pcap_on))
+        d, items, pcap_on, records = self.held.pop(index)
+        d.callback(self._commit(items, pcap_on, records))
 
     def fail_held(self, reason: str = "the database went away") -> None:
         held, self.held = self.held, []
-        for d, _items, _pcap_on in held:
+        for d, _items, _pcap_on, _records in held:
             d.errback(StoreUnavailable(f"{self.where}: {reason}"))
 
     def _call(self, name: str) -> defer.Deferred | None:
@@ -139,24 +145,35 @@ class FakeStore:
         self.calls.append("close")
         return defer.succeed(None)
 
-    def store_cdrs(self, cdrs: Sequence[Cdr], pcap_on: str = "sensor") -> defer.Deferred:
+    def store_cdrs(self, cdrs: Sequence[Any], pcap_on: str = "sensor") -> defer.Deferred:
+        records = [r for r in cdrs if not isinstance(r, Cdr)]
         try:
-            items = batch_items(cdrs, pcap_on)
-        except ValueError as exc:
-            return defer.fail(exc)
+            items = batch_items([r for r in cdrs if isinstance(r, Cdr)], pcap_on)
+            for record in records:
+                if record.KIND not in SPECS:
+                    raise ValueError(f"no table for records of kind {record.KIND!r}")
+        except (ValueError, AttributeError) as exc:
+            return defer.fail(ValueError(str(exc)))
         down = self._call("store_cdrs")
         if down:
             return down
         self.batches.append((list(cdrs), pcap_on))
         if self.hold:
             d: defer.Deferred = defer.Deferred()
-            self.held.append((d, items, pcap_on))
+            self.held.append((d, items, pcap_on, records))
             return d
-        return defer.succeed(self._commit(items, pcap_on))
+        return defer.succeed(self._commit(items, pcap_on, records))
 
-    def _commit(self, items: list[tuple[tuple[int, str], Cdr]], pcap_on: str) -> int:
+    def _commit(self, items: list[tuple[tuple[int, str], Cdr]], pcap_on: str,
+                records: Sequence[Any] = ()) -> int:
         new = 0
         sensors: list[int] = []
+        for record in records:      # the highest revision of each key is kept
+            table = self.records.setdefault(record.KIND, {})
+            old = table.get(record.key())
+            if old is None or (record.KIND in REVISED and old.revision < record.revision):
+                table[record.key()] = record
+                new += 1
         for key, cdr in items:
             if key in self._ids:
                 continue
@@ -172,6 +189,73 @@ class FakeStore:
             sensors.append(key[0])
         self.measures.committed(0.0, sensors)
         return new
+
+    def delete_records_before(self, kind: str, cutoff: float, limit: int = 1000
+                              ) -> defer.Deferred:
+        try:
+            delete_args(cutoff, limit)
+            if kind not in SPECS:
+                raise ValueError(f"no table for records of kind {kind!r}")
+        except ValueError as exc:
+            return defer.fail(exc)
+        down = self._call("delete_records_before")
+        if down:
+            return down
+        when = KINDS[kind][0]
+        table = self.records.get(kind, {})
+        cutoff_ms = epoch_ms(cutoff)
+        oldest = sorted((epoch_ms(getattr(r, when)), key) for key, r in table.items()
+                        if epoch_ms(getattr(r, when)) < cutoff_ms)[:limit]
+        for _ms, key in oldest:
+            del table[key]
+        return defer.succeed(len(oldest))
+
+    def list_records(self, kind: str, query: Any = None) -> defer.Deferred:
+        """As SqlStore's: the records' rows (through the same row codec), filtered."""
+        try:
+            parsed = as_record_query(kind, query)
+        except ValueError as exc:
+            return defer.fail(exc)
+        down = self._call("list_records")
+        if down:
+            return down
+        texts: dict[str, dict[int, str]] = {}
+
+        def ids(lookup: str, value: str | None) -> int | None:
+            if value is None:
+                return None
+            known = texts.setdefault(lookup, {})
+            for ident, text in known.items():
+                if text == value:
+                    return ident
+            known[len(known) + 1] = value
+            return len(known)
+
+        when, ips, _ = KINDS[kind]
+        names = ("ID", *columns(kind))
+        rows = []
+        for number, record in enumerate(self.records.get(kind, {}).values(), 1):
+            row = (number, *encode_record(kind, record, ids))
+            values = dict(zip(names, row, strict=True))
+            at = getattr(record, when)
+            if (parsed.start is not None and at < parsed.start) or (
+                    parsed.end is not None and at >= parsed.end) or (
+                    parsed.id_sensor is not None and record.id_sensor != parsed.id_sensor) or (
+                    parsed.ip is not None and ip_bytes(parsed.ip) not in
+                    [values[c] for c in ips]) or any(
+                    values[c] != v for c, v in parsed.equals):
+                continue
+            rows.append((at, number, row, record))
+        if parsed.current:
+            latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+            for item in sorted(rows, key=lambda r: r[:2]):
+                r = item[3]
+                latest[(r.id_sensor, r.to_num, r.to_domain, r.contact_num,
+                        r.contact_domain)] = item
+            rows = list(latest.values())
+        rows.sort(key=lambda r: r[:2], reverse=True)
+        page = rows[parsed.offset:parsed.offset + parsed.limit]
+        return defer.succeed([present(kind, row, texts) for _at, _n, row, _r in page])
 
     def list_cdrs(self, query: CdrQuery | Mapping[Any, Any] | None = None) -> defer.Deferred:
         try:
@@ -312,6 +396,8 @@ class CommitCounter:
         self.upsert_sensor, self.list_sensors = inner.upsert_sensor, inner.list_sensors
         self.mark_sensor_offline = inner.mark_sensor_offline
         self.rename_sensor = inner.rename_sensor
+        self.list_records = inner.list_records
+        self.delete_records_before = inner.delete_records_before
 
     def store_cdrs(self, cdrs: Sequence[Cdr], pcap_on: str = "sensor") -> defer.Deferred:
         def count(inserted: int) -> int:

@@ -340,10 +340,10 @@ class GeneratedFilesTests(SynchronousTestCase):
                 group_type = cls.__dataclass_fields__[group.attr].type
                 self.assertEqual(group_type, group.name)
                 fields = settings.GROUP_CLASSES[group.name].__dataclass_fields__
-                self.assertEqual(list(fields), [o.name for o in options.members(group)])
+                self.assertEqual(list(fields), [o.attr for o in options.members(group)])
                 for opt in options.members(group):
                     if not opt.required:
-                        self.assertEqual(fields[opt.name].default, opt.default, opt.name)
+                        self.assertEqual(fields[opt.attr].default, opt.default, opt.name)
                 seen += list(fields)
             self.assertEqual(sorted(seen), sorted(o.name for o in options.options_for(role)))
 
