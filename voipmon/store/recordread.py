@@ -46,7 +46,8 @@ KINDS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "alert": ("created_at", ("sipcallerip", "sipcalledip"), {"kind": "kind"}),
 }
 #: What makes two register_state rows the same registration (``current=yes``).
-_SAME_REGISTRATION = ("id_sensor", "to_num", "to_domain", "contact_num", "contact_domain")
+_SAME_REGISTRATION = ("id_sensor", "to_num", "to_domain", "contact_num", "contact_domain",
+                      "sipcallerip", "sipcallerport")
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,7 @@ class FakeStore:
             for item in sorted(rows, key=lambda r: r[:2]):
                 r = item[3]
                 latest[(r.id_sensor, r.to_num, r.to_domain, r.contact_num,
-                        r.contact_domain)] = item
+                        r.contact_domain, r.sipcallerip, r.sipcallerport)] = item
             rows = list(latest.values())
         rows.sort(key=lambda r: r[:2], reverse=True)
         page = rows[parsed.offset:parsed.offset + parsed.limit]

@@ -345,7 +345,7 @@ class GeneratedFilesTests(SynchronousTestCase):
                     if not opt.required:
                         self.assertEqual(fields[opt.attr].default, opt.default, opt.name)
                 seen += list(fields)
-            self.assertEqual(sorted(seen), sorted(o.name for o in options.options_for(role)))
+            self.assertEqual(sorted(seen), sorted(o.attr for o in options.options_for(role)))
 
     def test_main_prints_each_file(self) -> None:
         """``python -m voipmon.config --conf sensor`` prints conf/voipmon-sensor.conf."""
