@@ -390,6 +390,13 @@ class Engine:
             })
         return out
 
+    def registrations(self, active_only: bool = True) -> list[dict[str, Any]]:
+        """The registrations the REGISTER tracker knows (listregisters); none when
+        ``sip-register = no``."""
+        if self.registers is None:
+            return []
+        return self.registers.registrations(active_only)
+
     def counters(self) -> Counters:
         """Engine, decoder (``decoder.``) and spool (``spool.``) counters together."""
         data = self.stats.counters()

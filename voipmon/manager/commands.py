@@ -56,6 +56,10 @@ class ICallLister(Interface):
     def list_active_calls():
         """A list of JSON-able dicts, one per active call."""
 
+    def list_registrations(active_only):
+        """A list of JSON-able dicts, one per registration the REGISTER tracker knows
+        (only the active ones with ``active_only``); empty when it is off."""
+
 
 class ICommands(Interface):
     """The command registry, whatever carries the command (management port, channel)."""
@@ -151,6 +155,8 @@ class ManagerCommands:
             "getversion": (self.getversion, "the sensor's version"),
             "sniffer_stat": (self.sniffer_stat, "counters as JSON"),
             "listcalls": (self.listcalls, "calls in progress as JSON"),
+            "listregisters": (self.listregisters,
+                              "[all]: active registrations as JSON (all: every one known)"),
             "file_exists": (self.file_exists, "<relpath>: its size, or not_exists"),
             "getfile": (self.getfile, "<relpath>: the file from the spool"),
             "getcallpcap": (self.getcallpcap,
@@ -187,6 +193,13 @@ class ManagerCommands:
         if self.calls is None:
             raise CommandError(E_UNAVAILABLE, "no call table on this node")
         return Reply.json(self.calls.list_active_calls())
+
+    def listregisters(self, args: str) -> Reply:
+        if self.calls is None:
+            raise CommandError(E_UNAVAILABLE, "no analysis on this node")
+        if args not in ("", "all"):
+            raise CommandError(E_USAGE, "listregisters takes nothing or 'all'")
+        return Reply.json(self.calls.list_registrations(args != "all"))
 
     def _resolve(self, relpath: str) -> str:
         if not relpath:

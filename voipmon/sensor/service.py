@@ -306,6 +306,9 @@ class SensorService(service.MultiService):
     def list_active_calls(self) -> list[dict[str, Any]]:
         return self.engine.active_calls() if self.engine is not None else []
 
+    def list_registrations(self, active_only: bool = True) -> list[dict[str, Any]]:
+        return self.engine.registrations(active_only) if self.engine is not None else []
+
     # -- life ------------------------------------------------------------------------
 
     def stopService(self) -> defer.Deferred:

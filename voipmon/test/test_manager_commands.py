@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from voipmon.analysis.settings import engine_for
 from voipmon.manager.commands import (
     CommandError,
     ICallLister,
@@ -18,7 +20,10 @@ from voipmon.manager.commands import (
     call_pcap_relpaths,
     parse_when,
 )
+from voipmon.packet.readers import read_capture
 from voipmon.spool.layout import minute_dir
+from voipmon.test.common import data_path
+from voipmon.test.recordsupport import ANALYSIS, PHONES
 from voipmon.test.test_manager_pcapmerge import read_records, write_pcap
 
 
@@ -26,6 +31,9 @@ from voipmon.test.test_manager_pcapmerge import read_records, write_pcap
 class FakeSensor:
     def __init__(self) -> None:
         self.calls = [{"callid": "abc@host", "caller": "100"}]
+        self.engine = engine_for(ANALYSIS, id_sensor=1, spooldir=tempfile.mkdtemp(),
+                                 on_cdr=list.append, on_record=[].append)
+        self.engine.feed_all(read_capture(data_path(PHONES)))
 
     def sniffer_stat(self) -> dict:
         return {"packets": 10, "drops": 1, "active_calls": len(self.calls), "queue_depth": 2,
@@ -33,6 +41,10 @@ class FakeSensor:
 
     def list_active_calls(self) -> list:
         return self.calls
+
+    def list_registrations(self, active_only: bool) -> list:
+        # a real engine's REGISTER tracker, over the SIPp phones against kamailio
+        return self.engine.registrations(active_only)
 
 
 def body(reply: Reply) -> bytes:
@@ -74,6 +86,17 @@ class CommandTests(SynchronousTestCase):
         bare = ManagerCommands(self.spool)
         self.assertEqual(self.assertRaises(CommandError, bare.run, "sniffer_stat").code,
                          "unavailable")
+
+    def test_listregisters(self) -> None:
+        """The registrations the sensor's engine follows, as VoIPmonitor's listregisters:
+        the active ones, or every one known with 'all'."""
+        active = json.loads(body(self.commands.run("listregisters")))
+        self.assertEqual(sorted((r["to_num"], r["state_name"]) for r in active),
+                         [("carol", "OK"), ("dave", "OK"), ("erin", "OK"), ("erin", "OK")])
+        every = json.loads(body(self.commands.run("listregisters all")))
+        self.assertIn(("alice", "Unregister"), [(r["to_num"], r["state_name"]) for r in every])
+        self.assertEqual(self.error("listregisters now").code, "usage")
+        self.assertIn(b"listregisters", body(self.commands.run("help")))
 
     def test_unknown_command(self) -> None:
         exc = self.error("sniffer_version")

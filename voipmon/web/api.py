@@ -10,7 +10,16 @@ call's SIP messages for the ladder diagram), the call views given to it (``views
 ``GET /api/sensors/<id>/calls`` (the calls in progress on that sensor: its ``listcalls``,
 asked over its channel; for a mirroring sensor the central's own engine for it answers),
 ``GET /api/stats`` (the dashboard's figures: ``voipmon.store.stats``; each names the
-``/api/cdrs`` query that lists its calls). Every error is JSON ``{"error": message}``.
+``/api/cdrs`` query that lists its calls).
+
+SIP that is not a call (``voipmon.store.recordread``; filters and paging as the calls'):
+``GET /api/registrations?user=&ip=&state=&from=&to=&current=yes`` (register_state: the
+history, or with ``current=yes`` each registration's current state),
+``GET /api/register_failed?user=&ip=&response=``, ``GET /api/register_time_info``,
+``GET /api/sip_messages?method=OPTIONS&qualify=no&ip=`` (sip_msg), ``GET /api/messages``
+(MESSAGE) and ``GET /api/alerts?ip=&kind=`` (brute force, scans, possible compromise).
+
+Every error is JSON ``{"error": message}``.
 """
 
 from __future__ import annotations
@@ -71,6 +80,15 @@ class ICallView(Interface):
         """Answer ``request`` about the stored call ``cdr`` (the API's dict of it); a
         Deferred that fires once the answer is under way or done. Raise ``ApiError`` or
         ``PcapUnavailable`` for an answer the user should see."""
+
+
+#: /api/<name> -> (record kind, the answer's key)
+RECORD_PATHS = {b"registrations": ("register_state", "registrations"),
+                b"register_failed": ("register_failed", "register_failed"),
+                b"register_time_info": ("register_time_info", "register_time_info"),
+                b"sip_messages": ("sip_msg", "sip_messages"),
+                b"messages": ("message", "messages"),
+                b"alerts": ("alert", "alerts")}
 
 
 class ApiResource(resource.Resource):
@@ -150,6 +168,14 @@ class ApiResource(resource.Resource):
             limit = int(args.get(b"limit", [b"100"])[-1] or 100)
             offset = int(args.get(b"offset", [b"0"])[-1] or 0)
             write_json(request, 200, {"cdrs": cdrs, "limit": limit, "offset": offset})
+        elif len(path) == 1 and path[0] in RECORD_PATHS:
+            self._allow(method, b"GET")
+            kind, key = RECORD_PATHS[path[0]]
+            args = dict(request.args)
+            rows = yield self.store.list_records(kind, args)
+            limit = int(args.get(b"limit", [b"100"])[-1] or 100)
+            offset = int(args.get(b"offset", [b"0"])[-1] or 0)
+            write_json(request, 200, {key: rows, "limit": limit, "offset": offset})
         elif len(path) in (2, 3) and path[0] == b"cdrs":
             self._allow(method, b"GET")
             cdr = yield self._cdr(_id(path[1], "a call id"))
