@@ -12,13 +12,18 @@ from voipmon.test.recordsupport import ATTACKER, PBX, PHONES, SCANNED, engine_re
 from voipmon.test.test_web_api import WebBase
 
 
-class RecordApiTests(WebBase):
+class RecordsWeb(WebBase):
+    """The web site over a store holding the records of the phones (sensor 1), the scan
+    (sensor 2) and the PBX (sensor 3)."""
+
     @defer.inlineCallbacks
     def setUp(self):
         yield super().setUp()
         for name, id_sensor in ((PHONES, 1), (SCANNED, 2), (PBX, 3)):
             yield self.store.store_cdrs(engine_records(name, id_sensor=id_sensor))
 
+
+class RecordApiTests(RecordsWeb):
     @defer.inlineCallbacks
     def test_registrations(self):
         body = yield self.get_json("/api/registrations?current=yes&id_sensor=1&limit=1000")

@@ -81,9 +81,11 @@ function parseHash() {
 }
 
 function show(view) {
-  for (const name of ["dashboard", "calls", "call", "sensors", "live"]) {
+  for (const name of ["dashboard", "calls", "call", "sensors", "live", "registrations", "sipmsg"]) {
     $(`#view-${name}`).hidden = name !== view;
   }
+  $("#nav-registrations").classList.toggle("active", view === "registrations");
+  $("#nav-sipmsg").classList.toggle("active", view === "sipmsg");
   $("#nav-dashboard").classList.toggle("active", view === "dashboard");
   $("#nav-calls").classList.toggle("active", view === "calls" || view === "call");
   $("#nav-sensors").classList.toggle("active", view === "sensors" || view === "live");
@@ -98,6 +100,8 @@ async function route() {
       show("live"); await showLive(parts[1]);
     }
     else if (parts[0] === "sensors") { show("sensors"); await showSensors(); }
+    else if (parts[0] === "registrations") { show("registrations"); await showRegistrations(params); }
+    else if (parts[0] === "sipmsg") { show("sipmsg"); await showSipMessages(params); }
     else if (parts[0] === "calls") { show("calls"); await showCalls(params); }
     else { show("dashboard"); await showDashboard(params); }
   } catch (error) {
