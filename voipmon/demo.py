@@ -1,11 +1,13 @@
-"""The README's main job: a central and three sensors on loopback, then the stored CDRs.
+"""The README's main job: a central and six sensors on loopback, then what was stored.
 
 ``python -m voipmon.demo`` (``make demo``) writes configs under ``.demo/``, starts
 ``twistd voipmon-central`` (embedded SQLite, TLS with a self-signed certificate), replays
 the bundled captures through three sensors over TLS — one analysing locally and sending
 CDRs, one mirroring raw packets for the central to analyse, one sending calls whose
 Call-IDs are not UTF-8 (shown coming back byte for byte), one mirroring calls with RTP
-(their quality over time and audio are then fetched from the API) — waits until each has every
+(their quality over time and audio are then fetched from the API), and three that follow
+SIP that is not a call (SIPp phones registering with kamailio, sipvicious scanning it, a
+PBX's OPTIONS pings; the scanner is flagged) — waits until each has every
 CDR or packet acknowledged (``--exit-when-done``), replays the first capture once more
 through a flood of 300 idle connections on the sensor port (voipmon.test.flood, in its own
 process: the sensor still gets in, and the central logs the flood once per 10 s), runs a
@@ -53,8 +55,50 @@ SENSORS = (
     # calls whose Call-IDs hold bytes that are not UTF-8 (Latin-1, garbage): kept exactly
     (3, "odd-call-ids", "no", "hostile_callids.pcap"),
     # calls with RTP mirrored to the central: their quality and audio come from its spool
-    (4, "mirrored-rtp", "yes", "sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
+    # (sensor 4 is the HEP input, below)
+    (5, "mirrored-rtp", "yes", "sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
+    # registrations: SIPp phones against kamailio (REGISTER tracking on the sensor), and
+    # sipvicious scanning it (mirrored: the central's engine tracks them); a PBX's OPTIONS
+    (6, "registrar", "no", "register_kamailio_sipp_lo.pcap"),
+    (7, "scanned-registrar", "yes", "register_sipvicious_lo.pcap"),
+    (8, "pbx-pings", "no", "sipmsg_kamailio_sipp_lo.pcap"),
 )
+#: the sensors that follow SIP that is not a call (VoIPmonitor's options)
+NONCALL = "sip-register = yes\nsip-options = yes\nsip-subscribe = yes\nsip-notify = yes\n" \
+          "sip-message = yes\n"
+
+
+def api(http_port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/{path}",
+                                timeout=30) as answer:
+        return json.load(answer)
+
+
+def show_registrations(http_port: int) -> None:
+    """Print what the registrations view shows: flagged sources, the current state of
+    each registration, OPTIONS qualify. A mirroring sensor's records are stored a moment
+    after it exits: wait for its alerts."""
+    deadline = time.monotonic() + 30
+    while not api(http_port, "alerts?limit=100")["alerts"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("\nflagged sources (GET /api/alerts):")
+    for alert in api(http_port, "alerts?limit=100")["alerts"]:
+        print(f"  {alert['kind']:<20} from {alert['sipcallerip']}: {alert['failures']} failures "
+              f"on {alert['extension_count']} extensions, User-Agent {alert['ua']!r}")
+    rows = api(http_port, "registrations?current=yes&limit=100")["registrations"]
+    print("\nregistrations, current state (GET /api/registrations?current=yes):")
+    for row in sorted(rows, key=lambda r: (r["id_sensor"], r["to_num"])):
+        print(f"  sensor {row['id_sensor']}: {row['to_num']}@{row['to_domain']} from "
+              f"{row['sipcallerip']}:{row['sipcallerport']}  {row['state_name']}")
+    failed = api(http_port, "register_failed?limit=1000")["register_failed"]
+    print(f"\nfailed registrations: {sum(r['counter'] for r in failed)} attempts in "
+          f"{len(failed)} register_failed rows")
+    pings = api(http_port, "sip_messages?method=OPTIONS&limit=100")["sip_messages"]
+    print("OPTIONS qualify (GET /api/sip_messages?method=OPTIONS):")
+    for ping in pings:
+        print(f"  {ping['ip_dst']} {ping['number_dst']}: "
+              f"{ping['response_number'] or 'no answer'} in {ping['response_duration_ms']} ms, "
+              f"qualify {'OK' if ping['qualify_ok'] else 'failed'}")
 
 
 def free_port() -> int:
@@ -380,7 +424,7 @@ server_password = {PASSWORD}
 packetbuffer_sender = {mirror}
 spooldir = {os.path.join(workdir, f"sensor{id_sensor}-spool")}
 managerport = 0
-""")
+{NONCALL if id_sensor >= 6 else ""}""")
             print(f"sensor {id_sensor} ({name}) replays {capture} ...", flush=True)
             result = subprocess.run(
                 twistd(f"sensor{id_sensor}", workdir, "voipmon-sensor", "--config", conf,
@@ -409,6 +453,7 @@ managerport = 0
         show_metrics(http_port)
         serving = stay_connected(workdir, http_port)
         pcap_through_the_tunnel(http_port, cdrs)
+        show_registrations(http_port)
         print("\nlogs, configs, spools and the database: .demo/")
         if serve:
             print(f"web page and API: http://127.0.0.1:{http_port}/  (Ctrl-C stops the central "
@@ -417,6 +462,8 @@ managerport = 0
             if call_page:
                 print(f"a call's ladder, quality chart and audio player: "
                       f"http://127.0.0.1:{http_port}/{call_page}")
+            print(f"registrations: http://127.0.0.1:{http_port}/#/registrations, "
+                  f"OPTIONS qualify: http://127.0.0.1:{http_port}/#/sipmsg")
             try:
                 central.wait()
             except KeyboardInterrupt:
