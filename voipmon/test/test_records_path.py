@@ -15,7 +15,6 @@ from voipmon.central.cdrqueue import CentralCdrQueue
 from voipmon.protocols.wire import MessageType, encode_cdr_batch
 from voipmon.queue import DurableQueue
 from voipmon.records.kinds import item_bytes
-from voipmon.sensor.uplink import CdrUplink
 from voipmon.store.testing import make_cdr
 from voipmon.test.fakes import FakeStore
 from voipmon.test.recordsupport import PHONES, SCANNED, engine_records, final
@@ -57,7 +56,7 @@ class SessionRecordTests(Base):
         session = self.open()
         other = engine_records(PHONES, id_sensor=99)[0]
         session.messageReceived(MessageType.CDRS, encode_cdr_batch(1, [item_bytes(other)]))
-        [(kind, rows)] = self.store.records.items()
+        [(_kind, rows)] = self.store.records.items()
         self.assertEqual([key[0] for key in rows], [7])
 
 
