@@ -30,6 +30,9 @@ DECODER = {
 ENGINE = {
     "active_calls": "voipmon_calls_active",
     "rtcp_packets": "voipmon_rtcp_packets_total",
+    "register.active": "voipmon_registrations_active",
+    "register.failed": "voipmon_register_failures_total",
+    "register.alerts.alerts": "voipmon_register_alerts_total",
     "rtp_packets": "voipmon_rtp_packets_total",                 # to count
     "sip_requests.*": Bind("voipmon_sip_requests_total", each=("method",),
                            maps={"method": method_label}),

@@ -137,6 +137,14 @@ FAMILIES: tuple[Family, ...] = (
            buckets=LOSS_BUCKETS),
     Family("voipmon_dead_letters_total", C, S, "calls",
            "Records that could not be taken and were kept as dead letters."),
+    Family("voipmon_registrations_active", G, S, "calls",
+           "Registrations in state OK or UnknownMessageOK the engine follows "
+           "(sip-register)."),
+    Family("voipmon_register_failures_total", C, S, "calls",
+           "REGISTER attempts that failed (a transaction ended in failure, not a response)."),
+    Family("voipmon_register_alerts_total", C, S, "calls",
+           "Alerts raised from failed registrations: brute force, scans, a possible "
+           "compromise (also stored in the alert table and logged)."),
     # -- delivery -------------------------------------------------------------------------
     Family("voipmon_sensor_queue_records", G, S, "delivery",
            "Records waiting for a central's acknowledgement: the sensor's durable queue, "
