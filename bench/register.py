@@ -12,6 +12,10 @@ measurement runs in a fresh process (peak RSS is the child's), as the median of 
 - ``parse_sip`` + ``RegisterTracker`` (+ ``SipMsgTracker``, which ignores REGISTER), with
   ``advance`` once a capture-time second as the engine will call it: messages/s,
   records/s, peak RSS;
+- the whole engine as a sensor runs it (``sip-register = yes``, ``sip-options = yes``):
+  the same flood as Ethernet frames through ``Engine.feed_all`` (decoder, SIP routing,
+  trackers), each record made into its queue item (``records.kinds.item_bytes``, what the
+  sensor's durable queue stores): frames/s, records/s, peak RSS;
 - memory held per registration: ``--hold`` users (default 200k) registered once, measured
   with tracemalloc after the run.
 
@@ -115,6 +119,8 @@ def child(mode: str, users: int) -> dict:
                 "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
     if mode == "hold":
         return hold(users)
+    if mode == "engine":
+        return engine_run(users)
     messages = [Datagram(ts, IPPROTO_UDP, src, sport, dst, dport, payload, 1, ())
                 for ts, src, sport, dst, dport, payload in flood(users)]
     registers = sum(1 for d in messages if d.payload.startswith(b"REGISTER"))
@@ -152,6 +158,38 @@ def child(mode: str, users: int) -> dict:
         kinds[type(record).__name__] = kinds.get(type(record).__name__, 0) + 1
     return {"elapsed": elapsed, "messages": len(messages), "registers": registers,
             "records": len(records), "kinds": kinds, "base_rss_kib": base_rss,
+            "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def engine_run(users: int) -> dict:
+    """The flood through the engine as a sensor builds it, records made into queue items."""
+    import gc
+    import resource
+    import tempfile
+
+    from voipmon.analysis.settings import engine_for
+    from voipmon.config.settings import AnalysisSettings
+    from voipmon.packet.synth import udp_frame
+    from voipmon.records.kinds import item_bytes
+
+    frames = [(ts, 1, udp_frame(src, sport, dst, dport, payload))
+              for ts, src, sport, dst, dport, payload in flood(users)]
+    gc.collect()
+    gc.freeze()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    items: list[bytes] = []
+    engine = engine_for(AnalysisSettings(sip_register="yes", sip_options="yes"), id_sensor=1,
+                        spooldir=tempfile.mkdtemp(), on_cdr=lambda cdr: None,
+                        on_record=lambda record: items.append(item_bytes(record)))
+    start = time.perf_counter()
+    engine.feed_all(frames)
+    engine.finish()
+    elapsed = time.perf_counter() - start
+    counters = engine.counters()
+    if counters["errors"] or counters.get("register.errors"):
+        raise SystemExit(f"engine errors: {counters}")
+    return {"elapsed": elapsed, "frames": len(frames), "records": len(items),
+            "item_bytes": sum(map(len, items)), "base_rss_kib": base_rss,
             "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
@@ -205,7 +243,7 @@ def main() -> int:
         return 0
     me = [sys.executable, os.path.abspath(__file__), "--users", str(args.users),
           "--hold", str(args.hold), "--child"]
-    samples: dict[str, list[dict]] = {"parse": [], "track": [], "calls": []}
+    samples: dict[str, list[dict]] = {"parse": [], "track": [], "engine": [], "calls": []}
     for _ in range(args.runs):       # interleaved, so that load changes touch all alike
         for mode in samples:
             samples[mode].append(json.loads(subprocess.run(
@@ -230,6 +268,13 @@ def main() -> int:
           f"{max(s['rss_kib'] for s in samples['track']) / 1024:7.1f} MB")
     print(f"{'  tracking alone (difference)':52} {t_track - t_parse:8.3f} "
           f"{messages / (t_track - t_parse):11,.0f}")
+    whole = samples["engine"][0]
+    t_engine = median("engine")
+    print(f"{'the engine as a sensor runs it, records as queue items':52} {t_engine:8.3f} "
+          f"{whole['frames'] / t_engine:11,.0f} {whole['records'] / t_engine:10,.0f} "
+          f"{max(s['rss_kib'] for s in samples['engine']) / 1024:7.1f} MB  (frames/s; "
+          f"{whole['records']} records, {whole['item_bytes'] / whole['records']:.0f} bytes "
+          f"each)")
     frames = samples["calls"][0]["frames"]
     print(f"{'reference: call engine, bundled SIPp capture x40':52} {t_calls:8.3f} "
           f"{frames / t_calls:11,.0f} frames/s")
