@@ -40,7 +40,7 @@ import math
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -64,6 +64,10 @@ from voipmon.sources.interfaces import IFrameSink
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
 from voipmon.spool.layout import fbasename, pcap_relpath
 from voipmon.spool.writer import SpoolWriter
+
+if TYPE_CHECKING:
+    from voipmon.analysis.registers import RegisterTracker
+    from voipmon.analysis.sipmsg import SipMsgTracker
 
 log = Logger()
 
@@ -114,8 +118,8 @@ class Engine:
         self._on_record = on_record
         self._noncall: list[INonCallAnalyser] = []
         self._noncall_by_method: dict[str, list[INonCallAnalyser]] = {}
-        self.registers: Any = None   # the REGISTER tracker, if any (listregisters)
-        self.sip_messages: Any = None  # the OPTIONS/... tracker, if any
+        self.registers: RegisterTracker | None = None  # if any (listregisters)
+        self.sip_messages: SipMsgTracker | None = None  # OPTIONS/..., if any
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)
         self.sip_ports = frozenset(int(p) for p in sip_ports)
         self._spool = spool

@@ -213,7 +213,28 @@ def _analysis_field(value: Any) -> dict[str, Any]:
         if value["savertp"] not in ("yes", "no", "header"):
             raise ProtocolError("malformed HELLO message: bad 'analysis.savertp'")
         out["savertp"] = value["savertp"]
+    # SIP that is not a call (sip-register, sip-options, ...)
+    for name in _NONCALL_SWITCHES:
+        if name in value:
+            if value[name] not in ("no", "yes", "nodb"):
+                raise ProtocolError(f"malformed HELLO message: bad 'analysis.{name}'")
+            out[name] = value[name]
+    for name, lowest in _NONCALL_SECONDS.items():
+        if name in value:
+            if not is_number(value[name], lowest, _MAX_TIMEOUT):
+                raise ProtocolError(f"malformed HELLO message: bad 'analysis.{name}'")
+            out[name] = float(value[name])
+    if "sip_register_max_registers" in value:
+        if not is_number(value["sip_register_max_registers"], 1, MAX_INT, integer=True):
+            raise ProtocolError("malformed HELLO message: bad "
+                                "'analysis.sip_register_max_registers'")
+        out["sip_register_max_registers"] = value["sip_register_max_registers"]
     return out
+
+
+_NONCALL_SWITCHES = ("sip_register", "sip_options", "sip_subscribe", "sip_notify",
+                     "sip_message")
+_NONCALL_SECONDS = {"sip_register_timeout": 0.1, "sip_register_state_timeout": 1.0}
 
 
 def describe_skew(skew: float) -> str:

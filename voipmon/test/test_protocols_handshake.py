@@ -137,6 +137,19 @@ class SuccessTests(SynchronousTestCase):
                                           "savesip": True, "savertp": "header"})
         self.assertEqual(Hello.from_json(make_client().hello()).analysis, {})
 
+    def test_noncall_settings_reach_the_centrals_engine(self) -> None:
+        """sip-register and the sip-options/-subscribe/-notify/-message switches of a
+        mirroring sensor travel in the hello: the central's engine for it follows them."""
+        from voipmon.analysis.settings import analysis_from_hello, analysis_to_hello
+        from voipmon.config.settings import AnalysisSettings
+
+        mine = AnalysisSettings(sip_register="nodb", sip_register_timeout=2.5,
+                                sip_register_max_registers=7, sip_register_state_timeout=60.0,
+                                sip_options="yes", sip_notify="nodb", sip_message="yes")
+        hello = Hello.from_json(make_client(mode="mirror",
+                                            analysis=analysis_to_hello(mine)).hello())
+        self.assertEqual(analysis_from_hello(hello.analysis), mine)
+
     def test_nonces_are_fresh(self) -> None:
         """Each hello and each challenge uses a new nonce."""
         client = make_client()
@@ -275,6 +288,11 @@ class MalformedTests(SynchronousTestCase):
             {**good, "analysis": {"sipport": [0]}}, {**good, "analysis": {"sipport": "5060"}},
             {**good, "analysis": {"rtptimeout": 0}}, {**good, "analysis": {"savesip": "yes"}},
             {**good, "analysis": {"savertp": "maybe"}},
+            {**good, "analysis": {"sip_register": "old"}},
+            {**good, "analysis": {"sip_options": True}},
+            {**good, "analysis": {"sip_register_timeout": 0}},
+            {**good, "analysis": {"sip_register_max_registers": 0}},
+            {**good, "analysis": {"sip_register_max_registers": 2.5}},
         ]
         for body in broken:
             with self.assertRaises(ProtocolError, msg=repr(body)[:80]):
