@@ -171,6 +171,24 @@ def lookup_ids(kind: str, rows: list[tuple[Any, ...]]) -> dict[str, set[int]]:
     return {k: v for k, v in wanted.items() if v}
 
 
+def read_page(cur: Any, dialect: Any, query: RecordQuery) -> list[dict[str, Any]]:
+    """One page of ``query`` (in a pool thread, inside a transaction), as the API shows it."""
+    sql, params = select_sql(query, dialect.placeholder)
+    cur.execute(sql, tuple(params))
+    rows = [tuple(row) for row in cur.fetchall()]
+    texts: dict[str, dict[int, str]] = {}
+    for lookup, ids in lookup_ids(query.kind, rows).items():
+        table, column, _ = recordrows.LOOKUPS[lookup]
+        found = texts[lookup] = {}
+        wanted = sorted(ids)
+        for at in range(0, len(wanted), 500):
+            chunk = wanted[at:at + 500]
+            cur.execute(f"SELECT `id`, {q(column)} FROM {q(table)} WHERE `id` IN "
+                        f"({dialect.params(len(chunk))})", tuple(chunk))
+            found.update((ident, value) for ident, value in cur.fetchall())
+    return [present(query.kind, row, texts) for row in rows]
+
+
 def present(kind: str, row: tuple[Any, ...], texts: dict[str, dict[int, str]]
             ) -> dict[str, Any]:
     """A row as the API shows it."""
@@ -184,4 +202,5 @@ def present(kind: str, row: tuple[Any, ...], texts: dict[str, dict[int, str]]
     return out
 
 
-__all__ = ["KINDS", "RecordQuery", "as_record_query", "lookup_ids", "present", "select_sql"]
+__all__ = ["KINDS", "RecordQuery", "as_record_query", "lookup_ids", "present", "read_page",
+           "select_sql"]

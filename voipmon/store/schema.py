@@ -314,31 +314,20 @@ def _record_indexes(table: str, when: str, *more: tuple[str, ...]) -> tuple[Inde
             *(Index(f"{table}_{'_'.join(cols)}", cols) for cols in more))
 
 
-REGISTER_STATE = Table(
-    "register_state",
-    (*_key_columns(), *_register_columns(), Column("expires", "u32"),
-     Column("state", "u8", null=False), Column("rrd", "double")),
-    ("ID",),
-    _record_indexes("register_state", "created_at", ("to_num",), ("sipcallerip",)),
-)
-
-REGISTER_FAILED = Table(
-    "register_failed",
-    (*_key_columns(), *_register_columns(), Column("counter", "u32", null=False),
-     Column("response", "u16"), Column("last_at", "datetime"),
-     Column("revision", "u32", null=False, default=0)),
-    ("ID",),
-    _record_indexes("register_failed", "created_at", ("to_num",), ("sipcallerip",)),
-)
-
-REGISTER_TIME_INFO = Table(
-    "register_time_info",
-    (*_key_columns(), Column("created_at", "datetime", null=False),
-     Column("type_info", "enum:failed,active"), Column("sipcallerip", "ip"),
-     Column("sipcalledip", "ip"), Column("counter", "u32"), Column("counter_2", "u32")),
-    ("ID",),
-    _record_indexes("register_time_info", "created_at"),
-)
+REGISTER_STATE = Table("register_state", (
+    *_key_columns(), *_register_columns(), Column("expires", "u32"),
+    Column("state", "u8", null=False), Column("rrd", "double")), ("ID",),
+    _record_indexes("register_state", "created_at", ("to_num",), ("sipcallerip",)))
+REGISTER_FAILED = Table("register_failed", (
+    *_key_columns(), *_register_columns(), Column("counter", "u32", null=False),
+    Column("response", "u16"), Column("last_at", "datetime"),
+    Column("revision", "u32", null=False, default=0)), ("ID",),
+    _record_indexes("register_failed", "created_at", ("to_num",), ("sipcallerip",)))
+REGISTER_TIME_INFO = Table("register_time_info", (
+    *_key_columns(), Column("created_at", "datetime", null=False),
+    Column("type_info", "enum:failed,active"), Column("sipcallerip", "ip"),
+    Column("sipcalledip", "ip"), Column("counter", "u32"), Column("counter_2", "u32")),
+    ("ID",), _record_indexes("register_time_info", "created_at"))
 
 SIP_MSG = Table(
     "sip_msg",

@@ -288,18 +288,7 @@ class SqlStore:
         return self._watch(self._reader.run(self._list_records, parsed, write=False))
 
     def _list_records(self, txn: Txn, query: recordread.RecordQuery) -> list[dict[str, Any]]:
-        sql, params = recordread.select_sql(query, self.dialect.placeholder)
-        txn.cursor.execute(sql, tuple(params))
-        rows = [tuple(row) for row in txn.cursor.fetchall()]
-        texts: dict[str, dict[int, str]] = {}
-        for lookup, ids in recordread.lookup_ids(query.kind, rows).items():
-            table, column = _LOOKUPS[lookup]
-            found = texts[lookup] = {}
-            for chunk in _chunks(sorted(ids)):
-                txn.cursor.execute(f"SELECT `id`, {q(column)} FROM {q(table)} WHERE `id` IN "
-                                   f"({self.dialect.params(len(chunk))})", tuple(chunk))
-                found.update((ident, value) for ident, value in txn.cursor.fetchall())
-        return [recordread.present(query.kind, row, texts) for row in rows]
+        return recordread.read_page(txn.cursor, self.dialect, query)
 
     def _insert_new(self, txn: Txn, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:
