@@ -400,8 +400,9 @@ TABLE: tuple[Entry, ...] = (
            "deleted hourly, oldest first. 0 = keep them all.",
            note="Database retention (VoIPmonitor's key): keep this many days of calls in the "
                 "database. Older calls (cdr with their cdr_rtp and cdr_next rows) are deleted "
-                "every hour, oldest first, in short transactions. The sensors list is kept. "
-                "0 = keep every call."),
+                "every hour, oldest first, in short transactions; so are the rows of "
+                "register_state, register_failed, register_time_info, sip_msg, message and "
+                "alert older than that. The sensors list is kept. 0 = keep every call."),
 )
 
 OPTIONS: tuple[Option, ...] = tuple(e for e in TABLE if isinstance(e, Option))
