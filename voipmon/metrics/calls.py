@@ -21,6 +21,7 @@ from zope.interface import implementer
 from voipmon.metrics.catalog import family
 from voipmon.metrics.snapshot import Histogram
 from voipmon.metrics.sources import Collection, IMetricsSource
+from voipmon.records.cdr import Cdr
 from voipmon.store.fields import mult10
 
 
@@ -82,9 +83,12 @@ class CallOutcomes:
             self.loss.observe(loss)
 
     def wrap(self, on_cdr: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """``on_cdr`` that counts each CDR first (the engine's callback)."""
+        """``on_cdr`` that counts each CDR first (the engine's callback). The other records
+        an engine makes (registrations, SIP messages, alerts) may take the same way: they
+        pass uncounted."""
         def counted(cdr: Any) -> Any:
-            self.observe(cdr)
+            if isinstance(cdr, Cdr):
+                self.observe(cdr)
             return on_cdr(cdr)
         return counted
 

@@ -216,6 +216,20 @@ class CallOutcomesTests(SynchronousTestCase):
         self.assertIsNone(call_loss(one_sided))
         self.assertIsNone(call_mos(cdr(0)))
 
+    def test_other_records_pass_uncounted(self) -> None:
+        """A mirroring engine's registrations, SIP messages and alerts take the CDRs'
+        callback: they reach the queue, and only CDRs are counted."""
+        from voipmon.test.recordsupport import SCANNED, engine_records
+
+        outcomes = CallOutcomes()
+        stored: list = []
+        on_cdr = outcomes.wrap(stored.append)
+        records = engine_records(SCANNED)
+        for record in [*records, cdr(3)]:
+            on_cdr(record)
+        self.assertEqual(len(stored), len(records) + 1)
+        self.assertEqual(outcomes.counters()["cdrs"], 1)
+
     def test_counts(self) -> None:
         outcomes = CallOutcomes()
         verifyObject(IMetricsSource, outcomes)
