@@ -3,7 +3,8 @@
 sipvicious against kamailio; a PBX's OPTIONS, SUBSCRIBE, NOTIFY and MESSAGE) into a
 central; every record is in the database exactly once, with its last revision, as the
 engine makes it offline; and a central SIGKILLed mid-stream loses none (the sensor fails
-over to a second central on the same database, as for CDRs)."""
+over to a second central on the same database, as for CDRs; a mirroring sensor's central
+killed while the database is down stores them all once it comes back)."""
 
 from __future__ import annotations
 
@@ -137,3 +138,26 @@ class RecordProcessTests(ProcessBase):
         want = expected(engine_records(pcap, 88, ANALYSIS))
         self.assertEqual(len(want["register_state"]), users - (users + 2) // 3)
         self.assertEqual(stored(connection, 88), want)
+
+    def test_mirroring_central_killed_during_database_outage(self) -> None:
+        """Mirroring the scan while MariaDB is down: the sensor's replay ends (its records
+        are on the central's disk), the central is SIGKILLed, MariaDB comes back, the
+        central starts again on the same spool: every record is stored, exactly once."""
+        server = self.private_mariadb()
+        port = free_port()
+        central = self.central("central", port, "recordkill", mysqlport=server.port)
+        server.stop()
+        sensor = self.sensor("edge", 89, [port], data_path(SCANNED), packetbuffer_sender="yes",
+                             **OPTIONS)
+        self.assertEqual(sensor.wait(120), 0, sensor.text()[-3000:])
+        central.wait_for(r"cannot store CDRs from mirrored packets: ", 30)
+        central.kill(signal.SIGKILL)
+        central.wait(30)
+        server.start()
+        self.central("central", port, "recordkill", mysqlport=server.port)
+        connection = server.connect("recordkill")
+        self.addCleanup(connection.close)
+        want = expected(engine_records(SCANNED, 89, ANALYSIS))
+        got = wait_until(lambda: (lambda rows: rows if rows == want else None)(
+            stored(connection, 89)), 60, "the records queued on the central")
+        self.assertEqual(got, want)
