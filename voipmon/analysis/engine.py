@@ -58,7 +58,7 @@ from voipmon.packet.datagram import IPPROTO_UDP, Datagram
 from voipmon.packet.decode import Decoder
 from voipmon.packet.readers import Record
 from voipmon.records.cdr import Cdr, RtpStream
-from voipmon.records.codec import Record
+from voipmon.records.codec import Record as DomainRecord
 from voipmon.records.times import iso_ms
 from voipmon.sources.interfaces import IFrameSink
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
@@ -108,7 +108,7 @@ class Engine:
                  sip_heuristic: bool = True, linger: float = 5.0, bye_wait: float = 32.0,
                  max_calls: int = 100_000, max_orphan_flows: int = 1024,
                  orphan_min_packets: int = 10, dead_letters: IDeadLetters | None = None,
-                 observer: Any = None, on_record: Callable[[Record], Any] | None = None,
+                 observer: Any = None, on_record: Callable[[DomainRecord], Any] | None = None,
                  **decoder_limits: Any):
         if savertp not in ("yes", "no", "header"):
             raise ValueError(f"savertp must be yes, no or header, not {savertp!r}")
@@ -348,7 +348,7 @@ class Engine:
         for method in analyser.methods:
             self._noncall_by_method.setdefault(method, []).append(analyser)
 
-    def emit_record(self, record: Record) -> None:
+    def emit_record(self, record: DomainRecord) -> None:
         """A record of an analyser of SIP that is not a call: to ``on_record`` (or, if it
         cannot take it, to the dead letters)."""
         self.stats.records += 1

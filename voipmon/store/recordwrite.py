@@ -40,6 +40,16 @@ def latest(records: Sequence[Any]) -> dict[str, dict[tuple[int, str], Any]]:
     return by_kind
 
 
+def lookup_texts(by_kind: dict[str, dict[tuple[int, str], Any]]) -> dict[str, set[str | None]]:
+    """{lookup kind: the texts the records refer to} (those that refer to any)."""
+    texts: dict[str, set[str | None]] = defaultdict(set)
+    for kind, records in by_kind.items():
+        for record in records.values():
+            for lookup, value in recordrows.lookups(kind, record):
+                texts[lookup].add(value)
+    return dict(texts)
+
+
 def stored(cur: Any, placeholder: str, table: str, keys: Sequence[tuple[int, str]],
            revised: bool) -> dict[tuple[int, str], tuple[int, int]]:
     """{key: (ID, revision)} of the keys that are stored (revision 0 for kinds without)."""
@@ -114,4 +124,4 @@ def delete_before(cur: Any, dialect: Any, kind: str, stamp: str, limit: int) -> 
     return deleted
 
 
-__all__ = ["delete_before", "latest", "stored", "write"]
+__all__ = ["delete_before", "latest", "lookup_texts", "stored", "write"]

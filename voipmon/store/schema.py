@@ -278,17 +278,14 @@ SENSORS_V2_COLUMNS = (
 )
 
 
-# Version 6: SIP that is not a call (voipmon.records: register, sipmsg, alert), with
+# Version 7: SIP that is not a call (voipmon.records: register, sipmsg, alert), with
 # VoIPmonitor's table and column names. Ours in each: ``uid`` (the idempotency key, unique
 # with id_sensor) and the fields the records mark "ours". Times are datetime(3) UTC;
 # user agents, response texts and content types go through the lookup tables
 # (``ua_id``, ``response_id``/``lastSIPresponse_id``, ``*_content_type``/``id_contenttype``).
-CONTENTTYPE = Table(
-    "contenttype",
-    (Column("id", "id"), Column("contenttype", "bintext:255", null=False)),
-    ("id",),
-    (Index("contenttype_text", ("contenttype",), unique=True),),
-)
+CONTENTTYPE = Table("contenttype", (
+    Column("id", "id"), Column("contenttype", "bintext:255", null=False)), ("id",),
+    (Index("contenttype_text", ("contenttype",), unique=True),))
 
 
 def _key_columns() -> tuple[Column, ...]:

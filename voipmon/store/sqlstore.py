@@ -251,13 +251,8 @@ class SqlStore:
         count = self._write(txn, batch) if batch.items else 0
         if not by_kind:
             return count
-        texts: dict[str, set[str | None]] = {kind: set() for kind in _LOOKUPS}
-        for kind, records in by_kind.items():
-            for record in records.values():
-                for lookup, value in recordrows.lookups(kind, record):
-                    texts[lookup].add(value)
-        resolved = {kind: self._resolve(txn, kind, found) for kind, found in texts.items()
-                    if found}
+        resolved = {kind: self._resolve(txn, kind, found)
+                    for kind, found in recordwrite.lookup_texts(by_kind).items()}
 
         def ids(lookup: str, value: str | None) -> int | None:
             return None if value is None else resolved.get(lookup, {}).get(value)
@@ -265,8 +260,6 @@ class SqlStore:
         return count + recordwrite.write(txn.cursor, txn.dialect, by_kind, ids)
 
     def delete_records_before(self, kind: str, cutoff: float, limit: int = 1000) -> Deferred:
-        """Retention of the records that are not CDRs: as ``delete_cdrs_before``, for the
-        table of ``kind``."""
         try:
             stamp, limit = delete_args(cutoff, limit)
             if kind not in recordrows.SPECS:
