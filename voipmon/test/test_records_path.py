@@ -16,6 +16,7 @@ from voipmon.protocols.wire import MessageType, encode_cdr_batch
 from voipmon.queue import DurableQueue
 from voipmon.records.kinds import item_bytes
 from voipmon.store.testing import make_cdr
+from voipmon.test.dispatching import to_central
 from voipmon.test.fakes import FakeStore
 from voipmon.test.recordsupport import PHONES, SCANNED, engine_records, final
 from voipmon.test.test_central_sessions import Base, EndToEndTests
@@ -36,7 +37,7 @@ class SessionRecordTests(Base):
         self.store.hold = True
         session = self.open()
         items = [item_bytes(make_cdr(1, id_sensor=7)), *map(item_bytes, RECORDS[:30])]
-        session.messageReceived(MessageType.CDRS, encode_cdr_batch(1, items))
+        to_central(session, MessageType.CDRS, encode_cdr_batch(1, items))
         self.assertEqual(self.acks(), [])
         self.store.release()
         [ack] = self.acks()
@@ -46,7 +47,7 @@ class SessionRecordTests(Base):
     def test_malformed_record_is_a_dead_letter(self) -> None:
         session = self.open()
         items = [item_bytes(RECORDS[0]), b'["register_state",{"uid":1}]', b'["nope",{}]']
-        session.messageReceived(MessageType.CDRS, encode_cdr_batch(1, items))
+        to_central(session, MessageType.CDRS, encode_cdr_batch(1, items))
         self.assertEqual(self.acks(), [{"upto": 3, "stored": 1}])
         self.assertEqual(session.rejected, 2)
         self.assertEqual(self.sessions.dead_letters.for_sensor(7), 2)
@@ -55,7 +56,7 @@ class SessionRecordTests(Base):
     def test_foreign_id_sensor_replaced(self) -> None:
         session = self.open()
         other = engine_records(PHONES, id_sensor=99)[0]
-        session.messageReceived(MessageType.CDRS, encode_cdr_batch(1, [item_bytes(other)]))
+        to_central(session, MessageType.CDRS, encode_cdr_batch(1, [item_bytes(other)]))
         [(_kind, rows)] = self.store.records.items()
         self.assertEqual([key[0] for key in rows], [7])
 
