@@ -321,6 +321,16 @@ class PcapTests(WebBase):
         body = yield self.get_json(f"/api/cdrs/{self.ids[self.nopcap.callid]}/sip", status=404)
         self.assertIn("no SIP pcap", body["error"])
 
+    @defer.inlineCallbacks
+    def test_sip_messages_of_a_call_in_the_centrals_spool(self):
+        # a mirrored call: its SIP pcap is in the central's own spool, read without a sensor
+        with open(data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap"), "rb") as src, \
+                open(os.path.join(self.central_spool, self.mirrored.sip_pcap), "wb") as dst:
+            dst.write(src.read())
+        body = yield self.get_json(f"/api/cdrs/{self.ids[self.mirrored.callid]}/sip")
+        labels = [m["label"] for m in body["messages"][:6]]
+        self.assertEqual(labels, ["INVITE", "180 Ringing", "200 OK", "ACK", "BYE", "200 OK"])
+
 
 class AuthTests(WebBase):
     user = "admin"

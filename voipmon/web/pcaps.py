@@ -128,6 +128,10 @@ class Collect:
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.producer = producer
+        # A pull producer (a pcap in the central's own spool) writes only when asked: a
+        # memory consumer asks until it unregisters, as an HTTP response would.
+        while not streaming and self.producer is producer:
+            producer.resumeProducing()
 
     def unregisterProducer(self) -> None:
         self.producer = None
