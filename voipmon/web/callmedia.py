@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from voipmon.web.api import ApiError
-from voipmon.web.pcaps import CallPcaps, PcapUnavailable
+from voipmon.web.pcaps import BoundedConsumer, CallPcaps, PcapUnavailable
 
 log = Logger()
 
@@ -128,29 +128,13 @@ def _usage(folder: str) -> tuple[int, float]:
     return size, used
 
 
-class FileSink:
+class FileSink(BoundedConsumer):
     """A consumer for ``CallPcaps.send`` that writes the pcap to a file, up to a limit."""
 
     def __init__(self, path: str, limit: int) -> None:
+        super().__init__(limit, "the call's pcap", "its quality and audio read")
         self.handle = open(path, "wb")  # noqa: SIM115 (closed by close())
-        self.limit = limit
         self.size = 0
-        self.producer: Any = None
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        """A streaming producer (the sensor's connection) writes as data comes; a pull
-        producer (a file of the central's spool) is asked for all of it now."""
-        self.producer = producer
-        while not streaming and self.producer is producer:
-            producer.resumeProducing()
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def check(self, size: int) -> None:
-        if size > self.limit:
-            raise PcapUnavailable(413, f"the call's pcap is {size} bytes, more than the "
-                                       f"{self.limit} its quality and audio read")
 
     def write(self, data: bytes) -> None:
         self.size += len(data)

@@ -117,19 +117,23 @@ class ChunkSender:
             close()
 
 
-class Collect:
-    """A consumer keeping a body of at most ``limit`` bytes in memory."""
+class BoundedConsumer:
+    """A consumer for ``CallPcaps.send`` that takes at most ``limit`` bytes: ``check`` (its
+    ``on_size``) refuses a larger body with a 413 naming ``what`` and who reads it.
 
-    def __init__(self, limit: int, what: str) -> None:
+    A pull producer (a pcap in the central's own spool) writes only when asked: such a
+    consumer asks until it unregisters, as an HTTP response would; a streaming producer
+    (the sensor's connection) writes as data comes.
+    """
+
+    def __init__(self, limit: int, what: str, reader: str) -> None:
         self.limit = limit
         self.what = what
-        self.parts: list[bytes] = []
+        self.reader = reader
         self.producer: Any = None
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.producer = producer
-        # A pull producer (a pcap in the central's own spool) writes only when asked: a
-        # memory consumer asks until it unregisters, as an HTTP response would.
         while not streaming and self.producer is producer:
             producer.resumeProducing()
 
@@ -139,7 +143,15 @@ class Collect:
     def check(self, size: int) -> None:
         if size > self.limit:
             raise PcapUnavailable(413, f"{self.what} is {size} bytes, more than the "
-                                       f"{self.limit} read here")
+                                       f"{self.limit} {self.reader}")
+
+
+class Collect(BoundedConsumer):
+    """A consumer keeping a body of at most ``limit`` bytes in memory."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        super().__init__(limit, what, "read here")
+        self.parts: list[bytes] = []
 
     def write(self, data: bytes) -> None:
         self.parts.append(data)
