@@ -315,7 +315,15 @@ def stop(process: subprocess.Popen, name: str) -> None:
 
 def through_a_flood(workdir: str, channel_port: int, conf: str) -> None:
     """Sensor 1's replay again (the central stores nothing twice) while 300 idle connections,
-    each reopened as soon as it is dropped, try to keep the sensor port busy."""
+    each reopened as soon as it is dropped, try to keep the sensor port busy. The replay
+    writes into a spool of its own: in sensor 1's spool, each call's pcap would hold every
+    packet twice."""
+    with open(conf) as handle:
+        text = handle.read()
+    conf = os.path.join(workdir, "sensor1-flood.conf")
+    with open(conf, "w") as handle:
+        spool = os.path.join(workdir, "sensor1-flood-spool")
+        handle.write(re.sub(r"(?m)^spooldir = .*$", lambda _: f"spooldir = {spool}", text))
     flood = subprocess.Popen([sys.executable, "-m", "voipmon.test.flood", "127.0.0.1",
                               str(channel_port), "--connections", "300", "--seconds", "120",
                               "--settle", "1"], cwd=ROOT, stdout=subprocess.PIPE, text=True,

@@ -221,6 +221,23 @@ def callid_filter(value: str) -> tuple[str, bytes | None, str]:
     return shown or "", raw, exact_text(value, len(value))[0] or ""
 
 
+def range_terms(clauses: list[str], params: list[Any], when: str, start: float | None,
+                end: float | None, id_sensor: int | None, sensor: str, placeholder: str,
+                datetime_text: Any) -> None:
+    """The terms every list of the API shares: ``from`` (inclusive) and ``to`` (exclusive)
+    on the time column ``when``, and ``id_sensor`` on the column ``sensor``; appended to
+    ``clauses`` and ``params``."""
+    if id_sensor is not None:
+        clauses.append(f"{sensor} = {placeholder}")
+        params.append(id_sensor)
+    if start is not None:
+        clauses.append(f"{when} >= {placeholder}")
+        params.append(datetime_text(start))
+    if end is not None:
+        clauses.append(f"{when} < {placeholder}")
+        params.append(datetime_text(end))
+
+
 def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[str, list[Any]]:
     """``WHERE ...`` (or "") on ``cdr c`` joined with ``cdr_next n``, and its parameters."""
     clauses: list[str] = []
@@ -239,15 +256,8 @@ def where_sql(query: CdrQuery, placeholder: str, datetime_text: Any) -> tuple[st
         else:
             clauses.append(f"{table}.`{column}` LIKE {placeholder} ESCAPE '!'")
             params.append(pattern)
-    if query.id_sensor is not None:
-        clauses.append(f"c.`id_sensor` = {placeholder}")
-        params.append(query.id_sensor)
-    if query.start is not None:
-        clauses.append(f"c.`calldate` >= {placeholder}")
-        params.append(datetime_text(query.start))
-    if query.end is not None:
-        clauses.append(f"c.`calldate` < {placeholder}")
-        params.append(datetime_text(query.end))
+    range_terms(clauses, params, "c.`calldate`", query.start, query.end, query.id_sensor,
+                "c.`id_sensor`", placeholder, datetime_text)
     if query.mos_limit_mult10 is not None:
         clauses.append(f"c.`mos_min_mult10` < {placeholder}")
         params.append(query.mos_limit_mult10)

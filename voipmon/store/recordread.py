@@ -22,7 +22,14 @@ from voipmon.records.sipmsg import METHOD_TYPES, TYPE_MESSAGE
 from voipmon.store import recordrows
 from voipmon.store.dialect import q
 from voipmon.store.fields import datetime_text, ip_bytes
-from voipmon.store.query import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, http_args, parse_time
+from voipmon.store.query import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    http_args,
+    parse_time,
+    range_terms,
+)
 from voipmon.store.schema import RECORD_TABLES
 
 _STATES = {name.lower(): code for code, name in STATE_NAMES.items()}
@@ -135,15 +142,8 @@ def select_sql(query: RecordQuery, ph: str) -> tuple[str, list[Any]]:
     names = ", ".join(f"r.{q(c)}" for c in ("ID", *recordrows.columns(kind)))
     terms: list[str] = []
     params: list[Any] = []
-    if query.start is not None:
-        terms.append(f"r.{q(when)} >= {ph}")
-        params.append(datetime_text(query.start))
-    if query.end is not None:
-        terms.append(f"r.{q(when)} < {ph}")
-        params.append(datetime_text(query.end))
-    if query.id_sensor is not None:
-        terms.append(f"r.`id_sensor` = {ph}")
-        params.append(query.id_sensor)
+    range_terms(terms, params, f"r.{q(when)}", query.start, query.end, query.id_sensor,
+                "r.`id_sensor`", ph, datetime_text)
     if query.ip is not None:
         terms.append("(" + " OR ".join(f"r.{q(c)} = {ph}" for c in ips) + ")")
         params += [ip_bytes(query.ip)] * len(ips)
