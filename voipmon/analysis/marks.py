@@ -159,7 +159,7 @@ class CallMarks:
             digit = event_name(code)
             mark = self._events[key] = {
                 "ts": ts, "kind": "dtmf", "label": f"DTMF {digit}", "digit": digit,
-                "side": "caller" if flow.direction == "a" else "callee", "duration": 0.0,
+                "duration": 0.0, "rtp": flow,   # its side when the marks are read
                 "flow": (ip_text(flow.src), flow.sport, ip_text(flow.dst), flow.dport, ssrc)}
         rate = float(flow.pmap.rates[payload[1] & 0x7F]) or 8000.0
         mark["duration"] = max(mark["duration"], round(duration / rate, 3))
@@ -176,8 +176,9 @@ class CallMarks:
                  for s in streams}
         out = []
         for mark in [*self._marks, *self._events.values()]:
-            item = {k: v for k, v in mark.items() if k not in ("ts", "flow")}
+            item = {k: v for k, v in mark.items() if k not in ("ts", "flow", "rtp")}
             if "flow" in mark:
+                item["side"] = "caller" if mark["rtp"].direction == "a" else "callee"
                 item["stream"] = index.get(mark["flow"])
             item["t"] = round(mark["ts"] - t0, 3)
             out.append(item)

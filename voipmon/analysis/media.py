@@ -17,6 +17,10 @@ those attributed through the endpoint without their other end announced by the s
 however many calls share the endpoint. A call that gets a flow back (a re-INVITE, a
 claim moving back) gets its old one, so one stream stays one stream.
 
+A flow's direction (caller to callee, "a", or back) is the side that announced its
+destination, or the side that announced its source (symmetric RTP) when only that was;
+two flows to and from one unannounced far end get opposite directions (``_pair``).
+
 RTP-looking flows without SDP become orphans (``tied_to_sip=False``), at most
 ``max_orphans`` at a time. Flows of no interest are remembered in ``skip`` so their
 packets cost one dict lookup; that cache is dropped whenever an endpoint is bound (the
@@ -180,6 +184,7 @@ class MediaTable:
         else:
             flow.direction = direction
             flow.set_payload_map(pmap)
+        _pair(call, flow, via)
         call.flows[key] = flow
         self.flows[key] = flow
         return self.media(flow, d)
@@ -356,6 +361,35 @@ def _epkeys_of(key: bytes) -> tuple[bytes, bytes]:
     half = (len(key) - 4) // 2
     src, dst = key[:half], key[half:2 * half]
     return (dst + key[-2:], src + key[-4:-2])
+
+
+_FLIP = {"a": "b", "b": "a"}
+
+
+def _pair(call: Call, flow: RtpFlow, via: str) -> None:
+    """Give opposite directions to the two flows of ``call`` between a far end it did not
+    announce (NAT, a relay) and the endpoints it did: one to that far end, one from it.
+
+    A flow found by its destination goes where SDP said that side receives: its direction
+    is certain. A flow found by its source alone is assumed to be sent by the side that
+    announced its source (symmetric RTP); when the call has the reverse flow, found by its
+    destination and given the same direction, that assumption is wrong (both ends of the
+    call on one host bridged to a third, as in a PBX's hairpin call), so the flow found by
+    its source takes the other direction. Observers read ``flow.direction`` when they
+    report, so they see the settled one."""
+    dst_ep, src_ep = _epkeys_of(flow.key)
+    announced = call.endpoints
+    if via == "src":        # this flow goes to the unannounced far end
+        for other in call.flows.values():
+            o_dst, o_src = _epkeys_of(other.key)
+            if o_src == dst_ep and o_dst in announced and other.direction == flow.direction:
+                flow.direction = _FLIP.get(flow.direction, flow.direction)
+                return
+    elif src_ep not in announced:   # this flow comes from the unannounced far end
+        for other in call.flows.values():
+            o_dst, o_src = _epkeys_of(other.key)
+            if o_dst == src_ep and o_src in announced and other.direction == flow.direction:
+                other.direction = _FLIP.get(other.direction, other.direction)
 
 
 def _index(index: dict[bytes, set[bytes]], epkey: bytes, key: bytes) -> None:

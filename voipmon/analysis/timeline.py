@@ -213,7 +213,7 @@ class _CallState:
         self.t0 = call.first_ts
         self.marks = CallMarks(call)
         self.streams: dict[tuple[str, int, str, int, int], StreamTimeline] = {}
-        self.sides: dict[tuple[str, int, str, int, int], str] = {}
+        self.flows: dict[tuple[str, int, str, int, int], RtpFlow] = {}  # for their side
         self.interval = interval
 
 
@@ -256,7 +256,7 @@ class QualityObserver:
             jb.observer = functools.partial(timeline.bursts, k)
         key = (ip_text(flow.src), flow.sport, ip_text(flow.dst), flow.dport, ssrc)
         state.streams[key] = timeline
-        state.sides[key] = {"a": "caller", "b": "callee"}.get(flow.direction, "")
+        state.flows[key] = flow     # its side is read at the end (media._pair may settle it)
 
     def payload_map_changed(self, flow: RtpFlow, pmap: PayloadMap) -> None:
         self._state(flow.owner).marks.watch_dtmf(flow, pmap)  # type: ignore[arg-type]
@@ -277,7 +277,7 @@ class QualityObserver:
             streams.append({
                 "index": index, "ssrc": f"0x{stream.ssrc:08x}", "saddr": stream.saddr,
                 "sport": stream.sport, "daddr": stream.daddr, "dport": stream.dport,
-                "side": state.sides.get(_key(stream), ""), "codec": stream.codec,
+                "side": _side(state.flows.get(_key(stream))), "codec": stream.codec,
                 "cdr": {"received": stream.received, "lost": stream.lost,
                         "maxjitter": stream.maxjitter, "mos_f1": stream.mos_f1,
                         "mos_f2": stream.mos_f2, "mos_adapt": stream.mos_adapt},
@@ -295,6 +295,10 @@ class QualityObserver:
     def discard(self, cdr: Cdr) -> None:
         """Forget the call of ``cdr`` (a replay of many calls keeps memory bounded)."""
         self._calls.pop(cdr.sensor_cdr_uid, None)
+
+
+def _side(flow: RtpFlow | None) -> str:
+    return "" if flow is None else {"a": "caller", "b": "callee"}.get(flow.direction, "")
 
 
 def _key(stream: RtpStream) -> tuple[str, int, str, int, int]:

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from voipmon.analysis.calls import Call, ip_text
 from voipmon.analysis.replay import CallNotFound, Source, replay, select_call
 from voipmon.analysis.rtp import PayloadMap, RtpFlow
@@ -110,11 +112,14 @@ class _CallAudio:
         key = (flow.key, ssrc, codec.name)
         entry = self.decoders.get(key)
         if entry is None:
-            channels = _CHANNELS.get(flow.direction, (0, 1))
-            decoder = StreamDecoder(codec, self.t0, self._rate,
-                                    partial(self.mixer.place, channels))
+            decoder = StreamDecoder(codec, self.t0, self._rate, partial(self._place, flow))
             entry = self.decoders[key] = (flow, ssrc, decoder)
         return entry[2]
+
+    def _place(self, flow: RtpFlow, start: int, samples: np.ndarray) -> None:
+        # the flow's direction as it is now: the engine may settle it after its first
+        # packets (media._pair), before anything was decoded
+        self.mixer.place(_CHANNELS.get(flow.direction, (0, 1)), start, samples)
 
     def _rate(self) -> int:
         """The output rate; unless given, fixed when the first sound is decoded: the

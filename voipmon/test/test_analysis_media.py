@@ -20,7 +20,7 @@ from voipmon.analysis.engine import Engine
 from voipmon.packet.readers import CaptureReader
 from voipmon.records.cdr import Cdr
 from voipmon.test.callsupport import Harness, packed, rtcp_rr, rtcp_sr, rtp, sdp, sip_message
-from voipmon.test.common import data_path
+from voipmon.test.common import data_path, shared_path
 from voipmon.test.test_tshark_reference import parse_reference
 
 SHARED = ("10.0.0.2", 6000)          # the callee's media, announced by every call
@@ -370,6 +370,63 @@ def assert_empty(test: SynchronousTestCase, engine: Engine) -> None:
     for table in (engine._calls, media.flows, media.rtcp_flows, media.endpoints,
                   media.claims, media.via, media.weak, media.orphan_eps, media.orphans):
         test.assertEqual(len(table), 0)
+
+
+class DirectionTests(SynchronousTestCase):
+    """Caller to callee ("a") or back ("b"): a flow found by its destination goes to the
+    side that announced it; one found by its source alone comes from that side, unless
+    the call has the reverse flow through the same unannounced far end in that direction
+    already (both ends of the call on one host bridged to a third): then it is the other
+    way, whichever of the two came first."""
+
+    HOST = "10.0.0.5"                               # both of the call's media ends
+    CALLER_EP, CALLEE_EP = (HOST, 4374), (HOST, 4376)
+    FAR = ("10.0.0.9", 4376)                        # in no SDP
+
+    def directions(self, flows: list[tuple[tuple[str, int], tuple[str, int]]]
+                   ) -> dict[Key, str]:
+        m = Media()
+        m.call("H", 1.0, self.CALLER_EP, self.CALLEE_EP)
+        for k, (src, dst) in enumerate(flows):
+            m.stream(1.1 + 0.05 * k, src, dst, 60)
+        m.bye("H", 4.0)
+        cdr = m.finish()["H"]
+        out = {}
+        for i, s in enumerate(cdr.rtp):
+            out[(s.saddr, s.sport, s.daddr, s.dport)] = \
+                "a" if i == cdr.a_index else "b" if i == cdr.b_index else "?"
+        return out
+
+    def test_hairpin_through_a_third_host(self) -> None:
+        out_of_caller, into_callee = (self.CALLER_EP, self.FAR), (self.FAR, self.CALLEE_EP)
+        expected = {(*self.FAR, *self.CALLEE_EP): "a", (*self.CALLER_EP, *self.FAR): "b"}
+        self.assertEqual(self.directions([out_of_caller, into_callee]), expected)
+        self.assertEqual(self.directions([into_callee, out_of_caller]), expected)
+
+    def test_nat_keeps_symmetric_rtp(self) -> None:
+        # the caller behind NAT: its flows to and from the far end were already opposite
+        self.assertEqual(self.directions([(self.FAR, self.CALLEE_EP),
+                                          (self.CALLEE_EP, self.FAR)]),
+                         {(*self.FAR, *self.CALLEE_EP): "a", (*self.CALLEE_EP, *self.FAR): "b"})
+        self.assertEqual(self.directions([(self.CALLER_EP, self.FAR),
+                                          (self.FAR, self.CALLER_EP)]),
+                         {(*self.CALLER_EP, *self.FAR): "a", (*self.FAR, *self.CALLER_EP): "b"})
+
+    def test_sip_dtmf2_capture(self) -> None:
+        # a PBX (192.168.105.110) calls itself through a proxy; its caller leg announces
+        # port 4374 (in the ACK), its callee leg 4376 (in the 200 OK), and the media goes
+        # to and from a phone at .172 named in no SDP, whose stream carries the DTMF
+        cdrs: list[Cdr] = []
+        engine = Engine(id_sensor=1, on_cdr=cdrs.append)
+        with CaptureReader(shared_path("pcaps", "public", "sipnab__SIP_DTMF2.cap")) as reader:
+            engine.feed_all(reader)
+        engine.finish()
+        (cdr,) = [c for c in cdrs if c.rtp]
+        a, b = cdr.rtp[cdr.a_index], cdr.rtp[cdr.b_index]
+        self.assertEqual(((a.saddr, a.sport, a.daddr, a.dport), a.received),
+                         (("192.168.105.172", 4376, "192.168.105.110", 4376), 666))
+        self.assertEqual(((b.saddr, b.sport, b.daddr, b.dport), b.received),
+                         (("192.168.105.110", 4374, "192.168.105.172", 4376), 665))
 
 
 class SippCaptureTests(SynchronousTestCase):

@@ -106,6 +106,20 @@ class InvariantTests(SynchronousTestCase):
                 again = quality_timeline(io.BytesIO(merged), cdr.sensor_cdr_uid)
                 self.assertEqual(again, observer.timeline(originals[cdr.sensor_cdr_uid]))
 
+    def test_sides_are_the_settled_directions(self) -> None:
+        # sipnab__SIP_DTMF2: the flow out of the caller's announced port comes first and
+        # looks like the caller's, until the reverse one shows where the caller is
+        # (test_analysis_media.DirectionTests); the timeline reports the settled sides
+        path = shared_path("pcaps", "public", "sipnab__SIP_DTMF2.cap")
+        observer = QualityObserver()
+        (cdr,) = [c for c in replay(path, observer) if c.rtp]
+        timeline = observer.timeline(cdr)
+        self.assertEqual({(s["saddr"], s["side"]) for s in timeline["streams"]},
+                         {("192.168.105.172", "caller"), ("192.168.105.110", "callee")})
+        dtmf = [m for m in timeline["marks"] if m["kind"] == "dtmf"]
+        self.assertEqual("".join(m["digit"] for m in dtmf), "6789123")
+        self.assertEqual({m["side"] for m in dtmf}, {"caller"})
+
     def test_a_pcap_of_several_calls_needs_the_uid(self) -> None:
         path = shared_path("pcaps", "public", "sipnab__sip-rtp-g711.pcap")
         with self.assertRaises(CallNotFound):

@@ -12,6 +12,7 @@ import io
 import os
 import tempfile
 
+import numpy as np
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.analysis.engine import Engine
@@ -29,6 +30,7 @@ from voipmon.test.audiosupport import (
     sox_encode,
     tone_pcm,
 )
+from voipmon.test.common import shared_path
 
 TONE_START = 1.0          # seconds after the INVITE (the 200 OK comes at 0.5)
 DROPPED = frozenset({50, 51, 52, 53, 54, 120})
@@ -166,3 +168,22 @@ class UnavailableTests(SynchronousTestCase):
         info = render_audio(io.BytesIO(pcap), path, cdr_uid=uid)
         self.assertTrue(os.path.getsize(path) > 44)
         self.assertEqual(info["sensor_cdr_uid"], uid)
+
+
+class DirectionTests(SynchronousTestCase):
+    def test_sip_dtmf2_each_side_in_its_channel(self) -> None:
+        # both of the call's media ends on one PBX, bridged to a phone in no SDP (see
+        # test_analysis_media.DirectionTests): the phone's stream (with the DTMF) is
+        # the caller's, left; the PBX's to it the callee's, right
+        path = shared_path("pcaps", "public", "sipnab__SIP_DTMF2.cap")
+        (cdr,) = [c for c in replay(path, None) if c.rtp]
+        out = io.BytesIO()
+        info = render_audio(path, out, cdr_uid=cdr.sensor_cdr_uid)
+        self.assertEqual(sorted((s["saddr"], s["side"]) for s in info["streams"]),
+                         [("192.168.105.110", "callee"), ("192.168.105.172", "caller")])
+        samples, rate = decode_file(out.getvalue())
+        talk = slice(round(25 * rate), round(44 * rate))
+        left, right = samples[0][talk], samples[1][talk]
+        self.assertGreater(rms(left), 0.001)
+        self.assertGreater(rms(right), 0.001)
+        self.assertFalse(np.array_equal(left, right))
