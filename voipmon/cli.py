@@ -10,7 +10,10 @@ each call's audio into DIR (``voipmon.cli_media``). On a terminal, big files sho
 progress line on stderr.
 
 An unreadable file is reported on stderr with the reason and the others are still
-analysed; the exit status is then 1 (2 for bad options). A corrupt or truncated capture
+analysed; the exit status is then 1 (2 for bad options). With ``--audio``, a call whose
+audio could not be written (no RTP, no payloads kept, a codec without decoder) is named on
+stderr with the reason, and the exit status is 3 if nothing else went wrong (0 when every
+call's file was written). A corrupt or truncated capture
 (pcap, pcapng, either gzip'd) is analysed up to the damage: its calls are printed, then
 one line names the file and the byte offset, and the exit status is 1. Like any Unix
 tool, the command ends quietly when its output is closed (``voipmon-analyze F | head``):
@@ -31,12 +34,16 @@ from typing import IO, Any
 from twisted.python import usage
 
 from voipmon.analysis.engine import Engine
-from voipmon.cli_media import QualityPrinter, audio_files
+from voipmon.cli_media import AudioFiles, QualityPrinter
 from voipmon.counters import nested
 from voipmon.packet.readers import CaptureFormatError, CaptureReader
 from voipmon.records.cdr import Cdr, RtpStream
 from voipmon.records.times import iso_ms
 from voipmon.spool.writer import SpoolWriter
+
+#: Exit statuses: all went well; a file could not be read (or only up to damage); bad
+#: options; with --audio, a call's audio could not be written (and nothing worse).
+EXIT_OK, EXIT_FILE, EXIT_USAGE, EXIT_NO_AUDIO = 0, 1, 2, 3
 
 #: Files at least this big get a progress line on a terminal.
 PROGRESS_BYTES = 8 << 20
@@ -48,7 +55,10 @@ class Options(usage.Options):
                 "[--sipport P ...] [--quality [--interval S] | --audio DIR "
                 "[--audio-format wav|ogg]] FILE...")
     longdesc = ("Analyse SIP/RTP capture files (pcap or pcapng) and print one CDR per call: "
-                "a table by default, one JSON object per line with --json.")
+                "a table by default, one JSON object per line with --json. Exit status: 0 "
+                "when all went well, 1 when a file could not be read (or only up to damage), "
+                "2 for bad options, 3 with --audio when a call's audio could not be "
+                "written (each such call is named on stderr with the reason).")
     optFlags = [
         ["json", "j", "Print one JSON object per line (the CDR record)."],
         ["orphans", None, "With --json, also print RTP streams seen without signalling."],
@@ -253,14 +263,17 @@ def analyse_file(path: str, options: Options, emit: Callable[[Cdr], Any],
     return problem
 
 
-def media_observer(options: Options, out: IO[str], err: IO[str]) -> tuple[Any, Any]:
-    """The engine observer and CDR handler of ``--quality`` or ``--audio`` (or Nones)."""
+def media_observer(options: Options, out: IO[str], err: IO[str]
+                   ) -> tuple[Any, Any, AudioFiles | None]:
+    """The engine observer and CDR handler of ``--quality`` or ``--audio`` (or Nones),
+    and with ``--audio`` the ``AudioFiles`` that counts the calls it could not write."""
     if options["quality"]:
         printer = QualityPrinter(out, options["interval"], options["json"])
-        return printer, printer.emit
+        return printer, printer.emit, None
     if options["audio"] is not None:
-        return audio_files(options["audio"], options["audio-format"], out, err)
-    return None, None
+        files = AudioFiles(options["audio"], options["audio-format"], out, err)
+        return files.observer, files.emit, files
+    return None, None, None
 
 
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
@@ -276,7 +289,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
         options.parseOptions(list(sys.argv[1:] if argv is None else argv))
     except usage.UsageError as e:
         err.write(f"voipmon-analyze: {e}\n{options.getSynopsis()}\n")
-        return 2
+        return EXIT_USAGE
     orphans: list[RtpStream] = []
     as_json = options["json"]
 
@@ -293,9 +306,10 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
         else:
             orphans.append(stream)
 
-    status = 0
+    status = EXIT_OK
+    unwritten = 0
     for path in options["files"]:
-        observer, file_emit = media_observer(options, out, err)
+        observer, file_emit, audio = media_observer(options, out, err)
         if not as_json:
             out.write(f"== {path}\n" + ("" if observer else f"{table_header()}\n"))
         orphans.clear()
@@ -308,7 +322,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None,
         if problem:
             err.write(f"voipmon-analyze: {problem}\n")
             err.flush()
-            status = 1
+            status = EXIT_FILE
+        if audio is not None:
+            unwritten += audio.unwritten
+    if status == EXIT_OK and unwritten:
+        return EXIT_NO_AUDIO
     return status
 
 

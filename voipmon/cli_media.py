@@ -4,7 +4,8 @@ Both ride on the CLI's one engine run over each file, as observers
 (``voipmon.analysis.observe``): ``QualityPrinter`` prints each call's quality over time as
 it closes (``voipmon.analysis.timeline``: per stream and interval, packets, lost, max and
 mean jitter, MOS; then the marks), ``AudioFiles`` writes each call's audio into a
-directory (``voipmon.audio.render``), one file per call, and says what it could not play.
+directory (``voipmon.audio.render``), one file per call, says what it could not play
+and counts those calls (the command's exit status 3).
 """
 
 from __future__ import annotations
@@ -77,26 +78,33 @@ def audio_name(callid: str, uid: str, fmt: str) -> str:
     return f"{_UNSAFE.sub('_', callid)[:120]}-{uid[:8]}.{fmt}"
 
 
-def audio_files(directory: str, fmt: str, out: IO[str], err: IO[str]) -> Any:
-    """An observer writing each call's audio to ``directory``, and its ``emit(cdr)``
-    (to call as each CDR closes) that finishes the call's file and reports it."""
-    from voipmon.audio.render import AudioObserver  # PyAV only when audio is asked for
+class AudioFiles:
+    """Each call's audio written to ``directory`` (``observer``, the engine's observer),
+    finished and reported by ``emit(cdr)`` as each CDR closes: the file on ``out``, or why
+    there is none on ``err``; ``unwritten`` counts the calls without a file."""
 
-    def output(call: Call) -> str:
-        return os.path.join(directory, audio_name(call.callid,
-                                                  make_cdr_uid(call.callid, call.first_ts),
-                                                  fmt))
+    def __init__(self, directory: str, fmt: str, out: IO[str], err: IO[str]):
+        from voipmon.audio.render import AudioObserver  # PyAV only when audio is asked for
 
-    observer = AudioObserver(output, fmt)
+        self._directory = directory
+        self._fmt = fmt
+        self._out = out
+        self._err = err
+        self.unwritten = 0
+        self.observer = AudioObserver(self._output, fmt)
 
-    def emit(cdr: Cdr) -> None:
-        info = observer.finish(cdr)
-        path = os.path.join(directory, audio_name(cdr.callid, cdr.sensor_cdr_uid, fmt))
+    def _output(self, call: Call) -> str:
+        return os.path.join(self._directory, audio_name(
+            call.callid, make_cdr_uid(call.callid, call.first_ts), self._fmt))
+
+    def emit(self, cdr: Cdr) -> None:
+        info = self.observer.finish(cdr)
+        path = os.path.join(self._directory,
+                            audio_name(cdr.callid, cdr.sensor_cdr_uid, self._fmt))
         if info is not None and info["written"]:
             notes = f" ({'; '.join(info['notes'])})" if info["notes"] else ""
-            out.write(f"{path}: {info['duration']:.2f} s of {cdr.callid}{notes}\n")
+            self._out.write(f"{path}: {info['duration']:.2f} s of {cdr.callid}{notes}\n")
         else:
+            self.unwritten += 1
             why = "; ".join(info["notes"]) if info else "nothing to play"
-            err.write(f"voipmon-analyze: no audio for {cdr.callid}: {why}\n")
-
-    return observer, emit
+            self._err.write(f"voipmon-analyze: no audio for {cdr.callid}: {why}\n")

@@ -86,7 +86,7 @@ class AudioFilesTests(SynchronousTestCase):
             handle.write(call.pcap(bye) + silk.pcap(silk.start + 3.0)[24:])
         directory = self.mktemp()
         status, out, err = run("--audio", directory, path)
-        self.assertEqual(status, 0)
+        self.assertEqual(status, cli.EXIT_NO_AUDIO)    # the SILK call has no file
         (name,) = os.listdir(directory)
         self.assertTrue(name.startswith("audio-test@example.org-") and name.endswith(".wav"))
         self.assertIn(f"{os.path.join(directory, name)}: ", out)
@@ -120,3 +120,41 @@ class AudioFilesTests(SynchronousTestCase):
                 samples, rate = decode_file(handle.read())
             self.assertApproximates(samples.shape[1] / rate, cdr["duration"], 0.020)
             self.assertGreater(rms(samples), 0.0)
+
+
+class AudioExitStatusTests(SynchronousTestCase):
+    """0 when every call's audio was written, 3 when one call's could not be (named on
+    stderr), 1 (a file could not be read) over 3."""
+
+    def setUp(self) -> None:
+        call, bye = tone_call()
+        self.played = self.mktemp() + ".pcap"
+        with open(self.played, "wb") as handle:
+            handle.write(call.pcap(bye))
+        silent = CallCapture(callid="no-rtp@example.org")    # answered, no RTP at all
+        self.silent = self.mktemp() + ".pcap"
+        with open(self.silent, "wb") as handle:
+            handle.write(silent.pcap(silent.start + 2.0))
+
+    def test_every_call_written(self) -> None:
+        directory = self.mktemp()
+        status, out, err = run("--audio", directory, self.played)
+        self.assertEqual((status, err), (cli.EXIT_OK, ""))
+        (name,) = os.listdir(directory)
+        self.assertIn(os.path.join(directory, name), out)
+
+    def test_a_call_without_audio(self) -> None:
+        directory = self.mktemp()
+        status, _, err = run("--audio", directory, self.played, self.silent)
+        self.assertEqual(status, cli.EXIT_NO_AUDIO)
+        self.assertEqual(err, "voipmon-analyze: no audio for no-rtp@example.org: "
+                              "the call has no RTP in this capture\n")
+        self.assertEqual(len(os.listdir(directory)), 1)     # the other file's call
+        self.assertEqual(run("--audio", self.mktemp(), self.silent)[0], 3)   # as documented
+
+    def test_an_unreadable_file_is_worse(self) -> None:
+        missing = self.mktemp() + ".pcap"
+        status, _, err = run("--audio", self.mktemp(), self.silent, missing)
+        self.assertEqual(status, cli.EXIT_FILE)
+        self.assertIn("no audio for no-rtp@example.org", err)
+        self.assertIn(missing, err)
