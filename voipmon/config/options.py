@@ -275,6 +275,21 @@ TABLE: tuple[Entry, ...] = (
            note="Capture agent ids (chunk 0x000c) to take, a list; empty = every id. sngrep "
                 "and sipgrep send their id N shifted (as N * 65536); listing N accepts both "
                 "forms."),
+    Option("hep_udp_rcvbuf", Integer(1, 1024), 8, SENSOR, "hep",
+           "Receive buffer asked of the kernel for the HEP UDP socket, in MB.",
+           note="Receive buffer of the HEP UDP socket, in MB: what a burst of datagrams "
+                "can wait in while the sensor is busy. The kernel grants at most "
+                "net.core.rmem_max (often 208 KB); when it grants less, a warning says so: "
+                "raise it (sysctl -w net.core.rmem_max=BYTES) or UDP HEP is lost in bursts "
+                "(counted in the kernel's UDP RcvbufErrors)."),
+    Option("hep_max_future", Number(lo=0.0), 60.0, SENSOR, "hep",
+           "Seconds a HEP timestamp may be ahead of this host's clock; later ones are "
+           "clamped.",
+           note="A HEP message timed more than this many seconds ahead of this host's clock "
+                "(a sender whose clock is wrong) would move the analysis clock forward and "
+                "time out every open call: it is analysed at the time a message without a "
+                "timestamp gets (the newest accepted time plus the wall time since), and "
+                "counted (clamped.future)."),
     Heading({"sensor": "SIP that is not a call (registrations, OPTIONS, SUBSCRIBE, NOTIFY, "
                        "MESSAGE)"}),
     Option("sip-register", Choice("no", "yes", "nodb"), "no", SENSOR, "analysis",

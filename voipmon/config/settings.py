@@ -104,6 +104,13 @@ class HepSettings:
     #: Capture agent ids (chunk 0x000c) to take; empty = every id.
     hep_capture_id: tuple[str, ...] = ()
 
+    #: Receive buffer asked of the kernel for the HEP UDP socket, in MB.
+    hep_udp_rcvbuf: int = 8
+
+    #: Seconds a HEP timestamp may be ahead of this host's clock; later ones are
+    #: clamped.
+    hep_max_future: float = 60.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class AnalysisSettings:

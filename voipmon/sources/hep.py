@@ -10,43 +10,51 @@ modes work unchanged. A sensor with only HEP input needs no interface and no roo
 
 The pieces, wired by ``HepSource``:
 
-- ``HepIntake`` (pure, no reactor): one HEP message as bytes -> ``decode_hep`` -> the
-  password (``hep_password`` against the auth-key chunk 0x000e) and capture id checks
-  (``hep_capture_id``) -> ``HepFrames`` -> ``sink.feed``. Malformed messages are counted by
-  the decoder's reason and dropped; so are refused ones (``auth``, ``capture_id``).
+- ``HepIntake`` (``voipmon.sources.hepintake``, pure, no reactor): one HEP message as
+  bytes -> ``decode_hep`` -> the password (``hep_password`` against the auth-key chunk
+  0x000e) and capture id checks (``hep_capture_id``) -> ``HepFrames`` -> the batch of the
+  read in progress (``voipmon.sources.batch``, as live capture does), handed to the sink
+  in one ``feed_all`` when the read is done. Malformed messages are counted by the decoder's
+  reason and dropped; so are refused ones (``auth``, ``capture_id``).
   Time comes from the message's chunks, not the arrival: the engine's clock follows it.
   A message without a time (HEPv2 without its time header) is given the newest time seen
   plus the wall time elapsed since (the wall clock before any message), the way the sensor
-  moves the engine's clock while the input is quiet.
-- ``HepDatagramProtocol``: one datagram, one message, from an allowed sender.
+  moves the engine's clock while the input is quiet. A message timed more than
+  ``hep_max_future`` seconds ahead of the wall clock (a sender whose clock is wrong) gets
+  that time too, and is counted (``clamped.future``): taken as sent, it would move the
+  engine's clock forward and time out every open call.
+- ``HepDatagramProtocol`` on a ``HepUdpPort``: one datagram, one message, from an allowed
+  sender; the datagrams of one read of the socket are one batch. The socket asks the
+  kernel for ``hep_udp_rcvbuf`` MB of receive buffer and warns when granted less (the
+  kernel caps it at ``net.core.rmem_max``).
 - ``HepStreamProtocol``: a TCP (or TLS) connection, cut into messages by
   ``HepStreamFramer``, whose buffer is bounded (a partial message is at most 64 KiB, a
   gzip member ``MAX_STREAM_BUFFER``). Bytes that are not HEP end the connection (a stream
   cannot be resynchronised); the admission gate (``voipmon.protocols.gated``) bounds the
   connections that have not yet sent an accepted message, and drops those that send none
   within its deadline.
-- ``SenderFilter``: the ``hep_allow`` list (addresses and CIDR networks; empty = any).
+- ``SenderFilter`` (``hepintake`` too): the ``hep_allow`` list (addresses and CIDR
+  networks; empty = any).
   With neither an allow-list nor a password, every sender is accepted and a warning is
   logged when the port is bound beyond loopback: an open HEP port lets anyone inject calls.
 
 The source is an ``IPushProducer``: a sink with a bounded buffer (the mirroring uplink)
 pauses it while full, which stops reading the sockets (a TCP sender then waits; the UDP
 socket's kernel buffer fills and drops, as a wire does). ``counters()``: messages
-received, decoded, framed, dropped by reason, ignored (LOG and other types) and by HEP
-protocol type, and the TCP connections.
+received, decoded, framed, dropped by reason, ignored (LOG and other types), clamped by
+reason and by HEP protocol type, the TCP connections and the UDP receive buffer granted.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import socket
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error, protocol, udp
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python import failure, usage
@@ -55,11 +63,11 @@ from zope.interface import implementer
 from voipmon.config import SensorSettings
 from voipmon.config.kinds import is_loopback
 from voipmon.counters import Counters, family
-from voipmon.packet.hep import MAX_PAYLOAD, HepError, HepStreamFramer, decode_hep
-from voipmon.packet.synth import HepFrames
+from voipmon.packet.hep import HepError, HepStreamFramer
 from voipmon.protocols import tls
 from voipmon.protocols.admission import SECURED, AdmissionGate, AdmissionPolicy, Ticket
 from voipmon.protocols.gated import IGated, gated
+from voipmon.sources.hepintake import MAX_FUTURE, HepIntake, SenderFilter
 from voipmon.sources.interfaces import IFrameSink, ISource, SourceFactory, SourceRequest
 
 log = Logger()
@@ -67,115 +75,11 @@ log = Logger()
 MAX_STREAM_BUFFER = 1 << 18       # bytes of one gzip member held per connection
 UDP_RECEIVE_BUFFER = 8 << 20      # asked of the kernel (it caps it at net.core.rmem_max)
 HEP_ADMISSION = AdmissionPolicy(capacity=256, per_source=64, hard_limit=1024, deadline=30.0)
-_IGNORED = ("log", "type")        # HepFrames reasons that are not losses
-
-
-class HepIntake:
-    """HEP messages (bytes) into frames for ``sink``; see the module docstring.
-
-    ``password`` (bytes, empty = none) must equal the auth-key chunk; ``capture_ids``
-    (empty = any) must hold the capture id, or its value shifted right by 16 bits when the
-    low 16 are zero (sngrep and sipgrep send ``htons(id)`` in the 32-bit chunk).
-    ``seconds`` is the wall clock.
-    """
-
-    def __init__(self, sink: IFrameSink, seconds: Callable[[], float], *,
-                 password: bytes = b"", capture_ids: Iterable[int] = (),
-                 max_payload: int = MAX_PAYLOAD) -> None:
-        self.sink = sink
-        self.frames = HepFrames(sink.feed)
-        self._seconds = seconds
-        self.password = password
-        self.capture_ids = frozenset(capture_ids)
-        self.max_payload = max_payload
-        self.received = 0
-        self.decoded = 0
-        self.sink_errors = 0
-        self.dropped: Counter[str] = Counter()
-        self.latest_ts: float | None = None
-        self._latest_at = 0.0
-
-    def message(self, data: bytes) -> bool:
-        """One HEP message; True when it was accepted (framed, or counted and ignored)."""
-        self.received += 1
-        try:
-            msg = decode_hep(data, self.max_payload)
-        except HepError as e:
-            self.dropped[e.reason] += 1
-            return False
-        self.decoded += 1
-        if self.password and (msg[9] is None or not hmac.compare_digest(msg[9],
-                                                                        self.password)):
-            self.dropped["auth"] += 1
-            return False
-        ids = self.capture_ids
-        if ids and msg[8] not in ids and (msg[8] & 0xFFFF or msg[8] >> 16 not in ids):
-            self.dropped["capture_id"] += 1
-            return False
-        ts = msg[0]
-        now = self._seconds()
-        if ts is None:
-            ts = now if self.latest_ts is None else \
-                self.latest_ts + max(0.0, now - self._latest_at)
-        elif self.latest_ts is None or ts >= self.latest_ts:
-            self.latest_ts = ts
-            self._latest_at = now
-        try:
-            self.frames.feed(msg, ts)
-        except Exception:
-            self.sink_errors += 1
-            log.failure("HEP: the sink failed on a message")
-        return True
-
-    def refused(self, reason: str) -> None:
-        """A message (or connection) refused before decoding: ``not_allowed``..."""
-        self.dropped[reason] += 1
-
-    def counters(self) -> Counters:
-        synth = self.frames.stats
-        dropped = Counter(self.dropped)
-        ignored: Counter[str] = Counter()
-        for reason, count in synth.dropped.items():
-            (ignored if reason in _IGNORED else dropped)[reason] += count
-        return {"received": self.received, "decoded": self.decoded,
-                "frames": synth.frames, "sink_errors": self.sink_errors,
-                "dropped": sum(dropped.values()), "connections": len(self.frames),
-                **family("dropped", dropped), **family("ignored", ignored),
-                **family("by_type", synth.by_type)}
-
-
-class SenderFilter:
-    """Which senders may send HEP: addresses and networks, or anyone when empty."""
-
-    def __init__(self, allowed: Sequence[str]) -> None:
-        self.networks = tuple(ipaddress.ip_network(a, strict=False) for a in allowed)
-        self._seen: dict[str, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
-
-    def allows(self, host: str) -> bool:
-        if not self.networks:
-            return True
-        known = self._seen.get(host)
-        if known is None:
-            if len(self._seen) >= 4096:
-                self._seen.clear()
-            known = self._seen[host] = self._check(host)
-        return known
-
-    def _check(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.networks)
 
 
 class HepDatagramProtocol(protocol.DatagramProtocol):
-    """HEP over UDP: each datagram one message."""
+    """HEP over UDP: each datagram one message; the datagrams of one read (``readDone``)
+    go to the sink as one batch."""
 
     def __init__(self, intake: HepIntake, senders: SenderFilter) -> None:
         self.intake = intake
@@ -185,7 +89,21 @@ class HepDatagramProtocol(protocol.DatagramProtocol):
         if self.senders and not self.senders.allows(addr[0]):
             self.intake.refused("not_allowed")
             return
-        self.intake.message(data)
+        self.intake.take(data)
+
+    def readDone(self) -> None:
+        self.intake.deliver()
+
+
+class HepUdpPort(udp.Port):
+    """Twisted's UDP port, which reads up to ``maxThroughput`` bytes of datagrams a turn;
+    when a read is done the protocol's ``readDone`` hands them over as one batch."""
+
+    def doRead(self) -> None:
+        try:
+            super().doRead()
+        finally:
+            self.protocol.readDone()
 
 
 @implementer(IGated, IHandshakeListener)
@@ -219,11 +137,12 @@ class HepStreamProtocol(protocol.Protocol):
             self.admission.progress(SECURED)
 
     def _message(self, data: bytes) -> None:
-        if self.source.intake.message(data) and self.admission is not None \
+        if self.source.intake.take(data) and self.admission is not None \
                 and self.admission.waiting:
             self.admission.done()
 
     def dataReceived(self, data: bytes) -> None:
+        """One read: its messages go to the sink as one batch."""
         if self.framer is None:
             return
         try:
@@ -236,6 +155,8 @@ class HepStreamProtocol(protocol.Protocol):
             log.warn("HEP over TCP from {peer}: {problem}; connection closed",
                      peer=self.peer, problem=str(e))
             self.transport.loseConnection()
+        finally:
+            self.source.intake.deliver()
 
     def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
         self.framer = None
@@ -259,7 +180,9 @@ class HepSource(service.Service):
                  certificate: Callable[[], tls.ServerCertificate] | None = None,
                  password: str = "", capture_ids: Iterable[int] = (),
                  allow: Sequence[str] = (), clock: IReactorTime | None = None,
-                 udp: bool = True, tcp: bool = True) -> None:
+                 udp: bool = True, tcp: bool = True,
+                 udp_rcvbuf: int = UDP_RECEIVE_BUFFER,
+                 max_future: float = MAX_FUTURE) -> None:
         self.sink = sink
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
@@ -268,9 +191,11 @@ class HepSource(service.Service):
         self.tls_port = tls_port
         self.certificate = certificate
         self.udp, self.tcp = udp, tcp
+        self.udp_rcvbuf = udp_rcvbuf
+        self.udp_rcvbuf_granted = 0
         self.senders = SenderFilter(allow)
         self.intake = HepIntake(sink, self.clock.seconds, password=password.encode(),
-                                capture_ids=capture_ids)
+                                capture_ids=capture_ids, max_future=max_future)
         self.name = f"hep {host}:{port}"
         self.done: defer.Deferred[int] = defer.Deferred()   # a listener has no end
         self.paused = False
@@ -328,10 +253,12 @@ class HepSource(service.Service):
             port = tcp.getHost().port if tcp is not None else self.port
             try:
                 if self.udp:
-                    self._udp_port = self.reactor.listenUDP(
+                    self._udp_port = HepUdpPort(
                         port, HepDatagramProtocol(self.intake, self.senders),
-                        interface=self.host, maxPacketSize=65535)
-                    _grow_receive_buffer(self._udp_port)
+                        interface=self.host, maxPacketSize=65535, reactor=self.reactor)
+                    self._udp_port.startListening()
+                    self.udp_rcvbuf_granted = grow_receive_buffer(self._udp_port.getHandle(),
+                                                                  self.udp_rcvbuf)
                     port = self._udp_port.getHost().port
             except error.CannotListenError:
                 if tcp is not None:
@@ -400,19 +327,32 @@ class HepSource(service.Service):
 
     def counters(self) -> Counters:
         return {**self.intake.counters(), "tcp_open": len(self.connections),
-                **family("tcp", self.streams)}
+                "udp_rcvbuf": self.udp_rcvbuf_granted, **family("tcp", self.streams)}
 
     def stats(self) -> dict[str, object]:
         c = self.counters()
         return {"name": self.name, "packets": c["frames"], **c}
 
 
-def _grow_receive_buffer(port: Any) -> None:
-    sock = port.getHandle()
+def grow_receive_buffer(sock: socket.socket, wanted: int) -> int:
+    """Ask the kernel for a ``wanted``-byte receive buffer on ``sock``; the bytes granted.
+    Linux grants at most ``net.core.rmem_max`` (and reports twice what it grants, for its
+    bookkeeping); less than asked is logged as a warning naming the sysctl to raise."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
-    except OSError:
-        pass
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError as exc:
+        log.warn("HEP over UDP: cannot set the receive buffer to {wanted} bytes: {reason}",
+                 wanted=wanted, reason=str(exc))
+        return 0
+    if sys.platform.startswith("linux"):
+        granted //= 2
+    if granted < wanted:
+        log.warn("HEP over UDP: asked the kernel for a {wanted}-byte receive buffer "
+                 "(hep_udp_rcvbuf), it granted {granted}: bursts of UDP HEP beyond that are "
+                 "lost. Raise net.core.rmem_max (sysctl -w net.core.rmem_max={wanted}, and in "
+                 "/etc/sysctl.d to keep it)", wanted=wanted, granted=granted)
+    return granted
 
 
 def capture_ids(settings: SensorSettings) -> tuple[int, ...]:
@@ -449,7 +389,8 @@ def from_settings(settings: SensorSettings, sink: IFrameSink, reactor: Any,
     return HepSource(sink, reactor, host=hep.hep_bind_ip, port=hep.hep_bind_port,
                      tls_port=hep.hep_tls_port or None, certificate=certificate,
                      password=hep.hep_password, capture_ids=capture_ids(settings),
-                     allow=hep.hep_allow, clock=clock)
+                     allow=hep.hep_allow, clock=clock, udp_rcvbuf=hep.hep_udp_rcvbuf << 20,
+                     max_future=hep.hep_max_future)
 
 
 def _wanted(request: SourceRequest) -> bool:
@@ -462,3 +403,6 @@ def _build(request: SourceRequest, sink: IFrameSink) -> ISource:
 
 #: ``hep_bind_port = ...``: HEP from proxies and capture agents.
 FACTORY = SourceFactory("hep", _wanted, _build)
+
+__all__ = ["FACTORY", "HepDatagramProtocol", "HepIntake", "HepSource", "HepStreamProtocol",
+           "HepUdpPort", "SenderFilter", "capture_ids", "from_settings", "grow_receive_buffer"]

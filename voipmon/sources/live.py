@@ -2,10 +2,10 @@
 
 Each interface is a non-blocking pcap handle with a large kernel ring, registered with
 the reactor as an ``IReadDescriptor`` on its file descriptor. ``doRead`` hands at most
-``max_per_read`` frames to the sink, in one batch (``feed_all``: the engine's fast path
-takes them in one loop), and returns, so one busy interface cannot starve timers, other
-interfaces or the channel: the reactor comes back to a readable descriptor on its next
-turn. Nothing blocks and no thread is involved.
+``max_per_read`` frames to the sink, in one batch (``voipmon.sources.batch``: one
+``feed_all``, which the engine's fast path takes in one loop), and returns, so one busy
+interface cannot starve timers, other interfaces or the channel: the reactor comes back
+to a readable descriptor on its next turn. Nothing blocks and no thread is involved.
 
 The ring is TPACKET_V3 (blocks of packets packed by their real size, handed over when
 full or after ``BLOCK_TIMEOUT_MS``) unless ``immediate=True``. Immediate mode makes
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from itertools import repeat
 from typing import Any
 
 import pcap
@@ -39,6 +38,7 @@ from zope.interface import implementer
 
 from voipmon.config import SensorSettings
 from voipmon.packet.bpf import FilterError, build_filter, filter_for_config
+from voipmon.sources.batch import FrameBatch
 from voipmon.sources.interfaces import IFrameSink, ISource, SourceFactory, SourceRequest
 
 log = Logger()
@@ -137,10 +137,8 @@ class _Interface:
         # re-entered and the handle must outlive it, so closing waits until it returns.
         self._reading = False
         self._close_pending = False
-        # the frames of the read in progress (see _collector), handed over after it
-        self._times: list[float] = []
-        self._frames: list[bytes] = []
-        self._collect = self._collector()
+        # the frames of the read in progress, handed over in one batch after it
+        self.batch = FrameBatch(self.linktype, self._sink_failed)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -162,6 +160,7 @@ class _Interface:
             raise CaptureError(f"interface {self.name!r}: cannot set the capture filter: "
                                f"{_text(exc.args[0] if exc.args else exc)}")
         self.handle, self.linktype, self.expression = handle, linktype, expression
+        self.batch.linktype = linktype
 
     def close(self) -> None:
         if self.handle is None:
@@ -175,40 +174,12 @@ class _Interface:
         self.handle.close()
         self.handle = None
 
-    def _collector(self) -> Callable[[float, bytes], None]:
-        """What ``dispatch`` calls per frame: the time and the frame appended to the batch
-        that ``_deliver`` hands to the sink in one ``feed_all`` once dispatch returns."""
-        add_time = self._times.append
-        add_frame = self._frames.append
-
-        def collect(ts: float, frame: bytes) -> None:
-            add_time(ts)
-            add_frame(frame)
-        return collect
-
     def _deliver(self) -> None:
-        """The frames of one read to the sink, in one batch (``zip`` makes no tuple per
-        frame); a frame the sink fails on is counted and skipped, the rest still go."""
-        times, frames = self._times, self._frames
-        if not frames:
-            return
-        self.bytes += sum(map(len, frames))
-        batch = zip(times, repeat(self.linktype), frames)
-        sink = self.owner.sink
-        try:
-            try:
-                sink.feed_all(batch)
-                return
-            except Exception:
-                self._sink_failed()
-            for ts, linktype, frame in batch:  # after a failure: one at a time
-                try:
-                    sink.feed(ts, linktype, frame)
-                except Exception:
-                    self._sink_failed()
-        finally:
-            times.clear()
-            frames.clear()
+        """The frames of one read to the sink, in one batch (``FrameBatch``)."""
+        batch = self.batch
+        if batch.frames:
+            self.bytes += sum(map(len, batch.frames))
+            batch.deliver(self.owner.sink)
 
     def _sink_failed(self) -> None:
         self.sink_errors += 1
@@ -227,7 +198,7 @@ class _Interface:
             return None
         self._reading = True
         try:
-            count = self.handle.dispatch(self.owner.max_per_read, self._collect)
+            count = self.handle.dispatch(self.owner.max_per_read, self.batch.collect)
             self._deliver()
         finally:
             self._reading = False

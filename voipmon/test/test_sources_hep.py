@@ -50,6 +50,7 @@ class FrameList:
         self.frames: list[tuple[float, int, bytes]] = []
         self._waits: list[tuple[int, defer.Deferred[None]]] = []
         self.then = then
+        self.batches: list[int] = []   # the size of each feed_all
 
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         self.frames.append((ts, linktype, frame))
@@ -62,7 +63,9 @@ class FrameList:
 
     def feed_all(self, records: object) -> int:
         count = 0
+        self.batches.append(0)
         for ts, linktype, frame in records:  # type: ignore[attr-defined]
+            self.batches[-1] += 1
             self.feed(ts, linktype, frame)
             count += 1
         return count
@@ -98,6 +101,7 @@ class IntakeTests(SynchronousTestCase):
         return HepIntake(self.sink, self.clock.seconds, **options)  # type: ignore[arg-type]
 
     def test_spec_example_becomes_a_frame_at_its_own_time(self) -> None:
+        self.clock.advance(T0)
         intake = self.intake()
         self.assertTrue(intake.message(spec_example()))
         self.assertEqual(payloads(self.sink.frames), [(T0, b"INVITE sip:bob")])
@@ -163,13 +167,56 @@ class IntakeTests(SynchronousTestCase):
         self.assertEqual((c["by_type.100"], c["by_type.53"]), (1, 1))
 
     def test_a_failing_sink_is_counted(self) -> None:
-        def boom(*_: object) -> None:
-            raise RuntimeError("sink down")
+        class Failing(FrameList):
+            def feed(self, ts: float, linktype: int, frame: bytes) -> None:
+                if b"boom" in frame:
+                    raise RuntimeError("sink down")
+                super().feed(ts, linktype, frame)
+        self.sink = Failing()
         intake = self.intake()
-        intake.frames = HepFrames(boom)
-        self.assertTrue(intake.message(spec_example()))
+        for payload in (b"OPTIONS sip:a@b SIP/2.0\r\n\r\n", b"OPTIONS sip:boom@b SIP/2.0\r\n",
+                        b"OPTIONS sip:c@d SIP/2.0\r\n\r\n"):
+            self.assertTrue(intake.take(message(payload)))
+        self.assertEqual(intake.deliver(), 3)
+        self.assertEqual(len(self.sink.frames), 2)   # the frames after the failing one go
         self.assertEqual(intake.counters()["sink_errors"], 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_the_messages_of_a_read_are_one_batch(self) -> None:
+        intake = self.intake()
+        for _ in range(3):
+            intake.take(message())
+        self.assertEqual(self.sink.frames, [])
+        self.assertEqual(intake.deliver(), 3)
+        self.assertEqual((self.sink.batches, len(self.sink.frames)), ([3], 3))
+        self.assertEqual(intake.deliver(), 0)   # nothing taken since: no empty batch
+        self.assertEqual(self.sink.batches, [3])
+
+    def test_a_time_far_ahead_of_the_wall_clock_is_clamped(self) -> None:
+        """A sender whose clock is an hour ahead must not move the engine's clock: its
+        message gets the time a message without one gets (the newest accepted time plus
+        the wall time since), within ``max_future`` it keeps its own."""
+        wall = 1.7e9
+        self.clock.advance(wall - self.clock.seconds())
+        intake = self.intake(max_future=60.0)
+        intake.message(message(ts=(int(wall) - 100, 0)))      # an agent 100 s behind
+        self.clock.advance(5.0)
+        intake.message(message(ts=(int(wall) + 3600, 0)))     # an hour ahead: clamped
+        intake.message(message(ts=(int(wall) + 60, 0)))       # 55 s ahead: its own time
+        intake.message(message(ts=(int(wall) + 66, 0)))       # 61 s ahead: clamped
+        self.assertEqual([ts for ts, _, _ in self.sink.frames],
+                         [wall - 100, wall - 95, wall + 60, wall + 60])
+        c = intake.counters()
+        self.assertEqual((c["clamped"], c["clamped.future"], c["frames"], c["dropped"]),
+                         (2, 2, 4, 0))
+        self.assertEqual(intake.latest_ts, wall + 60)
+
+    def test_a_far_future_time_before_any_other_gets_the_wall_clock(self) -> None:
+        intake = self.intake(max_future=0.0)
+        intake.message(message(ts=(1001, 0)))
+        intake.message(message(ts=(999, 0)))
+        self.assertEqual([ts for ts, _, _ in self.sink.frames], [1000.0, 999.0])
+        self.assertEqual(intake.counters()["clamped.future"], 1)
 
 
 class SenderFilterTests(SynchronousTestCase):
@@ -379,6 +426,43 @@ class LoopbackTests(TestCase):
         source.resumeProducing()
         yield sink.when(2)
 
+    @defer.inlineCallbacks
+    def test_the_messages_of_one_read_are_one_batch(self) -> None:
+        """Datagrams waiting in the socket are read in one turn and reach the sink in one
+        feed_all; so do the messages of one TCP read."""
+        sink = FrameList()
+        source = self.start(sink)
+        udp = self.udp()
+        for _ in range(5):
+            udp.sendto(message(), ("127.0.0.1", source.port))
+        yield sink.when(5)
+        self.assertEqual(sink.batches, [5])
+        conn = yield self.connect(source.port)
+        conn.transport.write(message() * 3)
+        yield sink.when(8)
+        self.assertEqual(sink.batches, [5, 3])
+
+    def test_a_receive_buffer_the_kernel_caps_is_warned_about(self) -> None:
+        """Asking more than net.core.rmem_max: the granted size is counted and a warning
+        names the sysctl to raise; asking less: no warning."""
+        warnings: list[str] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_level") == LogLevel.warn and "receive buffer" in \
+                    event.get("log_format", ""):
+                warnings.append(event["log_format"].format(**event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        with open("/proc/sys/net/core/rmem_max") as f:
+            rmem_max = int(f.read())
+        small = self.start(FrameList(), tcp=False, udp_rcvbuf=64 << 10)
+        self.assertEqual((small.counters()["udp_rcvbuf"], warnings), (64 << 10, []))
+        big = self.start(FrameList(), tcp=False, udp_rcvbuf=rmem_max + (1 << 20))
+        self.assertEqual(big.counters()["udp_rcvbuf"], rmem_max)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn(f"granted {rmem_max}", warnings[0])
+        self.assertIn("net.core.rmem_max", warnings[0])
+
     def test_open_port_is_warned_about(self) -> None:
         warnings: list[str] = []
 
@@ -458,3 +542,31 @@ class SensorClockTests(TestCase):
         self.assertEqual(engine.active_calls(), [])
         self.assertEqual(svc.queue.depth, 1)  # type: ignore[union-attr]
         self.assertLess(engine.now, t + 400.0)
+
+    def test_a_far_future_message_does_not_move_the_engine_clock(self) -> None:
+        """A message timed a day ahead of the wall clock (a sender with a wrong clock)
+        after a call from an agent 5000 s behind: it is clamped, so the engine's clock
+        stays at the call's time and the answered call stays open."""
+        clock = Clock()
+        t = 1.7e9
+        clock.advance(t + 5000.0)
+        svc = build_sensor(settings(hep_bind_port=str(free_udp_port()),
+                                    spooldir=os.path.abspath(self.mktemp()),
+                                    managerport="0"), reactor, clock=clock,
+                           connect=lambda d: _Unreachable())  # type: ignore[arg-type,return-value]
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        engine = svc.engine
+        assert engine is not None
+        intake = svc.source.intake  # type: ignore[attr-defined]
+        for ts, src, dst, kind, payload in call_messages("future@hep", CALLER, CALLEE, t):
+            if ts < t + 3.0:
+                intake.message(hep3_message(src[0], src[1], dst[0], dst[1], payload,
+                                            ts=(int(ts), round(ts % 1 * 1e6)),
+                                            proto_type=kind))
+        start = engine.now
+        intake.message(message(ts=(int(t) + 5000 + 86400, 0)))
+        self.assertEqual(intake.counters()["clamped.future"], 1)
+        clock.advance(1.0)
+        self.assertLessEqual(engine.now, start + 1.0)
+        self.assertEqual(len(engine.active_calls()), 1)
