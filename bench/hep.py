@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -125,9 +126,12 @@ class NullSink:
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         self.frames += 1
 
-    def feed_all(self, records: list[tuple[float, int, bytes]]) -> int:
-        self.frames += len(records)
-        return len(records)
+    def feed_all(self, records: Iterable[tuple[float, int, bytes]]) -> int:
+        n = 0
+        for _ in records:
+            n += 1
+        self.frames += n
+        return n
 
     def finish(self) -> None:
         pass

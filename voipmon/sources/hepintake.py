@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterable, Sequence
 from twisted.logger import Logger
 
 from voipmon.counters import Counters, family
-from voipmon.packet.hep import MAX_PAYLOAD, HepError, decode_hep
+from voipmon.packet.hep import (
+    MAX_PAYLOAD,
+    Q_CAPTURE_ID,
+    Q_SEC,
+    Q_USEC,
+    HepError,
+    decode_hep,
+    quick_hep3,
+)
 from voipmon.packet.synth import LINKTYPE_ETHERNET, HepFrames
 from voipmon.sources.batch import FrameBatch
 from voipmon.sources.interfaces import IFrameSink
@@ -75,6 +83,13 @@ class HepIntake:
         """One HEP message into the batch; True when it was accepted (framed, or counted
         and ignored)."""
         self.received += 1
+        t = quick_hep3(data)
+        if t is not None and not self.password \
+                and (not self.capture_ids or t[Q_CAPTURE_ID] in self.capture_ids):
+            # the common shape (SIP or RTP over UDP, IPv4): no HepMessage on the way
+            self.decoded += 1
+            self.frames.quick(t, data, self._time(t[Q_SEC] + t[Q_USEC] / 1e6))
+            return True
         try:
             msg = decode_hep(data, self.max_payload)
         except HepError as e:
@@ -89,23 +104,28 @@ class HepIntake:
         if ids and msg[8] not in ids and (msg[8] & 0xFFFF or msg[8] >> 16 not in ids):
             self.dropped["capture_id"] += 1
             return False
-        ts = msg[0]
-        now = self._seconds()
-        if ts is not None and ts > now + self.max_future:
-            self.clamped["future"] += 1
-            ts = None
-        if ts is None:
-            ts = now if self.latest_ts is None else \
-                self.latest_ts + max(0.0, now - self._latest_at)
-        elif self.latest_ts is None or ts >= self.latest_ts:
-            self.latest_ts = ts
-            self._latest_at = now
         try:
-            self.frames.feed(msg, ts)
+            self.frames.feed(msg, self._time(msg[0]))
         except Exception:
             self.dropped["error"] += 1
             log.failure("HEP: a message could not be framed")
         return True
+
+    def _time(self, ts: float | None) -> float:
+        """The capture time a message is given: its own, unless it has none or is more
+        than ``max_future`` ahead of the wall clock (counted); then the newest accepted
+        time plus the wall time elapsed since (the wall clock before any)."""
+        now = self._seconds()
+        if ts is not None and ts > now + self.max_future:
+            self.clamped["future"] += 1
+            ts = None
+        latest = self.latest_ts
+        if ts is None:
+            return now if latest is None else latest + max(0.0, now - self._latest_at)
+        if latest is None or ts >= latest:
+            self.latest_ts = ts
+            self._latest_at = now
+        return ts
 
     def _sink_failed(self) -> None:
         self.sink_errors += 1
