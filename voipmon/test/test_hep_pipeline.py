@@ -96,9 +96,10 @@ CALLER6, CALLEE6 = ("2001:db8::1", 5060), ("2001:db8:2::2", 5060)
 
 
 def call_messages(callid: str, caller: tuple[str, int], callee: tuple[str, int],
-                  t: float) -> list[tuple[float, tuple[str, int], tuple[str, int], int, bytes]]:
-    """(time, source, destination, HEP type, payload) of one call: the SIP dialogue, 50
-    RTP packets each way and an RTCP SR and RR as JSON."""
+                  t: float, rtp_packets: int = 50
+                  ) -> list[tuple[float, tuple[str, int], tuple[str, int], int, bytes]]:
+    """(time, source, destination, HEP type, payload) of one call: the SIP dialogue,
+    ``rtp_packets`` RTP packets each way (20 ms apart) and an RTCP SR and RR as JSON."""
     cm, em = (caller[0], 40000), (callee[0], 50000)
     offer, answer = sdp(cm[0], cm[1]), sdp(em[0], em[1])
 
@@ -112,17 +113,19 @@ def call_messages(callid: str, caller: tuple[str, int], callee: tuple[str, int],
            (t + 1.0, callee, caller, 1, sip("SIP/2.0 200 OK", "1 INVITE", "tt1", answer)),
            (t + 1.01, caller, callee, 1, sip("ACK sip:bob@example.com SIP/2.0", "1 ACK",
                                              "tt1"))]
-    for i in range(50):
-        out.append((t + 1.02 + 0.02 * i, cm, em, 4, rtp(100 + i, 160 * i, 0x1111)))
-        out.append((t + 1.03 + 0.02 * i, em, cm, 4, rtp(900 + i, 160 * i, 0x2222)))
+    for i in range(rtp_packets):
+        seq = (100 + i) & 0xFFFF, (900 + i) & 0xFFFF
+        out.append((t + 1.02 + 0.02 * i, cm, em, 4, rtp(seq[0], 160 * i, 0x1111)))
+        out.append((t + 1.03 + 0.02 * i, em, cm, 4, rtp(seq[1], 160 * i, 0x2222)))
+    end = max(t + 3.0, t + 1.1 + 0.02 * rtp_packets)
     ntp = 3912345678.5
     out.append((t + 1.5, (cm[0], 40001), (em[0], 50001), 5,
                 rtcp_json(rtcp_sr(0x1111, ntp, ((0x2222, 0, 0, 920, 40, 0, 0),)))))
     out.append((t + 1.6, (em[0], 50001), (cm[0], 40001), 5,
                 rtcp_json(rtcp_rr(0x2222, ((0x1111, 0, 0, 140, 30, 0, 0),)))))
-    out.append((t + 3.0, caller, callee, 1, sip("BYE sip:bob@example.com SIP/2.0", "2 BYE",
-                                                "tt1")))
-    out.append((t + 3.01, callee, caller, 1, sip("SIP/2.0 200 OK", "2 BYE", "tt1")))
+    out.append((end, caller, callee, 1, sip("BYE sip:bob@example.com SIP/2.0", "2 BYE",
+                                            "tt1")))
+    out.append((end + 0.01, callee, caller, 1, sip("SIP/2.0 200 OK", "2 BYE", "tt1")))
     return sorted(out, key=lambda m: m[0])
 
 
