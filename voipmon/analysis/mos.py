@@ -139,6 +139,32 @@ def _first_event(e: np.ndarray, d: np.ndarray, start: int, hi: float, lo: float)
     return -1
 
 
+class Chunk:
+    """What every jitter buffer derives from one chunk of frames (they all see the same
+    frames), computed once: delays, their range, the packetisation time, whether the
+    sequence numbers step by one."""
+
+    __slots__ = ("contiguous", "d", "dmax", "dmin", "mmax", "ptime")
+
+    def __init__(self, arrival: np.ndarray, media: np.ndarray, seq: np.ndarray) -> None:
+        n = len(arrival)
+        self.d = d = arrival - media
+        self.ptime: float | None = None
+        self.contiguous = False
+        if n == 0:
+            return
+        steps = np.diff(media)
+        steps = np.sort(steps[steps > 0])
+        m = len(steps)
+        if m:  # np.median's value, without its overhead
+            self.ptime = float(steps[m // 2]) if m % 2 else \
+                (float(steps[m // 2 - 1]) + float(steps[m // 2])) / 2
+        self.dmin, self.dmax = float(d.min()), float(d.max())
+        self.mmax = float(media.max())
+        self.contiguous = int(seq[-1]) - int(seq[0]) == n - 1 and \
+            bool((seq[1:] > seq[:-1]).all())
+
+
 class _Buffer:
     """Loss bookkeeping shared by both buffer kinds.
 
@@ -163,7 +189,11 @@ class _Buffer:
     def loss_histogram(self) -> np.ndarray:
         """The burst histogram, counting every slot up to the newest played frame."""
         if len(self.open):
-            self._settle(int(self.open[-1]))
+            last = int(self.open[-1])
+            if not self.run and last - self.done == len(self.open):  # type: ignore[operator]
+                self.done, self.open = last, self.open[:0]  # no gap: nothing to count
+            else:
+                self._settle(last)
         if self.run:
             self._burst(self.run, self.done)
             self.run = 0
@@ -175,8 +205,27 @@ class _Buffer:
         if self.observer is not None:
             self.observer(np.array([end or 0]), np.array([length]))
 
-    def _count(self, seq: np.ndarray, played: np.ndarray, extra: dict[int, int],
-               other: np.ndarray | None) -> None:
+    def _count(self, seq: np.ndarray, played: np.ndarray | None, extra: dict[int, int],
+               other: np.ndarray | None, contiguous: bool = False) -> None:
+        """Account for a chunk's frames: ``played`` says which (None: all of them);
+        ``contiguous`` that ``seq`` steps by one (then, with every frame played, nothing
+        else to do and no gap before them, the slots are settled without array work)."""
+        if played is None:
+            if contiguous and not extra and (other is None or not len(other)) and \
+                    not self.run and len(seq):
+                first, last = int(seq[0]), int(seq[-1])
+                done = self.done
+                if done is None:
+                    done = first - 1
+                top = int(self.open[-1]) if len(self.open) else done
+                if first == top + 1 and top - done == len(self.open):
+                    # done+1 .. last all played: settle up to last - REORDER, no burst
+                    self.played += len(seq)
+                    done = max(done, last - self.REORDER)
+                    self.done = done
+                    self.open = np.arange(done + 1, last + 1, dtype=np.int64)
+                    return
+            played = np.ones(len(seq), dtype=bool)
         ps = seq[played]
         self.played += len(ps)
         if other is not None and len(other):
@@ -238,22 +287,30 @@ class FixedJitterBuffer(_Buffer):
         self.ptime = 20.0
 
     def feed(self, arrival: np.ndarray, media: np.ndarray, seq: np.ndarray,
-             other: np.ndarray | None = None) -> None:
+             other: np.ndarray | None = None, chunk: Chunk | None = None) -> None:
         """Next frames, in arrival order: arrival and media (RTP) time in ms, sequence.
 
         ``other`` are the sequence numbers of packets that are not audio frames (comfort
         noise, DTMF events, unknown payloads): they take sequence numbers without being
-        slots of the buffer, and must not count as lost."""
+        slots of the buffer, and must not count as lost. ``chunk``: the same frames'
+        ``Chunk``, when the caller feeds several buffers."""
         n = len(arrival)
         if n == 0:
             self._count(seq, np.zeros(0, dtype=bool), {}, other)
             return
-        steps = np.diff(media)
-        steps = steps[steps > 0]
-        if len(steps):
-            self.ptime = float(np.median(steps))
+        if chunk is None:
+            chunk = Chunk(arrival, media, seq)
+        if chunk.ptime is not None:
+            self.ptime = chunk.ptime
+        d = chunk.d
+        c0 = self.anchor if self.anchor is not None else float(d[0])
+        if chunk.dmax <= c0 + self.size and chunk.dmin >= c0 - self.resync:
+            # the usual case: every frame in time, none early enough to resynchronise
+            self.anchor = c0
+            self.tmax = max(self.tmax, chunk.mmax)
+            self._count(seq, None, {}, other, chunk.contiguous)
+            return
         p = max(self.ptime, 1.0)
-        d = arrival - media
         tmax_prev = np.maximum.accumulate(np.concatenate(([self.tmax], media[:-1])))
         empty_when = np.minimum(d, arrival - tmax_prev)
         played = np.zeros(n, dtype=bool)
@@ -290,7 +347,7 @@ class FixedJitterBuffer(_Buffer):
                 played[j] = True
                 start = j + 1
         self.anchor = c
-        self.tmax = max(self.tmax, float(media.max()))
+        self.tmax = max(self.tmax, chunk.mmax)
         self._count(seq, played, extra, other)
 
 
@@ -315,13 +372,13 @@ class AdaptiveJitterBuffer(_Buffer):
         return min(p97 + self.EXTRA, float(window.min()) + self.maximum)
 
     def feed(self, arrival: np.ndarray, media: np.ndarray, seq: np.ndarray,
-             other: np.ndarray | None = None) -> None:
+             other: np.ndarray | None = None, chunk: Chunk | None = None) -> None:
         """As ``FixedJitterBuffer.feed``."""
         n = len(arrival)
         if n == 0:
             self._count(seq, np.zeros(0, dtype=bool), {}, other)
             return
-        d = arrival - media
+        d = chunk.d if chunk is not None else arrival - media
         h = len(self.history)
         all_d = np.concatenate([self.history, d])
         first = (-self.phase) % self.BLOCK if self.offset is not None else 0
@@ -349,4 +406,7 @@ class AdaptiveJitterBuffer(_Buffer):
         self.history = all_d[-self.HISTORY:]
         self.phase = (self.phase + n) % self.BLOCK
         self.offset = float(offsets[-1])
-        self._count(seq, played, {}, other)
+        if played.all():
+            self._count(seq, None, {}, other, chunk is not None and chunk.contiguous)
+        else:
+            self._count(seq, played, {}, other)

@@ -306,18 +306,30 @@ class StreamAnalyzer:
             rated[0] = False
         nominal = np.where(rated, rel / np.where(rated, per_ms, 1.0), 0.0)
         index = np.arange(m)
-        # arrival of the last in-time packet before each packet (any payload type)
-        last_in = np.maximum.accumulate(np.concatenate(([-1], np.where(in_time, index, -1)[:-1])))
-        t_ref = np.where(last_in >= 0, ms[np.maximum(last_in, 0)], self.t_ref)
-        # nominal time of the last rated in-time packet before it
-        last_rated = np.maximum.accumulate(
-            np.concatenate(([-1], np.where(rated, index, -1)[:-1])))
-        nom_ref = np.where(last_rated >= 0, nominal[np.maximum(last_rated, 0)],
-                           self.last_nominal)
-        d = np.abs(ms - (t_ref + nominal - nom_ref))[rated]
+        # every packet in time and rated (the first of a stream is never rated; its
+        # nominal time, 0, is then the reference's): the packet before is the reference
+        simple = bool(rated[1:].all()) and (first or bool(rated[0]))
+        if simple:
+            t_ref = np.concatenate(([self.t_ref], ms[:-1]))
+            nom_ref = np.concatenate(([self.last_nominal], nominal[:-1]))
+        else:
+            # arrival of the last in-time packet before each packet (any payload type)
+            last_in = np.maximum.accumulate(
+                np.concatenate(([-1], np.where(in_time, index, -1)[:-1])))
+            t_ref = np.where(last_in >= 0, ms[np.maximum(last_in, 0)], self.t_ref)
+            # nominal time of the last rated in-time packet before it
+            last_rated = np.maximum.accumulate(
+                np.concatenate(([-1], np.where(rated, index, -1)[:-1])))
+            nom_ref = np.where(last_rated >= 0, nominal[np.maximum(last_rated, 0)],
+                               self.last_nominal)
+        d = np.abs(ms - (t_ref + nominal - nom_ref))
+        if not simple or first:
+            d = d[rated]
         jit = jitter_filter(d, self.j)
         prev_pt = np.concatenate(([self.prev_pt], pt[:-1]))
-        regular = ~marker & ~_is_cn(pt) & ~_is_cn(prev_pt) & in_time
+        regular = ~marker & ~_is_cn(pt) & ~_is_cn(prev_pt)
+        if not simple:
+            regular &= in_time
         if first:
             regular[0] = False
         counted = regular[rated]
@@ -337,10 +349,15 @@ class StreamAnalyzer:
             self.delay += np.bincount(buckets, minlength=len(DELAY_EDGES) + 1)[1:]
         if len(jit):
             self.j = float(jit[-1])
-        if in_time.any():
-            self.t_ref = float(ms[np.flatnonzero(in_time)[-1]])
-        if rated.any():
-            self.last_nominal = float(nominal[np.flatnonzero(rated)[-1]])
+        if simple:
+            self.t_ref = float(ms[-1])
+            if rated[-1]:
+                self.last_nominal = float(nominal[-1])
+        else:
+            if in_time.any():
+                self.t_ref = float(ms[np.flatnonzero(in_time)[-1]])
+            if rated.any():
+                self.last_nominal = float(nominal[np.flatnonzero(rated)[-1]])
         self.prev_pt = int(pt[-1])
         return jit, rated, counted
 
@@ -361,8 +378,9 @@ class StreamAnalyzer:
         self.voice_t = float(media[-1])
         arrival = ms[voice]
         seqs = ext_seq[voice]
+        chunk = mos.Chunk(arrival, media, seqs)
         for jb in self.jb:
-            jb.feed(arrival, media, seqs, other)
+            jb.feed(arrival, media, seqs, other, chunk)
 
     def result(self, connected: bool, codec_pt: int | None = None) -> StreamResult:
         """The stream's figures; ``connected`` says the call was answered (MOS rule)."""

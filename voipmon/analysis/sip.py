@@ -111,35 +111,18 @@ def parse_sip(payload: bytes) -> SipMessage | None:
         head, body = data, b""
     else:
         head, body = data[:end], data[end + sep:]
-    lines = head.split(b"\n")
-    start = lines[0].rstrip(b"\r")
+    nl = head.find(b"\n")
+    start = (head if nl < 0 else head[:nl]).rstrip(b"\r")
     message = _start_line(start)
     if message is None:
         return None
     headers = message.headers
-    last: str | None = None
-    count = 0
-    for raw in lines[1:]:
-        line = raw.rstrip(b"\r")
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and last is not None:  # folded continuation
-            values = headers[last]
-            values[-1] = values[-1] + " " + _text(line.strip())
-            continue
-        colon = line.find(b":")
-        if colon <= 0:
-            continue
-        count += 1
-        if count > MAX_HEADERS:
-            break
-        name = _text(line[:colon].strip()).lower()
-        name = COMPACT.get(name, name)
-        value = line[colon + 1:].strip()
-        # Call-ID is an identifier: keep its bytes exactly (surrogateescape round-trips)
-        text = value.decode("utf-8", "surrogateescape") if name == "call-id" else _text(value)
-        headers.setdefault(name, []).append(text)
-        last = name
+    try:  # valid UTF-8 (nearly always): decode the header block once
+        text_lines = head.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        _bytes_headers(headers, head.split(b"\n"))
+    else:
+        _text_headers(headers, text_lines)
     message.call_id = message.header("call-id")
     message.from_ = parse_name_addr(message.header("from"))
     message.to = parse_name_addr(message.header("to"))
@@ -163,6 +146,70 @@ def parse_sip(payload: bytes) -> SipMessage | None:
     if body:
         message.sdp = _find_sdp(message.header("content-type"), body)
     return message
+
+
+#: What ``bytes.strip()`` strips (ASCII whitespace); ``str.strip()`` would take more.
+_WS = " \t\n\r\x0b\x0c"
+
+
+def _text_headers(headers: dict[str, list[str]], lines: list[str]) -> None:
+    """The header lines (after the start line) of a header block that decoded as UTF-8:
+    the same as ``_bytes_headers`` gives for its bytes, with one decode for all."""
+    last: str | None = None
+    count = 0
+    compact = COMPACT
+    for i in range(1, len(lines)):
+        line = lines[i].rstrip("\r")
+        if not line:
+            continue
+        first = line[0]
+        if (first == " " or first == "\t") and last is not None:  # folded continuation
+            values = headers[last]
+            values[-1] = values[-1] + " " + line.strip(_WS)
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            continue
+        count += 1
+        if count > MAX_HEADERS:
+            break
+        name = line[:colon].strip(_WS).lower()
+        name = compact.get(name, name)
+        value = line[colon + 1:].strip(_WS)
+        values = headers.get(name)
+        if values is None:
+            headers[name] = [value]
+        else:
+            values.append(value)
+        last = name
+
+
+def _bytes_headers(headers: dict[str, list[str]], lines: list[bytes]) -> None:
+    """The header lines (after the start line), line by line: Call-ID's bytes kept
+    exactly (surrogateescape), other values with invalid UTF-8 replaced."""
+    last: str | None = None
+    count = 0
+    for raw in lines[1:]:
+        line = raw.rstrip(b"\r")
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and last is not None:  # folded continuation
+            values = headers[last]
+            values[-1] = values[-1] + " " + _text(line.strip())
+            continue
+        colon = line.find(b":")
+        if colon <= 0:
+            continue
+        count += 1
+        if count > MAX_HEADERS:
+            break
+        name = _text(line[:colon].strip()).lower()
+        name = COMPACT.get(name, name)
+        value = line[colon + 1:].strip()
+        # Call-ID is an identifier: keep its bytes exactly (surrogateescape round-trips)
+        text = value.decode("utf-8", "surrogateescape") if name == "call-id" else _text(value)
+        headers.setdefault(name, []).append(text)
+        last = name
 
 
 def _start_line(start: bytes) -> SipMessage | None:
