@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from voipmon.analysis.sip import looks_like_sip, parse_name_addr, parse_sip, split_uri
+from voipmon.analysis.sip import (
+    _bytes_headers,
+    _text_headers,
+    looks_like_sip,
+    parse_name_addr,
+    parse_sip,
+    split_uri,
+)
 
 INVITE = (
     b"INVITE sip:bob@example.com SIP/2.0\r\n"
@@ -129,3 +138,31 @@ class NameAddrTests(SynchronousTestCase):
         self.assertEqual(split_uri("tel:+15551234;phone-context=x"), ("+15551234", ""))
         self.assertEqual(split_uri("sip:example.com"), ("", "example.com"))
         self.assertEqual(split_uri("nonsense"), ("", ""))
+
+
+class HeaderDecodeTests(SynchronousTestCase):
+    """A header block that is valid UTF-8 is decoded once (``_text_headers``); it must give
+    exactly what the line-by-line bytes path (``_bytes_headers``) gives."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(
+        st.sampled_from(["Call-ID", "i", "From", " To ", "v", "X-Odd", "", "CSeq", "\t"]),
+        st.text(alphabet=st.sampled_from(list(" \t\x0b\x0c\x1c\x85\xa0\u2003é:;<>ab@\r")),
+                max_size=12),
+        st.sampled_from(["\r\n", "\n", "\r\n ", "\n\t", "\r\r\n"])), max_size=12))
+    def test_text_path_equals_bytes_path(self, parts: list[tuple[str, str, str]]) -> None:
+        block = "INVITE sip:a@b SIP/2.0\r\n" + "".join(
+            f"{name}:{value}{end}" for name, value, end in parts)
+        raw = block.encode("utf-8")
+        by_text: dict[str, list[str]] = {}
+        by_bytes: dict[str, list[str]] = {}
+        _text_headers(by_text, raw.decode("utf-8").split("\n"))
+        _bytes_headers(by_bytes, raw.split(b"\n"))
+        self.assertEqual(by_text, by_bytes)
+
+    def test_invalid_utf8_takes_the_bytes_path(self) -> None:
+        msg = parse_sip(b"BYE sip:a@b SIP/2.0\r\nCall-ID: \xff\xfe@x\r\nFrom: \xff <sip:a@b>"
+                        b"\r\nCSeq: 2 BYE\r\n\r\n")
+        assert msg is not None
+        self.assertEqual(msg.call_id.encode("utf-8", "surrogateescape"), b"\xff\xfe@x")
+        self.assertEqual(msg.header("from"), "\ufffd <sip:a@b>")
