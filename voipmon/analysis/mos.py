@@ -81,6 +81,8 @@ def best_mos(pt: int) -> float:
 def loss_counts(hist: np.ndarray) -> tuple[int, int]:
     """(lost frames, loss bursts) of a burst histogram (``hist[i]``: bursts of ``i``)."""
     counts = np.asarray(hist, dtype=np.int64)
+    if not counts[1:].any():
+        return 0, 0
     lost = int((np.arange(len(counts)) * counts).sum())
     return lost, int(counts[1:].sum())
 

@@ -67,6 +67,11 @@ _NAME_RATES = {
 }
 
 
+_STATIC_RATE_TABLE = np.zeros(128, dtype=np.float64)
+for _pt, _rate in _STATIC_RATES.items():
+    _STATIC_RATE_TABLE[_pt] = _rate
+
+
 def is_event(name: str) -> bool:
     return name.lower().startswith("telephone-event")
 
@@ -85,10 +90,8 @@ class PayloadMap:
 
     def __init__(self, rtpmap: dict[int, tuple[str, int]] | None = None):
         self.rtpmap = dict(rtpmap or {})
-        self.rates = np.zeros(128, dtype=np.float64)
+        self.rates = _STATIC_RATE_TABLE.copy()
         self.events = np.zeros(128, dtype=bool)
-        for pt, rate in _STATIC_RATES.items():
-            self.rates[pt] = rate
         for pt, (name, rate) in self.rtpmap.items():
             if not 0 <= pt < 128 or (pt < 96 and pt in _STATIC_RATES):
                 continue

@@ -232,8 +232,25 @@ def _start_line(start: bytes) -> SipMessage | None:
     return SipMessage(is_request=True, method=method, request_uri=_text(parts[1]))
 
 
+#: Values lately parsed by ``parse_name_addr`` (a dialog repeats its From and To in every
+#: message); ``NameAddr`` is immutable, so one is shared. Emptied when full.
+_NAME_ADDRS: dict[str, NameAddr] = {}
+_NAME_ADDRS_MAX = 4096
+
+
 def parse_name_addr(value: str) -> NameAddr:
     """Split a From/To/Contact value into display name, URI, user, host and tag."""
+    known = _NAME_ADDRS.get(value)
+    if known is not None:
+        return known
+    addr = _parse_name_addr(value)
+    if len(_NAME_ADDRS) >= _NAME_ADDRS_MAX:
+        _NAME_ADDRS.clear()
+    _NAME_ADDRS[value] = addr
+    return addr
+
+
+def _parse_name_addr(value: str) -> NameAddr:
     if not value:
         return NameAddr()
     value = value.strip()

@@ -71,7 +71,7 @@ class RtpStream:
     rtcp_reports: int = 0             # RTCP report blocks about this stream
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = dict(self.__dict__)  # the fields in order (dataclasses.asdict's, cheaper)
         data["sl"] = list(self.sl)
         data["delay"] = list(self.delay)
         data["payloads"] = list(self.payloads)

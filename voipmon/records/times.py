@@ -5,14 +5,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+#: ``YYYY-MM-DDTHH:MM:SS`` of the seconds lately formatted (records come in time order,
+#: several times of one record in one second); emptied when full.
+_SECONDS: dict[int, str] = {}
+
 
 def iso_ms(ts: float | None) -> str | None:
     """Epoch seconds to ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC)."""
     if ts is None:
         return None
     ms = round(ts * 1000)
-    moment = datetime.fromtimestamp(ms // 1000, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    second = ms // 1000
+    text = _SECONDS.get(second)
+    if text is None:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        if len(_SECONDS) >= 1024:
+            _SECONDS.clear()
+        _SECONDS[second] = text
+    return f"{text}.{ms % 1000:03d}Z"
 
 
 def parse_iso_ms(text: str | None) -> float | None:
