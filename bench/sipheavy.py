@@ -57,38 +57,51 @@ def need(tool: str) -> str:
     return path
 
 
+class Calls:
+    """The SIPp calls of a run: the scenarios written into ``tmp``, free ports, and the
+    two command lines (the answerer first, then the caller, which exits when done)."""
+
+    def __init__(self, tmp: str, calls: int, rate: int, rtp_seconds: float,
+                 media_base: int) -> None:
+        sipp = need("sipp")
+        frames = max(1, round(rtp_seconds / 0.03))
+        subprocess.run([need("editcap"), "-r", SIPP_MEDIA, os.path.join(tmp, "rtp.pcap"),
+                        f"1-{frames}"], check=True, capture_output=True)
+        with open(os.path.join(HERE, "sipp", "short_call_uac.xml")) as f:
+            uac = f.read().replace("PAUSE_MS", str(round(frames * 30 + 150)))
+        with open(os.path.join(tmp, "uac.xml"), "w") as f:
+            f.write(uac)
+        uas_port, uac_port, echo = free_udp_port(), free_udp_port(), free_udp_port()
+        self.sip_ports = [uac_port, uas_port]
+        self.expression = (
+            f"udp and (port {uas_port} or port {uac_port} or port {echo} or port {echo + 2}"
+            f" or portrange {media_base}-{media_base + MEDIA_SPAN})")
+        common = ["-i", "127.0.0.1", "-nostdin", "-m", str(calls), "-trace_stat",
+                  "-trace_err", "-fd", "3600"]
+        self.uas = [sipp, "-sf", os.path.join(HERE, "sipp", "short_call_uas.xml"),
+                    "-p", str(uas_port), "-mp", str(echo), "-rtp_echo", *common]
+        self.uac = [sipp, "-sf", "uac.xml", f"127.0.0.1:{uas_port}", "-p", str(uac_port),
+                    "-mp", str(media_base), "-r", str(rate),
+                    "-timeout", f"{calls / rate + 60:.0f}s", *common]
+
+
 def make_capture(tmp: str, calls: int, rate: int, rtp_seconds: float,
                  media_base: int) -> tuple[str, list[int], dict[str, int]]:
     """Run the SIPp calls under tcpdump; (pcap, SIP ports, counts)."""
-    sipp, tcpdump = need("sipp"), need("tcpdump")
-    frames = max(1, round(rtp_seconds / 0.03))
-    subprocess.run([need("editcap"), "-r", SIPP_MEDIA, os.path.join(tmp, "rtp.pcap"),
-                    f"1-{frames}"], check=True, capture_output=True)
-    with open(os.path.join(HERE, "sipp", "short_call_uac.xml")) as f:
-        uac = f.read().replace("PAUSE_MS", str(round(frames * 30 + 150)))
-    with open(os.path.join(tmp, "uac.xml"), "w") as f:
-        f.write(uac)
-    uas_port, uac_port, echo = free_udp_port(), free_udp_port(), free_udp_port()
+    run = Calls(tmp, calls, rate, rtp_seconds, media_base)
     pcap = os.path.join(tmp, "sipheavy.pcap")
-    expression = (f"udp and (port {uas_port} or port {uac_port} or port {echo} or "
-                  f"port {echo + 2} or portrange {media_base}-{media_base + MEDIA_SPAN})")
-    dump = subprocess.Popen([tcpdump, "-i", "lo", "-n", "-U", "-B", "262144", "-w", pcap,
-                             expression], stderr=subprocess.PIPE)
+    dump = subprocess.Popen([need("tcpdump"), "-i", "lo", "-n", "-U", "-B", "262144", "-w",
+                             pcap, run.expression], stderr=subprocess.PIPE)
     assert dump.stderr is not None
     line = dump.stderr.readline()   # "listening on lo ...": capturing from now on
     if b"listening" not in line:
         raise SystemExit(f"tcpdump: {line!r}")
-    common = ["-i", "127.0.0.1", "-nostdin", "-m", str(calls), "-trace_stat",
-              "-trace_err", "-fd", "3600"]
-    uas = subprocess.Popen([sipp, "-sf", os.path.join(HERE, "sipp", "short_call_uas.xml"),
-                            "-p", str(uas_port), "-mp", str(echo), "-rtp_echo", *common],
-                           cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uas = subprocess.Popen(run.uas, cwd=tmp, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
     time.sleep(0.5)   # the answerer binds its ports (a benchmark, not a test)
     start = time.perf_counter()
-    caller = subprocess.run([sipp, "-sf", "uac.xml", f"127.0.0.1:{uas_port}", "-p",
-                             str(uac_port), "-mp", str(media_base), "-r", str(rate),
-                             "-timeout", f"{calls / rate + 60:.0f}s", *common],
-                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    caller = subprocess.run(run.uac, cwd=tmp, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     made = time.perf_counter() - start
     try:
         uas.wait(timeout=30)
@@ -104,7 +117,7 @@ def make_capture(tmp: str, calls: int, rate: int, rtp_seconds: float,
         for text in (line + err).splitlines():
             if word in text:
                 counts[key] = int(text.split()[0])
-    return pcap, [uac_port, uas_port], counts
+    return pcap, run.sip_ports, counts
 
 
 def run_child(argv: list[str], capture: bool = False) -> tuple[float, bytes]:
