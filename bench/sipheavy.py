@@ -4,7 +4,7 @@
 
 The capture is real traffic made at run time on ``lo``: SIPp calls SIPp at ``--rate``
 calls/s, ``--calls`` short answered calls (INVITE, 100, 180, 200 with SDP, ACK, about
-``--rtp-seconds`` of G.711 each way, BYE, 200: bench/sipp/short_call_*.xml). The caller
+``--rtp-seconds`` of G.711 each way (0: none), BYE, 200: bench/sipp/short_call_*.xml). The caller
 replays the first seconds of Debian sip-tester's g711a.pcap from its own media port per
 call (``[auto_media_port]``), the answerer echoes it (``-rtp_echo``); tcpdump writes it.
 Needs sipp (sip-tester), tcpdump, tshark and editcap, and root to capture.
@@ -64,11 +64,14 @@ class Calls:
     def __init__(self, tmp: str, calls: int, rate: int, rtp_seconds: float,
                  media_base: int) -> None:
         sipp = need("sipp")
-        frames = max(1, round(rtp_seconds / 0.03))
-        subprocess.run([need("editcap"), "-r", SIPP_MEDIA, os.path.join(tmp, "rtp.pcap"),
-                        f"1-{frames}"], check=True, capture_output=True)
+        frames = round(rtp_seconds / 0.03)
         with open(os.path.join(HERE, "sipp", "short_call_uac.xml")) as f:
             uac = f.read().replace("PAUSE_MS", str(round(frames * 30 + 150)))
+        if frames:
+            subprocess.run([need("editcap"), "-r", SIPP_MEDIA, os.path.join(tmp, "rtp.pcap"),
+                            f"1-{frames}"], check=True, capture_output=True)
+        else:  # signalling only
+            uac = "\n".join(line for line in uac.split("\n") if "play_pcap" not in line)
         with open(os.path.join(tmp, "uac.xml"), "w") as f:
             f.write(uac)
         uas_port, uac_port, echo = free_udp_port(), free_udp_port(), free_udp_port()
@@ -168,7 +171,8 @@ def main() -> int:
             path, ports, counts = make_capture(tmp, args.calls, args.rate, args.rtp_seconds,
                                                args.media_base)
             print(f"capture: SIPp, {args.calls} calls at {args.rate}/s, "
-                  f"{args.rtp_seconds:g} s of RTP each way: {counts}")
+                  f"{args.rtp_seconds:g} s of RTP each way, SIP ports "
+                  f"{','.join(map(str, ports))}: {counts}")
             if args.keep:
                 shutil.copyfile(path, args.keep)
         sipport = ",".join(map(str, ports))
