@@ -109,13 +109,17 @@ class FastPath:
                     if ts >= due:
                         tick(ts)
                         due = fast.due
-                    if linktype == 1 and len(frame) >= 54 and frame[12:15] == _ETH_IP4 \
-                            and not (frame[20] & 0x3F or frame[21]):
+                    # the byte tests are frame[12:15] == _ETH_IP4 and frame[38:40] >= b"\0\x14"
+                    # (UDP length >= 20), without making a bytes object for each
+                    if linktype == 1 and len(frame) >= 54 and frame[14] == 0x45 \
+                            and frame[12] == 8 and not (frame[13] or frame[20] & 0x3F
+                                                        or frame[21]):
                         key = frame[26:38]
                         if frame[23] == 17:
                             flow = flows_get(key)
                             if flow is not None:
-                                if frame[38:40] >= b"\x00\x14" and not 192 <= frame[43] <= 223:
+                                if (frame[38] or frame[39] >= 0x14) \
+                                        and not 192 <= frame[43] <= 223:
                                     flow.rec += frame[42:54]
                                     flow.times.append(ts)
                                     sink = flow.pcap1
