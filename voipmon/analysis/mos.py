@@ -133,7 +133,7 @@ def _first_event(e: np.ndarray, d: np.ndarray, start: int, hi: float, lo: float)
     width = 64
     while start < n:
         stop = min(n, start + width)
-        hit = np.flatnonzero((e[start:stop] > hi) | (d[start:stop] < lo))
+        hit = ((e[start:stop] > hi) | (d[start:stop] < lo)).nonzero()[0]
         if len(hit):
             return start + int(hit[0])
         start = stop
@@ -155,7 +155,7 @@ class Chunk:
         self.contiguous = False
         if n == 0:
             return
-        steps = np.diff(media)
+        steps = media[1:] - media[:-1]
         steps = np.sort(steps[steps > 0])
         m = len(steps)
         if m:  # np.median's value, without its overhead
@@ -252,12 +252,12 @@ class _Buffer:
         assert self.done is not None
         if upto <= self.done:
             return
-        cut = int(np.searchsorted(self.open, upto, side="right"))
+        cut = int(self.open.searchsorted(upto, side="right"))
         played = self.open[:cut]
         self.open = self.open[cut:]
         # lost slots between consecutive played ones, then the tail up to ``upto``
         edges = np.concatenate(([self.done], played))
-        gaps = np.diff(edges) - 1
+        gaps = edges[1:] - edges[:-1] - 1
         tail = upto - (int(played[-1]) if len(played) else self.done)
         if len(gaps) == 0:
             self.run += tail

@@ -46,6 +46,7 @@ DUP_WINDOW = 2048
 CN_TYPES = (13, 19)
 #: Delay histogram edges, ms (VoIPmonitor d50, d70, d90, d120, d150, d200, d300).
 DELAY_EDGES = (50.0, 70.0, 90.0, 120.0, 150.0, 200.0, 300.0)
+_DELAY_EDGES = np.array(DELAY_EDGES)
 
 # Wireshark's clock rates for static payload types (tap-rtp-analysis.c clock_map).
 _STATIC_RATES = {
@@ -154,7 +155,7 @@ def _unwrap(values: np.ndarray, last_raw: int, last_ext: int, bits: int) -> np.n
     prev[1:] = v[:-1]
     half = 1 << (bits - 1)
     step = (v - prev + half) % (1 << bits) - half
-    return last_ext + np.cumsum(step)
+    return last_ext + step.cumsum()
 
 
 _A = 15.0 / 16.0
@@ -174,7 +175,7 @@ def jitter_filter(d: np.ndarray, j0: float) -> np.ndarray:
         return np.zeros(0)
     pad = (-n) % _BLOCK
     x = np.concatenate([d, np.zeros(pad)]).reshape(-1, _BLOCK) / 16.0
-    local = _APOW * np.cumsum(x * _AINV, axis=1)
+    local = _APOW * (x * _AINV).cumsum(axis=1)
     carry = np.empty(local.shape[0])
     a_block = _A ** _BLOCK
     j = j0
@@ -260,7 +261,7 @@ class StreamAnalyzer:
         ext = _unwrap(seq, self.seq_raw, self.seq_ext, 16)
         self.seq_raw = int(seq[-1])
         self.seq_ext = int(ext[-1])
-        steps = np.diff(ext)
+        steps = ext[1:] - ext[:-1]
         if ext[0] > self.ext_max and (steps > 0).all():
             # the usual case: in order, no duplicates; gaps are the losses
             gaps = steps - 1
@@ -345,10 +346,10 @@ class StreamAnalyzer:
             if k[0] <= 1:
                 self.mean_j = 0.0
                 factor[0] = 0.0
-            s = np.cumsum(factor)
+            s = factor.cumsum()
             self.mean_j = self.mean_j * float(np.exp(s[-1])) + \
-                float(np.sum(jc / k * np.exp(s[-1] - s)))
-            buckets = np.searchsorted(DELAY_EDGES, d[counted], side="right")
+                float((jc / k * np.exp(s[-1] - s)).sum())
+            buckets = _DELAY_EDGES.searchsorted(d[counted], side="right")
             self.delay += np.bincount(buckets, minlength=len(DELAY_EDGES) + 1)[1:]
         if len(jit):
             self.j = float(jit[-1])
@@ -358,9 +359,9 @@ class StreamAnalyzer:
                 self.last_nominal = float(nominal[-1])
         else:
             if in_time.any():
-                self.t_ref = float(ms[np.flatnonzero(in_time)[-1]])
+                self.t_ref = float(ms[in_time.nonzero()[0][-1]])
             if rated.any():
-                self.last_nominal = float(nominal[np.flatnonzero(rated)[-1]])
+                self.last_nominal = float(nominal[rated.nonzero()[0][-1]])
         self.prev_pt = int(pt[-1])
         return jit, rated, counted
 
@@ -375,8 +376,9 @@ class StreamAnalyzer:
             return
         v_ts = ext_ts[voice]
         start = v_ts[0] if self.voice_ext is None else self.voice_ext
-        steps = np.diff(v_ts, prepend=start) / rate[voice] * 1000.0
-        media = self.voice_t + np.cumsum(steps)
+        since = np.concatenate(([start], v_ts))
+        steps = (since[1:] - since[:-1]) / rate[voice] * 1000.0
+        media = self.voice_t + steps.cumsum()
         self.voice_ext = int(v_ts[-1])
         self.voice_t = float(media[-1])
         arrival = ms[voice]
@@ -390,7 +392,7 @@ class StreamAnalyzer:
         received = self.n
         expected = self.ext_max - self.ext_min + 1 if received else 0
         lost = max(0, expected - (received - self.dups))
-        present = tuple(int(p) for p in np.flatnonzero(self.pt_counts))
+        present = tuple(int(p) for p in self.pt_counts.nonzero()[0])
         payload = self.main_payload()
         pt = payload if codec_pt is None else codec_pt
         scores = tuple(mos.mos_score(jb.loss_histogram(), received, pt, connected)
