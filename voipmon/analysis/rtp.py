@@ -462,7 +462,7 @@ class RtpFlow:
         if n == 0:
             return 0
         self.last_seen = self.times[-1]
-        records = np.frombuffer(bytes(self.rec[:n * 12]), dtype=RECORD)
+        records = np.frombuffer(self.rec, dtype=RECORD, count=n)  # the buffer is replaced below
         times = np.frombuffer(self.times, dtype=np.float64).copy()
         self.rec = bytearray()
         self.times = array("d")
