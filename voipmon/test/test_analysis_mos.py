@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.analysis.mos import (
     AdaptiveJitterBuffer,
+    Chunk,
     FixedJitterBuffer,
     best_mos,
     burst_ratio,
@@ -155,3 +158,45 @@ class AdaptiveBufferTests(SynchronousTestCase):
         for part in np.array_split(np.arange(1000), 3):
             jb.feed(arrival[part], media[part], seq[part])
         self.assertEqual(lost(jb), 0)
+
+
+class ShortcutTests(SynchronousTestCase):
+    """The shortcuts for the usual chunk (every frame played, sequence numbers stepping by
+    one; an open window without a gap) leave a buffer exactly as the array path does."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 150), st.booleans()),
+                    min_size=1, max_size=8))
+    def test_count_shortcut_equals_array_path(self, chunks: list[tuple[int, int, bool]]) -> None:
+        fast, slow = FixedJitterBuffer(50.0, 100.0), FixedJitterBuffer(50.0, 100.0)
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
+        fast.observer = lambda ends, lengths: seen.append((ends, lengths))
+        slow.observer = lambda ends, lengths: seen.append((ends, lengths))
+        nxt = 1000
+        for gap, n, hole in chunks:
+            seq = np.arange(nxt + gap, nxt + gap + n, dtype=np.int64)
+            if hole and n > 2:
+                seq = np.delete(seq, n // 2)   # not contiguous: the array path
+            nxt = int(seq[-1]) + 1
+            contiguous = bool((np.diff(seq) == 1).all())
+            fast._count(seq, None, {}, None, contiguous)
+            slow._count(seq, np.ones(len(seq), dtype=bool), {}, None)
+            self.assertEqual((fast.done, fast.run, fast.played), (slow.done, slow.run, slow.played))
+            np.testing.assert_array_equal(fast.open, slow.open)
+            np.testing.assert_array_equal(fast.hist, slow.hist)
+        if len(slow.open):   # loss_histogram without its shortcut
+            slow._settle(int(slow.open[-1]))
+        if slow.run:
+            slow._burst(slow.run, slow.done)
+            slow.run = 0
+        np.testing.assert_array_equal(fast.loss_histogram(), slow.hist)
+        self.assertEqual((fast.done, len(fast.open)), (slow.done, len(slow.open)))
+
+    def test_chunk_median_is_numpy_median(self) -> None:
+        rng = np.random.default_rng(7)
+        for n in range(2, 40):
+            media = np.cumsum(rng.choice([0.0, 10.0, 20.0, 20.0, 30.0, -5.0], size=n))
+            steps = np.diff(media)
+            steps = steps[steps > 0]
+            chunk = Chunk(media + 1.0, media, np.arange(n))
+            self.assertEqual(chunk.ptime, float(np.median(steps)) if len(steps) else None)
