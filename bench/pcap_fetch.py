@@ -83,8 +83,8 @@ def tunnel(reactor, work: str, spool: str, store, certificate):
     registry over ``spool``; returns (the central's registry, the uplink, cleanup)."""
     sessions = CentralSessions(store, reactor)
     factory = CentralFactory(derive_key(PASSWORD), 5.0, sessions, reactor,
-                             tls.exporter_binding, central_name="bench")
-    sessions.registry = factory.registry
+                             tls.exporter_binding, central_name="bench",
+                             registry=sessions.registry)
     listening = yield endpoints.SSL4ServerEndpoint(
         reactor, 0, certificate.options(), interface="127.0.0.1").listen(factory)
     queue = DurableQueue(os.path.join(work, "queue"))

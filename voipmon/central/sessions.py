@@ -398,7 +398,11 @@ class MirrorSession:
 
 @implementer(ISessionHandler)
 class CentralSessions:
-    """Opens sessions, keeps the sensor registry in the store up to date."""
+    """Opens sessions, keeps the sensor registry in the store up to date.
+
+    ``registry`` is the central's one map of connected sensors (the channels, each with
+    its session and requester), shared with the channel factory that claims ids in it.
+    """
 
     def __init__(self, store: IStore, clock: IReactorTime,
                  registry: SessionRegistry | None = None,
@@ -409,9 +413,8 @@ class CentralSessions:
         self.metrics = metrics if metrics is not None else CentralMetrics(clock)
         self.clock = clock
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)
-        self.registry = registry          # set by the assembly (the channel factory's)
+        self.registry = registry if registry is not None else SessionRegistry(clock)
         self.mirrors = mirrors
-        self.sessions: dict[int, CdrSession | MirrorSession] = {}
         self.reported: dict[int, dict[str, Any]] = {}   # the last STATS of each sensor
         self.writers: dict[int, RegistryWriter] = {}
 
@@ -425,7 +428,6 @@ class CentralSessions:
                                                                self.mirrors.attach(hello))
         else:
             session = CdrSession(self, channel, hello)
-        self.sessions[hello.id_sensor] = session
         self.metrics.connected(hello.id_sensor, hello.name or f"sensor {hello.id_sensor}",
                                hello.mode)
         return session
@@ -480,11 +482,9 @@ class CentralSessions:
 
     def closed(self, session: CdrSession | MirrorSession) -> None:
         hello = session.hello
-        if self.sessions.get(hello.id_sensor) is session:
-            del self.sessions[hello.id_sensor]
         if self.mirrors is not None and hello.mode == "mirror":
             self.mirrors.detach(hello)
-        if self.registry is not None and self.registry.get(hello.id_sensor) is not None:
+        if self.registry.connected(hello.id_sensor):
             return  # the same sensor is connected again (took its session over)
         self.metrics.disconnected(hello.id_sensor)
         when = self.clock.seconds()

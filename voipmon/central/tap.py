@@ -38,7 +38,7 @@ from voipmon.manager.service import ManagerConnector
 from voipmon.protocols import tls
 from voipmon.protocols.admission import AdmissionGate
 from voipmon.protocols.handshake import derive_key
-from voipmon.protocols.server import CentralFactory
+from voipmon.protocols.server import CentralFactory, SessionRegistry
 from voipmon.spool.deadletter import DIRECTORY as DEAD_LETTERS
 from voipmon.spool.deadletter import DeadLetters
 from voipmon.spool.queues import spool_queue
@@ -152,13 +152,13 @@ def sensor_listener(settings: CentralSettings, store: IStore, cdr_queue: Central
     if metrics is None:
         metrics = CentralMetrics(clock)
     mirrors = MirrorAnalyses(metrics.analyzers(engines), cdr_queue, clock)
-    sessions = CentralSessions(store, clock, mirrors=mirrors, dead_letters=dead_letters,
-                               metrics=metrics)
+    registry = SessionRegistry(clock)   # the one map of the sensors connected here
+    sessions = CentralSessions(store, clock, registry, mirrors=mirrors,
+                               dead_letters=dead_letters, metrics=metrics)
     factory = CentralFactory(derive_key(channel.server_password),
                              channel.client_server_connect_maximum_time_diff_s, sessions, clock,
-                             binding, central_name=name)
-    sessions.registry = factory.registry
-    metrics.bind(cdr_queue=cdr_queue, store=store, channels=factory.registry.channels)
+                             binding, central_name=name, registry=registry)
+    metrics.bind(cdr_queue=cdr_queue, store=store, channels=registry.channels)
     gate = AdmissionGate(f"sensor port {channel.server_bind_port}", clock)
     return ChannelService(endpoint, factory, sessions, mirrors, cdr_queue, clock, gate,
                           certificate.options())

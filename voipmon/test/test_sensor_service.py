@@ -218,7 +218,7 @@ class LocalTests(HostileCases, Base):
         self.advance(31)
         self.assertEqual(svc.failover.connected_index, 0)
         self.assertEqual(svc.failover.switches, 1)
-        self.assertEqual(len(self.centrals["primary"].sessions.sessions), 1)
+        self.assertEqual(len(self.centrals["primary"].sessions.registry), 1)
 
     def test_every_central_refuses(self) -> None:
         """A wrong password everywhere ends --exit-when-done with status 2 and the reason."""
@@ -398,5 +398,5 @@ class MirrorTests(HostileCases, Base):
         cdr = cdrs[0]
         self.assertEqual((cdr.callid, cdr.bye), ("call-0@synthetic.example", BYE_CONFIRMED))
         self.assertEqual(comparable(cdr), comparable(expected_cdrs(pcap)[0]))
-        self.assertEqual(len(self.centrals["primary"].sessions.sessions), 1)
+        self.assertEqual(len(self.centrals["primary"].sessions.registry), 1)
         self.assertEqual(svc.uplink.end_state, None)

@@ -227,6 +227,6 @@ class SensorToCentralTests(TestCase):
             if row["lastSIPresponseNum"] == 200:
                 self.assertEqual((row["a_received"], row["b_received"]), (236, 236))
         if mirroring == "yes":
-            self.assertEqual(len(central.channel.sessions.sessions), 1)  # still connected
+            self.assertEqual(len(central.channel.sessions.registry), 1)  # still connected
             self.assertIsNone(sensor.uplink.end_state)
         yield sensor.stopService()
