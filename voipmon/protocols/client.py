@@ -33,10 +33,10 @@ from voipmon.manager.commands import ICommands
 from voipmon.protocols.capabilities import parse
 from voipmon.protocols.channel import ChannelProtocol
 from voipmon.protocols.compression import get_codec
-from voipmon.protocols.dispatch import SENSOR
+from voipmon.protocols.dispatch import SENSOR, Dispatcher
 from voipmon.protocols.handshake import CentralProofFailed, ClientHandshake, Rejection
 from voipmon.protocols.rpc.responder import Responder
-from voipmon.protocols.wire import MessageType, ProtocolError, decode_json
+from voipmon.protocols.wire import MessageType
 
 
 class ISessionProtocol(Interface):
@@ -72,25 +72,24 @@ class SensorChannel(ChannelProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # The handshake's stage (the ClientHandshake keeps the order of its messages);
+        # ACCEPT moves the channel on to the session's dispatcher.
+        self.dispatcher = Dispatcher(
+            SENSOR, where="during the handshake",
+            table={MessageType.CHALLENGE: self._challenge, MessageType.ACCEPT: self._accepted,
+                   MessageType.REJECT: self._rejected, MessageType.CLOSE: self.on_close})
         self.send_message(MessageType.HELLO, self.handshake.hello())
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        if self.session is not None:
-            self.session.messageReceived(kind, payload)
-        elif kind == MessageType.CHALLENGE:
-            body = decode_json(kind, payload)
-            self.send_message(MessageType.PROOF,
-                              self.handshake.receive_challenge(body, self.binding(self.transport)))
-        elif kind == MessageType.ACCEPT:
-            self._accepted(decode_json(kind, payload))
-        elif kind == MessageType.REJECT:
-            rejection = Rejection.from_json(decode_json(kind, payload))
-            self.log.error("central {peer} refused this sensor: {reason}", peer=self.peer,
-                           reason=rejection.reason, code=rejection.code)
-            self._error = Failure(rejection)
-            self.close(f"refused: {rejection.reason}", tell_peer=False)
-        else:
-            raise ProtocolError(f"unexpected {kind.name} during the handshake")
+    def _challenge(self, body: dict[str, Any]) -> None:
+        self.send_message(MessageType.PROOF,
+                          self.handshake.receive_challenge(body, self.binding(self.transport)))
+
+    def _rejected(self, body: dict[str, Any]) -> None:
+        rejection = Rejection.from_json(body)
+        self.log.error("central {peer} refused this sensor: {reason}", peer=self.peer,
+                       reason=rejection.reason, code=rejection.code)
+        self._error = Failure(rejection)
+        self.close(f"refused: {rejection.reason}", tell_peer=False)
 
     def _accepted(self, body: dict[str, Any]) -> None:
         try:

@@ -29,7 +29,7 @@ from voipmon.protocols.admission import GREETED, SECURED, Ticket
 from voipmon.protocols.capabilities import SUPPORTED, Capabilities
 from voipmon.protocols.channel import PING_INTERVAL, ChannelProtocol
 from voipmon.protocols.compression import CODECS, get_codec
-from voipmon.protocols.dispatch import CENTRAL
+from voipmon.protocols.dispatch import CENTRAL, DECODERS, Dispatcher, raw
 from voipmon.protocols.gated import IGated
 from voipmon.protocols.handshake import (
     ID_IN_USE,
@@ -44,6 +44,8 @@ from voipmon.protocols.wire import MAX_FRAME, MessageType, ProtocolError, decode
 OFFLINE = "offline"        # RequestFailed code: the sensor is not connected to this central
 
 WINDOW = 16                # batches a sensor may have unacknowledged
+
+HANDSHAKE_DECODERS = {**DECODERS, MessageType.HELLO: raw}
 
 
 class ISession(Interface):
@@ -158,34 +160,32 @@ class CentralChannel(ChannelProtocol):
         if self.admission is not None:
             self.handshake_timeout = 0.0   # the gate's deadline (shorter under a flood)
         super().connectionMade()
+        # The handshake's stage: HELLO (taken raw: a hello that is not even JSON is
+        # refused with a REJECT naming the problem) and PROOF; the ServerHandshake keeps
+        # their order.
+        self.dispatcher = Dispatcher(
+            CENTRAL, where="before authentication", decoders=HANDSHAKE_DECODERS,
+            table={MessageType.HELLO: self._hello, MessageType.PROOF: self._proof,
+                   MessageType.CLOSE: self.on_close})
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: TLS is established."""
         if self.admission is not None:
             self.admission.progress(SECURED)
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        if self.session is not None:
-            self.session.messageReceived(kind, payload)
-        elif self.probe:
-            raise ProtocolError(f"unexpected {kind.name} on a failback probe")
-        elif kind == MessageType.HELLO:
-            try:
-                challenge = self.handshake.receive_hello(decode_json(kind, payload))
-            except Rejection as rejection:
-                self.reject(rejection, self.handshake_hello_id(payload))
-                return
-            except ProtocolError as exc:
-                # Tell a sensor of ours what is wrong with its hello, as a refusal.
-                self.reject(Rejection(MALFORMED, str(exc)), self.handshake_hello_id(payload))
-                return
-            self.send_message(MessageType.CHALLENGE, challenge)
-            if self.admission is not None:
-                self.admission.progress(GREETED)
-        elif kind == MessageType.PROOF:
-            self._proof(decode_json(kind, payload))
-        else:
-            raise ProtocolError(f"unexpected {kind.name} before authentication")
+    def _hello(self, payload: bytes) -> None:
+        try:
+            challenge = self.handshake.receive_hello(decode_json(MessageType.HELLO, payload))
+        except Rejection as rejection:
+            self.reject(rejection, self.handshake_hello_id(payload))
+            return
+        except ProtocolError as exc:
+            # Tell a sensor of ours what is wrong with its hello, as a refusal.
+            self.reject(Rejection(MALFORMED, str(exc)), self.handshake_hello_id(payload))
+            return
+        self.send_message(MessageType.CHALLENGE, challenge)
+        if self.admission is not None:
+            self.admission.progress(GREETED)
 
     @staticmethod
     def handshake_hello_id(payload: bytes) -> object:
@@ -214,6 +214,11 @@ class CentralChannel(ChannelProtocol):
         self.authenticated_as(get_codec(hello.compression))
         if hello.probe:
             self.probe = True
+            # A failback probe's stage: keepalive and its close, nothing else.
+            self.dispatcher = Dispatcher(
+                CENTRAL, where="on a failback probe",
+                table={MessageType.PING: self.on_ping, MessageType.PONG: self.on_pong,
+                       MessageType.CLOSE: self.on_close})
             self.log.debug("failback probe from sensor {id_sensor} ({peer}) answered",
                            id_sensor=hello.id_sensor, peer=self.peer)
             return

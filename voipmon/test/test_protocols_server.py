@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from twisted.internet import protocol
 from twisted.internet.address import IPv4Address
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from voipmon.protocols.client import HandshakeFailed
 from voipmon.protocols.handshake import (
     BAD_PASSWORD,
     CLOCK_SKEW,
@@ -24,7 +26,7 @@ from voipmon.protocols.wire import (
     encode_frame,
     encode_json,
 )
-from voipmon.test.fakes_channel import ChannelPairCase
+from voipmon.test.fakes_channel import ChannelPairCase, SessionRecorder
 
 
 class CentralBase(ChannelPairCase):
@@ -200,6 +202,34 @@ class HostileTests(CentralBase):
         server, _io = self.raw_client()
         server.dataReceived(encode_frame(MessageType.CDRS, b"{}"))
         self.assertIn("unexpected CDRS before authentication", server.close_reason)
+
+    def test_handshake_stages_dispatch(self) -> None:
+        """The handshake goes through the same dispatcher as the session, one table per
+        stage: before authentication HELLO, PROOF and CLOSE; once in, the session's
+        handlers, where a second HELLO is unexpected (the handshake's table is gone)."""
+        server, _io = self.raw_client()
+        self.assertEqual(set(server.dispatcher.handlers),
+                         {MessageType.HELLO, MessageType.PROOF, MessageType.CLOSE})
+        self.successResultOf(self.pair.connect())
+        central = self.central()
+        self.assertFalse(central.dispatcher.handles(MessageType.HELLO))
+        self.assertFalse(central.dispatcher.handles(MessageType.PROOF))
+        self.assertTrue(central.dispatcher.handles(MessageType.PING))
+        central.dataReceived(encode_frame(MessageType.HELLO, b"{}"))
+        self.assertIn("unexpected HELLO from a local-processing sensor", central.close_reason)
+
+    def test_sensor_handshake_stage(self) -> None:
+        """The sensor's handshake table: CHALLENGE, ACCEPT, REJECT and CLOSE; anything
+        else from the central before ACCEPT closes the connection, naming the stage."""
+        d = self.pair.endpoint().connect(protocol.Factory.forProtocol(SessionRecorder))
+        sensor = self.pair.network.pumps[-1].client
+        self.assertEqual(set(sensor.dispatcher.handlers),
+                         {MessageType.CHALLENGE, MessageType.ACCEPT, MessageType.REJECT,
+                          MessageType.CLOSE})
+        sensor.dataReceived(encode_frame(MessageType.CDR_ACK, encode_json({"upto": 1})))
+        self.assertEqual(sensor.close_reason, "unexpected CDR_ACK during the handshake")
+        self.pair.flush()
+        self.failureResultOf(d, HandshakeFailed)
 
     def test_malformed_hello(self) -> None:
         """A hello that cannot be read is refused with the reason (code 'malformed')."""
