@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from voipmon.analysis.calls import END, Call, ip_text
 from voipmon.analysis.fastpath import FastPath
+from voipmon.analysis.live import call_state, durations, streams_now
 from voipmon.analysis.media import MediaTable, stream_records
 from voipmon.analysis.noncall import INonCallAnalyser
 from voipmon.analysis.rtp import CHUNK, RtpFlow
@@ -371,26 +372,20 @@ class Engine:
     # -- views ---------------------------------------------------------------------------
 
     def active_calls(self) -> list[dict[str, Any]]:
-        """The calls in progress (for listcalls), oldest first."""
+        """The calls in progress (for listcalls), oldest first: with their duration so
+        far on the capture clock and each RTP stream's figures up to now (analysis/live)."""
         out = []
         for call in self._calls.values():
-            if call.bye_ts is not None:
-                state = "bye"
-            elif call.connect_time is not None:
-                state = "answered"
-            elif call.last_code >= 300:
-                state = "failed"
-            elif call.last_code >= 180:
-                state = "ringing"
-            else:
-                state = "invite"
+            rtp = streams_now(call)   # first: it analyses what the flows have buffered
             out.append({
                 "callid": call.callid, "calldate": iso_ms(call.first_ts),
-                "caller": call.caller, "called": call.called, "state": state,
+                "caller": call.caller, "called": call.called, "state": call_state(call),
                 "lastSIPresponseNum": call.last_code,
                 "sipcallerip": ip_text(call.sipcallerip),
                 "sipcalledip": ip_text(call.sipcalledip),
+                **durations(call, self._now),
                 "streams": call.stream_count(),
+                "rtp": rtp,
             })
         return out
 

@@ -8,7 +8,9 @@ call and downloads its pcap, which the central fetches over the same channel: th
 what the sensor's own ``getcallpcap`` makes of its spool.
 
 The replay has closed its calls by the time the browser looks, so the sensor's call table
-is a fixed one here (two calls); listcalls during real calls is test_sipp_live's.
+is an engine's that read the capture up to its first BYE (calls in progress, RTP flowing):
+the view shows each call's duration so far and each stream's MOS, loss and jitter up to
+now. listcalls during real calls is test_sipp_live's.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
+from voipmon.analysis.engine import Engine
 from voipmon.config import load_central_config, load_sensor_config
 from voipmon.manager.commands import ManagerCommands
+from voipmon.packet.readers import read_capture
 from voipmon.test.common import data_path
 from voipmon.test.services import build_central, build_sensor
 from voipmon.test.test_browser import _selenium, start_chromium
@@ -32,16 +36,34 @@ PASSWORD = "browser-live-secret"
 CAPTURE = "sipp_uac_pcap_rtp_echo_lo_3calls.pcap"
 
 
-class FixedCalls:
-    """The sensor's call table, as listcalls shows it."""
+class CallsInProgress:
+    """The sensor's call table, as listcalls shows it: a real engine that has read the
+    capture up to its first BYE, so its calls are in progress with RTP flowing."""
+
+    def __init__(self, path: str) -> None:
+        self.engine = Engine(on_cdr=lambda cdr: None, id_sensor=1)
+        for ts, linktype, frame in read_capture(path):
+            if b"BYE sip:" in frame:
+                break
+            self.engine.feed(ts, linktype, frame)
 
     def list_active_calls(self) -> list[dict[str, Any]]:
-        return [{"callid": "live-a@example", "calldate": "2026-12-08T01:00:00.000Z",
-                 "caller": "+4930111", "called": "+4930222", "state": "answered",
-                 "lastSIPresponseNum": 200, "streams": 2},
-                {"callid": "live-b@example", "calldate": "2026-12-08T01:00:05.000Z",
-                 "caller": "+4930333", "called": "+4930444", "state": "ringing",
-                 "lastSIPresponseNum": 180, "streams": 0}]
+        return self.engine.active_calls()
+
+
+def secs(value: float) -> str:
+    """The page's ``fmt.secs``."""
+    whole = round(value)
+    return f"{whole // 60}:{whole % 60:02d}" if whole >= 60 else f"{value:.1f} s"
+
+
+def stream_line(stream: dict[str, Any]) -> str:
+    """What the page shows of one stream so far."""
+    mos = min(stream["mos_f1"], stream["mos_f2"], stream["mos_adapt"])
+    return (f"{stream['direction']} {stream['src']} → {stream['dst']} {stream['codec']} "
+            f"MOS {mos:.2f} · loss {stream['loss']:.1f} % ({stream['lost']:,} of "
+            f"{stream['received'] + stream['lost']:,}) · jitter {stream['jitter']:.1f} ms "
+            f"(max {stream['maxjitter']:.1f})")
 
 
 class LiveBrowserTests(TestCase):
@@ -70,7 +92,10 @@ class LiveBrowserTests(TestCase):
             f"id_sensor = 1\nname_sensor = edge-live\nserver_password = {PASSWORD}\n"
             f"server_destination = 127.0.0.1:{channel_port}\nspooldir = {spool}\n"
             "managerport = 0\n")), reactor, read_pcap=data_path(CAPTURE), commands=commands)
-        commands.calls = FixedCalls()
+        calls = CallsInProgress(data_path(CAPTURE))
+        expected = calls.list_active_calls()
+        self.assertTrue(expected and all(call["rtp"] for call in expected))
+        commands.calls = calls
         sensor.startService()
         self.addCleanup(lambda: sensor.stopService() if sensor.running else None)
 
@@ -99,22 +124,33 @@ class LiveBrowserTests(TestCase):
             driver.get(page + "#/sensors")
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sensors a.live-link"))
             driver.find_element(By.CSS_SELECTOR, "#sensors a.live-link").click()
-            wait.until(lambda d: len(d.find_elements(*live_rows)) == 2)
+            wait.until(lambda d: len(d.find_elements(*live_rows)) == len(expected))
             first = driver.find_element(By.ID, "live-status").text
             # it refreshes by itself: the status names the time of the last answer
             wait.until(lambda d: d.find_element(By.ID, "live-status").text != first)
             driver.save_screenshot(os.path.join(out, "live.png"))
+            streams = [[line.text for line in row.find_elements(By.CSS_SELECTOR,
+                                                                 ".live-stream")]
+                       for row in driver.find_elements(*live_rows)]
+            durations = [cell.text for cell in
+                         driver.find_elements(By.CSS_SELECTOR, "#live td.live-duration")]
             return (driver.find_element(By.ID, "live-title").text,
                     [row.text for row in driver.find_elements(*live_rows)], first,
-                    driver.current_url)
+                    driver.current_url, streams, durations)
 
-        title, rows, status, url = yield threads.deferToThread(active_calls)
+        title, rows, status, url, streams, durations = yield threads.deferToThread(
+            active_calls)
         self.assertIn("#/sensors/1/calls", url)
         self.assertEqual(title, "Calls in progress on edge-live")
-        self.assertIn("2 calls in progress, asked of the sensor over its channel", status)
-        self.assertIn("+4930111", rows[0])
-        self.assertIn("answered", rows[0])
-        self.assertIn("ringing", rows[1])
+        count = f"{len(expected)} call{'' if len(expected) == 1 else 's'}"
+        self.assertIn(f"{count} in progress, asked of the sensor over its channel", status)
+        for row, call, lines, duration in zip(rows, expected, streams, durations,
+                                              strict=True):
+            self.assertIn(call["callid"], row)
+            self.assertIn(call["state"], row)
+            # duration so far, and each stream's MOS, loss and jitter up to now
+            self.assertEqual(duration, secs(call["duration"]))
+            self.assertEqual(lines, [stream_line(s) for s in call["rtp"]])
 
         def download() -> bytes:
             driver.get(page + f"#/call/{cdr['id']}")

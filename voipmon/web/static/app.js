@@ -417,6 +417,22 @@ function stopLive() {
   if (liveTimer !== null) { clearTimeout(liveTimer); liveTimer = null; }
 }
 
+// Each stream of a call in progress: its figures so far (the sensor's listcalls; an
+// older sensor sends only the count).
+function liveStreams(c) {
+  if (!Array.isArray(c.rtp)) return [el("span", {}, fmt.int(c.streams))];
+  if (!c.rtp.length) return [el("span", { class: "muted" }, "no RTP yet")];
+  return c.rtp.map((s) => {
+    const scores = [s.mos_f1, s.mos_f2, s.mos_adapt].filter((v) => typeof v === "number");
+    const mos = scores.length ? Math.min(...scores) : null;
+    return el("div", { class: "live-stream", "data-ssrc": s.ssrc },
+      el("span", { class: "live-path" }, `${s.direction || "?"} ${s.src} → ${s.dst} ${s.codec || ""}`),
+      el("span", { class: `live-mos ${mosClass(mos)}` }, ` MOS ${fmt.num(mos, 2)}`),
+      el("span", { class: "live-loss" }, ` · loss ${fmt.num(s.loss, 1)} % (${fmt.int(s.lost)} of ${fmt.int(s.received + s.lost)})`),
+      el("span", { class: "live-jitter" }, ` · jitter ${fmt.num(s.jitter, 1)} ms (max ${fmt.num(s.maxjitter, 1)})`));
+  });
+}
+
 async function showLive(id) {
   stopLive();
   const status = $("#live-status");
@@ -439,10 +455,16 @@ async function showLive(id) {
       + `(${new Date().toISOString().slice(11, 19)} UTC)`;
     status.className = "status";
     $("#live tbody").replaceChildren(...body.calls.map((c) => el("tr", {},
-      el("td", {}, fmt.time(c.calldate)), el("td", {}, c.caller || ""),
+      el("td", {}, fmt.time(c.calldate)),
+      el("td", { class: "num live-duration",
+                 title: c.connect_duration === null || c.connect_duration === undefined
+                   ? "not answered" : `answered ${fmt.secs(c.connect_duration)} ago` },
+         fmt.secs(c.duration)),
+      el("td", {}, c.caller || ""),
       el("td", {}, c.called || ""), el("td", { class: `state ${c.state || ""}` }, c.state || ""),
       el("td", { class: "num" }, c.lastSIPresponseNum || ""),
-      el("td", { class: "num" }, fmt.int(c.streams)), el("td", { class: "callid" }, c.callid || ""))));
+      el("td", { class: "live-streams" }, ...liveStreams(c)),
+      el("td", { class: "callid" }, c.callid || ""))));
   }
   if (parseHash().parts[0] === "sensors" && parseHash().parts[1] === id) {
     liveTimer = setTimeout(() => showLive(id), LIVE_EVERY);
