@@ -116,59 +116,76 @@ class FrameDecoder:
     """Incremental frame parser. ``feed`` returns complete frames or raises ProtocolError.
 
     At most one partial frame is buffered, and only after its header passed the size
-    check, so memory per connection is bounded by ``max_frame``.
+    check, so memory per connection is bounded by ``max_frame``. A frame's payload is
+    copied once: a frame whole in the data fed is sliced out of it; one that spans several
+    feeds keeps their pieces and joins them when it is complete (not appended to a buffer
+    and cut out of it again).
     """
 
     def __init__(self, max_frame: int = MAX_HANDSHAKE_FRAME) -> None:
         self.max_frame = max_frame
-        self._buffer = bytearray()
-        self._need: int | None = None  # payload length of the frame being read
+        self._head = b""                   # a partial header
+        self._parts: list[bytes] = []      # the payload so far of the frame being read
+        self._have = 0
+        self._need: int | None = None      # payload length of the frame being read
         self._kind = 0
         self._flags = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._head) + self._have
 
     def feed(self, data: bytes) -> list[Frame]:
-        buffer = self._buffer
-        buffer += data
-        frames = []
-        offset = 0
-        size = len(buffer)
-        while True:
-            if self._need is None:
-                if size - offset < HEADER.size:
-                    break
-                length, kind, flags = HEADER.unpack_from(buffer, offset)
-                if length > self.max_frame:
-                    self._fail()
-                    raise FrameTooLarge(
-                        f"frame header announces {length} bytes, over the {self.max_frame}-byte"
-                        " limit"
-                    )
-                if kind not in _KNOWN_TYPES:
-                    self._fail()
-                    raise ProtocolError(f"unknown frame type {kind}")
-                if flags & ~_KNOWN_FLAGS:
-                    self._fail()
-                    raise ProtocolError(f"unknown frame flags 0x{flags:02x}")
-                offset += HEADER.size
+        frames: list[Frame] = []
+        if self._need is not None:
+            missing = self._need - self._have
+            if len(data) < missing:
+                self._parts.append(data)
+                self._have += len(data)
+                return frames
+            self._parts.append(data[:missing] if missing < len(data) else data)
+            frames.append(Frame(MessageType(self._kind), self._flags,
+                                b"".join(self._parts)))
+            self._parts, self._have, self._need = [], 0, None
+            if missing == len(data):
+                return frames
+            data = data[missing:]
+        if self._head:
+            data, self._head = self._head + data, b""
+        offset, size = 0, len(data)
+        while size - offset >= HEADER.size:
+            length, kind, flags = HEADER.unpack_from(data, offset)
+            if length > self.max_frame:
+                self._fail()
+                raise FrameTooLarge(
+                    f"frame header announces {length} bytes, over the {self.max_frame}-byte"
+                    " limit"
+                )
+            if kind not in _KNOWN_TYPES:
+                self._fail()
+                raise ProtocolError(f"unknown frame type {kind}")
+            if flags & ~_KNOWN_FLAGS:
+                self._fail()
+                raise ProtocolError(f"unknown frame flags 0x{flags:02x}")
+            offset += HEADER.size
+            end = offset + length
+            if end > size:
+                # the payload goes on in the next feeds
                 self._need, self._kind, self._flags = length, kind, flags
-            if size - offset < self._need:
-                break
-            end = offset + self._need
-            frames.append(Frame(MessageType(self._kind), self._flags, bytes(buffer[offset:end])))
+                if offset < size:
+                    self._parts = [data[offset:]]
+                    self._have = size - offset
+                return frames
+            frames.append(Frame(MessageType(kind), flags,
+                                data[offset:end] if offset or end < size else data))
             offset = end
-            self._need = None
-        if offset:
-            del buffer[:offset]
+        if offset < size:
+            self._head = data[offset:]
         return frames
 
     def _fail(self) -> None:
         # Drop whatever was buffered: the connection is going away.
-        self._buffer = bytearray()
-        self._need = None
+        self._head, self._parts, self._have, self._need = b"", [], 0, None
 
 
 # -- JSON control messages ---------------------------------------------------------
