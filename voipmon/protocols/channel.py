@@ -10,11 +10,13 @@ hand messages to the logic above them. After the handshake the channel is also t
 
 Everything sent goes through the channel's ``OutputScheduler`` (voipmon.protocols.
 scheduler), registered as the streaming producer of the transport: control frames at once,
-records and the sensor's answer streams in turn while the transport takes data. Once
-authenticated, the sensor's and the central's channels hand every message to one
-``Dispatcher`` (voipmon.protocols.dispatch): decoded once, to the ``on_<type>`` handler of
-the channel itself (PING, PONG, CLOSE), of the session logic above it, or of the request
-end (the central's requester, the sensor's responder). ANSWER frames are not compressed
+records and the sensor's answer streams in turn while the transport takes data. Every
+message received goes through the channel's ``Dispatcher`` (voipmon.protocols.dispatch) of
+its current stage, decoded once: during the handshake a table of the subclass's handshake
+handlers (HELLO/PROOF on the central, CHALLENGE/ACCEPT/REJECT on the sensor, the legacy
+mirror receiver's), then the ``on_<type>`` handlers of the channel itself (PING, PONG,
+CLOSE: ``keepalive``), of the session logic above it, or of the request end (the central's
+requester, the sensor's responder). ANSWER frames are not compressed
 (a pcap does not shrink, and compressing it costs more than sending it: bench/requests_mux).
 """
 
@@ -44,7 +46,6 @@ from voipmon.protocols.wire import (
     FrameDecoder,
     MessageType,
     ProtocolError,
-    decode_json,
     encode_frame,
     encode_json,
     is_number,
@@ -117,7 +118,7 @@ class ChannelProtocol(protocol.Protocol):
         self._abort_timer: IDelayedCall | None = None
         self.output = OutputScheduler(self._write_frame)
         self._producing = False
-        self.dispatcher: Dispatcher | None = None   # set once authenticated (subclasses)
+        self.dispatcher: Dispatcher | None = None   # each stage's (set by subclasses)
         self.agreed: Capabilities | None = None     # the capabilities agreed on this channel
 
     # -- connection life ---------------------------------------------------------
@@ -212,16 +213,14 @@ class ChannelProtocol(protocol.Protocol):
             self.fail("internal error while handling a message")
 
     def _dispatch(self, kind: MessageType, payload: bytes) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.dispatch(kind, payload)
-        elif kind == MessageType.PING and self.authenticated:
-            self.on_ping(payload)
-        elif kind == MessageType.PONG and self.authenticated:
-            self.on_pong(decode_json(kind, payload))
-        elif kind == MessageType.CLOSE:
-            self.on_close(decode_json(kind, payload))
-        else:
-            self.messageReceived(kind, payload)
+        if self.dispatcher is None:
+            raise ProtocolError(f"unexpected {kind.name}")
+        self.dispatcher.dispatch(kind, payload)
+
+    def keepalive(self) -> dict[MessageType, Callable[[Any], None]]:
+        """The channel's own handlers, for a stage's table: PING, PONG and CLOSE."""
+        return {MessageType.PING: self.on_ping, MessageType.PONG: self.on_pong,
+                MessageType.CLOSE: self.on_close}
 
     def dispatch_to(self, side: str, *owners: object, agreed: Capabilities,
                     peer: str) -> None:
@@ -241,9 +240,6 @@ class ChannelProtocol(protocol.Protocol):
     def on_close(self, body: dict[str, Any]) -> None:
         reason = body.get("reason")
         self.peer_closed(str(reason)[:1000] if reason is not None else "no reason given")
-
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        raise NotImplementedError
 
     def peer_closed(self, reason: str) -> None:
         """The peer said why it closes; log it and close our side."""

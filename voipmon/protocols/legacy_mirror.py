@@ -22,6 +22,8 @@ already has (per sender process), so nothing is lost or doubled over a reconnect
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
@@ -29,12 +31,16 @@ from voipmon.protocols import handshake
 from voipmon.protocols.admission import GREETED, Ticket
 from voipmon.protocols.channel import ChannelProtocol
 from voipmon.protocols.compression import get_codec
+from voipmon.protocols.dispatch import CENTRAL, Dispatcher, raw
+from voipmon.protocols.dispatch import DECODERS as CHANNEL_DECODERS
 from voipmon.protocols.gated import IGated
-from voipmon.protocols.wire import MessageType, ProtocolError, decode_json
+from voipmon.protocols.wire import MessageType
 
 HANDSHAKE_TIMEOUT = 30.0
 MAX_TIME_KEY = "mirror_connect_maximum_time_diff_s"
 COMPRESSION = "none"
+#: The sender's batches go to the receiver as they came (it decodes them itself).
+DECODERS = {**CHANNEL_DECODERS, MessageType.PACKETS: raw}
 
 
 def no_binding(transport: object) -> bytes:
@@ -80,38 +86,46 @@ class ReceiverProtocol(ChannelProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # The stages, each a table of the channel's one dispatch: HELLO, then PROOF,
+        # then the sender's batches and the keepalive.
+        self.stage({MessageType.HELLO: self._hello})
         self.receiver.opened(self)
 
-    def messageReceived(self, kind: MessageType, payload: bytes) -> None:
-        if kind == MessageType.PACKETS and self.state is not None:
-            seq = self.receiver.packets(self.state, payload)
-            self.send_message(MessageType.PACKETS_ACK, {"upto": seq})
-        elif kind == MessageType.HELLO and self.shake.hello is None:
-            try:
-                challenge = self.shake.receive_hello(decode_json(kind, payload))
-                if self.shake.hello is not None and self.shake.hello.mode != "mirror":
-                    raise handshake.Rejection(handshake.MALFORMED,
-                                              "this port takes legacy mirroring only")
-            except handshake.Rejection as rejection:
-                self.reject(rejection)
-                return
-            self.send_message(MessageType.CHALLENGE, challenge)
-            if self.admission is not None:
-                self.admission.progress(GREETED)
-        elif kind == MessageType.PROOF and self.state is None:
-            hello = self.shake.hello
-            try:
-                self.shake.receive_proof(decode_json(kind, payload), no_binding(self))
-                self.state = self.receiver.attach(self, hello, self.shake.skew or 0.0)
-            except handshake.Rejection as rejection:
-                self.reject(rejection)
-                return
-            if self.admission is not None:
-                self.admission.done()
-            self.send_message(MessageType.ACCEPT, self.shake.accept(no_binding(self)))
-            self.authenticated_as(get_codec(COMPRESSION))
-        else:
-            raise ProtocolError(f"unexpected {kind.name} message")
+    def stage(self, table: dict[MessageType, Any]) -> None:
+        self.dispatcher = Dispatcher(CENTRAL, where="message", decoders=DECODERS,
+                                     table={MessageType.CLOSE: self.on_close, **table})
+
+    def _hello(self, body: dict[str, Any]) -> None:
+        try:
+            challenge = self.shake.receive_hello(body)
+            if self.shake.hello is not None and self.shake.hello.mode != "mirror":
+                raise handshake.Rejection(handshake.MALFORMED,
+                                          "this port takes legacy mirroring only")
+        except handshake.Rejection as rejection:
+            self.reject(rejection)
+            return
+        self.send_message(MessageType.CHALLENGE, challenge)
+        if self.admission is not None:
+            self.admission.progress(GREETED)
+        self.stage({MessageType.PROOF: self._proof})
+
+    def _proof(self, body: dict[str, Any]) -> None:
+        hello = self.shake.hello
+        try:
+            self.shake.receive_proof(body, no_binding(self))
+            self.state = self.receiver.attach(self, hello, self.shake.skew or 0.0)
+        except handshake.Rejection as rejection:
+            self.reject(rejection)
+            return
+        if self.admission is not None:
+            self.admission.done()
+        self.send_message(MessageType.ACCEPT, self.shake.accept(no_binding(self)))
+        self.authenticated_as(get_codec(COMPRESSION))
+        self.stage({MessageType.PACKETS: self._packets, **self.keepalive()})
+
+    def _packets(self, payload: bytes) -> None:
+        seq = self.receiver.packets(self.state, payload)
+        self.send_message(MessageType.PACKETS_ACK, {"upto": seq})
 
     def reject(self, rejection: handshake.Rejection) -> None:
         self.log.warn("legacy mirror {peer}: refused: {reason}", peer=self.peer,

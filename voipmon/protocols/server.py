@@ -215,10 +215,8 @@ class CentralChannel(ChannelProtocol):
         if hello.probe:
             self.probe = True
             # A failback probe's stage: keepalive and its close, nothing else.
-            self.dispatcher = Dispatcher(
-                CENTRAL, where="on a failback probe",
-                table={MessageType.PING: self.on_ping, MessageType.PONG: self.on_pong,
-                       MessageType.CLOSE: self.on_close})
+            self.dispatcher = Dispatcher(CENTRAL, where="on a failback probe",
+                                         table=self.keepalive())
             self.log.debug("failback probe from sensor {id_sensor} ({peer}) answered",
                            id_sensor=hello.id_sensor, peer=self.peer)
             return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 import zstandard
 from twisted.internet.address import IPv4Address
@@ -14,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from voipmon.protocols.channel import ChannelProtocol, IMessageTransport
 from voipmon.protocols.compression import get_codec
+from voipmon.protocols.dispatch import CENTRAL, DECODERS, Dispatcher, raw
 from voipmon.protocols.wire import (
     FLAG_COMPRESSED,
     HEADER,
@@ -36,6 +39,24 @@ class Echo(ChannelProtocol):
         super().__init__(clock, lambda t: b"")
         self.messages: list[tuple[MessageType, bytes]] = []
         self.closed_by_peer: list[str] = []
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.stage()
+
+    def authenticated_as(self, codec: Any) -> None:
+        super().authenticated_as(codec)
+        self.stage(self.keepalive())
+
+    def stage(self, own: dict | None = None) -> None:
+        """Every type recorded raw, but what the channel handles itself (CLOSE; PING
+        and PONG once authenticated)."""
+        own = {MessageType.CLOSE: self.on_close, **(own or {})}
+        table = {kind: functools.partial(self.messageReceived, kind) for kind in MessageType}
+        table.update(own)
+        decoders = {kind: DECODERS.get(kind, decode_json) if kind in own else raw
+                    for kind in MessageType}
+        self.dispatcher = Dispatcher(CENTRAL, table=table, decoders=decoders)
 
     def messageReceived(self, kind: MessageType, payload: bytes) -> None:
         if payload == b"protocol-error":
