@@ -285,7 +285,7 @@ class CentralFactory(protocol.Factory):
         self.clock = clock
         self.binding = binding
         self.central_name = central_name
-        self.registry = registry or SessionRegistry(clock)
+        self.registry = registry if registry is not None else SessionRegistry(clock)
         self.window = window
         # what this central offers in ACCEPT
         self.capabilities = capabilities if capabilities is not None else Capabilities(

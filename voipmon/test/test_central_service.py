@@ -248,6 +248,11 @@ class LifeTests(CentralCase):
         pair.flush()
         self.assertEqual(self.store.sensors[7]["packets"], 1)
         self.assertTrue(self.store.sensors[7]["connected"])
+        # one map of the sensors connected here: the sessions', the channel factory's
+        registry = self.central.channel.central_factory.registry
+        self.assertIs(self.central.channel.sessions.registry, registry)
+        self.assertEqual([c.hello.instance for c in registry.channels()], ["01" * 8])
+        self.assertEqual(self.central.channel.sessions.metrics.fleet.connected_count(), 1)
         self.central.stopService()
         pair.flush()
         self.assertIsInstance(first, SessionRecorder)
