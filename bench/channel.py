@@ -2,11 +2,14 @@
 
 One run, three figures, each beside its reference measured in the same run:
 
-1. Local processing: CDRs/s from the sensor's durable queue, over TLS, through a
-   ``twistd voipmon-central`` process, into MariaDB (acknowledged only after commit), beside
-   ``SqlStore.store_cdrs`` writing the same kind of CDRs straight into MariaDB as the
-   central does (batches of 1000, four in flight): the most the channel could deliver.
-   Target >= 5,000 CDRs/s.
+1. Local processing (bench/drain.py): CDRs/s from full sensor queues, over TLS, through a
+   ``twistd voipmon-central`` process, into MariaDB (acknowledged only after commit), with
+   1 sensor and with 4 at once, beside ``SqlStore.store_cdrs`` writing the same kind of
+   CDRs straight into MariaDB (bench/store.py: batches of 1000, four in flight) and a
+   plain ``executemany`` of the same rows; a new sensor's handshake and an idle sensor's
+   ping round trip during the 4-sensor drain; the central's RSS. Targets >= 10,000
+   CDRs/s with 4 sensors, >= 90 % of the store's direct rate, < 200 ms; ``--cdrs 1000000``
+   shows the central's memory over a long drain.
 2. Packet mirroring, for each codec: packets/s replayed from the benchmark capture, sent,
    analysed by the central's engine and acknowledged, with the wire bytes per packet
    (frames, headers, TLS payload) beside the capture file's own bytes per packet.
@@ -20,6 +23,7 @@ real ``twistd`` process. Needs MariaDB (VOIPMON_TEST_MYSQL_* or root@127.0.0.1:3
 the benchmark capture (built with ../shared/pcaps/make-bench-pcap.sh when missing).
 
     .venv/bin/python bench/channel.py [--cdrs 20000] [--codecs zstd,gzip,lzo,none] [--runs 3]
+        [--parts cdrs,mirror,failover] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -34,22 +38,23 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import drain
 from twisted.internet import defer, task, threads
 
 from voipmon.config import load_sensor_config
 from voipmon.packet.readers import CaptureReader
-from voipmon.queue import DurableQueue
 from voipmon.sensor.service import SensorService
 from voipmon.store import testing
-from voipmon.store.sqlstore import SqlStore
 from voipmon.test.channel_support import (
+    TWISTD,
+    Process,
     count_cdrs,
     free_port,
     mysql_connect,
     stored_uids,
     temp_dir,
-    twistd,
     write_conf,
 )
 from voipmon.test.live_support import IdleSource
@@ -108,7 +113,11 @@ class Bench:
                           mysqluser=testing.mysql_settings()["user"],
                           mysqlpassword=testing.mysql_settings()["password"],
                           mysqldb=database)
-        process = twistd("voipmon-central", conf, name=name)
+        profile = []
+        if self.options.profile and name == "central-cdrs":
+            profile = [f"--profile={self.options.profile}", "--profiler=cprofile", "--savestats"]
+        process = Process([TWISTD, "-n", "--pidfile=", *profile, "voipmon-central",
+                           "--config", conf], name)
         self.processes.append(process)
         yield threads.deferToThread(process.wait_for, r"listening for sensors", 60)
         yield threads.deferToThread(process.wait_for, r"store ready", 60)
@@ -125,14 +134,6 @@ class Bench:
                             on_exit=on_exit if read_pcap is not None else None,
                             source=None if read_pcap else IdleSource())
 
-    def prefill(self, name: str, first: int, count: int, id_sensor: int) -> None:
-        queue = DurableQueue(os.path.join(self.base, name, "queue"))
-        for n in range(first, first + count):
-            queue.append(testing.make_cdr(n, id_sensor=id_sensor).to_wire())
-            if queue.buffered >= 1000:
-                queue.flush()
-        queue.close()
-
     def report(self, text: str) -> None:
         print(text, flush=True)
         self.results.append(text)
@@ -146,75 +147,6 @@ class Bench:
             except Exception as exc:
                 print(f"could not drop {name}: {exc}")
         shutil.rmtree(self.base, ignore_errors=True)
-
-    # -- 1. CDRs ---------------------------------------------------------------------
-
-    @defer.inlineCallbacks
-    def store_alone(self, count: int) -> Any:
-        """Reference: SqlStore.store_cdrs straight into MariaDB as the central calls it:
-        batches of 1000, four in flight."""
-        database = self.database()
-        store = SqlStore(testing.mysql_dialect(database), self.reactor, central_id="bench")
-        yield store.start()
-        cdrs = [testing.make_cdr(n, id_sensor=2) for n in range(count)]
-        batches = [cdrs[i:i + 1000] for i in range(0, count, 1000)]
-        started = time.perf_counter()
-
-        @defer.inlineCallbacks
-        def writer(index: int) -> Any:
-            for batch in batches[index::4]:
-                yield store.store_cdrs(batch)
-
-        yield defer.gatherResults([writer(i) for i in range(4)])
-        elapsed = time.perf_counter() - started
-        yield store.close()
-        return count / elapsed
-
-    @defer.inlineCallbacks
-    def cdr_delivery(self) -> Any:
-        count = self.options.cdrs
-        references, rates = [], []
-        database = self.database()
-        _process, port = yield self.central("central-cdrs", database)
-        for attempt in range(self.options.runs):
-            reference = yield self.store_alone(count)
-            references.append(reference)
-            rate, elapsed, stored = yield self.cdr_once(port, database, attempt, count)
-            rates.append((rate, elapsed, stored))
-        rate, elapsed, stored = max(rates)
-        reference = max(references)
-        self.report(f"local processing: {rate:10,.0f} CDRs/s queue -> TLS -> central -> "
-                    f"MariaDB (best of {self.options.runs}: {count} CDRs in {elapsed:.2f} s, "
-                    f"{stored} stored)   reference store_cdrs alone (1000 x 4 in flight) "
-                    f"{reference:,.0f} CDRs/s (ratio {rate / reference:.2f})   target >= "
-                    f"{TARGET_CDRS:,}: {'met' if rate >= TARGET_CDRS else 'NOT met'}")
-
-    @defer.inlineCallbacks
-    def cdr_once(self, port: int, database: str, attempt: int, count: int) -> Any:
-        id_sensor = 10 + attempt
-        name = f"sensor-cdrs-{attempt}"
-        print(f"prefilling the sensor queue with {count} CDRs ...", flush=True)
-        self.prefill(name, 0, count, id_sensor)
-        sensor = self.sensor(name, id_sensor, [port], None, None)
-        attached: list[float] = []
-        real_attach = sensor.uplink.attach
-
-        def attach(transport: Any) -> None:
-            attached.append(time.perf_counter())
-            real_attach(transport)
-
-        sensor.uplink.attach = attach
-        sensor.uplink.source_done = True
-        done = sensor.uplink.when_done()
-        sensor.startService()
-        yield done
-        elapsed = time.perf_counter() - attached[0]
-        yield sensor.stopService()
-        connection = mysql_connect(testing.mysql_settings()["host"],
-                                   testing.mysql_settings()["port"], database)
-        stored = len(set(stored_uids(connection, id_sensor)))
-        connection.close()
-        return count / elapsed, elapsed, stored
 
     # -- 2. mirroring --------------------------------------------------------------------
 
@@ -342,7 +274,7 @@ class Bench:
     def run(self) -> Any:
         try:
             if "cdrs" in self.options.parts:
-                yield self.cdr_delivery()
+                yield drain.cdr_part(self.reactor, self)
             if "mirror" in self.options.parts:
                 yield self.mirroring()
             if "failover" in self.options.parts:
@@ -361,6 +293,8 @@ def main(reactor: Any, argv: list[str]) -> Any:
     parser.add_argument("--parts", default="cdrs,mirror,failover")
     parser.add_argument("--runs", type=int, default=3,
                         help="best of this many runs (the machine may be busy)")
+    parser.add_argument("--profile", default="",
+                        help="run the CDR part's central under cProfile, stats to this file")
     options = parser.parse_args(argv)
     options.codecs = [c for c in options.codecs.split(",") if c]
     options.parts = set(options.parts.split(","))
