@@ -20,13 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from voipmon.central.cdrbatch import Prepare, ReadBatch, Rejected, inline, read_batch
 from voipmon.central.metrics import CentralMetrics
 from voipmon.central.mirror import MirrorAnalyses, SensorAnalysis
+from voipmon.central.retry import RegistryWriter, StoreRetry
 from voipmon.counters import Counters
 from voipmon.manager.service import resolve_manager
 from voipmon.protocols.channel import IMessageTransport
@@ -39,146 +41,17 @@ from voipmon.protocols.wire import (
     ProtocolError,
     field,
     is_number,
-    number_field,
 )
 from voipmon.records.codec import Record
-from voipmon.records.kinds import from_item, kind_of_item
+from voipmon.records.kinds import kind_of_item
 from voipmon.spool.deadletter import DeadLetters, IDeadLetters
-from voipmon.store.interfaces import IStore, StoreUnavailable
+from voipmon.store.interfaces import IStore
 
 log = Logger()
 
 MAX_PENDING_BATCHES = 16   # more unacknowledged batches than any window allows = misbehaving
 STORE_CONCURRENCY = 4      # CDR batches of one sensor written at once
 STATS_FIELDS = {"packets": "packets", "dropped": "drops", "queue_depth": "queue_depth"}
-
-
-class StoreRetry:
-    """Run ``attempt`` until it succeeds, waiting 0.5 s doubling to 5 s between tries.
-
-    A database outage is logged once when it starts and once when it ends, not per try.
-    """
-
-    def __init__(self, clock: IReactorTime, attempt: Callable[[], defer.Deferred], what: str,
-                 on_success: Callable[[object], None], initial: float = 0.5,
-                 maximum: float = 5.0) -> None:
-        self.clock = clock
-        self.attempt = attempt
-        self.what = what
-        self.on_success = on_success
-        self.initial = initial
-        self.maximum = maximum
-        self.tries = 0
-        self._call: IDelayedCall | None = None
-        self._running: defer.Deferred | None = None
-        self.cancelled = False
-
-    def start(self) -> None:
-        self._call = None
-        self.tries += 1
-        try:
-            d = self.attempt()
-        except Exception:
-            d = defer.fail()
-        self._running = d
-        d.addCallbacks(self._succeeded, self._failed)
-
-    def _succeeded(self, result: object) -> None:
-        self._running = None
-        if self.cancelled:
-            return
-        if self.tries > 1:
-            log.info("database reachable again: stored {what} after {tries} tries",
-                     what=self.what, tries=self.tries)
-        self.on_success(result)
-
-    def _failed(self, failure: Failure) -> None:
-        self._running = None
-        if self.cancelled:
-            return
-        delay = min(self.initial * 2 ** (self.tries - 1), self.maximum)
-        if self.tries == 1:
-            log.warn("cannot store {what}: {error}; retrying every {delay:g}..{maximum:g} s, "
-                     "nothing is acknowledged meanwhile", what=self.what,
-                     error=describe_failure(failure), delay=delay, maximum=self.maximum)
-        if not failure.check(StoreUnavailable):
-            log.failure("storing {what}", failure, what=self.what)
-        self._call = self.clock.callLater(delay, self.start)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-
-class RegistryWriter:
-    """Writes one sensor's registry state: one write at a time, always the newest state.
-
-    Connect (upsert) and disconnect (offline) of a sensor may both wait for a database
-    that is down; whatever happens, the state written last is the state asked for last.
-    """
-
-    def __init__(self, clock: IReactorTime, initial: float = 0.5, maximum: float = 5.0):
-        self.clock = clock
-        self.initial = initial
-        self.maximum = maximum
-        self._op: tuple[Callable[[], defer.Deferred], str] | None = None
-        self._version = 0
-        self._busy = False
-        self._tries = 0
-        self._call: IDelayedCall | None = None
-
-    def set(self, call: Callable[[], defer.Deferred], what: str) -> None:
-        self._op = (call, what)
-        self._version += 1
-        self._tries = 0
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-            self._run()
-        elif not self._busy:
-            self._run()
-
-    @property
-    def idle(self) -> bool:
-        return not self._busy and self._call is None
-
-    def _run(self) -> None:
-        self._call = None
-        if self._op is None:
-            return
-        self._busy = True
-        version = self._version
-        call, what = self._op
-        self._tries += 1
-        d = defer.maybeDeferred(call)
-
-        def done(_: object) -> None:
-            self._busy = False
-            if self._version != version:
-                self._run()
-            else:
-                self._op = None
-
-        def failed(failure: Failure) -> None:
-            self._busy = False
-            if self._version != version:
-                self._run()
-                return
-            if self._tries == 1:
-                log.warn("cannot store {what}: {error}; retrying", what=what,
-                         error=describe_failure(failure))
-            delay = min(self.initial * 2 ** (self._tries - 1), self.maximum)
-            self._call = self.clock.callLater(delay, self._run)
-
-        d.addCallbacks(done, failed)
-
-    def cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-        self._op = None
 
 
 @implementer(ISession)
@@ -200,6 +73,7 @@ class CdrSession:
         self.retries: list[StoreRetry] = []
         self.received = self.stored = self.duplicates = self.rejected = 0
         self._warned_foreign_id = False
+        self.lost = False
 
     def counters(self) -> Counters:
         return {"received": self.received, "stored": self.stored,
@@ -219,53 +93,81 @@ class CdrSession:
         self.sessions.heard(self.hello)
         self.channel.send_message(MessageType.END_ACK, {"cdrs": 0})
 
-    def on_cdrs(self, body: dict[str, Any]) -> None:
+    def on_cdrs(self, payload: bytes) -> None:
+        """A CDRS message: read (``sessions.prepare``: off the reactor thread in a
+        central), then stored and acknowledged in the order the messages came."""
         self.sessions.heard(self.hello)
-        first = number_field(body, "first", "CDRS", 1, MAX_INT, integer=True)
-        items = field(body, "cdrs", list, "CDRS")
-        if not items:
-            raise ProtocolError("malformed CDRS message: empty batch or bad 'first'")
         if len(self.pending) >= MAX_PENDING_BATCHES:
             raise ProtocolError(f"more than {MAX_PENDING_BATCHES} CDR batches unacknowledged")
-        records = []
-        for offset, item in enumerate(items):
-            record = self._parse(first + offset, item)
-            if record is not None:
-                records.append(record)
-        self.received += len(items)
-        self.pending.append(_Batch(first, first + len(items) - 1, records))
+        batch = _Batch()
+        self.pending.append(batch)
+        outcome: list[Any] = []
+        inline = True
+
+        def done(result: Any) -> None:
+            if inline:
+                outcome.append(result)
+            else:
+                self._read(batch, result, inline=False)
+
+        self.sessions.prepare(read_batch, payload).addBoth(done)
+        inline = False
+        if outcome:
+            self._read(batch, outcome[0], inline=True)
+
+    def _read(self, batch: _Batch, result: ReadBatch | Failure, inline: bool) -> None:
+        if self.lost:
+            return
+        if isinstance(result, Failure):
+            self.pending.remove(batch)
+            error = result.value
+            if not isinstance(error, ProtocolError):
+                log.failure("reading CDRs of sensor {id_sensor}", result,
+                            id_sensor=self.hello.id_sensor)
+                error = ProtocolError("internal error while reading CDRs")
+            if inline:
+                raise error
+            self.channel.fail(str(error))
+            return
+        for rejected in result.rejected:
+            self._reject(rejected)
+        records = result.records
+        own = self.hello.id_sensor
+        if any(record.id_sensor != own for record in records):
+            records = [self._own(record) for record in records]
+        self.received += result.last - result.first + 1
+        batch.first, batch.last, batch.cdrs = result.first, result.last, records
         self._start_writes()
 
-    def _parse(self, seq: int, item: Any) -> Record | None:
-        try:
-            record = from_item(item)
-        except ValueError as exc:
-            # Resending cannot repair it, and holding it would block every record behind
-            # it: it is kept as a dead letter (acknowledged, so the sensor moves on).
-            self.rejected += 1
-            kind = kind_of_item(item)
-            callid = item.get("callid") if isinstance(item, dict) else None
-            self.sessions.dead_letters.keep(
-                f"{kind}_from_sensor"[:40], item,
-                f"{'CDR' if kind == 'cdr' else kind} #{seq} is malformed: {exc}",
-                id_sensor=self.hello.id_sensor,
-                callid=callid if isinstance(callid, str) else None)
-            return None
-        if record.id_sensor != self.hello.id_sensor:
-            if not self._warned_foreign_id:
-                log.warn("sensor {id_sensor} sent records with id_sensor {other}; storing "
-                         "them under {id_sensor}", id_sensor=self.hello.id_sensor,
-                         other=record.id_sensor)
-                self._warned_foreign_id = True
-            record = dataclasses.replace(record, id_sensor=self.hello.id_sensor)
-        return record
+    def _reject(self, rejected: Rejected) -> None:
+        # Resending cannot repair it, and holding it would block every record behind it:
+        # it is kept as a dead letter (acknowledged, so the sensor moves on).
+        self.rejected += 1
+        item = rejected.item
+        kind = kind_of_item(item)
+        callid = item.get("callid") if isinstance(item, dict) else None
+        self.sessions.dead_letters.keep(
+            f"{kind}_from_sensor"[:40], item,
+            f"{'CDR' if kind == 'cdr' else kind} #{rejected.seq} is malformed: "
+            f"{rejected.reason}", id_sensor=self.hello.id_sensor,
+            callid=callid if isinstance(callid, str) else None)
+
+    def _own(self, record: Record) -> Record:
+        if record.id_sensor == self.hello.id_sensor:
+            return record
+        if not self._warned_foreign_id:
+            log.warn("sensor {id_sensor} sent records with id_sensor {other}; storing "
+                     "them under {id_sensor}", id_sensor=self.hello.id_sensor,
+                     other=record.id_sensor)
+            self._warned_foreign_id = True
+        return dataclasses.replace(record, id_sensor=self.hello.id_sensor)
 
     def _start_writes(self) -> None:
         # A write may complete at once and acknowledge (popping ``pending``): look again
         # for the next batch to write after each one.
         while len(self.retries) < self.concurrency:
-            batch = next((b for b in self.pending if not b.writing and b.stored is None),
-                         None)
+            batch = next((b for b in self.pending if b.cdrs is not None and not b.writing
+                          and b.stored is None), None)
             if batch is None:
                 return
             self._write(batch)
@@ -298,6 +200,7 @@ class CdrSession:
                                       {"upto": batch.last, "stored": batch.stored})
 
     def connectionLost(self, reason: Failure) -> None:
+        self.lost = True
         for retry in self.retries:
             retry.cancel()
         self.retries = []
@@ -306,14 +209,13 @@ class CdrSession:
 
 
 class _Batch:
-    """One CDRS message on its way to the store."""
+    """One CDRS message on its way to the store (``cdrs`` None while it is being read)."""
 
     __slots__ = ("cdrs", "first", "last", "stored", "writing")
 
-    def __init__(self, first: int, last: int, cdrs: list[Record]) -> None:
-        self.first = first
-        self.last = last
-        self.cdrs = cdrs
+    def __init__(self) -> None:
+        self.first = self.last = 0
+        self.cdrs: list[Record] | None = None
         self.stored: int | None = None
         self.writing = False
 
@@ -408,8 +310,9 @@ class CentralSessions:
                  registry: SessionRegistry | None = None,
                  mirrors: MirrorAnalyses | None = None,
                  dead_letters: IDeadLetters | None = None,
-                 metrics: CentralMetrics | None = None) -> None:
+                 metrics: CentralMetrics | None = None, prepare: Prepare = inline) -> None:
         self.store = store
+        self.prepare = prepare     # where CDRS messages are read (voipmon.central.cdrbatch)
         self.metrics = metrics if metrics is not None else CentralMetrics(clock)
         self.clock = clock
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters(None)

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from voipmon.central import legacy_mirror
+from voipmon.central.cdrbatch import Prepare, in_threads, inline
 from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
 from voipmon.central.dbretention import DatabaseRetention
 from voipmon.central.metrics import CentralMetrics
@@ -106,6 +107,7 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     listener = sensor_listener(settings, store, cdr_queue, engines, dead_letters, certificate,
                                reactor, name=central_id, endpoint=tls.server_endpoint(
                                    reactor, channel.server_bind_port, channel.server_bind),
+                               prepare=in_threads(reactor),
                                metrics=metrics)
     central = CentralService(StoreService(store, reactor), cdr_queue, listener, certificate)
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
@@ -143,18 +145,20 @@ def sensor_listener(settings: CentralSettings, store: IStore, cdr_queue: Central
                     certificate: tls.ServerCertificate, clock: IReactorTime, *, name: str,
                     endpoint: IStreamServerEndpoint,
                     binding: Callable[[Any], bytes] = tls.exporter_binding,
-                    metrics: CentralMetrics | None = None) -> ChannelService:
+                    metrics: CentralMetrics | None = None,
+                    prepare: Prepare = inline) -> ChannelService:
     """The sensors' channel: TLS under an admission gate on ``endpoint``, the handshake,
     and a session per sensor (its CDRs to the store; its mirrored packets to an engine of
     ``engines``, whose CDRs go to the CDR queue). ``metrics`` is told of every sensor and
-    counts what the mirroring engines make."""
+    counts what the mirroring engines make; ``prepare`` where the sensors' CDR batches are
+    read (voipmon.central.cdrbatch: the reactor's thread pool in a central)."""
     channel = settings.channel
     if metrics is None:
         metrics = CentralMetrics(clock)
     mirrors = MirrorAnalyses(metrics.analyzers(engines), cdr_queue, clock)
     registry = SessionRegistry(clock)   # the one map of the sensors connected here
     sessions = CentralSessions(store, clock, registry, mirrors=mirrors,
-                               dead_letters=dead_letters, metrics=metrics)
+                               dead_letters=dead_letters, metrics=metrics, prepare=prepare)
     factory = CentralFactory(derive_key(channel.server_password),
                              channel.client_server_connect_maximum_time_diff_s, sessions, clock,
                              binding, central_name=name, registry=registry)

@@ -69,6 +69,10 @@ class IMessageTransport(Interface):
     def loseConnection():
         """Close the channel after what was sent is flushed."""
 
+    def fail(reason):
+        """Close the channel because the peer broke the protocol (``reason``, told to the
+        peer and logged)."""
+
     def getPeer():
         """The other end's address (a Twisted IAddress)."""
 

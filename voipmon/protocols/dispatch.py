@@ -61,6 +61,7 @@ Decoder = Callable[[MessageType, bytes], Any]
 #: How each type's payload is decoded; JSON objects (``decode_json``) unless listed.
 DECODERS: dict[MessageType, Decoder] = {
     MessageType.PING: raw,
+    MessageType.CDRS: raw,          # read where the session says (voipmon.central.cdrbatch)
     MessageType.PACKETS: packets,
     **RPC_DECODERS,
 }

@@ -267,11 +267,16 @@ class FakeMessageTransport:
         self.host = host
         self.sent: list[tuple[Any, Any]] = []
         self.closed = False
+        self.failed: str | None = None
 
     def send_message(self, kind: Any, body: Any) -> None:
         self.sent.append((kind, body))
 
     def loseConnection(self) -> None:
+        self.closed = True
+
+    def fail(self, reason: str) -> None:
+        self.failed = reason
         self.closed = True
 
     def getPeer(self) -> IPv4Address:

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from voipmon.central import legacy_mirror
 from voipmon.central import tap as central_tap
+from voipmon.central.cdrbatch import in_threads, inline
 from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
 from voipmon.central.metrics import CentralMetrics
 from voipmon.central.mirror import AnalyzerFactory
@@ -97,6 +98,8 @@ def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | No
                   http_port: int | None = None) -> CentralService:
     """A central as voipmon.central.tap builds it; ``port`` and ``http_port`` override the
     settings' (0: ephemeral), ``endpoint`` replaces the sensors' listening endpoint."""
+    # On the real reactor, CDR batches are read in its thread pool as in a central.
+    prepare = in_threads(reactor) if clock is None else inline
     clock = clock if clock is not None else reactor
     channel, spooldir = settings.channel, settings.spool.spooldir
     certificate = central_tap.channel_certificate(settings)
@@ -114,7 +117,8 @@ def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | No
     metrics = CentralMetrics(clock)
     listener = central_tap.sensor_listener(settings, store, cdr_queue, engines, dead_letters,
                                            certificate, clock, name=central_id,
-                                           endpoint=endpoint, binding=binding, metrics=metrics)
+                                           endpoint=endpoint, binding=binding, metrics=metrics,
+                                           prepare=prepare)
     central = CentralService(StoreService(store, clock), cdr_queue, listener, certificate)
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
     for extra in (central_tap.database_retention(settings, central.store_service, clock),
