@@ -77,6 +77,7 @@ class Health:
     calls_active: float | None
     queue_records: float | None
     clock_skew_seconds: float | None
+    rtt_seconds: float | None = None    # the central's last ping of it, there and back
 
     def to_json(self) -> dict[str, Any]:
         return {"id_sensor": self.id_sensor, "name": self.name, "state": str(self.state),
@@ -84,7 +85,7 @@ class Health:
                 "packets_per_second": self.packets_per_second,
                 "drops_per_second": self.drops_per_second, "calls_active": self.calls_active,
                 "queue_records": self.queue_records,
-                "clock_skew_seconds": self.clock_skew_seconds}
+                "clock_skew_seconds": self.clock_skew_seconds, "rtt_seconds": self.rtt_seconds}
 
 
 DROP_FAMILIES = ("voipmon_sensor_dropped_packets_total", "voipmon_mirror_dropped_packets_total")
@@ -222,7 +223,8 @@ class Fleet:
                       drops_per_second=drops,
                       calls_active=figures.total("voipmon_calls_active"),
                       queue_records=queue,
-                      clock_skew_seconds=figures.total("voipmon_channel_clock_skew_seconds"))
+                      clock_skew_seconds=figures.total("voipmon_channel_clock_skew_seconds"),
+                      rtt_seconds=figures.total("voipmon_channel_rtt_seconds"))
 
     @staticmethod
     def _rate(state: SensorState, names: tuple[str, ...]) -> float | None:

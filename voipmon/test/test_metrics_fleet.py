@@ -267,3 +267,17 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual((health.calls_active, health.queue_records, health.state),
                          (7, 250, State.LAGGING))
         self.assertIsNone(self.fleet.health(3).calls_active)
+
+    def test_rtt_from_the_central(self) -> None:
+        """The ping round trip is in a sensor's health (and /api/sensors): the one the
+        sensor reports until the central's own ping of it came back, then the central's."""
+        sensor = self.sensor(4)
+        self.clock.advance(5)
+        sensor.advance(5, calls=1)
+        sensor.push(self.fleet)
+        self.assertEqual(self.fleet.health(4).rtt_seconds, sensor.channel["rtt"])
+        about = Figures()
+        about.gauge("voipmon_channel_rtt_seconds", 0.0125)
+        health = self.fleet.health(4, about)
+        self.assertEqual(health.rtt_seconds, 0.0125)
+        self.assertEqual(health.to_json()["rtt_seconds"], 0.0125)
