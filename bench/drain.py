@@ -103,8 +103,33 @@ def worker(reactor: Any, base: str, port: int, names: str) -> Any:
     delivered = sum(s.uplink.delivered for s in sensors)
     for sensor in sensors:
         yield sensor.stopService()
-    print(json.dumps({"first": min(marks), "done": finished, "delivered": delivered}),
-          flush=True)
+    print(json.dumps({"first": min(marks), "done": finished, "delivered": delivered,
+                      "cpu": time.process_time()}), flush=True)
+
+
+# -- CPU accounting ---------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mariadb_pid() -> int | None:
+    """The machine's shared mariadbd (not a test's private one, started --no-defaults)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"mariadbd" and b"--no-defaults" not in argv:
+            return int(entry)
+    return None
 
 
 # -- the probes -------------------------------------------------------------------------------
@@ -248,6 +273,8 @@ def drain_once(reactor: Any, bench: Any, port: int, database: str, central: Any,
         names.append(f"{name}:{first_id + k}")
     if probes is not None:
         probes.start(rss_every)
+    server = mariadb_pid()
+    cpu_before = (cpu_seconds(central.pid), cpu_seconds(server) if server else 0.0)
     child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
                               bench.base, str(port), ",".join(names)],
                              stdout=subprocess.PIPE, text=True)
@@ -258,6 +285,9 @@ def drain_once(reactor: Any, bench: Any, port: int, database: str, central: Any,
         raise RuntimeError(f"drain worker exited {child.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
     elapsed = result["done"] - result["first"]
+    cpu = {"central": cpu_seconds(central.pid) - cpu_before[0],
+           "MariaDB": (cpu_seconds(server) - cpu_before[1]) if server else 0.0,
+           "sensors": result["cpu"]}
     connection = mysql_connect(testing.mysql_settings()["host"],
                                testing.mysql_settings()["port"], database)
     uids = []
@@ -265,7 +295,7 @@ def drain_once(reactor: Any, bench: Any, port: int, database: str, central: Any,
         uids += stored_uids(connection, first_id + k)
     connection.close()
     exact = len(uids) == len(set(uids)) == per * sensors
-    return per * sensors / elapsed, elapsed, exact
+    return per * sensors / elapsed, elapsed, exact, cpu
 
 
 @defer.inlineCallbacks
@@ -309,6 +339,13 @@ def cdr_part(reactor: Any, bench: Any) -> Any:
     bench.report(f"4 sensors: {four[0]:10,.0f} CDRs/s (best of {runs}: {count} CDRs in "
                  f"{four[1]:.2f} s, exactly once: {four[2]})   target >= {TARGET_RATE:,}: "
                  f"{met(four[0] >= TARGET_RATE)}")
+    cpu = four[3]
+    total = sum(cpu.values())
+    shares = ", ".join(f"{name} {seconds / count * 1e6:.0f} us ({seconds / four[1]:.0%} of "
+                       "a core)" for name, seconds in cpu.items())
+    bench.report(f"CPU per CDR in that 4-sensor drain: {shares}; together "
+                 f"{total / count * 1e6:.0f} us/CDR, so {os.cpu_count()} cores allow at most "
+                 f"{os.cpu_count() * count / total:,.0f} CDRs/s with everything on this machine")
     if "direct" in best:
         ratio = four[0] / best["direct"]
         bench.report(f"store_cdrs direct (1000 x 4 in flight): {best['direct']:10,.0f} CDRs/s;"

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from voipmon.central import legacy_mirror
-from voipmon.central.cdrbatch import Prepare, in_threads, inline
+from voipmon.central.cdrbatch import Prepare, ReadPool, inline
 from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
 from voipmon.central.dbretention import DatabaseRetention
 from voipmon.central.metrics import CentralMetrics
@@ -104,14 +104,16 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     engines = mirror_engine_factory(spooldir, dead_letters)
     metrics = CentralMetrics(reactor)
     metrics.bind_store_errors(store.counters)
+    reader = ReadPool(reactor)
     listener = sensor_listener(settings, store, cdr_queue, engines, dead_letters, certificate,
                                reactor, name=central_id, endpoint=tls.server_endpoint(
                                    reactor, channel.server_bind_port, channel.server_bind),
-                               prepare=in_threads(reactor),
+                               prepare=reader.prepare,
                                metrics=metrics)
     central = CentralService(StoreService(store, reactor), cdr_queue, listener, certificate)
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
     optional = [
+        reader,
         database_retention(settings, central.store_service, reactor),
         make_web_service(settings.http, spooldir, reactor, store,
                          channels=listener.central_factory.registry,

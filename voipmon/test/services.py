@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from voipmon.central import legacy_mirror
 from voipmon.central import tap as central_tap
-from voipmon.central.cdrbatch import in_threads, inline
+from voipmon.central.cdrbatch import ReadPool, inline
 from voipmon.central.cdrqueue import QUEUE_DIRECTORY, CentralCdrQueue
 from voipmon.central.metrics import CentralMetrics
 from voipmon.central.mirror import AnalyzerFactory
@@ -98,8 +98,8 @@ def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | No
                   http_port: int | None = None) -> CentralService:
     """A central as voipmon.central.tap builds it; ``port`` and ``http_port`` override the
     settings' (0: ephemeral), ``endpoint`` replaces the sensors' listening endpoint."""
-    # On the real reactor, CDR batches are read in its thread pool as in a central.
-    prepare = in_threads(reactor) if clock is None else inline
+    # On the real reactor, CDR batches are read in a thread as in a central.
+    reader = ReadPool(reactor) if clock is None else None
     clock = clock if clock is not None else reactor
     channel, spooldir = settings.channel, settings.spool.spooldir
     certificate = central_tap.channel_certificate(settings)
@@ -118,10 +118,10 @@ def build_central(settings: CentralSettings, reactor: Any, *, store: IStore | No
     listener = central_tap.sensor_listener(settings, store, cdr_queue, engines, dead_letters,
                                            certificate, clock, name=central_id,
                                            endpoint=endpoint, binding=binding, metrics=metrics,
-                                           prepare=prepare)
+                                           prepare=inline if reader is None else reader.prepare)
     central = CentralService(StoreService(store, clock), cdr_queue, listener, certificate)
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
-    for extra in (central_tap.database_retention(settings, central.store_service, clock),
+    for extra in (reader, central_tap.database_retention(settings, central.store_service, clock),
                   make_web_service(settings.http, spooldir, reactor, store,
                                    channels=listener.central_factory.registry,
                                    central_name=central_id, connector=connector,

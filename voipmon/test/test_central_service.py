@@ -82,13 +82,14 @@ class TapTests(SynchronousTestCase):
                      f"spooldir = {self.base}/sspool\nmanagerport = 0\ninterface = lo\n{extra}")
 
     def test_central_tree(self) -> None:
-        """makeService builds the store, the TLS listener and a self-signed certificate."""
+        """makeService builds the store, the TLS listener, the thread reading CDR batches and
+        a self-signed certificate."""
         options = central_tap.Options()
         options.parseOptions(["--config", self.central_conf()])
         reactor = MemoryReactorClock()
         top = central_tap.makeService(options, reactor)
         self.assertIsInstance(top, CentralService)
-        self.assertEqual([s.name for s in top], ["store", "channel"])
+        self.assertEqual([s.name for s in top], ["store", "channel", "cdr-read"])
         self.assertTrue(os.path.exists(os.path.join(self.base, "cspool", "state",
                                                     "central-cert.pem")))
         top.channel.privilegedStartService()
