@@ -293,6 +293,9 @@ def main(reactor: Any, argv: list[str]) -> Any:
     parser.add_argument("--parts", default="cdrs,mirror,failover")
     parser.add_argument("--runs", type=int, default=3,
                         help="best of this many runs (the machine may be busy)")
+    parser.add_argument("--py-spy", default="",
+                        help="py-spy samples (raw) of the central during the first 4-sensor "
+                             "drain, to this file")
     parser.add_argument("--profile", default="",
                         help="run the CDR part's central under cProfile, stats to this file")
     options = parser.parse_args(argv)

@@ -71,11 +71,13 @@ def prefill(base: str, name: str, first: int, count: int, id_sensor: int) -> Non
     queue.close()
 
 
-def attached_at(sensor: Any, marks: list[float]) -> None:
+def attached_at(sensor: Any, marks: list[float], cpu: list[float] | None = None) -> None:
     real = sensor.uplink.attach
 
     def attach(transport: Any) -> None:
         marks.append(time.time())
+        if cpu is not None:
+            cpu.append(time.process_time())
         real(transport)
 
     sensor.uplink.attach = attach
@@ -87,12 +89,12 @@ def attached_at(sensor: Any, marks: list[float]) -> None:
 @defer.inlineCallbacks
 def worker(reactor: Any, base: str, port: int, names: str) -> Any:
     """Start the sensors ``names`` (name:id,...), print when the first attached and when
-    all are drained (wall clock), as one JSON line."""
-    sensors, marks = [], []
+    all are drained (wall clock), and the CPU time between, as one JSON line."""
+    sensors, marks, cpu = [], [], []
     for entry in names.split(","):
         name, id_sensor = entry.split(":")
         sensor = make_sensor(reactor, base, name, int(id_sensor), port)
-        attached_at(sensor, marks)
+        attached_at(sensor, marks, cpu)
         sensor.uplink.source_done = True
         sensors.append(sensor)
     done = [s.uplink.when_done() for s in sensors]
@@ -104,7 +106,7 @@ def worker(reactor: Any, base: str, port: int, names: str) -> Any:
     for sensor in sensors:
         yield sensor.stopService()
     print(json.dumps({"first": min(marks), "done": finished, "delivered": delivered,
-                      "cpu": time.process_time()}), flush=True)
+                      "cpu": time.process_time() - min(cpu)}), flush=True)
 
 
 # -- CPU accounting ---------------------------------------------------------------------------
@@ -225,6 +227,37 @@ class Probes:
             yield self.idle.stopService()
 
 
+def spy_summary(path: str, top: int = 25) -> str:
+    """py-spy's raw samples: each thread's share, then the functions where samples were
+    (self) and the functions under which they were (inclusive), of all threads."""
+    threads_seen: dict[str, int] = {}
+    own: dict[str, int] = {}
+    under: dict[str, int] = {}
+    total = 0
+    with open(path) as handle:
+        for line in handle:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = stack.split(";")
+            total += count
+            threads_seen[frames[0]] = threads_seen.get(frames[0], 0) + count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+            for frame in set(frames[1:]):
+                under[frame] = under.get(frame, 0) + count
+    lines = [f"py-spy: {total} samples (50/s, every thread, idle ones left out)", "by thread:"]
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in
+              sorted(threads_seen.items(), key=lambda x: -x[1])[:10]]
+    lines.append("self (the function the sample was in):")
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in
+              sorted(own.items(), key=lambda x: -x[1])[:top]]
+    lines.append("inclusive (the sample was under it):")
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in
+              sorted(under.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(lines)
+
+
 def spread(values: list[float]) -> str:
     if not values:
         return "none measured"
@@ -275,12 +308,24 @@ def drain_once(reactor: Any, bench: Any, port: int, database: str, central: Any,
         probes.start(rss_every)
     server = mariadb_pid()
     cpu_before = (cpu_seconds(central.pid), cpu_seconds(server) if server else 0.0)
-    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
+    spy = None
+    if probes is not None and bench.options.py_spy and attempt == 0:
+        spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"),
+                                "record", "--pid", str(central.pid), "--threads",
+                                "--nonblocking", "--format", "raw", "--rate", "50",
+                                "-o", bench.options.py_spy], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    profile = os.environ.get("BENCH_SENSORS_PROFILE")     # cProfile of the sensors' process
+    child = subprocess.Popen([sys.executable, *(["-m", "cProfile", "-o", profile] if profile
+                                                else []), os.path.abspath(__file__), "--worker",
                               bench.base, str(port), ",".join(names)],
                              stdout=subprocess.PIPE, text=True)
     out, _ = yield threads.deferToThread(child.communicate)
     if probes is not None:
         probes.stop()
+    if spy is not None:
+        spy.send_signal(2)   # SIGINT: py-spy writes what it sampled
+        yield threads.deferToThread(spy.wait)
     if child.returncode:
         raise RuntimeError(f"drain worker exited {child.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
@@ -317,7 +362,7 @@ def cdr_part(reactor: Any, bench: Any) -> Any:
             direct, plain = yield references(reactor, bench, count)
             best["direct"] = max(best.get("direct", 0), direct)
             best["plain"] = max(best.get("plain", 0), plain)
-        for sensors in (1, 4):
+        for sensors in (4,) if count > 100_000 else (1, 4):
             watched = probes if sensors == 4 else None
             result = yield drain_once(reactor, bench, port, database, central, watched,
                                       sensors, count, attempt, rss_every)
@@ -332,10 +377,14 @@ def cdr_part(reactor: Any, bench: Any) -> Any:
                         print(f"  central RSS at +{when - probes.rss[0][0]:5.0f} s: "
                               f"{kb / 1024:7.1f} MB", flush=True)
     yield probes.close()
+    if options.py_spy and os.path.exists(options.py_spy):
+        print(spy_summary(options.py_spy), flush=True)
     runs = options.runs
-    one, four = best[1], best[4]
-    bench.report(f"1 sensor:  {one[0]:10,.0f} CDRs/s queue -> TLS -> central -> MariaDB "
-                 f"(best of {runs}: {count} CDRs in {one[1]:.2f} s, exactly once: {one[2]})")
+    four = best[4]
+    if 1 in best:
+        one = best[1]
+        bench.report(f"1 sensor:  {one[0]:10,.0f} CDRs/s queue -> TLS -> central -> MariaDB "
+                     f"(best of {runs}: {count} CDRs in {one[1]:.2f} s, exactly once: {one[2]})")
     bench.report(f"4 sensors: {four[0]:10,.0f} CDRs/s (best of {runs}: {count} CDRs in "
                  f"{four[1]:.2f} s, exactly once: {four[2]})   target >= {TARGET_RATE:,}: "
                  f"{met(four[0] >= TARGET_RATE)}")
