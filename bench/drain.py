@@ -246,7 +246,7 @@ def spy_summary(path: str, top: int = 25) -> str:
             own[frames[-1]] = own.get(frames[-1], 0) + count
             for frame in set(frames[1:]):
                 under[frame] = under.get(frame, 0) + count
-    lines = [f"py-spy: {total} samples (50/s, every thread, idle ones left out)", "by thread:"]
+    lines = [f"py-spy: {total} samples (50/s, of the thread holding the GIL)", "by thread:"]
     lines += [f"  {n / total:6.1%}  {name}" for name, n in
               sorted(threads_seen.items(), key=lambda x: -x[1])[:10]]
     lines.append("self (the function the sample was in):")
@@ -311,7 +311,7 @@ def drain_once(reactor: Any, bench: Any, port: int, database: str, central: Any,
     spy = None
     if probes is not None and bench.options.py_spy and attempt == 0:
         spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"),
-                                "record", "--pid", str(central.pid), "--threads",
+                                "record", "--pid", str(central.pid), "--threads", "--gil",
                                 "--nonblocking", "--format", "raw", "--rate", "50",
                                 "-o", bench.options.py_spy], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
