@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from voipmon.manager.commands import PCAP, CommandError, ManagerCommands
 from voipmon.protocols.rpc.messages import CHUNK, WINDOW, answer_head
 from voipmon.protocols.rpc.requester import RequestFailed
-from voipmon.protocols.wire import MessageType, ProtocolError, encode_json
+from voipmon.protocols.wire import MessageType, ProtocolError, encode_json, parse_json
 from voipmon.queue import DurableQueue
 from voipmon.sensor.uplink import CdrUplink
 from voipmon.spool.layout import minute_dir
@@ -105,7 +105,9 @@ class InterleavingTests(MuxCase):
                 self.channel: Any = None
                 self.batches = 0
 
-            def on_cdrs(self, body: dict[str, Any]) -> None:
+            def on_cdrs(self, payload: bytes) -> None:
+                # A CDRS message reaches the session as its bytes (it reads them itself).
+                body = parse_json(payload)
                 self.batches += 1
                 last = body["first"] + len(body["cdrs"]) - 1
                 self.channel.central_out.send(M.CDR_ACK, encode_json({"upto": last,
