@@ -91,6 +91,7 @@ class EngineStats(Counts):
         self.undelivered = 0       # records their consumer could not take (dead letters)
         self.rtp_flows = 0
         self.rtcp_packets = 0
+        self.rtp_packets = 0       # RTP packets analysed (added per drain of a flow's buffer)
         self.orphan_flows = 0
         self.orphan_streams = 0
         self.orphan_flows_refused = 0

@@ -120,6 +120,7 @@ class MediaTable:
                 return None
             flow = RtpFlow(key, d.src, d.sport, d.dst, d.dport, None, "", _EMPTY_PMAP,
                            tied=False)
+            flow.counts = self.stats
             _index(self.orphan_eps, dst_ep, key)
             _index(self.orphan_eps, src_ep, key)
             self.orphans[key] = flow
@@ -174,6 +175,7 @@ class MediaTable:
         flow = call.retired.pop(key, None)
         if flow is None:  # a new flow; else one this call had before a re-binding
             flow = RtpFlow(key, d.src, d.sport, d.dst, d.dport, call, direction, pmap)
+            flow.counts = self.stats
             sink = call.rtp_pcap
             if sink is not None and sink.accepts(d.linktype):
                 flow.pcap = sink

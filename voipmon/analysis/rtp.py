@@ -419,10 +419,11 @@ class RtpFlow:
     the frame buffers of ``pcap1`` (the call's RTP pcap when its link type is Ethernet).
     ``owner`` is the call (None for an orphan flow), ``direction`` "a" (caller to
     callee), "b" or "", ``pmap`` the payload map of the SDP that announced the endpoint.
+    ``counts`` (the engine's stats, if given) has ``rtp_packets`` raised by each drain.
     """
 
-    __slots__ = ("direction", "dport", "dst", "key", "last_seen", "observer", "owner", "pcap",
-                 "pcap1", "pmap", "rec", "sport", "src", "streams", "tied", "times")
+    __slots__ = ("counts", "direction", "dport", "dst", "key", "last_seen", "observer", "owner",
+                 "pcap", "pcap1", "pmap", "rec", "sport", "src", "streams", "tied", "times")
 
     def __init__(self, key: bytes, src: bytes, sport: int, dst: bytes, dport: int,
                  owner: object, direction: str, pmap: PayloadMap, tied: bool = True):
@@ -440,6 +441,8 @@ class RtpFlow:
         self.last_seen = 0.0
         #: Optional ``IFlowObserver`` (voipmon.analysis.observe), told of each new stream.
         self.observer: Any = None
+        #: Optional counters with ``rtp_packets`` (the engine's): one addition per drain.
+        self.counts: Any = None
 
     def last_time(self) -> float:
         return self.times[-1] if self.times else self.last_seen
@@ -473,6 +476,8 @@ class RtpFlow:
             records, times, pt = records[valid], times[valid], pt[valid]
         if len(records) == 0:
             return 0
+        if self.counts is not None:
+            self.counts.rtp_packets += len(records)
         ssrc = records["ssrc"]
         marker = (records["b1"] & 0x80) != 0
         first = int(ssrc[0])

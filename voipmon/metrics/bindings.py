@@ -33,7 +33,7 @@ ENGINE = {
     "register.active": "voipmon_registrations_active",
     "register.failed": "voipmon_register_failures_total",
     "register.alerts.alerts": "voipmon_register_alerts_total",
-    "rtp_packets": "voipmon_rtp_packets_total",                 # to count
+    "rtp_packets": "voipmon_rtp_packets_total",
     "sip_requests.*": Bind("voipmon_sip_requests_total", each=("method",),
                            maps={"method": method_label}),
     "sip_responses.*.*": Bind("voipmon_sip_responses_total",

@@ -116,7 +116,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("voipmon_sip_responses_total", C, S, "capture",
            "SIP responses analysed, by the method they answer and their class (1xx..6xx).",
            ("method", "status_class")),
-    Family("voipmon_rtp_packets_total", C, S, "capture", "RTP packets analysed."),
+    Family("voipmon_rtp_packets_total", C, S, "capture",
+           "RTP packets analysed (counted as each flow's buffered packets are analysed: "
+           "every 4096 packets of a flow and when its call ends)."),
     Family("voipmon_rtcp_packets_total", C, S, "capture", "RTCP packets analysed."),
     # -- calls ----------------------------------------------------------------------------
     Family("voipmon_calls_active", G, S, "calls",

@@ -454,6 +454,9 @@ class SippCaptureTests(SynchronousTestCase):
             self.assertEqual(ours, theirs, cdr.callid)
             self.assertEqual({(s.daddr, s.dport) for s in cdr.rtp if s.sport == port},
                              {("127.0.0.1", 6000)})
+        # RTP analysed (voipmon_rtp_packets_total): every RTP packet tshark found
+        self.assertEqual(engine.stats.rtp_packets, sum(r.packets for r in reference))
+        self.assertEqual(engine.counters()["rtp_packets"], engine.stats.rtp_packets)
 
 
 def caller_media(path: str) -> dict[str, int]:

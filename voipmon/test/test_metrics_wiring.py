@@ -30,6 +30,11 @@ TWO_PACKETS = sum(1 for _ in read_capture(TWO_CAPTURE))
 BYTES = sum(len(frame) for _, _, frame in read_capture(CAPTURE))
 
 
+def rtp_received(store: FakeStore) -> int:
+    """RTP packets of the stored CDRs' streams: what voipmon_rtp_packets_total counts."""
+    return sum(stream.received for cdr in store.stored_cdrs() for stream in cdr.rtp)
+
+
 class WiredBase(Base):
     """Each in-memory central's metrics bound as its tap binds them."""
 
@@ -70,6 +75,9 @@ class PushTests(WiredBase):
         self.assertEqual(one(found, "voipmon_sip_responses_total", id_sensor="7",
                              method="INVITE", status_class="2xx"), 3)
         self.assertEqual(one(found, "voipmon_cdrs_acked_total", id_sensor="7"), 3)
+        rtp = rtp_received(self.centrals["primary"].store)
+        self.assertGreater(rtp, 1000)
+        self.assertEqual(one(found, "voipmon_rtp_packets_total", id_sensor="7"), rtp)
         self.assertEqual(one(found, "voipmon_cdrs_sent_total", id_sensor="7"), 3)
         self.assertEqual(one(found, "voipmon_channel_central_in_use", id_sensor="7",
                              central="primary:60024"), 1)
@@ -135,6 +143,9 @@ class PushTests(WiredBase):
         self.assertEqual(one(found, "voipmon_sensor_queue_records", id_sensor="7"), 0)
         self.assertEqual(one(found, "voipmon_sip_requests_total", id_sensor="7",
                              method="INVITE"), 3)
+        rtp = rtp_received(self.centrals["primary"].store)
+        self.assertGreater(rtp, 1000)
+        self.assertEqual(one(found, "voipmon_rtp_packets_total", id_sensor="7"), rtp)
         self.assertEqual(one(found, "voipmon_mirror_batches_acked_total", id_sensor="7"),
                          one(found, "voipmon_mirror_batches_sent_total", id_sensor="7"))
         self.assertEqual(one(found, "voipmon_sensor_info", id_sensor="7", mode="mirror"), 1)
