@@ -9,8 +9,9 @@ docs/metrics.md).
 
 from __future__ import annotations
 
-from voipmon.metrics.catalog import method_label
+from voipmon.metrics.catalog import OTHER, method_label
 from voipmon.metrics.sources import Bind
+from voipmon.packet.hep import LOG, REASONS, RTCP_JSON, RTP, SIP
 
 # A packet source (live capture over every interface; a capture file; HEP): ISource.stats,
 # whose ``dropped`` every source gives (a live capture's kernel and interface drops).
@@ -18,6 +19,33 @@ CAPTURE = {
     "packets": "voipmon_sensor_packets_total",
     "bytes": "voipmon_sensor_bytes_total",
     "dropped": "voipmon_sensor_dropped_packets_total",          # kernel + interface
+}
+
+# HEP input (HepSource.counters): messages by HEP protocol type, and those it did not take:
+# refused (a filter said no) apart from malformed (an exact key wins over a pattern).
+HEP_TYPES = {str(SIP): "sip", str(RTP): "rtp", str(RTCP_JSON): "rtcp_json", str(LOG): "log"}
+HEP_MALFORMED = frozenset({*REASONS, *(f"stream_{reason}" for reason in REASONS),
+                           "ip_proto", "empty"})
+
+
+def hep_type_label(number: str) -> str:
+    """A HEP protocol type (chunk 0x000b, any number a sender puts there) as a label."""
+    return HEP_TYPES.get(number, OTHER)
+
+
+def hep_reason_label(reason: str) -> str:
+    return reason if reason in HEP_MALFORMED else OTHER
+
+
+HEP = {
+    "by_type.*": Bind("voipmon_hep_messages_total", each=("type",),
+                      maps={"type": hep_type_label}),
+    **{f"dropped.{reason}": Bind("voipmon_hep_refused_messages_total",
+                                 labels={"reason": reason})
+       for reason in ("auth", "capture_id", "not_allowed")},
+    "dropped.*": Bind("voipmon_hep_malformed_messages_total", each=("reason",),
+                      maps={"reason": hep_reason_label}),
+    "tcp_open": "voipmon_hep_connections",
 }
 
 # The decoder (DecodeStats): why frames did not become datagrams.
@@ -96,5 +124,5 @@ CENTRAL_QUEUE_FOR_SENSOR = {"queued": "voipmon_sensor_queue_records"}
 HTTP = {"responses.*": Bind("voipmon_central_http_requests_total", each=("code",))}
 
 __all__ = ["CAPTURE", "CDR_UPLINK", "CENTRAL_QUEUE", "CENTRAL_QUEUE_FOR_SENSOR", "CHANNEL",
-           "DEAD_LETTERS", "DECODER", "ENGINE", "HTTP", "MIRROR_UPLINK", "STORE",
+           "DEAD_LETTERS", "DECODER", "ENGINE", "HEP", "HTTP", "MIRROR_UPLINK", "STORE",
            "STORED_FOR_SENSOR"]

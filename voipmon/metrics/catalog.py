@@ -120,6 +120,21 @@ FAMILIES: tuple[Family, ...] = (
            "RTP packets analysed (counted as each flow's buffered packets are analysed: "
            "every 4096 packets of a flow and when its call ends)."),
     Family("voipmon_rtcp_packets_total", C, S, "capture", "RTCP packets analysed."),
+    # -- HEP input (a sensor fed over HEP: hep_bind_port, hep_tls_port) ------------------
+    Family("voipmon_hep_messages_total", C, S, "capture",
+           "HEP messages decoded and let in (password, capture id and sender accepted), by "
+           "HEP protocol type: sip, rtp, rtcp_json, log, other (log and other types are "
+           "counted, not analysed).", ("type",)),
+    Family("voipmon_hep_malformed_messages_total", C, S, "capture",
+           "HEP messages dropped as malformed, by reason (the decoder's: truncated, "
+           "bad_magic, ...; stream_<reason> for a TCP or TLS stream that could not be "
+           "framed, which closes that connection).", ("reason",)),
+    Family("voipmon_hep_refused_messages_total", C, S, "capture",
+           "HEP messages refused, by reason: auth (hep_password), capture_id "
+           "(hep_capture_id), not_allowed (a sender outside hep_allow; a refused TCP "
+           "connection counts once).", ("reason",)),
+    Family("voipmon_hep_connections", G, S, "capture",
+           "HEP TCP and TLS connections open."),
     # -- calls ----------------------------------------------------------------------------
     Family("voipmon_calls_active", G, S, "calls",
            "Calls in progress in the engine analysing the sensor's packets (the "

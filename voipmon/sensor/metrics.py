@@ -2,11 +2,12 @@
 
 ``SensorMetrics`` is built by the tap before the parts (the engine's CDR callback goes
 through its ``CallOutcomes``), then ``bind`` registers each part as a source: the packet
-source (``CAPTURE``), the engine with its decoder (``ENGINE``, ``DECODER`` under
-``decoder.``), the uplink (``CDR_UPLINK`` or ``MIRROR_UPLINK``), the channel (through
-``Carried``: a new channel object at each connection), the failover endpoint, dead letters
-and the process. The STATS push (``SnapshotTaker``), ``sniffer_stat``, the status log line
-and a sensor's own /metrics all read this registry; nothing is counted twice.
+source (``CAPTURE``; a HEP source's messages, refusals and malformed input too: ``HEP``),
+the engine with its decoder (``ENGINE``, ``DECODER`` under ``decoder.``), the uplink
+(``CDR_UPLINK`` or ``MIRROR_UPLINK``), the channel (through ``Carried``: a new channel
+object at each connection), the failover endpoint, dead letters and the process. The
+STATS push (``SnapshotTaker``), ``sniffer_stat``, the status log line and a sensor's own
+/metrics all read this registry; nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from voipmon.metrics.sources import (
     SnapshotTaker,
 )
 from voipmon.protocols.failover import FailoverEndpoint
+from voipmon.sources.hep import HepSource
 
 CHANNEL_LEVELS = ("rtt",)
 
@@ -85,6 +87,9 @@ class SensorMetrics:
         """Register the sensor's parts (``engine`` None when mirroring)."""
         add = self.registry.add
         add(CountersSource(source.stats, bindings.CAPTURE, name="capture"))
+        for part in getattr(source, "sources", (source,)):     # a SourceSet's, or itself
+            if isinstance(part, HepSource):
+                add(CountersSource(part.counters, bindings.HEP, name="hep"))
         if engine is not None:
             add(CountersSource(engine.counters,
                                {**bindings.ENGINE, **under("decoder", bindings.DECODER)},
