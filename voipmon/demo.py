@@ -212,7 +212,8 @@ def show_metrics(http_port: int) -> None:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     wanted = {"voipmon_sensor_up": "up", "voipmon_sensor_packets_total": "packets",
-              "voipmon_cdrs_made_total": "calls", "voipmon_cdrs_stored_total": "CDRs stored",
+              "voipmon_cdrs_made_total": "CDRs made",
+              "voipmon_cdrs_stored_total": "CDRs stored",
               "voipmon_sensor_queue_records": "queue"}
     per: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
@@ -225,7 +226,7 @@ def show_metrics(http_port: int) -> None:
         shown = ", ".join(f"{label} {figures[label]:g}" for label in wanted.values()
                           if label in figures)
         print(f"  sensor {id_sensor}: {shown}")
-    print("  (up 0: each sensor exited after its replay; its figures stay)")
+    print("  (up 0: each sensor exited after its replay; its figures as it stopped stay)")
 
 
 def table(cdrs: list[dict[str, Any]]) -> str:

@@ -315,6 +315,14 @@ class SensorService(service.MultiService):
         if not self.running:
             return defer.succeed(None)
         finished = self.source.done.called
+        transport = self.uplink.transport
+        if transport is not None:
+            # The figures as they are now, before the channel closes: the central keeps
+            # them (up 0) and the last periodic push may be up to STATS_INTERVAL old.
+            try:
+                self._push_stats(transport)
+            except Exception:
+                log.failure("the last STATS before stopping")
         d = defer.maybeDeferred(super().stopService)
         if self.engine is not None and self.source.live and not finished:
             # Live capture: calls in progress are closed and their CDRs kept on disk.

@@ -108,6 +108,32 @@ class PushTests(WiredBase):
         self.assertEqual(one(found, "voipmon_central_sensors_connected"), 0)
         self.assertEqual([str(h.state) for h in self.metrics().health()], ["offline"])
 
+    def test_stopping_pushes_the_last_figures(self) -> None:
+        """A live sensor stopped a moment after its last calls ended: the central keeps
+        its figures as they were at the stop, not those of the last periodic push (the
+        demo's HEP sensor showed 2 CDRs made beside 3 stored)."""
+        svc = self.sensor(read_pcap=None, exit_when_done=False, source=IdleSource(),
+                          interface="lo")
+        svc.startService()
+        self.advance(6)                       # pushed at the start and at 5 s
+        frames = list(read_capture(CAPTURE))
+        engine = svc.engine
+        assert engine is not None
+        engine.feed_all(frames)
+        engine.advance(frames[-1][0] + 60)    # the calls end (as a live capture's would)
+        self.advance(2)                       # stored; the next push is due at 10 s
+        found = self.exposed()
+        self.assertEqual(one(found, "voipmon_cdrs_stored_total", id_sensor="7"), 3)
+        self.assertEqual(one(found, "voipmon_cdrs_made_total", id_sensor="7"), 0)
+        svc.stopService()
+        self.advance(1)
+        found = self.exposed()
+        self.assertEqual(one(found, "voipmon_sensor_up", id_sensor="7"), 0)
+        self.assertEqual(one(found, "voipmon_cdrs_made_total", id_sensor="7"), 3)
+        self.assertEqual(one(found, "voipmon_cdrs_acked_total", id_sensor="7"), 3)
+        self.assertEqual(one(found, "voipmon_rtp_packets_total", id_sensor="7"),
+                         rtp_received(self.centrals["primary"].store))
+
     def test_restart_is_a_reset(self) -> None:
         """A new sensor process starts its counters from 0 (a reset to Prometheus, its
         start time changes); what the central counts itself goes on."""
