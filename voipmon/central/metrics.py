@@ -10,7 +10,9 @@
   monotonic), so for a mirroring sensor the calls, CDRs and SIP counts are the central's;
 - ``bind`` registers the central queue, the store's measures (new CDRs per sensor, batch
   commit times, database failures), the channels' skew and round-trip time per sensor;
-- the web site registers its responses by status code (voipmon.web.site).
+- the web site registers its responses by status code (voipmon.web.site);
+- ``holder_watch`` is the service that reads the sensors table several centrals share,
+  so that a sensor another central holds is exposed there, not here (``Fleet.holders``).
 
 ``prometheus()`` is the CollectorRegistry /metrics serves (voipmon.metrics.collectors);
 ``health()`` is the sensors' health for the web page, from the same figures.
@@ -22,7 +24,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from twisted.application import service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -40,6 +45,7 @@ from voipmon.metrics.sources import (
     MetricsRegistry,
     SnapshotError,
 )
+from voipmon.protocols.failover import describe_failure
 
 log = Logger()
 
@@ -104,6 +110,46 @@ class PerSensor:
                 figures.gauge("voipmon_channel_rtt_seconds", channel.rtt)
 
 
+HOLDERS_INTERVAL = 5.0
+
+
+class HolderWatch(service.Service):
+    """Which central holds the sensors this one does not (several centrals sharing one
+    database): the shared sensors table read every ``interval`` seconds while a sensor of
+    the fleet is not connected here, its rows given to ``Fleet.holders``. A failed read
+    (the database away) is tried again at the next tick."""
+
+    def __init__(self, fleet: Fleet, store: Any, central_id: str, clock: IReactorTime,
+                 interval: float = HOLDERS_INTERVAL) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.central_id = central_id
+        self.clock = clock
+        self.interval = interval
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        super().stopService()
+
+    def check(self) -> Deferred | None:
+        """Read the table if a sensor of the fleet is away (the loop waits for it)."""
+        if all(state.connected for state in self.fleet.sensors.values()):
+            return None
+        asked = self.clock.seconds()
+        d = self.store.list_sensors()
+        d.addCallback(self.fleet.holders, self.central_id, asked)
+        d.addErrback(lambda f: log.debug("the sensors table was not read: {e}",
+                                         e=describe_failure(f)))
+        return d
+
+
 class CentralMetrics:
     """The central's fleet and its metrics registry (see the module docstring)."""
 
@@ -127,6 +173,13 @@ class CentralMetrics:
         measures = store.measures
         add(HistogramSource("voipmon_central_store_batch_seconds", measures.batch_seconds))
         add(PerSensor(self.fleet, lambda: measures.stored, channels))
+
+    def holder_watch(self, store: Any, central_id: str) -> HolderWatch:
+        """The service that learns from the shared sensors table which central holds the
+        sensors this one (``central_id``, as its store writes it) does not."""
+        watch = HolderWatch(self.fleet, store, central_id, self.clock)
+        watch.setName("holders")
+        return watch
 
     def bind_store_errors(self, counters: Callable[[], Any]) -> None:
         """The store's failures by kind (``SqlStore.counters``)."""
@@ -196,4 +249,4 @@ class CentralMetrics:
                 for state in self.fleet.shown()]
 
 
-__all__ = ["CentralMetrics", "MirroredSensor", "PerSensor"]
+__all__ = ["CentralMetrics", "HolderWatch", "MirroredSensor", "PerSensor"]

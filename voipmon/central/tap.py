@@ -114,6 +114,7 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     connector = ManagerConnector(reactor, channel.server_password, name=central_id)
     optional = [
         reader,
+        metrics.holder_watch(store, central_id),
         database_retention(settings, central.store_service, reactor),
         make_web_service(settings.http, spooldir, reactor, store,
                          channels=listener.central_factory.registry,

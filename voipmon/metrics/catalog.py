@@ -97,6 +97,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("voipmon_sensor_info", G, F, "sensor",
            "Always 1: the sensor's software version and mode (local or mirror).",
            ("version", "mode")),
+    Family("voipmon_sensor_held_by_info", G, F, "sensor",
+           "Always 1 on a central sharing its database with others, for a sensor another "
+           "central holds now or saw last (from the shared sensors table): that central. "
+           "The sensor's own figures are exposed there only; here only up (0) and this "
+           "central's own figures about it (CDRs it stored, ...).", ("central",)),
     # -- capture ------------------------------------------------------------------------
     Family("voipmon_sensor_packets_total", C, S, "capture",
            "Packets the sensor captured (or received over HEP)."),

@@ -1,11 +1,12 @@
 """prometheus_client collectors that render voipmon's figures, and the registries that
 /metrics serves.
 
-- ``FleetCollector``: the central's exposition. Per sensor the central exposes (``Fleet.
-  shown``): the sensor's last snapshot, with the central's own figures about it replacing
-  the sensor's family by family (for a mirroring sensor: its calls and queue on the
-  central), plus ``voipmon_sensor_up``, last seen, start time and info, all labelled
-  ``id_sensor`` and ``name_sensor``; then the central's own figures.
+- ``FleetCollector``: the central's exposition. Per sensor the central knows: the
+  sensor's last snapshot (none for a sensor another central holds: ``Fleet.holders``),
+  with the central's own figures about it replacing the sensor's family by family (for a
+  mirroring sensor: its calls and queue on the central), plus ``voipmon_sensor_up``, last
+  seen, start time and info (and ``voipmon_sensor_held_by_info`` for one held elsewhere),
+  all labelled ``id_sensor`` and ``name_sensor``; then the central's own figures.
 - ``SensorCollector``: a sensor's own /metrics (a sensor used without a central): its
   figures now, with the same names and labels.
 
@@ -107,17 +108,20 @@ class FleetCollector(Collector):
         collection = self.sources.collect()
         self.fleet.collect_metrics(collection)
         rows: list[Row] = []
-        shown: dict[int, SensorState] = {state.id_sensor: state for state in self.fleet.shown()}
-        unknown = set(collection.sensors) - set(self.fleet.sensors)
-        for id_sensor in sorted(set(shown) | unknown):
-            state = shown.get(id_sensor)
-            figures = sensor_view(state.snapshot if state else None,
-                                  collection.sensors.get(id_sensor))
+        known: dict[int, SensorState] = self.fleet.sensors
+        for id_sensor in sorted(set(known) | set(collection.sensors)):
+            state = known.get(id_sensor)
+            elsewhere = state.elsewhere if state is not None else None
+            # held by another central: its own figures are exposed there, not here
+            snapshot = state.snapshot if state is not None and elsewhere is None else None
+            figures = sensor_view(snapshot, collection.sensors.get(id_sensor))
             if state is not None:
                 own = Figures(frozenset({Scope.FLEET}))
                 own.gauge("voipmon_sensor_up", int(self.fleet.up(id_sensor)))
                 if state.last_heard is not None:
                     own.gauge("voipmon_sensor_last_seen_timestamp_seconds", state.last_heard)
+                if elsewhere is not None:
+                    own.gauge("voipmon_sensor_held_by_info", 1, central=elsewhere[:64])
                 figures = figures.replaced_by(own)
             rows.append(((str(id_sensor), state.name if state else ""), figures))
         return rows, collection

@@ -13,15 +13,21 @@ Rules:
 - A snapshot of the current instance with a seq not above the last one, or of an instance
   already replaced by a newer one (a late message of a closed connection), is old and
   ignored: a counter never goes backwards within an instance.
-- A sensor another central holds now (``held_elsewhere``, learnt from the shared sensors
-  table) is not exposed here until it connects here again; so each central exposes the
-  sensors it holds and those it saw last, and a sum over centrals counts each sensor once.
+- Several centrals may share one database (a sensor's server_destination lists them). A
+  sensor another central holds now, or saw last (``holders``, from the shared sensors
+  table: the central that last registered it), is ``elsewhere``: this central exposes
+  none of the sensor's own figures for it (its snapshot), only ``voipmon_sensor_up`` 0,
+  ``voipmon_sensor_held_by_info`` naming that central and its own figures about it (the
+  CDRs it stored, what its engine did for a mirroring sensor), which add up across
+  centrals. So each sensor's own counters are exposed by one central, and a sum over
+  centrals counts nothing twice. Connected here again, it is shown here again.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +62,7 @@ class SensorState:
     name: str = ""
     connected: bool = False
     connected_at: float | None = None
+    changed_at: float | None = None         # when it last connected here or went away
     last_heard: float | None = None
     snapshot: Snapshot | None = None
     previous: Snapshot | None = None        # the one before, of the same instance
@@ -115,6 +122,7 @@ class Fleet:
         state = self._state(id_sensor)
         now = self.clock.seconds()
         state.connected, state.connected_at, state.last_heard = True, now, now
+        state.changed_at = now
         state.elsewhere = None
         if name:
             state.name = name
@@ -123,6 +131,7 @@ class Fleet:
         state = self.sensors.get(id_sensor)
         if state is not None:
             state.connected = False
+            state.changed_at = self.clock.seconds()
 
     def heard(self, id_sensor: int) -> None:
         """Any message from the sensor: it is alive, whether or not it sent figures."""
@@ -139,6 +148,21 @@ class Fleet:
         state = self.sensors.get(id_sensor)
         if state is not None and not state.connected:
             state.elsewhere = central
+
+    def holders(self, rows: Iterable[Mapping[str, Any]], own: str, asked: float) -> None:
+        """The shared sensors table as read at ``asked`` (rows with ``id_sensor`` and
+        ``central``: the central that last registered the sensor): each sensor that is not
+        connected here and has not come or gone here since is held by that central, or by
+        none but this one when it names this one (``own``)."""
+        for row in rows:
+            state = self.sensors.get(row.get("id_sensor"))  # type: ignore[arg-type]
+            if state is None or state.connected or (state.changed_at or 0.0) > asked:
+                continue
+            central = row.get("central")
+            if not isinstance(central, str) or not central or central == own:
+                state.elsewhere = None
+            else:
+                state.elsewhere = central
 
     def forget(self, id_sensor: int) -> None:
         self.sensors.pop(id_sensor, None)

@@ -89,7 +89,7 @@ class TapTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         top = central_tap.makeService(options, reactor)
         self.assertIsInstance(top, CentralService)
-        self.assertEqual([s.name for s in top], ["store", "channel", "cdr-read"])
+        self.assertEqual([s.name for s in top], ["store", "channel", "cdr-read", "holders"])
         self.assertTrue(os.path.exists(os.path.join(self.base, "cspool", "state",
                                                     "central-cert.pem")))
         top.channel.privilegedStartService()

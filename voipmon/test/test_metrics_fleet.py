@@ -10,11 +10,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from voipmon.metrics import bindings
 from voipmon.metrics.catalog import Scope
 from voipmon.metrics.collectors import central_registry
 from voipmon.metrics.fleet import Fleet, Outcome, State
 from voipmon.metrics.snapshot import Figures, SnapshotError
-from voipmon.metrics.sources import MetricsRegistry, SnapshotTaker
+from voipmon.metrics.sources import CountersSource, MetricsRegistry, SnapshotTaker
 from voipmon.test.metrics_fakes import FakeSensor
 
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -159,9 +160,16 @@ class FleetTests(SynchronousTestCase):
                                  (("result", "invalid"),))], 2)
 
     def test_failover_between_two_centrals(self) -> None:
-        """Each central exposes the sensors it holds, and those it saw last; a sensor
-        counted by two centrals is never exposed up by both, nor counted twice."""
+        """Two centrals sharing one database: each exposes the sensor's own figures only
+        while it holds it or saw it last; the other says which central holds it, with up
+        0 and its own figures about it (the CDRs it stored), so a sum over both centrals
+        counts the sensor's counters once and the CDRs each stored."""
         a, b = self.fleet, Fleet(self.clock)
+        stored = {"a": {4: 10}, "b": {4: 0}}
+        sources = {name: MetricsRegistry(Scope.CENTRAL) for name in stored}
+        for name, registry in sources.items():
+            registry.add(CountersSource(lambda n=name: {"stored": stored[n][4]},
+                                        bindings.STORED_FOR_SENSOR, sensor=4))
         a.connected(4, "site-4")
         self.step()
         self.sensor.push(a)
@@ -169,31 +177,71 @@ class FleetTests(SynchronousTestCase):
         b.connected(4, "site-4")
         self.step()
         self.sensor.push(b)
-        on_a, on_b = exposed(a), exposed(b)
+        stored["b"][4] = 6
+        table = [{"id_sensor": 4, "central": "central-b", "connected": True}]
+        on_a, on_b = exposed(a, sources["a"]), exposed(b, sources["b"])
         self.assertEqual(value(on_a, "voipmon_sensor_up", 4), 0)
         self.assertEqual(value(on_b, "voipmon_sensor_up", 4), 1)
-        self.assertEqual(value(on_b, "voipmon_sensor_packets_total", 4),
-                         self.sensor.capture["packets"])
-        a.held_elsewhere(4, "central-b")    # from the shared sensors table
-        self.assertIsNone(value(exposed(a), "voipmon_sensor_up", 4))
-        self.assertIsNone(value(exposed(a), "voipmon_sensor_packets_total", 4))
-        self.assertEqual(exposed(a)[("voipmon_central_sensors_connected", ())], 0)
+        # Before a reads the table, both expose the sensor's counters: a sum counts twice.
+        self.assertIsNotNone(value(on_a, "voipmon_sensor_packets_total", 4))
+        a.holders(table, "central-a", self.clock.seconds())
+        b.holders(table, "central-b", self.clock.seconds())
+        on_a, on_b = exposed(a, sources["a"]), exposed(b, sources["b"])
+        self.assertEqual(value(on_a, "voipmon_sensor_up", 4), 0)
+        self.assertEqual(value(on_a, "voipmon_sensor_held_by_info", 4, central="central-b"), 1)
+        self.assertIsNone(value(on_b, "voipmon_sensor_held_by_info", 4, central="central-b"))
+        for name in ("voipmon_sensor_packets_total", "voipmon_calls_active",
+                     "voipmon_sensor_start_time_seconds", "voipmon_sensor_queue_records"):
+            self.assertIsNone(value(on_a, name, 4), name)
+            self.assertIsNotNone(value(on_b, name, 4), name)
+        packets = [value(on, "voipmon_sensor_packets_total", 4) or 0 for on in (on_a, on_b)]
+        self.assertEqual(sum(packets), self.sensor.capture["packets"])
+        self.assertEqual([value(on, "voipmon_cdrs_stored_total", 4) for on in (on_a, on_b)],
+                         [10, 6])           # each central's own: they add up
+        self.assertEqual(on_a[("voipmon_central_sensors_connected", ())], 0)
         # Failing back: a exposes it again, with the sensor's own (monotonic) count.
         b.disconnected(4)
-        b.held_elsewhere(4, "central-a")
         a.connected(4, "site-4")
         self.step()
         self.sensor.push(a)
-        self.assertEqual(value(exposed(a), "voipmon_sensor_packets_total", 4),
+        table = [{"id_sensor": 4, "central": "central-a", "connected": True}]
+        b.holders(table, "central-b", self.clock.seconds())
+        on_a, on_b = exposed(a), exposed(b)
+        self.assertEqual(value(on_a, "voipmon_sensor_packets_total", 4),
                          self.sensor.capture["packets"])
-        self.assertIsNone(value(exposed(b), "voipmon_sensor_packets_total", 4))
+        self.assertIsNone(value(on_a, "voipmon_sensor_held_by_info", 4, central="central-b"))
+        self.assertIsNone(value(on_b, "voipmon_sensor_packets_total", 4))
+        self.assertEqual(value(on_b, "voipmon_sensor_held_by_info", 4, central="central-a"), 1)
         b.held_elsewhere(7, "central-a")    # never seen here: nothing to hide
+        b.holders([{"id_sensor": 7, "central": "central-a"}], "central-b", self.clock.seconds())
         self.assertNotIn(7, b.sensors)
+
+    def test_holders_from_a_read_older_than_a_change_here(self) -> None:
+        """The table read before the sensor came or went here says nothing of it now; a
+        sensor the table says this central registered last is shown here again."""
+        fleet = self.fleet
+        fleet.connected(4)
+        asked = self.clock.seconds()
+        self.clock.advance(1)
+        fleet.disconnected(4)
+        fleet.holders([{"id_sensor": 4, "central": "central-b"}], "central-a", asked)
+        self.assertIsNone(fleet.sensors[4].elsewhere)
+        fleet.holders([{"id_sensor": 4, "central": "central-b"}], "central-a",
+                      self.clock.seconds())
+        self.assertEqual(fleet.sensors[4].elsewhere, "central-b")
+        self.assertEqual([s.id_sensor for s in fleet.shown()], [])
+        fleet.holders([{"id_sensor": 4, "central": "central-a"}], "central-a",
+                      self.clock.seconds())
+        self.assertIsNone(fleet.sensors[4].elsewhere)
+        self.assertEqual([s.id_sensor for s in fleet.shown()], [4])
 
     def test_held_elsewhere_while_connected_here(self) -> None:
         """The shared table lags: a sensor connected here is ours, whatever it says."""
         self.fleet.connected(4)
         self.fleet.held_elsewhere(4, "central-b")
+        self.fleet.holders([{"id_sensor": 4, "central": "central-b"}], "central-a",
+                           self.clock.seconds() + 1)
+        self.assertIsNone(self.fleet.sensors[4].elsewhere)
         self.assertIsNotNone(value(exposed(self.fleet), "voipmon_sensor_up", 4))
 
     def test_rename_and_forget(self) -> None:

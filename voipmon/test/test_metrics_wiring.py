@@ -30,6 +30,12 @@ TWO_PACKETS = sum(1 for _ in read_capture(TWO_CAPTURE))
 BYTES = sum(len(frame) for _, _, frame in read_capture(CAPTURE))
 
 
+def count(found: Any, name: str, **labels: str) -> int:
+    """How many samples of ``name`` have ``labels`` (``one`` wants exactly one)."""
+    return sum(1 for sample_labels, _ in found.get(name, [])
+               if all(sample_labels.get(k) == v for k, v in labels.items()))
+
+
 def rtp_received(store: FakeStore) -> int:
     """RTP packets of the stored CDRs' streams: what voipmon_rtp_packets_total counts."""
     return sum(stream.received for cdr in store.stored_cdrs() for stream in cdr.rtp)
@@ -208,6 +214,61 @@ class FailoverTests(WiredBase):
         sent = one(primary, "voipmon_channel_payload_bytes_total", id_sensor="7")
         self.assertGreater(sent, 0)
         self.assertLessEqual(sent, own.total("voipmon_channel_payload_bytes_total"))
+
+
+class SharedDatabaseTests(WiredBase):
+    def test_failover_between_centrals_sharing_one_database(self) -> None:
+        """Two centrals, one sensors table: after the sensor fails back to the primary,
+        the backup reads the table, says the primary holds it and stops exposing the
+        sensor's own counters; the CDRs it stored stay its own. Summed over both
+        centrals, the sensor's packets count once and the CDRs stored equal the
+        database's."""
+        primary, backup = self.centrals["primary"].store, self.centrals["backup"].store
+        primary.central_id, backup.central_id = "primary:60024", "backup:60024"
+        backup.sensors = primary.sensors                     # one sensors table
+        for name in ("primary", "backup"):
+            store = self.centrals[name].store
+            watch = self.metrics(name).holder_watch(store, store.central_id)
+            watch.startService()
+            self.addCleanup(watch.stopService)
+        self.centrals["primary"].pair.network.fail_with = ConnectionRefusedError("down")
+        svc = self.sensor(exit_when_done=False, failback_probe_interval="30")
+        svc.startService()
+        self.advance(6)
+        self.assertEqual((primary.cdr_count, backup.cdr_count), (0, 3))
+        self.centrals["primary"].pair.network.fail_with = None
+        self.advance(31)
+        self.assertEqual(svc.failover.connected_index, 0)
+        self.assertEqual(primary.sensors[7]["central"], "primary:60024")
+        self.advance(6)                                      # a tick of each watch
+        on_primary, on_backup = self.exposed("primary"), self.exposed("backup")
+        self.assertEqual(one(on_primary, "voipmon_sensor_up", id_sensor="7"), 1)
+        self.assertEqual(one(on_backup, "voipmon_sensor_up", id_sensor="7"), 0)
+        self.assertEqual(one(on_backup, "voipmon_sensor_held_by_info", id_sensor="7",
+                             central="primary:60024"), 1)
+        self.assertEqual(0, count(on_primary, "voipmon_sensor_held_by_info", id_sensor="7",
+                              central="primary:60024"))
+        for name in ("voipmon_sensor_packets_total", "voipmon_cdrs_made_total",
+                     "voipmon_rtp_packets_total", "voipmon_sensor_queue_records"):
+            self.assertEqual(0, count(on_backup, name, id_sensor="7"), name)
+        total = sum(value for on in (on_primary, on_backup) for labels, value
+                    in on.get("voipmon_sensor_packets_total", []) if labels["id_sensor"] == "7")
+        self.assertEqual(total, PACKETS)
+        self.assertEqual([one(on, "voipmon_cdrs_stored_total", id_sensor="7")
+                          for on in (on_primary, on_backup)], [0, 3])
+        # The sensor moves to the backup again: there it is shown, and hidden here.
+        self.centrals["primary"].pair.network.fail_with = ConnectionRefusedError("down")
+        self.centrals["primary"].pair.close_all()
+        self.advance(12)
+        self.assertEqual(svc.failover.connected_index, 1)
+        on_primary, on_backup = self.exposed("primary"), self.exposed("backup")
+        self.assertEqual(one(on_backup, "voipmon_sensor_packets_total", id_sensor="7"),
+                         PACKETS)
+        self.assertEqual(0, count(on_backup, "voipmon_sensor_held_by_info", id_sensor="7",
+                              central="primary:60024"))
+        self.assertEqual(0, count(on_primary, "voipmon_sensor_packets_total", id_sensor="7"))
+        self.assertEqual(one(on_primary, "voipmon_sensor_held_by_info", id_sensor="7",
+                             central="backup:60024"), 1)
 
 
 class SiteTests(TestCase):
