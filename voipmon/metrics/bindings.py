@@ -91,7 +91,7 @@ CHANNEL = {
     "reconnects": "voipmon_channel_reconnects_total",
     "switches": "voipmon_channel_failovers_total",
     "central_in_use.*": Bind("voipmon_channel_central_in_use", each=("central",)),
-    "clock_skew": "voipmon_channel_clock_skew_seconds",         # to count (central measures it)
+    "clock_skew": "voipmon_sensor_clock_skew_seconds",          # the sensor's own measure
     "rtt": "voipmon_channel_rtt_seconds",
 }
 

@@ -198,7 +198,13 @@ FAMILIES: tuple[Family, ...] = (
            "1 for the central (of server_destination) the sensor is connected to, 0 for "
            "the others.", ("central",)),
     Family("voipmon_channel_clock_skew_seconds", G, S, "delivery",
-           "The sensor's clock minus the central's, measured at the handshake."),
+           "The sensor's clock minus the central's, as the central measured it at the "
+           "handshake (the sensor's HELLO time against its clock: the one-way network "
+           "delay included)."),
+    Family("voipmon_sensor_clock_skew_seconds", G, S, "delivery",
+           "The sensor's clock minus the central's, as the sensor measured it at its "
+           "last handshake (the midpoint of its HELLO and the CHALLENGE against the "
+           "central's time in the CHALLENGE: the network delay cancels out)."),
     Family("voipmon_channel_rtt_seconds", G, S, "delivery",
            "Round-trip time of the channel's last ping."),
     Family("voipmon_sensor_process_cpu_seconds_total", C, S, "process",

@@ -47,6 +47,19 @@ class Outcome(enum.StrEnum):
     INVALID = "invalid"
 
 
+# The sensor's own measure of its clock skew (the network delay cancelled out), else the
+# central's (at the handshake, the one-way delay included).
+SKEW_FAMILIES = ("voipmon_sensor_clock_skew_seconds", "voipmon_channel_clock_skew_seconds")
+
+
+def _first(figures: Figures, names: tuple[str, ...]) -> float | None:
+    for name in names:
+        value = figures.total(name)
+        if value is not None:
+            return value
+    return None
+
+
 class State(enum.StrEnum):
     OK = "ok"
     DROPPING = "dropping"
@@ -247,7 +260,7 @@ class Fleet:
                       drops_per_second=drops,
                       calls_active=figures.total("voipmon_calls_active"),
                       queue_records=queue,
-                      clock_skew_seconds=figures.total("voipmon_channel_clock_skew_seconds"),
+                      clock_skew_seconds=_first(figures, SKEW_FAMILIES),
                       rtt_seconds=figures.total("voipmon_channel_rtt_seconds"))
 
     @staticmethod

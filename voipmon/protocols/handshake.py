@@ -335,6 +335,11 @@ class ClientHandshake:
         self._hello: Hello | None = None
         self._central_nonce: bytes | None = None
         self.central_time: float | None = None
+        #: This clock minus the central's, as measured here: the midpoint of sending the
+        #: HELLO and receiving the CHALLENGE against the central's time in the CHALLENGE,
+        #: so the network delay cancels out (to within half of ``handshake_rtt``).
+        self.skew: float | None = None
+        self.handshake_rtt: float | None = None
         self.accepted = False
 
     @property
@@ -353,6 +358,9 @@ class ClientHandshake:
             raise ProtocolError("CHALLENGE out of order")
         self._central_nonce = _hex_field(body, "nonce", "CHALLENGE", NONCE_BYTES)
         self.central_time = float(number_field(body, "time", "CHALLENGE", 0.0, MAX_TIME))
+        now = self._seconds()
+        self.handshake_rtt = max(0.0, now - self._hello.time)
+        self.skew = (self._hello.time + now) / 2 - self.central_time
         proof = make_proof(self._key, SENSOR_ROLE, self._hello.nonce, self._central_nonce,
                            self._hello.id_sensor, binding)
         return {"proof": proof.hex()}

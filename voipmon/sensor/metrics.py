@@ -36,7 +36,7 @@ from voipmon.metrics.sources import (
 from voipmon.protocols.failover import FailoverEndpoint
 from voipmon.sources.hep import HepSource
 
-CHANNEL_LEVELS = ("rtt",)
+CHANNEL_LEVELS = ("rtt", "clock_skew")
 
 
 def under(prefix: str, table: Mapping[str, str | Bind]) -> dict[str, str | Bind]:
@@ -50,6 +50,9 @@ def channel_counters(channel: Any) -> Counters:
                      "wire_bytes": channel.wire_bytes_sent}
     if channel.rtt is not None:
         out["rtt"] = channel.rtt
+    skew = getattr(getattr(channel, "handshake", None), "skew", None)
+    if skew is not None:
+        out["clock_skew"] = skew
     return out
 
 

@@ -189,6 +189,34 @@ class CarriedTests(SynchronousTestCase):
         self.assertIsNone(figures.get("voipmon_calls_active"))
 
 
+class SensorChannelTests(SynchronousTestCase):
+
+    def test_skew_and_rtt_are_levels_of_the_session(self) -> None:
+        """The sensor's own clock-skew measure and ping round trip are those of its
+        current channel (never added up across sessions); its bytes carry on."""
+        from voipmon.sensor.metrics import SensorMetrics
+
+        class Channel:
+            def __init__(self, skew: float, rtt: float | None, sent: int) -> None:
+                self.handshake = type("Handshake", (), {"skew": skew})()
+                self.rtt, self.payload_bytes_sent, self.wire_bytes_sent = rtt, sent, sent
+
+        metrics = SensorMetrics(5, Clock(), "local")
+        metrics.registry.add(CountersSource(metrics.channel_counters, bindings.CHANNEL))
+        metrics.session_made(Channel(2.5, 0.01, 100))
+        figures = metrics.figures()
+        self.assertEqual(figures.get("voipmon_sensor_clock_skew_seconds"), 2.5)
+        self.assertEqual(figures.get("voipmon_channel_rtt_seconds"), 0.01)
+        metrics.session_lost()
+        self.assertIsNone(metrics.figures().get("voipmon_sensor_clock_skew_seconds"))
+        metrics.session_made(Channel(-0.75, None, 40))
+        figures = metrics.figures()
+        self.assertEqual(figures.get("voipmon_sensor_clock_skew_seconds"), -0.75)
+        self.assertIsNone(figures.get("voipmon_channel_rtt_seconds"))
+        self.assertEqual(figures.get("voipmon_channel_payload_bytes_total"), 140)
+        self.assertEqual(figures.get("voipmon_channel_reconnects_total"), 1)
+
+
 def stream(received: int, lost: int, *mos: float | None) -> RtpStream:
     f1, f2, adapt = (*mos, None, None, None)[:3]
     return RtpStream(saddr="10.0.0.1", sport=4000, daddr="10.0.0.2", dport=4002, ssrc=1,
@@ -279,7 +307,8 @@ class BindingsTests(SynchronousTestCase):
                      "voipmon_sensor_process_cpu_seconds_total",                # ProcessSource
                      "voipmon_sensor_process_resident_memory_bytes",
                      "voipmon_central_sensors_connected",                       # the fleet
-                     "voipmon_central_snapshots_total"}
+                     "voipmon_central_snapshots_total",
+                     "voipmon_channel_clock_skew_seconds"}         # the central's PerSensor
         expected = {item.name for item in FAMILIES
                     if item.scope in (Scope.SENSOR, Scope.CENTRAL)
                     and item.kind is not Kind.HISTOGRAM} - by_others

@@ -81,6 +81,13 @@ class PushTests(WiredBase):
         self.assertEqual(one(found, "voipmon_sip_responses_total", id_sensor="7",
                              method="INVITE", status_class="2xx"), 3)
         self.assertEqual(one(found, "voipmon_cdrs_acked_total", id_sensor="7"), 3)
+        # Skew, both on one Clock (no skew), the HELLO one 0.05 s step on its way: the
+        # central's measure has that delay in it; the sensor's own is right to within
+        # half of its handshake's round trip.
+        self.assertAlmostEqual(one(found, "voipmon_channel_clock_skew_seconds",
+                                   id_sensor="7"), -0.05, places=5)
+        skew = one(found, "voipmon_sensor_clock_skew_seconds", id_sensor="7")
+        self.assertLessEqual(abs(skew), 0.025 + 1e-6)
         rtp = rtp_received(self.centrals["primary"].store)
         self.assertGreater(rtp, 1000)
         self.assertEqual(one(found, "voipmon_rtp_packets_total", id_sensor="7"), rtp)

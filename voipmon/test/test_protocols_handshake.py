@@ -107,6 +107,23 @@ class SuccessTests(SynchronousTestCase):
         self.assertEqual(server.skew, 0.0)
         self.assertEqual(client.central_time, 1000.0)
 
+    def test_sensor_measures_skew_with_the_delay_cancelled(self) -> None:
+        """The sensor's clock is 10 s ahead; the HELLO takes 0.15 s to the central, the
+        CHALLENGE 0.25 s back. The central measures 9.85 s (its view includes the one-way
+        delay); the sensor, from the midpoint of its round trip, 10 s to within half of
+        it (0.05 s), and the round trip, 0.4 s."""
+        sensor_now = [1010.0]
+        client = make_client(seconds=lambda: sensor_now[0])
+        server = make_server(now=1000.15, max_diff=20.0)
+        challenge = server.receive_hello(client.hello())
+        self.assertAlmostEqual(-server.skew, 9.85)
+        self.assertIsNone(client.skew)
+        sensor_now[0] = 1010.0 + 0.4
+        client.receive_challenge(challenge, BINDING)
+        self.assertAlmostEqual(client.handshake_rtt, 0.4)
+        self.assertAlmostEqual(client.skew, 10.05)
+        self.assertLessEqual(abs(client.skew - 10.0), client.handshake_rtt / 2)
+
     def test_password_never_on_the_wire(self) -> None:
         """No message of the handshake contains the password or the key."""
         client, server = make_client(), make_server()
