@@ -4,11 +4,16 @@ of an empty registry and of Python's process collectors alone.
 
 Analysis: the same frames (a SIP-heavy mix of the bundled captures, REGISTER floods
 included; and an RTP-heavy one, the bundled 3-call G.711 capture) through a fresh engine,
-rounds interleaved, the median of ``--runs``. Off: the engine alone. On: as a sensor runs
-it, its CDR callback through ``CallOutcomes``, its counters in a ``MetricsRegistry`` with
-the process's, a snapshot taken and serialized as STATS every ``--interval`` seconds (5 s,
-as on a sensor; at least one a run, at its end). Times are the process's CPU time (the
-machine may be shared), runs long enough to hide the clock's grain. Also printed: what
+after a warm-up, in ``--runs`` rounds of three runs (off, on, off again; the order
+rotating), each run's CPU time. Each round gives the on/off and off/off slow-downs,
+paired (a change of the machine's load between rounds cancels out); printed: their median,
+quartiles and range, and a 95 % bootstrap interval of the median, which decides the
+verdict (met only when the whole interval is within the target). Off: the engine
+alone. On: as a sensor runs it, its CDR callback through ``CallOutcomes``, its counters
+in a ``MetricsRegistry`` with the process's, a snapshot taken and serialized as STATS
+every ``--interval`` seconds (5 s, as on a sensor; at least one a run, at its end).
+Times are the process's CPU time (the machine may be shared), runs long enough to hide
+the clock's grain. Also printed: what
 one snapshot costs, and its share of a core at one per 5 s. The SIP counting by method
 and class is part of the engine in both (plain dict increments in its SIP path, like its
 other counters); its share is measured apart, the same statements timed alone for as
@@ -21,15 +26,17 @@ snapshot through JSON. Also printed: the exposition's size (plain and gzip), wha
 central spends on one sensor's STATS (JSON parse + check + fleet) and what a sensor spends
 making one (read its sources + JSON). All on the thread that renders: the reactor's.
 
-    .venv/bin/python bench/metrics.py [--sensors 100] [--seconds 2] [--runs 5]
+    .venv/bin/python bench/metrics.py [--sensors 100] [--seconds 2] [--runs 21]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -43,7 +50,7 @@ from twisted.internet.task import Clock
 from voipmon.analysis.engine import Engine
 from voipmon.metrics import bindings
 from voipmon.metrics.calls import CallOutcomes
-from voipmon.metrics.catalog import Scope, method_label, status_class
+from voipmon.metrics.catalog import Scope, method_label
 from voipmon.metrics.collectors import (
     FleetCollector,
     ProcessSource,
@@ -117,43 +124,106 @@ def sip_counting(messages: int) -> float:
     """Seconds that the engine's SIP counting takes for ``messages`` SIP messages (the
     statements of Engine._sip, alone), half requests, half responses."""
     requests: dict[str, int] = {}
-    responses: dict[str, int] = {}
+    responses: dict[str, list[int]] = {}
     methods = ("INVITE", "REGISTER", "BYE", "ACK")
-    started = time.perf_counter()
+    started = time.process_time()
     for n in range(messages // 2):
-        label = method_label(methods[n & 3])
-        requests[label] = requests.get(label, 0) + 1
-        label = f"{method_label(methods[n & 3])}.{status_class(200)}"
-        responses[label] = responses.get(label, 0) + 1
-    return time.perf_counter() - started
+        method = methods[n & 3]
+        if method in requests:
+            requests[method] += 1
+        else:
+            label = method_label(method)
+            requests[label] = requests.get(label, 0) + 1
+        row = responses.get(method)
+        if row is None:
+            row = responses.setdefault(method_label(method), [0] * 7)
+        klass = 200 // 100
+        row[klass if 0 < klass < 7 else 0] += 1
+    return time.process_time() - started
+
+
+def observing(cdrs: list[object]) -> float:
+    """Seconds that ``CallOutcomes`` takes to observe every CDR of ``cdrs``."""
+    outcomes = CallOutcomes()
+    return per_call(lambda: [outcomes.observe(cdr) for cdr in cdrs], 0.2)  # type: ignore[arg-type]
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    at = q * (len(ordered) - 1)
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+def median_interval(values: list[float], rounds: int = 4000) -> tuple[float, float]:
+    """A 95 % interval of the median of ``values`` (percentile bootstrap, fixed seed)."""
+    pick = random.Random(16)
+    medians = sorted(statistics.median(pick.choices(values, k=len(values)))
+                     for _ in range(rounds))
+    return quantile(medians, 0.025), quantile(medians, 0.975)
+
+
+def verdict(slower: list[float]) -> str:
+    low, high = median_interval(slower)
+    median = statistics.median(slower)
+    if high <= TARGET:
+        return f"met (95 % interval of the median {low:+.2f} .. {high:+.2f} %)"
+    if median <= TARGET:
+        return (f"met on the median only (95 % interval {low:+.2f} .. {high:+.2f} %: not "
+                f"shown beyond the noise)")
+    return f"NOT met (95 % interval {low:+.2f} .. {high:+.2f} %)"
 
 
 def analysis_overhead(runs: int, interval: float) -> None:
-    for title, names, copies in (("SIP-heavy", SIP_MIX, 100), ("RTP-heavy", RTP_MIX, 80)):
+    for title, names, copies in (("SIP-heavy", SIP_MIX, 30), ("RTP-heavy", RTP_MIX, 25)):
         records = workload(names, copies)
-        probe = Engine(id_sensor=1, on_cdr=lambda cdr: None)
+        made: list[object] = []
+        probe = Engine(id_sensor=1, on_cdr=made.append)
         probe.feed_all(records)
+        probe.finish()
         messages = probe.stats.sip_messages
-        # off twice: the second is the noise floor of the machine (the same work, timed
-        # again); the order rotates from round to round
+        for arm in ("off", "on"):           # warm-up, not counted
+            analyse(records, arm == "on", interval)
+        # Rounds of three runs: off, on, and off again (the same work timed twice: the
+        # machine's noise), their order rotating from round to round. Each round gives
+        # the slow-down of on, and of the second off, against its own off: paired, so a
+        # change of load between rounds cancels out.
         timings: dict[str, list[float]] = {"off": [], "on": [], "again": []}
         snapshots = 0
         arms = ["off", "on", "again"]
         for run in range(runs):
             for arm in arms[run % 3:] + arms[:run % 3]:
+                gc.collect()
                 elapsed, _cdrs, taken = analyse(records, arm == "on", interval)
                 timings[arm].append(elapsed)
                 snapshots += taken if arm == "on" else 0
-        off, on, again = (statistics.median(timings[arm]) for arm in arms)
-        slower = (on / off - 1) * 100
+        slower = [(on / off - 1) * 100 for on, off in zip(timings["on"], timings["off"],
+                                                          strict=True)]
+        noise = [(again / off - 1) * 100 for again, off in zip(timings["again"],
+                                                               timings["off"], strict=True)]
+        off = statistics.median(timings["off"])
+        on = statistics.median(timings["on"])
         counting = sip_counting(messages) / off * 100
-        print(f"analysis, {title} ({len(records)} frames, {messages} SIP messages), median "
-              f"of {runs}: metrics off {len(records) / off:,.0f} packets/s, on "
-              f"{len(records) / on:,.0f} packets/s: {slower:+.1f} % (target <= {TARGET:g} % "
-              f"slower: {'met' if slower <= TARGET else 'NOT met'}; {snapshots // runs} "
-              f"snapshots a run); off timed again: {(again / off - 1) * 100:+.1f} % (the "
-              f"noise); the SIP counting in the engine (on in both) {counting:.2f} % of the "
-              f"run")
+        # What "on" adds, each part timed alone: every CDR observed, one snapshot a run.
+        observe = observing(made)
+        added = (observe + statistics.median(snapshot_cost) * snapshots / runs) / off * 100
+        print(f"analysis, {title} ({len(records)} frames, {messages} SIP messages, "
+              f"{runs} rounds of off/on/off, CPU time): metrics off {len(records) / off:,.0f} "
+              f"packets/s, on {len(records) / on:,.0f} packets/s (medians)")
+        print(f"  on vs off, paired: median {statistics.median(slower):+.2f} %, quartiles "
+              f"{quantile(slower, 0.25):+.2f} .. {quantile(slower, 0.75):+.2f} %, range "
+              f"{min(slower):+.2f} .. {max(slower):+.2f} %; target <= {TARGET:g} % slower: "
+              f"{verdict(slower)}; {snapshots // runs} snapshots a run")
+        print(f"  off vs off (the noise), paired: median {statistics.median(noise):+.2f} %, "
+              f"quartiles {quantile(noise, 0.25):+.2f} .. {quantile(noise, 0.75):+.2f} %, "
+              f"range {min(noise):+.2f} .. {max(noise):+.2f} %")
+        print(f"  what on adds, its parts timed alone: {added:.3f} % of the run ({len(made)} "
+              f"CDRs observed, {snapshots / runs:g} snapshot a run); with the counting in "
+              f"the engine below: {added + counting:.3f} %")
+        print(f"  counted in the engine in both arms: SIP by method and class "
+              f"{counting:.2f} % of the run (its statements timed alone); RTP one addition "
+              f"per drain of a flow's buffer (not per packet)")
     cost = statistics.median(snapshot_cost)
     print(f"one snapshot of the sensor's registry, as STATS JSON: {cost * 1e3:.2f} ms "
           f"({cost / 5 * 100:.3f} % of a core at one per 5 s)")
@@ -175,7 +245,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sensors", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=21,
+                        help="rounds of off/on/off runs for each workload")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="seconds between snapshots while analysing (5 on a sensor)")
     options = parser.parse_args()

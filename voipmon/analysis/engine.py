@@ -74,6 +74,7 @@ log = Logger()
 
 _PORTS = struct.Struct("!HH").pack
 _NO_CALL_METHODS = frozenset({"REGISTER", "OPTIONS", "SUBSCRIBE", "PUBLISH"})
+_CLASSES = tuple(status_class(k * 100) for k in range(7))   # by status // 100: other, 1xx..
 
 
 class EngineStats(Counts):
@@ -137,7 +138,8 @@ class Engine:
         self._orphan_min = orphan_min_packets
         self.stats = EngineStats()
         self.sip_requests: dict[str, int] = {}     # by method_label
-        self.sip_responses: dict[str, int] = {}    # by "method.class" (INVITE.2xx)
+        # by method label: a count per class, [other, 1xx, 2xx, ... 6xx]
+        self._sip_responses: dict[str, list[int]] = {}
         self._decoder = Decoder(self._datagram, self.sip_ports, **decoder_limits)
         self.media = MediaTable(self.stats, max_orphan_flows, self._emit_orphan)
         # an IAnalysisObserver (voipmon.analysis.observe): quality over time, audio
@@ -202,12 +204,19 @@ class Engine:
             self.stats.sip_unparsed += 1
             return
         self.stats.sip_messages += 1
-        if msg.is_request:    # by method (and class): one dict increment, bounded keys
-            label = method_label(msg.method)
-            self.sip_requests[label] = self.sip_requests.get(label, 0) + 1
+        if msg.is_request:    # by method (and class): one increment, keys bounded by label
+            counts = self.sip_requests
+            if msg.method in counts:
+                counts[msg.method] += 1
+            else:
+                label = method_label(msg.method)
+                counts[label] = counts.get(label, 0) + 1
         else:
-            label = f"{method_label(msg.cseq_method)}.{status_class(msg.status)}"
-            self.sip_responses[label] = self.sip_responses.get(label, 0) + 1
+            row = self._sip_responses.get(msg.cseq_method)
+            if row is None:
+                row = self._sip_responses.setdefault(method_label(msg.cseq_method), [0] * 7)
+            klass = msg.status // 100
+            row[klass if 0 < klass < 7 else 0] += 1
         analysers = self._noncall_by_method.get(msg.transaction_method)
         if analysers is not None:
             for analyser in analysers:
@@ -396,6 +405,13 @@ class Engine:
         if self.registers is None:
             return []
         return self.registers.registrations(active_only)
+
+    @property
+    def sip_responses(self) -> dict[str, int]:
+        """SIP responses by "method.class" (``INVITE.2xx``; ``INVITE.other``)."""
+        return {f"{method}.{_CLASSES[klass]}": count
+                for method, row in self._sip_responses.items()
+                for klass, count in enumerate(row) if count}
 
     def counters(self) -> Counters:
         """Engine, decoder (``decoder.``) and spool (``spool.``) counters together."""

@@ -96,6 +96,28 @@ class BasicCallTests(SynchronousTestCase):
             self.assertEqual(len(table), 0)
 
 
+class SipCountTests(SynchronousTestCase):
+    def test_requests_and_responses_by_bounded_labels(self) -> None:
+        """SIP counted by method (a method outside the known set is 'other') and responses
+        by the method they answer and their class, as voipmon_sip_*_total label them."""
+        h = Harness()
+        h.to_callee(1.0, invite("c1@x"))
+        h.to_caller(1.1, reply("SIP/2.0 100 Trying", "c1@x"))
+        h.to_caller(1.2, reply("SIP/2.0 183 Session Progress", "c1@x"))
+        h.to_caller(1.3, reply("SIP/2.0 486 Busy Here", "c1@x"))
+        for n, method in enumerate(("OPTIONS", "FROBNICATE", "X-ODD", "OPTIONS")):
+            h.to_callee(2.0 + n, sip_message(f"{method} sip:bob@example.com SIP/2.0",
+                                             f"o{n}@x", f"1 {method}", "ft"))
+            h.to_caller(2.5 + n, reply("SIP/2.0 200 OK", f"o{n}@x", f"1 {method}"))
+        engine = h.engine
+        self.assertEqual(engine.sip_requests, {"INVITE": 1, "OPTIONS": 2, "other": 2})
+        self.assertEqual(engine.sip_responses, {"INVITE.1xx": 2, "INVITE.4xx": 1,
+                                                "OPTIONS.2xx": 2, "other.2xx": 2})
+        counters = engine.counters()
+        self.assertEqual(counters["sip_responses.other.2xx"], 2)
+        self.assertEqual(counters["sip_requests.other"], 2)
+
+
 class SignallingTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.h = Harness()
