@@ -212,15 +212,18 @@ def show_metrics(http_port: int) -> None:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     wanted = {"voipmon_sensor_up": "up", "voipmon_sensor_packets_total": "packets",
+              "voipmon_rtp_packets_total": "RTP", "voipmon_hep_messages_total": "HEP messages",
               "voipmon_cdrs_made_total": "CDRs made",
               "voipmon_cdrs_stored_total": "CDRs stored",
-              "voipmon_sensor_queue_records": "queue"}
+              "voipmon_sensor_queue_records": "queue",
+              "voipmon_sensor_clock_skew_seconds": "skew s"}
     per: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in wanted and "id_sensor" in sample.labels:
-                per.setdefault(sample.labels["id_sensor"], {})[wanted[sample.name]] = (
-                    sample.value)
+                figures = per.setdefault(sample.labels["id_sensor"], {})
+                label = wanted[sample.name]     # a family with more labels: their sum
+                figures[label] = figures.get(label, 0.0) + sample.value
     print(f"\nPrometheus metrics of the whole fleet: {url}")
     for id_sensor, figures in sorted(per.items(), key=lambda item: int(item[0])):
         shown = ", ".join(f"{label} {figures[label]:g}" for label in wanted.values()
