@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import generate_latest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from voipmon.central.metrics import HOLDERS_INTERVAL, CentralMetrics, HolderWatch
+from voipmon.metrics import bindings
+from voipmon.metrics.sources import CountersSource
 from voipmon.test.fakes import FakeStore
+from voipmon.test.metrics_fakes import FakeSensor
+from voipmon.test.prometheus_support import promtool
 from voipmon.test.test_store import MySQLBackend, SQLiteBackend, SqlStores
 
 
@@ -88,6 +93,36 @@ class ClockTests(unittest.SynchronousTestCase):
         self.mine.list_sensors = rows                       # type: ignore[method-assign]
         self.clock.advance(HOLDERS_INTERVAL)
         self.assertEqual(fleet.sensors[4].elsewhere, "central-b")
+
+
+class ExpositionTests(unittest.SynchronousTestCase):
+    def test_promtool_finds_the_exposition_clean(self) -> None:
+        """A central with one sensor held here and one held elsewhere: /metrics passes
+        ``promtool check metrics``, the second with up 0, held_by and its stored CDRs."""
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        metrics = CentralMetrics(clock)
+        for id_sensor in (4, 5):
+            sensor = FakeSensor(id_sensor, clock)
+            metrics.fleet.connected(id_sensor, f"site-{id_sensor}")
+            clock.advance(5)
+            sensor.advance(5, 3)
+            sensor.push(metrics.fleet)
+        metrics.registry.add(CountersSource(lambda: {"stored": 9}, bindings.STORED_FOR_SENSOR,
+                                            sensor=5))
+        metrics.fleet.disconnected(5)
+        clock.advance(1)
+        metrics.fleet.holders([{"id_sensor": 5, "central": "central-b:60024"}],
+                              "central-a:60024", clock.seconds())
+        body = generate_latest(metrics.prometheus(process=False))
+        self.assertIn(b'voipmon_sensor_held_by_info{central="central-b:60024",id_sensor="5",'
+                      b'name_sensor="site-5"} 1.0', body)
+        self.assertIn(b'voipmon_cdrs_stored_total{id_sensor="5",name_sensor="site-5"} 9.0',
+                      body)
+        self.assertNotIn(b'voipmon_sensor_packets_total{id_sensor="5"', body)
+        self.assertIn(b'voipmon_sensor_packets_total{id_sensor="4"', body)
+        result = promtool("check", "metrics", stdin=body)
+        self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
 
 
 class SharedDatabaseContract(SqlStores):
