@@ -18,14 +18,9 @@ as ``None``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import itemgetter
-
-import numpy as np
 
 from voipmon.packet.datagram import Datagram
 from voipmon.packet.decode import Decoder
-
-_BYTE43 = itemgetter(43)
 
 #: ``consumer(times, payloads)``: capture times and UDP payloads (None when not captured).
 Consumer = Callable[[list[float], list[bytes | None]], None]
@@ -36,14 +31,12 @@ class RtpTap:
     ``payload_types``, only the packets of those RTP payload types (the others cost a
     look at one byte)."""
 
-    __slots__ = ("_decoded", "_decoder", "_types", "_wanted", "caplens", "consumer",
-                 "frames", "linktype", "ts")
+    __slots__ = ("_decoded", "_decoder", "caplens", "consumer", "frames", "linktype",
+                 "payload_types", "ts")
 
     def __init__(self, consumer: Consumer, sip_ports: tuple[int, ...] = (5060,),
                  payload_types: frozenset[int] | None = None):
         self.consumer = consumer
-        self._types: frozenset[int] | None = None
-        self._wanted: np.ndarray | None = None
         self.payload_types = payload_types
         self.ts: list[float] = []
         self.frames: list[bytes] = []
@@ -51,19 +44,6 @@ class RtpTap:
         self.linktype: int | None = None
         self._decoded: list[Datagram] = []
         self._decoder = Decoder(self._decoded.append, sip_ports=sip_ports)
-
-    @property
-    def payload_types(self) -> frozenset[int] | None:
-        """The RTP payload types handed over (None: all)."""
-        return self._types
-
-    @payload_types.setter
-    def payload_types(self, types: frozenset[int] | None) -> None:
-        self._types = types
-        if types is None:
-            self._wanted = None
-        else:   # by the second byte of the RTP header: marker bit and payload type
-            self._wanted = np.array([b & 0x7F in types for b in range(256)], dtype=bool)
 
     def accepts(self, linktype: int) -> bool:
         return True
@@ -78,15 +58,12 @@ class RtpTap:
             return
         times, frames = self.ts, self.frames
         self.ts, self.frames = [], []
-        wanted = self._wanted
-        if wanted is not None:   # the RTP payload type is at byte 43 of these frames
-            # one byte per frame, taken in C (map, bytes), looked up in a table: the
-            # frames of other types (nearly all: voice) cost no Python step each
-            keep = np.flatnonzero(wanted[np.frombuffer(bytes(map(_BYTE43, frames)),
-                                                       np.uint8)]).tolist()
-            if not keep:
+        types = self.payload_types
+        if types is not None:   # the RTP payload type is at byte 43 of these frames
+            kept = [(t, f) for t, f in zip(times, frames, strict=True) if f[43] & 0x7F in types]
+            if not kept:
                 return
-            times, frames = [times[i] for i in keep], [frames[i] for i in keep]
+            times, frames = [t for t, _ in kept], [f for _, f in kept]
         payloads: list[bytes | None] = []
         append = payloads.append
         for frame in frames:

@@ -155,18 +155,16 @@ class StreamTimeline:
             "jitter_mean": _with_gaps(np.round(mean, 3), has),
         }
         width = max(1, round(mos_window / self.interval))
+        score = functools.lru_cache(maxsize=4096)(
+            functools.partial(_score, pt=pt))
         present = packets > 0
-        received = _window_sums(self.count[:hi], width)[lo:]
         for k, model in enumerate(MODELS):
             lost = _window_sums(self.jb_lost[k][:hi], width)[lo:]
             bursts = _window_sums(self.jb_bursts[k][:hi], width)[lo:]
-            # the E-model once per distinct (lost, bursts, received): a few per call
-            counts, which = np.unique(np.stack((lost, bursts, received), axis=1),
-                                      axis=0, return_inverse=True)
-            scores = [_score(int(a), int(b), int(c), pt) for a, b, c in counts.tolist()]
-            out[f"mos_{model}"] = [scores[i] if here else None for i, here in
-                                   zip(which.reshape(-1).tolist(), present.tolist(),
-                                       strict=True)]
+            received = _window_sums(self.count[:hi], width)[lo:]
+            out[f"mos_{model}"] = [
+                score(int(a), int(b), int(c)) if here else None
+                for a, b, c, here in zip(lost, bursts, received, present, strict=True)]
         return out
 
 
@@ -183,8 +181,7 @@ def _window_sums(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def _with_gaps(values: np.ndarray, present: np.ndarray) -> list[float | None]:
-    return [v if p else None for v, p in zip(values.astype(float).tolist(), present.tolist(),
-                                             strict=True)]
+    return [float(v) if p else None for v, p in zip(values, present, strict=True)]
 
 
 def settle_negative(deltas: np.ndarray) -> np.ndarray:
