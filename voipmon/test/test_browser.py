@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from twisted.internet import defer, threads
+from twisted.trial.unittest import TestCase
 
 from voipmon.test.common import data_path, missing_tool
 from voipmon.test.test_web_api import WebBase, merged
@@ -57,28 +58,37 @@ def start_chromium(profile: str, downloads: str):
     return driver
 
 
+@defer.inlineCallbacks
+def open_chromium(case: TestCase, downloads: str | None, timeout: float):
+    """``(driver, wait)``: a headless Chromium with a profile of its own (quit and removed
+    when ``case`` ends), its downloads going to ``downloads`` (the profile when None), and
+    a wait of ``timeout`` seconds that reads again an element the self-refreshing page
+    replaced meanwhile (StaleElementReferenceException)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    wait_class = _selenium()[4]
+    profile = tempfile.mkdtemp(prefix="voipmon-chromium-")
+    case.addCleanup(shutil.rmtree, profile, True)
+    driver = yield threads.deferToThread(start_chromium, profile, downloads or profile)
+    case.addCleanup(lambda: threads.deferToThread(driver.quit))
+    return driver, wait_class(driver, timeout,
+                              ignored_exceptions=(StaleElementReferenceException,))
+
+
 class BrowserTests(WebBase):
     timeout = 120
 
     @defer.inlineCallbacks
     def test_calls_call_ladder_download_sensors(self):
-        _webdriver, _Service, By, EC, Wait = _selenium()
+        _webdriver, _Service, By, EC, _Wait = _selenium()
         shutil.copyfile(data_path("sipp_uac_pcap_rtp_echo_lo_3calls.pcap"),
                         os.path.join(self.sensor_spool, self.local.sip_pcap))
         want = merged(self.sensor_spool, self.local)
         out = os.path.abspath(self.mktemp())
         downloads = os.path.join(out, "downloads")
         os.makedirs(downloads)
-        profile = tempfile.mkdtemp(prefix="voipmon-chromium-")
-        self.addCleanup(shutil.rmtree, profile, True)
-
-        driver = yield threads.deferToThread(start_chromium, profile, downloads)
-        self.addCleanup(lambda: threads.deferToThread(driver.quit))
-        from selenium.common.exceptions import StaleElementReferenceException
-
         # the page replaces the table when an answer arrives: an element read meanwhile
         # is stale, and is read again
-        wait = Wait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
+        driver, wait = yield open_chromium(self, downloads, 20)
         rows = (By.CSS_SELECTOR, "#calls tbody tr.call")
 
         def calls_page():

@@ -10,14 +10,12 @@ message instead of a player.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.internet import defer, threads
 
 from voipmon.test.audiosupport import CallCapture
 from voipmon.test.test_audio import tone_call
-from voipmon.test.test_browser import _selenium, start_chromium
+from voipmon.test.test_browser import _selenium, open_chromium
 from voipmon.test.test_web_media import MediaBase
 
 
@@ -26,7 +24,7 @@ class CallMediaBrowserTests(MediaBase):
 
     @defer.inlineCallbacks
     def test_chart_and_player(self):
-        _webdriver, _Service, By, EC, Wait = _selenium()
+        _webdriver, _Service, By, EC, _Wait = _selenium()
         call, bye = tone_call()
         cid, cdr = yield self.store_call(call.pcap(bye))
         silk = CallCapture(offer_pts=(96,), rtpmap={96: ("SILK", 16000)},
@@ -35,12 +33,7 @@ class CallMediaBrowserTests(MediaBase):
         silk_id, _ = yield self.store_call(silk.pcap(silk.start + 3.0))
         out = os.path.abspath(self.mktemp())
         os.makedirs(out)
-        profile = tempfile.mkdtemp(prefix="voipmon-chromium-")
-        self.addCleanup(shutil.rmtree, profile, True)
-        driver = yield threads.deferToThread(start_chromium, profile, out)
-        self.addCleanup(lambda: threads.deferToThread(driver.quit))
-        from selenium.common.exceptions import StaleElementReferenceException
-        wait = Wait(driver, 30, ignored_exceptions=(StaleElementReferenceException,))
+        driver, wait = yield open_chromium(self, out, 30)
 
         def call_view():
             driver.get(f"{self.base}/#/call/{cid}")

@@ -6,12 +6,10 @@ exactly the calls they count; a sensor's row opens that sensor's dashboard."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.internet import defer, threads
 
-from voipmon.test.test_browser import _selenium, start_chromium
+from voipmon.test.test_browser import _selenium, open_chromium
 from voipmon.test.test_store_stats import DAY, call, iso, reference, stored_rows
 from voipmon.test.test_web_api import WebBase
 
@@ -35,21 +33,15 @@ class DashboardBrowserTests(WebBase):
 
     @defer.inlineCallbacks
     def test_dashboard_figures_and_click_through(self):
-        _webdriver, _Service, By, _EC, Wait = _selenium()
+        _webdriver, _Service, By, _EC, _Wait = _selenium()
         yield self.store.store_cdrs(calls_of_the_hour())
         expected, lists = reference(stored_rows(self.store.dialect), DAY, DAY + 3600, 900,
                                     None, 3.1)
         totals = expected["totals"]
         out = os.path.abspath(self.mktemp())
         os.makedirs(out)
-        profile = tempfile.mkdtemp(prefix="voipmon-chromium-")
-        self.addCleanup(shutil.rmtree, profile, True)
-        driver = yield threads.deferToThread(start_chromium, profile, out)
-        self.addCleanup(lambda: threads.deferToThread(driver.quit))
-        from selenium.common.exceptions import StaleElementReferenceException
-
         # the page replaces what it shows when the figures arrive
-        wait = Wait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
+        driver, wait = yield open_chromium(self, out, 20)
         rows = (By.CSS_SELECTOR, "#calls tbody tr.call")
         dashboard = f"{self.base}/#/dashboard?from={iso(DAY)}&to={iso(DAY + 3600)}&step=900"
 

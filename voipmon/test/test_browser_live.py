@@ -16,8 +16,6 @@ now. listcalls during real calls is test_sipp_live's.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -30,7 +28,7 @@ from voipmon.manager.commands import ManagerCommands
 from voipmon.packet.readers import read_capture
 from voipmon.test.common import data_path
 from voipmon.test.services import build_central, build_sensor
-from voipmon.test.test_browser import _selenium, start_chromium
+from voipmon.test.test_browser import _selenium, open_chromium
 
 PASSWORD = "browser-live-secret"
 CAPTURE = "sipp_uac_pcap_rtp_echo_lo_3calls.pcap"
@@ -71,7 +69,7 @@ class LiveBrowserTests(TestCase):
 
     @defer.inlineCallbacks
     def test_active_calls_and_a_pcap_through_the_sensors_channel(self) -> Any:
-        _webdriver, _Service, By, _EC, Wait = _selenium()
+        _webdriver, _Service, By, _EC, _Wait = _selenium()
         base = os.path.abspath(self.mktemp())
         central = build_central(load_central_config("central.conf", text=(
             f"server_bind = 127.0.0.1\nserver_password = {PASSWORD}\n"
@@ -111,12 +109,7 @@ class LiveBrowserTests(TestCase):
         out = os.path.abspath(self.mktemp())
         downloads = os.path.join(out, "downloads")
         os.makedirs(downloads)
-        profile = tempfile.mkdtemp(prefix="voipmon-chromium-")
-        self.addCleanup(shutil.rmtree, profile, True)
-        driver = yield threads.deferToThread(start_chromium, profile, downloads)
-        self.addCleanup(lambda: threads.deferToThread(driver.quit))
-        from selenium.common.exceptions import StaleElementReferenceException
-        wait = Wait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
+        driver, wait = yield open_chromium(self, downloads, 20)
         page = f"http://127.0.0.1:{http_port}/"
         live_rows = (By.CSS_SELECTOR, "#live tbody tr")
 

@@ -7,13 +7,11 @@ Screenshots are saved in the test's temporary directory."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.internet import defer, threads
 
 from voipmon.test.recordsupport import ATTACKER
-from voipmon.test.test_browser import _selenium, start_chromium
+from voipmon.test.test_browser import _selenium, open_chromium
 from voipmon.test.test_web_records import RecordsWeb
 
 
@@ -22,16 +20,10 @@ class RegistrationBrowserTests(RecordsWeb):
 
     @defer.inlineCallbacks
     def test_registrations_and_qualify_views(self):
-        _webdriver, _Service, By, _EC, Wait = _selenium()
+        _webdriver, _Service, By, _EC, _Wait = _selenium()
         out = os.path.abspath(self.mktemp())
         os.makedirs(out)
-        profile = tempfile.mkdtemp(prefix="voipmon-chromium-")
-        self.addCleanup(shutil.rmtree, profile, True)
-        driver = yield threads.deferToThread(start_chromium, profile, out)
-        self.addCleanup(lambda: threads.deferToThread(driver.quit))
-        from selenium.common.exceptions import StaleElementReferenceException
-
-        wait = Wait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
+        driver, wait = yield open_chromium(self, out, 20)
         css = By.CSS_SELECTOR
 
         def registrations_page():

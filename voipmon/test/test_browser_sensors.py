@@ -8,8 +8,6 @@ Selenium blocks, so each browser step runs in a thread while the reactor serves 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
@@ -18,7 +16,7 @@ from voipmon.config import load_central_config, load_sensor_config
 from voipmon.test.channel_support import free_port
 from voipmon.test.fakes import FakeStore
 from voipmon.test.services import build_central, build_sensor
-from voipmon.test.test_browser import _selenium, start_chromium
+from voipmon.test.test_browser import _selenium, open_chromium
 from voipmon.test.test_channel_integration import CAPTURES, PASSWORD
 
 ROW = '#sensors tbody tr[data-id="9"]'
@@ -29,7 +27,7 @@ class SensorHealthTests(TestCase):
 
     @defer.inlineCallbacks
     def test_state_ok_then_offline_when_the_sensor_stops(self) -> defer.Generator:
-        _webdriver, _Service, By, _EC, Wait = _selenium()
+        _webdriver, _Service, By, _EC, _Wait = _selenium()
         base = os.path.abspath(self.mktemp())
         http = free_port()
         settings = load_central_config("central.conf", text=(
@@ -48,13 +46,7 @@ class SensorHealthTests(TestCase):
         sensor.startService()
         self.addCleanup(sensor.stopService)
 
-        profile = tempfile.mkdtemp(prefix="voipmon-chromium-")
-        self.addCleanup(shutil.rmtree, profile, True)
-        driver = yield threads.deferToThread(start_chromium, profile, profile)
-        self.addCleanup(lambda: threads.deferToThread(driver.quit))
-        from selenium.common.exceptions import StaleElementReferenceException
-
-        wait = Wait(driver, 60, ignored_exceptions=(StaleElementReferenceException,))
+        driver, wait = yield open_chromium(self, None, 60)
         row = (By.CSS_SELECTOR, ROW)
 
         def state(d: object) -> str:
